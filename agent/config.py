@@ -1,0 +1,62 @@
+"""The agent's configuration."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from atomwatch.config import BrokerAddress, ConfigError
+from atomwatch.protocol import CONTROLLER_HOST, ProtocolError, check_name
+
+
+@dataclass
+class AgentConfig:
+    broker: BrokerAddress
+    site: str = "default"
+    host: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
+    tick: float = 10.0
+    #: Δ overrides by metric name (``"*"`` for every metric), in each metric's unit
+    deltas: dict[str, float] = field(default_factory=dict)
+    #: resolution γ that ends a tracking round (0: float resolution)
+    gamma: float = 0.0
+    #: seconds a tick's collection may take before a collector's reading is skipped (stale)
+    collect_budget: float | None = None
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: stop after this many seconds (None: run until signalled)
+    duration: float | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            check_name("site", self.site)
+            check_name("host", self.host)
+        except ProtocolError as e:
+            raise ConfigError(str(e)) from None
+        if self.host == CONTROLLER_HOST:
+            raise ConfigError(f"host name {CONTROLLER_HOST!r} is reserved for the controller's state topic")
+        if not self.tick > 0:
+            raise ConfigError(f"--tick must be > 0 seconds, got {self.tick}")
+        for metric, d in self.deltas.items():
+            if not d >= 0:
+                raise ConfigError(f"Δ for {metric!r} must be ≥ 0, got {d}")
+
+    @property
+    def budget(self) -> float:
+        return self.collect_budget if self.collect_budget is not None else max(0.05, 0.8 * self.tick)
+
+    def plugin_options(self, name: str) -> dict[str, Any]:
+        """The options the user gave plugin ``name`` (empty dict if none)."""
+        return dict(self.options.get(name, {}))
+
+
+def parse_deltas(items: list[str] | None) -> dict[str, float]:
+    """``--delta METRIC=VALUE`` or ``--delta VALUE`` (every metric)."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        metric, eq, value = item.rpartition("=")
+        metric = metric if eq else "*"
+        try:
+            out[metric] = float(value)
+        except ValueError:
+            raise ConfigError(f"--delta {item!r}: {value!r} is not a number") from None
+    return out

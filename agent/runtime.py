@@ -1,0 +1,346 @@
+"""The agent process: the tick loop (collect → track → publish) and its MQTT session.
+
+Each tick the sampler reads every collector, the series table notes which series appeared or
+went, the tracker decides which values leave their feasible interval, and one ``data`` message
+carries only those (plus stale and gone markers). A new series, a (re)connection, a rebirth
+request or the controller coming online makes the agent publish a fresh ``birth`` (sequence back at 0) whose table and current tracked
+values let the controller start over in one message.
+
+Sampling and tracking go on while the broker is unreachable; on reconnection the birth carries
+the tracker's values, so the controller is right again from the first tick after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from typing import Any, Callable
+
+import aiomqtt
+import numpy as np
+
+from atomwatch import __version__, protocol
+from atomwatch.plugins import call_safely
+from atomwatch.series import SeriesKey
+from atomwatch.types import CommandError, CommandHandler
+
+from .commands import CommandRunner
+from .config import AgentConfig
+from .sampling import Sampler
+from .series_table import SeriesTable
+from .tracking import AtomTracker
+
+log = logging.getLogger("atomwatch.agent")
+
+#: what a tick published: ("data", session, seq), ("birth", session, births so far) or None
+Published = tuple[str, int, int] | None
+#: called after every tick with (agent, true values in alias order, send mask, what was published)
+TickListener = Callable[["Agent", np.ndarray, np.ndarray, Published], None]
+
+
+def _new_session() -> int:
+    """A session is one MQTT connection; its number increases across reconnections and restarts
+    (milliseconds since the epoch). A rebirth within a connection keeps the session and restarts
+    the sequence at 0, so the last will (which names the session) always matches."""
+    return int(time.time() * 1000)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, pm: Any):
+        self.config = config
+        self.pm = pm
+        collectors = []
+        for plugin, result in call_safely(pm, "register_collectors", config=config):
+            collectors.extend(result)
+            log.info("plugin %s runs collector(s) %s", plugin, ", ".join(getattr(c, "name", "?") for c in result))
+        if not collectors:
+            log.warning("no collector runs on this agent: it will publish empty births")
+        self.sampler = Sampler(collectors, config.budget)
+        handlers: dict[str, CommandHandler] = {}
+        for plugin, result in call_safely(pm, "register_agent_commands", config=config):
+            handlers.update(result)
+        handlers.update({"rebirth": self._cmd_rebirth, "set-delta": self._cmd_set_delta})
+        self.commands = CommandRunner(handlers)
+
+        self.table = SeriesTable()
+        self.tracker = AtomTracker(gamma=config.gamma)
+        self.stale_sent = np.zeros(0, dtype=bool)
+        #: the Δ last asked for each alias (in force from the series' next round)
+        self.deltas = np.zeros(0)
+        self._controller_online: bool | None = None
+        self.session = 0
+        self.seq = 0
+        self.client: aiomqtt.Client | None = None
+        self.need_birth = True
+        self.publish_lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        self.ticks = 0
+        self.listeners: list[TickListener] = []
+        self.stats = {"births": 0, "data": 0, "values_sent": 0, "samples": 0, "bad_commands": 0, "publish_failed": 0}
+        self.connected = asyncio.Event()
+
+    # ------------------------------------------------------------------ Δ
+
+    def _delta_for(self, key: SeriesKey, default: float | None) -> float:
+        d = self.config.deltas
+        if key.metric in d:
+            return d[key.metric]
+        if "*" in d:
+            return d["*"]
+        return float(default) if default is not None else 0.0
+
+    # ------------------------------------------------------------------ tick
+
+    async def tick(self) -> None:
+        reading = await self.sampler.sample()
+        change = self.table.update(reading.values.keys())
+        if change.new:
+            new_keys = [self.table.keys[a] for a in change.new]
+            deltas = np.array([self._delta_for(k, reading.deltas.get(k)) for k in new_keys])
+            self.tracker.resize(len(self.table), deltas.max(initial=0.0))
+            self.tracker.set_delta(np.array(change.new), deltas)
+            self.deltas = np.concatenate([self.deltas, deltas])
+            self.stale_sent = np.concatenate([self.stale_sent, np.zeros(len(change.new), dtype=bool)])
+            self.need_birth = True
+            log.info("%d new series (%s)", len(change.new), ", ".join(k.column for k in new_keys[:5]) + (" …" if len(new_keys) > 5 else ""))
+        if change.gone:
+            self.tracker.invalidate(np.array(change.gone))
+            log.info("%d series gone (%s)", len(change.gone), ", ".join(self.table.keys[a].column for a in change.gone[:5]))
+        f = self.table.vector(reading.values)
+        send = self.tracker.step(f)
+        active = self.table.active
+        stale_now = active & np.isnan(f)
+        new_stale = stale_now & ~self.stale_sent
+        self.stale_sent = (self.stale_sent | stale_now) & ~send
+        self.stale_sent[~active] = False
+        self.ticks += 1
+        self.stats["samples"] += int(active.sum())
+        values = [(int(a), float(self.tracker.g[a])) for a in np.flatnonzero(send & active)]
+        msg_stale = [int(a) for a in np.flatnonzero(new_stale)]
+        published = await self._publish_tick(values, msg_stale, change.gone)
+        for listener in self.listeners:
+            listener(self, f, send, published)
+
+    async def _publish_tick(self, values: list[tuple[int, float]], stale: list[int], gone: list[int]) -> Published:
+        async with self.publish_lock:
+            if self.client is None:
+                return None
+            if self.need_birth:
+                if await self._publish_birth_locked():
+                    return ("birth", self.session, self.stats["births"])
+                return None
+            msg = protocol.Data(session=self.session, seq=self.seq, ts=time.time(), values=values, stale=stale, gone=gone)
+            if await self._publish(protocol.data_topic(self.config.site, self.config.host), msg, qos=1):
+                self.seq += 1
+                self.stats["data"] += 1
+                self.stats["values_sent"] += len(values)
+                return ("data", self.session, msg.seq)
+            return None
+
+    async def _publish_birth_locked(self) -> bool:
+        self.seq = 0
+        series = []
+        for alias in self.table.active_aliases():
+            g = float(self.tracker.g[alias])
+            series.append(
+                protocol.SeriesInfo(
+                    alias=alias,
+                    key=self.table.keys[alias],
+                    delta=float(self.deltas[alias]),
+                    value=None if np.isnan(g) else g,
+                )
+            )
+        birth = protocol.Birth(session=self.session, agent=__version__, tick=self.config.tick, ts=time.time(), series=series)
+        if await self._publish(protocol.birth_topic(self.config.site, self.config.host), birth, qos=1, retain=True):
+            self.need_birth = False
+            self.stats["births"] += 1
+            log.info("birth: session %d, %d series", self.session, len(series))
+            return True
+        return False
+
+    async def publish_birth(self) -> None:
+        async with self.publish_lock:
+            if self.client is not None:
+                await self._publish_birth_locked()
+
+    async def _publish(self, topic: str, msg: protocol.Message, qos: int = 1, retain: bool = False) -> bool:
+        client = self.client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, protocol.encode(msg), qos=qos, retain=retain)
+            return True
+        except aiomqtt.MqttError as e:
+            self.stats["publish_failed"] += 1
+            log.warning("publish to %s failed: %s", topic, e)
+            self.need_birth = True
+            return False
+
+    # ------------------------------------------------------------------ commands
+
+    async def _cmd_rebirth(self, params: dict, progress: Any) -> dict:
+        self.need_birth = True
+        await self.publish_birth()
+        return {"session": self.session}
+
+    async def _cmd_set_delta(self, params: dict, progress: Any) -> dict:
+        """``{"aliases": {"<alias>": Δ}}`` and/or ``{"metrics": {"<metric>": Δ}}``; Δ ≥ 0."""
+        updates: dict[int, float] = {}
+        by_metric = params.get("metrics") or {}
+        by_alias = params.get("aliases") or {}
+        if not isinstance(by_metric, dict) or not isinstance(by_alias, dict):
+            raise CommandError("set-delta: 'metrics' and 'aliases' must be objects")
+        if not by_metric and not by_alias:
+            raise CommandError("set-delta needs 'metrics' {metric: Δ} or 'aliases' {alias: Δ}")
+
+        def check(name: str, v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+                raise CommandError(f"set-delta: Δ for {name} must be a finite number ≥ 0, got {v!r}")
+            return float(v)
+
+        for metric, v in by_metric.items():
+            d = check(f"metric {metric!r}", v)
+            for alias, key in enumerate(self.table.keys):
+                if key.metric == metric:
+                    updates[alias] = d
+        for alias_text, v in by_alias.items():
+            try:
+                alias = int(alias_text)
+            except ValueError:
+                raise CommandError(f"set-delta: alias {alias_text!r} is not an integer") from None
+            if not 0 <= alias < len(self.table):
+                raise CommandError(f"set-delta: alias {alias} is not in this agent's series table")
+            updates[alias] = check(f"alias {alias}", v)
+        if updates:
+            idx = np.array(sorted(updates))
+            values = np.array([updates[i] for i in idx])
+            self.tracker.set_delta(idx, values)
+            self.deltas[idx] = values
+        return {"applied": len(updates), "from": "next round of each series"}
+
+    async def _handle_message(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        try:
+            t, msg = protocol.decode(topic, message.payload)
+        except protocol.ProtocolError as e:
+            self.stats["bad_commands"] += 1
+            log.warning("dropped: %s", e)
+            return
+        if isinstance(msg, protocol.State):
+            if msg.online and self._controller_online is False:
+                log.info("controller came online: rebirth")
+                self.need_birth = True
+                await self.publish_birth()
+            self._controller_online = msg.online
+        elif isinstance(msg, protocol.Command):
+            log.info("command %s (%s)", msg.command, msg.id)
+
+            async def reply(r: protocol.Reply, request_id: str = msg.id) -> None:
+                await self._publish(protocol.reply_topic(self.config.site, self.config.host, request_id), r, qos=1)
+
+            self.commands.start(msg, reply)
+
+    # ------------------------------------------------------------------ loops
+
+    async def _tick_loop(self) -> None:
+        tick = self.config.tick
+        next_at = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                await self.tick()
+            except Exception:  # one bad tick must not end the agent
+                log.exception("tick failed")
+            next_at += tick
+            delay = next_at - time.monotonic()
+            if delay < 0:  # overran: skip the missed ticks rather than bursting
+                next_at = time.monotonic()
+                delay = 0
+            try:
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _connection_loop(self) -> None:
+        cfg = self.config
+        backoff = 0.2
+        while not self.stopping.is_set():
+            session = max(_new_session(), self.session + 1)
+            will = aiomqtt.Will(
+                protocol.death_topic(cfg.site, cfg.host),
+                protocol.encode(protocol.Death(session=session, reason="connection lost")),
+                qos=1,
+            )
+            try:
+                async with aiomqtt.Client(
+                    cfg.broker.host,
+                    cfg.broker.port,
+                    username=cfg.broker.username,
+                    password=cfg.broker.password,
+                    identifier=f"atomwatch-agent-{cfg.site}-{cfg.host}",
+                    will=will,
+                    keepalive=max(5, int(cfg.tick * 3)),
+                    max_queued_outgoing_messages=10000,
+                ) as client:
+                    self._controller_online = None
+                    await client.subscribe(protocol.cmd_topic(cfg.site, cfg.host, "+"), qos=1)
+                    await client.subscribe(protocol.state_topic(cfg.site), qos=1)
+                    async with self.publish_lock:
+                        self.client = client
+                        self.session = session
+                        await self._publish_birth_locked()
+                    self.connected.set()
+                    log.info("connected to %s as %s/%s", cfg.broker, cfg.site, cfg.host)
+                    backoff = 0.2
+                    async for message in client.messages:
+                        await self._handle_message(message)
+            except aiomqtt.MqttError as e:
+                if self.stopping.is_set():
+                    break
+                log.warning("broker %s: %s; reconnecting in %.1f s", cfg.broker, e, backoff)
+            finally:
+                self.client = None
+                self.connected.clear()
+                self.need_birth = True
+            if self.stopping.is_set():
+                break
+            try:
+                await asyncio.wait_for(self.stopping.wait(), backoff * (0.5 + random.random()))
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, 30.0)
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`, SIGINT/SIGTERM or ``config.duration``."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        conn = asyncio.create_task(self._connection_loop(), name="agent-connection")
+        ticks = asyncio.create_task(self._tick_loop(), name="agent-ticks")
+        if self.config.duration:
+            loop.call_later(self.config.duration, self.stop)
+        try:
+            await self.stopping.wait()
+        finally:
+            ticks.cancel()
+            await asyncio.gather(ticks, return_exceptions=True)
+            await self.commands.close()
+            client = self.client
+            if client is not None:
+                try:
+                    death = protocol.Death(session=self.session, ts=time.time(), reason="clean stop")
+                    await client.publish(protocol.death_topic(self.config.site, self.config.host), protocol.encode(death), qos=1)
+                except aiomqtt.MqttError:
+                    pass
+            conn.cancel()
+            await asyncio.gather(conn, return_exceptions=True)
+            self.sampler.close()
+            log.info("agent stopped after %d ticks: %s", self.ticks, self.stats)
+
+    def stop(self) -> None:
+        self.stopping.set()

@@ -1,0 +1,101 @@
+"""Collect stage of the tick: every collector in its own worker thread, under a time budget.
+
+A collector that raises, returns something that is not a Reading, or overruns the budget does not
+stop the tick: its series are reported stale this tick (never invented), and the failure is
+logged once per kind until the collector recovers. A collector still busy from an earlier tick is
+not called again until it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from atomwatch.series import SeriesKey
+from atomwatch.types import Collector, Reading
+
+log = logging.getLogger("atomwatch.agent.sampling")
+
+
+@dataclass
+class _Slot:
+    collector: Collector
+    pool: ThreadPoolExecutor
+    pending: Future | None = None
+    last_keys: set[SeriesKey] = field(default_factory=set)
+    failing: str | None = None
+
+
+class Sampler:
+    def __init__(self, collectors: list[Collector], budget: float):
+        self.budget = budget
+        self.slots = [
+            _Slot(c, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collect-{getattr(c, 'name', '?')}"))
+            for c in collectors
+        ]
+        self.errors = 0
+
+    async def sample(self) -> Reading:
+        loop = asyncio.get_running_loop()
+        for slot in self.slots:
+            if slot.pending is None or slot.pending.done():
+                slot.pending = slot.pool.submit(slot.collector.collect)
+        futures = [asyncio.wrap_future(s.pending, loop=loop) for s in self.slots if s.pending is not None]
+        if futures:
+            await asyncio.wait(futures, timeout=self.budget)
+        merged = Reading(values={}, deltas={})
+        for slot in self.slots:
+            name = getattr(slot.collector, "name", type(slot.collector).__name__)
+            reading, problem = None, None
+            if slot.pending is not None and slot.pending.done():
+                fut, slot.pending = slot.pending, None
+                try:
+                    reading = fut.result()
+                    if not isinstance(reading, Reading):
+                        problem = f"returned {type(reading).__name__}, not atomwatch.Reading"
+                        reading = None
+                except Exception as e:  # a collector bug must not stop the agent
+                    problem = f"raised {type(e).__name__}: {e}"
+            else:
+                problem = f"did not answer within the {self.budget:.2f} s budget"
+            if reading is None:
+                self.errors += 1
+                if slot.failing != problem:
+                    log.warning("collector %s %s; its series are stale this tick", name, problem)
+                slot.failing = problem
+                for key in slot.last_keys:
+                    merged.values.setdefault(key, None)
+                continue
+            if slot.failing:
+                log.info("collector %s recovered", name)
+                slot.failing = None
+            clean: dict[SeriesKey, float | None] = {}
+            for key, v in reading.values.items():
+                if not isinstance(key, SeriesKey):
+                    log.warning("collector %s gave a key that is not a SeriesKey: %r (dropped)", name, key)
+                    continue
+                if v is not None:
+                    try:
+                        v = float(v)
+                    except (TypeError, ValueError):
+                        log.warning("collector %s gave %s a non-numeric value %r (stale)", name, key.column, v)
+                        v = None
+                    else:
+                        if not math.isfinite(v):
+                            v = None
+                clean[key] = v
+            slot.last_keys = set(clean)
+            merged.values.update(clean)
+            merged.deltas.update({k: float(d) for k, d in reading.deltas.items() if k in clean})
+        return merged
+
+    def close(self) -> None:
+        for slot in self.slots:
+            try:
+                slot.collector.close()
+            except Exception:
+                log.exception("collector %s failed to close", getattr(slot.collector, "name", "?"))
+            slot.pool.shutdown(wait=False, cancel_futures=True)

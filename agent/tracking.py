@@ -1,0 +1,294 @@
+"""Online tracking of many series at once: which values the agent sends to the controller.
+
+The agent (ATOM's *observer*) sees every sample; the controller (the *tracker*) holds, per series,
+the last value it was sent, ``g``. A tracking policy decides at every tick which series to send so
+that the controller's copy stays within an error bound Δ of the true value while as few messages
+as possible are sent.
+
+What lives here, all vectorised over ``n`` series with O(1) work per series and sample:
+
+- :class:`AtomTracker` — ATOM's Algorithm 1 (Du & Li, after Yi & Zhang's optimal online
+  tracking): send the midpoint of the interval ``S`` of values still consistent with the round,
+  start a new round from the raw value when ``S`` is exhausted. O(log(Δ/γ))-competitive.
+- :class:`Deadband` — the naive rule (Sparkplug's deadband): send ``f`` when ``|f − g| > Δ``.
+- :class:`SendAll` — send every sample; the baseline of the message counts.
+- :func:`optimal_messages` — the offline optimum (greedy segments of range ≤ 2Δ), a lower bound no
+  online policy can beat; :func:`optimal_max_error` — the error it leaves.
+- :func:`simulate` — run a policy over a ``ticks × series`` matrix and count messages and error.
+
+Conventions shared by every policy:
+
+- ``f`` is a float array of the ``n`` current true values; a non-finite entry (NaN, ±inf) means
+  *unreadable*: nothing is sent for it and the series is invalidated (``g`` becomes NaN), so its
+  next finite value is sent as is. The agent reports staleness on its own channel.
+- ``step(f)`` returns a bool mask of the series to send; the values to send are ``g[mask]``.
+- Invariant after every ``step``: for every series with finite ``f``,
+  ``abs(f - g) <= delta`` holds *exactly* as evaluated in float64, not only up to rounding
+  (see :class:`AtomTracker` for why its midpoints keep it).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "AtomTracker",
+    "Deadband",
+    "Policy",
+    "SendAll",
+    "Simulation",
+    "optimal_max_error",
+    "optimal_messages",
+    "simulate",
+]
+
+
+def _check_delta(delta: ArrayLike | float, what: str = "delta") -> np.ndarray:
+    d = np.array(delta, dtype=np.float64)  # a copy: callers keep their arrays
+    if d.ndim > 1:
+        raise ValueError(f"{what} must be a number or a 1-d array, got shape {d.shape}")
+    if not np.all(np.isfinite(d)) or np.any(d < 0):
+        bad = d[~(np.isfinite(d) & (d >= 0))] if d.ndim else d
+        raise ValueError(f"{what} must be finite and ≥ 0, got {np.ravel(bad)[:5].tolist()}")
+    return d
+
+
+class _Policy:
+    """State and bookkeeping common to every policy: ``n``, ``g``, ``delta``, resize, invalidate."""
+
+    def __init__(self, delta: ArrayLike = ()) -> None:
+        d = _check_delta(delta)
+        self.delta: np.ndarray = np.atleast_1d(d).copy()
+        self.n: int = int(self.delta.shape[0])
+        self.g: np.ndarray = np.full(self.n, np.nan)
+
+    def resize(self, n: int, delta: ArrayLike | float) -> None:
+        """Grow to ``n`` series; the new ones are uninitialised (their first finite value is sent).
+
+        ``delta`` is one Δ for every new series, an array of one Δ per new series, or an array
+        of length ``n`` of which the new tail is used. Never shrinks: ``n ≤ self.n`` does
+        nothing (a series that is gone is invalidated, its slot is kept).
+        """
+        n = int(n)
+        if n <= self.n:
+            return
+        new = n - self.n
+        d = _check_delta(delta)
+        if d.ndim == 1 and d.shape[0] == n and n != new:
+            d = d[self.n :]
+        elif d.ndim == 1 and d.shape[0] not in (1, new):
+            raise ValueError(f"resize to {n}: delta has {d.shape[0]} entries, expected 1, {new} or {n}")
+        self._grow(new, np.broadcast_to(d, (new,)).astype(np.float64))
+        self.n = n
+
+    def _grow(self, new: int, delta: np.ndarray) -> None:
+        self.delta = np.concatenate([self.delta, delta])
+        self.g = np.concatenate([self.g, np.full(new, np.nan)])
+
+    def set_delta(self, idx: ArrayLike, delta: ArrayLike | float) -> None:
+        """Set Δ of the series ``idx`` (indices or a bool mask); it applies at once."""
+        self.delta[np.asarray(idx)] = _check_delta(delta)
+
+    def invalidate(self, idx: ArrayLike) -> None:
+        """The series ``idx`` are stale or gone: forget ``g``; the next finite value is sent."""
+        self.g[np.asarray(idx)] = np.nan
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        """Take the current values ``f``; return the mask of series to send (values: ``g[mask]``)."""
+        raise NotImplementedError
+
+    def _readable(self, f: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """(f as float64, mask of finite values); invalidates the unreadable series."""
+        f = np.asarray(f, dtype=np.float64)
+        if f.shape != (self.n,):
+            raise ValueError(f"step: expected {self.n} values, got an array of shape {f.shape}")
+        readable = np.isfinite(f)
+        self.g[~readable] = np.nan
+        return f, readable
+
+
+class AtomTracker(_Policy):
+    """ATOM's Algorithm 1, one independent tracker per series.
+
+    Per series, a *round* starts from the current value ``f``: ``S = [f − Δ, f + Δ]`` and
+    ``g = f`` is sent. At each later sample:
+
+    - ``|f − g| ≤ Δ``: nothing is sent;
+    - otherwise ``S = S ∩ [f − Δ, f + Δ]`` (the values that were within Δ of every sample that
+      broke the bound this round, the first one included); if ``S`` can still be halved,
+      ``g = midpoint(S)`` is sent, else a new round starts from ``f``.
+
+    *Can still be halved* means: ``upper(S) − lower(S) > γ`` and the float midpoint
+    ``m = lower + (upper − lower)/2`` lies strictly inside ``S``. With ``γ = 0`` (the default)
+    this is the float resolution: a round ends when ``S`` is empty or no float lies strictly
+    between its bounds (at most one halving fewer than exact arithmetic would allow). With
+    Δ = 0, ``S`` is a single point, so every change of ``f`` starts a new round and is sent.
+
+    Why the invariant ``abs(f − g) ≤ Δ`` holds exactly in float64: a new round sends ``g = f``.
+    A midpoint ``m`` is sent only with ``m < upper ≤ fl(f + Δ)``, so ``m`` is at most the float
+    just below ``fl(f + Δ)``, which cannot exceed the exact ``f + Δ`` (else it, not
+    ``fl(f + Δ)``, would be the nearest float to ``f + Δ``); so ``m − f ≤ Δ`` exactly and the
+    rounded ``fl(m − f) ≤ Δ`` too (Δ is a float and rounding is monotone). The lower side is
+    symmetric. Overflow (``f + Δ = inf``) gives no interior midpoint, hence a new round.
+
+    ``set_delta`` on a series inside a round is *pending*: the Δ in force (``delta``) changes when
+    that series' next round starts, as ATOM's agents apply a new Δ from the next round; until
+    then the old bound holds. Call :meth:`invalidate` as well to apply it at the next sample.
+    """
+
+    def __init__(self, delta: ArrayLike = (), gamma: float = 0.0) -> None:
+        super().__init__(delta)
+        gamma = float(gamma)
+        if not np.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"gamma must be finite and ≥ 0, got {gamma}")
+        self.gamma = gamma
+        self.lower = np.full(self.n, np.nan)  # S of the current round
+        self.upper = np.full(self.n, np.nan)
+        self._next_delta = self.delta.copy()  # Δ of each series' next round
+
+    def _grow(self, new: int, delta: np.ndarray) -> None:
+        super()._grow(new, delta)
+        self._next_delta = np.concatenate([self._next_delta, delta])
+        self.lower = np.concatenate([self.lower, np.full(new, np.nan)])
+        self.upper = np.concatenate([self.upper, np.full(new, np.nan)])
+
+    def set_delta(self, idx: ArrayLike, delta: ArrayLike | float) -> None:
+        """Pending Δ for the series ``idx``: in force from their next round (at once if none runs)."""
+        self._next_delta[np.asarray(idx)] = _check_delta(delta)
+        idle = np.isnan(self.g)
+        self.delta[idle] = self._next_delta[idle]
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        f, readable = self._readable(f)
+        in_round = readable & ~np.isnan(self.g)
+        with np.errstate(invalid="ignore"):
+            moved = in_round & ~(np.abs(f - self.g) <= self.delta)
+
+        # S = S ∩ [f − Δ, f + Δ] where f broke the bound
+        np.maximum(self.lower, f - self.delta, out=self.lower, where=moved)
+        np.minimum(self.upper, f + self.delta, out=self.upper, where=moved)
+        width = self.upper - self.lower
+        mid = self.lower + width / 2
+        with np.errstate(invalid="ignore"):
+            halvable = (width > self.gamma) & (self.lower < mid) & (mid < self.upper)
+        send_mid = moved & halvable
+        np.copyto(self.g, mid, where=send_mid)
+
+        # new round from f: uninitialised / invalidated series, or S exhausted
+        new_round = (readable & ~in_round) | (moved & ~halvable)
+        np.copyto(self.delta, self._next_delta, where=new_round)
+        np.copyto(self.lower, f - self.delta, where=new_round)
+        np.copyto(self.upper, f + self.delta, where=new_round)
+        np.copyto(self.g, f, where=new_round)
+        return send_mid | new_round
+
+
+class Deadband(_Policy):
+    """Send ``f`` when ``|f − g| > Δ`` (Sparkplug's deadband); ``set_delta`` applies at once."""
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        f, readable = self._readable(f)
+        with np.errstate(invalid="ignore"):
+            send = readable & ~(np.abs(f - self.g) <= self.delta)  # NaN g: never sent yet
+        np.copyto(self.g, f, where=send)
+        return send
+
+
+class SendAll(_Policy):
+    """Send every readable sample (Δ is kept only for a uniform interface)."""
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        f, readable = self._readable(f)
+        np.copyto(self.g, f, where=readable)
+        return readable
+
+
+class Policy(Protocol):
+    n: int
+    g: np.ndarray
+
+    def step(self, f: np.ndarray) -> np.ndarray: ...
+
+
+class Simulation:
+    """What :func:`simulate` measured, per series: ``messages`` sent and ``max_error`` seen
+    (the largest ``|f − g|`` over ticks with a finite ``f``; 0 for a series never readable)."""
+
+    def __init__(self, messages: np.ndarray, max_error: np.ndarray) -> None:
+        self.messages = messages
+        self.max_error = max_error
+
+    def __repr__(self) -> str:
+        return f"Simulation(messages={int(self.messages.sum())}, max_error={float(self.max_error.max(initial=0.0))})"
+
+
+def _as_matrix(values: ArrayLike) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    if v.ndim != 2:
+        raise ValueError(f"values must be a ticks × series matrix, got shape {v.shape}")
+    return v
+
+
+def simulate(policy: Policy, values: ArrayLike) -> Simulation:
+    """Run ``policy`` over ``values`` (ticks × series, NaN = unreadable), one ``step`` a row."""
+    v = _as_matrix(values)
+    if v.shape[1] != policy.n:
+        raise ValueError(f"simulate: the policy tracks {policy.n} series, values have {v.shape[1]} columns")
+    messages = np.zeros(policy.n, dtype=np.int64)
+    max_error = np.zeros(policy.n)
+    for row in v:
+        messages += policy.step(row)
+        err = np.abs(row - policy.g)
+        np.fmax(max_error, err, out=max_error)  # NaN (unreadable) is ignored
+    return Simulation(messages, max_error)
+
+
+def _greedy_segments(values: ArrayLike, delta: ArrayLike | float) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy cover of each series by segments of range ≤ 2Δ: (segment count, max range / 2).
+
+    A segment ends where the next value would widen its range beyond 2Δ, or at an unreadable
+    value: the online policies must resend after a gap, so the optimum they are held to must too.
+    Greedy is optimal: extending the current segment as far as it goes never hurts later ones.
+    """
+    v = _as_matrix(values)
+    n = v.shape[1]
+    two_delta = 2 * np.broadcast_to(_check_delta(delta), (n,))
+    count = np.zeros(n, dtype=np.int64)
+    half_range = np.zeros(n)
+    lo = np.full(n, np.nan)
+    hi = np.full(n, np.nan)
+    for row in v:
+        readable = np.isfinite(row)
+        open_ = ~np.isnan(lo)
+        new_lo = np.minimum(lo, row)
+        new_hi = np.maximum(hi, row)
+        with np.errstate(invalid="ignore"):
+            fits = readable & open_ & (new_hi - new_lo <= two_delta)
+        start = readable & ~fits
+        # a segment closes where a new one starts or a gap begins
+        closing = (start | ~readable) & open_
+        np.fmax(half_range, (hi - lo) / 2, out=half_range, where=closing)
+        count += start
+        lo = np.where(fits, new_lo, np.where(start, row, np.nan))
+        hi = np.where(fits, new_hi, np.where(start, row, np.nan))
+    open_ = ~np.isnan(lo)
+    np.fmax(half_range, (hi - lo) / 2, out=half_range, where=open_)
+    return count, half_range
+
+
+def optimal_messages(values: ArrayLike, delta: ArrayLike | float) -> np.ndarray:
+    """The offline optimum per series: the fewest messages that keep the tracker within Δ.
+
+    ``values`` is ticks × series (a 1-d array is one series); ``delta`` one Δ or one per series.
+    """
+    return _greedy_segments(values, delta)[0]
+
+
+def optimal_max_error(values: ArrayLike, delta: ArrayLike | float) -> np.ndarray:
+    """The largest error of the optimum per series, sending each segment's midrange."""
+    return _greedy_segments(values, delta)[1]

@@ -1,0 +1,49 @@
+"""Arguments several subcommands share: broker, site, plugins, options, config file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from atomwatch.config import load_file, plugin_options
+from atomwatch.plugins import PluginManager, get_plugin_manager
+
+
+def add_plugin_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugins-dir", metavar="DIR", help="also load every *.py plugin file of DIR")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="PLUGIN.OPTION=VALUE",
+        help="an option of a plugin (repeatable), e.g. --set libvirt.uri=qemu:///system",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML file: top-level keys as the options, [plugins.NAME] tables")
+
+
+def add_session_arguments(p: argparse.ArgumentParser, tick: float) -> None:
+    p.add_argument("--broker", metavar="URL", help="MQTT broker, mqtt://host:port (default: $ATOMWATCH_BROKER or mqtt://127.0.0.1:1883)")
+    p.add_argument("--site", help="site name: the topic level above hosts (default: default)")
+    p.add_argument("--tick", type=float, help=f"seconds between ticks (default {tick:g})")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+
+
+def plugin_manager(args: argparse.Namespace) -> PluginManager:
+    dirs = args.plugins_dir or os.environ.get("ATOMWATCH_PLUGINS_DIR")
+    return get_plugin_manager(plugins_dir=dirs)
+
+
+def options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the config file's top-level values, the merged plugin options)."""
+    file_config = load_file(getattr(args, "config", None))
+    return file_config, plugin_options(file_config, getattr(args, "settings", []))
+
+
+def pick(args: argparse.Namespace, file_config: dict[str, Any], name: str, default: Any) -> Any:
+    """A value from the command line, else the config file, else the default."""
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    return file_config.get(name, default)

@@ -1,0 +1,49 @@
+"""``atomwatch controller``: watch one or more sites."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from atomwatch.config import BrokerAddress
+
+from ._common import add_plugin_arguments, add_session_arguments, options, pick, plugin_manager
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_session_arguments(p, tick=10.0)
+    add_plugin_arguments(p)
+    p.add_argument(
+        "--detector",
+        dest="detectors",
+        action="append",
+        metavar="NAME",
+        help="run only this detector (repeatable; default: every detector loaded)",
+    )
+
+
+def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
+    from controller.config import ControllerConfig
+
+    broker = pick(args, file_config, "broker", os.environ.get("ATOMWATCH_BROKER", "mqtt://127.0.0.1:1883"))
+    site = pick(args, file_config, "site", "default")
+    kwargs = dict(
+        broker=BrokerAddress.parse(overrides.pop("broker", broker)),
+        sites=[s for s in str(site).split(",") if s],
+        tick=float(pick(args, file_config, "tick", 10.0)),
+        detectors=list(getattr(args, "detectors", None) or file_config.get("detectors") or []),
+        options=plugin_opts,
+        duration=pick(args, file_config, "duration", None),
+    )
+    kwargs.update(overrides)
+    return ControllerConfig(**kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from controller.app import Controller
+
+    file_config, plugin_opts = options(args)
+    controller = Controller(build_config(args, file_config, plugin_opts), plugin_manager(args))
+    asyncio.run(controller.run())
+    return 0

@@ -1,0 +1,80 @@
+"""``atomwatch up``: broker, controller and a local agent in one process, nothing to configure.
+
+With no ``--broker`` an embedded amqtt broker is started on 127.0.0.1 (a free port). The agent
+replays the bundled lab recording (three guests, one ``cryptominer`` attack) through the replay
+collector unless ``--trace`` names another trace or ``--no-replay`` is given; every other
+collector that can run here (libvirt, CoreDNS with endpoints set) runs as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from importlib import resources
+
+from . import agent as agent_cmd
+from . import controller as controller_cmd
+from ._common import add_plugin_arguments, options, plugin_manager
+
+log = logging.getLogger("atomwatch.up")
+
+BUNDLED_TRACE = "lab-cryptominer.csv"
+
+
+def bundled_trace() -> str:
+    return str(resources.files("atomwatch") / "data" / BUNDLED_TRACE)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", metavar="URL", help="use this MQTT broker instead of the embedded one")
+    p.add_argument("--site", help="site name (default: default)")
+    p.add_argument("--host", help="the local agent's host name (default: this machine's)")
+    p.add_argument("--tick", type=float, default=1.0, help="seconds between ticks (default 1)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--trace", help="CSV trace or recording folder to replay (default: the bundled lab recording)")
+    p.add_argument("--speed", type=float, default=1.0, help="trace rows per tick (default 1)")
+    p.add_argument("--no-replay", action="store_true", help="replay nothing; run only the live collectors")
+    p.add_argument("--detector", dest="detectors", action="append", metavar="NAME", help="run only this detector (repeatable)")
+    p.add_argument("--delta", action="append", metavar="[METRIC=]VALUE", help="tracking error Δ (see atomwatch agent)")
+    p.add_argument("--gamma", type=float, help=argparse.SUPPRESS)
+    add_plugin_arguments(p)
+
+
+async def _up(args: argparse.Namespace) -> None:
+    from agent.runtime import Agent
+    from atomwatch.broker import EmbeddedBroker
+    from controller.app import Controller
+
+    file_config, plugin_opts = options(args)
+    if not args.no_replay:
+        replay = plugin_opts.setdefault("replay", {})
+        replay.setdefault("trace", args.trace or bundled_trace())
+        replay.setdefault("speed", args.speed)
+        replay.setdefault("loop", True)
+    pm = plugin_manager(args)
+    broker = None
+    url = args.broker or file_config.get("broker")
+    if not url:
+        broker = EmbeddedBroker()
+        await broker.start()
+        url = broker.url
+    try:
+        controller = Controller(controller_cmd.build_config(args, file_config, plugin_opts, broker=url), pm)
+        agent = Agent(agent_cmd.build_config(args, file_config, plugin_opts, broker=url), pm)
+        tasks = [asyncio.create_task(controller.run()), asyncio.create_task(agent.run())]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        agent.stop()
+        controller.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            if t.exception():
+                raise t.exception()
+    finally:
+        if broker is not None:
+            await broker.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    asyncio.run(_up(args))
+    return 0

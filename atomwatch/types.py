@@ -1,0 +1,151 @@
+"""The data plugins exchange with the agent and the controller.
+
+Collectors return :class:`Reading`; detectors receive :class:`Row` and return :class:`Anomaly`
+objects that name the columns they blame (:class:`Blame`). All are plain dataclasses so a plugin
+needs nothing but ``import atomwatch``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .series import SeriesKey
+
+# --------------------------------------------------------------------------- agent side
+
+
+@dataclass
+class Reading:
+    """What one collector read at one tick.
+
+    ``values`` maps every series the collector knows *now* to its value; ``None`` (or NaN) means
+    the series exists but could not be read this tick (the agent sends an explicit *stale*
+    marker, never an invented value). A series that was in the previous reading and is missing
+    now is *gone* (a VM stopped): the agent sends a *gone* marker and a new birth.
+
+    ``deltas`` optionally gives a default tracking error Δ (absolute, in the series' unit) for a
+    series; the agent's configuration and the controller's ``set-delta`` command override it.
+    """
+
+    values: dict[SeriesKey, float | None]
+    deltas: dict[SeriesKey, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Collector(Protocol):
+    """An agent-side source of series. ``collect`` may block (it runs in a worker thread with a
+    time budget); it should return within the agent's tick."""
+
+    name: str
+
+    def collect(self) -> Reading: ...
+
+    def close(self) -> None: ...
+
+
+#: ``await handler(params, progress)`` → result dict; raise :class:`CommandError` to fail.
+CommandHandler = Callable[[dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[dict[str, Any]]]
+
+
+class CommandError(Exception):
+    """A command failed for a reason the operator should read (sent back as the error reply)."""
+
+
+# --------------------------------------------------------------------------- controller side
+
+
+@dataclass
+class Row:
+    """One controller tick of one scope: the current rebuilt value of every column.
+
+    ``values[j]`` is NaN when column ``j`` is stale or unknown at this tick. ``columns`` may change
+    between rows (a VM appears or leaves); detectors must cope. ``index`` counts the scope's rows
+    from 0 (in ``atomwatch detect`` it is the CSV row number).
+    """
+
+    scope: str
+    index: int
+    ts: float
+    columns: tuple[SeriesKey, ...]
+    values: np.ndarray
+
+
+@dataclass
+class Blame:
+    """One column a detector holds responsible, with the numbers behind it."""
+
+    column: SeriesKey
+    direction: str = "up"  # "up" | "down"
+    score: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "column": self.column.column,
+            "vm_uuid": self.column.vm_uuid,
+            "vm_name": self.column.vm_name,
+            "metric": self.column.metric,
+            "direction": self.direction,
+            "score": self.score,
+            **self.details,
+        }
+
+
+@dataclass
+class Anomaly:
+    """A detector's finding at one row of one scope."""
+
+    detector: str
+    scope: str
+    index: int
+    ts: float
+    score: float
+    threshold: float
+    blame: list[Blame] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["blame"] = [b.to_dict() for b in self.blame]
+        return d
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """One detector instance watches one scope. ``update`` is called once per row, in order, in a
+    worker thread (never on the event loop). It returns the anomalies at this row (usually zero
+    or one)."""
+
+    name: str
+
+    def update(self, row: Row) -> Sequence[Anomaly] | Anomaly | None: ...
+
+
+class DetectorFactory(Protocol):
+    """What ``register_detectors`` returns: makes one :class:`Detector` per scope.
+
+    Optional methods a detector instance may have, which the controller uses when present:
+    ``accept_normal(rows: list[Row])`` (the operator's *normal* verdict: fold these rows into the
+    model), ``status() -> dict`` (for the API and /metrics, e.g. current score and threshold).
+    """
+
+    name: str
+    description: str
+
+    def create(self, scope: str, options: Mapping[str, Any]) -> Detector: ...
+
+
+def as_anomalies(result: Sequence[Anomaly] | Anomaly | None) -> list[Anomaly]:
+    """Normalise what ``Detector.update`` returned into a list, rejecting anything else."""
+    if result is None:
+        return []
+    if isinstance(result, Anomaly):
+        return [result]
+    out = list(result)
+    for a in out:
+        if not isinstance(a, Anomaly):
+            raise TypeError(f"detector returned {type(a).__name__}, not atomwatch.Anomaly")
+    return out

@@ -1,0 +1,298 @@
+"""The controller process: MQTT session, ingest, the detection tick, commands to agents.
+
+Every ``config.tick`` seconds each live host scope yields one row of its rebuilt values; the rows
+go to the detectors in a worker thread, and every anomaly goes to the ``anomaly_detected`` hook
+(and, once the alarms store is configured, opens or extends an alarm). The controller announces
+itself on the retained ``state`` topic (its last will says offline), so agents re-birth when it
+comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable
+
+import aiomqtt
+
+from atomwatch import protocol
+from atomwatch.config import ConfigError
+from atomwatch.plugins import call_safely
+from atomwatch.types import Anomaly, Row
+
+from .config import ControllerConfig
+from .detection import DetectorSet, detector_factories
+from .ingest import HostState, Ingest
+from .scopes import ScopeRows
+
+log = logging.getLogger("atomwatch.controller")
+
+Progress = Callable[[protocol.Reply], Any]
+
+
+class CommandFailed(Exception):
+    """An agent answered a command with an error, or did not answer in time."""
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig, pm: Any):
+        self.config = config
+        self.pm = pm
+        self.ingest = Ingest(request_rebirth=self._rebirth_soon)
+        self.ingest.replies.append(self._on_reply)
+        self.scope_rows = ScopeRows()
+        factories = detector_factories(pm)
+        if config.detectors:
+            unknown = [d for d in config.detectors if d not in factories]
+            if unknown:
+                raise ConfigError(
+                    f"--detector {', '.join(unknown)}: no such detector; loaded: {', '.join(sorted(factories)) or 'none'}"
+                )
+            factories = {d: factories[d] for d in config.detectors}
+        self.detectors = DetectorSet(factories, config.options)
+        self.client: aiomqtt.Client | None = None
+        self.stopping = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.pending: dict[str, tuple[asyncio.Future, Progress | None]] = {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
+        self.tasks: set[asyncio.Task] = set()
+        self.rows_handled = 0
+        #: test and embedding hooks: called with each row / each anomaly
+        self.row_listeners: list[Callable[[Row], None]] = []
+        self.anomaly_listeners: list[Callable[[Anomaly], None]] = []
+
+    # ------------------------------------------------------------------ plugins
+
+    def dispatch(self, hook: str, **kwargs: Any) -> None:
+        """Call an event hook on every plugin; schedule returned awaitables; never raise."""
+        for plugin, result in call_safely(self.pm, hook, controller=self, **kwargs):
+            if inspect.isawaitable(result):
+                self.spawn(result, f"{plugin}.{hook}")
+
+    def spawn(self, aw: Awaitable[Any], name: str) -> asyncio.Task:
+        async def guarded() -> None:
+            try:
+                await aw
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed", name)
+
+        task = asyncio.ensure_future(guarded())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ commands
+
+    async def send_command(
+        self,
+        site: str,
+        host: str,
+        command: str,
+        params: dict[str, Any] | None = None,
+        timeout: float = 60.0,
+        on_progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Send a command to an agent and wait for its final reply; returns the result dict.
+        Raises :class:`CommandFailed` with the agent's error, or on timeout / no connection."""
+        client = self.client
+        if client is None:
+            raise CommandFailed(f"{command} to {site}/{host}: the controller is not connected to the broker")
+        request_id = uuid.uuid4().hex[:16]
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = (fut, on_progress)
+        cmd = protocol.Command(id=request_id, command=command, params=params or {}, ts=time.time(), timeout=timeout)
+        try:
+            await client.publish(protocol.cmd_topic(site, host, request_id), protocol.encode(cmd), qos=1)
+            reply: protocol.Reply = await asyncio.wait_for(fut, timeout + 5.0)
+        except asyncio.TimeoutError:
+            raise CommandFailed(f"{command} to {site}/{host}: no answer within {timeout + 5.0:g} s") from None
+        except aiomqtt.MqttError as e:
+            raise CommandFailed(f"{command} to {site}/{host}: not sent ({e})") from None
+        finally:
+            self.pending.pop(request_id, None)
+        if reply.status == "error":
+            raise CommandFailed(f"{command} on {site}/{host} failed: {reply.error}")
+        return reply.result
+
+    def _on_reply(self, topic: protocol.Topic, reply: protocol.Reply) -> None:
+        entry = self.pending.get(reply.id)
+        if entry is None:
+            return
+        fut, on_progress = entry
+        if reply.status in ("ok", "error"):
+            if not fut.done():
+                fut.set_result(reply)
+        elif on_progress is not None:
+            try:
+                on_progress(reply)
+            except Exception:
+                log.exception("progress callback of %s failed", reply.id)
+
+    def _rebirth_soon(self, site: str, host: str) -> None:
+        async def ask() -> None:
+            client = self.client
+            if client is None:
+                return
+            cmd = protocol.Command(id=uuid.uuid4().hex[:16], command="rebirth", params={}, ts=time.time(), timeout=30.0)
+            await client.publish(protocol.cmd_topic(site, host, cmd.id), protocol.encode(cmd), qos=1)
+
+        self.spawn(ask(), f"rebirth request to {site}/{host}")
+
+    # ------------------------------------------------------------------ detection tick
+
+    def _is_live(self, state: HostState, now: float) -> bool:
+        if not state.alive or not state.synced:
+            return False
+        # An agent publishes every tick; silence for three of its ticks means it is gone.
+        return now - state.last_seen <= 3 * max(state.tick, self.config.tick) + 1.0
+
+    def _detect(self, rows: list[Row]) -> list[Anomaly]:
+        found: list[Anomaly] = []
+        for row in rows:
+            found.extend(self.detectors.update(row))
+        return found
+
+    async def tick(self) -> None:
+        now = time.time()
+        rows = []
+        for state in list(self.ingest.hosts.values()):
+            if not self._is_live(state, now):
+                continue
+            row = self.scope_rows.row(state, now)
+            if row is not None:
+                rows.append(row)
+        if not rows:
+            return
+        for row in rows:
+            stale = int(sum(1 for v in row.values if v != v))
+            log.info("row %d of %s: %d columns, %d stale", row.index, row.scope, len(row.columns), stale)
+            for listener in self.row_listeners:
+                listener(row)
+        self.rows_handled += len(rows)
+        anomalies = await asyncio.get_running_loop().run_in_executor(self.executor, self._detect, rows)
+        for anomaly in anomalies:
+            log.warning(
+                "anomaly: %s on %s row %d, score %.4g > %.4g; blames %s",
+                anomaly.detector,
+                anomaly.scope,
+                anomaly.index,
+                anomaly.score,
+                anomaly.threshold,
+                ", ".join(f"{b.column.column} {b.direction}" for b in anomaly.blame) or "nothing",
+            )
+            for listener in self.anomaly_listeners:
+                listener(anomaly)
+            self.dispatch("anomaly_detected", anomaly=anomaly)
+
+    async def _tick_loop(self) -> None:
+        next_at = time.monotonic() + self.config.tick
+        while not self.stopping.is_set():
+            delay = next_at - time.monotonic()
+            try:
+                await asyncio.wait_for(self.stopping.wait(), max(0.0, delay))
+                break
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("controller tick failed")
+            next_at += self.config.tick
+            if next_at < time.monotonic():
+                next_at = time.monotonic() + self.config.tick
+
+    # ------------------------------------------------------------------ session
+
+    async def _connection_loop(self) -> None:
+        cfg = self.config
+        backoff = 0.2
+        while not self.stopping.is_set():
+            will_payloads = [
+                (protocol.state_topic(site), protocol.encode(protocol.State(online=False, controller=cfg.name)))
+                for site in cfg.sites
+            ]
+            will = aiomqtt.Will(will_payloads[0][0], will_payloads[0][1], qos=1, retain=True)
+            try:
+                async with aiomqtt.Client(
+                    cfg.broker.host,
+                    cfg.broker.port,
+                    username=cfg.broker.username,
+                    password=cfg.broker.password,
+                    identifier=f"atomwatch-{cfg.name}-{uuid.uuid4().hex[:8]}",
+                    will=will,
+                    keepalive=15,
+                    max_queued_outgoing_messages=10000,
+                ) as client:
+                    for site in cfg.sites:
+                        for topic_filter in protocol.agent_filters(site):
+                            await client.subscribe(topic_filter, qos=1)
+                    self.client = client
+                    for site in cfg.sites:
+                        state = protocol.State(online=True, ts=time.time(), controller=cfg.name)
+                        await client.publish(protocol.state_topic(site), protocol.encode(state), qos=1, retain=True)
+                    self.connected.set()
+                    log.info("connected to %s; watching site(s) %s", cfg.broker, ", ".join(cfg.sites))
+                    backoff = 0.2
+                    async for message in client.messages:
+                        self.ingest.handle(str(message.topic), message.payload)
+            except aiomqtt.MqttError as e:
+                if self.stopping.is_set():
+                    break
+                log.warning("broker %s: %s; reconnecting in %.1f s", cfg.broker, e, backoff)
+            finally:
+                self.client = None
+                self.connected.clear()
+            if self.stopping.is_set():
+                break
+            try:
+                await asyncio.wait_for(self.stopping.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, 30.0)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        if self.config.duration:
+            loop.call_later(self.config.duration, self.stop)
+        conn = asyncio.create_task(self._connection_loop(), name="controller-connection")
+        ticks = asyncio.create_task(self._tick_loop(), name="controller-ticks")
+        try:
+            await self.stopping.wait()
+        finally:
+            ticks.cancel()
+            await asyncio.gather(ticks, return_exceptions=True)
+            for t in list(self.tasks):
+                t.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            client = self.client
+            if client is not None:
+                for site in self.config.sites:
+                    try:
+                        state = protocol.State(online=False, ts=time.time(), controller=self.config.name)
+                        await client.publish(protocol.state_topic(site), protocol.encode(state), qos=1, retain=True)
+                    except aiomqtt.MqttError:
+                        pass
+            conn.cancel()
+            await asyncio.gather(conn, return_exceptions=True)
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            log.info(
+                "controller stopped: %d rows, messages %s, dropped %s",
+                self.rows_handled,
+                dict(self.ingest.messages),
+                dict(self.ingest.dropped),
+            )
+
+    def stop(self) -> None:
+        self.stopping.set()

@@ -1,0 +1,87 @@
+"""Running detector plugins: one instance per (scope, detector), fed one row per tick.
+
+Detectors run in a single worker thread (never on the event loop, and never two at once on the
+same instance). A detector that raises is logged and skipped for that row; after
+``MAX_FAILURES`` consecutive failures on one scope it is switched off for that scope, and the
+controller goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from atomwatch.plugins import call_safely
+from atomwatch.types import Anomaly, Detector, DetectorFactory, Row, as_anomalies
+
+log = logging.getLogger("atomwatch.controller.detection")
+
+MAX_FAILURES = 10
+
+
+def detector_factories(pm: Any) -> dict[str, DetectorFactory]:
+    factories: dict[str, DetectorFactory] = {}
+    for plugin, result in call_safely(pm, "register_detectors"):
+        for factory in result:
+            name = getattr(factory, "name", None)
+            if not name or not callable(getattr(factory, "create", None)):
+                log.error("plugin %s registered %r, which has no name or create(): ignored", plugin, factory)
+                continue
+            if name in factories:
+                log.error("plugin %s registers detector %r again: the first one is kept", plugin, name)
+                continue
+            factories[name] = factory
+    return factories
+
+
+class DetectorSet:
+    def __init__(self, factories: Mapping[str, DetectorFactory], options: Mapping[str, Mapping[str, Any]]):
+        self.factories = dict(factories)
+        self.options = options
+        self.instances: dict[tuple[str, str], Detector] = {}
+        self.failures: dict[tuple[str, str], int] = {}
+        self.disabled: set[tuple[str, str]] = set()
+
+    def instance(self, scope: str, name: str) -> Detector | None:
+        key = (scope, name)
+        if key in self.disabled:
+            return None
+        det = self.instances.get(key)
+        if det is None:
+            try:
+                det = self.factories[name].create(scope, dict(self.options.get(name, {})))
+            except Exception as e:
+                log.error("detector %s could not start on %s: %s", name, scope, e)
+                self.disabled.add(key)
+                return None
+            self.instances[key] = det
+        return det
+
+    def update(self, row: Row) -> list[Anomaly]:
+        """Feed one row to every detector of its scope; return their anomalies. Never raises."""
+        found: list[Anomaly] = []
+        for name in self.factories:
+            det = self.instance(row.scope, name)
+            if det is None:
+                continue
+            key = (row.scope, name)
+            try:
+                found.extend(as_anomalies(det.update(row)))
+                self.failures.pop(key, None)
+            except Exception:
+                n = self.failures[key] = self.failures.get(key, 0) + 1
+                log.exception("detector %s failed on %s row %d (%d in a row)", name, row.scope, row.index, n)
+                if n >= MAX_FAILURES:
+                    log.error("detector %s switched off for %s after %d failures", name, row.scope, n)
+                    self.disabled.add(key)
+        return found
+
+    def status(self, scope: str) -> dict[str, Any]:
+        out = {}
+        for (s, name), det in self.instances.items():
+            if s == scope and hasattr(det, "status"):
+                try:
+                    out[name] = det.status()
+                except Exception as e:
+                    out[name] = {"error": str(e)}
+        return out

@@ -1,0 +1,175 @@
+"""Ingest: per-host sessions, sequence numbers, and every series rebuilt as a step function.
+
+A birth replaces a host's series table and values. A data message of the current session
+applies its values (silence means "within Δ of the last value"), its stale markers (the value is
+unknown until a new one arrives) and gone markers (the series left the table). A sequence gap,
+an unknown alias or data from an unknown session marks the host's values unknown and asks for a
+rebirth (rate-limited). A death marks every series of the host stale. Bad payloads are counted
+by reason and dropped; nothing here raises on input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from atomwatch import protocol
+from atomwatch.series import SeriesKey
+
+log = logging.getLogger("atomwatch.controller.ingest")
+
+#: seconds between two rebirth requests to one host while waiting for its birth
+REBIRTH_INTERVAL = 2.0
+
+
+@dataclass
+class HostState:
+    site: str
+    host: str
+    session: int | None = None
+    seq: int = -1
+    tick: float = 10.0
+    agent_version: str = ""
+    keys: dict[int, SeriesKey] = field(default_factory=dict)
+    deltas: dict[int, float] = field(default_factory=dict)
+    values: dict[int, float] = field(default_factory=dict)  # alias → value; absent = unknown/stale
+    last_ts: float | None = None
+    last_seen: float = 0.0
+    alive: bool = False
+    synced: bool = False  # False after a gap until the next birth
+    rebirth_asked: float = 0.0
+
+    @property
+    def scope(self) -> str:
+        return f"{self.site}/{self.host}"
+
+    def snapshot(self) -> dict[SeriesKey, float]:
+        """Current value of every series (NaN where unknown or stale)."""
+        if not self.synced:
+            return {k: np.nan for k in self.keys.values()}
+        return {k: self.values.get(a, np.nan) for a, k in self.keys.items()}
+
+
+#: listener(host_state, message) called after a birth or data message was applied
+Listener = Callable[[HostState, protocol.Message], None]
+
+
+class Ingest:
+    def __init__(self, request_rebirth: Callable[[str, str], None] | None = None):
+        self.hosts: dict[tuple[str, str], HostState] = {}
+        self.request_rebirth = request_rebirth or (lambda site, host: None)
+        self.dropped: Counter[str] = Counter()
+        self.messages: Counter[str] = Counter()
+        self.values_ingested = 0
+        self.listeners: list[Listener] = []
+        self.replies: list[Callable[[protocol.Topic, protocol.Reply], None]] = []
+
+    def host(self, site: str, host: str) -> HostState:
+        state = self.hosts.get((site, host))
+        if state is None:
+            state = self.hosts[(site, host)] = HostState(site, host)
+        return state
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.dropped[reason] += 1
+        # one log line per message would let a flood fill the disk: log the first of each kind,
+        # then every 100th
+        n = self.dropped[reason]
+        if n == 1 or n % 100 == 0:
+            log.warning("dropped message (%s, %d so far): %s", reason, n, detail)
+
+    def _resync(self, state: HostState, why: str) -> None:
+        state.synced = False
+        now = time.monotonic()
+        if now - state.rebirth_asked >= REBIRTH_INTERVAL:
+            state.rebirth_asked = now
+            log.info("%s: %s; asking for a rebirth", state.scope, why)
+            self.request_rebirth(state.site, state.host)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Apply one MQTT message. Never raises on bad input."""
+        try:
+            t, msg = protocol.decode(topic, payload)
+        except protocol.ProtocolError as e:
+            self._drop("invalid", str(e))
+            return
+        self.messages[t.kind] += 1
+        try:
+            self._apply(t, msg)
+        except Exception as e:  # a bug here must not stop ingest
+            log.exception("failed to apply %s", topic)
+            self._drop("internal", f"{topic}: {e}")
+
+    def _apply(self, t: protocol.Topic, msg: protocol.Message) -> None:
+        if isinstance(msg, protocol.Reply):
+            for cb in self.replies:
+                cb(t, msg)
+            return
+        if isinstance(msg, (protocol.Command, protocol.State)):
+            return
+        state = self.host(t.site, t.host)
+        state.last_seen = time.time()
+        if isinstance(msg, protocol.Birth):
+            if state.session is not None and msg.session < state.session:
+                self._drop("old-birth", f"{state.scope}: birth of session {msg.session} older than {state.session}")
+                return
+            state.session = msg.session
+            state.seq = -1
+            state.tick = msg.tick
+            state.agent_version = msg.agent
+            state.keys = {s.alias: s.key for s in msg.series}
+            state.deltas = {s.alias: s.delta for s in msg.series}
+            state.values = {s.alias: s.value for s in msg.series if s.value is not None}
+            state.last_ts = msg.ts
+            state.alive = True
+            state.synced = True
+            self.values_ingested += len(state.values)
+            log.info("%s: birth, session %d, %d series", state.scope, msg.session, len(msg.series))
+        elif isinstance(msg, protocol.Data):
+            if msg.session != state.session:
+                if state.session is None or msg.session > state.session:
+                    self._drop("unknown-session", f"{state.scope}: data of session {msg.session}, no birth seen for it")
+                    self._resync(state, f"data from unknown session {msg.session}")
+                else:
+                    self._drop("old-session", f"{state.scope}: data of old session {msg.session}")
+                return
+            if not state.synced:
+                self._drop("unsynced", f"{state.scope}: data while waiting for a rebirth")
+                self._resync(state, "still waiting for a rebirth")
+                return
+            if msg.seq != state.seq + 1:
+                gap = f"sequence gap (seq {msg.seq} after {state.seq})"
+                self._drop("seq-gap", f"{state.scope}: {gap}")
+                state.seq = msg.seq
+                self._resync(state, gap)
+                return
+            unknown = [a for a, _ in msg.values if a not in state.keys] + [a for a in msg.stale + msg.gone if a not in state.keys]
+            if unknown:
+                self._drop("unknown-alias", f"{state.scope}: aliases {unknown[:5]} not in the birth")
+                self._resync(state, f"unknown aliases {unknown[:5]}")
+                return
+            state.seq = msg.seq
+            for a, v in msg.values:
+                state.values[a] = v
+            for a in msg.stale:
+                state.values.pop(a, None)
+            for a in msg.gone:
+                state.values.pop(a, None)
+                state.keys.pop(a, None)
+                state.deltas.pop(a, None)
+            state.last_ts = msg.ts
+            state.alive = True
+            self.values_ingested += len(msg.values)
+        elif isinstance(msg, protocol.Death):
+            if state.session is not None and msg.session < state.session:
+                return  # the will of a session already replaced
+            state.alive = False
+            state.values.clear()
+            log.info("%s: death (%s)", state.scope, msg.reason or "no reason")
+        for listener in self.listeners:
+            listener(state, msg)

@@ -1,0 +1,309 @@
+"""Tests of agent.tracking: ATOM's Algorithm 1, the deadband and send-all baselines, the offline
+optimum. The central property: after every tick the controller's copy ``g`` is within Δ of the
+true value, exactly as evaluated in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.tracking import (
+    AtomTracker,
+    Deadband,
+    SendAll,
+    optimal_max_error,
+    optimal_messages,
+    simulate,
+)
+
+# ----------------------------------------------------------------------------- strategies
+
+# Values on a dyadic grid (multiples of 1/8 below 2^20): sums, differences and the halvings of a
+# round stay exact in float64, so the offline optimum (range ≤ 2Δ in exact arithmetic) is a true
+# lower bound of the online counts. The invariant tests also use arbitrary floats.
+GRID = 8
+
+
+@st.composite
+def series_values(draw: st.DrawFn, ticks: int, exact: bool = True) -> list[float]:
+    kind = draw(st.sampled_from(["walk", "steps", "constant", "noise", "drift"]))
+    if exact:
+        small = st.integers(-40, 40).map(lambda k: k / GRID)
+        start = draw(st.integers(-(2**20), 2**20)) / GRID
+    else:
+        small = st.floats(-1e3, 1e3, allow_nan=False)
+        start = draw(st.floats(-1e12, 1e12, allow_nan=False))
+    if kind == "constant":
+        out = [start] * ticks
+    elif kind == "walk":
+        out, x = [], start
+        for _ in range(ticks):
+            x += draw(small)
+            out.append(x)
+    elif kind == "steps":
+        out, x = [], start
+        for _ in range(ticks):
+            if draw(st.integers(0, 9)) == 0:
+                x += 10 * draw(small)
+            out.append(x)
+    elif kind == "noise":
+        out = [start + draw(small) for _ in range(ticks)]
+    else:  # slow drift
+        slope = draw(small) / 16
+        out = [start + i * slope for i in range(ticks)]
+    gaps = draw(st.sets(st.integers(0, max(ticks - 1, 0)), max_size=ticks // 5))
+    return [np.nan if i in gaps else v for i, v in enumerate(out)]
+
+
+@st.composite
+def matrices(draw: st.DrawFn, exact: bool = True, max_series: int = 4) -> np.ndarray:
+    ticks = draw(st.integers(1, 60))
+    n = draw(st.integers(1, max_series))
+    cols = [draw(series_values(ticks, exact)) for _ in range(n)]
+    return np.array(cols, dtype=np.float64).T.reshape(ticks, n)
+
+
+def deltas(n: int, exact: bool = True) -> st.SearchStrategy[list[float]]:
+    if exact:
+        one = st.one_of(st.just(0.0), st.integers(0, 80).map(lambda k: k / GRID))
+    else:
+        one = st.one_of(st.just(0.0), st.floats(0, 1e4, allow_nan=False), st.floats(1e-300, 1e-6))
+    return st.lists(one, min_size=n, max_size=n)
+
+
+def assert_tracked(policy, f: np.ndarray, sent: np.ndarray, g_before: np.ndarray) -> None:
+    finite = np.isfinite(f)
+    assert np.all(np.abs(f[finite] - policy.g[finite]) <= policy.delta[finite]), (f, policy.g, policy.delta)
+    assert np.all(np.isnan(policy.g[~finite])), "an unreadable series must be invalidated"
+    assert not np.any(sent[~finite]), "nothing is sent for an unreadable series"
+    kept = ~sent & finite
+    assert np.array_equal(policy.g[kept], g_before[kept]), "g changed without a send"
+    fresh = sent & np.isnan(g_before)
+    assert np.array_equal(policy.g[fresh], f[fresh]), "the first value of a round is sent as is"
+
+
+# ----------------------------------------------------------------------------- the invariant
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), exact=st.booleans(), gamma=st.sampled_from([0.0, 0.125, 1.0, 3.0]))
+def test_atom_and_deadband_stay_within_delta_every_tick(data: st.DataObject, exact: bool, gamma: float) -> None:
+    values = data.draw(matrices(exact))
+    delta = data.draw(deltas(values.shape[1], exact))
+    for policy in (AtomTracker(delta, gamma=gamma), Deadband(delta)):
+        for f in values:
+            g_before = policy.g.copy()
+            sent = policy.step(f)
+            assert_tracked(policy, f, sent, g_before)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_invariant_holds_across_set_delta_resize_and_invalidate(data: st.DataObject) -> None:
+    """Mid-stream changes: the bound that holds is the Δ in force (``delta``), a pending Δ
+    takes over exactly when its series starts a new round, and new series start uninitialised."""
+    values = data.draw(matrices(exact=False, max_series=6))
+    n = values.shape[1]
+    n0 = data.draw(st.integers(1, n))
+    policies = [AtomTracker(data.draw(deltas(n0, False))), Deadband(data.draw(deltas(n0, False)))]
+    for t, row in enumerate(values):
+        for p in policies:
+            action = data.draw(st.sampled_from(["none", "none", "set_delta", "resize", "invalidate"]))
+            if action == "set_delta":
+                idx = data.draw(st.lists(st.integers(0, p.n - 1), min_size=1, max_size=p.n, unique=True))
+                p.set_delta(idx, data.draw(deltas(len(idx), False)))
+            elif action == "resize" and p.n < n:
+                old = p.n
+                p.resize(data.draw(st.integers(old + 1, n)), data.draw(st.floats(0, 100)))
+                assert np.all(np.isnan(p.g[old:])), "new series start uninitialised"
+            elif action == "invalidate":
+                gone = data.draw(st.integers(0, p.n - 1))
+                p.invalidate([gone])
+                assert np.isnan(p.g[gone])
+            f = row[: p.n]
+            g_before, delta_before = p.g.copy(), p.delta.copy()
+            sent = p.step(f)
+            assert_tracked(p, f, sent, g_before)
+            if isinstance(p, AtomTracker):
+                changed = p.delta != delta_before
+                assert not np.any(changed & ~sent), "Δ changed outside a new round"
+                assert np.array_equal(p.delta[changed], p._next_delta[changed])
+                assert np.array_equal(p.g[changed], f[changed]), "a new round starts from f"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.floats(1e-300, 1e300),
+    delta_ulps=st.floats(0, 12),
+    steps=st.lists(st.integers(-16, 16), min_size=2, max_size=60),
+)
+def test_invariant_is_exact_at_ulp_scale(base: float, delta_ulps: float, steps: list[int]) -> None:
+    """Δ and the moves of f a few ulps wide: where S is a handful of floats, rounding of
+    f ± Δ and of the midpoint could break |f − g| ≤ Δ; the tracker must not let it."""
+    ulp = float(np.spacing(base))
+    delta = delta_ulps * ulp
+    values = base + np.array(steps, dtype=np.float64) * ulp
+    policy = AtomTracker([delta])
+    for f in values:
+        g_before = policy.g.copy()
+        sent = policy.step(np.array([f]))
+        assert_tracked(policy, np.array([f]), sent, g_before)
+
+
+def test_pending_delta_applies_from_the_next_round() -> None:
+    t = AtomTracker([4.0])
+    t.step(np.array([10.0]))
+    t.set_delta([0], 1.0)
+    assert t.delta[0] == 4.0  # the round in course keeps its Δ
+    assert not t.step(np.array([13.0]))[0]  # within the old Δ = 4: not sent
+    t.step(np.array([20.0]))  # S = [6,14] ∩ [16,24] is empty: a new round, with Δ = 1
+    assert t.delta[0] == 1.0 and t.g[0] == 20.0
+    assert t.step(np.array([21.5]))[0]  # beyond the new Δ
+
+
+def test_set_delta_applies_at_once_to_a_series_not_in_a_round() -> None:
+    t = AtomTracker([4.0, 4.0])
+    t.step(np.array([10.0, np.nan]))
+    t.set_delta([0, 1], 2.0)
+    assert t.delta.tolist() == [4.0, 2.0]
+
+
+# ----------------------------------------------------------------------------- the algorithm
+
+
+def test_hand_worked_rounds_halve_s() -> None:
+    """Δ = 4, γ = 0. Each line: f, sent?, g, S after the step."""
+    t = AtomTracker([4.0])
+    expected = [
+        (10, True, 10.0, (6, 14)),  # round 1 starts: g = f, S = [f−Δ, f+Δ]
+        (13, False, 10.0, (6, 14)),  # |13 − 10| ≤ 4
+        (15, True, 12.5, (11, 14)),  # S ∩ [11, 19] = [11, 14], midpoint 12.5
+        (16, False, 12.5, (11, 14)),
+        (17, True, 13.5, (13, 14)),  # S ∩ [13, 21] = [13, 14], midpoint 13.5
+        (9, True, 9.0, (5, 13)),  # S ∩ [5, 13] = [13, 13] cannot be halved: round 2 from 9
+        (14, True, 11.5, (10, 13)),  # S ∩ [10, 18] = [10, 13]
+        (3, True, 3.0, (-1, 7)),  # S ∩ [−1, 7] is empty: round 3 from 3
+    ]
+    for f, sent, g, (lo, hi) in expected:
+        mask = t.step(np.array([float(f)]))
+        assert (bool(mask[0]), t.g[0], t.lower[0], t.upper[0]) == (sent, g, lo, hi), f
+
+
+def test_gamma_ends_a_round_when_s_is_narrower() -> None:
+    t = AtomTracker([4.0], gamma=1.5)
+    for f in (10.0, 15.0):
+        t.step(np.array([f]))
+    assert t.g[0] == 12.5
+    t.step(np.array([17.0]))  # S = [13, 14], width 1 ≤ γ: new round from 17, not 13.5
+    assert (t.g[0], t.lower[0], t.upper[0]) == (17.0, 13.0, 21.0)
+
+
+def test_delta_zero_sends_on_every_change_only() -> None:
+    f = np.array([1.0, 1.0, 2.0, 2.0, 2.0, -3.5, 1.0, 1.0])
+    for policy in (AtomTracker([0.0]), Deadband([0.0])):
+        sent = [bool(policy.step(np.array([x]))[0]) for x in f]
+        assert sent == [True, False, True, False, False, True, True, False]
+
+
+def test_first_value_after_a_gap_is_sent_as_is() -> None:
+    t = AtomTracker([2.0, 2.0])
+    t.step(np.array([0.0, 0.0]))
+    t.step(np.array([3.0, 0.0]))  # series 0 now holds a midpoint
+    assert t.g[0] == 1.5
+    sent = t.step(np.array([np.nan, np.inf]))
+    assert not sent.any() and np.isnan(t.g).all()
+    sent = t.step(np.array([1.75, 7.25]))
+    assert sent.all() and t.g.tolist() == [1.75, 7.25]
+
+
+def test_atom_beats_deadband_on_oscillation_and_loses_on_slow_drift() -> None:
+    """The paper's example (f alternating 0 and Δ + 1) and its opposite case, a slow drift."""
+    delta = 4.0
+    oscillation = np.tile([0.0, 5.0], 200)
+    atom = simulate(AtomTracker([delta]), oscillation).messages[0]
+    deadband = simulate(Deadband([delta]), oscillation).messages[0]
+    assert (atom, deadband, optimal_messages(oscillation, delta)[0]) == (2, 400, 1)
+
+    drift = np.arange(4000) * 0.01
+    atom = simulate(AtomTracker([delta]), drift).messages[0]
+    deadband = simulate(Deadband([delta]), drift).messages[0]
+    optimum = optimal_messages(drift, delta)[0]
+    assert optimum < deadband < atom
+
+
+# ----------------------------------------------------------------------------- the optimum
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), gamma=st.sampled_from([0.0, 0.5]))
+def test_optimum_never_exceeds_any_online_policy(data: st.DataObject, gamma: float) -> None:
+    values = data.draw(matrices(exact=True))
+    delta = data.draw(deltas(values.shape[1], exact=True))
+    optimum = optimal_messages(values, delta)
+    counts = {
+        name: simulate(policy, values).messages
+        for name, policy in (
+            ("atom", AtomTracker(delta, gamma=gamma)),
+            ("deadband", Deadband(delta)),
+            ("all", SendAll(delta)),
+        )
+    }
+    for name, c in counts.items():
+        assert np.all(optimum <= c), (name, optimum, c)
+    assert np.all(counts["deadband"] <= counts["all"]) and np.all(counts["atom"] <= counts["all"])
+    assert np.all(optimal_max_error(values, delta) <= np.asarray(delta))
+
+
+def test_optimum_by_hand() -> None:
+    values = np.array([[0.0], [1.0], [2.0], [2.5], [np.nan], [2.5], [0.0], [-1.0]])
+    # Δ = 1: [0, 1, 2] | gap | [2.5] | [0, −1]  (2.5 after the gap starts a segment of its own)
+    assert optimal_messages(values, 1.0).tolist() == [4]
+    assert optimal_max_error(values, 1.0).tolist() == [1.0]
+
+
+# ----------------------------------------------------------------------------- interface
+
+
+def test_simulate_reports_messages_and_error() -> None:
+    values = np.array([[1.0, 5.0], [2.0, 5.0], [4.0, np.nan], [4.5, 5.0]])
+    sim = simulate(Deadband([1.5, 0.0]), values)
+    assert sim.messages.tolist() == [2, 2]
+    assert sim.max_error.tolist() == [1.0, 0.0]
+    assert simulate(SendAll([0.0, 0.0]), values).messages.tolist() == [4, 3]
+
+
+def test_resize_grows_only_and_takes_deltas_for_new_series() -> None:
+    t = AtomTracker([1.0])
+    t.step(np.array([3.0]))
+    t.resize(3, [2.0, 5.0])
+    assert t.n == 3 and t.delta.tolist() == [1.0, 2.0, 5.0]
+    assert t.g[0] == 3.0 and np.isnan(t.g[1:]).all()
+    t.resize(4, np.array([9.0, 9.0, 9.0, 7.0]))  # full length: the new tail is used
+    assert t.delta.tolist() == [1.0, 2.0, 5.0, 7.0]
+    t.resize(2, 1.0)  # never shrinks
+    assert t.n == 4
+    assert t.step(np.array([3.0, 1.0, 2.0, 3.0])).tolist() == [False, True, True, True]
+    with pytest.raises(ValueError, match="delta has 2 entries"):
+        t.resize(7, [1.0, 2.0])
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
+def test_bad_delta_and_gamma_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="delta must be finite and ≥ 0"):
+        AtomTracker([1.0, bad])
+    with pytest.raises(ValueError, match="delta must be finite"):
+        Deadband([1.0]).set_delta([0], bad)
+    with pytest.raises(ValueError, match="gamma must be finite"):
+        AtomTracker([1.0], gamma=bad)
+
+
+def test_step_refuses_a_wrong_number_of_values() -> None:
+    with pytest.raises(ValueError, match="expected 2 values"):
+        AtomTracker([1.0, 1.0]).step(np.zeros(3))
+
+
+def test_empty_tracker_steps() -> None:
+    t = AtomTracker()
+    assert t.n == 0 and t.step(np.zeros(0)).shape == (0,)

@@ -1,0 +1,41 @@
+"""``atomwatch up`` with nothing configured: embedded amqtt broker, controller, agent, replay."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import atomwatch
+
+
+def test_version():
+    out = subprocess.run(["atomwatch", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"atomwatch {atomwatch.__version__}"
+
+
+def test_up_runs_the_whole_pipeline_on_the_embedded_broker():
+    env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay")  # the replay collector only
+    proc = subprocess.run(
+        ["atomwatch", "up", "--duration", "8", "--tick", "0.2"], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr
+    assert re.search(r"embedded MQTT broker \(amqtt\) listening on mqtt://127\.0\.0\.1:\d+", log)
+    assert "replaying" in log and "lab-cryptominer.csv" in log
+    rows = re.findall(r"row (\d+) of default/\S+: (\d+) columns, (\d+) stale", log)
+    assert len(rows) >= 10, log[-3000:]
+    assert all(int(cols) > 0 and int(stale) == 0 for _, cols, stale in rows[1:])
+    assert [int(r[0]) for r in rows] == list(range(len(rows))), "rows are numbered without gaps"
+    assert "controller stopped" in log and "agent stopped" in log
+
+
+def test_bad_option_is_a_clear_error():
+    proc = subprocess.run(
+        ["atomwatch", "up", "--duration", "2", "--set", "replay.speed=-1"],
+        env=dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay"), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "replay.speed must be > 0, got -1" in proc.stderr
+    proc = subprocess.run(["atomwatch", "agent", "--broker", "http://x"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "scheme must be mqtt://" in proc.stderr
