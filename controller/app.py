@@ -19,12 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 import aiomqtt
+import numpy as np
 
 from atomwatch import protocol
 from atomwatch.config import ConfigError
 from atomwatch.plugins import call_safely
+from atomwatch.series import SeriesKey
 from atomwatch.types import Anomaly, Row
 
+from .alarms import Alarm, AlarmStore
 from .config import ControllerConfig
 from .detection import DetectorSet, detector_factories
 from .ingest import HostState, Ingest
@@ -37,6 +40,18 @@ Progress = Callable[[protocol.Reply], Any]
 
 class CommandFailed(Exception):
     """An agent answered a command with an error, or did not answer in time."""
+
+
+def alarm_rows(alarm: Alarm) -> list[Row]:
+    """The alarm's abnormal rows (ATOM's A) as detector rows."""
+    out = []
+    for rec in alarm.rows:
+        if "columns" not in rec:
+            continue
+        columns = tuple(SeriesKey(*c) for c in rec["columns"])
+        values = np.array([np.nan if v is None else v for v in rec["values"]], dtype=np.float64)
+        out.append(Row(scope=alarm.scope, index=rec["index"], ts=rec["ts"], columns=columns, values=values))
+    return out
 
 
 class Controller:
@@ -55,6 +70,11 @@ class Controller:
                 )
             factories = {d: factories[d] for d in config.detectors}
         self.detectors = DetectorSet(factories, config.options)
+        self.alarms = AlarmStore(config.db, merge_gap=config.merge_gap)
+        #: the last status of every detector of every scope (written after each tick)
+        self.scope_status: dict[str, dict[str, Any]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.http = None
         self.client: aiomqtt.Client | None = None
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
@@ -145,6 +165,60 @@ class Controller:
 
         self.spawn(ask(), f"rebirth request to {site}/{host}")
 
+    # ------------------------------------------------------------------ alarms
+
+    async def give_verdict(self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None) -> Alarm:
+        """The operator's verdict. *normal*: the alarm's rows join the detector's normal model
+        (which refits) and the alarm closes as a workload change; *malicious*: the alarm goes to
+        the orchestrators through ``verdict_given``. Raises :class:`AlarmError`."""
+        params = dict(params or {})
+        alarm = self.alarms.verdict(alarm_id, verdict, actor, params)
+        if verdict == "normal":
+            det = self.detectors.instances.get((alarm.scope, alarm.detector))
+            if det is not None and hasattr(det, "accept_normal"):
+                rows = alarm_rows(alarm)
+                try:
+                    folded = await asyncio.get_running_loop().run_in_executor(self.executor, det.accept_normal, rows)
+                    self.alarms.note(alarm.id, "controller", "model refit", {"rows_folded": folded if isinstance(folded, int) else len(rows)})
+                except Exception as e:
+                    log.exception("accept_normal of %s on %s failed", alarm.detector, alarm.scope)
+                    self.alarms.note(alarm.id, "controller", "model refit failed", {"error": f"{type(e).__name__}: {e}"})
+            else:
+                self.alarms.note(alarm.id, "controller", "model not refit", {"why": "the detector keeps no normal model"})
+        self.dispatch("verdict_given", alarm=alarm, verdict=verdict, actor=actor, params=params)
+        self.dispatch("alarm_updated", alarm=alarm, change=f"verdict {verdict}")
+        return alarm
+
+    def add_findings(self, alarm_id: int, actor: str, finding: dict[str, Any]) -> Alarm:
+        alarm = self.alarms.add_findings(alarm_id, actor, finding)
+        self.dispatch("alarm_updated", alarm=alarm, change="findings")
+        return alarm
+
+    def close_alarm(self, alarm_id: int, actor: str, resolution: str, details: dict[str, Any] | None = None) -> Alarm:
+        alarm = self.alarms.close(alarm_id, actor, resolution, details)
+        self.dispatch("alarm_updated", alarm=alarm, change="closed")
+        return alarm
+
+    async def push_deltas(self, scope: str) -> None:
+        """ATOM's tracking/monitoring interaction: Δ per series from the user's deviation μ and
+        the scope's current model, sent to the scope's agent (applied from the next round)."""
+        site, _, host = scope.partition("/")
+        state = self.ingest.hosts.get((site, host))
+        if state is None:
+            return
+        for (s, name), det in list(self.detectors.instances.items()):
+            if s != scope or not hasattr(det, "deltas_from_mu"):
+                continue
+            deltas = await asyncio.get_running_loop().run_in_executor(self.executor, det.deltas_from_mu, self.config.mu)
+            if not deltas:
+                continue
+            aliases = {key: alias for alias, key in state.keys.items()}
+            by_alias = {str(aliases[k]): float(d) for k, d in deltas.items() if k in aliases and d == d}
+            if by_alias:
+                result = await self.send_command(site, host, "set-delta", {"aliases": by_alias}, timeout=30)
+                log.info("set-delta from μ = %g (%s) on %s: %s series", self.config.mu, name, scope, result.get("applied"))
+            return
+
     # ------------------------------------------------------------------ detection tick
 
     def _is_live(self, state: HostState, now: float) -> bool:
@@ -157,6 +231,8 @@ class Controller:
         found: list[Anomaly] = []
         for row in rows:
             found.extend(self.detectors.update(row))
+            status = self.detectors.status(row.scope)
+            self.scope_status[row.scope] = {"row": row.index, "ts": row.ts, "detectors": status}
         return found
 
     async def tick(self) -> None:
@@ -176,6 +252,7 @@ class Controller:
             for listener in self.row_listeners:
                 listener(row)
         self.rows_handled += len(rows)
+        by_scope = {row.scope: row for row in rows}
         anomalies = await asyncio.get_running_loop().run_in_executor(self.executor, self._detect, rows)
         for anomaly in anomalies:
             log.warning(
@@ -190,6 +267,21 @@ class Controller:
             for listener in self.anomaly_listeners:
                 listener(anomaly)
             self.dispatch("anomaly_detected", anomaly=anomaly)
+            row = by_scope.get(anomaly.scope)
+            try:
+                alarm, opened = self.alarms.record(anomaly, row.columns if row else None, row.values if row else None)
+            except Exception:
+                log.exception("could not record the anomaly of %s on %s", anomaly.detector, anomaly.scope)
+                continue
+            if opened:
+                log.warning("alarm %d opened: %s on %s", alarm.id, anomaly.detector, anomaly.scope)
+                self.dispatch("alarm_opened", alarm=alarm)
+            else:
+                self.dispatch("alarm_updated", alarm=alarm, change="extended")
+        if self.config.mu is not None:
+            for row in rows:
+                if row.index % self.config.mu_every == self.config.mu_every - 1:
+                    self.spawn(self.push_deltas(row.scope), f"set-delta for {row.scope}")
 
     async def _tick_loop(self) -> None:
         next_at = time.monotonic() + self.config.tick
@@ -266,6 +358,13 @@ class Controller:
                 pass
         if self.config.duration:
             loop.call_later(self.config.duration, self.stop)
+        self.loop = loop
+        address = self.config.http_address()
+        if address is not None:
+            from .api import ApiServer
+
+            self.http = ApiServer(self, address)
+            self.http.start()
         conn = asyncio.create_task(self._connection_loop(), name="controller-connection")
         ticks = asyncio.create_task(self._tick_loop(), name="controller-ticks")
         try:
@@ -287,6 +386,9 @@ class Controller:
             conn.cancel()
             await asyncio.gather(conn, return_exceptions=True)
             self.executor.shutdown(wait=False, cancel_futures=True)
+            if self.http is not None:
+                self.http.stop()
+            self.alarms.shutdown()
             log.info(
                 "controller stopped: %d rows, messages %s, dropped %s",
                 self.rows_handled,

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from atomwatch.config import BrokerAddress, ConfigError
 from atomwatch.protocol import ProtocolError, check_name
+
+
+def default_db() -> str:
+    """``$ATOMWATCH_DB``, else ``$XDG_STATE_HOME/atomwatch/alarms.sqlite`` (~/.local/state)."""
+    if os.environ.get("ATOMWATCH_DB"):
+        return os.environ["ATOMWATCH_DB"]
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return str(state / "atomwatch" / "alarms.sqlite")
 
 
 @dataclass
@@ -20,6 +30,17 @@ class ControllerConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     name: str = "controller"
     duration: float | None = None
+    #: the alarms file (SQLite); ":memory:" keeps alarms only for the process' life
+    db: str = field(default_factory=lambda: default_db())
+    #: HTTP API and /metrics, "HOST:PORT" (None: no HTTP server; the command line's default is
+    #: 127.0.0.1:8470)
+    http: str | None = None
+    #: ATOM's user deviation μ: when set, tracking errors Δ are derived from each scope's model
+    #: and pushed to its agent with ``set-delta`` every ``mu_every`` rows
+    mu: float | None = None
+    mu_every: int = 60
+    #: anomalies of one (scope, detector) within this many rows extend the same alarm
+    merge_gap: int = 3
 
     def __post_init__(self) -> None:
         try:
@@ -29,6 +50,18 @@ class ControllerConfig:
             raise ConfigError(str(e)) from None
         if not self.tick > 0:
             raise ConfigError(f"--tick must be > 0 seconds, got {self.tick}")
+        if self.mu is not None and not 0 < self.mu < 1:
+            raise ConfigError(f"--mu must be a deviation between 0 and 1, got {self.mu}")
+        self.http_address()
+
+    def http_address(self) -> tuple[str, int] | None:
+        if not self.http:
+            return None
+        host, sep, port = self.http.rpartition(":")
+        try:
+            return (host or "127.0.0.1", int(port))
+        except ValueError:
+            raise ConfigError(f"--http {self.http!r}: expected HOST:PORT") from None
 
     def plugin_options(self, name: str) -> dict[str, Any]:
         return dict(self.options.get(name, {}))

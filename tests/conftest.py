@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# Controllers started by tests keep their alarms in memory unless a test says otherwise.
+os.environ.setdefault("ATOMWATCH_DB", ":memory:")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 if not SHARED.exists():  # a CI clone has shared/ beside the checkout as well

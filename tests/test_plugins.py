@@ -115,10 +115,10 @@ def test_readme_plugin_runs_live_through_a_real_broker(installed_readme_plugin, 
     values[20:, 1] = 95.0  # vm2's CPU jumps over the plugin's limit from row 20
     write_trace(trace, ["vm1/CPUUtilization", "vm2/CPUUtilization"], values)
     # only the replay collector: a hypervisor's libvirt guests would add their own anomalies
-    env = dict(installed_readme_plugin, ATOMWATCH_LOAD_PLUGINS="replay,threshold")
+    env = dict(installed_readme_plugin, ATOMWATCH_LOAD_PLUGINS="replay,threshold", ATOMWATCH_DB=":memory:")
     proc = subprocess.run(
         ["atomwatch", "up", "--broker", mosquitto.url, "--site", "readme", "--trace", str(trace), "--tick", "0.1",
-         "--duration", "15", "--detector", "threshold", "--set", "threshold.limit=80"],
+         "--duration", "15", "--http", "off", "--detector", "threshold", "--set", "threshold.limit=80"],
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr

@@ -15,9 +15,9 @@ def test_version():
 
 
 def test_up_runs_the_whole_pipeline_on_the_embedded_broker():
-    env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay")  # the replay collector only
+    env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay", ATOMWATCH_DB=":memory:")  # the replay collector only
     proc = subprocess.run(
-        ["atomwatch", "up", "--duration", "8", "--tick", "0.2"], env=env, capture_output=True, text=True, timeout=90
+        ["atomwatch", "up", "--duration", "8", "--tick", "0.2", "--http", "off"], env=env, capture_output=True, text=True, timeout=90
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stderr
@@ -32,7 +32,7 @@ def test_up_runs_the_whole_pipeline_on_the_embedded_broker():
 
 def test_bad_option_is_a_clear_error():
     proc = subprocess.run(
-        ["atomwatch", "up", "--duration", "2", "--set", "replay.speed=-1"],
+        ["atomwatch", "up", "--duration", "2", "--http", "off", "--set", "replay.speed=-1"],
         env=dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay"), capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2

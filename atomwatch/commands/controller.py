@@ -21,6 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="run only this detector (repeatable; default: every detector loaded)",
     )
+    add_controller_options(p)
+
+
+def add_controller_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="alarms file (default: $ATOMWATCH_DB or ~/.local/state/atomwatch/alarms.sqlite)")
+    p.add_argument("--http", metavar="HOST:PORT", help="HTTP API and /metrics (default 127.0.0.1:8470; 'off' for none)")
+    p.add_argument("--mu", type=float, help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents")
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
@@ -35,7 +42,13 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         detectors=list(getattr(args, "detectors", None) or file_config.get("detectors") or []),
         options=plugin_opts,
         duration=pick(args, file_config, "duration", None),
+        mu=pick(args, file_config, "mu", None),
     )
+    db = pick(args, file_config, "db", None)
+    if db:
+        kwargs["db"] = db
+    http = pick(args, file_config, "http", "127.0.0.1:8470")
+    kwargs["http"] = None if http == "off" else http
     kwargs.update(overrides)
     return ControllerConfig(**kwargs)
 

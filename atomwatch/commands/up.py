@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", dest="detectors", action="append", metavar="NAME", help="run only this detector (repeatable)")
     p.add_argument("--delta", action="append", metavar="[METRIC=]VALUE", help="tracking error Δ (see atomwatch agent)")
     p.add_argument("--gamma", type=float, help=argparse.SUPPRESS)
+    controller_cmd.add_controller_options(p)
     add_plugin_arguments(p)
 
 

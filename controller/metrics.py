@@ -1,0 +1,59 @@
+"""The controller's own Prometheus metrics, read from its state at scrape time.
+
+Per scope and detector: the last score and threshold (for PCA-SPE, SPE and Q_α); alarms by state;
+messages ingested by kind, values ingested, messages dropped by reason; rows handed to detectors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from .app import Controller
+
+
+class _ControllerCollector:
+    def __init__(self, controller: "Controller"):
+        self.c = controller
+
+    def collect(self):
+        c = self.c
+        score = GaugeMetricFamily("atomwatch_detector_score", "Last score of a detector on a scope (PCA-SPE: SPE)", labels=["scope", "detector"])
+        thr = GaugeMetricFamily("atomwatch_detector_threshold", "Threshold of a detector on a scope (PCA-SPE: Q_alpha)", labels=["scope", "detector"])
+        for scope, st in list(c.scope_status.items()):
+            for name, s in st.get("detectors", {}).items():
+                v = s.get("score", s.get("spe"))
+                t = s.get("threshold", s.get("q_alpha"))
+                if isinstance(v, (int, float)):
+                    score.add_metric([scope, name], float(v))
+                if isinstance(t, (int, float)):
+                    thr.add_metric([scope, name], float(t))
+        yield score
+        yield thr
+        alarms = GaugeMetricFamily("atomwatch_alarms", "Alarms by state", labels=["state"])
+        for state, n in c.alarms.counts().items():
+            alarms.add_metric([state], n)
+        yield alarms
+        msgs = CounterMetricFamily("atomwatch_messages_ingested", "MQTT messages ingested, by kind", labels=["kind"])
+        for kind, n in list(c.ingest.messages.items()):
+            msgs.add_metric([kind], n)
+        yield msgs
+        dropped = CounterMetricFamily("atomwatch_messages_dropped", "Messages counted and dropped, by reason", labels=["reason"])
+        for reason, n in list(c.ingest.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+        yield CounterMetricFamily("atomwatch_values_ingested", "Tracked values received", value=c.ingest.values_ingested)
+        yield CounterMetricFamily("atomwatch_rows", "Rows handed to detectors", value=c.rows_handled)
+        hosts = GaugeMetricFamily("atomwatch_series", "Series known per host", labels=["scope", "alive"])
+        for (site, host), h in list(c.ingest.hosts.items()):
+            hosts.add_metric([f"{site}/{host}", "1" if h.alive else "0"], len(h.keys))
+        yield hosts
+
+
+def render_metrics(controller: "Controller") -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ControllerCollector(controller))
+    return generate_latest(registry)
