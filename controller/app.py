@@ -209,7 +209,11 @@ class Controller:
         for (s, name), det in list(self.detectors.instances.items()):
             if s != scope or not hasattr(det, "deltas_from_mu"):
                 continue
-            deltas = await asyncio.get_running_loop().run_in_executor(self.executor, det.deltas_from_mu, self.config.mu)
+            try:
+                deltas = await asyncio.get_running_loop().run_in_executor(self.executor, det.deltas_from_mu, self.config.mu)
+            except ValueError as e:  # no model yet (warming up)
+                log.debug("no Δ from μ for %s: %s", scope, e)
+                continue
             if not deltas:
                 continue
             aliases = {key: alias for alias, key in state.keys.items()}
