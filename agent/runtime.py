@@ -3,8 +3,8 @@
 Each tick the sampler reads every collector, the series table notes which series appeared or
 went, the tracker decides which values leave their feasible interval, and one ``data`` message
 carries only those (plus stale and gone markers). A new series, a (re)connection, a rebirth
-request or the controller coming online makes the agent publish a fresh ``birth`` (sequence back at 0) whose table and current tracked
-values let the controller start over in one message.
+request or the controller coming online makes the agent publish a fresh ``birth`` whose table and
+current tracked values let the controller start over in one message.
 
 Sampling and tracking go on while the broker is unreachable; on reconnection the birth carries
 the tracker's values, so the controller is right again from the first tick after it.
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import signal
 import time
 from typing import Any, Callable
 
@@ -23,6 +21,7 @@ import aiomqtt
 import numpy as np
 
 from atomwatch import __version__, protocol
+from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.plugins import call_safely
 from atomwatch.series import SeriesKey
 from atomwatch.types import CommandError, CommandHandler
@@ -43,8 +42,9 @@ TickListener = Callable[["Agent", np.ndarray, np.ndarray, Published], None]
 
 def _new_session() -> int:
     """A session is one MQTT connection; its number increases across reconnections and restarts
-    (milliseconds since the epoch). A rebirth within a connection keeps the session and restarts
-    the sequence at 0, so the last will (which names the session) always matches."""
+    (milliseconds since the epoch). A rebirth within a connection keeps the session (so the last
+    will, which names it, always matches) and the sequence goes on: the birth names the sequence
+    number of the next data message, so (session, seq) identifies one message."""
     return int(time.time() * 1000)
 
 
@@ -141,7 +141,6 @@ class Agent:
             return None
 
     async def _publish_birth_locked(self) -> bool:
-        self.seq = 0
         series = []
         for alias in self.table.active_aliases():
             g = float(self.tracker.g[alias])
@@ -153,7 +152,9 @@ class Agent:
                     value=None if np.isnan(g) else g,
                 )
             )
-        birth = protocol.Birth(session=self.session, agent=__version__, tick=self.config.tick, ts=time.time(), series=series)
+        birth = protocol.Birth(
+            session=self.session, agent=__version__, tick=self.config.tick, ts=time.time(), series=series, seq=self.seq
+        )
         if await self._publish(protocol.birth_topic(self.config.site, self.config.host), birth, qos=1, retain=True):
             self.need_birth = False
             self.stats["births"] += 1
@@ -167,15 +168,18 @@ class Agent:
                 await self._publish_birth_locked()
 
     async def _publish(self, topic: str, msg: protocol.Message, qos: int = 1, retain: bool = False) -> bool:
+        """Publish, giving up after a short timeout: a connection that died without the client
+        noticing yet must not stall sampling. A failure makes the next tick a birth."""
         client = self.client
         if client is None:
             return False
+        timeout = min(5.0, max(0.5, 2 * self.config.tick))
         try:
-            await client.publish(topic, protocol.encode(msg), qos=qos, retain=retain)
+            await asyncio.wait_for(client.publish(topic, protocol.encode(msg), qos=qos, retain=retain), timeout)
             return True
-        except aiomqtt.MqttError as e:
+        except (aiomqtt.MqttError, asyncio.TimeoutError) as e:
             self.stats["publish_failed"] += 1
-            log.warning("publish to %s failed: %s", topic, e)
+            log.warning("publish to %s failed: %s", topic, e or "timed out")
             self.need_birth = True
             return False
 
@@ -230,8 +234,10 @@ class Agent:
             log.warning("dropped: %s", e)
             return
         if isinstance(msg, protocol.State):
-            if msg.online and self._controller_online is False:
-                log.info("controller came online: rebirth")
+            # A retained state arrives on every subscription; a live "online" means a controller
+            # (re)started and has not seen this agent's birth, except the one retained for it.
+            if msg.online and not message.retain:
+                log.info("controller %s came online: rebirth", msg.controller or "?")
                 self.need_birth = True
                 await self.publish_birth()
             self._controller_online = msg.online
@@ -258,72 +264,54 @@ class Agent:
             if delay < 0:  # overran: skip the missed ticks rather than bursting
                 next_at = time.monotonic()
                 delay = 0
-            try:
-                await asyncio.wait_for(self.stopping.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            await wait_or_timeout(self.stopping, delay)
 
     async def _connection_loop(self) -> None:
         cfg = self.config
-        backoff = 0.2
-        while not self.stopping.is_set():
-            session = max(_new_session(), self.session + 1)
-            will = aiomqtt.Will(
-                protocol.death_topic(cfg.site, cfg.host),
-                protocol.encode(protocol.Death(session=session, reason="connection lost")),
-                qos=1,
-            )
-            try:
-                async with aiomqtt.Client(
-                    cfg.broker.host,
-                    cfg.broker.port,
-                    username=cfg.broker.username,
-                    password=cfg.broker.password,
-                    identifier=f"atomwatch-agent-{cfg.site}-{cfg.host}",
-                    will=will,
-                    keepalive=max(5, int(cfg.tick * 3)),
-                    max_queued_outgoing_messages=10000,
-                ) as client:
-                    self._controller_online = None
-                    await client.subscribe(protocol.cmd_topic(cfg.site, cfg.host, "+"), qos=1)
-                    await client.subscribe(protocol.state_topic(cfg.site), qos=1)
-                    async with self.publish_lock:
-                        self.client = client
-                        self.session = session
-                        await self._publish_birth_locked()
-                    self.connected.set()
-                    log.info("connected to %s as %s/%s", cfg.broker, cfg.site, cfg.host)
-                    backoff = 0.2
-                    async for message in client.messages:
-                        await self._handle_message(message)
-            except aiomqtt.MqttError as e:
-                if self.stopping.is_set():
-                    break
-                log.warning("broker %s: %s; reconnecting in %.1f s", cfg.broker, e, backoff)
-            finally:
-                self.client = None
-                self.connected.clear()
-                self.need_birth = True
-            if self.stopping.is_set():
-                break
-            try:
-                await asyncio.wait_for(self.stopping.wait(), backoff * (0.5 + random.random()))
-            except asyncio.TimeoutError:
-                pass
-            backoff = min(backoff * 2, 30.0)
+        next_session = 0
+
+        def will() -> aiomqtt.Will:
+            nonlocal next_session
+            next_session = max(_new_session(), self.session + 1)
+            death = protocol.Death(session=next_session, reason="connection lost")
+            return aiomqtt.Will(protocol.death_topic(cfg.site, cfg.host), protocol.encode(death), qos=1)
+
+        async def on_connect(client: aiomqtt.Client) -> None:
+            self._controller_online = None
+            await client.subscribe(protocol.cmd_topic(cfg.site, cfg.host, "+"), qos=1)
+            await client.subscribe(protocol.state_topic(cfg.site), qos=1)
+            async with self.publish_lock:
+                self.client = client
+                self.session = next_session
+                self.seq = 0
+                await self._publish_birth_locked()
+            self.connected.set()
+            log.info("connected to %s as %s/%s", cfg.broker, cfg.site, cfg.host)
+
+        def on_disconnect() -> None:
+            self.client = None
+            self.connected.clear()
+            self.need_birth = True
+
+        await stay_connected(
+            cfg.broker,
+            identifier=f"atomwatch-agent-{cfg.site}-{cfg.host}",
+            will=will,
+            keepalive=max(5, int(cfg.tick * 3)),
+            stopping=self.stopping,
+            on_connect=on_connect,
+            on_message=self._handle_message,
+            on_disconnect=on_disconnect,
+            log=log,
+        )
 
     async def run(self) -> None:
         """Run until :meth:`stop`, SIGINT/SIGTERM or ``config.duration``."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                pass
+        stop_on_signals(self.stop)
         conn = asyncio.create_task(self._connection_loop(), name="agent-connection")
         ticks = asyncio.create_task(self._tick_loop(), name="agent-ticks")
         if self.config.duration:
-            loop.call_later(self.config.duration, self.stop)
+            asyncio.get_running_loop().call_later(self.config.duration, self.stop)
         try:
             await self.stopping.wait()
         finally:

@@ -6,7 +6,8 @@ retained messages, the last will), so any broker works, the embedded amqtt one i
 
 Topics, under ``atomwatch/v1/<site>/<host>/``::
 
-    birth           retained, QoS 1  session, agent version, tick, series table and current values
+    birth           retained, QoS 1  session, agent version, tick, series table and current values,
+                                     the sequence number the next data message will carry
     data            QoS 1            session, seq, ts, the (alias, value) pairs the tracker sent,
                                      explicit stale and gone aliases
     death           QoS 1            the agent's last will; also published on a clean stop
@@ -134,6 +135,7 @@ class Birth:
     tick: float
     ts: float
     series: list[SeriesInfo]
+    seq: int = 0  # the seq of the next data message of this session
     type: str = field(default="birth", init=False)
 
 
@@ -205,6 +207,7 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, Birth):
         body.update(
             session=msg.session,
+            seq=msg.seq,
             agent=msg.agent,
             tick=msg.tick,
             ts=msg.ts,
@@ -347,7 +350,7 @@ def decode(topic: str, payload: bytes | str) -> tuple[Topic, Message]:
         tick = f.num("tick")
         if tick <= 0:
             raise ProtocolError(f"{where}: field 'tick' must be > 0, got {tick!r}")
-        msg = Birth(session=f.int("session"), agent=f.str("agent"), tick=tick, ts=f.num("ts"), series=series)
+        msg = Birth(session=f.int("session"), agent=f.str("agent"), tick=tick, ts=f.num("ts"), series=series, seq=f.int("seq"))
     elif t.kind == "data":
         values = []
         for i, pair in enumerate(f.list("values")):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import numpy as np
 
 from atomwatch import protocol
 from atomwatch.config import ConfigError
+from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.plugins import call_safely
 from atomwatch.series import SeriesKey
 from atomwatch.types import Anomaly, Row
@@ -290,12 +290,8 @@ class Controller:
     async def _tick_loop(self) -> None:
         next_at = time.monotonic() + self.config.tick
         while not self.stopping.is_set():
-            delay = next_at - time.monotonic()
-            try:
-                await asyncio.wait_for(self.stopping.wait(), max(0.0, delay))
+            if await wait_or_timeout(self.stopping, next_at - time.monotonic()):
                 break
-            except asyncio.TimeoutError:
-                pass
             try:
                 await self.tick()
             except Exception:
@@ -308,58 +304,46 @@ class Controller:
 
     async def _connection_loop(self) -> None:
         cfg = self.config
-        backoff = 0.2
-        while not self.stopping.is_set():
-            will_payloads = [
-                (protocol.state_topic(site), protocol.encode(protocol.State(online=False, controller=cfg.name)))
-                for site in cfg.sites
-            ]
-            will = aiomqtt.Will(will_payloads[0][0], will_payloads[0][1], qos=1, retain=True)
-            try:
-                async with aiomqtt.Client(
-                    cfg.broker.host,
-                    cfg.broker.port,
-                    username=cfg.broker.username,
-                    password=cfg.broker.password,
-                    identifier=f"atomwatch-{cfg.name}-{uuid.uuid4().hex[:8]}",
-                    will=will,
-                    keepalive=15,
-                    max_queued_outgoing_messages=10000,
-                ) as client:
-                    for site in cfg.sites:
-                        for topic_filter in protocol.agent_filters(site):
-                            await client.subscribe(topic_filter, qos=1)
-                    self.client = client
-                    for site in cfg.sites:
-                        state = protocol.State(online=True, ts=time.time(), controller=cfg.name)
-                        await client.publish(protocol.state_topic(site), protocol.encode(state), qos=1, retain=True)
-                    self.connected.set()
-                    log.info("connected to %s; watching site(s) %s", cfg.broker, ", ".join(cfg.sites))
-                    backoff = 0.2
-                    async for message in client.messages:
-                        self.ingest.handle(str(message.topic), message.payload)
-            except aiomqtt.MqttError as e:
-                if self.stopping.is_set():
-                    break
-                log.warning("broker %s: %s; reconnecting in %.1f s", cfg.broker, e, backoff)
-            finally:
-                self.client = None
-                self.connected.clear()
-            if self.stopping.is_set():
-                break
-            try:
-                await asyncio.wait_for(self.stopping.wait(), backoff)
-            except asyncio.TimeoutError:
-                pass
-            backoff = min(backoff * 2, 30.0)
+
+        def will() -> aiomqtt.Will:
+            # MQTT has one will per connection: it marks the first site offline; a controller
+            # watching several sites is best run as one process per site.
+            offline = protocol.State(online=False, controller=cfg.name)
+            return aiomqtt.Will(protocol.state_topic(cfg.sites[0]), protocol.encode(offline), qos=1, retain=True)
+
+        async def on_connect(client: aiomqtt.Client) -> None:
+            for site in cfg.sites:
+                for topic_filter in protocol.agent_filters(site):
+                    await client.subscribe(topic_filter, qos=1)
+            self.client = client
+            for site in cfg.sites:
+                state = protocol.State(online=True, ts=time.time(), controller=cfg.name)
+                await client.publish(protocol.state_topic(site), protocol.encode(state), qos=1, retain=True)
+            self.connected.set()
+            log.info("connected to %s; watching site(s) %s", cfg.broker, ", ".join(cfg.sites))
+
+        async def on_message(message: aiomqtt.Message) -> None:
+            self.ingest.handle(str(message.topic), message.payload)
+
+        def on_disconnect() -> None:
+            self.client = None
+            self.connected.clear()
+
+        await stay_connected(
+            cfg.broker,
+            identifier=f"atomwatch-{cfg.name}-{uuid.uuid4().hex[:8]}",
+            will=will,
+            keepalive=15,
+            stopping=self.stopping,
+            on_connect=on_connect,
+            on_message=on_message,
+            on_disconnect=on_disconnect,
+            log=log,
+        )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
+        stop_on_signals(self.stop)
         if self.config.duration:
             loop.call_later(self.config.duration, self.stop)
         self.loop = loop

@@ -119,7 +119,7 @@ class Ingest:
                 self._drop("old-birth", f"{state.scope}: birth of session {msg.session} older than {state.session}")
                 return
             state.session = msg.session
-            state.seq = -1
+            state.seq = msg.seq - 1
             state.tick = msg.tick
             state.agent_version = msg.agent
             state.keys = {s.alias: s.key for s in msg.series}

@@ -64,6 +64,8 @@ class Pipeline:
     rebuilt: dict[tuple[int, int], dict[SeriesKey, float]] = field(default_factory=dict)
     births: list[tuple[int, dict[SeriesKey, float]]] = field(default_factory=list)
     values_received: int = 0
+    #: every message the controller applied: (kind, session, seq or None, host alive, synced)
+    events: list[tuple] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -111,6 +113,7 @@ def make_pipeline(broker_url: str, site: str, trace: Path, agent_tick: float = 0
         )
 
     def on_message(state, msg) -> None:
+        pipe.events.append((msg.type, getattr(msg, "session", None), getattr(msg, "seq", None), state.alive, state.synced))
         if isinstance(msg, protocol.Data):
             pipe.rebuilt[(msg.session, msg.seq)] = state.snapshot()
             pipe.values_received += len(msg.values)

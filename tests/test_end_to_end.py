@@ -20,6 +20,9 @@ def assert_within_delta(record, rebuilt, where: str) -> None:
     for key, truth in record.truth.items():
         got = rebuilt[key]
         delta = record.deltas[key]
+        if math.isnan(truth):  # the agent could not read it this tick (e.g. over its time budget)
+            assert math.isnan(got), f"{where}: {key.column} stale at the agent, but the controller invented {got}"
+            continue
         assert not math.isnan(got), f"{where}: {key.column} unknown at the controller"
         # the controller holds exactly the tracker's value …
         assert got == record.tracked[key], f"{where}: {key.column} controller {got} ≠ tracker {record.tracked[key]}"
@@ -46,7 +49,8 @@ async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site,
     assert len(data_ticks) >= 1150, "almost every tick should be a data message (a birth or two at start)"
     for n, record in enumerate(data_ticks):
         _, session, seq = record.published
-        assert_within_delta(record, pipe.rebuilt[(session, seq)], f"tick {n} (seq {seq})")
+        events = [e for e in pipe.events if e[0] != "data" or abs(e[2] - seq) < 3]
+        assert_within_delta(record, pipe.rebuilt[(session, seq)], f"tick {n} (seq {seq}, controller saw {events})")
     # the values that crossed the broker are exactly the ones the tracker decided to send
     sent = sum(t.sent for t in pipe.ticks if t.published and t.published[0] == "data")
     assert pipe.values_received == sent == pipe.agent.stats["values_sent"]
@@ -68,7 +72,7 @@ async def test_broker_restart_heals_and_bad_payloads_are_dropped(mosquitto_priva
     await pipe.wait_for(lambda: not pipe.agent.connected.is_set() and not pipe.controller.connected.is_set(), 20,
                         "both sides to notice the outage")
     ticks_during = len(pipe.ticks)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.5)
     assert len(pipe.ticks) > ticks_during, "the agent keeps sampling and tracking while the broker is down"
     broker.start()
     await pipe.wait_for(lambda: pipe.agent.connected.is_set() and pipe.controller.connected.is_set(), 40,
@@ -76,19 +80,22 @@ async def test_broker_restart_heals_and_bad_payloads_are_dropped(mosquitto_priva
     await pipe.wait_for(lambda: pipe.agent.stats["births"] > births_before, 10, "a fresh birth")
     assert pipe.agent.session > session_before
 
-    # the first data tick after the new birth that the controller received is already right
+    reconnected_at = len(pipe.ticks)
+
+    # the first data tick of the new session that the controller applied is already right
     def healed():
-        for t in pipe.ticks:
+        for n, t in enumerate(pipe.ticks):
             if t.published and t.published[0] == "data" and t.published[1] == pipe.agent.session:
-                key = (t.published[1], t.published[2])
-                if key in pipe.rebuilt:
-                    return t
+                if (t.published[1], t.published[2]) in pipe.rebuilt:
+                    return n, t
         return None
 
     await pipe.wait_for(lambda: healed() is not None, 20, "data of the new session at the controller")
-    first = healed()
-    assert first.published[2] <= 1, "right again within one tick of the rebirth"
+    n, first = healed()
     assert_within_delta(first, pipe.rebuilt[(first.published[1], first.published[2])], "first tick after reconnection")
+    # whichever side reconnected first, the birth (retained, or asked for) reaches the controller
+    # within a few ticks; from then on every tick is right (checked below)
+    assert n - reconnected_at <= 5, f"{n - reconnected_at} ticks after both sides reconnected"
 
     # a stray client publishes garbage where agents publish: counted, dropped, nothing breaks
     dropped_before = pipe.controller.ingest.dropped["invalid"]

@@ -93,3 +93,15 @@ def test_bad_payload_is_counted_and_dropped():
     ing.handle("atomwatch/v1/s/h/nonsense", b"{}")
     assert ing.dropped["invalid"] == 2
     assert ing.hosts == {}
+
+
+def test_a_rebirth_continues_the_sequence():
+    ing, asked = make()
+    ing.handle(T_BIRTH, birth())
+    ing.handle(T_DATA, data(0, [(0, 11.0)]))
+    ing.handle(T_DATA, data(1, [(0, 12.0)]))
+    rebirth = protocol.Birth(1, "t", 1.0, 0.0, [protocol.SeriesInfo(0, A, 1.0, 12.0), protocol.SeriesInfo(1, B, 5.0, 20.0)], seq=2)
+    ing.handle(T_BIRTH, protocol.encode(rebirth))
+    ing.handle(T_DATA, data(2, [(0, 13.0)]))
+    assert ing.host("s", "h").snapshot()[A] == 13.0
+    assert not asked and not ing.dropped

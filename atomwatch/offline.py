@@ -1,0 +1,114 @@
+"""Running a detector over recorded rows exactly as the live controller does.
+
+What lives here: :func:`trace_rows` (a :class:`~atomwatch.traces.Trace` as the :class:`Row`
+objects a scope would produce: columns named by :meth:`SeriesKey.from_column`, ``index`` = the
+CSV row number from 0, ``ts`` = the timestamp column or the row number), :func:`anomalies_of`
+(what ``Detector.update`` may return, checked and made a list, with the detector and row named
+when it is wrong), :func:`find_factory` (a detector factory by name from the plugin manager) and
+:func:`run_detector` (one detector over a stream of rows). The controller's tick, ``atomwatch
+detect`` and ``atomwatch evaluate`` share them.
+
+What does not: reading files (:mod:`atomwatch.traces`), scoring against labels
+(:mod:`atomwatch.evaluation`), printing (:mod:`atomwatch.commands.detect`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from .series import SeriesKey
+from .traces import Trace
+from .types import Anomaly, Detector, DetectorFactory, Row, as_anomalies
+
+
+class DetectorError(RuntimeError):
+    """A detector raised, or returned something that is not an Anomaly; names detector and row."""
+
+
+class UnknownDetector(LookupError):
+    """No loaded plugin registers a detector of that name; ``available`` lists those that do."""
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name = name
+        self.available = available
+        super().__init__(f"no detector named {name!r}; available: {', '.join(available) or '(none loaded)'}")
+
+
+def trace_rows(trace: Trace, scope: str = "offline") -> Iterator[Row]:
+    """The rows of a trace as one scope's stream (the same column tuple object for every row)."""
+    columns = tuple(SeriesKey.from_column(c) for c in trace.columns)
+    ts = trace.timestamps
+    for i in range(trace.rows):
+        yield Row(scope=scope, index=i, ts=float(ts[i]) if ts is not None else float(i), columns=columns, values=trace.values[i])
+
+
+def anomalies_of(result: Any, detector: str = "?", index: int | None = None) -> list[Anomaly]:
+    """``update``'s return value as a list (:func:`atomwatch.types.as_anomalies`); anything that
+    is not None, an Anomaly or a sequence of them is a DetectorError naming detector and row."""
+    try:
+        return as_anomalies(result)
+    except TypeError as e:
+        raise DetectorError(f"detector {detector!r} at row {index}: {e}") from None
+
+
+def detector_factories(pm: Any) -> dict[str, DetectorFactory]:
+    """Every detector factory the loaded plugins register, by name (first registration wins)."""
+    from .plugins import call_safely
+
+    out: dict[str, DetectorFactory] = {}
+    for _plugin, factories in call_safely(pm, "register_detectors"):
+        for f in factories or []:
+            name = getattr(f, "name", None)
+            if isinstance(name, str) and name not in out and callable(getattr(f, "create", None)):
+                out[name] = f
+    return out
+
+
+def find_factory(pm: Any, name: str) -> DetectorFactory:
+    factories = detector_factories(pm)
+    if name not in factories:
+        raise UnknownDetector(name, sorted(factories))
+    return factories[name]
+
+
+@dataclass
+class DetectionRun:
+    """What one detector found over a stream."""
+
+    detector: str
+    rows: int = 0
+    anomalies: list[Anomaly] = field(default_factory=list)
+
+    def flagged(self, n: int | None = None) -> np.ndarray:
+        """0/1 per row (length ``n``, default the rows seen): 1 where an anomaly was raised."""
+        y = np.zeros(self.rows if n is None else n, dtype=np.int64)
+        for a in self.anomalies:
+            if 0 <= a.index < len(y):
+                y[a.index] = 1
+        return y
+
+
+def run_detector(detector: Detector, rows: Iterable[Row]) -> DetectionRun:
+    """Call ``detector.update`` once per row, in order, and collect the anomalies."""
+    name = getattr(detector, "name", type(detector).__name__)
+    run = DetectionRun(detector=name)
+    for row in rows:
+        try:
+            result = detector.update(row)
+        except Exception as e:
+            raise DetectorError(f"detector {name!r} failed at row {row.index}: {type(e).__name__}: {e}") from e
+        run.anomalies.extend(anomalies_of(result, name, row.index))
+        run.rows += 1
+    return run
+
+
+def detect_trace(factory: DetectorFactory, trace: Trace, options: Mapping[str, Any] | None = None, scope: str = "offline") -> DetectionRun:
+    """A fresh detector from ``factory`` over every row of ``trace``."""
+    detector = factory.create(scope, dict(options or {}))
+    run = run_detector(detector, trace_rows(trace, scope))
+    run.detector = factory.name
+    return run
+

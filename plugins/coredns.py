@@ -1,0 +1,285 @@
+"""The CoreDNS collector plugin: scrape each CoreDNS ``/metrics`` endpoint once a tick.
+
+What lives here: the ``register_collectors`` hook (the plugin is on when option ``endpoints`` is
+set), option parsing, and :class:`CorednsCollector`, which fetches every endpoint in parallel over
+HTTP (urllib, per-attempt timeout, retries, one time budget for the whole tick) and hands each text
+to an :class:`~plugins.coredns_metrics.InstanceDeriver`. The derivation itself (names of every
+CoreDNS era, rates, ratios, quantiles) lives in :mod:`plugins.coredns_metrics`.
+
+Each instance gives the fixed series set :data:`~plugins.coredns_metrics.METRICS` under
+``SeriesKey(vm_uuid="coredns:<host:port>", vm_name=<name>, metric=…, unit=…)``. An endpoint that is
+down, slow past the budget, or answers something that is not CoreDNS exposition gives ``None``
+(stale) for every series of that instance — never zeros — and is logged once per outage.
+
+Options (``--set coredns.KEY=VALUE`` or ``[plugins.coredns]``):
+
+``endpoints``  list or comma string of ``URL`` or ``NAME=URL`` (``http://127.0.0.1:9153/metrics``;
+               a bare ``host:port`` gets ``http://`` and ``/metrics``)
+``names``      optional list / comma string of instance names, aligned with ``endpoints``
+``timeout``    seconds per HTTP attempt (default 2)
+``retries``    extra attempts after a failed one, within the budget (default 1)
+``budget``     seconds the whole tick's scrape may take (default: the agent's collect budget)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import atomwatch
+from atomwatch.config import ConfigError
+from atomwatch.series import SeriesKey
+from atomwatch.types import Reading
+
+from .coredns_metrics import METRICS, InstanceDeriver, Step, stale
+
+log = logging.getLogger("atomwatch.plugins.coredns")
+
+#: the most a /metrics answer may weigh (a CoreDNS with many zones is a few hundred kB)
+MAX_BYTES = 32 * 1024 * 1024
+USER_AGENT = f"atomwatch-coredns/{atomwatch.__version__}"
+
+
+class ScrapeError(Exception):
+    """One endpoint could not be read this tick; the text says which and why."""
+
+
+@dataclass
+class Endpoint:
+    url: str
+    name: str
+    hostport: str
+    deriver: InstanceDeriver = field(init=False)
+    keys: dict[str, SeriesKey] = field(init=False)
+    down_reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.deriver = InstanceDeriver(source=self.url)
+        uuid = f"coredns:{self.hostport}"
+        self.keys = {m.name: SeriesKey(vm_uuid=uuid, vm_name=self.name, metric=m.name, unit=m.unit) for m in METRICS}
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _as_list(value: Any, option: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"coredns.{option}: every item must be a string, got {value!r}")
+        return [v.strip() for v in value if v.strip()]
+    raise ConfigError(f"coredns.{option}: expected a list or a comma-separated string, got {value!r}")
+
+
+def _number(options: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
+    raw = options.get(key, default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"coredns.{key}: {raw!r} is not a number") from None
+    if not value >= minimum:
+        raise ConfigError(f"coredns.{key}: must be ≥ {minimum}, got {value}")
+    return value
+
+
+def parse_endpoint(item: str, name: str | None = None) -> Endpoint:
+    """``URL`` or ``NAME=URL`` → :class:`Endpoint` (clear error naming the item when bad)."""
+    label, eq, rest = item.partition("=")
+    if eq and "://" not in label and "/" not in label:
+        name, url = name or label.strip(), rest.strip()
+    else:
+        url = item.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    u = urlparse(url)
+    if u.scheme not in ("http", "https"):
+        raise ConfigError(f"coredns.endpoints: {item!r}: scheme must be http:// or https://, got {u.scheme}://")
+    if not u.hostname:
+        raise ConfigError(f"coredns.endpoints: {item!r}: no host name")
+    try:
+        port = u.port or (443 if u.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError(f"coredns.endpoints: {item!r}: the port is not a number in 1-65535") from None
+    if not u.path or u.path == "/":
+        url = url.rstrip("/") + "/metrics"
+    host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+    hostport = f"{host}:{port}"
+    return Endpoint(url=url, name=name or hostport, hostport=hostport)
+
+
+def parse_endpoints(options: Mapping[str, Any]) -> list[Endpoint]:
+    items = _as_list(options.get("endpoints"), "endpoints")
+    names = _as_list(options.get("names"), "names")
+    if names and len(names) != len(items):
+        raise ConfigError(f"coredns.names: {len(names)} names for {len(items)} endpoints")
+    eps = [parse_endpoint(item, names[i] if names else None) for i, item in enumerate(items)]
+    for attr in ("hostport", "name"):
+        seen: set[str] = set()
+        for ep in eps:
+            v = getattr(ep, attr)
+            if v in seen:
+                raise ConfigError(f"coredns.endpoints: two endpoints share the {attr} {v!r}")
+            seen.add(v)
+    return eps
+
+
+# --------------------------------------------------------------------------- the collector
+
+
+class CorednsCollector:
+    """Scrapes every endpoint once per :meth:`collect`; see the module docstring."""
+
+    name = "coredns"
+
+    def __init__(
+        self,
+        endpoints: list[Endpoint] | list[str],
+        timeout: float = 2.0,
+        retries: int = 1,
+        budget: float = 5.0,
+    ) -> None:
+        self.endpoints = [e if isinstance(e, Endpoint) else parse_endpoint(e) for e in endpoints]
+        if not self.endpoints:
+            raise ConfigError("coredns.endpoints: no endpoint given")
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.budget = float(budget)
+        self._pool = cf.ThreadPoolExecutor(max_workers=max(2, 2 * len(self.endpoints)), thread_name_prefix="coredns")
+        self._inflight: dict[str, cf.Future[tuple[str, float]]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], default_budget: float = 5.0) -> CorednsCollector:
+        eps = parse_endpoints(options)
+        if not eps:
+            raise ConfigError("coredns.endpoints: no endpoint given")
+        timeout = _number(options, "timeout", 2.0, 0.001)
+        retries = int(_number(options, "retries", 1, 0))
+        budget = _number(options, "budget", default_budget, 0.001)
+        return cls(eps, timeout=timeout, retries=retries, budget=budget)
+
+    # -- one HTTP scrape, in a worker thread ----------------------------------------------
+
+    def _fetch(self, ep: Endpoint, deadline: float) -> tuple[str, float]:
+        last = "no attempt made"
+        for attempt in range(self.retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                req = urllib.request.Request(ep.url, headers={"User-Agent": USER_AGENT, "Accept": "text/plain"})
+                with urllib.request.urlopen(req, timeout=min(self.timeout, remaining)) as resp:
+                    if resp.status != 200:
+                        raise ScrapeError(f"{ep.url}: HTTP {resp.status}")
+                    body = resp.read(MAX_BYTES + 1)
+                t = time.monotonic()
+                if len(body) > MAX_BYTES:
+                    raise ScrapeError(f"{ep.url}: answer larger than {MAX_BYTES} bytes")
+                return body.decode("utf-8", errors="replace"), t
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code} {e.reason}"
+            except (urllib.error.URLError, OSError, ScrapeError) as e:
+                reason = getattr(e, "reason", e)
+                last = f"{type(e).__name__}: {reason}"
+            if attempt < self.retries:
+                time.sleep(min(0.05 * (attempt + 1), max(0.0, deadline - time.monotonic())))
+        raise ScrapeError(f"{ep.url}: {last}")
+
+    # -- the tick ---------------------------------------------------------------------------
+
+    def collect(self) -> Reading:
+        deadline = time.monotonic() + self.budget
+        futures: dict[str, cf.Future[tuple[str, float]] | None] = {}
+        with self._lock:
+            for ep in self.endpoints:
+                busy = self._inflight.get(ep.url)
+                if busy is not None and not busy.done():
+                    futures[ep.url] = None  # last tick's scrape still hangs: do not pile up
+                    continue
+                submitted = self._pool.submit(self._fetch, ep, deadline)
+                self._inflight[ep.url] = submitted
+                futures[ep.url] = submitted
+        pending = [f for f in futures.values() if f is not None]
+        cf.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        values: dict[SeriesKey, float | None] = {}
+        deltas: dict[SeriesKey, float] = {}
+        for ep in self.endpoints:
+            fut = futures[ep.url]
+            text: str | None = None
+            t = time.monotonic()
+            reason = ""
+            if fut is None:
+                reason = f"{ep.url}: the previous scrape has not returned yet"
+            elif not fut.done():
+                reason = f"{ep.url}: no answer within the {self.budget:g} s budget"
+            elif fut.exception() is not None:
+                reason = str(fut.exception())
+            else:
+                text, t = fut.result()
+            try:
+                step = ep.deriver.update(text, t)
+            except Exception as e:  # one bad text must never stop the agent's tick
+                log.exception("coredns %s: derivation failed", ep.name)
+                ep.deriver.reset()
+                step = Step(stale(), f"derivation failed: {e}", readable=False)
+            if not step.readable:
+                self._mark_down(ep, reason or step.reason)
+            else:
+                self._mark_up(ep, step.version)
+            for metric, key in ep.keys.items():
+                values[key] = step.values[metric]
+            for spec in METRICS:
+                deltas[ep.keys[spec.name]] = spec.delta
+        return Reading(values=values, deltas=deltas)
+
+    def _mark_down(self, ep: Endpoint, reason: str) -> None:
+        if not ep.down_reason:
+            log.warning("CoreDNS %s is unreadable, its series are stale: %s", ep.name, reason)
+        ep.down_reason = reason or "unreadable"
+
+    def _mark_up(self, ep: Endpoint, version: str | None) -> None:
+        if ep.down_reason:
+            log.info("CoreDNS %s is readable again (version %s)", ep.name, version or "?")
+        ep.down_reason = ""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            ep.name: {"url": ep.url, "version": ep.deriver.version, "down": ep.down_reason or None}
+            for ep in self.endpoints
+        }
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- the hook
+
+
+@atomwatch.hookimpl
+def register_collectors(config: Any) -> list[CorednsCollector] | None:
+    """One :class:`CorednsCollector` for every endpoint in option ``endpoints``; none when unset."""
+    options = config.plugin_options("coredns") or {}
+    if not options.get("endpoints"):
+        log.debug("coredns: option 'endpoints' is not set, no CoreDNS is scraped")
+        return None
+    budget = getattr(config, "budget", None)
+    if budget is None:
+        tick = getattr(config, "tick", None)
+        budget = 0.8 * float(tick) if tick else 5.0
+    collector = CorednsCollector.from_options(options, default_budget=float(budget))
+    log.info("coredns: scraping %s", ", ".join(f"{e.name}={e.url}" for e in collector.endpoints))
+    return [collector]

@@ -1,0 +1,561 @@
+"""The mathematics of ATOM's monitoring component (Du & Li, section IV), without any plugin glue.
+
+What lives here:
+
+* :class:`WindowStats` — the sliding window M of the last ``t`` normal rows of one scope, with its
+  column means and co-moment matrix maintained by rank-one add/remove per row (Welford's
+  updates), and an exact recomputation from the stored rows on demand (to bound float drift);
+* :func:`fit` — the PCA model of a window: columns standardised with the window's mean and std
+  (a floor keeps constant columns finite), eigendecomposition of cov(Y), k by cumulative percent
+  variance, residual eigenvalue sums θ₁..θ₃ and the threshold Q_α (Jackson–Mudholkar, or Box's
+  scaled χ² where h₀ ≤ 0); :func:`fit_window` is the same from the raw rows (the batch reference);
+* :class:`TopEigen` — a warm-started subspace iteration for the top eigenpairs that the sliding
+  window needs per tick, checked against a residual bound and falling back to a full ``eigh``;
+* :func:`identify` — the three identification steps (rd_j, stddev_j, meandiff_j);
+* :func:`deltas_from_mu` — each column's tracking error Δ_i from the user's deviation μ on
+  detection accuracy (derivation in ``docs/delta-from-mu.md``).
+
+What does not: rows, scopes, column-set changes, the abnormal matrix A and the plugin hooks
+(``plugins/pca_spe.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from scipy import linalg, special
+
+Method = Literal["jackson-mudholkar", "box", "degenerate"]
+
+#: Residual variance below this fraction of the total variance counts as "no residual subspace".
+RESIDUAL_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------- window statistics
+
+
+class WindowStats:
+    """The window M: a ring buffer of at most ``capacity`` rows of ``d`` columns, with the column
+    means and the co-moment matrix Σ (x − mean)(x − mean)ᵀ kept up to date per row in O(d²).
+
+    ``add`` appends a row (the oldest leaves when the window is full); ``refresh`` recomputes the
+    statistics exactly from the stored rows. Rows must be finite: the caller filters NaN.
+    """
+
+    def __init__(self, d: int, capacity: int) -> None:
+        if d < 1 or capacity < 2:
+            raise ValueError(f"window needs d ≥ 1 and capacity ≥ 2, got d={d}, capacity={capacity}")
+        self.d = d
+        self.capacity = capacity
+        self.buf = np.empty((capacity, d))
+        self.start = 0  # index of the oldest row in buf
+        self.n = 0
+        self.mean = np.zeros(d)
+        self.comoment = np.zeros((d, d))
+        self.updates = 0  # rank-one updates since the last exact refresh
+        self.refreshes = 0
+
+    def rows(self) -> np.ndarray:
+        """The window's rows, oldest first (a copy)."""
+        idx = (self.start + np.arange(self.n)) % self.capacity
+        return self.buf[idx]
+
+    def add(self, x: np.ndarray) -> None:
+        if self.n == self.capacity:
+            self._replace(self.buf[self.start], x)
+            self.buf[self.start] = x
+            self.start = (self.start + 1) % self.capacity
+        else:
+            self.buf[(self.start + self.n) % self.capacity] = x
+            self._add(x)
+
+    def _add(self, x: np.ndarray) -> None:
+        self.n += 1
+        dx = x - self.mean
+        self.mean += dx / self.n
+        # Σ += (n−1)/n · dx dxᵀ  (symmetric form of dx (x − mean_new)ᵀ)
+        self.comoment += ((self.n - 1) / self.n) * np.outer(dx, dx)
+        self.updates += 1
+
+    def _replace(self, old: np.ndarray, new: np.ndarray) -> None:
+        """Remove ``old`` and add ``new`` in one rank-two update (n stays the same)."""
+        n = self.n
+        d_old = old - self.mean
+        mean_mid = self.mean - d_old / (n - 1)
+        d_new = new - mean_mid
+        self.mean = mean_mid + d_new / n
+        u = np.stack([d_old, d_new])
+        coef = np.array([-n / (n - 1), (n - 1) / n])
+        self.comoment += (u.T * coef) @ u
+        self.updates += 2
+
+    def refresh(self) -> None:
+        """Recompute mean and co-moment exactly from the stored rows."""
+        rows = self.rows()
+        self.mean = rows.mean(axis=0) if self.n else np.zeros(self.d)
+        c = rows - self.mean
+        self.comoment = c.T @ c
+        self.updates = 0
+        self.refreshes += 1
+
+    def cov(self) -> np.ndarray:
+        """Sample covariance (ddof = 1) of the window."""
+        return self.comoment / max(self.n - 1, 1)
+
+    def restricted(self, keep: np.ndarray, capacity: int | None = None) -> "WindowStats":
+        """A new window over the columns ``keep`` (indices) holding the same rows, exact."""
+        out = WindowStats(len(keep), capacity or self.capacity)
+        rows = self.rows()[-out.capacity :, keep]
+        out.buf[: len(rows)] = rows
+        out.n = len(rows)
+        out.refresh()
+        out.refreshes = 0
+        return out
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+def q_alpha(theta: tuple[float, float, float], alpha: float, method: Method | None = None) -> tuple[float, Method, float]:
+    """Q_α for residual eigenvalue power sums θ = (θ₁, θ₂, θ₃): (threshold, method, h₀).
+
+    Jackson & Mudholkar (1979) as the paper writes it; where h₀ ≤ 0, or the bracket is not
+    positive, or the result is not finite, Box's scaled χ²: Q = g·χ²_h(1 − α), g = θ₂/θ₁,
+    h = θ₁²/θ₂. With no residual variance the threshold is +∞ (``degenerate``: nothing can be
+    judged off the model). ``method="box"`` forces Box's approximation.
+    """
+    t1, t2, t3 = theta
+    if not (t1 > 0 and t2 > 0):
+        return math.inf, "degenerate", math.nan
+    h0 = 1.0 - 2.0 * t1 * t3 / (3.0 * t2 * t2)
+    c = float(special.ndtri(1.0 - alpha))
+    if h0 > 0 and method != "box":
+        base = c * math.sqrt(2.0 * t2 * h0 * h0) / t1 + 1.0 + t2 * h0 * (h0 - 1.0) / (t1 * t1)
+        if base > 0:
+            try:
+                q = t1 * base ** (1.0 / h0)
+            except OverflowError:
+                q = math.inf
+            if math.isfinite(q):
+                return q, "jackson-mudholkar", h0
+    g, h = t2 / t1, t1 * t1 / t2
+    return g * float(special.chdtri(h, alpha)), "box", h0
+
+
+def normal_score(q: float, theta: tuple[float, float, float], method: Method) -> float:
+    """The standard-normal score c of an SPE value q under the approximation ``method`` for the
+    residual spectrum θ: the inverse of :func:`q_alpha` in the sense c(Q_α) = c_α."""
+    t1, t2, t3 = theta
+    if method == "jackson-mudholkar":
+        h0 = 1.0 - 2.0 * t1 * t3 / (3.0 * t2 * t2)
+        return t1 * ((q / t1) ** h0 - 1.0 - t2 * h0 * (h0 - 1.0) / (t1 * t1)) / math.sqrt(2.0 * t2 * h0 * h0)
+    if method == "box":
+        g, h = t2 / t1, t1 * t1 / t2
+        # the normal quantile of the χ² tail probability, computed from the survival function
+        # so that tails far beyond 1 − 1e-16 stay resolved
+        return float(-special.ndtri(special.chdtrc(h, q / g)))
+    return math.nan
+
+
+def thetas(resid: np.ndarray) -> tuple[float, float, float]:
+    r = np.clip(np.asarray(resid, dtype=np.float64), 0.0, None)
+    return float(r.sum()), float((r * r).sum()), float((r * r * r).sum())
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class PcaFit:
+    """The PCA model of one window (what ``SPE`` and ``Q_α`` are computed from).
+
+    ``corr`` is cov(Y) (the covariance of the standardised window), ``p1`` its top-k eigenvectors
+    (d × k), ``lam1`` their eigenvalues; ``theta`` the power sums of the residual eigenvalues.
+    ``lam`` holds every eigenvalue (descending) when a full decomposition was made, else None.
+    """
+
+    n: int
+    mean: np.ndarray
+    std: np.ndarray  # the std used to standardise (floored)
+    raw_std: np.ndarray  # the window's own std (ddof = 1)
+    corr: np.ndarray
+    k: int
+    p1: np.ndarray
+    lam1: np.ndarray
+    total: float
+    theta: tuple[float, float, float]
+    q_alpha: float
+    method: Method
+    h0: float
+    alpha: float
+    lam: np.ndarray | None = None
+    solver: str = "eigh"
+    _resid_diag: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def d(self) -> int:
+        return int(self.mean.shape[0])
+
+    def standardise(self, z: np.ndarray) -> np.ndarray:
+        return (z - self.mean) / self.std
+
+    def residual(self, x: np.ndarray) -> np.ndarray:
+        """x̃ = (I − P₁P₁ᵀ)x for a standardised row (or rows, one per line)."""
+        return x - (x @ self.p1) @ self.p1.T
+
+    def fill_missing(self, x: np.ndarray) -> np.ndarray:
+        """A standardised row with its NaN cells set to the values that fit the model best
+        (least SPE given the known cells): a stale cell can neither raise nor hide an alarm."""
+        miss = ~np.isfinite(x)
+        if not miss.any():
+            return x
+        x0 = np.where(miss, 0.0, x)
+        if self.k == 0 or miss.all():
+            return x0
+        pm_ = self.p1[miss]
+        q_mm = np.eye(int(miss.sum())) - pm_ @ pm_.T
+        rhs = pm_ @ (self.p1.T @ x0)
+        x0[miss] = np.linalg.lstsq(q_mm, rhs, rcond=None)[0]
+        return x0
+
+    def spe(self, x: np.ndarray) -> float:
+        r = self.residual(x)
+        return float(r @ r)
+
+    def resid_diag(self) -> np.ndarray:
+        """diag(P₂Λ₂P₂ᵀ): each column's variance in the residual subspace."""
+        if self._resid_diag is None:
+            v = np.diag(self.corr) - (self.p1 * self.p1) @ self.lam1
+            self._resid_diag = np.clip(v, 0.0, None)
+        return self._resid_diag
+
+
+def std_floor(mean: np.ndarray, min_std: float, rel_std: float) -> np.ndarray:
+    """The smallest std a column is standardised with: max(min_std, rel_std·|mean|)."""
+    return np.maximum(min_std, rel_std * np.abs(mean))
+
+
+def choose_k(lam_desc: np.ndarray, total: float, cpv: float) -> int:
+    """Smallest ℓ with CPV(ℓ) = Σ_{i≤ℓ} λ_i / Σλ > cpv (at most len(lam))."""
+    if total <= 0:
+        return 0
+    cum = np.cumsum(lam_desc) / total
+    return int(min(np.searchsorted(cum, cpv, side="right") + 1, len(lam_desc)))
+
+
+def standardised_cov(mean: np.ndarray, cov: np.ndarray, min_std: float, rel_std: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cov(Y), std used, raw std) for a window with this mean and covariance."""
+    raw = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    std = np.maximum(raw, std_floor(mean, min_std, rel_std))
+    inv = 1.0 / std
+    corr = cov * inv[:, None]
+    corr *= inv
+    return corr, std, raw
+
+
+def fit(
+    n: int,
+    mean: np.ndarray,
+    cov: np.ndarray,
+    *,
+    cpv: float = 0.90,
+    alpha: float = 0.002,
+    min_std: float = 1e-6,
+    rel_std: float = 1e-3,
+    top: "TopEigen | None" = None,
+) -> PcaFit:
+    """The PCA model of a window given its size, column means and sample covariance.
+
+    With ``top`` (a :class:`TopEigen` carried from the previous tick) the top eigenpairs come
+    from its warm-started solver; otherwise from a full ``numpy.linalg.eigh``.
+    """
+    corr, std, raw = standardised_cov(mean, cov, min_std, rel_std)
+    total = float(np.trace(corr))
+    if top is not None:
+        got = top.solve(corr, total, cpv)
+        if got is not None:
+            k, p1, lam1, theta = got
+            q, method, h0 = _threshold(theta, total, alpha)
+            return PcaFit(n, mean.copy(), std, raw, corr, k, p1, lam1, total, theta, q, method, h0, alpha, None, "subspace")
+    w, v = np.linalg.eigh(corr)
+    lam = np.clip(w[::-1], 0.0, None)
+    vec = np.ascontiguousarray(v[:, ::-1])
+    k = choose_k(lam, total, cpv)
+    theta = thetas(lam[k:])
+    q, method, h0 = _threshold(theta, total, alpha)
+    if top is not None:
+        top.seed(vec, lam, k)
+    return PcaFit(n, mean.copy(), std, raw, corr, k, vec[:, :k].copy(), lam[:k].copy(), total, theta, q, method, h0, alpha, lam, "eigh")
+
+
+def _threshold(theta: tuple[float, float, float], total: float, alpha: float) -> tuple[float, Method, float]:
+    if theta[0] <= RESIDUAL_EPS * max(total, 1.0):
+        return math.inf, "degenerate", math.nan
+    return q_alpha(theta, alpha)
+
+
+def fit_window(rows: np.ndarray, **kw) -> PcaFit:
+    """The batch reference: the model refitted from the raw window rows (t × d)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    mean = rows.mean(axis=0)
+    c = rows - mean
+    cov = (c.T @ c) / max(rows.shape[0] - 1, 1)
+    kw.pop("top", None)
+    return fit(rows.shape[0], mean, cov, **kw)
+
+
+# --------------------------------------------------------------------------- warm-started top-k
+
+
+class TopEigen:
+    """Top eigenpairs of a slowly changing symmetric matrix, warm-started from the last tick.
+
+    The sliding window changes cov(Y) by a few rank-one terms per row, so last tick's top
+    eigenvectors span nearly the same subspace. Block subspace iteration (orthonormalised by
+    Cholesky QR, twice) followed by Rayleigh–Ritz brings them back to convergence; the block size
+    p covers the top k plus every eigenvalue above ``gap_ratio``·λ_k (read from the last full
+    decomposition), so one step shrinks the error by at least that ratio. A result is accepted
+    only when each of the k Ritz pairs has a residual ‖C u − θ u‖ ≤ ``tol``·tr(C) and ≤ 10⁻⁹ of
+    the Ritz gap θ_k − θ_{k+1} (Davis–Kahan: the subspace angle is ≤ residual / gap);
+    otherwise ``solve`` returns None and the caller makes a full ``eigh`` (which reseeds this
+    object). After a miss the solver stays off for a number of fits that doubles with each
+    further miss (at most 64), and a full ``eigh`` is forced every ``full_every`` fits anyway.
+
+    θ₁ = tr(C) − Σ_{j≤k} λ_j; θ₂ and θ₃ come from the residual block R = QCQ (Q = I − P₁P₁ᵀ) as
+    ‖R‖²_F and tr(R³), which avoids cancelling the large principal eigenvalues.
+    """
+
+    def __init__(self, extra: int = 4, iters: int = 4, tol: float = 1e-11, full_every: int = 100, gap_ratio: float = 0.02) -> None:
+        self.extra = extra
+        self.iters = iters
+        self.tol = tol
+        self.full_every = full_every
+        self.gap_ratio = gap_ratio
+        self.u: np.ndarray | None = None
+        self.since_full = 0
+        self.off = 0  # fits to skip after a miss
+        self.misses = 0
+        self.hits = 0
+        self.fallbacks = 0
+
+    def seed(self, vec_desc: np.ndarray, lam_desc: np.ndarray, k: int) -> None:
+        d = vec_desc.shape[1]
+        if k == 0 or k >= d:
+            self.u = None
+            return
+        above = int(np.searchsorted(-lam_desc, -self.gap_ratio * lam_desc[k - 1], side="right"))
+        p = min(d - 1, max(k + self.extra, above + 2))
+        self.u = vec_desc[:, :p].copy()
+        self.since_full = 0
+
+    def _miss(self) -> None:
+        self.misses += 1
+        self.off = min(64, 2 ** min(self.misses, 6))
+        self.fallbacks += 1
+
+    def solve(self, c: np.ndarray, total: float, cpv: float) -> tuple[int, np.ndarray, np.ndarray, tuple[float, float, float]] | None:
+        """(k, P₁, λ₁..λ_k, θ) or None when the caller must do a full decomposition."""
+        u = self.u
+        d = c.shape[0]
+        self.since_full += 1
+        if self.off > 0:
+            self.off -= 1
+            self.fallbacks += 1
+            return None
+        if u is None or u.shape[0] != d or u.shape[1] >= d or self.since_full >= self.full_every:
+            self.fallbacks += 1
+            return None
+        norm = max(total, 1e-300)  # ‖C‖₂ ≤ tr(C) for a PSD matrix
+        for _ in range(self.iters):
+            q = _chol_qr(_chol_qr(c @ u))
+            if q is None:
+                break
+            cq = c @ q
+            h = q.T @ cq
+            w, s = np.linalg.eigh((h + h.T) * 0.5)
+            w, s = w[::-1].copy(), np.ascontiguousarray(s[:, ::-1])  # BLAS needs positive strides
+            u = q @ s
+            cu = cq @ s
+            k = choose_k(np.clip(w, 0.0, None), total, cpv)
+            if k >= len(w):  # the block does not reach the CPV
+                break
+            res = cu[:, :k] - u[:, :k] * w[:k]
+            err = float(np.sqrt((res * res).sum(axis=0)).max())
+            gap = w[k - 1] - w[k]
+            if err <= self.tol * norm and err <= 1e-9 * gap:
+                self.u = u
+                self.misses = 0
+                p1 = u[:, :k]
+                lam1 = np.clip(w[:k], 0.0, None)
+                t1 = total - float(lam1.sum())
+                r = c - p1 @ (p1.T @ c)
+                r -= (r @ p1) @ p1.T
+                t2 = float((r * r).sum())
+                t3 = float(((r @ r) * r).sum())
+                self.hits += 1
+                return k, p1.copy(), lam1, (max(t1, 0.0), max(t2, 0.0), max(t3, 0.0))
+        self._miss()
+        return None
+
+
+def _chol_qr(w: np.ndarray | None) -> np.ndarray | None:
+    """An orthonormal basis of span(w) by Cholesky QR (None if w is numerically rank-deficient)."""
+    if w is None:
+        return None
+    try:
+        l = np.linalg.cholesky(w.T @ w)
+    except np.linalg.LinAlgError:
+        return None
+    return np.ascontiguousarray(linalg.solve_triangular(l, w.T, lower=True, check_finite=False).T)
+
+
+# --------------------------------------------------------------------------- identification
+
+
+@dataclass
+class ColumnFinding:
+    """The identification numbers of one column of the scope."""
+
+    index: int
+    rd: float
+    stddev: float | None
+    meandiff: float | None
+    direction: str
+    abnormal: bool
+
+
+def identify(model: PcaFit, a_raw: np.ndarray, b1: float = 2.0, b2: float = 3.0) -> list[ColumnFinding]:
+    """ATOM's three steps over the abnormal rows A (m × d, raw units; NaN = unknown cell).
+
+    1. rd_j = (a_j − y_j)/y_j with a_j = ‖(B P₂P₂ᵀ)_j‖²/m (B = A standardised with M's mean and
+       std, NaN cells taken at the mean) and y_j = ‖(Y P₂P₂ᵀ)_j‖²/t = (t−1)/t · diag(P₂Λ₂P₂ᵀ)_j.
+    2. for rd_j ≥ b₁: stddev_j = mean_i |a_ij − avg_j| / std_j; abnormal when ≥ b₂.
+    3. meandiff_j = (mean_i a_ij − avg_j)/avg_j (None when avg_j = 0); direction from the sign
+       of mean_i a_ij − avg_j.
+
+    Returns the findings of every column that passed step 1, abnormal ones first by stddev.
+    """
+    a_raw = np.atleast_2d(np.asarray(a_raw, dtype=np.float64))
+    b = model.standardise(a_raw)
+    b = np.array([model.fill_missing(r) for r in b]) if not np.isfinite(b).all() else b
+    br = model.residual(b)
+    a = (br * br).mean(axis=0)
+    y = (model.n - 1) / model.n * model.resid_diag()
+    tiny = 1e-12
+    rd = (a - y) / np.maximum(y, tiny)
+    out: list[ColumnFinding] = []
+    known = np.isfinite(a_raw).sum(axis=0)
+    safe = np.where(np.isfinite(a_raw), a_raw, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a column unknown in every row of A: NaN
+        colmean = safe.sum(axis=0) / known
+        dev = (np.abs(safe - model.mean) * np.isfinite(a_raw)).sum(axis=0) / known / model.std
+    for j in np.flatnonzero(rd >= b1):
+        sd = float(dev[j]) if np.isfinite(dev[j]) else None
+        diff = float(colmean[j] - model.mean[j]) if np.isfinite(colmean[j]) else 0.0
+        md = diff / float(model.mean[j]) if model.mean[j] != 0 and np.isfinite(colmean[j]) else None
+        out.append(
+            ColumnFinding(
+                index=int(j),
+                rd=float(rd[j]),
+                stddev=sd,
+                meandiff=md,
+                direction="up" if diff >= 0 else "down",
+                abnormal=sd is not None and sd >= b2,
+            )
+        )
+    out.sort(key=lambda f: (not f.abnormal, -(f.stddev or 0.0), -f.rd))
+    return out
+
+
+# --------------------------------------------------------------------------- Δ from μ
+
+
+@dataclass
+class DeltaSolution:
+    """What :func:`solve_delta` found: ε (eigenvalue perturbation), the false-alarm deviation
+    μ* it causes, δ (the tracking error in standardised units) and Δ per column."""
+
+    mu: float
+    epsilon: float
+    mu_star: float
+    eta: float
+    delta_std: float
+    deltas: np.ndarray
+    method: Method
+
+
+def residual_spectrum(model: PcaFit) -> np.ndarray:
+    """The residual eigenvalues λ_{k+1..d} (a full ``eigh`` if the fit kept only the top k)."""
+    if model.lam is not None:
+        return model.lam[model.k :]
+    lam = np.clip(np.linalg.eigvalsh(model.corr)[::-1], 0.0, None)
+    return lam[model.k :]
+
+
+def perturbation_signs(n: int, draws: int = 32, seed: int = 0) -> np.ndarray:
+    """The sign patterns the residual eigenvalues are moved by: all +1, all −1, and ``draws``
+    random ±1 patterns from a fixed seed (the same for every ε, so μ*(ε) is a function)."""
+    rng = np.random.default_rng(seed)
+    rand = rng.choice((-1.0, 1.0), size=(draws, n))
+    return np.vstack([np.ones(n), -np.ones(n), rand])
+
+
+def mu_star(resid: np.ndarray, epsilon: float, alpha: float, draws: int = 32) -> tuple[float, float]:
+    """(μ*, η) for residual eigenvalues perturbed by ±ε: η is the largest change of the normal
+    score c at the threshold computed from a perturbed spectrum (over the sign patterns of
+    :func:`perturbation_signs`), and μ* = Φ(c_α) − Φ(c_α − η)."""
+    resid = np.asarray(resid, dtype=np.float64)
+    base = thetas(resid)
+    _q0, method, _ = q_alpha(base, alpha)
+    if method == "degenerate":
+        return math.nan, math.nan
+    c_alpha = float(special.ndtri(1.0 - alpha))
+    eta = 0.0
+    for signs in perturbation_signs(len(resid), draws):
+        # the perturbed threshold uses the base model's approximation where it is valid, so
+        # that μ*(ε) does not jump where a perturbed spectrum would switch approximation
+        q, _m, _ = q_alpha(thetas(np.clip(resid + signs * epsilon, 0.0, None)), alpha, method)
+        c = normal_score(q, base, method) if math.isfinite(q) else math.inf
+        eta = max(eta, abs(c - c_alpha) if math.isfinite(c) else math.inf)
+    if not math.isfinite(eta):
+        return float(special.ndtr(c_alpha)), eta
+    return float(special.ndtr(c_alpha) - special.ndtr(c_alpha - eta)), eta
+
+
+def delta_from_epsilon(epsilon: float, lam_mean: float, t: int, d: int) -> float:
+    """δ = √3·σ with σ the positive root of ε = 2σ√(λ̄d/t) + σ²√((t+d)/t) (equal σ_i):
+    δ = (√(3λ̄d + 3ε√(t² + td)) − √(3λ̄d)) / √(t + d)."""
+    a = 3.0 * lam_mean * d
+    return (math.sqrt(a + 3.0 * epsilon * math.sqrt(t * t + t * d)) - math.sqrt(a)) / math.sqrt(t + d)
+
+
+def solve_delta(model: PcaFit, mu: float, *, iterations: int = 80) -> DeltaSolution:
+    """Binary-search the largest ε with μ*(ε) ≤ μ (deterministic: the residual eigenvalues are
+    moved by ±ε in fixed sign patterns, the worst counts), then δ and Δ_i = δ·std_i."""
+    if not (0.0 < mu < 1.0):
+        raise ValueError(f"mu must be in (0, 1), got {mu!r}")
+    if model.method == "degenerate":
+        raise ValueError("the model has no residual subspace (constant or perfectly correlated columns): Δ cannot be derived from μ")
+    resid = residual_spectrum(model)
+    lam_mean = model.total / model.d
+    lo, hi = 0.0, max(lam_mean, 1e-12)
+    # grow the bracket until it violates μ (or covers a perturbation as large as the spectrum)
+    while mu_star(resid, hi, model.alpha)[0] <= mu and hi < 1e6 * max(lam_mean, 1e-12):
+        lo, hi = hi, hi * 2.0
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if mu_star(resid, mid, model.alpha)[0] <= mu:
+            lo = mid
+        else:
+            hi = mid
+    ms, eta = mu_star(resid, lo, model.alpha)
+    delta = delta_from_epsilon(lo, lam_mean, model.n, model.d)
+    return DeltaSolution(mu, lo, ms, eta, delta, delta * model.std, model.method)
+
+
+def deltas_from_mu(model: PcaFit, mu: float) -> np.ndarray:
+    """Per-column tracking error Δ_i (the columns' own units) for a deviation μ."""
+    return solve_delta(model, mu).deltas

@@ -1,0 +1,425 @@
+"""The ``pca-spe`` detector plugin: ATOM's PCA monitoring with SPE and Q_α, one instance per scope.
+
+What lives here: option parsing, the detector's life over a stream of rows (warm-up, the normal
+window M, the abnormal rows A, column-set changes, stale cells), the mapping of identification
+results to :class:`atomwatch.Blame`, the operator's *normal* verdict (``accept_normal``),
+``status()`` and ``deltas_from_mu``. The formulas themselves are in :mod:`plugins.pca_model`.
+
+Behaviour where the paper is silent (the options are the fields of :class:`PcaSpeOptions`):
+
+* **Warm-up.** Until the window holds ``min_rows`` rows (default ``max(30, 2·d)``, at most ``t``)
+  every finite row joins M and nothing is flagged.
+* **A.** An abnormal row joins A (raw) and the model is not touched. A is the run of consecutive
+  abnormal rows (its last ``t`` rows, as the paper's A spans at most the window; ``run_length``
+  counts the whole run): the first normal row after it closes the episode (A is kept as the *last
+  episode* for a later verdict, and a new A starts empty). ``accept_normal(rows)`` folds the given
+  rows (or, with none given, the current A, else the last episode) into M, oldest rows leaving,
+  clears A and refits at once.
+* **Stale cells (NaN).** A NaN cell is scored at the value that fits the model best given the
+  row's known cells (least SPE), so a stale cell never raises an alarm by itself; such a row never
+  joins M, and may join A. A column NaN for ``stale_limit`` consecutive rows is treated as gone
+  (as if it had left the row), and comes back like a new column.
+* **Constant columns.** Standardisation uses max(std_j, ``min_std``, ``rel_std``·|avg_j|): a
+  constant column contributes a zero eigenvalue to the residual space and zero to SPE while it
+  stays constant; if it moves, the move is measured against that floor.
+* **Column-set changes.** Columns that leave: the window is rebuilt exactly over the remaining
+  columns from its stored rows, detection continues at once. Columns that appear: the current
+  model keeps scoring its columns while a second window over the new set fills with the rows
+  the current model finds normal; it takes over when it has ``min_rows`` rows (the new columns
+  have no history to carry over). Either way A and the last episode are dropped (their rows no
+  longer match the model's columns).
+* **Threshold.** Jackson–Mudholkar when h₀ > 0 and its bracket is positive, else Box's g·χ²_h;
+  with no residual variance at all (e.g. one column, or all columns constant) the model is
+  ``degenerate`` and flags nothing. Q_α lets through α of normal rows by design (one row in 500
+  at the default 0.2 %); ``confirm=N`` reports anomalies only from the N-th consecutive abnormal
+  row on (the rows before still join A and count in the blame), which cuts lone false alarms.
+* **Cost.** The window's mean and co-moment matrix follow each row with one rank-two update
+  (new row in, oldest out), recomputed exactly every ``refresh_every`` updates (the measured
+  drift without any refresh is ~1e-14 after 200 000 updates); the d × d eigendecomposition is
+  redone at the first score after the window changed. ``solver=subspace`` replaces the full
+  ``eigh`` by a verified warm-started top-k iteration (see ``benchmarks/pca.py`` for when it pays).
+* **Calls.** ``update``, ``accept_normal``, ``status`` and ``deltas_from_mu`` of one instance must
+  not run concurrently (the controller serialises them per scope).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+import atomwatch
+from atomwatch import Anomaly, Blame, Row, SeriesKey
+
+from . import pca_model as pm
+
+NAME = "pca-spe"
+
+
+@dataclass(frozen=True)
+class PcaSpeOptions:
+    """Options of one pca-spe detector (``--set pca-spe.KEY=VALUE``)."""
+
+    t: int = 720  # window length (normal rows)
+    cpv: float = 0.90  # cumulative percent variance for k
+    alpha: float = 0.002  # false-alarm rate of Q_α
+    b1: float = 2.0  # identification step 1 threshold on rd_j
+    b2: float = 3.0  # identification step 2 threshold on stddev_j
+    min_rows: int | None = None  # rows before detecting (default max(30, 2·d), at most t)
+    min_std: float = 1e-6  # absolute std floor when standardising
+    rel_std: float = 1e-3  # std floor as a fraction of |avg_j|
+    confirm: int = 1  # consecutive abnormal rows before anomalies are reported (rows join A from the first)
+    stale_limit: int = 6  # consecutive NaN rows after which a column counts as gone
+    refresh_every: int = 720  # exact recomputation of the window statistics every N updates
+    solver: str = "eigh"  # "eigh" (full, per fit) or "subspace" (warm-started top-k, verified, eigh fallback)
+    full_every: int = 100  # with solver=subspace, a full eigh at least every N fits
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any] | None) -> "PcaSpeOptions":
+        raw = dict(options or {})
+        known = {f: getattr(cls, f) for f in cls.__dataclass_fields__}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ValueError(f"{NAME}: unknown option(s) {unknown}; known: {sorted(known)}")
+        vals: dict[str, Any] = {}
+        for key, value in raw.items():
+            vals[key] = _coerce(key, value)
+        o = cls(**vals)
+        _check(o.t >= 3, "t", o.t, "an integer ≥ 3")
+        _check(0.0 < o.cpv < 1.0, "cpv", o.cpv, "in (0, 1)")
+        _check(0.0 < o.alpha < 0.5, "alpha", o.alpha, "in (0, 0.5)")
+        _check(o.b1 >= 0 and o.b2 >= 0, "b1/b2", (o.b1, o.b2), "≥ 0")
+        _check(o.min_rows is None or 3 <= o.min_rows <= o.t, "min_rows", o.min_rows, f"in [3, t={o.t}]")
+        _check(o.min_std > 0 and o.rel_std >= 0, "min_std/rel_std", (o.min_std, o.rel_std), "min_std > 0, rel_std ≥ 0")
+        _check(o.stale_limit >= 1, "stale_limit", o.stale_limit, "≥ 1")
+        _check(o.confirm >= 1, "confirm", o.confirm, "≥ 1")
+        _check(o.refresh_every >= 1, "refresh_every", o.refresh_every, "≥ 1")
+        _check(o.solver in ("subspace", "eigh"), "solver", o.solver, "'subspace' or 'eigh'")
+        _check(o.full_every >= 1, "full_every", o.full_every, "≥ 1")
+        return o
+
+    def rows_needed(self, d: int) -> int:
+        return self.min_rows if self.min_rows is not None else min(self.t, max(30, 2 * d))
+
+
+_INT = {"t", "min_rows", "confirm", "stale_limit", "refresh_every", "full_every"}
+_STR = {"solver"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key in _STR:
+        return str(value)
+    if key == "min_rows" and value is None:
+        return None
+    try:
+        if key in _INT:
+            f = float(value)
+            if not f.is_integer():
+                raise ValueError
+            return int(f)
+        f = float(value)
+    except (TypeError, ValueError):
+        kind = "an integer" if key in _INT else "a number"
+        raise ValueError(f"{NAME}: option {key}={value!r} is not {kind}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{NAME}: option {key}={value!r} must be finite")
+    return f
+
+
+def _check(ok: bool, key: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{NAME}: option {key}={value!r} must be {what}")
+
+
+class _Window:
+    """The window M of one column set, with its current model (fitted lazily)."""
+
+    def __init__(self, columns: tuple[SeriesKey, ...], opts: PcaSpeOptions, stats: pm.WindowStats | None = None) -> None:
+        self.columns = columns
+        self.index = {c: j for j, c in enumerate(columns)}
+        self.opts = opts
+        self.stats = stats or pm.WindowStats(len(columns), opts.t)
+        self.top = pm.TopEigen(full_every=opts.full_every) if opts.solver == "subspace" else None
+        self.need = opts.rows_needed(len(columns))
+        self._fit: pm.PcaFit | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.stats.n >= self.need
+
+    def add(self, x: np.ndarray) -> None:
+        self.stats.add(x)
+        if self.stats.updates >= self.opts.refresh_every:
+            self.stats.refresh()
+        self._fit = None
+
+    def model(self) -> pm.PcaFit:
+        if self._fit is None:
+            s = self.stats
+            self._fit = pm.fit(
+                s.n, s.mean, s.cov(), cpv=self.opts.cpv, alpha=self.opts.alpha,
+                min_std=self.opts.min_std, rel_std=self.opts.rel_std, top=self.top,
+            )
+        return self._fit
+
+    def restricted(self, columns: tuple[SeriesKey, ...]) -> "_Window":
+        keep = np.array([self.index[c] for c in columns], dtype=np.intp)
+        return _Window(columns, self.opts, self.stats.restricted(keep) if self.stats.n else None)
+
+
+class PcaSpeDetector:
+    """One scope's PCA-SPE detector (see the module docstring for its behaviour)."""
+
+    name = NAME
+
+    def __init__(self, scope: str, options: Mapping[str, Any] | None = None) -> None:
+        self.scope = scope
+        self.opts = PcaSpeOptions.parse(options)
+        self.win: _Window | None = None
+        self.pending: _Window | None = None  # a new column set warming up
+        self.a_rows: list[np.ndarray] = []  # A (raw, columns of self.win): at most t rows
+        self.a_index: list[int] = []  # their row indices
+        self.run_length = 0  # consecutive abnormal rows so far (A keeps the last t of them)
+        self.last_episode: tuple[tuple[SeriesKey, ...], list[np.ndarray]] | None = None
+        self.nan_run: dict[SeriesKey, int] = {}
+        self.last_spe: float | None = None
+        self.last_q: float | None = None  # the Q_α the last scored row was compared with
+        self.last_index: int | None = None
+        self.rows_seen = 0
+        self.anomalies = 0
+        self.column_changes = 0
+
+    # -- the stream ---------------------------------------------------------------------------
+
+    def update(self, row: Row) -> Anomaly | None:
+        values = np.asarray(row.values, dtype=np.float64).reshape(-1)
+        if len(values) != len(row.columns):
+            raise ValueError(f"{NAME} scope {self.scope!r} row {row.index}: {len(values)} values for {len(row.columns)} columns")
+        self.rows_seen += 1
+        self.last_index = row.index
+        cols = self._effective_columns(row.columns, values)
+        if not cols:
+            return None
+        self._follow_columns(cols)
+        win = self.win
+        assert win is not None
+        lookup = {c: j for j, c in enumerate(row.columns)}
+        z = values[[lookup[c] for c in win.columns]]
+        result = self._score(row, win, z)
+        if self.pending is not None and result is None and self.run_length == 0:
+            # a new column set warms up on the rows the current model finds normal
+            zp = values[[lookup[c] for c in self.pending.columns]]
+            if np.isfinite(zp).all():
+                self.pending.add(zp)
+            if self.pending.ready:
+                self._switch_to_pending()
+        return result
+
+    def _score(self, row: Row, win: _Window, z: np.ndarray) -> Anomaly | None:
+        finite = np.isfinite(z)
+        if not win.ready:
+            if finite.all():
+                win.add(z)
+            return None
+        model = win.model()
+        x = model.fill_missing(model.standardise(z))
+        spe = model.spe(x)
+        self.last_spe, self.last_q = spe, model.q_alpha
+        if spe > model.q_alpha:
+            self.a_rows.append(z.copy())
+            self.a_index.append(row.index)
+            self.run_length += 1
+            if len(self.a_rows) > self.opts.t:  # the paper's A spans at most the last t instants
+                del self.a_rows[0], self.a_index[0]
+            if self.run_length < self.opts.confirm:
+                return None
+            self.anomalies += 1
+            return self._anomaly(row, win, model, x, spe, [c for c, ok in zip(win.columns, finite) if not ok])
+        if self.a_rows:
+            self.last_episode = (win.columns, self.a_rows)
+            self.a_rows, self.a_index, self.run_length = [], [], 0
+        if finite.all():
+            win.add(z)
+        return None
+
+    def _effective_columns(self, columns: tuple[SeriesKey, ...], values: np.ndarray) -> tuple[SeriesKey, ...]:
+        runs = {}
+        for c, v in zip(columns, values):
+            runs[c] = self.nan_run.get(c, 0) + 1 if math.isnan(v) else 0
+        self.nan_run = runs
+        return tuple(c for c in columns if runs[c] < self.opts.stale_limit)
+
+    def _follow_columns(self, cols: tuple[SeriesKey, ...]) -> None:
+        if self.win is None:
+            self.win = _Window(cols, self.opts)
+            return
+        if cols == self.win.columns and self.pending is None:
+            return
+        if not self.win.ready:  # still warming up: simply warm up the new column set instead
+            if set(cols) != set(self.win.columns):
+                self.column_changes += 1
+                self.win, self.pending = _Window(cols, self.opts), None
+            return
+        present = set(cols)
+        if not set(self.win.columns) <= present:
+            kept = tuple(c for c in self.win.columns if c in present)
+            self.column_changes += 1
+            self.a_rows, self.a_index, self.last_episode, self.run_length = [], [], None, 0
+            if kept:
+                self.win = self.win.restricted(kept)
+            else:
+                self.win = _Window(cols, self.opts)
+                self.pending = None
+                return
+        if set(cols) == set(self.win.columns):  # (a new order is fine: values map by name)
+            self.pending = None
+            return
+        if self.pending is None or self.pending.columns != cols:
+            if self.pending is None:
+                self.column_changes += 1
+            self.pending = _Window(cols, self.opts)
+
+    def _switch_to_pending(self) -> None:
+        assert self.pending is not None
+        self.win, self.pending = self.pending, None
+        self.a_rows, self.a_index, self.last_episode, self.run_length = [], [], None, 0
+
+    # -- results ------------------------------------------------------------------------------
+
+    def _anomaly(self, row: Row, win: _Window, model: pm.PcaFit, x: np.ndarray, spe: float, stale: list[SeriesKey]) -> Anomaly:
+        findings = pm.identify(model, np.array(self.a_rows), self.opts.b1, self.opts.b2)
+        blame = [
+            Blame(
+                column=win.columns[f.index],
+                direction=f.direction,
+                score=float(f.stddev or 0.0),
+                details={"rd": f.rd, "stddev": f.stddev, "meandiff": f.meandiff},
+            )
+            for f in findings
+            if f.abnormal
+        ]
+        r = model.residual(x)
+        contrib = np.argsort(-(r * r))[:5]
+        return Anomaly(
+            detector=NAME,
+            scope=self.scope,
+            index=row.index,
+            ts=row.ts,
+            score=spe,
+            threshold=model.q_alpha,
+            blame=blame,
+            details={
+                "k": model.k,
+                "d": model.d,
+                "method": model.method,
+                "h0": None if math.isnan(model.h0) else model.h0,
+                "rows_in_A": len(self.a_rows),
+                "first_row_of_A": self.a_index[0],
+                "run_length": self.run_length,
+                "window_rows": model.n,
+                "stale_columns": [c.column for c in stale],
+                "candidates": [
+                    {"column": win.columns[f.index].column, "rd": f.rd, "stddev": f.stddev} for f in findings if not f.abnormal
+                ][:5],
+                "residual_top": [{"column": win.columns[j].column, "share": float(r[j] ** 2 / spe) if spe > 0 else 0.0} for j in contrib],
+            },
+        )
+
+    # -- operator and controller -------------------------------------------------------------
+
+    def accept_normal(self, rows: Sequence[Row] | None = None) -> int:
+        """The operator's *normal* verdict: fold ``rows`` (default: A, else the last episode)
+        into M, clear A and refit. Rows lacking a modelled column or holding NaN there are
+        skipped. Returns how many rows joined M."""
+        win = self.win
+        if win is None:
+            return 0
+        batch: list[np.ndarray] = []
+        if rows:
+            for r in rows:
+                lookup = {c: j for j, c in enumerate(r.columns)}
+                if not all(c in lookup for c in win.columns):
+                    continue
+                vals = np.asarray(r.values, dtype=np.float64)
+                z = vals[[lookup[c] for c in win.columns]]
+                if np.isfinite(z).all():
+                    batch.append(z)
+        elif self.a_rows:
+            batch = [z for z in self.a_rows if np.isfinite(z).all()]
+        elif self.last_episode and self.last_episode[0] == win.columns:
+            batch = [z for z in self.last_episode[1] if np.isfinite(z).all()]
+        for z in batch:
+            win.add(z)
+        self.a_rows, self.a_index, self.last_episode, self.run_length = [], [], None, 0
+        if win.top is not None:
+            win.top.u = None  # the window moved by many rows: start from a full decomposition
+        win.stats.refresh()
+        win._fit = None
+        if win.ready:
+            win.model()
+        return len(batch)
+
+    def model(self) -> pm.PcaFit | None:
+        """The current PCA model, or None while warming up."""
+        if self.win is None or not self.win.ready:
+            return None
+        return self.win.model()
+
+    def deltas_from_mu(self, mu: float) -> dict[SeriesKey, float]:
+        """Tracking error Δ per column (own units) for a deviation μ on detection accuracy."""
+        model = self.model()
+        if model is None or self.win is None:
+            raise ValueError(f"{NAME} scope {self.scope!r}: no model yet (warming up), Δ cannot be derived")
+        sol = pm.solve_delta(model, mu)
+        return {c: float(v) for c, v in zip(self.win.columns, sol.deltas)}
+
+    def status(self) -> dict[str, Any]:
+        win = self.win
+        out: dict[str, Any] = {
+            "detector": NAME,
+            "scope": self.scope,
+            "rows_seen": self.rows_seen,
+            "ready": bool(win and win.ready),
+            "columns": [c.column for c in win.columns] if win else [],
+            "window_rows": win.stats.n if win else 0,
+            "rows_needed": win.need if win else None,
+            "spe": self.last_spe,
+            "rows_in_A": len(self.a_rows),
+            "run_length": self.run_length,
+            "anomalies": self.anomalies,
+            "column_changes": self.column_changes,
+            "pending_columns": [c.column for c in self.pending.columns] if self.pending else None,
+            "pending_rows": self.pending.stats.n if self.pending else None,
+        }
+        model = self.model()
+        if model is not None and win is not None:
+            last_q = self.last_q if self.last_q is not None else model.q_alpha
+            out.update(
+                # spe and q_alpha are a pair: the last scored row and the threshold it was judged
+                # by; model_q_alpha is the current model's (it moves when a normal row joins M)
+                q_alpha=last_q if math.isfinite(last_q) else None,
+                model_q_alpha=model.q_alpha if math.isfinite(model.q_alpha) else None,
+                method=model.method,
+                k=model.k,
+                d=model.d,
+                h0=None if math.isnan(model.h0) else model.h0,
+                theta=list(model.theta),
+                solver=model.solver,
+                exact_refreshes=win.stats.refreshes,
+            )
+        return out
+
+
+class PcaSpeFactory:
+    name = NAME
+    description = "ATOM's PCA monitoring: SPE against the Jackson–Mudholkar Q_α (Box's χ² where h₀ ≤ 0), 3-step identification"
+
+    def create(self, scope: str, options: Mapping[str, Any] | None = None) -> PcaSpeDetector:
+        return PcaSpeDetector(scope, options)
+
+
+@atomwatch.hookimpl
+def register_detectors() -> list[PcaSpeFactory]:
+    return [PcaSpeFactory()]

@@ -1,0 +1,179 @@
+"""``atomwatch detect`` run as a real subprocess over generated and real traces, and the
+evaluation functions it prints (point-wise and point-adjusted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atomwatch import evaluation as ev
+from atomwatch.offline import anomalies_of, DetectorError, run_detector, trace_rows
+from atomwatch.traces import read_trace, write_trace
+from conftest import DATA
+
+COLS = [f"vm{j // 3}/m{j % 3}" for j in range(9)]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "atomwatch", "detect", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Path:
+    """A recording folder: 900 rows, a fault on vm1/m0 at rows 600–649, labels.csv beside it."""
+    folder = tmp_path_factory.mktemp("rec")
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((900, 2))
+    x = 50 + 5 * f @ rng.standard_normal((2, 9)) + 0.5 * rng.standard_normal((900, 9))
+    x[600:650, 3] += 40.0
+    write_trace(folder / "values.csv", COLS, x, 1_700_000_000 + 10.0 * np.arange(900))
+    label = np.zeros(900, dtype=int)
+    label[600:650] = 1
+    label[800:810] = 1  # a labelled segment with nothing in the data: a miss for every detector
+    with (folder / "labels.csv").open("w") as fh:
+        fh.write("row,timestamp,label,class,vm\n")
+        for i, v in enumerate(label):
+            fh.write(f"{i},{1_700_000_000 + 10 * i},{v},{'noise' if v else 'normal'},{'vm1' if v else ''}\n")
+    return folder
+
+
+def test_json_output_over_a_recording_uses_its_labels(recording):
+    p = cli(str(recording), "--detector", "pca-spe", "--set", "t=300", "--set", "pca-spe.alpha=0.00001", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert set(out) == {"detector", "rows", "anomalies", "evaluation"}
+    assert out["detector"] == "pca-spe" and out["rows"] == 900
+    rows = [a["row"] for a in out["anomalies"]]
+    assert rows == list(range(600, 650))  # rows counted from 0 after the header
+    for a in out["anomalies"]:
+        assert set(a) == {"row", "score", "threshold", "blame"} and a["score"] > a["threshold"]
+    assert {b["column"] for a in out["anomalies"] for b in a["blame"]} == {"vm1/m0"}
+    assert all(b["direction"] == "up" for a in out["anomalies"] for b in a["blame"])
+    e = out["evaluation"]
+    assert e["segments"] == 2 and e["segments_detected"] == 1
+    assert e["point_wise"]["confusion_matrix"] == [[840, 0], [10, 50]]
+    assert e["point_wise"]["precision"] == 1.0 and e["point_wise"]["recall"] == pytest.approx(50 / 60)
+
+
+def test_table_output_and_explicit_labels(recording, tmp_path):
+    labels = tmp_path / "l.csv"
+    labels.write_text("label\n" + "".join("1\n" if 600 <= i < 700 else "0\n" for i in range(900)))
+    p = cli(str(recording / "values.csv"), "--set", "t=300", "--set", "alpha=0.00001", "--labels", str(labels))
+    assert p.returncode == 0, p.stderr
+    assert "pca-spe over" in p.stdout and "900 rows, 50 flagged" in p.stdout
+    assert "vm1/m0 ↑" in p.stdout
+    adjusted = next(line for line in p.stdout.splitlines() if line.startswith("point-adjusted"))
+    assert adjusted.split()[1:4] == ["1.000", "1.000", "1.000"]  # the one segment is detected
+    pointwise = next(line for line in p.stdout.splitlines() if line.startswith("point-wise"))
+    assert pointwise.split()[2] == "0.500"  # recall 50/100
+
+
+def test_errors_go_to_stderr_with_status_2(recording, tmp_path):
+    p = cli(str(recording), "--detector", "no-such-detector")
+    assert p.returncode == 2 and "no detector named 'no-such-detector'" in p.stderr and "pca-spe" in p.stderr
+    p = cli(str(tmp_path / "missing.csv"))
+    assert p.returncode == 2 and "missing.csv: no such file" in p.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a/x,a/y\n1,2\n3,oops\n")
+    p = cli(str(bad))
+    assert p.returncode == 2 and "line 3" in p.stderr and "'oops'" in p.stderr
+    p = cli(str(recording), "--set", "alpha=7")
+    assert p.returncode == 2 and "alpha" in p.stderr
+    p = cli(str(recording), "--labels", str(bad))
+    assert p.returncode == 2 and "label" in p.stderr
+    assert p.stdout == ""
+
+
+def test_any_detector_plugin_works(recording, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "every_tenth.py").write_text(
+        "import atomwatch\n"
+        "class D:\n"
+        "    name = 'every-tenth'\n"
+        "    def update(self, row):\n"
+        "        if row.index % 10 == 0:\n"
+        "            return [atomwatch.Anomaly('every-tenth', row.scope, row.index, row.ts, 1.0, 0.5,"
+        " [atomwatch.Blame(row.columns[0], 'down', 1.0)])]\n"
+        "class F:\n"
+        "    name = 'every-tenth'\n"
+        "    description = 'flags rows 0, 10, 20 ...'\n"
+        "    def create(self, scope, options):\n"
+        "        return D()\n"
+        "@atomwatch.hookimpl\n"
+        "def register_detectors():\n"
+        "    return [F()]\n"
+    )
+    p = cli(str(recording), "--detector", "every-tenth", "--plugins-dir", str(plugins), "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert [a["row"] for a in out["anomalies"]] == list(range(0, 900, 10))
+    assert out["anomalies"][0]["blame"] == [
+        {"column": "vm0/m0", "vm_uuid": "vm0", "vm_name": "vm0", "metric": "m0", "direction": "down", "score": 1.0}
+    ]
+    assert out["evaluation"]["point_adjusted"]["tp"] == 60
+
+
+@pytest.mark.parametrize("name", ["precog/test1.csv", "precog/m_100_test.csv.gz"])
+def test_smoke_on_real_traces(name):
+    path = DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not here")
+    p = cli(str(path), "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["rows"] == read_trace(path).rows > 0
+    # one series: no residual subspace, so PCA-SPE has nothing to flag
+    assert out["anomalies"] == []
+
+
+# --------------------------------------------------------------------------- offline and evaluation
+
+
+def test_offline_rows_are_what_the_live_path_sees(recording):
+    trace = read_trace(recording)
+    rows = list(trace_rows(trace, "host-a"))
+    assert len(rows) == 900 and rows[0].index == 0 and rows[-1].index == 899
+    assert rows[1].ts - rows[0].ts == 10.0 and rows[0].scope == "host-a"
+    assert rows[0].columns[3].vm_name == "vm1" and rows[0].columns[3].metric == "m0"
+
+    class Broken:
+        name = "broken"
+
+        def update(self, row):
+            if row.index == 5:
+                raise RuntimeError("boom")
+
+    with pytest.raises(DetectorError, match="'broken' failed at row 5: RuntimeError: boom"):
+        run_detector(Broken(), rows)
+    with pytest.raises(DetectorError, match="returned str"):
+        anomalies_of("nope", "x", 3)
+
+
+def test_point_adjust_marks_whole_segments():
+    y = np.array([0, 1, 1, 1, 0, 0, 1, 1, 0, 1])
+    p = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+    assert ev.segments(y) == [(1, 4), (6, 8), (9, 10)]
+    np.testing.assert_array_equal(ev.point_adjust(y, p), [1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    r = ev.evaluate(y, p)
+    assert r["point_wise"]["confusion_matrix"] == [[3, 1], [5, 1]]
+    assert r["point_wise"]["precision"] == 0.5 and r["point_wise"]["recall"] == pytest.approx(1 / 6)
+    assert r["point_adjusted"]["tp"] == 3 and r["point_adjusted"]["recall"] == pytest.approx(0.5)
+    assert r["point_adjusted"]["f1"] == pytest.approx(2 * 0.75 * 0.5 / 1.25)
+    assert r["segments_detected"] == 1 and r["segments"] == 3
+    none = ev.evaluate(np.zeros(5, int), np.zeros(5, int))
+    assert none["point_wise"]["f1"] == 0.0 and none["point_wise"]["tn"] == 5
+
+
+def test_evaluation_rejects_bad_input():
+    with pytest.raises(ValueError, match="same length"):
+        ev.scores([0, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match="only 0/1"):
+        ev.scores([0, 2], [0, 1])
