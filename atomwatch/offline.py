@@ -14,6 +14,7 @@ What does not: reading files (:mod:`atomwatch.traces`), scoring against labels
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -22,6 +23,9 @@ import numpy as np
 from .series import SeriesKey
 from .traces import Trace
 from .types import Anomaly, Detector, DetectorFactory, Row, as_anomalies
+
+
+log = logging.getLogger("atomwatch.offline")
 
 
 class DetectorError(RuntimeError):
@@ -59,10 +63,14 @@ def detector_factories(pm: Any) -> dict[str, DetectorFactory]:
     from .plugins import call_safely
 
     out: dict[str, DetectorFactory] = {}
-    for _plugin, factories in call_safely(pm, "register_detectors"):
+    for plugin, factories in call_safely(pm, "register_detectors"):
         for f in factories or []:
             name = getattr(f, "name", None)
-            if isinstance(name, str) and name not in out and callable(getattr(f, "create", None)):
+            if not isinstance(name, str) or not name or not callable(getattr(f, "create", None)):
+                log.error("plugin %s registered %r, which has no name or create(): ignored", plugin, f)
+            elif name in out:
+                log.error("plugin %s registers detector %r again: the first one is kept", plugin, name)
+            else:
                 out[name] = f
     return out
 

@@ -23,13 +23,14 @@ import numpy as np
 from atomwatch import protocol
 from atomwatch.config import ConfigError
 from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
+from atomwatch.offline import detector_factories
 from atomwatch.plugins import call_safely
 from atomwatch.series import SeriesKey
 from atomwatch.types import Anomaly, Row
 
 from .alarms import Alarm, AlarmStore
 from .config import ControllerConfig
-from .detection import DetectorSet, detector_factories
+from .detection import DetectorSet
 from .ingest import HostState, Ingest
 from .scopes import ScopeRows
 

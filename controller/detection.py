@@ -11,27 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from atomwatch.plugins import call_safely
 from atomwatch.types import Anomaly, Detector, DetectorFactory, Row, as_anomalies
 
 log = logging.getLogger("atomwatch.controller.detection")
 
 MAX_FAILURES = 10
-
-
-def detector_factories(pm: Any) -> dict[str, DetectorFactory]:
-    factories: dict[str, DetectorFactory] = {}
-    for plugin, result in call_safely(pm, "register_detectors"):
-        for factory in result:
-            name = getattr(factory, "name", None)
-            if not name or not callable(getattr(factory, "create", None)):
-                log.error("plugin %s registered %r, which has no name or create(): ignored", plugin, factory)
-                continue
-            if name in factories:
-                log.error("plugin %s registers detector %r again: the first one is kept", plugin, name)
-                continue
-            factories[name] = factory
-    return factories
 
 
 class DetectorSet:

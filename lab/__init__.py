@@ -1,10 +1,18 @@
 """The lab: the libvirt test bed and, later, the CoreDNS simulator.
 
-The libvirt test bed builds a small guest from Debian packages (:mod:`lab.build`), boots guests
-through libvirt (:mod:`lab.domains`) on a private bridge with a traffic target in a network
-namespace (:mod:`lab.network`), drives workloads and attacks inside them through the QEMU guest
-agent (:mod:`lab.workloads`), and records labelled traces from named scenarios
-(:mod:`lab.scenarios`, :mod:`lab.record`). Guest-side scripts live in ``lab/files/``.
+The libvirt test bed (``atomwatch lab``):
 
-The CoreDNS simulator (``lab/coredns_sim.py``) is written separately.
+- :mod:`lab.paths` — the work directory and the fixed names of what the lab creates (``awlab-*``);
+- :mod:`lab.build` — the guest image from Debian packages (kernel .deb, busybox, qemu-ga, virtio modules);
+- :mod:`lab.network` — a bridge with no host address and a traffic target in a network namespace,
+  serving :mod:`lab.target_server`;
+- :mod:`lab.domains` — libvirt domains (KVM/TCG probe, define, boot, destroy) and the guest agent;
+- :mod:`lab.testbed` — ``up`` / ``down`` / ``status`` of the whole bed;
+- :mod:`lab.workloads` — guest programs started and stopped through the guest agent;
+- :mod:`lab.scenarios`, :mod:`lab.driver`, :mod:`lab.record` — named scenarios, their schedule on the
+  live guests, and labelled recordings;
+- ``lab/files/`` — the guest-side scripts (``init``, ``labctl`` and the workloads ``normal``,
+  ``cryptominer``, ``ddos-bot``, ``leaker``, ``exfil``).
+
+The CoreDNS simulator (``lab/coredns_sim.py``) is written by another engineer.
 """
