@@ -100,10 +100,14 @@ class Agent:
         if change.new:
             new_keys = [self.table.keys[a] for a in change.new]
             deltas = np.array([self._delta_for(k, reading.deltas.get(k)) for k in new_keys])
-            self.tracker.resize(len(self.table), deltas.max(initial=0.0))
-            self.tracker.set_delta(np.array(change.new), deltas)
-            self.deltas = np.concatenate([self.deltas, deltas])
-            self.stale_sent = np.concatenate([self.stale_sent, np.zeros(len(change.new), dtype=bool)])
+            grow = len(self.table) - len(self.deltas)
+            self.tracker.resize(len(self.table), 0.0)
+            self.deltas = np.concatenate([self.deltas, np.zeros(grow)])
+            self.stale_sent = np.concatenate([self.stale_sent, np.zeros(grow, dtype=bool)])
+            idx = np.array(change.new)
+            self.tracker.invalidate(idx)  # (a series that came back starts a new round)
+            self.tracker.set_delta(idx, deltas)
+            self.deltas[idx] = deltas
             self.need_birth = True
             log.info("%d new series (%s)", len(change.new), ", ".join(k.column for k in new_keys[:5]) + (" …" if len(new_keys) > 5 else ""))
         if change.gone:

@@ -50,6 +50,9 @@ class SeriesTable:
             change.new.append(alias)
         now = np.concatenate([now, np.ones(len(extra), dtype=bool)])
         old = np.concatenate([self.active, np.zeros(len(extra), dtype=bool)])
+        # a series that went and came back (a VM restarted) keeps its alias but needs a birth
+        back = [int(a) for a in np.flatnonzero(now[: len(self.active)] & ~self.active)]
+        change.new = back + change.new
         change.gone = [int(a) for a in np.flatnonzero(old & ~now)]
         self.active = now
         return change

@@ -141,3 +141,38 @@ async def test_set_delta_takes_effect_and_tracking_sends_less(mosquitto, site):
         assert sent / ticks < 0.3
     finally:
         await stop(agent, controller, tasks)
+
+
+class Blinking:
+    """vm2 disappears for a few ticks (a VM stopped) and comes back."""
+
+    name = "blinking"
+
+    def __init__(self):
+        self.n = 0
+
+    def collect(self):
+        self.n += 1
+        values = {GOOD: float(self.n)}
+        if not 10 <= self.n < 20:
+            values[FLAKY] = 100.0 + self.n
+        return atomwatch.Reading(values=values)
+
+    def close(self):
+        pass
+
+
+async def test_a_series_that_goes_and_comes_back_is_born_again(mosquitto, site):
+    agent, controller, tasks = await start(mosquitto, site, Blinking())
+    seen = []
+    controller.ingest.listeners.append(lambda state, msg: seen.append((msg.type, dict(state.snapshot()))))
+    try:
+        await asyncio.sleep(2.0)
+    finally:
+        await stop(agent, controller, tasks)
+    assert agent.table.aliases[FLAKY] == 1, "the alias is kept"
+    gone_at = next(i for i, (kind, snap) in enumerate(seen) if kind == "data" and FLAKY not in snap)
+    back_at = next(i for i, (kind, snap) in enumerate(seen) if i > gone_at and FLAKY in snap)
+    assert seen[back_at][0] == "birth", "the series comes back with a birth"
+    assert seen[back_at][1][FLAKY] > 119
+    assert not controller.ingest.dropped, dict(controller.ingest.dropped)
