@@ -1,0 +1,400 @@
+"""libvirt collector: the per-VM CloudWatch metrics of every running domain of a hypervisor.
+
+One ``getAllDomainStats`` call per tick reads every running domain (state, CPU, vCPU, balloon,
+interface and block groups; with ``VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT`` so a domain whose
+job lock is held is reported without waiting). Rates come from the difference of two samples of
+the counters over the wall time between them:
+
+=====================  =======  =========================================================
+metric                 unit     from
+=====================  =======  =========================================================
+CPUUtilization         %        Σ ``vcpu.N.time`` / (vCPUs × wall); ``cpu.time`` when the
+                                vCPU times are missing. 100 = every vCPU busy (capped there:
+                                the counters' 10 ms granularity can overshoot it).
+NetworkIn, NetworkOut  bytes/s  Σ ``net.N.rx.bytes`` / ``net.N.tx.bytes`` (libvirt reports
+                                tap counters from the guest's side: rx = into the VM)
+DiskReadOps/WriteOps   ops/s    Σ ``block.N.rd.reqs`` / ``block.N.wr.reqs``
+DiskReadBytes/Write…   bytes/s  Σ ``block.N.rd.bytes`` / ``block.N.wr.bytes``
+MemoryUtilization      %        (``balloon.available`` − ``balloon.usable``) / available.
+                                ``usable`` is the guest's MemAvailable, so page cache the
+                                guest could drop does not count as used (``unused`` =
+                                MemFree would count it). Falls back to ``unused`` when the
+                                guest reports no ``usable``; stale without balloon stats.
+=====================  =======  =========================================================
+
+Never invented: a value is ``None`` (stale) when its stat group or a counter is missing (e.g.
+skipped under the no-wait flag while the domain's job lock is held; the next rate then spans
+both intervals from the last good counter), on a domain's first tick (a rate needs two samples),
+after a counter went backwards (the domain restarted), and for every known series when libvirt
+cannot be reached (the connection is reopened at the next tick) or overruns the time budget. A
+domain that is no longer running leaves the reading (the agent reports it gone); when it runs
+again its first tick is stale again.
+
+Options (``--set libvirt.KEY=VALUE``): ``enabled`` (default true), ``uri`` (default
+``qemu:///system``), ``budget`` (seconds one tick's stats call may take; default 80 % of the
+agent's budget), ``domains`` (a regular expression; only matching domain names are collected),
+``delta_cpu`` / ``delta_memory`` (Δ in %), ``delta_network`` / ``delta_disk_bytes`` (bytes/s),
+``delta_disk_ops`` (ops/s).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import atomwatch
+from atomwatch.config import ConfigError
+from atomwatch.series import SeriesKey
+
+log = logging.getLogger("atomwatch.plugins.libvirt")
+
+DEFAULT_URI = "qemu:///system"
+
+#: metric → unit, in the order the columns appear
+METRICS: dict[str, str] = {
+    "CPUUtilization": "%",
+    "NetworkIn": "bytes/s",
+    "NetworkOut": "bytes/s",
+    "DiskReadOps": "ops/s",
+    "DiskWriteOps": "ops/s",
+    "DiskReadBytes": "bytes/s",
+    "DiskWriteBytes": "bytes/s",
+    "MemoryUtilization": "%",
+}
+#: rate metric → (stat group prefix, counter suffix, count key)
+COUNTERS: dict[str, tuple[str, str, str]] = {
+    "NetworkIn": ("net", "rx.bytes", "net.count"),
+    "NetworkOut": ("net", "tx.bytes", "net.count"),
+    "DiskReadOps": ("block", "rd.reqs", "block.count"),
+    "DiskWriteOps": ("block", "wr.reqs", "block.count"),
+    "DiskReadBytes": ("block", "rd.bytes", "block.count"),
+    "DiskWriteBytes": ("block", "wr.bytes", "block.count"),
+}
+DEFAULT_DELTAS: dict[str, float] = {
+    "CPUUtilization": 2.0,
+    "MemoryUtilization": 1.0,
+    "NetworkIn": 1024.0,
+    "NetworkOut": 1024.0,
+    "DiskReadOps": 2.0,
+    "DiskWriteOps": 2.0,
+    "DiskReadBytes": 8192.0,
+    "DiskWriteBytes": 8192.0,
+}
+_DELTA_OPTIONS = {
+    "delta_cpu": ("CPUUtilization",),
+    "delta_memory": ("MemoryUtilization",),
+    "delta_network": ("NetworkIn", "NetworkOut"),
+    "delta_disk_ops": ("DiskReadOps", "DiskWriteOps"),
+    "delta_disk_bytes": ("DiskReadBytes", "DiskWriteBytes"),
+}
+
+
+class LibvirtUnavailable(RuntimeError):
+    """libvirt-python is missing or the URI does not connect; the text says which."""
+
+
+# --------------------------------------------------------------------------- pure computation
+
+
+def _sum_counters(stats: dict[str, Any], prefix: str, suffix: str, count_key: str) -> int | None:
+    """Σ over ``prefix.N.suffix``; None when the group or any device's counter is missing."""
+    count = stats.get(count_key)
+    if count is None:
+        return None
+    total = 0
+    for i in range(int(count)):
+        v = stats.get(f"{prefix}.{i}.{suffix}")
+        if v is None:
+            return None
+        total += int(v)
+    return total
+
+
+def cpu_counter(stats: dict[str, Any]) -> tuple[int, int] | None:
+    """(busy nanoseconds, vCPUs): Σ ``vcpu.N.time`` when every vCPU reports it, else ``cpu.time``."""
+    n = stats.get("vcpu.current")
+    if n:
+        times = [stats.get(f"vcpu.{i}.time") for i in range(int(n))]
+        if all(t is not None for t in times):
+            return sum(int(t) for t in times), int(n)  # type: ignore[arg-type]
+    if stats.get("cpu.time") is not None:
+        return int(stats["cpu.time"]), int(n or stats.get("vcpu.maximum") or 1)
+    return None
+
+
+def memory_utilization(stats: dict[str, Any]) -> float | None:
+    available = stats.get("balloon.available")
+    if not available:
+        return None
+    free = stats.get("balloon.usable")
+    if free is None:
+        free = stats.get("balloon.unused")
+    if free is None:
+        return None
+    used = max(0.0, float(available) - float(free))
+    return min(100.0, 100.0 * used / float(available))
+
+
+@dataclass
+class Sample:
+    """The counters of one domain at one instant (monotonic seconds)."""
+
+    t: float
+    counters: dict[str, int | None] = field(default_factory=dict)
+    cpu: tuple[int, int] | None = None
+
+
+def sample_of(stats: dict[str, Any], t: float) -> Sample:
+    return Sample(
+        t=t,
+        counters={m: _sum_counters(stats, *spec) for m, spec in COUNTERS.items()},
+        cpu=cpu_counter(stats),
+    )
+
+
+#: per metric, the last good reading of its counter: (time, value[, vCPUs])
+LastGood = dict[str, tuple]
+
+
+def rates(last: LastGood, cur: Sample) -> dict[str, float | None]:
+    """Rate metrics from the last good counter of each metric to ``cur``; updates ``last``.
+
+    A metric whose counter is missing now is None and keeps its last good reading, so the next
+    tick's rate averages over both intervals (still a measured value). A counter that went
+    backwards (the domain restarted) is None and restarts from the new value.
+    """
+    out: dict[str, float | None] = {}
+    now: dict[str, tuple | None] = {m: (cur.t, v) for m, v in cur.counters.items() if v is not None}
+    if cur.cpu is not None:
+        now["CPUUtilization"] = (cur.t, cur.cpu[0], cur.cpu[1])
+    for m in (*COUNTERS, "CPUUtilization"):
+        new = now.get(m)
+        old = last.get(m)
+        out[m] = None
+        if new is None:
+            continue  # keep the last good reading
+        if old is not None:
+            dt = new[0] - old[0]
+            same_shape = len(new) == 2 or new[2] == old[2]
+            if dt > 0 and new[1] >= old[1] and same_shape:
+                out[m] = (new[1] - old[1]) / dt
+                if m == "CPUUtilization":
+                    # the stats' own sampling instants jitter against ours: cap at all vCPUs busy
+                    out[m] = min(100.0, 100.0 * out[m] / (1e9 * new[2]))  # type: ignore[operator]
+        last[m] = new
+    return out
+
+
+# --------------------------------------------------------------------------- collector
+
+
+class LibvirtCollector:
+    """Reads all running domains of one libvirt connection, once per :meth:`collect`."""
+
+    name = "libvirt"
+
+    def __init__(
+        self,
+        uri: str = DEFAULT_URI,
+        budget: float = 2.0,
+        domains: str | None = None,
+        deltas: dict[str, float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if not isinstance(uri, str) or not uri:
+            raise ConfigError(f"libvirt.uri must be a libvirt URI such as {DEFAULT_URI!r}, got {uri!r}")
+        try:
+            budget = float(budget)
+        except (TypeError, ValueError):
+            raise ConfigError(f"libvirt.budget must be a number of seconds, got {budget!r}") from None
+        if not budget > 0:
+            raise ConfigError(f"libvirt.budget must be > 0 seconds, got {budget!r}")
+        try:
+            self.domain_filter = re.compile(domains) if domains else None
+        except re.error as e:
+            raise ConfigError(f"libvirt.domains {domains!r} is not a regular expression: {e}") from None
+        try:
+            import libvirt  # type: ignore[import-not-found]
+        except ImportError:
+            raise LibvirtUnavailable("the libvirt Python module is missing (pip install libvirt-python)") from None
+        self.libvirt = libvirt
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        self.uri = uri
+        self.budget = budget
+        self.clock = clock
+        self.deltas = dict(DEFAULT_DELTAS, **(deltas or {}))
+        # cpu.time (CPU_TOTAL) is only a fallback for vCPU times: asked for once a domain lacks them
+        self.stats_mask = (
+            libvirt.VIR_DOMAIN_STATS_STATE
+            | libvirt.VIR_DOMAIN_STATS_BALLOON
+            | libvirt.VIR_DOMAIN_STATS_VCPU
+            | libvirt.VIR_DOMAIN_STATS_INTERFACE
+            | libvirt.VIR_DOMAIN_STATS_BLOCK
+        )
+        self.flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
+        self.flags |= getattr(libvirt, "VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT", 0)
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt-stats")
+        self._pending: Future | None = None
+        self._conn = None
+        self._prev: dict[str, LastGood] = {}
+        self._known: dict[str, set[SeriesKey]] = {}
+        self._problem: str | None = None
+        self.ticks = 0
+        self.stale_ticks = 0
+        self._connect()  # raises LibvirtUnavailable: the plugin then runs no collector
+
+    # ---------------------------------------------------------------- connection
+
+    def _connect(self):
+        try:
+            self._conn = self.libvirt.open(self.uri)
+        except self.libvirt.libvirtError as e:
+            self._conn = None
+            raise LibvirtUnavailable(f"cannot connect to {self.uri}: {e.get_error_message()}") from None
+        return self._conn
+
+    def _connection(self):
+        conn = self._conn
+        if conn is not None:
+            try:
+                if conn.isAlive():
+                    return conn
+            except self.libvirt.libvirtError:
+                pass
+            try:
+                conn.close()
+            except self.libvirt.libvirtError:
+                pass
+            self._conn = None
+            log.warning("libvirt connection to %s dropped; reconnecting", self.uri)
+        return self._connect()
+
+    def _fetch(self) -> list[tuple[str, str, dict[str, Any]]]:
+        conn = self._connection()
+        try:
+            records = conn.getAllDomainStats(self.stats_mask, self.flags)
+        except self.libvirt.libvirtError:
+            self._conn = None  # next tick reconnects
+            raise
+        return [(dom.UUIDString(), dom.name(), stats) for dom, stats in records]
+
+    # ---------------------------------------------------------------- collect
+
+    def _stale_reading(self, problem: str) -> atomwatch.Reading:
+        if problem != self._problem:
+            log.warning("libvirt collector: %s; every known series is stale this tick", problem)
+            self._problem = problem
+        self.stale_ticks += 1
+        values: dict[SeriesKey, float | None] = {k: None for keys in self._known.values() for k in keys}
+        return atomwatch.Reading(values=values, deltas={k: self.deltas[k.metric] for k in values})
+
+    def collect(self) -> atomwatch.Reading:
+        with self._lock:
+            self.ticks += 1
+            if self._pending is not None and not self._pending.done():
+                return self._stale_reading(f"the previous stats call still runs (> {self.budget:.2f} s)")
+            self._pending = self._pool.submit(self._fetch)
+            try:
+                records = self._pending.result(timeout=self.budget)
+            except FutureTimeout:
+                return self._stale_reading(f"getAllDomainStats did not return within {self.budget:.2f} s")
+            except self.libvirt.libvirtError as e:
+                return self._stale_reading(f"getAllDomainStats on {self.uri}: {e.get_error_message()}")
+            except LibvirtUnavailable as e:
+                return self._stale_reading(str(e))
+            finally:
+                if self._pending is not None and self._pending.done():
+                    self._pending = None
+            t = self.clock()
+            if self._problem:
+                log.info("libvirt collector recovered")
+                self._problem = None
+            return self._reading(records, t)
+
+    def _reading(self, records: list[tuple[str, str, dict[str, Any]]], t: float) -> atomwatch.Reading:
+        values: dict[SeriesKey, float | None] = {}
+        seen: dict[str, set[SeriesKey]] = {}
+        for uuid, name, stats in records:
+            if self.domain_filter is not None and not self.domain_filter.search(name):
+                continue
+            cur = sample_of(stats, t)
+            if cur.cpu is None and not self.stats_mask & self.libvirt.VIR_DOMAIN_STATS_CPU_TOTAL:
+                self.stats_mask |= self.libvirt.VIR_DOMAIN_STATS_CPU_TOTAL  # from the next tick on
+            vm = rates(self._prev.setdefault(uuid, {}), cur)
+            vm["MemoryUtilization"] = memory_utilization(stats)
+            keys = set()
+            for metric, unit in METRICS.items():
+                key = SeriesKey(uuid, name, metric, unit)
+                values[key] = vm.get(metric)
+                keys.add(key)
+            seen[uuid] = keys
+        for uuid in set(self._prev) - set(seen):
+            del self._prev[uuid]  # gone: a later return starts again from a first (stale) sample
+        self._known = seen
+        return atomwatch.Reading(values=values, deltas={k: self.deltas[k.metric] for k in values})
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except self.libvirt.libvirtError:
+                pass
+            self._conn = None
+
+
+# --------------------------------------------------------------------------- plugin hook
+
+
+def _truthy(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(v)
+
+
+def collector_from_options(opts: dict[str, Any], default_budget: float = 2.0) -> LibvirtCollector:
+    unknown = set(opts) - {"enabled", "uri", "budget", "domains", *_DELTA_OPTIONS}
+    if unknown:
+        raise ConfigError(f"libvirt: unknown option(s) {sorted(unknown)}; known: enabled, uri, budget, domains, "
+                          + ", ".join(_DELTA_OPTIONS))
+    deltas: dict[str, float] = {}
+    for option, metrics in _DELTA_OPTIONS.items():
+        if option in opts:
+            try:
+                d = float(opts[option])
+            except (TypeError, ValueError):
+                raise ConfigError(f"libvirt.{option} must be a number, got {opts[option]!r}") from None
+            if not d >= 0:
+                raise ConfigError(f"libvirt.{option} must be ≥ 0, got {d}")
+            deltas.update({m: d for m in metrics})
+    return LibvirtCollector(
+        uri=opts.get("uri", DEFAULT_URI),
+        budget=opts.get("budget", default_budget),
+        domains=opts.get("domains"),
+        deltas=deltas,
+    )
+
+
+@atomwatch.hookimpl
+def register_collectors(config) -> list[LibvirtCollector] | None:
+    """Run the libvirt collector when libvirt-python imports and the URI connects; else warn once."""
+    opts = config.plugin_options("libvirt") if config is not None else {}
+    if not _truthy(opts.get("enabled", True)):
+        log.info("libvirt collector disabled (libvirt.enabled=false)")
+        return None
+    agent_budget = getattr(config, "budget", None)
+    default_budget = 0.8 * float(agent_budget) if agent_budget else 2.0
+    try:
+        collector = collector_from_options(opts, default_budget)
+    except LibvirtUnavailable as e:
+        log.warning("libvirt collector not running: %s", e)
+        return None
+    log.info("libvirt collector reads %s (budget %.2f s per tick)", collector.uri, collector.budget)
+    return [collector]
