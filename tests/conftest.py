@@ -121,3 +121,53 @@ def mosquitto_private(tmp_path):
 def site(request) -> str:
     """A site name unique to the test, so tests sharing a broker never see each other."""
     return "t" + format(abs(hash(request.node.nodeid)) % 10**10, "d")
+
+
+# ----------------------------------------------------------------------------- the libvirt lab
+
+KERNEL_DEB = LAB_ASSETS / "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb"
+
+
+def have_module(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def require_build_tools() -> None:
+    require(KERNEL_DEB.exists(), f"the guest kernel .deb is missing: {KERNEL_DEB}")
+    require(Path("/bin/busybox").exists(), "busybox-static is not installed (.ci/lab-setup.sh)")
+    require(Path("/usr/sbin/qemu-ga").exists(), "qemu-guest-agent is not installed (.ci/lab-setup.sh)")
+    require(shutil.which("cpio") is not None, "cpio is not installed")
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    require_build_tools()
+    from lab.build import build
+
+    out = tmp_path_factory.mktemp("lab")
+    build(KERNEL_DEB, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lab(image_dir):
+    """Three real guests (TCG) booted once for the module; the lab is brought down after it."""
+    require(have_module("libvirt"), "libvirt-python is not installed (pip install libvirt-python)")
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed (.ci/lab-setup.sh)")
+    from lab import domains, testbed
+    from lab.domains import LabError
+
+    try:
+        conn = domains.connect()
+    except LabError as e:
+        require(False, str(e))
+    testbed.down(image_dir)
+    state = testbed.up(image_dir, 3)
+    doms = testbed.guest_domains(conn, 3)
+    yield {"dir": image_dir, "conn": conn, "doms": doms, "state": state}
+    conn.close()
+    testbed.down(image_dir)

@@ -20,35 +20,9 @@ import pytest
 from atomwatch.traces import read_labels, read_trace
 from lab import scenarios
 from lab.build import MODULE_ORDER, WORKLOADS
-from tests.conftest import LAB_ASSETS, require
+from conftest import KERNEL_DEB, have_module, require_build_tools
 
-KERNEL_DEB = LAB_ASSETS / "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb"
 TICK = 2.0
-
-
-def _have(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
-
-
-def _require_build_tools() -> None:
-    require(KERNEL_DEB.exists(), f"the guest kernel .deb is missing: {KERNEL_DEB}")
-    require(Path("/bin/busybox").exists(), "busybox-static is not installed (.ci/lab-setup.sh)")
-    require(Path("/usr/sbin/qemu-ga").exists(), "qemu-guest-agent is not installed (.ci/lab-setup.sh)")
-    require(shutil.which("cpio") is not None, "cpio is not installed")
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    _require_build_tools()
-    from lab.build import build
-
-    out = tmp_path_factory.mktemp("lab")
-    build(KERNEL_DEB, out)
-    return out
 
 
 # ----------------------------------------------------------------------------- no guests needed
@@ -75,7 +49,7 @@ def test_build_puts_agent_libs_modules_and_workloads_in_the_initramfs(image_dir)
 
 
 def test_build_names_a_wrong_kernel_deb(tmp_path):
-    _require_build_tools()
+    require_build_tools()
     from lab.build import BuildError, build
 
     with pytest.raises(BuildError, match="no-such.deb: no such file"):
@@ -124,25 +98,6 @@ def test_lab_cli_reports_a_missing_image_clearly(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real guests
-
-
-@pytest.fixture(scope="module")
-def lab(image_dir):
-    require(_have("libvirt"), "libvirt-python is not installed (pip install libvirt-python)")
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed (.ci/lab-setup.sh)")
-    from lab import domains, testbed
-    from lab.domains import LabError
-
-    try:
-        conn = domains.connect()
-    except LabError as e:
-        require(False, str(e))
-    testbed.down(image_dir)
-    state = testbed.up(image_dir, 3)
-    doms = testbed.guest_domains(conn, 3)
-    yield {"dir": image_dir, "conn": conn, "doms": doms, "state": state}
-    conn.close()
-    testbed.down(image_dir)
 
 
 @pytest.fixture
