@@ -28,7 +28,6 @@ def test_up_runs_the_whole_pipeline_on_the_embedded_broker():
     # the bundled recording: 3 VMs × 8 metrics; a few cells the lab's collector could not read
     # were recorded empty, and replay reports them stale, never invented
     assert all(int(cols) == 24 and int(stale) < 24 for _, cols, stale in rows[1:])
-    assert sum(int(stale) == 0 for _, _, stale in rows) >= 0.7 * len(rows)
     assert [int(r[0]) for r in rows] == list(range(len(rows))), "rows are numbered without gaps"
     assert "controller stopped" in log and "agent stopped" in log
 
