@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+#: the project's shared folder (data, lab assets), beside the checkout unless $ATOMWATCH_SHARED says
+SHARED = Path(os.environ.get("ATOMWATCH_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
 
 def seconds_per_call(fn: Callable[[], object], calls: int, repeat: int = 5) -> dict[str, float]:

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from agent.tracking import AtomTracker, Deadband, Policy, SendAll, optimal_messages, simulate
 from atomwatch.traces import read_trace
-from benchmarks._common import emit, machine, seconds_per_call
+from benchmarks._common import SHARED, emit, machine, seconds_per_call
 
 POLICIES = ("all", "deadband", "atom", "optimal")
 FRACTIONS = (0.01, 0.05, 0.10)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gamma", type=float, default=0.0, help="ATOM's resolution γ (default 0: float resolution)")
     parser.add_argument("--series", type=int, default=10_000, help="series for the cost measurement")
     parser.add_argument("--ticks", type=int, default=200, help="ticks for the cost measurement")
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/precog"), help="folder of the traces")
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "precog", help="folder of the traces")
     args = parser.parse_args(argv)
     if args.gamma < 0 or not np.isfinite(args.gamma):
         parser.error(f"--gamma {args.gamma}: must be finite and ≥ 0")

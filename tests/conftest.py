@@ -21,10 +21,12 @@ os.environ.setdefault("ATOMWATCH_DB", ":memory:")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-if not SHARED.exists():  # a CI clone has shared/ beside the checkout as well
-    SHARED = Path(os.environ.get("ATOMWATCH_SHARED", "/work/shared"))
+if os.environ.get("ATOMWATCH_SHARED"):
+    SHARED = Path(os.environ["ATOMWATCH_SHARED"])
 DATA = SHARED / "data"
 LAB_ASSETS = SHARED / "lab"
+# the guest kernel's Volatility symbol table, for every introspection the tests start
+os.environ.setdefault("ATOMWATCH_SYMBOLS", str(LAB_ASSETS / "symbols"))
 
 
 def require(condition: bool, why: str) -> None:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"plugins": plugins, "errors": errors}, indent=2))
         return 0
     for p in plugins:
-        print(f"{p['name']:<16} {', '.join(p['hooks']) or '(no hooks)'}\n{'':<16} from {p['source']}")
+        print(f"{p['name']:<24} {', '.join(p['hooks']) or '(no hooks)'}\n{'':<24} from {p['source']}")
     for e in errors:
-        print(f"{e['name']:<16} NOT LOADED: {e['error']}\n{'':<16} from {e['source']}")
+        print(f"{e['name']:<24} NOT LOADED: {e['error']}\n{'':<24} from {e['source']}")
     return 0

@@ -1,0 +1,18 @@
+"""Introspection: looking inside the one VM an alarm flagged, and stopping its guilty process.
+
+Used by the agent (it runs where the memory is). What lives here, one module each:
+
+* :mod:`.acquire` — memory-only ELF core dump through libvirt into a private directory, the
+  domain's state checked (and resumed) afterwards;
+* :mod:`.volatility` and :mod:`.worker` — Volatility 3 as a library in a worker subprocess with a
+  wall-clock and memory limit, several plugins over one loaded image, rows as plain dicts;
+* :mod:`.plugins_choice` — blamed metrics → Volatility plugins;
+* :mod:`.suspects` — ranking processes against a healthy baseline of the same VM, with evidence;
+* :mod:`.pipeline` — one introspection end to end, and the per-VM baseline store;
+* :mod:`.guest_agent` — list processes and terminate one through the QEMU guest agent, refusing
+  when PID, name or start time no longer match;
+* :mod:`.lab_guest` — a private lab guest for the tests and the benchmark only.
+
+What does not live here: the protocol commands (``plugins/introspection_commands.py``), the
+controller-side orchestration (``plugins/orchestrate.py``), detectors and alarms.
+"""

@@ -1,0 +1,120 @@
+"""One introspection of one VM: dump → Volatility → suspects, and the per-VM baseline store.
+
+:func:`introspect` dumps the VM's memory (:mod:`introspection.acquire`), runs the plugins the
+blamed metrics call for (:mod:`introspection.plugins_choice`) in one Volatility worker
+(:mod:`introspection.volatility`), deletes the dump (unless retention is configured), and ranks the
+suspects against the VM's baseline (:mod:`introspection.suspects`). With ``baseline=True`` the
+analysis is stored as the VM's healthy baseline instead (one JSON file per VM UUID, mode 0600).
+
+What does not live here: the protocol command around it (``plugins/introspection_commands.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import acquire, plugins_choice, suspects
+from .volatility import VolatilityConfig, analyse
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class IntrospectionConfig:
+    volatility: VolatilityConfig = field(default_factory=VolatilityConfig)
+    #: where private dump directories are made (None: the system temp dir)
+    dump_dir: Path | None = None
+    #: keep dumps after analysis (retention); off by default
+    keep_dumps: bool = False
+    baseline_dir: Path = field(default_factory=lambda: Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "atomwatch" / "baselines")
+    #: plugins an ``introspect`` request may ask for (beyond these: refused)
+    allowed_plugins: tuple[str, ...] = plugins_choice.KNOWN
+    #: how many suspects a finding lists
+    max_suspects: int = 10
+
+
+class BaselineStore:
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+
+    def _path(self, vm_uuid: str) -> Path:
+        safe = "".join(c for c in vm_uuid if c.isalnum() or c == "-")
+        return self.dir / f"{safe}.json"
+
+    def save(self, vm_uuid: str, analysis: dict[str, Any]) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(vm_uuid)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(dict(analysis, taken_at=time.time()), f)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, vm_uuid: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._path(vm_uuid).read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def choose_plugins(metrics: list[str], requested: list[str] | None, cfg: IntrospectionConfig) -> list[str]:
+    if requested:
+        bad = [p for p in requested if p not in cfg.allowed_plugins]
+        if bad:
+            raise ValueError(f"plugins {', '.join(bad)}: not allowed here; allowed: {', '.join(cfg.allowed_plugins)}")
+        chosen = [plugins_choice.PSLIST] + [p for p in requested if p != plugins_choice.PSLIST]
+    else:
+        chosen = plugins_choice.choose(metrics)
+    return chosen
+
+
+def introspect(conn: Any, vm: str, metrics: list[str], cfg: IntrospectionConfig, plugins: list[str] | None = None,
+               progress: Progress | None = None, baseline: bool = False) -> dict[str, Any]:
+    """Introspect VM ``vm`` (UUID or name). Raises ``acquire.AcquireError`` (``DomainGone``),
+    ``volatility.VolatilityError`` (``NoSymbols``, ``VolatilityTimeout``) or ``ValueError``."""
+    say = progress or (lambda _m: None)
+    chosen = choose_plugins(list(metrics), plugins, cfg)
+    t0 = time.monotonic()
+    say({"stage": "dump", "vm": vm})
+    dump = acquire.dump_memory(conn, vm, cfg.dump_dir, keep=cfg.keep_dumps)
+    say({"stage": "dumped", "seconds": round(dump.seconds, 3), "bytes": dump.size, "notes": dump.notes})
+    with dump:
+        analysis = analyse(dump.path, chosen, cfg.volatility, progress=lambda m: say(dict(m, stage="volatility-" + m.get("stage", ""))))
+    result: dict[str, Any] = {
+        "vm_uuid": dump.vm_uuid,
+        "vm_name": dump.vm_name,
+        "metrics": list(metrics),
+        "plugins": chosen,
+        "banner": analysis.banner,
+        "dump": dump.summary(),
+        "timings": dict(analysis.timings, dump=round(dump.seconds, 3), volatility=analysis.seconds),
+        "rows": {name: p.get("rows", []) for name, p in analysis.plugins.items()},
+        "errors": {name: p["error"] for name, p in analysis.plugins.items() if p.get("error")},
+        "tasks": analysis.tasks,
+    }
+    store = BaselineStore(cfg.baseline_dir)
+    current = analysis.to_dict()
+    if baseline:
+        path = store.save(dump.vm_uuid, current)
+        result["baseline"] = {"saved": str(path)}
+        result["suspects"] = []
+        result["summary"] = f"baseline of {dump.vm_name} saved ({len(analysis.tasks)} tasks)"
+    else:
+        base = store.load(dump.vm_uuid)
+        ranked = suspects.rank(current, base, list(metrics), limit=cfg.max_suspects)
+        result["baseline"] = {"taken_at": base.get("taken_at")} if base else None
+        result["suspects"] = [s.to_dict() for s in ranked]
+        top = ranked[0] if ranked else None
+        result["summary"] = (
+            f"top suspect in {dump.vm_name}: {top.name} (pid {top.pid}): {'; '.join(top.evidence) or 'no evidence'}"
+            if top else f"no suspect found in {dump.vm_name}"
+        ) + ("" if base else " (no baseline to compare with)")
+    result["seconds"] = round(time.monotonic() - t0, 3)
+    return result

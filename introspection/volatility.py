@@ -1,0 +1,216 @@
+"""Volatility 3 runs: a worker subprocess per memory image, with a wall-clock and memory limit.
+
+:func:`analyse` starts ``python -m introspection.worker`` (see :mod:`introspection.worker`), hands
+it the image, the plugins and the symbol and cache directories, relays its progress, and kills it
+when it overruns ``timeout``. The worker builds the context and layer stack once and runs every
+plugin on it; ``one_image=False`` runs one worker per plugin instead (the baseline the benchmark
+compares with). Errors come back as :class:`VolatilityError` subclasses whose text an operator can
+act on — :class:`NoSymbols` names the kernel banner that has no symbol table.
+
+What does not live here: acquiring the image (:mod:`introspection.acquire`), the choice of
+plugins (:mod:`introspection.plugins_choice`), the interpretation of rows
+(:mod:`introspection.suspects`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: where symbol tables (ISF) are looked for unless configured: ``$ATOMWATCH_SYMBOLS`` (a path list)
+#: or /var/lib/atomwatch/symbols
+DEFAULT_SYMBOL_DIRS = tuple(
+    p for p in (os.environ.get("ATOMWATCH_SYMBOLS") or "/var/lib/atomwatch/symbols").split(os.pathsep) if p
+)
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_MEMORY_LIMIT = 3 << 30  # address space; a run holds about 0.5 GB resident
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class VolatilityError(RuntimeError):
+    """Volatility could not analyse the image; the text says why."""
+
+
+class NoSymbols(VolatilityError):
+    """The image's kernel has no symbol table in the configured directories."""
+
+    def __init__(self, message: str, banner: str | None):
+        super().__init__(message)
+        self.banner = banner
+
+
+class VolatilityTimeout(VolatilityError):
+    """The worker overran its wall-clock limit and was killed."""
+
+
+@dataclass
+class VolatilityConfig:
+    symbol_dirs: list[str] = field(default_factory=lambda: list(DEFAULT_SYMBOL_DIRS))
+    #: Volatility's cache (identifier and banner caches); by default one per symbol-dir set, so a
+    #: cache built with one symbol set never answers for another
+    cache_dir: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    memory_limit: int = DEFAULT_MEMORY_LIMIT
+    #: check the ISF against Volatility's JSON schema (slow: ~6 s per load on this kernel's ISF)
+    validate_isf: bool = False
+    python: str = sys.executable
+
+    def __post_init__(self) -> None:
+        if isinstance(self.symbol_dirs, str):
+            self.symbol_dirs = [self.symbol_dirs]
+        for d in self.symbol_dirs:
+            if not Path(d).is_dir():
+                raise ValueError(f"symbol directory {d!r}: not a directory (give a directory, not an ISF file)")
+        if not self.timeout > 0:
+            raise ValueError(f"Volatility timeout must be > 0 s, got {self.timeout!r}")
+        if self.memory_limit < 0:
+            raise ValueError(f"Volatility memory limit must be ≥ 0 bytes, got {self.memory_limit!r}")
+
+    def cache(self) -> str:
+        if self.cache_dir:
+            return self.cache_dir
+        import hashlib
+
+        key = hashlib.sha1("\0".join(os.path.abspath(d) for d in self.symbol_dirs).encode()).hexdigest()[:12]
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "atomwatch" / "volatility"
+        return str(root / key)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> VolatilityConfig:
+        """From plugin options: ``symbols`` (dir, or ``;``-separated dirs), ``cache``, ``timeout``,
+        ``memory_mib``, ``validate_isf``."""
+        kw: dict[str, Any] = {}
+        if options.get("symbols"):
+            s = options["symbols"]
+            kw["symbol_dirs"] = s.split(";") if isinstance(s, str) else list(s)
+        if options.get("cache"):
+            kw["cache_dir"] = str(options["cache"])
+        if options.get("timeout") is not None:
+            kw["timeout"] = float(options["timeout"])
+        if options.get("memory_mib") is not None:
+            kw["memory_limit"] = int(float(options["memory_mib"]) * (1 << 20))
+        if options.get("validate_isf") is not None:
+            kw["validate_isf"] = str(options["validate_isf"]).lower() in ("1", "true", "yes", "on")
+        return cls(**kw)
+
+
+@dataclass
+class Analysis:
+    """What the worker(s) found in one image."""
+
+    banner: str | None
+    plugins: dict[str, dict[str, Any]]  # name → {"rows": [...]} or {"error": …, "rows": []}
+    tasks: list[dict[str, Any]]
+    timings: dict[str, float]
+    seconds: float
+    workers: int
+
+    def rows(self, plugin: str) -> list[dict[str, Any]]:
+        return list(self.plugins.get(plugin, {}).get("rows", []))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"banner": self.banner, "plugins": self.plugins, "tasks": self.tasks, "timings": self.timings,
+                "seconds": self.seconds, "workers": self.workers}
+
+
+def _run_worker(image: Path, plugins: list[str], cfg: VolatilityConfig, progress: Progress | None,
+                deadline: float) -> dict[str, Any]:
+    cache = cfg.cache()
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    request = {"image": str(image), "plugins": plugins, "symbol_dirs": cfg.symbol_dirs, "cache_dir": cache,
+               "memory_limit": cfg.memory_limit, "validate_isf": cfg.validate_isf}
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [cfg.python, "-m", "introspection.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=env, cwd=root, start_new_session=True, text=True,
+    )
+    final: dict[str, Any] | None = None
+    stderr_tail: list[str] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            stderr_tail.append(line)
+            del stderr_tail[:-20]
+
+    def read_stdout() -> None:
+        nonlocal final
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("event") == "progress":
+                if progress is not None:
+                    try:
+                        progress(msg)
+                    except Exception:
+                        pass
+            else:
+                final = msg
+
+    readers = [threading.Thread(target=read_stdout, daemon=True), threading.Thread(target=read_stderr, daemon=True)]
+    for t in readers:
+        t.start()
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(request))
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        raise VolatilityTimeout(f"Volatility ({', '.join(plugins)}) overran its {cfg.timeout:g} s limit and was killed") from None
+    for t in readers:
+        t.join(5)
+    if final is None:
+        why = "".join(stderr_tail).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        if proc.returncode and proc.returncode < 0:
+            why = [f"killed by signal {-proc.returncode}"]
+        raise VolatilityError(f"Volatility worker died without a result: {why[0]}")
+    if final.get("event") == "error":
+        if final.get("kind") == "no-symbols":
+            raise NoSymbols(final["message"], final.get("banner"))
+        raise VolatilityError(f"Volatility failed ({final.get('kind')}): {final.get('message')}")
+    return final
+
+
+def analyse(image: Path, plugins: list[str], cfg: VolatilityConfig | None = None, progress: Progress | None = None,
+            one_image: bool = True) -> Analysis:
+    """Run ``plugins`` over the memory image; one worker for all (``one_image``) or one each.
+
+    Raises :class:`NoSymbols`, :class:`VolatilityTimeout` or :class:`VolatilityError`."""
+    cfg = cfg or VolatilityConfig()
+    if not plugins:
+        raise ValueError("no Volatility plugin to run")
+    image = Path(image)
+    if not image.is_file():
+        raise VolatilityError(f"memory image {image}: no such file")
+    t0 = time.monotonic()
+    deadline = t0 + cfg.timeout
+    batches = [list(plugins)] if one_image else [[p] for p in plugins]
+    merged: dict[str, Any] = {"banner": None, "plugins": {}, "tasks": [], "timings": {}}
+    for batch in batches:
+        res = _run_worker(image, batch, cfg, progress, deadline)
+        merged["banner"] = merged["banner"] or res.get("banner")
+        merged["plugins"].update(res.get("plugins", {}))
+        merged["tasks"] = merged["tasks"] or res.get("tasks", [])
+        for k, v in res.get("timings", {}).items():
+            merged["timings"][k] = round(merged["timings"].get(k, 0.0) + v, 3)
+    return Analysis(merged["banner"], merged["plugins"], merged["tasks"], merged["timings"],
+                    round(time.monotonic() - t0, 3), len(batches))

@@ -1,0 +1,303 @@
+"""The Volatility 3 worker: ``python -m introspection.worker`` — one memory image, several plugins.
+
+Reads one JSON request on stdin::
+
+    {"image": PATH, "plugins": ["linux.pslist", …], "symbol_dirs": [DIR, …], "cache_dir": DIR,
+     "memory_limit": BYTES, "validate_isf": false}
+
+and writes JSON lines on stdout: ``{"event": "progress", …}`` while it works, then exactly one
+``{"event": "result", …}`` or ``{"event": "error", "kind": …, "message": …}``. The context and the
+layer stack (ELF core → kernel address space, symbol table) are built once, for the first plugin;
+every other plugin is constructed on the same context with the kernel module's configuration
+spliced in, so the automagic finds it satisfied and does not stack again. Results are the
+TreeGrid's rows as plain dicts (column name → JSON value), never text.
+
+Also reported, per task, the boot-relative start time and the CPU time (``tasks``), read from
+``task_struct``: the start time identifies a process across PID reuse, the CPU time ranks suspects.
+
+What does not live here: starting this process, its time limit, reading its output
+(:mod:`introspection.volatility`). Runs only as a child process: it sets its own memory limit and
+blocks ``jsonschema`` (with it the first load of an ISF takes ~80 s instead of ~8 s).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import mmap
+import os
+import re
+import resource
+import sys
+import time
+import traceback
+from collections import Counter
+from typing import Any
+
+_BANNER_RE = re.compile(rb"Linux version [0-9]+\.[0-9]+\.[0-9]+[^\x00\n]{0,400}")
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def find_banner(image: str) -> str | None:
+    """The kernel banner most often found in the image (what Volatility matches symbols by)."""
+    try:
+        with open(image, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            found = Counter(x.group(0) for x in _BANNER_RE.finditer(m))
+    except (OSError, ValueError):
+        return None
+    full = [b for b in found if b" #" in b] or list(found)
+    if not full:
+        return None
+    # copies in freed pages run on into other bytes: the banner is the candidate that most
+    # copies start with (the shortest of those)
+    coverage = {b: sum(n for c, n in found.items() if c.startswith(b)) for b in full}
+    best = max(full, key=lambda b: (coverage[b], -len(b)))
+    return best.decode("utf-8", "replace").strip()
+
+
+def to_json(value: Any) -> Any:
+    from volatility3.framework import interfaces
+
+    if isinstance(value, interfaces.renderers.BaseAbsentValue):
+        return None
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    return str(value)
+
+
+def grid_rows(grid: Any) -> list[dict[str, Any]]:
+    names = [c.name for c in grid.columns]
+
+    def visit(node: Any, acc: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        row = {name: to_json(v) for name, v in zip(names, node.values)}
+        if node.path_depth > 1:
+            row["_depth"] = node.path_depth - 1
+        acc.append(row)
+        return acc
+
+    rows: list[dict[str, Any]] = []
+    grid.populate(visit, rows)
+    return rows
+
+
+def resolve_plugins(names: list[str]) -> dict[str, Any]:
+    from volatility3 import framework
+
+    available = framework.list_plugins()
+    out: dict[str, Any] = {}
+    for name in names:
+        if name in available:
+            out[name] = available[name]
+            continue
+        matches = [k for k in available if k.lower().startswith(name.lower() + ".")]
+        if len(matches) != 1:
+            raise LookupError(
+                f"Volatility plugin {name!r}: "
+                + ("no such plugin" if not matches else f"ambiguous ({', '.join(sorted(matches))})")
+            )
+        out[name] = available[matches[0]]
+    return out
+
+
+def task_facts(ctx: Any, kernel_name: str) -> list[dict[str, Any]]:
+    """PID, name, boot-relative start (s) and CPU time (s) of every task (threads included)."""
+    from volatility3.plugins.linux import pslist
+
+    out = []
+    for task in pslist.PsList.list_tasks(ctx, kernel_name, include_threads=True):
+        try:
+            start = None
+            for member in ("start_boottime", "real_start_time"):
+                if task.has_member(member):
+                    start = int(task.member(member)) / 1e9
+                    break
+            cpu = (int(task.utime) + int(task.stime)) / 1e9
+            out.append({
+                "pid": int(task.tgid), "tid": int(task.pid), "ppid": int(task.get_parent_pid()),
+                "comm": task.comm.cast("string", max_length=16, errors="replace"),
+                "start_s": round(start, 6) if start is not None else None, "cpu_s": round(cpu, 6),
+                "kernel_thread": bool(task.is_kernel_thread),
+            })
+        except Exception:  # one smeared task_struct must not lose the others
+            continue
+    return out
+
+
+def forget_resolved_types(ctx: Any) -> None:
+    """Drop the templates resolved so far on a shared context. Plugins attach classes to kernel
+    types when they run (``linux.ip.Addr`` gives ``net_device`` its class); a template an earlier
+    plugin resolved keeps the plain struct, and the plugin fails with "has no attribute"."""
+    space = ctx.symbol_space
+    space.clear_symbol_cache()
+    for attr in ("_resolved", "_resolved_symbols"):
+        cache = getattr(space, attr, None)
+        if isinstance(cache, dict):
+            cache.clear()
+
+
+class SharedJson:
+    """Stands in for ``json`` inside Volatility's ``intermed`` module, in this worker only: an ISF
+    read a second time (the Linux stacker and the symbol finder each load the kernel's table)
+    is parsed once. Keyed by the SHA-1 of the text; the tables only read the parsed object."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, Any] = {}
+        self.hits = 0
+
+    def load(self, fp: Any, **kw: Any) -> Any:
+        import hashlib
+
+        text = fp.read()
+        key = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+        if key in self.cache:
+            self.hits += 1
+            return self.cache[key]
+        obj = self.cache[key] = json.loads(text, **kw)
+        return obj
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(json, name)
+
+
+def run(req: dict[str, Any]) -> dict[str, Any]:
+    t_start = time.monotonic()
+    sys.modules["jsonschema"] = None  # type: ignore[assignment]  (see the module docstring)
+    import volatility3
+    import volatility3.plugins
+    import volatility3.symbols
+    from volatility3 import framework, schemas
+    from volatility3.framework import (
+        automagic,
+        constants,
+        contexts,
+        exceptions,
+        plugins,
+    )
+    from volatility3.framework.automagic import stacker
+    from volatility3.framework.configuration import requirements
+
+    image = req["image"]
+    cache_dir = req["cache_dir"]
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    default_cache = constants.CACHE_PATH
+    constants.CACHE_PATH = cache_dir
+    constants.OFFLINE = True
+    constants.REMOTE_ISF_URL = None
+    # the configured symbol directories, then Volatility's own generic tables (the ELF layer
+    # needs them) — never the user cache of downloaded symbols
+    base = [p for p in constants.SYMBOL_BASEPATHS if not p.startswith(default_cache)]
+    volatility3.symbols.__path__ = [os.path.abspath(d) for d in req["symbol_dirs"]] + base
+    if not req.get("validate_isf", False):
+        schemas.validate = lambda *_a, **_k: True  # trusted, operator-supplied ISF files
+    from volatility3.framework.symbols import intermed
+
+    intermed.json = SharedJson()  # type: ignore[assignment]
+    framework.require_interface_version(2, 0, 0)
+    framework.import_files(volatility3.plugins, True)
+    classes = resolve_plugins(list(req["plugins"]))
+    timings_import = round(time.monotonic() - t_start, 3)
+
+    ctx = contexts.Context()
+    available = automagic.available(ctx)  # before choose_os_stackers, or the Linux stacker is left out
+    ctx.config["automagic.LayerStacker.single_location"] = requirements.URIRequirement.location_from_file(image)
+    kernel_cfg = None
+    kernel_name = None
+    results: dict[str, Any] = {}
+    timings: dict[str, float] = {"import": timings_import}
+    banner = None
+    for i, (name, cls) in enumerate(classes.items()):
+        t0 = time.monotonic()
+        emit({"event": "progress", "stage": "plugin", "plugin": name, "index": i, "of": len(classes)})
+        path = "plugins." + cls.__name__
+        if ctx.config.get("automagic.LayerStacker.stackers", None) is None:
+            ctx.config["automagic.LayerStacker.stackers"] = stacker.choose_os_stackers(cls)
+        if kernel_cfg is not None:
+            ctx.config.splice(path + ".kernel", kernel_cfg)
+            ctx.config[path + ".kernel"] = kernel_name
+        try:
+            plugin = plugins.construct_plugin(ctx, automagic.choose_automagic(available, cls), cls, "plugins", None, None)
+        except exceptions.UnsatisfiedException as e:
+            if kernel_cfg is None:
+                banner = find_banner(image)
+                unsatisfied = ", ".join(sorted(e.unsatisfied))
+                if banner is None:
+                    return {"event": "error", "kind": "no-kernel",
+                            "message": f"no Linux kernel banner in {image}: not a Linux memory image? ({unsatisfied})"}
+                return {"event": "error", "kind": "no-symbols", "banner": banner,
+                        "message": f"no symbol table for banner {banner!r} in {', '.join(req['symbol_dirs'])}"}
+            results[name] = {"error": f"requirements not met: {', '.join(sorted(e.unsatisfied))}", "rows": []}
+            continue
+        if kernel_cfg is None:
+            kernel_cfg = ctx.config.branch(path + ".kernel")
+            kernel_name = plugin.config.get("kernel", None)
+            banner = str(kernel_cfg.get("layer_name.kernel_banner", "")).strip("\x00\n ") or None
+            timings["load"] = round(time.monotonic() - t0, 3)
+            emit({"event": "progress", "stage": "loaded", "banner": banner, "seconds": timings["load"]})
+        t1 = time.monotonic()
+        try:
+            try:
+                rows = grid_rows(plugin.run())
+            except AttributeError as e:
+                if i == 0 or "has no attribute" not in str(e):
+                    raise
+                # a template an earlier plugin resolved lacks the class this plugin attaches:
+                # forget the resolved templates (costly, so only when needed) and run it again
+                forget_resolved_types(ctx)
+                rows = grid_rows(plugin.run())
+            results[name] = {"rows": rows}
+        except Exception as e:  # one plugin failing must not lose the others
+            results[name] = {"error": f"{type(e).__name__}: {e}", "rows": []}
+        timings[name] = round(time.monotonic() - t1, 3)
+        emit({"event": "progress", "stage": "done", "plugin": name, "rows": len(results[name]["rows"]),
+              "seconds": timings[name]})
+    t2 = time.monotonic()
+    tasks = task_facts(ctx, kernel_name) if kernel_name else []
+    timings["tasks"] = round(time.monotonic() - t2, 3)
+    return {"event": "result", "banner": banner, "plugins": results, "tasks": tasks, "timings": timings,
+            "seconds": round(time.monotonic() - t_start, 3)}
+
+
+def main() -> int:
+    try:
+        req = json.loads(sys.stdin.read())
+        limit = int(req.get("memory_limit") or 0)
+        if limit > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except Exception as e:
+        emit({"event": "error", "kind": "bad-request", "message": f"worker request: {type(e).__name__}: {e}"})
+        return 2
+    try:
+        emit(run(req))
+    except MemoryError:
+        emit({"event": "error", "kind": "memory",
+              "message": f"Volatility ran out of its memory limit ({req.get('memory_limit', 0) >> 20} MiB)"})
+        return 1
+    except LookupError as e:
+        emit({"event": "error", "kind": "bad-plugin", "message": str(e)})
+        return 1
+    except Exception as e:
+        emit({"event": "error", "kind": "volatility", "message": f"{type(e).__name__}: {e}",
+              "traceback": traceback.format_exc(limit=8)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    # skip the interpreter's teardown: freeing the symbol table's millions of objects takes seconds
+    os._exit(code)

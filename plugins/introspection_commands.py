@@ -1,0 +1,186 @@
+"""Agent commands ``introspect`` and ``terminate``: Volatility 3 on one VM, and killing one process.
+
+``introspect`` params: ``vm`` (UUID or libvirt name; ``vm_uuid``/``vm_name`` accepted too),
+``metrics`` (the blamed metric names; they choose the plugins), optional ``plugins`` (explicit
+list, each one of ``introspection.plugins_choice.KNOWN``), optional ``baseline`` (true: store the
+analysis as the VM's healthy baseline), optional ``timeout`` (s, caps Volatility's own limit).
+Progress replies: dump started/done, image loaded (with the kernel banner), each plugin done.
+The result holds the suspects with their evidence, the Volatility rows per plugin, the banner,
+the dump summary (with whether the guest had to be resumed) and timings.
+
+``terminate`` params: ``vm``, ``pid``, ``name``, ``start_time`` (s since guest boot, as the
+finding saw it), optional ``signal`` (default 9). Refused — an error reply starting with
+``refused:`` — unless PID, name and start time still match; ``ok`` only once the process is gone.
+
+Every failure is an error reply naming it: VM gone, dump failed, no symbol table for the
+kernel's banner, Volatility failed or timed out, guest agent failed.
+
+Options (``--set introspection.KEY=VALUE``): ``uri`` (libvirt, default ``qemu:///system``),
+``symbols`` (symbol directory, ``;`` for several; default ``$ATOMWATCH_SYMBOLS`` or ``/var/lib/atomwatch/symbols``), ``cache``
+(Volatility cache dir), ``timeout`` (s, default 120), ``memory_mib`` (worker address-space
+limit, default 3072), ``dump_dir``, ``keep_dumps`` (retention, default false), ``baseline_dir``,
+``concurrency`` (introspections at once, default 1: each holds ~0.5 GB).
+
+Entry point (pyproject.toml, group ``atomwatch``):
+``introspection-commands = "plugins.introspection_commands"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import atomwatch
+from atomwatch.types import CommandError
+
+log = logging.getLogger("atomwatch.plugins.introspection")
+
+OPTIONS_NAME = "introspection"
+
+
+def _truthy(v: Any) -> bool:
+    return str(v).lower() in ("1", "true", "yes", "on")
+
+
+def _vm_param(params: dict[str, Any], command: str) -> str:
+    vm = params.get("vm") or params.get("vm_uuid") or params.get("vm_name")
+    if not isinstance(vm, str) or not vm:
+        raise CommandError(f"{command}: param 'vm' (the VM's UUID or libvirt name) is required, got {vm!r}")
+    return vm
+
+
+class IntrospectionCommands:
+    def __init__(self, options: dict[str, Any]):
+        from introspection.pipeline import IntrospectionConfig
+        from introspection.volatility import VolatilityConfig
+
+        self.uri = str(options.get("uri", "qemu:///system"))
+        kw: dict[str, Any] = {"volatility": VolatilityConfig.from_options(options)}
+        if options.get("dump_dir"):
+            kw["dump_dir"] = Path(str(options["dump_dir"]))
+        if options.get("keep_dumps") is not None:
+            kw["keep_dumps"] = _truthy(options["keep_dumps"])
+        if options.get("baseline_dir"):
+            kw["baseline_dir"] = Path(str(options["baseline_dir"]))
+        self.cfg = IntrospectionConfig(**kw)
+        self.slots = asyncio.Semaphore(max(1, int(options.get("concurrency", 1))))
+        self._conn: Any = None
+
+    def conn(self) -> Any:
+        from introspection.acquire import AcquireError, import_libvirt
+
+        libvirt = import_libvirt()
+        if self._conn is not None:
+            try:
+                if self._conn.isAlive():
+                    return self._conn
+            except libvirt.libvirtError:
+                pass
+        try:
+            self._conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as e:
+            raise AcquireError(f"cannot connect to libvirt at {self.uri}: {e.get_error_message()}") from None
+        return self._conn
+
+    async def _threaded(self, fn: Callable[..., Any], progress: Callable[[dict[str, Any]], Awaitable[None]], *args: Any, **kw: Any) -> Any:
+        """Run blocking ``fn`` in a thread, relaying its progress callbacks to the event loop."""
+        loop = asyncio.get_running_loop()
+
+        def relay(info: dict[str, Any]) -> None:
+            asyncio.run_coroutine_threadsafe(progress(dict(info)), loop)
+
+        return await asyncio.to_thread(fn, *args, progress=relay, **kw)
+
+    async def introspect(self, params: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, Any]:
+        from dataclasses import replace
+
+        from introspection import pipeline
+        from introspection.acquire import AcquireError, DomainGone
+        from introspection.volatility import (
+            NoSymbols,
+            VolatilityError,
+            VolatilityTimeout,
+        )
+
+        vm = _vm_param(params, "introspect")
+        metrics = params.get("metrics") or []
+        if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+            raise CommandError(f"introspect: 'metrics' must be a list of metric names, got {metrics!r}")
+        plugins = params.get("plugins")
+        if plugins is not None and (not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins)):
+            raise CommandError(f"introspect: 'plugins' must be a list of Volatility plugin names, got {plugins!r}")
+        cfg = self.cfg
+        if params.get("timeout") is not None:
+            try:
+                t = float(params["timeout"])
+            except (TypeError, ValueError):
+                raise CommandError(f"introspect: 'timeout' must be seconds, got {params['timeout']!r}") from None
+            cfg = replace(cfg, volatility=replace(cfg.volatility, timeout=min(cfg.volatility.timeout, max(1.0, t))))
+        if self.slots.locked():
+            await progress({"stage": "queued", "why": "another introspection runs on this agent"})
+        async with self.slots:
+            try:
+                conn = await asyncio.to_thread(self.conn)
+                return await self._threaded(pipeline.introspect, progress, conn, vm, metrics, cfg, plugins,
+                                            baseline=bool(params.get("baseline")))
+            except DomainGone as e:
+                raise CommandError(f"introspect: VM gone: {e}") from None
+            except AcquireError as e:
+                raise CommandError(f"introspect: dump failed: {e}") from None
+            except NoSymbols as e:
+                raise CommandError(f"introspect: {e}") from None
+            except VolatilityTimeout as e:
+                raise CommandError(f"introspect: timeout: {e}") from None
+            except VolatilityError as e:
+                raise CommandError(f"introspect: Volatility failed: {e}") from None
+            except ValueError as e:
+                raise CommandError(f"introspect: {e}") from None
+
+    async def terminate(self, params: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, Any]:
+        from introspection import guest_agent
+        from introspection.acquire import AcquireError, DomainGone, lookup
+
+        vm = _vm_param(params, "terminate")
+        pid, name, start = params.get("pid"), params.get("name"), params.get("start_time")
+        signal = params.get("signal", 9)
+        if not isinstance(signal, int) or signal not in (9, 15):
+            raise CommandError(f"terminate: 'signal' must be 9 or 15, got {signal!r}")
+        group = params.get("group", False)
+        if not isinstance(group, bool):
+            raise CommandError(f"terminate: 'group' must be true or false, got {group!r}")
+
+        def work() -> dict[str, Any]:
+            dom = lookup(self.conn(), vm)
+            return dict(guest_agent.terminate(dom, pid, name, start, signal=signal, group=group), vm_name=dom.name(),
+                        vm_uuid=dom.UUIDString())
+
+        try:
+            await progress({"stage": "terminating", "vm": vm, "pid": pid, "name": name})
+            return await asyncio.to_thread(work)
+        except guest_agent.Refused as e:
+            raise CommandError(f"refused: {e}") from None
+        except DomainGone as e:
+            raise CommandError(f"terminate: VM gone: {e}") from None
+        except (guest_agent.GuestAgentError, AcquireError) as e:
+            raise CommandError(f"terminate: {e}") from None
+
+
+@atomwatch.hookimpl
+def register_agent_commands(config: Any) -> dict[str, Any] | None:
+    options = config.plugin_options(OPTIONS_NAME) if config is not None else {}
+    if not _truthy(options.get("enabled", True)):
+        return None
+    try:
+        cmds = IntrospectionCommands(options)
+    except (ValueError, TypeError) as e:
+        log.error("introspection commands misconfigured: %s", e)
+        why = f"introspection is misconfigured on this agent: {e}"
+
+        async def refuse(params: dict[str, Any], progress: Any) -> dict[str, Any]:
+            raise CommandError(why)
+
+        return {"introspect": refuse, "terminate": refuse}
+    return {"introspect": cmds.introspect, "terminate": cmds.terminate}
