@@ -247,10 +247,13 @@ LAB_SCALE = {  # the lab's workloads last minutes, not days: the same algorithm 
 
 
 def _lab_recordings(name: str) -> list:
+    """Lab recordings made with ``atomwatch lab record`` (tests/data: their README says how) and
+    the bundled one of ``atomwatch up`` (atomwatch/data)."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "atomwatch" / "data"
-    found = sorted(root.glob(f"*{name}*.csv")) + sorted(p for p in root.glob(f"*{name}*") if p.is_dir())
+    found = []
+    for root in (Path(__file__).resolve().parent / "data", Path(__file__).resolve().parent.parent / "atomwatch" / "data"):
+        found += sorted(root.glob(f"*{name}*.csv")) + sorted(p for p in root.glob(f"*{name}*") if p.is_dir())
     return [p for p in found if not p.name.endswith(".labels.csv")]
 
 
@@ -276,7 +279,7 @@ def test_leak_reported_before_90_percent_on_the_lab_leaker_recording():
     from tests.conftest import require
 
     recs = _lab_recordings("leaker")
-    require(bool(recs), "no lab leaker recording under atomwatch/data yet")
+    require(bool(recs), "no lab leaker recording under tests/data")
     trace = read_trace(recs[0])
     run = detect_trace(factory("precog"), trace, LAB_SCALE)
     assert run.anomalies, "the leak was not reported"
@@ -287,6 +290,19 @@ def test_leak_reported_before_90_percent_on_the_lab_leaker_recording():
     if labels_path is not None:
         labels = read_labels(labels_path, rows=trace.rows)
         assert labels.label[first.index] == 1 or labels.label[: first.index].any()
+
+
+def test_no_leak_reported_on_the_lab_normal_recording():
+    from atomwatch.offline import detect_trace
+    from atomwatch.traces import read_trace
+    from tests.conftest import require
+
+    recs = _lab_recordings("normal")
+    require(bool(recs), "no lab normal recording under tests/data")
+    trace = read_trace(recs[0])
+    assert any(c.endswith("/MemoryUtilization") for c in trace.columns)
+    run = detect_trace(factory("precog"), trace, LAB_SCALE)
+    assert run.rows == trace.rows and run.anomalies == []
 
 
 def test_accept_normal_refits_on_the_accepted_rows():
@@ -309,3 +325,36 @@ def test_accept_normal_refits_on_the_accepted_rows():
     assert after is not before and len(after.trends) == 1
     assert after.max_slope > 0
     assert not any(det.update(r) for r in rows[i + 1: i + 6])
+
+
+def test_max_history_bounds_the_online_series():
+    """With ``max_history`` the online series is rebuilt from its newest part once it grows 25 %
+    past the limit: the kept bins are unchanged and the detector keeps deciding."""
+    rng = np.random.default_rng(3)
+    n = 20 * 288  # 20 days of 5-minute points
+    t = 1.7e9 + np.arange(n) * 300.0
+    v = 60 + 3 * np.sin(2 * np.pi * np.arange(n) / 288) + rng.normal(0, 0.5, n)
+    v[-600:] += np.linspace(0, 30, 600)  # a leak in the last two days
+    det = factory("precog").create("s", {"max_history": "14d"})
+    hits = feed(det, t, v)
+    state = det.columns[VM1]
+    assert state.series.n <= 14 * 288 * 1.25 + 1
+    assert state.series.n < n - 288  # it was trimmed
+    assert hits.size and hits[0] >= n - 600  # the leak is still found, nothing before it
+
+    series = state.series
+    kept = series.trimmed(1000)
+    assert np.array_equal(kept.r, series.r[-1000:]) and kept.cur_vals == series.cur_vals
+
+
+@pytest.mark.parametrize("amplitude, noise", [(2.0, 0.2), (3.0, 0.5), (5.0, 0.2)])
+def test_default_ignores_a_clean_daily_rhythm_the_reference_alarms_on(amplitude, noise):
+    """20 days at 60 % with a daily sine of a few percent and white noise, 5-minute points, fitted
+    on the first two days: the reference takes rising halves for leaks, the default does not."""
+    rng = np.random.default_rng(3)
+    n = 20 * 288
+    t = 1.7e9 + np.arange(n) * 300.0
+    v = 60 + amplitude * np.sin(2 * np.pi * np.arange(n) / 288) + rng.normal(0, noise, n)
+    hits = run_both(t, v)
+    assert hits["precog-reference"].size > 0
+    assert hits["precog"].size == 0
