@@ -159,9 +159,17 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
         cli = ["atomwatch", "alarms", "--controller", base]
         out = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, check=True)
         assert f"#{alarm_id}" in out.stdout and "vm2/CPUUtilization up" in out.stdout
-        out = await asyncio.to_thread(subprocess.run, ["atomwatch", "alarm", str(alarm_id), "--controller", base],
+        pipe.controller.add_findings(alarm_id, "introspect", {
+            "kind": "introspection", "summary": "1 new process", "rows": {"linux.pslist": [
+                {"PID": 1, "COMM": "init", "PPID": 0}, {"PID": 42, "COMM": "cryptominer", "PPID": 1}]},
+            "suspects": [{"pid": 42, "name": "cryptominer", "score": 9.5, "evidence": ["new since the baseline"]}]})
+        out = await asyncio.to_thread(subprocess.run, ["atomwatch", "alarm", str(alarm_id), "--rows", "--controller", base],
                                       capture_output=True, text=True, check=True)
         assert "opened" in out.stdout and "audit:" in out.stdout
+        assert "suspect pid 42 cryptominer" in out.stdout and "new since the baseline" in out.stdout
+        assert "linux.pslist (2 rows)" in out.stdout and "COMM" in out.stdout
+        api = json.loads(await asyncio.to_thread(get, f"{base}/api/alarms/{alarm_id}"))
+        assert api["findings"][0]["rows"]["linux.pslist"][1]["COMM"] == "cryptominer"
         bad = await asyncio.to_thread(subprocess.run, ["atomwatch", "alarm", "999", "--controller", base], capture_output=True, text=True)
         assert bad.returncode == 1 and "no alarm 999" in bad.stderr
 

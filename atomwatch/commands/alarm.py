@@ -12,6 +12,8 @@ from ._api import ApiError, add_controller_argument, call, fail
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", type=int, help="the alarm's number")
+    p.add_argument("--rows", nargs="?", const="*", metavar="PLUGIN",
+                   help="also print the Volatility rows of the findings (all plugins, or one, e.g. linux.sockstat)")
     add_controller_argument(p)
 
 
@@ -19,7 +21,20 @@ def _t(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def show(a: dict[str, Any]) -> None:
+def _table(rows: list[dict[str, Any]], limit: int = 60) -> list[str]:
+    if not rows:
+        return ["      (no rows)"]
+    cols = [c for c in rows[0] if not c.startswith("__")][:9]
+    widths = {c: min(28, max(len(c), *(len(str(r.get(c, ""))) for r in rows[:limit]))) for c in cols}
+    out = ["      " + "  ".join(c[: widths[c]].ljust(widths[c]) for c in cols)]
+    for r in rows[:limit]:
+        out.append("      " + "  ".join(str(r.get(c, ""))[: widths[c]].ljust(widths[c]) for c in cols))
+    if len(rows) > limit:
+        out.append(f"      … {len(rows) - limit} more rows (--json for all)")
+    return out
+
+
+def show(a: dict[str, Any], rows: str | None = None) -> None:
     print(f"alarm #{a['id']}  {a['state']}" + (f" ({a['resolution']})" if a.get("resolution") else ""))
     print(f"  scope     {a['scope']}   detector {a['detector']}")
     print(f"  opened    {_t(a['opened_at'])}   rows {a['first_row']}–{a['last_row']}   level {a['level']}")
@@ -34,6 +49,11 @@ def show(a: dict[str, Any]) -> None:
         print(f"  finding ({f.get('kind', '?')} by {f.get('by', '?')}): {f.get('summary', '')}")
         for s in f.get("suspects", [])[:10]:
             print(f"    suspect pid {s.get('pid')} {s.get('name', '')!s:<20} score {s.get('score', '')}  {'; '.join(s.get('evidence', []))}")
+        if rows:
+            for plugin, plugin_rows in (f.get("rows") or {}).items():
+                if rows in ("*", plugin):
+                    print(f"    {plugin} ({len(plugin_rows)} rows):")
+                    print("\n".join(_table(plugin_rows)))
     print("  audit:")
     for e in a.get("audit", []):
         details = json.dumps(e["details"], default=str)
@@ -48,5 +68,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(a, indent=2))
     else:
-        show(a)
+        show(a, rows=args.rows)
     return 0
