@@ -49,7 +49,8 @@ class Process:
                 "pgrp": self.pgrp}
 
 
-def _agent(dom: Any, command: dict[str, Any], timeout: int = 10) -> Any:
+def agent_command(dom: Any, command: dict[str, Any], timeout: int = 10) -> Any:
+    """One QEMU guest-agent command; its ``return`` value."""
     import libvirt  # type: ignore[import-not-found]
     import libvirt_qemu  # type: ignore[import-not-found]
 
@@ -62,11 +63,11 @@ def _agent(dom: Any, command: dict[str, Any], timeout: int = 10) -> Any:
 
 def exec_in_guest(dom: Any, path: str, args: list[str], timeout: float = 20.0) -> tuple[int, str, str]:
     """Run ``path args`` in the guest and wait: (exit code, stdout, stderr)."""
-    res = _agent(dom, {"execute": "guest-exec", "arguments": {"path": path, "arg": args, "capture-output": True}})
+    res = agent_command(dom, {"execute": "guest-exec", "arguments": {"path": path, "arg": args, "capture-output": True}})
     pid = res["pid"]
     deadline = time.monotonic() + timeout
     while True:
-        st = _agent(dom, {"execute": "guest-exec-status", "arguments": {"pid": pid}})
+        st = agent_command(dom, {"execute": "guest-exec-status", "arguments": {"pid": pid}})
         if st.get("exited"):
             out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")
             err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")

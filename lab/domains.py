@@ -8,7 +8,6 @@ agent, a balloon with a 2 s stats period and a console log file. Domains are per
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -18,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+from introspection import guest_agent
 
 from .paths import BRIDGE, PREFIX, guest_ip, guest_name, tap_name
 
@@ -192,14 +193,11 @@ class AgentError(LabError):
 
 
 def agent_command(dom, command: dict, timeout: int = 10) -> dict:
-    libvirt = import_libvirt()
-    import libvirt_qemu  # type: ignore[import-not-found]
-
+    """One guest-agent command (the project's own, from :mod:`introspection.guest_agent`)."""
     try:
-        reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), timeout, 0)
-    except libvirt.libvirtError as e:
-        raise AgentError(f"{dom.name()}: guest agent {command.get('execute')}: {e.get_error_message()}") from None
-    return json.loads(reply).get("return", {})
+        return guest_agent.agent_command(dom, command, timeout)
+    except guest_agent.GuestAgentError as e:
+        raise AgentError(str(e)) from None
 
 
 def agent_ping(dom, timeout: int = 2) -> bool:
@@ -221,23 +219,11 @@ def wait_agent(dom, timeout: float) -> float:
 
 
 def guest_exec(dom, path: str, args: list[str], timeout: float = 20.0) -> tuple[int, str, str]:
-    """Run ``path args`` in the guest and wait for it: (exit code, stdout, stderr)."""
-    import base64
-
-    res = agent_command(
-        dom, {"execute": "guest-exec", "arguments": {"path": path, "arg": args, "capture-output": True}}
-    )
-    pid = res["pid"]
-    deadline = time.monotonic() + timeout
-    while True:
-        st = agent_command(dom, {"execute": "guest-exec-status", "arguments": {"pid": pid}})
-        if st.get("exited"):
-            out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")
-            err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")
-            return int(st.get("exitcode", -1)), out, err
-        if time.monotonic() > deadline:
-            raise AgentError(f"{dom.name()}: {path} {' '.join(args)} still runs after {timeout:.0f} s")
-        time.sleep(0.05)
+    """Run ``path args`` in the guest and wait: (exit code, stdout, stderr)."""
+    try:
+        return guest_agent.exec_in_guest(dom, path, args, timeout)
+    except guest_agent.GuestAgentError as e:
+        raise AgentError(str(e)) from None
 
 
 def sh(dom, script: str, timeout: float = 20.0) -> str:

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import atomwatch
+from atomwatch.series import METRIC_UNITS
 from atomwatch.config import ConfigError
 from atomwatch.series import SeriesKey
 
@@ -56,17 +57,8 @@ log = logging.getLogger("atomwatch.plugins.libvirt")
 
 DEFAULT_URI = "qemu:///system"
 
-#: metric → unit, in the order the columns appear
-METRICS: dict[str, str] = {
-    "CPUUtilization": "%",
-    "NetworkIn": "bytes/s",
-    "NetworkOut": "bytes/s",
-    "DiskReadOps": "ops/s",
-    "DiskWriteOps": "ops/s",
-    "DiskReadBytes": "bytes/s",
-    "DiskWriteBytes": "bytes/s",
-    "MemoryUtilization": "%",
-}
+#: metric → unit, in the order the columns appear (the project's own table)
+METRICS: dict[str, str] = METRIC_UNITS
 #: rate metric → (stat group prefix, counter suffix, count key)
 COUNTERS: dict[str, tuple[str, str, str]] = {
     "NetworkIn": ("net", "rx.bytes", "net.count"),

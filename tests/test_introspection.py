@@ -18,24 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LAB_ASSETS, require
+from tests.conftest import LAB_ASSETS, have_module, require
 
 SYMBOLS = LAB_ASSETS / "symbols"
 STATE: dict = {}
 
 
-def _have(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
-    require(_have("libvirt"), "libvirt-python is not installed (.ci/lab-setup.sh)")
-    require(_have("volatility3"), "volatility3 is not installed (pip install volatility3 pefile)")
+    require(have_module("libvirt"), "libvirt-python is not installed (.ci/lab-setup.sh)")
+    require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3 pefile)")
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require((SYMBOLS / "linux").is_dir(), f"the guest kernel's symbol table is missing: {SYMBOLS}")
     from introspection.lab_guest import boot_private_guest, destroy_private_guest
@@ -380,7 +372,7 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
             controller.add_findings(alarm.id, "test", reused)
             await controller.give_verdict(alarm.id, "malicious", "operator", {"pid": top["pid"]})
             await wait(lambda: any(f["kind"] == "termination-refused" for f in controller.alarms.get(alarm.id).findings),
-                       60, "the refusal")
+                       180, "the refusal")
             refusal = next(f for f in controller.alarms.get(alarm.id).findings if f["kind"] == "termination-refused")
             assert "PID was reused, nothing killed" in refusal["summary"]
             assert guest_agent.find(guest_agent.list_processes(dom), top["pid"]) is not None

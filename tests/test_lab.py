@@ -8,7 +8,6 @@ the lab down at the end. Without libvirt/QEMU they skip, or fail under ATOMWATCH
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 from atomwatch.traces import read_labels, read_trace
 from lab import scenarios
 from lab.build import MODULE_ORDER, WORKLOADS
-from conftest import KERNEL_DEB, have_module, require_build_tools
+from conftest import require_build_tools
 
 TICK = 2.0
 
