@@ -181,20 +181,9 @@ def test_detect_cli_runs_the_plugin_on_a_sample_trace():
 # ----------------------------------------------------------------------------- the default mode's claims
 
 
-def scenario(t, v, kind, hours=24.0):
-    """The real trace at a 50 % level with a rhythm, a sawtooth or a leak added (see docs/precog.md)."""
-    v = v - np.median(v) + 50.0
-    rel = t - t[0]
-    t0 = t90 = None
-    if kind == "sine":
-        v = v + 3.0 * np.sin(2 * np.pi * rel / 86400)
-    elif kind == "saw":
-        v = v + 8.0 * ((rel / (8 * 3600)) % 1.0)
-    elif kind == "leak":
-        t0 = t[0] + 3 * 86400
-        t90 = t0 + hours * 3600
-        v = v + np.clip((t - t0) * (40.0 / (hours * 3600)), 0, None)
-    return np.clip(v, 0, 100), t0, t90
+# the scenarios of the quality benchmark: the real trace at a 50 % level with a daily rhythm, a
+# sawtooth or a leak added (see docs/precog.md)
+from benchmarks.precog import scenario  # noqa: E402
 
 
 def run_both(t, v):
