@@ -90,11 +90,11 @@ async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, si
     from lab.driver import ScenarioDriver
 
     doms = lab["doms"]
-    driver = ScenarioDriver(scenarios.get("ddos"), minutes=10, doms=doms)
+    driver = ScenarioDriver(scenarios.get("ddos"), minutes=1.5, doms=doms)  # a 90 s "day" (see test_lab_detection)
     await asyncio.to_thread(driver.setup)
     options = {
         "libvirt": {"domains": r"^awlab-guest\d+$"},
-        "pca-spe": {"confirm": 2},
+        "pca-spe": {"confirm": 2, "min_rows": 150},
         "introspection": {"symbols": str(LAB_ASSETS / "symbols"), "cache": str(tmp_path / "volcache"),
                           "baseline_dir": str(tmp_path / "baselines"), "timeout": 240},
         "orchestrate": {"settle_rows": 3, "watch_interval": 1.0},
@@ -117,7 +117,7 @@ async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, si
             st = controller.scope_status.get(scope, {}).get("detectors", {}).get("pca-spe", {})
             return bool(st.get("ready"))
 
-        await pipe.wait_for(ready, 240, "the PCA model to be ready")
+        await pipe.wait_for(ready, 360, "the PCA model to be ready")
         await attack_and_respond(pipe, scope, doms[1], "cryptominer", {"CPUUtilization"})
         # After ddos-bot is killed, guest 3's memory settles ~0.5 points above where it was while
         # the PCA model learnt it constant, so SPE stays over Q_α and the alarm is not closed
