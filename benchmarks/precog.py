@@ -23,14 +23,13 @@ it reaches 90 % minus the first report); plus test1..7.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from atomwatch.traces import read_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,13 +41,9 @@ MACHINES = [100] + list(range(1010, 1019))
 
 
 def alibaba(m: int) -> tuple[np.ndarray, np.ndarray]:
-    ts, vs = [], []
-    for part in ("train", "test"):
-        with gzip.open(DATA / f"m_{m}_{part}.csv.gz", "rt") as fh:
-            for rec in csv.DictReader(fh):
-                ts.append(datetime.fromisoformat(rec["timestamp"]).replace(tzinfo=UTC).timestamp())
-                vs.append(float(rec["value"]))
-    return np.array(ts), np.array(vs)
+    """(timestamps, values) of one Alibaba machine, its train and test parts joined."""
+    parts = [read_trace(DATA / f"m_{m}_{part}.csv.gz") for part in ("train", "test")]
+    return np.concatenate([t.timestamps for t in parts]), np.concatenate([t.values[:, 0] for t in parts])
 
 
 def series_100k() -> np.ndarray:

@@ -14,11 +14,8 @@ evenly spaced prefixes plus every decision change.
 from __future__ import annotations
 
 import bisect
-import csv
-import gzip
 import math
 import statistics
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 
+from atomwatch.traces import read_trace
 from plugins import precog_core as core
 from tests.conftest import DATA
 
@@ -161,13 +159,9 @@ def sample_trace(i: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def alibaba(machine: int) -> tuple[np.ndarray, np.ndarray]:
-    ts, vs = [], []
-    for part in ("train", "test"):
-        with gzip.open(PRECOG / f"m_{machine}_{part}.csv.gz", "rt") as fh:
-            for rec in csv.DictReader(fh):
-                ts.append(datetime.fromisoformat(rec["timestamp"]).replace(tzinfo=UTC).timestamp())
-                vs.append(float(rec["value"]))
-    return np.array(ts), np.array(vs)
+    """(timestamps, values) of one Alibaba machine, its train and test parts joined."""
+    parts = [read_trace(PRECOG / f"m_{machine}_{part}.csv.gz") for part in ("train", "test")]
+    return np.concatenate([t.timestamps for t in parts]), np.concatenate([t.values[:, 0] for t in parts])
 
 
 # ----------------------------------------------------------------------------- the comparison
