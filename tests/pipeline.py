@@ -86,18 +86,30 @@ class Pipeline:
             await asyncio.sleep(0.02)
 
 
+def live_pipeline(broker_url: str, site: str, plugins: tuple[str, ...] | list[str], options: dict[str, Any],
+                  detectors: list[str], agent_tick: float, controller_tick: float) -> Pipeline:
+    """An agent (host ``hv1``) and a controller with these built-in plugins and options."""
+    pm = plugin_manager(*plugins)
+    broker = BrokerAddress.parse(broker_url)
+    agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=agent_tick, options=options), pm)
+    controller = Controller(
+        ControllerConfig(broker=broker, sites=[site], tick=controller_tick, detectors=detectors, options=options), pm
+    )
+    return Pipeline(agent, controller)
+
+
+def detector_status(controller: Controller, scope: str, detector: str) -> dict[str, Any]:
+    """The detector's last status on the scope (empty before its first row)."""
+    return controller.scope_status.get(scope, {}).get("detectors", {}).get(detector, {})
+
+
 def make_pipeline(broker_url: str, site: str, trace: Path, agent_tick: float = 0.01, controller_tick: float = 0.5,
                   delta_rel: float = 0.05, detectors: list[str] | None = None, options: dict[str, Any] | None = None,
                   plugins: tuple[str, ...] = ("replay",)) -> Pipeline:
-    pm = plugin_manager(*plugins)
     opts = {"replay": {"trace": str(trace), "delta_rel": delta_rel}}
     opts.update(options or {})
-    broker = BrokerAddress.parse(broker_url)
-    agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=agent_tick, options=opts), pm)
-    controller = Controller(
-        ControllerConfig(broker=broker, sites=[site], tick=controller_tick, detectors=detectors or [], options=opts), pm
-    )
-    pipe = Pipeline(agent, controller)
+    pipe = live_pipeline(broker_url, site, plugins, opts, detectors or [], agent_tick, controller_tick)
+    agent, controller = pipe.agent, pipe.controller
 
     def on_tick(a: Agent, f: np.ndarray, send: np.ndarray, published) -> None:
         keys = a.table.keys

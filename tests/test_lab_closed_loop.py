@@ -17,7 +17,7 @@ import asyncio
 import pytest
 
 from conftest import LAB_ASSETS, have_module, require
-from pipeline import Pipeline, plugin_manager
+from pipeline import Pipeline, detector_status, live_pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
 
@@ -68,7 +68,7 @@ async def attack_and_respond(pipe: Pipeline, scope: str, dom, workload: str, met
         await pipe.wait_for(lambda: controller.alarms.get(alarm.id).state == "closed", 240, "the alarm to close")
     except AssertionError:
         trail = [(e["actor"], e["action"]) for e in controller.alarms.audit(alarm.id)]
-        status = controller.scope_status.get(scope, {}).get("detectors", {}).get("pca-spe", {})
+        status = detector_status(controller, scope, "pca-spe")
         raise AssertionError(f"alarm {alarm.id} not closed; audit {trail}; "
                              f"spe {status.get('spe')} q {status.get('q_alpha')}") from None
     closed = controller.alarms.get(alarm.id)
@@ -81,11 +81,6 @@ async def attack_and_respond(pipe: Pipeline, scope: str, dom, workload: str, met
 async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, site, tmp_path):
     require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3)")
     require((LAB_ASSETS / "symbols" / "linux").is_dir(), "the guest kernel's symbol table is missing")
-    from agent.config import AgentConfig
-    from agent.runtime import Agent
-    from atomwatch.config import BrokerAddress
-    from controller.app import Controller
-    from controller.config import ControllerConfig
     from lab import scenarios
     from lab.driver import ScenarioDriver
 
@@ -99,11 +94,8 @@ async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, si
                           "baseline_dir": str(tmp_path / "baselines"), "timeout": 240},
         "orchestrate": {"settle_rows": 3, "watch_interval": 1.0},
     }
-    pm = plugin_manager("libvirt", "introspection-commands", "pca-spe", "orchestrate")
-    broker = BrokerAddress.parse(mosquitto.url)
-    agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=TICK, options=options), pm)
-    controller = Controller(ControllerConfig(broker=broker, sites=[site], tick=TICK, detectors=["pca-spe"], options=options), pm)
-    pipe = Pipeline(agent, controller)
+    pipe = live_pipeline(mosquitto.url, site, ("libvirt", "introspection-commands", "pca-spe", "orchestrate"), options, ["pca-spe"], TICK, TICK)
+    controller = pipe.controller
     scope = f"{site}/hv1"
     await pipe.start()
     try:
@@ -113,11 +105,8 @@ async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, si
                                           {"vm": dom.name(), "metrics": ["CPUUtilization", "NetworkOut"], "baseline": True},
                                           timeout=240)
 
-        def ready() -> bool:
-            st = controller.scope_status.get(scope, {}).get("detectors", {}).get("pca-spe", {})
-            return bool(st.get("ready"))
-
-        await pipe.wait_for(ready, 360, "the PCA model to be ready")
+        await pipe.wait_for(lambda: bool(detector_status(controller, scope, "pca-spe").get("ready")), 360,
+                            "the PCA model to be ready")
         await attack_and_respond(pipe, scope, doms[1], "cryptominer", {"CPUUtilization"})
         # After ddos-bot is killed, guest 3's memory settles ~0.5 points above where it was while
         # the PCA model learnt it constant, so SPE stays over Q_α and the alarm is not closed

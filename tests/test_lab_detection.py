@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from pipeline import Pipeline, plugin_manager
+from pipeline import detector_status, live_pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
 
@@ -19,11 +19,6 @@ NORMAL_ROWS = 25  # rows of normal work watched after the model is ready
 
 
 async def test_ddos_bot_in_two_guests_opens_an_alarm_blaming_them(lab, mosquitto, site):
-    from agent.config import AgentConfig
-    from agent.runtime import Agent
-    from atomwatch.config import BrokerAddress
-    from controller.app import Controller
-    from controller.config import ControllerConfig
     from lab import scenarios, workloads
     from lab.driver import ScenarioDriver
 
@@ -40,19 +35,13 @@ async def test_ddos_bot_in_two_guests_opens_an_alarm_blaming_them(lab, mosquitto
         # attack's SPE is ~1e9 against Q_α ~10, so this costs no detection delay.
         "pca-spe": {"confirm": 2, "min_rows": 150, "alpha": 0.0001},
     }
-    pm = plugin_manager("libvirt", "pca-spe")
-    broker = BrokerAddress.parse(mosquitto.url)
-    agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=TICK, options=options), pm)
-    controller = Controller(ControllerConfig(broker=broker, sites=[site], tick=TICK, detectors=["pca-spe"], options=options), pm)
-    pipe = Pipeline(agent, controller)
+    pipe = live_pipeline(mosquitto.url, site, ("libvirt", "pca-spe"), options, ["pca-spe"], TICK, TICK)
+    controller = pipe.controller
     scope = f"{site}/hv1"
     await pipe.start()
     try:
-        def ready() -> bool:
-            st = controller.scope_status.get(scope, {}).get("detectors", {}).get("pca-spe", {})
-            return bool(st.get("ready"))
-
-        await pipe.wait_for(ready, 360, "the PCA model to be ready")
+        await pipe.wait_for(lambda: bool(detector_status(controller, scope, "pca-spe").get("ready")), 360,
+                            "the PCA model to be ready")
         ready_row = controller.scope_rows.counts[scope]
         await pipe.wait_for(lambda: controller.scope_rows.counts[scope] >= ready_row + NORMAL_ROWS, 120, "normal rows")
         normal_alarms = controller.alarms.list(scope=scope)
