@@ -227,6 +227,7 @@ class Agent:
             values = np.array([updates[i] for i in idx])
             self.tracker.set_delta(idx, values)
             self.deltas[idx] = values
+            self.need_birth = True  # the retained birth announces each series' current Δ
         return {"applied": len(updates), "from": "next round of each series"}
 
     async def _handle_message(self, message: aiomqtt.Message) -> None:

@@ -64,6 +64,10 @@ class Row:
     ``values[j]`` is NaN when column ``j`` is stale or unknown at this tick. ``columns`` may change
     between rows (a VM appears or leaves); detectors must cope. ``index`` counts the scope's rows
     from 0 (in ``atomwatch detect`` it is the CSV row number).
+
+    ``deltas[j]``, when given, is column ``j``'s tracking error Δ as its agent announced it: the
+    rebuilt value is within Δ of the truth, so a change smaller than Δ cannot be told from
+    tracking noise. None when unknown (offline traces hold the collector's own values).
     """
 
     scope: str
@@ -71,6 +75,7 @@ class Row:
     ts: float
     columns: tuple[SeriesKey, ...]
     values: np.ndarray
+    deltas: np.ndarray | None = None
 
 
 @dataclass

@@ -54,6 +54,10 @@ class HostState:
             return {k: np.nan for k in self.keys.values()}
         return {k: self.values.get(a, np.nan) for a, k in self.keys.items()}
 
+    def key_deltas(self) -> dict[SeriesKey, float]:
+        """Each series' tracking error Δ as the last birth announced it."""
+        return {k: self.deltas.get(a, np.nan) for a, k in self.keys.items()}
+
 
 #: listener(host_state, message) called after a birth or data message was applied
 Listener = Callable[[HostState, protocol.Message], None]

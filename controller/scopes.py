@@ -26,6 +26,8 @@ class ScopeRows:
             return None
         columns = tuple(sorted(snap, key=lambda k: (k.vm_name, k.vm_uuid, k.metric, k.unit)))
         values = np.fromiter((snap[c] for c in columns), dtype=np.float64, count=len(columns))
+        known = state.key_deltas()
+        deltas = np.fromiter((known.get(c, np.nan) for c in columns), dtype=np.float64, count=len(columns))
         index = self.counts.get(state.scope, 0)
         self.counts[state.scope] = index + 1
-        return Row(scope=state.scope, index=index, ts=ts, columns=columns, values=values)
+        return Row(scope=state.scope, index=index, ts=ts, columns=columns, values=values, deltas=deltas)

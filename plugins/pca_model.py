@@ -9,6 +9,9 @@ What lives here:
   (a floor keeps constant columns finite), eigendecomposition of cov(Y), k by cumulative percent
   variance, residual eigenvalue sums θ₁..θ₃ and the threshold Q_α (Jackson–Mudholkar, or Box's
   scaled χ² where h₀ ≤ 0); :func:`fit_window` is the same from the raw rows (the batch reference);
+* :class:`QuietColumns` — the columns that held still over the window (std below their noise
+  level, e.g. the tracking error Δ): kept out of the PCA and watched on their own against the
+  window's range widened by twice the noise level;
 * :class:`TopEigen` — a warm-started subspace iteration for the top eigenpairs that the sliding
   window needs per tick, checked against a residual bound and falling back to a full ``eigh``;
 * :func:`identify` — the three identification steps (rd_j, stddev_j, meandiff_j);
@@ -114,6 +117,55 @@ class WindowStats:
         out.refresh()
         out.refreshes = 0
         return out
+
+
+# --------------------------------------------------------------------------- quiet columns
+
+
+@dataclass
+class QuietColumns:
+    """Columns that held still over the window: their std is below their noise level ``noise``
+    (the tracking error Δ where the agent announced one, else the constant-column floor).
+
+    Such a column carries no correlation the PCA could use, and standardising it by its own
+    (tiny) std would turn a move within tracking noise into an SPE of 10⁵–10⁶. Its truth, though,
+    is known within bounds: the controller's copy is within Δ of the truth, so while the copies
+    stayed in [lo, hi] the truth stayed in [lo − Δ, hi + Δ], and a copy of a truth still in that
+    range lies in [lo − 2Δ, hi + 2Δ]. A copy outside that band proves the truth left the range
+    it kept over the whole window: that is the column's anomaly, and only that.
+    """
+
+    index: np.ndarray  # window column indices
+    lo: np.ndarray  # the window's min and max of each quiet column
+    hi: np.ndarray
+    noise: np.ndarray
+
+    @property
+    def band(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.lo - 2.0 * self.noise, self.hi + 2.0 * self.noise
+
+    def breaches(self, z: np.ndarray) -> np.ndarray:
+        """Boolean per quiet column: the row's value (full window width) is outside the band
+        (NaN is never a breach)."""
+        v = z[self.index]
+        low, high = self.band
+        with np.errstate(invalid="ignore"):
+            return (v < low) | (v > high)
+
+    def excess(self, z: np.ndarray) -> np.ndarray:
+        """How far outside the band each quiet column's value is, in units of its noise level
+        (signed: negative below the band; 0 inside)."""
+        v = z[self.index]
+        low, high = self.band
+        with np.errstate(invalid="ignore"):
+            out = np.where(v > high, (v - high) / self.noise, np.where(v < low, (v - low) / self.noise, 0.0))
+        return np.nan_to_num(out)
+
+
+def split_quiet(std: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(active, quiet) column indices: quiet where the window's std is below the noise level."""
+    quiet = std < noise
+    return np.flatnonzero(~quiet), np.flatnonzero(quiet)
 
 
 # --------------------------------------------------------------------------- threshold

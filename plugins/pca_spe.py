@@ -19,9 +19,17 @@ Behaviour where the paper is silent (the options are the fields of :class:`PcaSp
   row's known cells (least SPE), so a stale cell never raises an alarm by itself; such a row never
   joins M, and may join A. A column NaN for ``stale_limit`` consecutive rows is treated as gone
   (as if it had left the row), and comes back like a new column.
-* **Constant columns.** Standardisation uses max(std_j, ``min_std``, ``rel_std``·|avg_j|): a
-  constant column contributes a zero eigenvalue to the residual space and zero to SPE while it
-  stays constant; if it moves, the move is measured against that floor.
+* **Quiet columns (constant, or moving only within tracking noise).** A column's noise level is
+  max(``min_std``, ``rel_std``·|avg_j|, ``delta_noise``·Δ_j), Δ_j being its tracking error from
+  its agent's birth (rows from CSV traces carry none). A column whose window std is below its
+  noise level is *quiet*: it is kept out of the PCA (it carries no correlation, and scaled by its
+  own tiny std the first step of its copy — a disk-ops copy 1.00 → 1.03 with Δ = 2, memory
+  moving half a percent with Δ = 1 % when a process exits — scored ~10⁵–10⁶ against a Q_α of
+  ~10 on the lab) and watched on its own: a row is abnormal when a quiet column's value leaves
+  the window's [min, max] widened by twice its noise level (the copy is within Δ of the truth,
+  so outside that band the truth has certainly left the range it kept over the whole window);
+  such columns are blamed directly. SPE and Q_α are over the other (*active*) columns; with
+  none, only the quiet rule judges.
 * **Column-set changes.** Columns that leave: the window is rebuilt exactly over the remaining
   columns from its stored rows, detection continues at once. Columns that appear: the current
   model keeps scoring its columns while a second window over the new set fills with the rows
@@ -70,6 +78,7 @@ class PcaSpeOptions:
     min_rows: int | None = None  # rows before detecting (default max(30, 2·d), at most t)
     min_std: float = 1e-6  # absolute std floor when standardising
     rel_std: float = 1e-3  # std floor as a fraction of |avg_j|
+    delta_noise: float = 1.0  # a column's noise level as a multiple of its tracking error Δ (0: ignore Δ)
     confirm: int = 1  # consecutive abnormal rows before anomalies are reported (rows join A from the first)
     stale_limit: int = 6  # consecutive NaN rows after which a column counts as gone
     refresh_every: int = 720  # exact recomputation of the window statistics every N updates
@@ -93,6 +102,7 @@ class PcaSpeOptions:
         _check(o.b1 >= 0 and o.b2 >= 0, "b1/b2", (o.b1, o.b2), "≥ 0")
         _check(o.min_rows is None or 3 <= o.min_rows <= o.t, "min_rows", o.min_rows, f"in [3, t={o.t}]")
         _check(o.min_std > 0 and o.rel_std >= 0, "min_std/rel_std", (o.min_std, o.rel_std), "min_std > 0, rel_std ≥ 0")
+        _check(o.delta_noise >= 0, "delta_noise", o.delta_noise, "≥ 0")
         _check(o.stale_limit >= 1, "stale_limit", o.stale_limit, "≥ 1")
         _check(o.confirm >= 1, "confirm", o.confirm, "≥ 1")
         _check(o.refresh_every >= 1, "refresh_every", o.refresh_every, "≥ 1")
@@ -143,7 +153,8 @@ class _Window:
         self.stats = stats or pm.WindowStats(len(columns), opts.t)
         self.top = pm.TopEigen(full_every=opts.full_every) if opts.solver == "subspace" else None
         self.need = opts.rows_needed(len(columns))
-        self._fit: pm.PcaFit | None = None
+        self.deltas = np.full(len(columns), np.nan)  # each column's tracking error Δ (NaN = unknown)
+        self._fit: _Model | None = None
 
     @property
     def ready(self) -> bool:
@@ -155,18 +166,57 @@ class _Window:
             self.stats.refresh()
         self._fit = None
 
-    def model(self) -> pm.PcaFit:
+    def set_deltas(self, deltas: Mapping[SeriesKey, float]) -> None:
+        """Follow the columns' tracking errors: a changed Δ changes the noise levels and the model."""
+        new = np.array([deltas.get(c, np.nan) for c in self.columns], dtype=np.float64)
+        if not np.array_equal(new, self.deltas, equal_nan=True):
+            self.deltas = new
+            self._fit = None
+
+    def noise(self) -> np.ndarray:
+        """Each column's noise level: max(min_std, rel_std·|avg|, delta_noise·Δ)."""
+        base = pm.std_floor(self.stats.mean, self.opts.min_std, self.opts.rel_std)
+        return np.fmax(base, self.opts.delta_noise * np.where(self.deltas > 0, self.deltas, np.nan))
+
+    def model(self) -> "_Model":
         if self._fit is None:
             s = self.stats
-            self._fit = pm.fit(
-                s.n, s.mean, s.cov(), cpv=self.opts.cpv, alpha=self.opts.alpha,
-                min_std=self.opts.min_std, rel_std=self.opts.rel_std, top=self.top,
-            )
+            cov = s.cov()
+            noise = self.noise()
+            active, quiet = pm.split_quiet(np.sqrt(np.clip(np.diag(cov), 0.0, None)), noise)
+            fit = None
+            if len(active):
+                fit = pm.fit(
+                    s.n, s.mean[active], cov[np.ix_(active, active)], cpv=self.opts.cpv, alpha=self.opts.alpha,
+                    min_std=self.opts.min_std, rel_std=self.opts.rel_std, top=self.top,
+                )
+            rows = s.rows()[:, quiet]
+            q = pm.QuietColumns(quiet, rows.min(axis=0), rows.max(axis=0), noise[quiet])
+            self._fit = _Model(fit, active, q)
         return self._fit
 
     def restricted(self, columns: tuple[SeriesKey, ...]) -> "_Window":
         keep = np.array([self.index[c] for c in columns], dtype=np.intp)
-        return _Window(columns, self.opts, self.stats.restricted(keep) if self.stats.n else None)
+        out = _Window(columns, self.opts, self.stats.restricted(keep) if self.stats.n else None)
+        out.deltas = self.deltas[keep]
+        return out
+
+
+@dataclass
+class _Model:
+    """A window's model: the PCA over its active columns (None when every column is quiet) and
+    the quiet columns watched on their own."""
+
+    fit: pm.PcaFit | None
+    active: np.ndarray  # window column indices the PCA covers, in its order
+    quiet: pm.QuietColumns
+
+    def spe(self, z: np.ndarray) -> tuple[float, float, np.ndarray | None]:
+        """(SPE, Q_α, standardised active row with stale cells filled) of a raw window row."""
+        if self.fit is None:
+            return 0.0, math.inf, None
+        x = self.fit.fill_missing(self.fit.standardise(z[self.active]))
+        return self.fit.spe(x), self.fit.q_alpha, x
 
 
 class PcaSpeDetector:
@@ -184,6 +234,7 @@ class PcaSpeDetector:
         self.run_length = 0  # consecutive abnormal rows so far (A keeps the last t of them)
         self.last_episode: tuple[tuple[SeriesKey, ...], list[np.ndarray]] | None = None
         self.nan_run: dict[SeriesKey, int] = {}
+        self.deltas: dict[SeriesKey, float] = {}  # each column's last known tracking error Δ
         self.last_spe: float | None = None
         self.last_q: float | None = None  # the Q_α the last scored row was compared with
         self.last_index: int | None = None
@@ -205,6 +256,13 @@ class PcaSpeDetector:
         self._follow_columns(cols)
         win = self.win
         assert win is not None
+        if row.deltas is not None:
+            if len(row.deltas) != len(row.columns):
+                raise ValueError(f"{NAME} scope {self.scope!r} row {row.index}: {len(row.deltas)} deltas for {len(row.columns)} columns")
+            self.deltas.update(zip(row.columns, np.asarray(row.deltas, dtype=np.float64).reshape(-1).tolist()))
+        for w in (win, self.pending):
+            if w is not None and self.deltas and self.opts.delta_noise > 0:
+                w.set_deltas(self.deltas)
         lookup = {c: j for j, c in enumerate(row.columns)}
         z = values[[lookup[c] for c in win.columns]]
         result = self._score(row, win, z)
@@ -224,10 +282,10 @@ class PcaSpeDetector:
                 win.add(z)
             return None
         model = win.model()
-        x = model.fill_missing(model.standardise(z))
-        spe = model.spe(x)
-        self.last_spe, self.last_q = spe, model.q_alpha
-        if spe > model.q_alpha:
+        spe, q, x = model.spe(z)
+        breach = model.quiet.breaches(z)
+        self.last_spe, self.last_q = spe, q
+        if spe > q or breach.any():
             self.a_rows.append(z.copy())
             self.a_index.append(row.index)
             self.run_length += 1
@@ -288,43 +346,70 @@ class PcaSpeDetector:
 
     # -- results ------------------------------------------------------------------------------
 
-    def _anomaly(self, row: Row, win: _Window, model: pm.PcaFit, x: np.ndarray, spe: float, stale: list[SeriesKey]) -> Anomaly:
-        findings = pm.identify(model, np.array(self.a_rows), self.opts.b1, self.opts.b2)
-        blame = [
-            Blame(
-                column=win.columns[f.index],
-                direction=f.direction,
-                score=float(f.stddev or 0.0),
-                details={"rd": f.rd, "stddev": f.stddev, "meandiff": f.meandiff},
+    def _anomaly(self, row: Row, win: _Window, model: _Model, x: np.ndarray | None, spe: float, stale: list[SeriesKey]) -> Anomaly:
+        a = np.array(self.a_rows)
+        blame: list[Blame] = []
+        findings: list[pm.ColumnFinding] = []
+        fit = model.fit
+        if fit is not None and spe > fit.q_alpha:
+            findings = pm.identify(fit, a[:, model.active], self.opts.b1, self.opts.b2)
+            blame = [
+                Blame(
+                    column=win.columns[model.active[f.index]],
+                    direction=f.direction,
+                    score=float(f.stddev or 0.0),
+                    details={"rd": f.rd, "stddev": f.stddev, "meandiff": f.meandiff},
+                )
+                for f in findings
+                if f.abnormal
+            ]
+        quiet = model.quiet
+        low, high = quiet.band
+        excess = np.array([quiet.excess(r) for r in a])  # rows of A × quiet columns
+        for i in np.flatnonzero(np.abs(excess).max(axis=0, initial=0.0) > 0) if len(excess) else []:
+            j = int(quiet.index[i])
+            worst = float(excess[np.argmax(np.abs(excess[:, i])), i])
+            blame.append(
+                Blame(
+                    column=win.columns[j],
+                    direction="up" if worst > 0 else "down",
+                    score=abs(worst),
+                    details={"rule": "quiet column left its band", "band": [float(low[i]), float(high[i])],
+                             "noise": float(quiet.noise[i]), "value": float(z_last) if math.isfinite(z_last := a[-1, j]) else None},
+                )
             )
-            for f in findings
-            if f.abnormal
-        ]
-        r = model.residual(x)
-        contrib = np.argsort(-(r * r))[:5]
+        blame.sort(key=lambda b: -b.score)
+        details: dict[str, Any] = {
+            "k": fit.k if fit else 0,
+            "d": fit.d if fit else 0,
+            "method": fit.method if fit else "none",
+            "h0": None if fit is None or math.isnan(fit.h0) else fit.h0,
+            "quiet_columns": len(quiet.index),
+            "quiet_breaches": [win.columns[int(j)].column for j in quiet.index[quiet.breaches(a[-1])]],
+            "rows_in_A": len(self.a_rows),
+            "first_row_of_A": self.a_index[0],
+            "run_length": self.run_length,
+            "window_rows": win.stats.n,
+            "stale_columns": [c.column for c in stale],
+            "candidates": [
+                {"column": win.columns[model.active[f.index]].column, "rd": f.rd, "stddev": f.stddev} for f in findings if not f.abnormal
+            ][:5],
+        }
+        if fit is not None and x is not None:
+            r = fit.residual(x)
+            details["residual_top"] = [
+                {"column": win.columns[model.active[j]].column, "share": float(r[j] ** 2 / spe) if spe > 0 else 0.0}
+                for j in np.argsort(-(r * r))[:5]
+            ]
         return Anomaly(
             detector=NAME,
             scope=self.scope,
             index=row.index,
             ts=row.ts,
             score=spe,
-            threshold=model.q_alpha,
+            threshold=fit.q_alpha if fit else math.inf,
             blame=blame,
-            details={
-                "k": model.k,
-                "d": model.d,
-                "method": model.method,
-                "h0": None if math.isnan(model.h0) else model.h0,
-                "rows_in_A": len(self.a_rows),
-                "first_row_of_A": self.a_index[0],
-                "run_length": self.run_length,
-                "window_rows": model.n,
-                "stale_columns": [c.column for c in stale],
-                "candidates": [
-                    {"column": win.columns[f.index].column, "rd": f.rd, "stddev": f.stddev} for f in findings if not f.abnormal
-                ][:5],
-                "residual_top": [{"column": win.columns[j].column, "share": float(r[j] ** 2 / spe) if spe > 0 else 0.0} for j in contrib],
-            },
+            details=details,
         )
 
     # -- operator and controller -------------------------------------------------------------
@@ -362,18 +447,22 @@ class PcaSpeDetector:
         return len(batch)
 
     def model(self) -> pm.PcaFit | None:
-        """The current PCA model, or None while warming up."""
+        """The current PCA model over the active columns, or None while warming up (or when
+        every column is quiet)."""
         if self.win is None or not self.win.ready:
             return None
-        return self.win.model()
+        return self.win.model().fit
 
     def deltas_from_mu(self, mu: float) -> dict[SeriesKey, float]:
-        """Tracking error Δ per column (own units) for a deviation μ on detection accuracy."""
-        model = self.model()
-        if model is None or self.win is None:
+        """Tracking error Δ per active column (own units) for a deviation μ on detection
+        accuracy; quiet columns are not in the PCA and keep their Δ."""
+        if self.win is None or not self.win.ready:
             raise ValueError(f"{NAME} scope {self.scope!r}: no model yet (warming up), Δ cannot be derived")
-        sol = pm.solve_delta(model, mu)
-        return {c: float(v) for c, v in zip(self.win.columns, sol.deltas)}
+        model = self.win.model()
+        if model.fit is None:
+            raise ValueError(f"{NAME} scope {self.scope!r}: every column is quiet (no PCA), Δ cannot be derived")
+        sol = pm.solve_delta(model.fit, mu)
+        return {self.win.columns[j]: float(v) for j, v in zip(model.active, sol.deltas)}
 
     def status(self) -> dict[str, Any]:
         win = self.win
@@ -393,22 +482,29 @@ class PcaSpeDetector:
             "pending_columns": [c.column for c in self.pending.columns] if self.pending else None,
             "pending_rows": self.pending.stats.n if self.pending else None,
         }
-        model = self.model()
-        if model is not None and win is not None:
-            last_q = self.last_q if self.last_q is not None else model.q_alpha
-            out.update(
-                # spe and q_alpha are a pair: the last scored row and the threshold it was judged
-                # by; model_q_alpha is the current model's (it moves when a normal row joins M)
-                q_alpha=last_q if math.isfinite(last_q) else None,
-                model_q_alpha=model.q_alpha if math.isfinite(model.q_alpha) else None,
-                method=model.method,
-                k=model.k,
-                d=model.d,
-                h0=None if math.isnan(model.h0) else model.h0,
-                theta=list(model.theta),
-                solver=model.solver,
-                exact_refreshes=win.stats.refreshes,
-            )
+        if win is None or not win.ready:
+            return out
+        m = win.model()
+        # columns kept out of the PCA: their window std is below their noise level
+        out["quiet_columns"] = [win.columns[int(j)].column for j in m.quiet.index]
+        fit = m.fit
+        if fit is None:
+            out.update(method="none", k=0, d=0, q_alpha=None, model_q_alpha=None)
+            return out
+        last_q = self.last_q if self.last_q is not None else fit.q_alpha
+        out.update(
+            # spe and q_alpha are a pair: the last scored row and the threshold it was judged
+            # by; model_q_alpha is the current model's (it moves when a normal row joins M)
+            q_alpha=last_q if math.isfinite(last_q) else None,
+            model_q_alpha=fit.q_alpha if math.isfinite(fit.q_alpha) else None,
+            method=fit.method,
+            k=fit.k,
+            d=fit.d,
+            h0=None if math.isnan(fit.h0) else fit.h0,
+            theta=list(fit.theta),
+            solver=fit.solver,
+            exact_refreshes=win.stats.refreshes,
+        )
         return out
 
 

@@ -113,6 +113,13 @@ async def test_commands_get_replies(mosquitto, site):
         result = await controller.send_command(site, "hv", "set-delta", {"metrics": {"CPUUtilization": 3.0}}, timeout=5)
         assert result["applied"] == 1
         assert agent.deltas[agent.table.aliases[GOOD]] == 3.0
+        # a new birth announces the new Δ, so the controller (and the retained birth) know it
+        host = controller.ingest.host(site, "hv")
+        for _ in range(100):
+            if host.deltas.get(agent.table.aliases[GOOD]) == 3.0:
+                break
+            await asyncio.sleep(0.05)
+        assert host.deltas.get(agent.table.aliases[GOOD]) == 3.0
         births = agent.stats["births"]
         result = await controller.send_command(site, "hv", "rebirth", timeout=5)
         assert agent.stats["births"] == births + 1 and result["session"] == agent.session

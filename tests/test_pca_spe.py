@@ -185,11 +185,51 @@ def test_constant_near_constant_and_nan_columns_raise_no_alarm():
     assert got and got[0].blame and got[0].blame[0].column.column == "vm9/const" and got[0].blame[0].direction == "up"
 
 
+def feed_tracked(det, cols, x, deltas, start=0):
+    out = []
+    for i, v in enumerate(x):
+        row = Row("s", start + i, float(start + i), cols, np.asarray(v, dtype=float), deltas=np.asarray(deltas, dtype=float))
+        if a := det.update(row):
+            out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("delta_noise, alarms", [(1.0, False), (0.0, True)])
+def test_a_constant_column_moving_within_its_tracking_error_is_not_an_anomaly(delta_noise, alarms):
+    """Seen on the lab: a disk-ops copy held at 1.0007 for the whole window steps to 1.032 (its
+    Δ is 2 ops/s) and memory moves by half a percent (Δ = 1 %) when a process exits. Against
+    the rel_std floor alone that scores ~10⁶; against Δ it is noise. A move of many Δ still
+    alarms and is blamed on that column."""
+    rng = np.random.default_rng(11)
+    d = 6
+    x, _ = workload(rng, 300, d)
+    ops = np.full((300, 1), 1.0007)
+    mem = np.full((300, 1), 15.36)
+    x = np.hstack([x, ops, mem])
+    cols = keys([f"vm0/m{j}" for j in range(d)] + ["vm0/DiskWriteOps", "vm0/MemoryUtilization"])
+    deltas = [0.01] * d + [2.0, 1.0]
+    det = PcaSpeDetector("s", {"t": 200, "alpha": 1e-4, "delta_noise": delta_noise})
+    assert feed_tracked(det, cols, x, deltas) == []
+    step = np.concatenate([x[-1, :d], [1.032, 15.86]])
+    got = feed_tracked(det, cols, [step], deltas, start=300)
+    assert bool(got) is alarms, [a.score for a in got]
+    if delta_noise:
+        assert set(det.status()["quiet_columns"]) == {"vm0/DiskWriteOps", "vm0/MemoryUtilization"}
+        # a real move (many Δ) of the same column still alarms and is blamed on it
+        jump = np.concatenate([x[-1, :d], [1.0007, 40.0]])
+        got = feed_tracked(det, cols, [jump], deltas, start=301)
+        assert got and got[0].blame[0].column.column == "vm0/MemoryUtilization"
+
+
 def test_only_constant_columns_never_alarm():
     det = PcaSpeDetector("s", {"t": 50})
     cols = keys(["a/x", "a/y"])
     assert feed(det, cols, np.tile([3.0, 4.0], (200, 1))) == []
-    assert det.status()["method"] == "degenerate"
+    st = det.status()
+    assert st["method"] == "none" and st["quiet_columns"] == ["a/x", "a/y"]
+    # each is still watched on its own
+    got = feed(det, cols, [[3.0, 4.5]], start=200)
+    assert [b.column.column for b in got[0].blame] == ["a/y"] and got[0].blame[0].direction == "up"
 
 
 def test_column_set_changes_are_followed_without_alarms():
