@@ -154,7 +154,7 @@ def one_image_vs_per_plugin(conn, dom, work: Path) -> dict:
 
 
 def main() -> int:
-    from introspection.lab_guest import boot_private_guest, destroy_private_guest
+    from lab.private_guest import boot_private_guest, destroy_private_guest
 
     with tempfile.TemporaryDirectory(prefix="atomwatch-bench-intro-") as d:
         work = Path(d)

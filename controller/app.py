@@ -253,7 +253,7 @@ class Controller:
             return
         for row in rows:
             stale = int(sum(1 for v in row.values if v != v))
-            log.info("row %d of %s: %d columns, %d stale", row.index, row.scope, len(row.columns), stale)
+            log.debug("row %d of %s: %d columns, %d stale", row.index, row.scope, len(row.columns), stale)
             for listener in self.row_listeners:
                 listener(row)
         self.rows_handled += len(rows)

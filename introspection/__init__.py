@@ -10,8 +10,7 @@ Used by the agent (it runs where the memory is). What lives here, one module eac
 * :mod:`.suspects` — ranking processes against a healthy baseline of the same VM, with evidence;
 * :mod:`.pipeline` — one introspection end to end, and the per-VM baseline store;
 * :mod:`.guest_agent` — list processes and terminate one through the QEMU guest agent, refusing
-  when PID, name or start time no longer match;
-* :mod:`.lab_guest` — a private lab guest for the tests and the benchmark only.
+  when PID, name or start time no longer match.
 
 What does not live here: the protocol commands (``plugins/introspection_commands.py``), the
 controller-side orchestration (``plugins/orchestrate.py``), detectors and alarms.

@@ -11,8 +11,10 @@ The libvirt test bed (``atomwatch lab``):
 - :mod:`lab.workloads` — guest programs started and stopped through the guest agent;
 - :mod:`lab.scenarios`, :mod:`lab.driver`, :mod:`lab.record` — named scenarios, their schedule on the
   live guests, and labelled recordings;
+- :mod:`lab.private_guest` — one network-less guest under its own name (``awintro-*``) for the
+  introspection tests and benchmark, safe from ``lab down``;
 - ``lab/files/`` — the guest-side scripts (``init``, ``labctl`` and the workloads ``normal``,
   ``cryptominer``, ``ddos-bot``, ``leaker``, ``exfil``).
 
-The CoreDNS simulator (``lab/coredns_sim.py``) is written by another engineer.
+The CoreDNS simulator: :mod:`lab.coredns_sim` (``atomwatch coredns-sim``).
 """

@@ -5,8 +5,7 @@ introspection runs boot their guest under another name (``awintro-<tag>``), from
 the lab's built image, without a network interface (the guest agent needs none, nor does the
 ``cryptominer`` workload). TCG, 256 MiB, 1 vCPU: the size the issue's figures are quoted for.
 
-What does not live here: anything the agent uses at run time (this module is only for tests and
-benchmarks, and it imports ``lab``).
+Only tests and benchmarks use it; nothing the agent runs imports it.
 """
 
 from __future__ import annotations
@@ -17,9 +16,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import domains
-from lab.build import BuildError, Image, build
-from lab.paths import default_dir
+from . import domains
+from .build import BuildError, Image, build
+from .paths import default_dir
 
 #: the pinned guest kernel of the project's shared lab assets (beside the checkout)
 KERNEL_DEB = (

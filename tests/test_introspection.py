@@ -30,7 +30,7 @@ def guest(tmp_path_factory):
     require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3 pefile)")
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require((SYMBOLS / "linux").is_dir(), f"the guest kernel's symbol table is missing: {SYMBOLS}")
-    from introspection.lab_guest import boot_private_guest, destroy_private_guest
+    from lab.private_guest import boot_private_guest, destroy_private_guest
     from lab.domains import LabError
 
     work = tmp_path_factory.mktemp("intro")
