@@ -43,9 +43,12 @@ Behaviour where the paper is silent (the options are the fields of :class:`PcaSp
   row on (the rows before still join A and count in the blame), which cuts lone false alarms.
 * **Cost.** The window's mean and co-moment matrix follow each row with one rank-two update
   (new row in, oldest out), recomputed exactly every ``refresh_every`` updates (the measured
-  drift without any refresh is ~1e-14 after 200 000 updates); the d × d eigendecomposition is
-  redone at the first score after the window changed. ``solver=subspace`` replaces the full
-  ``eigh`` by a verified warm-started top-k iteration (see ``benchmarks/pca.py`` for when it pays).
+  drift without any refresh is ~1e-14 after 200 000 updates); the model is refitted at the first
+  score after the window changed. By default (``solver=subspace``) the top-k eigenpairs come
+  from last tick's, by one filtered Rayleigh–Ritz step whose result is accepted only under
+  a-posteriori bounds that keep SPE and Q_α within 1e-8 of a full decomposition; anything else
+  (no eigengap at k, a changed column set, every ``full_every`` fits) is a full ``eigh``
+  (``solver=eigh`` always). ``benchmarks/pca.py`` measures both against refitting the window.
 * **Calls.** ``update``, ``accept_normal``, ``status`` and ``deltas_from_mu`` of one instance must
   not run concurrently (the controller serialises them per scope).
 """
@@ -82,7 +85,7 @@ class PcaSpeOptions:
     confirm: int = 1  # consecutive abnormal rows before anomalies are reported (rows join A from the first)
     stale_limit: int = 6  # consecutive NaN rows after which a column counts as gone
     refresh_every: int = 720  # exact recomputation of the window statistics every N updates
-    solver: str = "eigh"  # "eigh" (full, per fit) or "subspace" (warm-started top-k, verified, eigh fallback)
+    solver: str = "subspace"  # "subspace" (warm-started top-k, verified, eigh fallback) or "eigh" (full, every fit)
     full_every: int = 100  # with solver=subspace, a full eigh at least every N fits
 
     @classmethod
@@ -183,15 +186,20 @@ class _Window:
             s = self.stats
             cov = s.cov()
             noise = self.noise()
-            active, quiet = pm.split_quiet(np.sqrt(np.clip(np.diag(cov), 0.0, None)), noise)
+            active, quiet = pm.split_quiet(np.sqrt(np.maximum(cov.diagonal(), 0.0)), noise)
             fit = None
             if len(active):
+                sub = cov if not len(quiet) else cov.take(active, 0).take(active, 1)
+                mean = s.mean if not len(quiet) else s.mean[active]
                 fit = pm.fit(
-                    s.n, s.mean[active], cov[np.ix_(active, active)], cpv=self.opts.cpv, alpha=self.opts.alpha,
+                    s.n, mean, sub, cpv=self.opts.cpv, alpha=self.opts.alpha,
                     min_std=self.opts.min_std, rel_std=self.opts.rel_std, top=self.top,
                 )
-            rows = s.rows()[:, quiet]
-            q = pm.QuietColumns(quiet, rows.min(axis=0), rows.max(axis=0), noise[quiet])
+            if len(quiet):
+                rows = s.rows()[:, quiet]
+                q = pm.QuietColumns(quiet, rows.min(axis=0), rows.max(axis=0), noise[quiet])
+            else:
+                q = pm.QuietColumns(quiet, np.zeros(0), np.zeros(0), np.zeros(0))
             self._fit = _Model(fit, active, q)
         return self._fit
 
@@ -351,7 +359,7 @@ class PcaSpeDetector:
         blame: list[Blame] = []
         findings: list[pm.ColumnFinding] = []
         fit = model.fit
-        if fit is not None and spe > fit.q_alpha:
+        if fit is not None and spe > fit.q_alpha:  # (a row of A may be abnormal by the quiet rule alone)
             findings = pm.identify(fit, a[:, model.active], self.opts.b1, self.opts.b2)
             blame = [
                 Blame(
@@ -379,13 +387,17 @@ class PcaSpeDetector:
                 )
             )
         blame.sort(key=lambda b: -b.score)
+        over = fit is not None and spe > fit.q_alpha
+        breached = quiet.breaches(a[-1])
         details: dict[str, Any] = {
+            # what made this row abnormal: SPE over Q_α, a quiet column out of its band, or both
+            "trigger": "+".join(w for w, on in (("spe", over), ("quiet", bool(breached.any()))) if on),
             "k": fit.k if fit else 0,
             "d": fit.d if fit else 0,
             "method": fit.method if fit else "none",
             "h0": None if fit is None or math.isnan(fit.h0) else fit.h0,
             "quiet_columns": len(quiet.index),
-            "quiet_breaches": [win.columns[int(j)].column for j in quiet.index[quiet.breaches(a[-1])]],
+            "quiet_breaches": [win.columns[int(j)].column for j in quiet.index[breached]],
             "rows_in_A": len(self.a_rows),
             "first_row_of_A": self.a_index[0],
             "run_length": self.run_length,

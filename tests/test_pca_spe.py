@@ -219,6 +219,7 @@ def test_a_constant_column_moving_within_its_tracking_error_is_not_an_anomaly(de
         jump = np.concatenate([x[-1, :d], [1.0007, 40.0]])
         got = feed_tracked(det, cols, [jump], deltas, start=301)
         assert got and got[0].blame[0].column.column == "vm0/MemoryUtilization"
+        assert got[0].details["trigger"] == "quiet" and got[0].details["quiet_breaches"] == ["vm0/MemoryUtilization"]
 
 
 def test_only_constant_columns_never_alarm():
