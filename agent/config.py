@@ -47,16 +47,3 @@ class AgentConfig:
     def plugin_options(self, name: str) -> dict[str, Any]:
         """The options the user gave plugin ``name`` (empty dict if none)."""
         return dict(self.options.get(name, {}))
-
-
-def parse_deltas(items: list[str] | None) -> dict[str, float]:
-    """``--delta METRIC=VALUE`` or ``--delta VALUE`` (every metric)."""
-    out: dict[str, float] = {}
-    for item in items or []:
-        metric, eq, value = item.rpartition("=")
-        metric = metric if eq else "*"
-        try:
-            out[metric] = float(value)
-        except ValueError:
-            raise ConfigError(f"--delta {item!r}: {value!r} is not a number") from None
-    return out

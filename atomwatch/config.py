@@ -78,3 +78,18 @@ def plugin_options(file_config: dict[str, Any], settings: list[str] | None) -> d
             raise ConfigError(f"--set {item!r}: expected PLUGIN.OPTION=VALUE")
         out.setdefault(plugin, {})[option] = parse_value(value)
     return out
+
+
+def parse_deltas(items: list[str] | None) -> dict[str, float]:
+    """``--delta METRIC=VALUE`` or ``--delta VALUE`` (every metric)."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        metric, eq, value = item.rpartition("=")
+        metric = metric if eq else "*"
+        try:
+            out[metric] = float(value)
+        except ValueError:
+            raise ConfigError(f"--delta {item!r}: {value!r} is not a number") from None
+        if not (out[metric] >= 0 and out[metric] != float("inf")):
+            raise ConfigError(f"--delta {item!r}: Δ must be a finite number ≥ 0")
+    return out

@@ -41,12 +41,32 @@ class UnknownDetector(LookupError):
         super().__init__(f"no detector named {name!r}; available: {', '.join(available) or '(none loaded)'}")
 
 
-def trace_rows(trace: Trace, scope: str = "offline") -> Iterator[Row]:
-    """The rows of a trace as one scope's stream (the same column tuple object for every row)."""
+def trace_rows(trace: Trace, scope: str = "offline", deltas: Mapping[str, float] | None = None) -> Iterator[Row]:
+    """The rows of a trace as one scope's stream (the same column tuple object for every row).
+
+    With ``deltas`` (metric name → Δ, ``"*"`` for every other metric; a metric with neither is
+    tracked with Δ = 0) the values go through ATOM's tracking first, as an agent would send
+    them: each row holds the controller's copies, within Δ of the recorded values, and each
+    column's Δ — what the live controller hands its detectors. Without, the recorded values.
+    """
     columns = tuple(SeriesKey.from_column(c) for c in trace.columns)
     ts = trace.timestamps
+    tracker = None
+    delta = None
+    if deltas is not None:
+        from agent.tracking import AtomTracker  # (numpy only; no agent runtime)
+
+        delta = np.array([float(deltas.get(c.metric, deltas.get("*", 0.0))) for c in columns])
+        bad = [c.column for c, d in zip(columns, delta) if not (d >= 0 and np.isfinite(d))]
+        if bad:
+            raise ValueError(f"Δ must be a finite number ≥ 0; not so for {', '.join(bad[:5])}")
+        tracker = AtomTracker(delta)
     for i in range(trace.rows):
-        yield Row(scope=scope, index=i, ts=float(ts[i]) if ts is not None else float(i), columns=columns, values=trace.values[i])
+        values = trace.values[i]
+        if tracker is not None:
+            tracker.step(values)
+            values = tracker.g.copy()
+        yield Row(scope=scope, index=i, ts=float(ts[i]) if ts is not None else float(i), columns=columns, values=values, deltas=delta)
 
 
 def anomalies_of(result: Any, detector: str = "?", index: int | None = None) -> list[Anomaly]:
@@ -113,10 +133,12 @@ def run_detector(detector: Detector, rows: Iterable[Row]) -> DetectionRun:
     return run
 
 
-def detect_trace(factory: DetectorFactory, trace: Trace, options: Mapping[str, Any] | None = None, scope: str = "offline") -> DetectionRun:
-    """A fresh detector from ``factory`` over every row of ``trace``."""
+def detect_trace(factory: DetectorFactory, trace: Trace, options: Mapping[str, Any] | None = None, scope: str = "offline",
+                 deltas: Mapping[str, float] | None = None) -> DetectionRun:
+    """A fresh detector from ``factory`` over every row of ``trace`` (tracked with ``deltas``
+    first when given, see :func:`trace_rows`)."""
     detector = factory.create(scope, dict(options or {}))
-    run = run_detector(detector, trace_rows(trace, scope))
+    run = run_detector(detector, trace_rows(trace, scope, deltas))
     run.detector = factory.name
     return run
 

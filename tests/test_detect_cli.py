@@ -157,6 +157,34 @@ def test_offline_rows_are_what_the_live_path_sees(recording):
         anomalies_of("nope", "x", 3)
 
 
+def test_delta_tracks_the_trace_as_an_agent_would(tmp_path):
+    """--delta: the detector sees the controller's copies (within Δ of the recorded values) and
+    each column's Δ. A column constant over the window that then steps by less than its Δ is
+    tracking noise live, and so it is offline; without --delta the same step is an anomaly."""
+    rng = np.random.default_rng(3)
+    f = rng.standard_normal((400, 2))
+    x = 50 + 5 * f @ rng.standard_normal((2, 6)) + 0.5 * rng.standard_normal((400, 6))
+    mem = np.full((400, 1), 15.4)
+    mem[300:] += 0.5  # a process exits, memory settles half a point higher
+    write_trace(tmp_path / "t.csv", [f"vm{j}/m" for j in range(6)] + ["vm0/MemoryUtilization"], np.hstack([x, mem]))
+
+    rows = list(trace_rows(read_trace(tmp_path / "t.csv"), "s", {"MemoryUtilization": 1.0, "*": 0.2}))
+    assert rows[0].deltas.tolist() == [0.2] * 6 + [1.0]
+    copies = np.array([r.values for r in rows])
+    assert np.all(np.abs(copies - np.hstack([x, mem])) <= rows[0].deltas)
+    assert (copies[1:] != copies[:-1]).sum() < (np.hstack([x, mem])[1:] != np.hstack([x, mem])[:-1]).sum()
+
+    def flagged(*extra):
+        out = cli(str(tmp_path / "t.csv"), "--json", "--set", "alpha=0.0001", "--set", "confirm=2", *extra)
+        assert out.returncode == 0, out.stderr
+        return [a["row"] for a in json.loads(out.stdout)["anomalies"]]
+
+    assert any(r >= 300 for r in flagged()), "the raw step is an anomaly"
+    assert not any(r >= 300 for r in flagged("--delta", "MemoryUtilization=1", "--delta", "0.2"))
+    bad = cli(str(tmp_path / "t.csv"), "--delta", "MemoryUtilization=-1")
+    assert bad.returncode == 2 and "--delta 'MemoryUtilization=-1': Δ must be a finite number ≥ 0" in bad.stderr
+
+
 def test_point_adjust_marks_whole_segments():
     y = np.array([0, 1, 1, 1, 0, 0, 1, 1, 0, 1])
     p = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0])

@@ -17,7 +17,7 @@ import asyncio
 import pytest
 
 from conftest import LAB_ASSETS, have_module, require
-from pipeline import Pipeline, detector_status, live_pipeline
+from pipeline import LAB_DELTAS, Pipeline, detector_status, live_pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
 
@@ -88,7 +88,7 @@ async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, si
     driver = ScenarioDriver(scenarios.get("ddos"), minutes=1.5, doms=doms)  # a 90 s "day" (see test_lab_detection)
     await asyncio.to_thread(driver.setup)
     options = {
-        "libvirt": {"domains": r"^awlab-guest\d+$"},
+        "libvirt": {"domains": r"^awlab-guest\d+$", **LAB_DELTAS},
         "pca-spe": {"confirm": 2, "min_rows": 150},
         "introspection": {"symbols": str(LAB_ASSETS / "symbols"), "cache": str(tmp_path / "volcache"),
                           "baseline_dir": str(tmp_path / "baselines"), "timeout": 240},

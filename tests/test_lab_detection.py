@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from pipeline import detector_status, live_pipeline
+from pipeline import LAB_DELTAS, detector_status, live_pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
 
@@ -28,7 +28,7 @@ async def test_ddos_bot_in_two_guests_opens_an_alarm_blaming_them(lab, mosquitto
     driver = ScenarioDriver(scenarios.get("ddos"), minutes=1.5, doms=doms)
     await asyncio.to_thread(driver.setup)  # normal web-like work and disk writes in all three
     options = {
-        "libvirt": {"domains": r"^awlab-guest\d+$"},
+        "libvirt": {"domains": r"^awlab-guest\d+$", **LAB_DELTAS},
         # The lab's normal work is spiky (web requests, periodic writes): at the paper's α = 0.2 %
         # a 150-row window gave 1–2 alarms in 25 normal rows in 3 runs of 3 (heavy tails, short
         # window). α = 0.01 %, two consecutive abnormal rows, and 150 rows to start from; the

@@ -17,12 +17,13 @@ def test_version():
 def test_up_runs_the_whole_pipeline_on_the_embedded_broker():
     env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay", ATOMWATCH_DB=":memory:")  # the replay collector only
     proc = subprocess.run(
-        ["atomwatch", "up", "--duration", "8", "--tick", "0.2", "--http", "off"], env=env, capture_output=True, text=True, timeout=90
+        ["atomwatch", "-v", "up", "--duration", "8", "--tick", "0.2", "--http", "off"], env=env, capture_output=True, text=True, timeout=90
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stderr
     assert re.search(r"embedded MQTT broker \(amqtt\) listening on mqtt://127\.0\.0\.1:\d+", log)
     assert "replaying" in log and "lab-cryptominer.csv" in log
+    # (-v: the controller logs each row at DEBUG)
     rows = re.findall(r"row (\d+) of default/\S+: (\d+) columns, (\d+) stale", log)
     assert len(rows) >= 10, log[-3000:]
     # the bundled recording: 3 VMs × 8 metrics; a few cells the lab's collector could not read

@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
-    from agent.config import AgentConfig, parse_deltas
+    from agent.config import AgentConfig
+    from atomwatch.config import parse_deltas
 
     broker = pick(args, file_config, "broker", os.environ.get("ATOMWATCH_BROKER", "mqtt://127.0.0.1:1883"))
     kwargs = dict(

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atomwatch.config import ConfigError, load_file, parse_value
+from atomwatch.config import ConfigError, load_file, parse_deltas, parse_value
 from atomwatch.evaluation import evaluate
 from atomwatch.offline import DetectionRun, DetectorError, UnknownDetector, detect_trace, find_factory
 from atomwatch.plugins import get_plugin_manager
@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", metavar="FILE", help="labels CSV (a 'label' column, 0/1 per row); default: the recording's labels.csv")
     parser.add_argument("--scope", default=None, help="scope name given to the detector (default: the data file's name)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
+                        help="track the values with ATOM's rule at this Δ first, as an agent would send them "
+                             "(repeatable; a bare VALUE for every other metric): the detector sees the "
+                             "controller's copies and their Δ, as live")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(e))
     try:
         opts = _options(args)
+        deltas = parse_deltas(args.delta) if args.delta else None
     except ConfigError as e:
         return fail(str(e))
     plugins_dir = args.plugins_dir or os.environ.get("ATOMWATCH_PLUGINS_DIR")
@@ -139,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if scope == "values":
         scope = Path(values_path).parent.name
     try:
-        result = detect_trace(factory, trace, opts, scope=scope)
+        result = detect_trace(factory, trace, opts, scope=scope, deltas=deltas)
     except DetectorError as e:
         return fail(str(e), 1)
     except (ValueError, TypeError) as e:  # the factory refused the options

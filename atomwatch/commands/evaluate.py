@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from atomwatch.config import ConfigError, parse_deltas
 from atomwatch.evaluation import point_adjust, scores
 
 ONLINE_DETECTORS = ("pca-spe", "precog")
@@ -52,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="DETECTOR.KEY=VALUE",
                         help="an option of an online detector in --compare, e.g. --set pca-spe.t=360")
     parser.add_argument("--out", metavar="FILE", help="with --compare: also write the table to FILE (Markdown)")
+    parser.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
+                        help="with --compare: track the recordings with ATOM's rule at this Δ first, as an agent "
+                             "would send them (repeatable; a bare VALUE for every other metric); every detector "
+                             "then sees the controller's copies and their Δ, as live")
 
 
 def _fail(msg: str) -> int:
@@ -191,7 +196,7 @@ def _options(settings: list[str], name: str) -> dict[str, Any]:
 
 
 def compare(models: Sequence[str], data: Sequence[str], holdout: Sequence[str] | None, online: Sequence[str],
-            settings: list[str], whole: bool = False) -> dict[str, Any]:
+            settings: list[str], whole: bool = False, deltas: dict[str, float] | None = None) -> dict[str, Any]:
     from atomwatch.offline import DetectorError, UnknownDetector, find_factory, run_detector, trace_rows
     from atomwatch.plugins import get_plugin_manager
     from atomwatch.traces import read_labels, read_trace
@@ -218,14 +223,14 @@ def compare(models: Sequence[str], data: Sequence[str], holdout: Sequence[str] |
         klass = np.array(labels.klass, dtype=object)
         mask = np.ones(trace.rows, bool) if whole else _eval_rows(trace.rows, klass, set(held), reach)
         recs.append((path, trace, labels, klass, mask))
-    out: dict[str, Any] = {"data": [str(p) for p in data], "holdout": held, "detectors": {}}
+    out: dict[str, Any] = {"data": [str(p) for p in data], "holdout": held, "deltas": deltas, "detectors": {}}
     for label, name, options, window in entries:
         ys, fs, ks, ps, rs = [], [], [], [], []
         try:
             factory = find_factory(pm, name)
             for i, (path, trace, labels, klass, mask) in enumerate(recs):
                 detector = factory.create(f"compare:{Path(path).name}", options)
-                rows = trace_rows(trace, f"compare:{Path(path).name}")
+                rows = trace_rows(trace, f"compare:{Path(path).name}", deltas)
                 if window:
                     need = _needed_rows(mask, window)
                     rows = (r for r in rows if need[r.index])
@@ -282,10 +287,16 @@ def run(args: argparse.Namespace) -> int:
         if args.holdout_class:
             return _fail("--no-holdout and --holdout-class exclude each other")
         args.holdout_class = []
+    if args.delta and not args.compare:
+        return _fail("--delta applies to --compare (the deep models' own evaluation reads the recorded values)")
+    try:
+        deltas = parse_deltas(args.delta) if args.delta else None
+    except ConfigError as e:
+        return _fail(str(e))
     try:
         if args.compare:
             online = args.detector if args.detector is not None else list(ONLINE_DETECTORS)
-            result = compare(models, data, args.holdout_class, online, args.settings, args.whole)
+            result = compare(models, data, args.holdout_class, online, args.settings, args.whole, deltas)
             table = compare_table(result)
             if args.out:
                 Path(args.out).write_text(table, encoding="utf-8")
