@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import detector_status, live_pipeline
+from pipeline import LAB_DELTAS, detector_status, live_pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
 
@@ -41,7 +41,10 @@ async def test_cnn_flags_cryptominer_live_and_blames_its_vm(lab, mosquitto, site
     doms = lab["doms"]
     driver = ScenarioDriver(scenarios.get("cryptominer"), minutes=8, doms=doms)  # the recordings' 480 s day
     await asyncio.to_thread(driver.setup)
-    options = {"libvirt": {"domains": r"^awlab-guest\d+$"}, "cnn": {"model": str(cnn_model)}}
+    # The model learnt the collector's own values; at the production default Δs (network 1 KiB/s
+    # against the lab's ~100 B/s) the controller's copies are far from them and the classifier
+    # flags most normal windows (measured: 23 of 30 on a replay of live rows; 0 at LAB_DELTAS).
+    options = {"libvirt": {"domains": r"^awlab-guest\d+$", **LAB_DELTAS}, "cnn": {"model": str(cnn_model)}}
     pipe = live_pipeline(mosquitto.url, site, ("libvirt", "deep"), options, ["cnn"], TICK, TICK)
     controller = pipe.controller
     scope = f"{site}/hv1"
