@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -51,22 +51,26 @@ def trace_rows(trace: Trace, scope: str = "offline", deltas: Mapping[str, float]
     """
     columns = tuple(SeriesKey.from_column(c) for c in trace.columns)
     ts = trace.timestamps
-    tracker = None
-    delta = None
-    if deltas is not None:
-        from agent.tracking import AtomTracker  # (numpy only; no agent runtime)
-
-        delta = np.array([float(deltas.get(c.metric, deltas.get("*", 0.0))) for c in columns])
-        bad = [c.column for c, d in zip(columns, delta) if not (d >= 0 and np.isfinite(d))]
-        if bad:
-            raise ValueError(f"Δ must be a finite number ≥ 0; not so for {', '.join(bad[:5])}")
-        tracker = AtomTracker(delta)
+    values, delta = (trace.values, None) if deltas is None else tracked_values(columns, trace.values, deltas)
     for i in range(trace.rows):
-        values = trace.values[i]
-        if tracker is not None:
-            tracker.step(values)
-            values = tracker.g.copy()
-        yield Row(scope=scope, index=i, ts=float(ts[i]) if ts is not None else float(i), columns=columns, values=values, deltas=delta)
+        yield Row(scope=scope, index=i, ts=float(ts[i]) if ts is not None else float(i), columns=columns, values=values[i], deltas=delta)
+
+
+def tracked_values(columns: Sequence[SeriesKey], values: np.ndarray, deltas: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(the controller's copies of ``values`` (rows × columns) under ATOM's tracking, each
+    column's Δ): ``deltas`` maps a metric name to its Δ, ``"*"`` any other metric (else 0)."""
+    from agent.tracking import AtomTracker  # (numpy only; no agent runtime)
+
+    delta = np.array([float(deltas.get(c.metric, deltas.get("*", 0.0))) for c in columns])
+    bad = [c.column for c, d in zip(columns, delta) if not (d >= 0 and np.isfinite(d))]
+    if bad:
+        raise ValueError(f"Δ must be a finite number ≥ 0; not so for {', '.join(bad[:5])}")
+    tracker = AtomTracker(delta)
+    out = np.empty_like(np.asarray(values, dtype=np.float64))
+    for i, row in enumerate(values):
+        tracker.step(row)
+        out[i] = tracker.g
+    return out, delta
 
 
 def anomalies_of(result: Any, detector: str = "?", index: int | None = None) -> list[Anomaly]:

@@ -24,10 +24,11 @@ Keras import):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -104,11 +105,19 @@ class WindowSet:
         return sorted({str(k) for k in self.klass[self.y == 1]})
 
 
-def load_recording(path: str | Path, columns: Sequence[str] | None = None) -> Recording:
+def load_recording(path: str | Path, columns: Sequence[str] | None = None, deltas: Mapping[str, float] | None = None) -> Recording:
     """A recording folder (values.csv + labels.csv) or a trace with a ``<name>.labels.csv`` beside
-    it, aligned to ``columns`` (default: the trace's own columns)."""
+    it, aligned to ``columns`` (default: the trace's own columns). With ``deltas`` (metric → Δ,
+    ``"*"`` for the others) the values are the controller's copies under ATOM's tracking, what a
+    live detector sees when its agents track at those Δ."""
     p = Path(path)
     trace = read_trace(p)
+    if deltas is not None:
+        from atomwatch.offline import tracked_values
+        from atomwatch.series import SeriesKey
+
+        copies, _ = tracked_values([SeriesKey.from_column(c) for c in trace.columns], trace.values, deltas)
+        trace = dataclasses.replace(trace, values=copies)
     labels_path = _labels_path(p)
     labels = read_labels(labels_path, rows=trace.rows)
     return recording_of(trace, labels, columns)
@@ -203,9 +212,10 @@ class Dataset:
 
 
 def build_dataset(paths: Iterable[str | Path], window: int, columns: Sequence[str] | None = None,
-                  holdout: Sequence[str] = ()) -> Dataset:
+                  holdout: Sequence[str] = (), deltas: Mapping[str, float] | None = None) -> Dataset:
     """Windows of every recording, split 70/15/15 by time within each recording; held-out classes
-    only in the test set. ``columns`` defaults to the first recording's columns."""
+    only in the test set. ``columns`` defaults to the first recording's columns; ``deltas`` as in
+    :func:`load_recording`."""
     paths = list(paths)
     if not paths:
         raise WindowError("no recordings given")
@@ -213,7 +223,7 @@ def build_dataset(paths: Iterable[str | Path], window: int, columns: Sequence[st
     cols = list(columns) if columns is not None else None
     for p in paths:
         try:
-            rec = load_recording(p, cols)
+            rec = load_recording(p, cols, deltas)
         except TraceError as e:
             raise WindowError(str(e)) from None
         if cols is None:
@@ -265,13 +275,14 @@ def build_dataset(paths: Iterable[str | Path], window: int, columns: Sequence[st
                    WindowSet.concat(parts["val"], window, cols), test, heldout_mask)
 
 
-def whole_windows(paths: Iterable[str | Path], window: int, columns: Sequence[str]) -> WindowSet:
+def whole_windows(paths: Iterable[str | Path], window: int, columns: Sequence[str],
+                  deltas: Mapping[str, float] | None = None) -> WindowSet:
     """Every window of every recording, one piece per recording — to test a model on recordings
-    it never trained on (no split)."""
+    it never trained on (no split); ``deltas`` as in :func:`load_recording`."""
     sets = []
     for piece, p in enumerate(paths):
         try:
-            rec = load_recording(p, columns)
+            rec = load_recording(p, columns, deltas)
         except TraceError as e:
             raise WindowError(str(e)) from None
         sets.append(_windows_of_range(rec, 0, rec.rows, window, piece))

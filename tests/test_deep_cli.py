@@ -59,6 +59,28 @@ def test_train_writes_a_model_folder_and_evaluate_reports_both_views(cnn_model: 
     assert "point-wise" in text and "point-adjusted" in text and "[[tn fp] [fn tp]]" in text
 
 
+def test_delta_trains_and_evaluates_on_the_tracked_copies(work: Path, recording: Path, capsys) -> None:
+    """--delta: the windows hold the controller's copies under ATOM's tracking (within Δ of the
+    recorded values, changing less often), the model file keeps the Δ it was trained at, and
+    evaluate reports the Δ it tracked at."""
+    from plugins.deep_windows import load_recording
+
+    raw = load_recording(recording)
+    tracked = load_recording(recording, deltas={"*": 2.0})
+    assert np.nanmax(np.abs(tracked.values - raw.values)) <= 2.0
+    assert (np.diff(tracked.values, axis=0) != 0).sum() < (np.diff(raw.values, axis=0) != 0).sum()
+    out = work / "cnn-delta.model"
+    assert main(["train", str(recording), "--model", "cnn", "--out", str(out), "--window", "8", "--epochs", "2",
+                 "--batch-size", "32", "--filters", "8", "--latent", "4", "--quiet", "--delta", "2"]) == 0
+    assert json.loads((out / "model.json").read_text())["info"]["deltas"] == {"*": 2.0}
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(recording), "--delta", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["deltas"] == {"*": 2.0} and r["trained_deltas"] == {"*": 2.0}
+    assert main(["train", str(recording), "--model", "cnn", "--out", str(work / "x"), "--delta", "cpu=abc"]) == 2
+    assert "--delta 'cpu=abc': 'abc' is not a number" in capsys.readouterr().err
+
+
 def test_holdout_class_is_reported_apart(work: Path, recording: Path, capsys) -> None:
     out = work / "ae.model"
     assert main(["train", str(recording), "--model", "ae", "--out", str(out), "--window", "8", "--epochs", "3",

@@ -54,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an option of an online detector in --compare, e.g. --set pca-spe.t=360")
     parser.add_argument("--out", metavar="FILE", help="with --compare: also write the table to FILE (Markdown)")
     parser.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
-                        help="with --compare: track the recordings with ATOM's rule at this Δ first, as an agent "
-                             "would send them (repeatable; a bare VALUE for every other metric); every detector "
-                             "then sees the controller's copies and their Δ, as live")
+                        help="track the recordings with ATOM's rule at this Δ first, as an agent would send them "
+                             "(repeatable; a bare VALUE for every other metric): every model and detector sees "
+                             "the controller's copies (and, with --compare, their Δ), as live")
 
 
 def _fail(msg: str) -> int:
@@ -144,21 +144,23 @@ def print_breakdown(title: str, b: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- model evaluation
 
 
-def evaluate_model(model_path: str, data: Sequence[str], holdout: Sequence[str] | None, whole: bool = False) -> dict[str, Any]:
+def evaluate_model(model_path: str, data: Sequence[str], holdout: Sequence[str] | None, whole: bool = False,
+                   deltas: dict[str, float] | None = None) -> dict[str, Any]:
     from plugins.deep_models import load_model, read_meta
     from plugins.deep_windows import build_dataset, whole_windows
 
     meta = read_meta(model_path)
     held = list(holdout) if holdout is not None else list((meta.get("info") or {}).get("holdout") or [])
     if whole:
-        test = whole_windows(data, int(meta["window"]), meta["columns"])
+        test = whole_windows(data, int(meta["window"]), meta["columns"], deltas)
     else:
-        test = build_dataset(data, int(meta["window"]), columns=meta["columns"], holdout=held).test
+        test = build_dataset(data, int(meta["window"]), columns=meta["columns"], holdout=held, deltas=deltas).test
     model = load_model(model_path)
     flags = model.predict(test)
     result = breakdown(test.y, flags, test.klass, test.piece, test.row, held)
     return {"model": str(model_path), "kind": meta["kind"], "window": meta["window"], "threshold": model.threshold,
-            "threshold_rule": model.threshold_rule, "holdout": held, "test_windows": len(test), "whole": whole, **result}
+            "threshold_rule": model.threshold_rule, "holdout": held, "test_windows": len(test), "whole": whole,
+            "deltas": deltas, "trained_deltas": (meta.get("info") or {}).get("deltas"), **result}
 
 
 # --------------------------------------------------------------------------- comparison
@@ -287,8 +289,6 @@ def run(args: argparse.Namespace) -> int:
         if args.holdout_class:
             return _fail("--no-holdout and --holdout-class exclude each other")
         args.holdout_class = []
-    if args.delta and not args.compare:
-        return _fail("--delta applies to --compare (the deep models' own evaluation reads the recorded values)")
     try:
         deltas = parse_deltas(args.delta) if args.delta else None
     except ConfigError as e:
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
                 Path(args.out).write_text(table, encoding="utf-8")
             print(json.dumps(result) if args.json else table)
             return 0
-        results = [evaluate_model(m, data, args.holdout_class, args.whole) for m in models]
+        results = [evaluate_model(m, data, args.holdout_class, args.whole, deltas) for m in models]
     except (WindowError, ValueError, OSError) as e:
         return _fail(str(e))
     if args.json:
@@ -311,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         held = f", held out: {', '.join(r['holdout'])}" if r["holdout"] else ""
         what = "windows (whole recordings)" if r["whole"] else "test windows"
+        if r["deltas"]:
+            what += " tracked at Δ " + ", ".join(f"{k}={v:g}" for k, v in r["deltas"].items())
         print_breakdown(f"{r['kind']} model {r['model']} (window {r['window']}, threshold {r['threshold']:.6g} by rule "
                         f"{r['threshold_rule']}) on {r['test_windows']} {what}{held}", r)
     return 0

@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-epochs", type=int, default=None, help="epochs per search trial (default: --epochs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
+                        help="train on the recordings as the controller would see them from agents tracking at "
+                             "this Δ (ATOM's rule; repeatable; a bare VALUE for every other metric); kept in the "
+                             "model file")
 
 
 def _fail(msg: str) -> int:
@@ -84,7 +88,7 @@ def search(args: argparse.Namespace, verbose: int) -> tuple[dict[str, int], list
 
     def dataset(window: int) -> Any:
         if window not in datasets:
-            datasets[window] = build_dataset(args.data, window, holdout=args.holdout_class)
+            datasets[window] = build_dataset(args.data, window, holdout=args.holdout_class, deltas=args.deltas)
         return datasets[window]
 
     class Hyper(kt.HyperModel):
@@ -136,11 +140,13 @@ def run(args: argparse.Namespace) -> int:
     problem = _check(args)
     if problem:
         return _fail(problem)
+    from atomwatch.config import ConfigError, parse_deltas
     from plugins.deep_windows import WindowError, build_dataset
 
     try:  # check the data before the (slow) Keras import
-        d = build_dataset(args.data, args.window, holdout=args.holdout_class)
-    except (WindowError, ValueError) as e:
+        args.deltas = parse_deltas(args.delta) if args.delta else None
+        d = build_dataset(args.data, args.window, holdout=args.holdout_class, deltas=args.deltas)
+    except (WindowError, ValueError, ConfigError) as e:
         return _fail(str(e))
     from plugins.deep_models import ModelError, THRESHOLD_RULES, new_model
 
@@ -156,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             print("hyperparameter search (keras-tuner random search, objective: validation F1)")
             print_search_table(table)
             if hp["window"] != args.window:
-                d = build_dataset(args.data, hp["window"], holdout=args.holdout_class)
+                d = build_dataset(args.data, hp["window"], holdout=args.holdout_class, deltas=args.deltas)
         model = new_model(args.model, window=hp["window"], columns=d.columns, filters=hp["filters"], latent=hp["latent"],
                           seed=args.seed, threshold_rule=args.threshold_rule, **_score_kw(args))
         callbacks = []
@@ -166,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))
         with contextlib.redirect_stdout(sys.stderr):  # progress bars on stderr, results on stdout
             record = model.train(args.epochs, args.batch_size, d, verbose=verbose, callbacks=callbacks)
-        model.info.update({"data": [str(Path(p)) for p in args.data], "holdout": d.holdout,
+        model.info.update({"data": [str(Path(p)) for p in args.data], "holdout": d.holdout, "deltas": args.deltas,
                            "split": "70/15/15 by time per recording", "search": table or None})
         out = model.save(args.out)
     except ModelError as e:
