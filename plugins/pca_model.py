@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy import linalg, special
+from scipy import special
 from scipy.linalg import blas, lapack
 
 _dger = blas.dger
@@ -318,9 +318,7 @@ def choose_k(lam_desc: np.ndarray, total: float, cpv: float) -> int:
 def standardised_cov(mean: np.ndarray, cov: np.ndarray, min_std: float, rel_std: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cov(Y), std used, raw std) for a window with this mean and covariance."""
     raw = np.sqrt(np.maximum(cov.diagonal(), 0.0))
-    floor = np.abs(mean)
-    floor *= rel_std
-    std = np.maximum(np.maximum(floor, min_std, out=floor), raw)  # = max(raw, std_floor(...))
+    std = np.maximum(raw, std_floor(mean, min_std, rel_std))
     inv = 1.0 / std
     corr = cov * inv[:, None]
     corr *= inv
@@ -526,10 +524,10 @@ class TopEigen:
         f2 = float(c2.trace())  # tr(C²) = ‖C‖²_F (C symmetric)
         f3 = float(np.vdot(c2, c))  # tr(C³)
         for _ in range(self.iters):
-            u = _filtered_ritz(c, c2, u)
-            if u is None:
+            step = _filtered_ritz(c, c2, u)
+            if step is None:
                 break
-            u, w, cu = u
+            u, w, cu = step
             got = self._verify(c, u, w, cu, total, cpv, f2, f3)
             if got is not None:
                 self.u = u
@@ -649,17 +647,6 @@ def _residual_power_sums(c: np.ndarray, p1: np.ndarray, cnorm: float) -> tuple[f
     e2 = 2.0 * rn * dr + dr * dr + d * d * _UNIT * t2
     e3 = 3.0 * t2 * dr + 3.0 * rn * dr * dr + dr**3 + (d * d + d) * _UNIT * rn * t2
     return t2, t3, e2, e3
-
-
-def _chol_qr(w: np.ndarray | None) -> np.ndarray | None:
-    """An orthonormal basis of span(w) by Cholesky QR (None if w is numerically rank-deficient)."""
-    if w is None:
-        return None
-    try:
-        l = np.linalg.cholesky(w.T @ w)
-    except np.linalg.LinAlgError:
-        return None
-    return np.ascontiguousarray(linalg.solve_triangular(l, w.T, lower=True, check_finite=False).T)
 
 
 # --------------------------------------------------------------------------- identification

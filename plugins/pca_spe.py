@@ -169,11 +169,11 @@ class _Window:
             self.stats.refresh()
         self._fit = None
 
-    def set_deltas(self, deltas: Mapping[SeriesKey, float]) -> None:
-        """Follow the columns' tracking errors: a changed Δ changes the noise levels and the model."""
-        new = np.array([deltas.get(c, np.nan) for c in self.columns], dtype=np.float64)
-        if not np.array_equal(new, self.deltas, equal_nan=True):
-            self.deltas = new
+    def set_deltas(self, deltas: np.ndarray) -> None:
+        """Follow the columns' tracking errors (in this window's column order): a changed Δ
+        changes the noise levels and the model."""
+        if not np.array_equal(deltas, self.deltas, equal_nan=True):
+            self.deltas = deltas
             self._fit = None
 
     def noise(self) -> np.ndarray:
@@ -205,9 +205,7 @@ class _Window:
 
     def restricted(self, columns: tuple[SeriesKey, ...]) -> "_Window":
         keep = np.array([self.index[c] for c in columns], dtype=np.intp)
-        out = _Window(columns, self.opts, self.stats.restricted(keep) if self.stats.n else None)
-        out.deltas = self.deltas[keep]
-        return out
+        return _Window(columns, self.opts, self.stats.restricted(keep) if self.stats.n else None)
 
 
 @dataclass
@@ -242,7 +240,6 @@ class PcaSpeDetector:
         self.run_length = 0  # consecutive abnormal rows so far (A keeps the last t of them)
         self.last_episode: tuple[tuple[SeriesKey, ...], list[np.ndarray]] | None = None
         self.nan_run: dict[SeriesKey, int] = {}
-        self.deltas: dict[SeriesKey, float] = {}  # each column's last known tracking error Δ
         self.last_spe: float | None = None
         self.last_q: float | None = None  # the Q_α the last scored row was compared with
         self.last_index: int | None = None
@@ -264,15 +261,14 @@ class PcaSpeDetector:
         self._follow_columns(cols)
         win = self.win
         assert win is not None
-        if row.deltas is not None:
-            if len(row.deltas) != len(row.columns):
-                raise ValueError(f"{NAME} scope {self.scope!r} row {row.index}: {len(row.deltas)} deltas for {len(row.columns)} columns")
-            self.deltas.update(zip(row.columns, np.asarray(row.deltas, dtype=np.float64).reshape(-1).tolist()))
-        for w in (win, self.pending):
-            if w is not None and self.deltas and self.opts.delta_noise > 0:
-                w.set_deltas(self.deltas)
         lookup = {c: j for j, c in enumerate(row.columns)}
-        z = values[[lookup[c] for c in win.columns]]
+        at = [lookup[c] for c in win.columns]
+        z = values[at]
+        if row.deltas is not None and self.opts.delta_noise > 0:
+            deltas = np.asarray(row.deltas, dtype=np.float64).reshape(-1)
+            if len(deltas) != len(row.columns):
+                raise ValueError(f"{NAME} scope {self.scope!r} row {row.index}: {len(deltas)} deltas for {len(row.columns)} columns")
+            win.set_deltas(deltas[at])  # (a pending window gets its Δ once it is the window)
         result = self._score(row, win, z)
         if self.pending is not None and result is None and self.run_length == 0:
             # a new column set warms up on the rows the current model finds normal
@@ -359,7 +355,8 @@ class PcaSpeDetector:
         blame: list[Blame] = []
         findings: list[pm.ColumnFinding] = []
         fit = model.fit
-        if fit is not None and spe > fit.q_alpha:  # (a row of A may be abnormal by the quiet rule alone)
+        over = fit is not None and spe > fit.q_alpha  # (a row may be abnormal by the quiet rule alone)
+        if over:
             findings = pm.identify(fit, a[:, model.active], self.opts.b1, self.opts.b2)
             blame = [
                 Blame(
@@ -374,7 +371,7 @@ class PcaSpeDetector:
         quiet = model.quiet
         low, high = quiet.band
         excess = np.array([quiet.excess(r) for r in a])  # rows of A × quiet columns
-        for i in np.flatnonzero(np.abs(excess).max(axis=0, initial=0.0) > 0) if len(excess) else []:
+        for i in np.flatnonzero(np.abs(excess).max(axis=0, initial=0.0) > 0):  # (A holds this row: never empty)
             j = int(quiet.index[i])
             worst = float(excess[np.argmax(np.abs(excess[:, i])), i])
             blame.append(
@@ -387,8 +384,7 @@ class PcaSpeDetector:
                 )
             )
         blame.sort(key=lambda b: -b.score)
-        over = fit is not None and spe > fit.q_alpha
-        breached = quiet.breaches(a[-1])
+        breached = excess[-1] != 0  # the last row's quiet columns out of their band
         details: dict[str, Any] = {
             # what made this row abnormal: SPE over Q_α, a quiet column out of its band, or both
             "trigger": "+".join(w for w, on in (("spe", over), ("quiet", bool(breached.any()))) if on),
