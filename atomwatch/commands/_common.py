@@ -23,6 +23,14 @@ def add_plugin_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML file: top-level keys as the options, [plugins.NAME] tables")
 
 
+def add_replay_delta_argument(p: argparse.ArgumentParser, effect: str) -> None:
+    """``--delta [METRIC=]VALUE`` of the offline commands: replay the data through ATOM's
+    tracking at that Δ before using it (``atomwatch.config.parse_deltas`` reads the list)."""
+    p.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
+                   help="track the data with ATOM's rule at this Δ first, as an agent would send it "
+                        f"(repeatable; a bare VALUE for every other metric): {effect}")
+
+
 def add_session_arguments(p: argparse.ArgumentParser, tick: float) -> None:
     p.add_argument("--broker", metavar="URL", help="MQTT broker, mqtt://host:port (default: $ATOMWATCH_BROKER or mqtt://127.0.0.1:1883)")
     p.add_argument("--site", help="site name: the topic level above hosts (default: default)")

@@ -26,6 +26,8 @@ from atomwatch.offline import DetectionRun, DetectorError, UnknownDetector, dete
 from atomwatch.plugins import get_plugin_manager
 from atomwatch.traces import TraceError, read_labels, read_trace, resolve
 
+from ._common import add_replay_delta_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", help="a CSV trace (.csv or .csv.gz) or a recording folder (values.csv, labels.csv)")
@@ -43,10 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", metavar="FILE", help="labels CSV (a 'label' column, 0/1 per row); default: the recording's labels.csv")
     parser.add_argument("--scope", default=None, help="scope name given to the detector (default: the data file's name)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
-                        help="track the values with ATOM's rule at this Δ first, as an agent would send them "
-                             "(repeatable; a bare VALUE for every other metric): the detector sees the "
-                             "controller's copies and their Δ, as live")
+    add_replay_delta_argument(parser, "the detector sees the controller's copies and their Δ, as live")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,8 +32,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from atomwatch.config import ConfigError, parse_deltas
+from atomwatch.config import ConfigError, parse_deltas, parse_value
 from atomwatch.evaluation import point_adjust, scores
+
+from ._common import add_replay_delta_argument
 
 ONLINE_DETECTORS = ("pca-spe", "precog")
 
@@ -53,10 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="DETECTOR.KEY=VALUE",
                         help="an option of an online detector in --compare, e.g. --set pca-spe.t=360")
     parser.add_argument("--out", metavar="FILE", help="with --compare: also write the table to FILE (Markdown)")
-    parser.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
-                        help="track the recordings with ATOM's rule at this Δ first, as an agent would send them "
-                             "(repeatable; a bare VALUE for every other metric): every model and detector sees "
-                             "the controller's copies (and, with --compare, their Δ), as live")
+    add_replay_delta_argument(parser, "every model and detector sees the controller's copies "
+                                      "(and, with --compare, their Δ), as live")
 
 
 def _fail(msg: str) -> int:
@@ -184,7 +184,6 @@ def _needed_rows(mask: np.ndarray, window: int) -> np.ndarray:
 
 
 def _options(settings: list[str], name: str) -> dict[str, Any]:
-    from atomwatch.config import ConfigError, parse_value
 
     out: dict[str, Any] = {}
     for item in settings:

@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._common import add_replay_delta_argument
+
 KINDS = ("ae", "cnn", "siamese")
 
 
@@ -47,10 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-epochs", type=int, default=None, help="epochs per search trial (default: --epochs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    parser.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
-                        help="train on the recordings as the controller would see them from agents tracking at "
-                             "this Δ (ATOM's rule; repeatable; a bare VALUE for every other metric); kept in the "
-                             "model file")
+    add_replay_delta_argument(parser, "the model learns what the controller sees from agents tracking at "
+                                      "that Δ, and keeps the Δ in its file")
 
 
 def _fail(msg: str) -> int:
