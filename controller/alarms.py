@@ -1,7 +1,9 @@
 """Alarms: what an operator sees and decides on, kept in one SQLite file that survives restarts.
 
 An anomaly opens an alarm for its (scope, detector); further anomalies of the same pair within
-``merge_gap`` rows extend it (its *level* is the number of abnormal rows, ATOM's A). The alarm
+``merge_gap`` rows extend it (its *level* is the number of abnormal rows, ATOM's A) — while it is
+open, and also once judged malicious, while the orchestrators act on it: the anomaly going on
+until the guilty process is stopped is the same episode, not a new alarm to introspect and judge. The alarm
 keeps those rows (columns and values), the blamed columns, the latest score and threshold, and the
 findings orchestrators attach. Every change is written to the alarm's audit trail with time and
 actor, in the same transaction as the change itself.
@@ -228,7 +230,8 @@ class AlarmStore:
         row = _row_record(anomaly, columns, values)
         with self.lock, self._tx():
             r = self.db.execute(
-                "SELECT * FROM alarms WHERE scope = ? AND detector = ? AND state = 'open' ORDER BY id DESC LIMIT 1",
+                "SELECT * FROM alarms WHERE scope = ? AND detector = ? AND state IN ('open', 'malicious')"
+                " ORDER BY id DESC LIMIT 1",
                 (anomaly.scope, anomaly.detector),
             ).fetchone()
             if r is not None and 0 <= anomaly.index - r["last_row"] <= self.merge_gap:

@@ -49,16 +49,46 @@ class Process:
                 "pgrp": self.pgrp}
 
 
-def agent_command(dom: Any, command: dict[str, Any], timeout: int = 10) -> Any:
-    """One QEMU guest-agent command; its ``return`` value."""
+#: how long a guest-agent command waits for a guest that is paused (a memory dump of it — ours or
+#: another tool's — pauses it for a second or more on a loaded host) before it gives up
+PAUSED_WAIT = 60.0
+
+_PAUSE_REASONS = {0: "unknown", 1: "paused by a user", 2: "migration", 3: "save", 4: "memory dump", 5: "disk I/O error",
+                  6: "watchdog", 7: "snapshot", 8: "shutdown", 9: "snapshot", 10: "post-copy migration"}
+
+
+def _paused_reason(dom: Any) -> str | None:
+    """Why the domain is paused (libvirt's reason, in words), or None when it is not paused."""
+    try:
+        state, reason = dom.state()
+    except Exception:
+        return None
+    return _PAUSE_REASONS.get(reason, f"reason {reason}") if state == 3 else None
+
+
+def agent_command(dom: Any, command: dict[str, Any], timeout: int = 10, paused_wait: float = PAUSED_WAIT) -> Any:
+    """One QEMU guest-agent command; its ``return`` value.
+
+    A paused guest cannot answer (libvirt: "domain is not running"): the command waits up to
+    ``paused_wait`` seconds for it to run again and is sent again, then fails saying why it is paused."""
     import libvirt  # type: ignore[import-not-found]
     import libvirt_qemu  # type: ignore[import-not-found]
 
-    try:
-        reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), timeout, 0)
-    except libvirt.libvirtError as e:
-        raise GuestAgentError(f"{dom.name()}: guest agent {command.get('execute')}: {e.get_error_message()}") from None
-    return json.loads(reply).get("return", {})
+    deadline = time.monotonic() + paused_wait
+    while True:
+        try:
+            reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), timeout, 0)
+            return json.loads(reply).get("return", {})
+        except libvirt.libvirtError as e:
+            error = e.get_error_message()
+        why = _paused_reason(dom)
+        if why is None:
+            raise GuestAgentError(f"{dom.name()}: guest agent {command.get('execute')}: {error}")
+        if time.monotonic() > deadline:
+            raise GuestAgentError(f"{dom.name()}: guest agent {command.get('execute')}: the guest has been paused "
+                                  f"({why}) for over {paused_wait:g} s: {error}")
+        while _paused_reason(dom) is not None and time.monotonic() <= deadline:
+            time.sleep(0.1)
 
 
 def exec_in_guest(dom: Any, path: str, args: list[str], timeout: float = 20.0) -> tuple[int, str, str]:

@@ -69,11 +69,17 @@ def test_verdicts_and_audit_trail_survive_a_restart(tmp_path):
     trail = [(e["actor"], e["action"]) for e in again.audit(b.id)]
     assert trail == [("d", "opened"), ("bob", "verdict malicious"), ("introspect", "findings")]
     assert again.audit(a.id)[1]["details"] == {"reason": "backup job"}
-    # after the restart an open alarm is still extended, a decided one never is
-    c, opened = again.record(anomaly(51))
-    assert opened and c.id not in (a.id, b.id), "b is malicious: a new alarm opens"
-    d, opened = again.record(anomaly(52))
-    assert not opened and d.id == c.id and d.level == 2
+    # after the restart: a malicious alarm (being acted on) is still extended within the merge gap,
+    # a closed one never is
+    b3, opened = again.record(anomaly(52))
+    assert not opened and b3.id == b.id and b3.level == 2 and b3.state == "malicious"
+    c, opened = again.record(anomaly(53, detector="other"))
+    assert opened
+    again.close(b.id, "orchestrate", "terminated")
+    d, opened = again.record(anomaly(54))
+    assert opened and d.id not in (a.id, b.id, c.id), "b is closed: a new alarm opens"
+    e, opened = again.record(anomaly(55))
+    assert not opened and e.id == d.id and e.level == 2
 
 
 class Spiky:

@@ -205,6 +205,34 @@ def test_a_reused_pid_is_never_killed(guest):
 
 
 @pytest.mark.lab
+def test_guest_agent_commands_wait_for_a_paused_guest_and_say_why_when_it_stays_paused(guest):
+    """A memory dump (ours or another tool's) pauses the guest: a process listing or a kill sent
+    meanwhile waits for it to run again instead of failing with "domain is not running"."""
+    import threading
+
+    from introspection import guest_agent
+
+    conn, dom = guest
+    dom.suspend()
+    resumer = threading.Timer(2.0, dom.resume)
+    resumer.start()
+    try:
+        t0 = time.monotonic()
+        procs = guest_agent.list_processes(dom)
+        assert time.monotonic() - t0 >= 1.5, "the listing cannot have run while the guest was paused"
+        assert guest_agent.find(procs, STATE["suspect"]["pid"]) is not None
+    finally:
+        resumer.join()
+    dom.suspend()
+    try:
+        with pytest.raises(guest_agent.GuestAgentError, match=r"paused \(paused by a user\) for over 1 s"):
+            guest_agent.agent_command(dom, {"execute": "guest-ping"}, paused_wait=1.0)
+    finally:
+        dom.resume()
+    assert guest_agent.agent_command(dom, {"execute": "guest-ping"}) == {}
+
+
+@pytest.mark.lab
 def test_terminate_kills_the_cryptominer_and_verifies_it_is_gone(guest):
     from introspection import guest_agent
 
