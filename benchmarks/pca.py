@@ -10,7 +10,10 @@ noise) through three paths over the same rows:
   row (the new row in, the oldest out), full ``eigh`` of the d × d matrix per tick;
 * ``incremental_subspace`` — ``solver=subspace``: the same updates and the warm-started top-k
   solver (one C⁴ filter step and Rayleigh–Ritz per tick, every answer verified by its
-  a-posteriori bounds, full ``eigh`` when they fail and every 100 fits).
+  a-posteriori bounds, full ``eigh`` when they fail and every 100 fits). Its kernels
+  (``plugins/pca_kernels.py``) are compiled when numba is installed (``kernels_compiled``;
+  ``ATOMWATCH_NO_JIT=1`` measures the plain numpy path), after a warm-up that is not charged
+  (``kernels_warm_up_s``: compiling, or loading numba's cache).
 
 Each tick = fold the previous row into the window, fit, score the new row (SPE and Q_α). It
 reports median (and mean) per-tick time, the speed-up of each incremental path over ``refit``,
@@ -41,6 +44,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from plugins import pca_kernels as kernels  # noqa: E402
 from plugins import pca_model as pm  # noqa: E402
 
 
@@ -76,7 +80,7 @@ def run_path(path: str, x: np.ndarray, t: int, ticks: int) -> tuple[list[float],
                 w.add(x[i - 1])
                 if w.updates >= 720:
                     w.refresh()
-            model = pm.fit(w.n, w.mean, w.cov(), top=top)
+            model = pm.fit(w.n, w.mean, w.comoment, top=top, cov_scale=1.0 / (w.n - 1))
         spe = model.spe(model.standardise(x[i]))
         secs.append(time.perf_counter() - t0)
         spes.append(spe)
@@ -99,29 +103,27 @@ def pieces(x: np.ndarray, t: int) -> dict[str, float]:
     cov = w.cov()
     c = pm.standardised_cov(w.mean, cov, 1e-6, 1e-3)[0]
     total = float(c.trace())
-    c2 = c @ c
-    f2, f3 = float(c2.trace()), float(np.vdot(c2, c))
+    c2, f2, f3 = kernels.square_traces(c)
     u = top.u
-    ritz = pm._filtered_ritz(c, c2, u)
-    got = top._verify(c, *ritz, total, 0.9, f2, f3) if ritz is not None else None
+    ritz = kernels.filtered_ritz(c, c2, u)
+    got = kernels.verify(c, *ritz, total, 0.9, f2, f3, top.tol, top.theta_tol)
     spare = pm.WindowStats(d, t)  # a full window to time adds on, leaving w as it is
     spare.buf[:], spare.n, spare.mean, spare.comoment = w.buf, w.n, w.mean.copy(), w.comoment.copy()
     row = iter(x[np.arange(300) % len(x)])
 
     def fit_warm() -> pm.PcaFit:
         top.u, top.since_full, top.off = u, 0, 0
-        return pm.fit(w.n, w.mean, cov, top=top)
+        return pm.fit(w.n, w.mean, w.comoment, top=top, cov_scale=1.0 / (w.n - 1))
 
     model = fit_warm()
     out = {
         "window_add": timed(lambda: spare.add(next(row)), 300),
-        "window_cov": timed(w.cov, 300),
-        "standardised_cov": timed(lambda: pm.standardised_cov(w.mean, cov, 1e-6, 1e-3), 300),
-        "c_squared": timed(lambda: c @ c, 300),
-        "norms_fro_and_tr_c3": timed(lambda: (c2.trace(), np.vdot(c2, c)), 300),
-        "filter_c4_qr_rayleigh_ritz": timed(lambda: pm._filtered_ritz(c, c2, u), 300),
-        "verify_bounds": timed(lambda: top._verify(c, *ritz, total, 0.9, f2, f3), 300) if ritz is not None else math.nan,
-        "q_alpha_check": timed(lambda: pm._verified_threshold(got[3], top.theta_err, total, 0.002, top.q_tol), 300) if got else math.nan,
+        "standardised_cov": timed(lambda: pm.standardised_cov(w.mean, w.comoment, 1e-6, 1e-3, 1.0 / (w.n - 1)), 300),
+        "c_squared_and_traces": timed(lambda: kernels.square_traces(c), 300),
+        "filter_c4_qr_rayleigh_ritz": timed(lambda: kernels.filtered_ritz(c, c2, u), 300),
+        "verify_bounds": timed(lambda: kernels.verify(c, *ritz, total, 0.9, f2, f3, top.tol, top.theta_tol), 300),
+        "q_alpha_check": timed(lambda: pm._verified_threshold(got[1:4], got[4:7], total, 0.002, top.q_tol), 300)
+        if got[0] > 0 else math.nan,
         "fit_total": timed(fit_warm, 300),
         "score_spe": timed(lambda: model.spe(model.standardise(x[t])), 300),
         "full_eigh_for_comparison": timed(lambda: np.linalg.eigh(c), 100),
@@ -197,7 +199,8 @@ def main() -> int:
     args = ap.parse_args()
     ticks = 60 if args.quick else args.ticks
     t = 720
-    out: dict = {"t": t, "blas_threads": 1, "alpha": 0.002, "cpv": 0.9, "repeats": args.repeats, "per_d": {}}
+    out: dict = {"t": t, "blas_threads": 1, "alpha": 0.002, "cpv": 0.9, "repeats": args.repeats,
+                 "kernels_compiled": kernels.JIT, "kernels_warm_up_s": kernels.warm_up(), "per_d": {}}
     with threadpool_limits(1):
         for d in (21, 80, 320):
             n = ticks if d <= 80 else max(20, ticks // 5)

@@ -46,7 +46,7 @@ def attack_args(a: Attack, scenario: Scenario, minutes: float) -> list[str]:
 class ScenarioDriver:
     """The schedule of one run over the guests ``doms`` (guest i is ``doms[i - 1]``)."""
 
-    def __init__(self, scenario: Scenario, minutes: float, doms: list):
+    def __init__(self, scenario: Scenario, minutes: float, doms: list, day_seconds: int | None = None):
         if len(doms) < scenario.guests:
             raise ValueError(f"scenario {scenario.name} needs {scenario.guests} guests, {len(doms)} run")
         self.scenario = scenario
@@ -55,7 +55,8 @@ class ScenarioDriver:
         self.pending = events(scenario, minutes)
         self.done: list[dict] = []
         self.t0: float | None = None
-        self.day_seconds = max(24, int(minutes * 60))
+        # the normal work's compressed "day": the whole run unless given
+        self.day_seconds = max(24, int(day_seconds if day_seconds else minutes * 60))
 
     def setup(self) -> None:
         """Clean every guest, then start the servers and the normal work of the scenario."""

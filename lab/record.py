@@ -44,6 +44,7 @@ def record(
     workdir: Path | None = None,
     uri: str = DEFAULT_URI,
     command: str | None = None,
+    day_seconds: int | None = None,
 ) -> dict:
     """Run ``scenario`` for ``minutes`` and write the recording to ``out``; returns a summary."""
     from .paths import default_dir
@@ -59,7 +60,7 @@ def record(
     state = testbed.up(workdir, scenario.guests, uri)
     conn = connect(uri)
     doms = testbed.guest_domains(conn, scenario.guests)
-    driver = ScenarioDriver(scenario, minutes, doms)
+    driver = ScenarioDriver(scenario, minutes, doms, day_seconds=day_seconds)
     driver.setup()
 
     collector = LibvirtCollector(uri=uri, budget=max(0.2, 0.8 * tick), domains=rf"^{PREFIX}-guest\d+$")

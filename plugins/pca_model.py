@@ -14,7 +14,8 @@ What lives here:
   window's range widened by twice the noise level;
 * :class:`TopEigen` — the top eigenpairs the sliding window needs per tick, from last tick's by
   one C⁴ filter step and Rayleigh–Ritz; every answer carries a-posteriori bounds (subspace angle,
-  k, θ, and in :func:`fit` Q_α) and a full ``eigh`` replaces it wherever they fail;
+  k, θ, and in :func:`fit` Q_α) and a full ``eigh`` replaces it wherever they fail (the step's
+  arithmetic is in :mod:`plugins.pca_kernels`, compiled by numba when it is installed);
 * :func:`identify` — the three identification steps (rd_j, stddev_j, meandiff_j);
 * :func:`deltas_from_mu` — each column's tracking error Δ_i from the user's deviation μ on
   detection accuracy (derivation in ``docs/delta-from-mu.md``).
@@ -25,13 +26,16 @@ What does not: rows, scopes, column-set changes, the abnormal matrix A and the p
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from scipy import special
-from scipy.linalg import blas, lapack
+from scipy.linalg import blas
+
+from . import pca_kernels as kernels
 
 _dger = blas.dger
 
@@ -89,16 +93,8 @@ class WindowStats:
 
     def _replace(self, old: np.ndarray, new: np.ndarray) -> None:
         """Remove ``old`` and add ``new`` in one rank-two update (n stays the same)."""
-        n = self.n
-        mean = self.mean
-        d_old = old - mean
-        # mean_mid = mean − d_old/(n − 1) (old out), then mean_mid + d_new/n with d_new = new − mean_mid
-        step = d_old * (1.0 / (n - 1))
-        mean -= step
-        d_new = new - mean
-        mean += d_new * (1.0 / n)
-        _rank_one(self.comoment, -n / (n - 1), d_old)
-        _rank_one(self.comoment, (n - 1) / n, d_new)
+        kernels.window_replace(self.comoment, self.mean, np.ascontiguousarray(old, dtype=np.float64),
+                               np.ascontiguousarray(new, dtype=np.float64), self.n)
         self.updates += 2
 
     def refresh(self) -> None:
@@ -188,6 +184,11 @@ def split_quiet(std: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndar
 # --------------------------------------------------------------------------- threshold
 
 
+@functools.lru_cache(maxsize=64)
+def _normal_quantile(p: float) -> float:
+    return float(special.ndtri(p))
+
+
 def q_alpha(theta: tuple[float, float, float], alpha: float, method: Method | None = None) -> tuple[float, Method, float]:
     """Q_α for residual eigenvalue power sums θ = (θ₁, θ₂, θ₃): (threshold, method, h₀).
 
@@ -199,17 +200,9 @@ def q_alpha(theta: tuple[float, float, float], alpha: float, method: Method | No
     t1, t2, t3 = theta
     if not (t1 > 0 and t2 > 0):
         return math.inf, "degenerate", math.nan
-    h0 = 1.0 - 2.0 * t1 * t3 / (3.0 * t2 * t2)
-    c = float(special.ndtri(1.0 - alpha))
-    if h0 > 0 and method != "box":
-        base = c * math.sqrt(2.0 * t2 * h0 * h0) / t1 + 1.0 + t2 * h0 * (h0 - 1.0) / (t1 * t1)
-        if base > 0:
-            try:
-                q = t1 * base ** (1.0 / h0)
-            except OverflowError:
-                q = math.inf
-            if math.isfinite(q):
-                return q, "jackson-mudholkar", h0
+    q, h0 = kernels.jackson_mudholkar(t1, t2, t3, _normal_quantile(1.0 - alpha))
+    if method != "box" and q == q:
+        return q, "jackson-mudholkar", h0
     g, h = t2 / t1, t1 * t1 / t2
     return g * float(special.chdtri(h, alpha)), "box", h0
 
@@ -291,8 +284,9 @@ class PcaFit:
         return x0
 
     def spe(self, x: np.ndarray) -> float:
-        r = self.residual(x)
-        return float(r @ r)
+        if self.k == 0:
+            return float(x @ x)
+        return kernels.spe(np.ascontiguousarray(x, dtype=np.float64), self.p1)
 
     def resid_diag(self) -> np.ndarray:
         """diag(P₂Λ₂P₂ᵀ): each column's variance in the residual subspace."""
@@ -315,14 +309,12 @@ def choose_k(lam_desc: np.ndarray, total: float, cpv: float) -> int:
     return int(min(np.searchsorted(cum, cpv, side="right") + 1, len(lam_desc)))
 
 
-def standardised_cov(mean: np.ndarray, cov: np.ndarray, min_std: float, rel_std: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cov(Y), std used, raw std) for a window with this mean and covariance."""
-    raw = np.sqrt(np.maximum(cov.diagonal(), 0.0))
-    std = np.maximum(raw, std_floor(mean, min_std, rel_std))
-    inv = 1.0 / std
-    corr = cov * inv[:, None]
-    corr *= inv
-    return corr, std, raw
+def standardised_cov(
+    mean: np.ndarray, cov: np.ndarray, min_std: float, rel_std: float, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cov(Y), std used, raw std) for a window with this mean and covariance cov·scale (the std
+    floored by :func:`std_floor`)."""
+    return kernels.standardised(cov, float(scale), mean, float(min_std), float(rel_std))
 
 
 def fit(
@@ -335,14 +327,16 @@ def fit(
     min_std: float = 1e-6,
     rel_std: float = 1e-3,
     top: "TopEigen | None" = None,
+    cov_scale: float = 1.0,
 ) -> PcaFit:
-    """The PCA model of a window given its size, column means and sample covariance.
+    """The PCA model of a window given its size, column means and sample covariance
+    ``cov``·``cov_scale`` (a window's co-moment and 1/(n − 1) save a pass over it).
 
     With ``top`` (a :class:`TopEigen` carried from the previous tick) the top eigenpairs come
     from its warm-started solver when its bounds certify them and Q_α moves by at most
     ``top.q_tol`` over its θ error bounds; otherwise from a full ``numpy.linalg.eigh``.
     """
-    corr, std, raw = standardised_cov(mean, cov, min_std, rel_std)
+    corr, std, raw = standardised_cov(mean, cov, min_std, rel_std, cov_scale)
     total = float(corr.trace())
     if top is not None:
         got = top.solve(corr, total, cpv)
@@ -384,6 +378,9 @@ def _verified_threshold(
     dh = (1.0 - h0) * (err[0] / t1 + err[2] / t3 + 2.0 * err[1] / t2) * 1.01
     if not (abs(h0) > dh):
         return None
+    if method == "jackson-mudholkar":  # the common case, in one kernel call
+        _, spread = kernels.jackson_mudholkar_spread(t1, t2, t3, err[0], err[1], err[2], _normal_quantile(1.0 - alpha))
+        return (q, method, h0) if spread <= tol * q else None  # (NaN: the method changes within the box)
     # (θ₁ stays above the degenerate floor over the box, so q_alpha itself decides the method)
     q1, m1, _ = q_alpha((t1 + err[0], t2, t3), alpha)
     q2, m2, _ = q_alpha((t1, t2 + err[1], t3), alpha)
@@ -410,15 +407,6 @@ def fit_window(rows: np.ndarray, **kw) -> PcaFit:
 
 
 # --------------------------------------------------------------------------- warm-started top-k
-
-#: Unit roundoff of float64 (half the machine epsilon): the unit of the rounding allowances below.
-_UNIT = float(np.finfo(np.float64).eps) / 2
-
-# LAPACK called directly: the per-call overhead of numpy's and scipy's wrappers is a large part
-# of a d = 80 tick (numpy's eigh of a 12 × 12 matrix costs ~15 µs, dsyevd ~11 µs).
-_geqrf, _orgqr, _syevd = lapack.dgeqrf, lapack.dorgqr, lapack.dsyevd
-
-
 
 class TopEigen:
     """Top eigenpairs of a slowly changing symmetric PSD matrix C (the window's cov(Y)),
@@ -520,133 +508,22 @@ class TopEigen:
         if u is None or u.shape[0] != d or u.shape[1] >= d or self.since_full >= self.full_every or not total > 0 or c.dtype != np.float64:
             self.fallbacks += 1
             return None
-        c2 = c @ c
-        f2 = float(c2.trace())  # tr(C²) = ‖C‖²_F (C symmetric)
-        f3 = float(np.vdot(c2, c))  # tr(C³)
-        for _ in range(self.iters):
-            step = _filtered_ritz(c, c2, u)
-            if step is None:
-                break
-            u, w, cu = step
-            got = self._verify(c, u, w, cu, total, cpv, f2, f3)
-            if got is not None:
-                self.u = u
-                self.misses = 0
-                self.hits += 1
-                return got
+        try:
+            verdict, u, w = kernels.subspace_step(c, u, total, cpv, self.tol, self.theta_tol, self.iters)
+        except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
+            verdict = (0,)  # a non-finite or singular step: the full eigh decides
+        k = verdict[0]
+        if k > 0:
+            _, t1, t2, t3, e1, e2, e3, sin_theta = verdict
+            self.u = u
+            self.misses = 0
+            self.hits += 1
+            self.sin_theta = sin_theta
+            self.theta_err = (e1, e2, e3)
+            return k, np.ascontiguousarray(u[:, :k]), w[:k].copy(), (t1, t2, t3)
         self._miss()
         return None
 
-    def _verify(
-        self, c: np.ndarray, u: np.ndarray, w: np.ndarray, cu: np.ndarray, total: float, cpv: float, f2: float, f3: float
-    ) -> tuple[int, np.ndarray, np.ndarray, tuple[float, float, float]] | None:
-        """The result for Ritz pairs (w, u) (descending, C·u = cu) if every bound holds, else None."""
-        d, p = u.shape
-        wl = w.tolist()
-        k = _cpv_count(wl, total, cpv)
-        if k == 0 or k > p:
-            return None
-        r = cu[:, :k] - u[:, :k] * w[:k]
-        wk = wl[:k]
-        w1 = abs(wl[0])
-        s1 = s2 = s3 = 0.0
-        for v in wk:
-            v2 = v * v
-            s1 += v
-            s2 += v2
-            s3 += v2 * v
-        t1, t2, t3 = total - s1, f2 - s2, f3 - s3
-        cnorm = math.sqrt(f2)
-        # rounding allowances: each Ritz value (forming H = QᵀCQ and its eigh), the residual
-        # (forming CU − UΘ, and U orthonormal only to rounding), the sums tr C, ‖C‖²_F, tr(C³)
-        ew = 2.0 * (d + p) * _UNIT * w1
-        res = math.sqrt(float(np.vdot(r, r))) + 2.0 * (d + p) * _UNIT * cnorm * math.sqrt(k)
-        e_tr = d * _UNIT * total
-        e_f2 = d * d * _UNIT * f2
-        e_f3 = (d * d + d) * _UNIT * cnorm * f2
-        # the gap between Θ_k and the rest of C's spectrum (0 ≤ λ_max(C₂₂) ≤ tr C₂₂, ≤ ‖C₂₂‖_F)
-        above = max(0.0, min(t1 + e_tr + k * ew, math.sqrt(max(t2 + e_f2 + 2.0 * s1 * ew + k * ew * ew, 0.0))))
-        eta = wl[k - 1] - ew - above
-        if not (eta > 0.0):
-            return None
-        sin_theta = res / eta
-        if not (sin_theta <= self.tol):
-            return None
-        de = res * res / eta + ew  # |λ_i − w_i| for i ≤ k, rounding included
-        # k: the CPV test must give the same k for every spectrum within the bounds
-        lim = cpv * total
-        if not (s1 - k * ew - e_tr > lim and s1 - wl[k - 1] + (k - 1) * de + e_tr < lim):
-            return None
-        e1 = k * de + e_tr
-        e2 = 2.0 * s1 * de + k * de * de + e_f2
-        e3 = 3.0 * s2 * de + 3.0 * s1 * de * de + k * de**3 + e_f3
-        if not (t1 > 0 and t2 > 0 and t3 > 0 and e2 <= self.theta_tol * t2 and e3 <= self.theta_tol * t3):
-            # cancellation too deep: θ₂, θ₃ from the residual block instead
-            got = _residual_power_sums(c, u[:, :k], cnorm)
-            if got is None:
-                return None
-            t2, t3, r2, r3 = got
-            nk = d - k
-            e2 = r2 + 2.0 * t1 * de + nk * de * de
-            e3 = r3 + 3.0 * t2 * de + 3.0 * t1 * de * de + nk * de**3
-            if not (t1 > 0 and t2 > 0 and t3 > 0 and e2 <= self.theta_tol * t2 and e3 <= self.theta_tol * t3):
-                return None
-        if not (e1 <= self.theta_tol * t1):
-            return None
-        self.sin_theta = sin_theta
-        self.theta_err = (e1, e2, e3)
-        return k, u[:, :k], w[:k].copy(), (t1, t2, t3)
-
-
-def _filtered_ritz(c: np.ndarray, c2: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Ritz vectors (d × p), values (descending) and C·(Ritz vectors) of C on span(C⁴U)."""
-    qr, tau, _work, info = _geqrf(c2 @ (c2 @ u))
-    if info != 0:
-        return None
-    q, _work, info = _orgqr(qr, tau)
-    if info != 0:
-        return None
-    cq = c @ q
-    w, s, info = _syevd(q.T @ cq)
-    if info != 0:
-        return None
-    s = s[:, ::-1]
-    return q @ s, w[::-1], cq @ s
-
-
-def _cpv_count(w_desc: list[float], total: float, cpv: float) -> int:
-    """``choose_k`` over a list of leading eigenvalues: the smallest ℓ with Σ_{i≤ℓ} w_i > cpv·total,
-    or len + 1 when the list does not reach the CPV (0 when total ≤ 0)."""
-    if not total > 0:
-        return 0
-    lim = cpv * total
-    acc = 0.0
-    for i, v in enumerate(w_desc):
-        acc += v
-        if acc > lim:
-            return i + 1
-    return len(w_desc) + 1
-
-
-def _residual_power_sums(c: np.ndarray, p1: np.ndarray, cnorm: float) -> tuple[float, float, float, float] | None:
-    """(‖R‖²_F, tr R³, and their rounding bounds) for the residual block R = (I − P₁P₁ᵀ)C(I − P₁P₁ᵀ).
-
-    Its nonzero eigenvalues are those of C compressed to span(P₁)⊥, which lie within the
-    quadratic residual bound of λ_{k+1..d}; no large terms cancel, so this is accurate where
-    tr(C³) − Σλ_top³ is not.
-    """
-    d, k = p1.shape
-    r = c - p1 @ (p1.T @ c)
-    r -= (r @ p1) @ p1.T
-    t2 = float(np.vdot(r, r))
-    t3 = float(np.vdot(r @ r, r))
-    if not (math.isfinite(t2) and math.isfinite(t3)):
-        return None
-    dr = 4.0 * (d + k) * _UNIT * cnorm  # ‖R − fl(R)‖_F
-    rn = math.sqrt(max(t2, 0.0))
-    e2 = 2.0 * rn * dr + dr * dr + d * d * _UNIT * t2
-    e3 = 3.0 * t2 * dr + 3.0 * rn * dr * dr + dr**3 + (d * d + d) * _UNIT * rn * t2
-    return t2, t3, e2, e3
 
 
 # --------------------------------------------------------------------------- identification

@@ -64,6 +64,7 @@ import numpy as np
 import atomwatch
 from atomwatch import Anomaly, Blame, Row, SeriesKey
 
+from . import pca_kernels as kernels
 from . import pca_model as pm
 
 NAME = "pca-spe"
@@ -184,16 +185,16 @@ class _Window:
     def model(self) -> "_Model":
         if self._fit is None:
             s = self.stats
-            cov = s.cov()
+            m, scale = s.comoment, 1.0 / max(s.n - 1, 1)  # the covariance is m·scale
             noise = self.noise()
-            active, quiet = pm.split_quiet(np.sqrt(np.maximum(cov.diagonal(), 0.0)), noise)
+            active, quiet = pm.split_quiet(np.sqrt(np.maximum(m.diagonal() * scale, 0.0)), noise)
             fit = None
             if len(active):
-                sub = cov if not len(quiet) else cov.take(active, 0).take(active, 1)
+                sub = m if not len(quiet) else m.take(active, 0).take(active, 1)
                 mean = s.mean if not len(quiet) else s.mean[active]
                 fit = pm.fit(
                     s.n, mean, sub, cpv=self.opts.cpv, alpha=self.opts.alpha,
-                    min_std=self.opts.min_std, rel_std=self.opts.rel_std, top=self.top,
+                    min_std=self.opts.min_std, rel_std=self.opts.rel_std, top=self.top, cov_scale=scale,
                 )
             if len(quiet):
                 rows = s.rows()[:, quiet]
@@ -521,7 +522,9 @@ class PcaSpeFactory:
     description = "ATOM's PCA monitoring: SPE against the Jackson–Mudholkar Q_α (Box's χ² where h₀ ≤ 0), 3-step identification"
 
     def create(self, scope: str, options: Mapping[str, Any] | None = None) -> PcaSpeDetector:
-        return PcaSpeDetector(scope, options)
+        detector = PcaSpeDetector(scope, options)
+        kernels.warm_up_in_background()  # compiled long before the window holds min_rows rows
+        return detector
 
 
 @atomwatch.hookimpl

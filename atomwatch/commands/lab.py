@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
     r.add_argument("--out", type=Path, required=True, help="output folder")
     r.add_argument("--tick", type=float, default=2.0, help="seconds between rows (default 2)")
+    r.add_argument("--day", type=int, default=None, metavar="SECONDS",
+                   help="length of the normal work's compressed day (default: the whole run)")
     common(r)
 
     sc = sub.add_parser("scenarios", help="list the scenarios")
@@ -128,7 +130,8 @@ def _dispatch(cmd: str, args: argparse.Namespace) -> int:
         from lab.record import record
 
         summary = record(
-            scenarios.get(args.scenario), args.minutes, args.out, tick=args.tick, workdir=_workdir(args), uri=args.uri
+            scenarios.get(args.scenario), args.minutes, args.out, tick=args.tick, workdir=_workdir(args), uri=args.uri,
+            day_seconds=args.day
         )
         print(json.dumps(summary, indent=2))
         return 0

@@ -1,0 +1,402 @@
+"""The numeric kernels of a PCA-SPE tick, compiled by numba when it is installed.
+
+A d = 80 tick is ~25 µs of arithmetic (one d × d product for tr C³, the C⁴ filter, a QR and a
+small eigenproblem) spread over some forty numpy and LAPACK calls whose Python overhead is
+most of its time. Here those calls are grouped into a few kernels written in the subset of numpy
+that numba compiles: with numba (``pip install 'atomwatch[fast]'``) each kernel is one
+compiled call that releases the GIL; without it they run as the plain numpy code they are,
+with the same results (the tests check both). ``ATOMWATCH_NO_JIT=1`` forces the plain path.
+
+* :func:`window_replace` — the window's mean and co-moment when a row replaces the oldest;
+* :func:`standardised` — cov(Y) from the window's covariance and means (the std floor of
+  :func:`plugins.pca_model.std_floor`);
+* :func:`square_traces` — C², ‖C‖²_F = tr C² and tr C³;
+* :func:`filtered_ritz` — one C⁴-filtered Rayleigh–Ritz step from the carried vectors;
+* :func:`verify` — the a-posteriori bounds that accept or refuse a step (documented in
+  :class:`plugins.pca_model.TopEigen`), with :func:`residual_power_sums` where θ₂ and θ₃
+  cancel too deeply;
+* :func:`jackson_mudholkar` — Q_α (and its spread over θ's error bounds);
+* :func:`subspace_step` — the solver's whole step (the three above, up to ``iters`` times);
+* :func:`spe` — the squared prediction error of a row.
+
+Compilation happens once per process at the first fit (a few seconds) or is loaded from numba's
+cache beside this file; :func:`warm_up` does it ahead of time.
+
+What does not live here: the choice of when to use the solver, the threshold, the model object
+(:mod:`plugins.pca_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger("atomwatch.plugins.pca_kernels")
+
+try:
+    if os.environ.get("ATOMWATCH_NO_JIT", "").strip() not in ("", "0"):
+        raise ImportError("ATOMWATCH_NO_JIT is set")
+    import numba
+except ImportError:
+    numba = None
+
+#: True when the kernels are compiled (numba installed and not switched off)
+JIT = numba is not None
+
+#: Unit roundoff of float64 (half the machine epsilon): the unit of the rounding allowances.
+UNIT = float(np.finfo(np.float64).eps) / 2
+
+
+def _kernel(f: Callable[..., Any]) -> Callable[..., Any]:
+    return numba.njit(cache=True, nogil=True)(f) if JIT else f
+
+
+if JIT:
+
+    @_kernel
+    def _orthonormal(y: np.ndarray) -> np.ndarray:
+        """An orthonormal basis of span(y) (d × p, full column rank).
+
+        The filtered block is close to the previous (orthonormal) vectors scaled by λ⁴, so with
+        its columns normalised its Gram matrix G is close to I and Cholesky QR (Q = Y L⁻ᵀ,
+        G = LLᵀ) is as accurate as Householder QR at a fraction of its LAPACK overhead. It is
+        accepted only when QᵀQ is I to rounding (‖QᵀQ − I‖_F ≤ (d + p)·u), which is what the
+        bounds assume; otherwise (a cold or distant start) Householder QR."""
+        d, p = y.shape
+        g = y.T @ y
+        scale = np.empty(p)
+        for j in range(p):
+            if not g[j, j] > 0.0:
+                return np.linalg.qr(y)[0]
+            scale[j] = 1.0 / math.sqrt(g[j, j])
+        lo = np.zeros((p, p))  # the Cholesky factor of the normalised g, then its inverse
+        for j in range(p):
+            acc = g[j, j] * scale[j] * scale[j]
+            for m in range(j):
+                acc -= lo[j, m] * lo[j, m]
+            if not acc > 0.0:
+                return np.linalg.qr(y)[0]
+            ljj = math.sqrt(acc)
+            lo[j, j] = ljj
+            for i in range(j + 1, p):
+                acc = g[i, j] * scale[i] * scale[j]
+                for m in range(j):
+                    acc -= lo[i, m] * lo[j, m]
+                lo[i, j] = acc / ljj
+        inv = np.zeros((p, p))
+        for j in range(p):
+            inv[j, j] = 1.0 / lo[j, j]
+            for i in range(j + 1, p):
+                acc = 0.0
+                for m in range(j, i):
+                    acc -= lo[i, m] * inv[m, j]
+                inv[i, j] = acc / lo[i, i]
+        # Q = diag-scaled Y times L⁻ᵀ: fold the column scaling into L⁻ᵀ (one product)
+        for i in range(p):
+            for j in range(p):
+                inv[i, j] *= scale[j]
+        q = y @ np.ascontiguousarray(inv.T)
+        e = q.T @ q
+        off = 0.0
+        for i in range(p):
+            e[i, i] -= 1.0
+            for j in range(p):
+                off += e[i, j] * e[i, j]
+        if not math.sqrt(off) <= (d + p) * UNIT:
+            return np.linalg.qr(y)[0]
+        return q
+
+    @_kernel
+    def _sym_eig(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.linalg.eigh(h)
+
+else:
+    from scipy.linalg import lapack
+
+    def _orthonormal(y: np.ndarray) -> np.ndarray:
+        """Q of the Householder QR of y (LAPACK directly: numpy's wrapper costs more than the work)."""
+        qr, tau, _work, info = lapack.dgeqrf(y)
+        if info == 0:
+            q, _work, info = lapack.dorgqr(qr, tau)
+            if info == 0:
+                return q
+        raise np.linalg.LinAlgError(f"QR failed (LAPACK info {info})")
+
+    def _sym_eig(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w, v, info = lapack.dsyevd(h)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"symmetric eigenproblem failed (LAPACK info {info})")
+        return w, v
+
+
+@_kernel
+def standardised(
+    m: np.ndarray, scale: float, mean: np.ndarray, min_std: float, rel_std: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cov(Y), std used, raw std) for the covariance m·scale (the co-moment and 1/(n − 1) save
+    a pass): each column scaled by max(its std, min_std, rel_std·|mean|)."""
+    raw = np.sqrt(np.maximum(np.diag(m) * scale, 0.0))
+    std = np.maximum(raw, np.maximum(min_std, rel_std * np.abs(mean)))
+    inv = 1.0 / std
+    corr = m * (inv * scale).reshape((-1, 1))
+    corr *= inv
+    return corr, std, raw
+
+
+if JIT:
+
+    @_kernel
+    def window_replace(comoment: np.ndarray, mean: np.ndarray, old: np.ndarray, new: np.ndarray, n: int) -> None:
+        """Remove row ``old`` from a full window of ``n`` rows and add ``new``, in place: the mean,
+        and the co-moment Σ (x − mean)(x − mean)ᵀ by one rank-two update (one pass over it)."""
+        d = mean.shape[0]
+        d_old = old - mean
+        for i in range(d):
+            mean[i] -= d_old[i] * (1.0 / (n - 1))
+        d_new = new - mean
+        for i in range(d):
+            mean[i] += d_new[i] * (1.0 / n)
+        a = -n / (n - 1)
+        b = (n - 1) / n
+        for i in range(d):
+            ai = a * d_old[i]
+            bi = b * d_new[i]
+            for j in range(d):
+                comoment[i, j] += ai * d_old[j] + bi * d_new[j]
+
+else:
+    from scipy.linalg import blas
+
+    def window_replace(comoment: np.ndarray, mean: np.ndarray, old: np.ndarray, new: np.ndarray, n: int) -> None:
+        """Remove row ``old`` from a full window of ``n`` rows and add ``new``, in place: the mean,
+        and the co-moment Σ (x − mean)(x − mean)ᵀ by two rank-one updates (BLAS dger on the
+        Fortran view of the symmetric matrix, which is the matrix itself)."""
+        d_old = old - mean
+        mean -= d_old * (1.0 / (n - 1))
+        d_new = new - mean
+        mean += d_new * (1.0 / n)
+        view = comoment.T
+        for alpha, x in ((-n / (n - 1), d_old), ((n - 1) / n, d_new)):
+            out = blas.dger(alpha, x, x, a=view, overwrite_a=1)
+            if out is not view:  # not updated in place (a matrix BLAS could not write to)
+                comoment[...] = out.T
+
+
+@_kernel
+def spe(x: np.ndarray, p1: np.ndarray) -> float:
+    """SPE(x) = ‖(I − P₁P₁ᵀ)x‖² of one standardised row."""
+    r = x - p1 @ (p1.T @ x)
+    return float(np.dot(r, r))
+
+
+@_kernel
+def square_traces(c: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(C², tr C² = ‖C‖²_F, tr C³ = ⟨C², C⟩) of a symmetric C."""
+    c2 = c @ c
+    return c2, float(np.trace(c2)), float(np.dot(c2.ravel(), c.ravel()))
+
+
+@_kernel
+def filtered_ritz(c: np.ndarray, c2: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ritz vectors (d × p), values (descending) and C·(Ritz vectors) of C on span(C⁴U)."""
+    q = np.ascontiguousarray(_orthonormal(c2 @ (c2 @ u)))
+    cq = c @ q
+    h = q.T @ cq
+    w, s = _sym_eig(0.5 * (h + h.T))
+    s = np.ascontiguousarray(s[:, ::-1])
+    return q @ s, np.ascontiguousarray(w[::-1]), cq @ s
+
+
+@_kernel
+def cpv_count(w_desc: np.ndarray, total: float, cpv: float) -> int:
+    """The smallest ℓ with Σ_{i≤ℓ} w_i > cpv·total, or len + 1 when the values do not reach the
+    CPV (0 when total ≤ 0): :func:`plugins.pca_model.choose_k` over leading eigenvalues only."""
+    if not total > 0:
+        return 0
+    lim = cpv * total
+    acc = 0.0
+    for i in range(w_desc.shape[0]):
+        acc += w_desc[i]
+        if acc > lim:
+            return i + 1
+    return w_desc.shape[0] + 1
+
+
+@_kernel
+def residual_power_sums(c: np.ndarray, p1: np.ndarray, cnorm: float) -> tuple[float, float, float, float]:
+    """(‖R‖²_F, tr R³, and their rounding bounds) for the residual block R = (I − P₁P₁ᵀ)C(I − P₁P₁ᵀ).
+
+    Its nonzero eigenvalues are those of C compressed to span(P₁)⊥, which lie within the
+    quadratic residual bound of λ_{k+1..d}; no large terms cancel, so this is accurate where
+    tr(C³) − Σλ_top³ is not. NaN when not finite.
+    """
+    d, k = p1.shape
+    r = c - p1 @ (p1.T @ c)
+    r = r - (r @ p1) @ p1.T
+    t2 = float(np.sum(r * r))
+    t3 = float(np.sum((r @ r) * r))
+    if not (math.isfinite(t2) and math.isfinite(t3)):
+        return math.nan, math.nan, math.nan, math.nan
+    dr = 4.0 * (d + k) * UNIT * cnorm  # ‖R − fl(R)‖_F
+    rn = math.sqrt(max(t2, 0.0))
+    e2 = 2.0 * rn * dr + dr * dr + d * d * UNIT * t2
+    e3 = 3.0 * t2 * dr + 3.0 * rn * dr * dr + dr**3 + (d * d + d) * UNIT * rn * t2
+    return t2, t3, e2, e3
+
+
+@_kernel
+def verify(
+    c: np.ndarray, u: np.ndarray, w: np.ndarray, cu: np.ndarray, total: float, cpv: float, f2: float, f3: float,
+    tol: float, theta_tol: float,
+) -> tuple[int, float, float, float, float, float, float, float]:
+    """The bounds of one Ritz step (w descending, C·u = cu), see :class:`plugins.pca_model.TopEigen`.
+
+    Returns (k, θ₁, θ₂, θ₃, err θ₁, err θ₂, err θ₃, sinΘ bound), k = 0 when any bound fails."""
+    fail = (0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    d, p = u.shape
+    k = cpv_count(w, total, cpv)
+    if k == 0 or k > p:
+        return fail
+    r = cu[:, :k] - u[:, :k] * w[:k]
+    w1 = abs(w[0])
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    for i in range(k):
+        v = w[i]
+        v2 = v * v
+        s1 += v
+        s2 += v2
+        s3 += v2 * v
+    t1, t2, t3 = total - s1, f2 - s2, f3 - s3
+    cnorm = math.sqrt(f2)
+    # rounding allowances: each Ritz value (forming H = QᵀCQ and its eigh), the residual
+    # (forming CU − UΘ, and U orthonormal only to rounding), the sums tr C, ‖C‖²_F, tr(C³)
+    ew = 2.0 * (d + p) * UNIT * w1
+    res = math.sqrt(float(np.sum(r * r))) + 2.0 * (d + p) * UNIT * cnorm * math.sqrt(k)
+    e_tr = d * UNIT * total
+    e_f2 = d * d * UNIT * f2
+    e_f3 = (d * d + d) * UNIT * cnorm * f2
+    # the gap between Θ_k and the rest of C's spectrum (0 ≤ λ_max(C₂₂) ≤ tr C₂₂, ≤ ‖C₂₂‖_F)
+    above = max(0.0, min(t1 + e_tr + k * ew, math.sqrt(max(t2 + e_f2 + 2.0 * s1 * ew + k * ew * ew, 0.0))))
+    eta = w[k - 1] - ew - above
+    if not (eta > 0.0):
+        return fail
+    sin_theta = res / eta
+    if not (sin_theta <= tol):
+        return fail
+    de = res * res / eta + ew  # |λ_i − w_i| for i ≤ k, rounding included
+    # k: the CPV test must give the same k for every spectrum within the bounds
+    lim = cpv * total
+    if not (s1 - k * ew - e_tr > lim and s1 - w[k - 1] + (k - 1) * de + e_tr < lim):
+        return fail
+    e1 = k * de + e_tr
+    e2 = 2.0 * s1 * de + k * de * de + e_f2
+    e3 = 3.0 * s2 * de + 3.0 * s1 * de * de + k * de**3 + e_f3
+    if not (t1 > 0 and t2 > 0 and t3 > 0 and e2 <= theta_tol * t2 and e3 <= theta_tol * t3):
+        # cancellation too deep: θ₂, θ₃ from the residual block instead
+        t2, t3, r2, r3 = residual_power_sums(c, np.ascontiguousarray(u[:, :k]), cnorm)
+        if not (math.isfinite(t2) and math.isfinite(t3)):
+            return fail
+        nk = d - k
+        e2 = r2 + 2.0 * t1 * de + nk * de * de
+        e3 = r3 + 3.0 * t2 * de + 3.0 * t1 * de * de + nk * de**3
+        if not (t1 > 0 and t2 > 0 and t3 > 0 and e2 <= theta_tol * t2 and e3 <= theta_tol * t3):
+            return fail
+    if not (e1 <= theta_tol * t1):
+        return fail
+    return k, t1, t2, t3, e1, e2, e3, sin_theta
+
+
+@_kernel
+def jackson_mudholkar(t1: float, t2: float, t3: float, c: float) -> tuple[float, float]:
+    """(Q_α, h₀) by Jackson & Mudholkar for residual power sums θ₁..θ₃ > 0 and c = c_α; Q_α is
+    NaN where the formula does not apply (h₀ ≤ 0, a bracket ≤ 0, or no finite result)."""
+    h0 = 1.0 - 2.0 * t1 * t3 / (3.0 * t2 * t2)
+    if not h0 > 0.0:
+        return math.nan, h0
+    base = c * math.sqrt(2.0 * t2 * h0 * h0) / t1 + 1.0 + t2 * h0 * (h0 - 1.0) / (t1 * t1)
+    if not base > 0.0:
+        return math.nan, h0
+    log_q = math.log(base) / h0
+    if not log_q < 700.0:
+        return math.nan, h0
+    q = t1 * math.exp(log_q)
+    if not math.isfinite(q):
+        return math.nan, h0
+    return q, h0
+
+
+@_kernel
+def jackson_mudholkar_spread(t1: float, t2: float, t3: float, e1: float, e2: float, e3: float, c: float) -> tuple[float, float]:
+    """(Q_α, Σ_j |Q(θ + e_j) − Q(θ)|) over the three θ error bounds; NaN where the formula does
+    not apply at θ or at any of the three points."""
+    q, _ = jackson_mudholkar(t1, t2, t3, c)
+    q1, _ = jackson_mudholkar(t1 + e1, t2, t3, c)
+    q2, _ = jackson_mudholkar(t1, t2 + e2, t3, c)
+    q3, _ = jackson_mudholkar(t1, t2, t3 + e3, c)
+    return q, abs(q1 - q) + abs(q2 - q) + abs(q3 - q)
+
+
+@_kernel
+def subspace_step(
+    c: np.ndarray, u: np.ndarray, total: float, cpv: float, tol: float, theta_tol: float, iters: int
+) -> tuple[tuple[int, float, float, float, float, float, float, float], np.ndarray, np.ndarray]:
+    """Up to ``iters`` filtered Rayleigh–Ritz steps from ``u`` until :func:`verify` accepts one:
+    (its verdict, the Ritz vectors, the Ritz values); the verdict's k is 0 when none passed."""
+    c2, f2, f3 = square_traces(c)
+    verdict = (0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    w = np.zeros(0)
+    for _ in range(iters):
+        u, w, cu = filtered_ritz(c, c2, u)
+        verdict = verify(c, u, w, cu, total, cpv, f2, f3, tol, theta_tol)
+        if verdict[0] > 0:
+            break
+    return verdict, u, w
+
+
+_warm_thread: threading.Thread | None = None
+
+
+def warm_up_in_background() -> None:
+    """Start :func:`warm_up` in a daemon thread, once per process (a detector's first fit then
+    does not stall the controller's detection thread while numba compiles)."""
+    global _warm_thread
+    if JIT and _warm_thread is None:
+        _warm_thread = threading.Thread(target=_warm_up_logged, name="atomwatch-kernels-warm-up", daemon=True)
+        _warm_thread.start()
+
+
+def _warm_up_logged() -> None:
+    try:
+        log.info("PCA kernels compiled or loaded from numba's cache in %.1f s", warm_up())
+    except Exception:  # the first fit compiles them instead (or reports the problem)
+        log.exception("compiling the PCA kernels failed")
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) every kernel now; the seconds it took (0 without numba)."""
+    import time
+
+    if not JIT:
+        return 0.0
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6))
+    cov = np.cov(x, rowvar=False)
+    corr = standardised(cov, 1.0, x.mean(axis=0), 1e-6, 1e-3)[0]
+    c2, f2, f3 = square_traces(corr)
+    u = np.ascontiguousarray(np.linalg.eigh(corr)[1][:, ::-1][:, :3])
+    q, w, cq = filtered_ritz(corr, c2, u)
+    verify(corr, q, w, cq, float(np.trace(corr)), 0.5, f2, f3, 1e-10, 1e-8)
+    subspace_step(corr, u, float(np.trace(corr)), 0.5, 1e-10, 1e-8, 2)
+    jackson_mudholkar_spread(3.0, 2.0, 1.5, 1e-12, 1e-12, 1e-12, 3.0)
+    residual_power_sums(corr, np.ascontiguousarray(q[:, :2]), math.sqrt(f2))
+    spe(np.ascontiguousarray(x[0]), np.ascontiguousarray(q[:, :2]))
+    window_replace(cov.copy(), x.mean(axis=0), x[0].copy(), x[1].copy(), 40)
+    return time.perf_counter() - t0

@@ -1,0 +1,101 @@
+"""The PCA-SPE tick kernels: compiled by numba (the ``fast`` extra) and as plain numpy
+(``ATOMWATCH_NO_JIT=1``) they give the same model as a full refit, tick after tick."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import require
+from plugins import pca_kernels as kernels
+from plugins import pca_model as pm
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# a host of 12 VMs × 7 metrics whose top eigenspace moves a little every row; prints, per tick,
+# which solver answered and the relative SPE / Q_α differences against a full refit
+SCRIPT = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from plugins import pca_kernels as kernels, pca_model as pm
+rng = np.random.default_rng(7)
+t, d, ticks = 300, 84, 40
+shared = rng.standard_normal((t + ticks + 1, 1))
+own = rng.standard_normal((t + ticks + 1, 12))
+scale = 10.0 ** rng.uniform(0, 5, size=d)
+x = np.stack([scale[j] * (5 + 0.4 * shared[:, 0] + own[:, j // 7] + 0.15 * rng.standard_normal(t + ticks + 1))
+              for j in range(d)], axis=1)
+w = pm.WindowStats(d, t)
+for r in x[:t]:
+    w.add(r)
+top = pm.TopEigen()
+pm.fit(w.n, w.mean, w.cov(), top=top)
+out = {"jit": kernels.JIT, "solvers": [], "spe": [], "q": []}
+for i in range(t, t + ticks):
+    if i > t:
+        w.add(x[i - 1])  # the window is now x[i - t : i]
+    got = pm.fit(w.n, w.mean, w.cov(), top=top)
+    ref = pm.fit_window(x[i - t:i])
+    z = x[i]
+    out["solvers"].append(got.solver)
+    out["spe"].append(abs(got.spe(got.standardise(z)) - ref.spe(ref.standardise(z))) / ref.spe(ref.standardise(z)))
+    out["q"].append(abs(got.q_alpha - ref.q_alpha) / ref.q_alpha)
+print(json.dumps(out))
+"""
+
+
+def _run(no_jit: bool) -> dict:
+    env = dict(os.environ)
+    env.pop("ATOMWATCH_NO_JIT", None)
+    if no_jit:
+        env["ATOMWATCH_NO_JIT"] = "1"
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("no_jit", [False, True], ids=["compiled", "plain-numpy"])
+def test_each_tick_matches_a_full_refit_compiled_and_plain(no_jit):
+    if not no_jit:
+        require(kernels.JIT or os.environ.get("ATOMWATCH_NO_JIT"), "numba is not installed (pip install 'atomwatch[fast]')")
+    out = _run(no_jit)
+    assert out["jit"] is (not no_jit)
+    assert out["solvers"].count("subspace") >= 35, out["solvers"]  # the warm-started step answers
+    assert max(out["spe"]) <= 1e-9 and max(out["q"]) <= 1e-9, (max(out["spe"]), max(out["q"]))
+
+
+def test_kernels_agree_with_numpy_on_one_step():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 30)) @ rng.standard_normal((30, 30)) + 10
+    mean, cov = x.mean(axis=0), np.cov(x, rowvar=False)
+    corr, std, raw = kernels.standardised(cov, 1.0, mean, 1e-6, 1e-3)
+    scaled = kernels.standardised((x - mean).T @ (x - mean), 1.0 / (len(x) - 1), mean, 1e-6, 1e-3)
+    assert np.allclose(scaled[0], corr, rtol=1e-12, atol=1e-14) and np.allclose(scaled[2], raw, rtol=1e-12)
+    assert np.allclose(raw, x.std(axis=0, ddof=1), rtol=1e-12)
+    assert np.allclose(corr, np.corrcoef(x, rowvar=False), rtol=1e-10, atol=1e-12)
+    c2, f2, f3 = kernels.square_traces(corr)
+    lam = np.linalg.eigvalsh(corr)
+    assert np.isclose(f2, (lam**2).sum(), rtol=1e-12) and np.isclose(f3, (lam**3).sum(), rtol=1e-12)
+    vec = np.linalg.eigh(corr)[1][:, ::-1]
+    u = np.ascontiguousarray(vec[:, :6] + 1e-3 * rng.standard_normal((30, 6)))  # a slightly wrong start
+    q, w, cq = kernels.filtered_ritz(corr, c2, u)
+    assert np.allclose(q.T @ q, np.eye(6), atol=1e-13)
+    assert np.allclose(cq, corr @ q, atol=1e-12)
+    assert np.all(np.diff(w) <= 0) and np.allclose(w[:3], lam[::-1][:3], rtol=1e-6)
+    # a window row replaced: mean and co-moment as recomputed from the rows
+    comoment = (x - mean).T @ (x - mean)
+    m, new = mean.copy(), x[0] * 1.1
+    kernels.window_replace(comoment, m, x[0].copy(), new, len(x))
+    y = np.vstack([x[1:], new])
+    assert np.allclose(m, y.mean(axis=0), rtol=1e-13)
+    assert np.allclose(comoment, (y - y.mean(axis=0)).T @ (y - y.mean(axis=0)), rtol=1e-9, atol=1e-9)
+    p1 = np.ascontiguousarray(vec[:, :4])
+    z = (x[5] - mean) / std
+    assert np.isclose(kernels.spe(z, p1), float(np.sum((z - p1 @ (p1.T @ z)) ** 2)), rtol=1e-12)
