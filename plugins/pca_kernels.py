@@ -8,15 +8,15 @@ compiled call that releases the GIL; without it they run as the plain numpy code
 with the same results (the tests check both). ``ATOMWATCH_NO_JIT=1`` forces the plain path.
 
 * :func:`window_replace` — the window's mean and co-moment when a row replaces the oldest;
-* :func:`standardised` — cov(Y) from the window's covariance and means (the std floor of
-  :func:`plugins.pca_model.std_floor`);
+* :func:`standardised` — cov(Y) from the window's co-moment (or covariance) and means (the std
+  floor of :func:`plugins.pca_model.std_floor`);
 * :func:`square_traces` — C², ‖C‖²_F = tr C² and tr C³;
 * :func:`filtered_ritz` — one C⁴-filtered Rayleigh–Ritz step from the carried vectors;
 * :func:`verify` — the a-posteriori bounds that accept or refuse a step (documented in
   :class:`plugins.pca_model.TopEigen`), with :func:`residual_power_sums` where θ₂ and θ₃
   cancel too deeply;
-* :func:`jackson_mudholkar` — Q_α (and its spread over θ's error bounds);
 * :func:`subspace_step` — the solver's whole step (the three above, up to ``iters`` times);
+* :func:`jackson_mudholkar` — Q_α (and its spread over θ's error bounds);
 * :func:`spe` — the squared prediction error of a row.
 
 Compilation happens once per process at the first fit (a few seconds) or is loaded from numba's

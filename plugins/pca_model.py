@@ -413,8 +413,9 @@ class TopEigen:
     warm-started from the last tick, every accepted result verified a posteriori.
 
     One step (``solve``): the p carried vectors U are filtered by C⁴ (two products with C², which
-    the step needs anyway for tr(C³)), orthonormalised (Householder QR, so orthonormal to
-    rounding whatever the conditioning of C⁴U), and Rayleigh–Ritz gives Ritz pairs (w_i, u_i).
+    the step needs anyway for tr(C³)), orthonormalised to rounding (Householder QR; compiled,
+    Cholesky QR of the column-normalised block where QᵀQ = I to rounding, else Householder), and
+    Rayleigh–Ritz gives Ritz pairs (w_i, u_i).
     The block p holds the top k, every eigenvalue above ``gap_ratio``·λ_k and ``extra`` more
     (read from the last full decomposition), so one step shrinks the error in the top-k
     subspace by about (λ_{p+1}/λ_k)⁴ — at the benchmark's d = 80, (0.03/4.8)⁴ ≈ 2·10⁻⁹ against a
