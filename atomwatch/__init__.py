@@ -34,6 +34,7 @@ from .types import (  # noqa: E402
     CommandError,
     Detector,
     DetectorFactory,
+    NotConfigured,
     Reading,
     Row,
 )
@@ -51,4 +52,5 @@ __all__ = [
     "Blame",
     "Detector",
     "DetectorFactory",
+    "NotConfigured",
 ]

@@ -129,8 +129,15 @@ class Detector(Protocol):
     def update(self, row: Row) -> Sequence[Anomaly] | Anomaly | None: ...
 
 
+class NotConfigured(ValueError):
+    """Raised by ``DetectorFactory.create`` when the detector needs options the operator has not
+    given (a trained model, say): the controller then runs without it and says so once, at INFO,
+    instead of reporting a failure. Any other exception from ``create`` is a failure (ERROR)."""
+
+
 class DetectorFactory(Protocol):
-    """What ``register_detectors`` returns: makes one :class:`Detector` per scope.
+    """What ``register_detectors`` returns: makes one :class:`Detector` per scope (raising
+    :class:`NotConfigured` when it cannot run without options it was not given).
 
     Optional methods a detector instance may have, which the controller uses when present:
     ``accept_normal(rows: list[Row])`` (the operator's *normal* verdict: fold these rows into the

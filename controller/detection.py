@@ -1,9 +1,10 @@
 """Running detector plugins: one instance per (scope, detector), fed one row per tick.
 
 Detectors run in a single worker thread (never on the event loop, and never two at once on the
-same instance). A detector that raises is logged and skipped for that row; after
-``MAX_FAILURES`` consecutive failures on one scope it is switched off for that scope, and the
-controller goes on with the others.
+same instance). A detector whose factory raises :class:`atomwatch.NotConfigured` (it needs an
+option nobody gave, e.g. a trained model) is left out and said once at INFO. A detector that
+raises is logged and skipped for that row; after ``MAX_FAILURES`` consecutive failures on one
+scope it is switched off for that scope, and the controller goes on with the others.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from atomwatch.types import Anomaly, Detector, DetectorFactory, Row, as_anomalies
+from atomwatch.types import Anomaly, Detector, DetectorFactory, NotConfigured, Row, as_anomalies
 
 log = logging.getLogger("atomwatch.controller.detection")
 
@@ -25,6 +26,7 @@ class DetectorSet:
         self.instances: dict[tuple[str, str], Detector] = {}
         self.failures: dict[tuple[str, str], int] = {}
         self.disabled: set[tuple[str, str]] = set()
+        self.not_configured: dict[str, str] = {}  # detector name → why (said once)
 
     def instance(self, scope: str, name: str) -> Detector | None:
         key = (scope, name)
@@ -34,6 +36,12 @@ class DetectorSet:
         if det is None:
             try:
                 det = self.factories[name].create(scope, dict(self.options.get(name, {})))
+            except NotConfigured as e:
+                if name not in self.not_configured:
+                    self.not_configured[name] = str(e)
+                    log.info("detector %s not started (not configured): %s", name, e)
+                self.disabled.add(key)
+                return None
             except Exception as e:
                 log.error("detector %s could not start on %s: %s", name, scope, e)
                 self.disabled.add(key)

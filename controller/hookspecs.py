@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 def register_detectors() -> list[DetectorFactory] | None:
     """Return detector factories. Each has a unique ``name`` (what ``--detector`` selects), a
     one-line ``description`` and ``create(scope, options)`` that makes one detector instance for
-    one scope (by default all VMs of one host)."""
+    one scope (by default all VMs of one host), or raises ``atomwatch.NotConfigured`` when it
+    needs options it was not given (the controller then runs without it, said once at INFO)."""
 
 
 @hookspec

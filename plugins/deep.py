@@ -142,7 +142,7 @@ class DeepFactory:
             raise ValueError(f"{self.name}: unknown option(s) {unknown}; known: {list(OPTIONS)}")
         path = opts.get("model")
         if not path:
-            raise ValueError(f"{self.name}: needs the option model=PATH (a model folder written by 'atomwatch train --model {self.name}')")
+            raise atomwatch.NotConfigured(f"{self.name}: needs the option model=PATH (a model folder written by 'atomwatch train --model {self.name}')")
         try:
             top = int(opts.get("top", 3))
         except (TypeError, ValueError):

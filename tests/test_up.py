@@ -33,6 +33,21 @@ def test_up_runs_the_whole_pipeline_on_the_embedded_broker():
     assert "controller stopped" in log and "agent stopped" in log
 
 
+def test_up_with_every_plugin_reports_unconfigured_detectors_without_errors():
+    """The README's first command with nothing configured: every built-in plugin loads; the deep
+    detectors (no trained model) are said to be not configured, once, at INFO — no ERROR."""
+    env = dict(os.environ, ATOMWATCH_DB=":memory:")
+    env.pop("ATOMWATCH_LOAD_PLUGINS", None)
+    proc = subprocess.run(["atomwatch", "up", "--duration", "6", "--http", "off"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr
+    assert " ERROR " not in log, log[-3000:]
+    for name in ("ae", "cnn", "siamese"):
+        said = re.findall(rf"detector {name} not started \(not configured\): {name}: needs the option model=PATH", log)
+        assert len(said) == 1, log[-3000:]
+
+
 def test_bad_option_is_a_clear_error():
     proc = subprocess.run(
         ["atomwatch", "up", "--duration", "2", "--http", "off", "--set", "replay.speed=-1"],
