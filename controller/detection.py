@@ -26,7 +26,7 @@ class DetectorSet:
         self.instances: dict[tuple[str, str], Detector] = {}
         self.failures: dict[tuple[str, str], int] = {}
         self.disabled: set[tuple[str, str]] = set()
-        self.not_configured: dict[str, str] = {}  # detector name → why (said once)
+        self.not_configured: set[str] = set()  # detectors already said to be not configured
 
     def instance(self, scope: str, name: str) -> Detector | None:
         key = (scope, name)
@@ -38,7 +38,7 @@ class DetectorSet:
                 det = self.factories[name].create(scope, dict(self.options.get(name, {})))
             except NotConfigured as e:
                 if name not in self.not_configured:
-                    self.not_configured[name] = str(e)
+                    self.not_configured.add(name)
                     log.info("detector %s not started (not configured): %s", name, e)
                 self.disabled.add(key)
                 return None

@@ -53,17 +53,27 @@ class Process:
 #: another tool's — pauses it for a second or more on a loaded host) before it gives up
 PAUSED_WAIT = 60.0
 
-_PAUSE_REASONS = {0: "unknown", 1: "paused by a user", 2: "migration", 3: "save", 4: "memory dump", 5: "disk I/O error",
-                  6: "watchdog", 7: "snapshot", 8: "shutdown", 9: "snapshot", 10: "post-copy migration"}
+#: libvirt's reasons for a paused domain (``VIR_DOMAIN_PAUSED_<NAME>``), in words
+_PAUSE_REASONS = {
+    "UNKNOWN": "unknown reason", "USER": "paused by a user", "MIGRATION": "migration", "SAVE": "save",
+    "DUMP": "memory dump", "IOERROR": "disk I/O error", "WATCHDOG": "watchdog", "FROM_SNAPSHOT": "restored from a snapshot",
+    "SHUTTING_DOWN": "shutting down", "SNAPSHOT": "snapshot", "CRASHED": "the guest crashed", "STARTING_UP": "starting up",
+    "POSTCOPY": "post-copy migration", "POSTCOPY_FAILED": "post-copy migration failed",
+}
 
 
 def _paused_reason(dom: Any) -> str | None:
     """Why the domain is paused (libvirt's reason, in words), or None when it is not paused."""
+    import libvirt  # type: ignore[import-not-found]
+
     try:
         state, reason = dom.state()
     except Exception:
         return None
-    return _PAUSE_REASONS.get(reason, f"reason {reason}") if state == 3 else None
+    if state != libvirt.VIR_DOMAIN_PAUSED:
+        return None
+    return next((words for name, words in _PAUSE_REASONS.items()
+                 if getattr(libvirt, f"VIR_DOMAIN_PAUSED_{name}", None) == reason), f"reason {reason}")
 
 
 def agent_command(dom: Any, command: dict[str, Any], timeout: int = 10, paused_wait: float = PAUSED_WAIT) -> Any:

@@ -78,7 +78,9 @@ DEFAULT_DELTAS: dict[str, float] = {
     "DiskReadBytes": 8192.0,
     "DiskWriteBytes": 8192.0,
 }
-_DELTA_OPTIONS = {
+
+#: each Δ option of this collector and the metrics it sets
+DELTA_OPTIONS = {
     "delta_cpu": ("CPUUtilization",),
     "delta_memory": ("MemoryUtilization",),
     "delta_network": ("NetworkIn", "NetworkOut"),
@@ -352,12 +354,12 @@ def _truthy(v: Any) -> bool:
 
 
 def collector_from_options(opts: dict[str, Any], default_budget: float = 2.0) -> LibvirtCollector:
-    unknown = set(opts) - {"enabled", "uri", "budget", "domains", *_DELTA_OPTIONS}
+    unknown = set(opts) - {"enabled", "uri", "budget", "domains", *DELTA_OPTIONS}
     if unknown:
         raise ConfigError(f"libvirt: unknown option(s) {sorted(unknown)}; known: enabled, uri, budget, domains, "
-                          + ", ".join(_DELTA_OPTIONS))
+                          + ", ".join(DELTA_OPTIONS))
     deltas: dict[str, float] = {}
-    for option, metrics in _DELTA_OPTIONS.items():
+    for option, metrics in DELTA_OPTIONS.items():
         if option in opts:
             try:
                 d = float(opts[option])

@@ -7,7 +7,8 @@ that numba compiles: with numba (``pip install 'atomwatch[fast]'``) each kernel 
 compiled call that releases the GIL; without it they run as the plain numpy code they are,
 with the same results (the tests check both). ``ATOMWATCH_NO_JIT=1`` forces the plain path.
 
-* :func:`window_replace` — the window's mean and co-moment when a row replaces the oldest;
+* :func:`window_replace` — the window's mean and co-moment when a row replaces the oldest
+  (:func:`rank_one`, plain BLAS, for the rows that fill it);
 * :func:`standardised` — cov(Y) from the window's co-moment (or covariance) and means (the std
   floor of :func:`plugins.pca_model.std_floor`);
 * :func:`square_traces` — C², ‖C‖²_F = tr C² and tr C³;
@@ -35,6 +36,7 @@ import threading
 from typing import Any, Callable
 
 import numpy as np
+from scipy.linalg import blas
 
 log = logging.getLogger("atomwatch.plugins.pca_kernels")
 
@@ -170,21 +172,27 @@ if JIT:
                 comoment[i, j] += ai * d_old[j] + bi * d_new[j]
 
 else:
-    from scipy.linalg import blas
 
     def window_replace(comoment: np.ndarray, mean: np.ndarray, old: np.ndarray, new: np.ndarray, n: int) -> None:
         """Remove row ``old`` from a full window of ``n`` rows and add ``new``, in place: the mean,
-        and the co-moment Σ (x − mean)(x − mean)ᵀ by two rank-one updates (BLAS dger on the
-        Fortran view of the symmetric matrix, which is the matrix itself)."""
+        and the co-moment Σ (x − mean)(x − mean)ᵀ by two rank-one updates."""
         d_old = old - mean
         mean -= d_old * (1.0 / (n - 1))
         d_new = new - mean
         mean += d_new * (1.0 / n)
-        view = comoment.T
-        for alpha, x in ((-n / (n - 1), d_old), ((n - 1) / n, d_new)):
-            out = blas.dger(alpha, x, x, a=view, overwrite_a=1)
-            if out is not view:  # not updated in place (a matrix BLAS could not write to)
-                comoment[...] = out.T
+        rank_one(comoment, -n / (n - 1), d_old)
+        rank_one(comoment, (n - 1) / n, d_new)
+
+
+def rank_one(a: np.ndarray, alpha: float, x: np.ndarray) -> None:
+    """a += alpha·x xᵀ in place for a symmetric a (BLAS dger on the Fortran-ordered view aᵀ,
+    which is a itself since the update is symmetric: ~2 µs at d = 80 against ~6 µs for
+    ``np.outer`` and an add). Plain Python: the window's warm-up rows and the plain path."""
+    if a.flags.c_contiguous and a.dtype == np.float64 and x.dtype == np.float64:
+        view = a.T
+        if blas.dger(alpha, x, x, a=view, overwrite_a=1) is view:  # updated in place
+            return
+    a += alpha * np.outer(x, x)
 
 
 @_kernel
@@ -333,14 +341,13 @@ def jackson_mudholkar(t1: float, t2: float, t3: float, c: float) -> tuple[float,
 
 
 @_kernel
-def jackson_mudholkar_spread(t1: float, t2: float, t3: float, e1: float, e2: float, e3: float, c: float) -> tuple[float, float]:
-    """(Q_α, Σ_j |Q(θ + e_j) − Q(θ)|) over the three θ error bounds; NaN where the formula does
-    not apply at θ or at any of the three points."""
-    q, _ = jackson_mudholkar(t1, t2, t3, c)
+def jackson_mudholkar_spread(q: float, t1: float, t2: float, t3: float, e1: float, e2: float, e3: float, c: float) -> float:
+    """Σ_j |Q(θ + e_j) − Q(θ)| over the three θ error bounds, ``q`` being Q(θ); NaN where the
+    formula does not apply at any of the three points."""
     q1, _ = jackson_mudholkar(t1 + e1, t2, t3, c)
     q2, _ = jackson_mudholkar(t1, t2 + e2, t3, c)
     q3, _ = jackson_mudholkar(t1, t2, t3 + e3, c)
-    return q, abs(q1 - q) + abs(q2 - q) + abs(q3 - q)
+    return abs(q1 - q) + abs(q2 - q) + abs(q3 - q)
 
 
 @_kernel
@@ -395,7 +402,7 @@ def warm_up() -> float:
     q, w, cq = filtered_ritz(corr, c2, u)
     verify(corr, q, w, cq, float(np.trace(corr)), 0.5, f2, f3, 1e-10, 1e-8)
     subspace_step(corr, u, float(np.trace(corr)), 0.5, 1e-10, 1e-8, 2)
-    jackson_mudholkar_spread(3.0, 2.0, 1.5, 1e-12, 1e-12, 1e-12, 3.0)
+    jackson_mudholkar_spread(4.0, 3.0, 2.0, 1.5, 1e-12, 1e-12, 1e-12, 3.0)
     residual_power_sums(corr, np.ascontiguousarray(q[:, :2]), math.sqrt(f2))
     spe(np.ascontiguousarray(x[0]), np.ascontiguousarray(q[:, :2]))
     window_replace(cov.copy(), x.mean(axis=0), x[0].copy(), x[1].copy(), 40)

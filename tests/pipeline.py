@@ -36,6 +36,14 @@ from conftest import DATA
 LAB_DELTAS = {"delta_cpu": 0.2, "delta_network": 64.0, "delta_disk_ops": 0.1, "delta_disk_bytes": 2048.0}
 
 
+def lab_delta_args() -> list[str]:
+    """LAB_DELTAS as the offline commands' ``--delta METRIC=Δ`` arguments (one per metric)."""
+    from plugins.libvirt_collector import DELTA_OPTIONS
+
+    return [arg for option, delta in LAB_DELTAS.items() for metric in DELTA_OPTIONS[option]
+            for arg in ("--delta", f"{metric}={delta:g}")]
+
+
 def plugin_manager(*names: str) -> PluginManager:
     """Built-in plugins loaded exactly as in production: entry points, restricted by name."""
     pm = PluginManager()

@@ -15,6 +15,7 @@ from atomwatch import evaluation as ev
 from atomwatch.offline import anomalies_of, DetectorError, run_detector, trace_rows
 from atomwatch.traces import read_trace, write_trace
 from conftest import DATA
+from pipeline import lab_delta_args
 
 COLS = [f"vm{j // 3}/m{j % 3}" for j in range(9)]
 
@@ -207,11 +208,6 @@ def test_evaluation_rejects_bad_input():
         ev.scores([0, 2], [0, 1])
 
 
-LAB_DELTA_ARGS = ["--delta", "CPUUtilization=0.2", "--delta", "NetworkIn=64", "--delta", "NetworkOut=64",
-                  "--delta", "DiskReadOps=0.1", "--delta", "DiskWriteOps=0.1", "--delta", "DiskReadBytes=2048",
-                  "--delta", "DiskWriteBytes=2048"]
-
-
 @pytest.mark.parametrize("run, alpha, pairs", [("lab-normal-1s-b", "1e-5", True), ("lab-normal-1s", "1e-5", False),
                                               ("lab-normal-1s-b", "1e-12", False), ("lab-normal-1s", "1e-12", False)])
 def test_lab_normal_work_has_heavy_tails_that_alpha_must_cover(run, alpha, pairs):
@@ -221,7 +217,7 @@ def test_lab_normal_work_has_heavy_tails_that_alpha_must_cover(run, alpha, pairs
     assumes, and run-dependent — and at the test's α = 10⁻¹² no two consecutive rows in either,
     as that test requires of its live run."""
     out = cli(str(Path(__file__).parent / "data" / run), "--set", "confirm=1", "--set", "min_rows=240",
-              "--set", f"alpha={alpha}", *LAB_DELTA_ARGS, "--json")
+              "--set", f"alpha={alpha}", *lab_delta_args(), "--json")
     assert out.returncode == 0, out.stderr
     flagged = {a["row"] for a in json.loads(out.stdout)["anomalies"]}
     consecutive = sorted(r for r in flagged if r - 1 in flagged)

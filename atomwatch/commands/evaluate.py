@@ -184,7 +184,6 @@ def _needed_rows(mask: np.ndarray, window: int) -> np.ndarray:
 
 
 def _options(settings: list[str], name: str) -> dict[str, Any]:
-
     out: dict[str, Any] = {}
     for item in settings:
         key, eq, value = item.partition("=")
