@@ -7,7 +7,7 @@ that numba compiles: with numba (``pip install 'atomwatch[fast]'``) each kernel 
 compiled call that releases the GIL; without it they run as the plain numpy code they are,
 with the same results (the tests check both). ``ATOMWATCH_NO_JIT=1`` forces the plain path.
 
-* :func:`window_replace` — the window's mean and co-moment when a row replaces the oldest
+* :func:`window_replace` — the window's row, mean and co-moment when a row replaces the oldest
   (:func:`rank_one`, plain BLAS, for the rows that fill it);
 * :func:`standardised` — cov(Y) from the window's co-moment (or covariance) and means (the std
   floor of :func:`plugins.pca_model.std_floor`);
@@ -114,8 +114,129 @@ if JIT:
         return q
 
     @_kernel
+    def _tridiagonal_ql(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Eigenvalues (unordered) and eigenvectors as rows, of a small symmetric h, and
+        whether the QL iteration converged.
+
+        Householder reduction to tridiagonal form T = ZᵀhZ with Z accumulated, then the
+        implicit QL iteration with a shift from each leading 2 × 2 block, rotating Z along.
+        Both steps are orthogonal transformations, backward stable like LAPACK's ``dsyev``;
+        written out here because LAPACK spends most of its ~10 µs on a 12 × 12 problem in calls
+        between its routines. Z is kept transposed (rows are vectors) so each rotation updates
+        two contiguous rows."""
+        n = h.shape[0]
+        a = h.copy()
+        zt = np.eye(n)
+        v = np.zeros(n)
+        pv = np.zeros(n)
+        for k in range(n - 2):
+            below = 0.0  # ‖a[k, k+2:]‖²: the part of row k the reflection must clear
+            for i in range(k + 2, n):
+                below += a[k, i] * a[k, i]
+            if below == 0.0:
+                continue
+            x0 = a[k, k + 1]
+            norm = math.sqrt(below + x0 * x0)
+            alpha = -norm if x0 >= 0.0 else norm
+            v[k + 1] = x0 - alpha
+            for i in range(k + 2, n):
+                v[i] = a[k, i]
+            beta = 2.0 / (v[k + 1] * v[k + 1] + below)
+            # the trailing block A₂₂ ← (I − βvvᵀ)A₂₂(I − βvvᵀ) = A₂₂ − v wᵀ − w vᵀ,
+            # with p = βA₂₂v and w = p − (β/2)(vᵀp)v
+            vp = 0.0
+            for i in range(k + 1, n):
+                acc = 0.0
+                for j in range(k + 1, n):
+                    acc += a[i, j] * v[j]
+                pv[i] = beta * acc
+                vp += v[i] * pv[i]
+            vp *= 0.5 * beta
+            for i in range(k + 1, n):
+                pv[i] -= vp * v[i]
+            for i in range(k + 1, n):
+                vi = v[i]
+                wi = pv[i]
+                for j in range(k + 1, n):
+                    a[i, j] -= vi * pv[j] + wi * v[j]
+            a[k + 1, k] = alpha
+            a[k, k + 1] = alpha
+            for r in range(n):  # Z ← Z(I − βvvᵀ)
+                acc = 0.0
+                for j in range(k + 1, n):
+                    acc += zt[j, r] * v[j]
+                acc *= beta
+                for j in range(k + 1, n):
+                    zt[j, r] -= acc * v[j]
+        d = np.empty(n)
+        e = np.zeros(n)  # e[i] couples d[i] and d[i + 1]
+        for i in range(n):
+            d[i] = a[i, i]
+        for i in range(n - 1):
+            e[i] = a[i + 1, i]
+        for lo in range(n):
+            sweeps = 0
+            while True:
+                m = lo  # the first negligible coupling at or after lo ends the unreduced block
+                while m < n - 1 and abs(e[m]) > 2.0 * UNIT * (abs(d[m]) + abs(d[m + 1])):
+                    m += 1
+                if m == lo:
+                    break
+                sweeps += 1
+                if sweeps > 60:
+                    return d, zt, False
+                g = (d[lo + 1] - d[lo]) / (2.0 * e[lo])
+                r = math.sqrt(g * g + 1.0)
+                g = d[m] - d[lo] + e[lo] / (g + (r if g >= 0.0 else -r))
+                s = 1.0
+                c = 1.0
+                shift = 0.0
+                i = m - 1
+                split = False
+                while i >= lo:  # chase the bulge from the bottom of the block up
+                    f = s * e[i]
+                    b = c * e[i]
+                    r = math.sqrt(f * f + g * g)
+                    e[i + 1] = r
+                    if r == 0.0:  # the block splits here: start again on the upper part
+                        d[i + 1] -= shift
+                        e[m] = 0.0
+                        split = True
+                        break
+                    s = f / r
+                    c = g / r
+                    g = d[i + 1] - shift
+                    r = (d[i] - g) * s + 2.0 * c * b
+                    shift = s * r
+                    d[i + 1] = g + shift
+                    g = c * r - b
+                    for q in range(n):
+                        zi = zt[i, q]
+                        zj = zt[i + 1, q]
+                        zt[i + 1, q] = s * zi + c * zj
+                        zt[i, q] = c * zi - s * zj
+                    i -= 1
+                if split:
+                    continue
+                d[lo] -= shift
+                e[lo] = g
+                e[m] = 0.0
+        return d, zt, True
+
+    @_kernel
     def _sym_eig(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.linalg.eigh(h)
+        """Eigenvalues (ascending) and eigenvectors (columns) of a small symmetric h
+        (:func:`_tridiagonal_ql`; LAPACK where it does not converge)."""
+        d, zt, ok = _tridiagonal_ql(h)
+        if not ok:
+            return np.linalg.eigh(h)
+        order = np.argsort(d)
+        n = d.shape[0]
+        vec = np.empty((n, n))
+        for j in range(n):
+            for r in range(n):
+                vec[r, j] = zt[order[j], r]
+        return d[order], vec
 
 else:
     from scipy.linalg import lapack
@@ -145,19 +266,41 @@ def standardised(
     raw = np.sqrt(np.maximum(np.diag(m) * scale, 0.0))
     std = np.maximum(raw, np.maximum(min_std, rel_std * np.abs(mean)))
     inv = 1.0 / std
-    corr = m * (inv * scale).reshape((-1, 1))
-    corr *= inv
-    return corr, std, raw
+    return _scaled(m, inv * scale, inv), std, raw
 
 
 if JIT:
 
     @_kernel
-    def window_replace(comoment: np.ndarray, mean: np.ndarray, old: np.ndarray, new: np.ndarray, n: int) -> None:
-        """Remove row ``old`` from a full window of ``n`` rows and add ``new``, in place: the mean,
-        and the co-moment Σ (x − mean)(x − mean)ᵀ by one rank-two update (one pass over it)."""
+    def _scaled(m: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """diag(left)·m·diag(right) in one pass."""
+        d = m.shape[0]
+        out = np.empty((d, d))
+        for i in range(d):
+            li = left[i]
+            for j in range(d):
+                out[i, j] = m[i, j] * li * right[j]
+        return out
+
+else:
+
+    def _scaled(m: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """diag(left)·m·diag(right)."""
+        out = m * left.reshape((-1, 1))
+        out *= right
+        return out
+
+
+if JIT:
+
+    @_kernel
+    def window_replace(comoment: np.ndarray, mean: np.ndarray, buf: np.ndarray, slot: int, new: np.ndarray, n: int) -> None:
+        """Replace the row ``buf[slot]`` of a full window of ``n`` rows by ``new``, in place: the
+        row, the mean, and the co-moment Σ (x − mean)(x − mean)ᵀ by one rank-two update (one
+        pass over it)."""
         d = mean.shape[0]
-        d_old = old - mean
+        d_old = buf[slot] - mean
+        buf[slot] = new
         for i in range(d):
             mean[i] -= d_old[i] * (1.0 / (n - 1))
         d_new = new - mean
@@ -173,10 +316,11 @@ if JIT:
 
 else:
 
-    def window_replace(comoment: np.ndarray, mean: np.ndarray, old: np.ndarray, new: np.ndarray, n: int) -> None:
-        """Remove row ``old`` from a full window of ``n`` rows and add ``new``, in place: the mean,
-        and the co-moment Σ (x − mean)(x − mean)ᵀ by two rank-one updates."""
-        d_old = old - mean
+    def window_replace(comoment: np.ndarray, mean: np.ndarray, buf: np.ndarray, slot: int, new: np.ndarray, n: int) -> None:
+        """Replace the row ``buf[slot]`` of a full window of ``n`` rows by ``new``, in place: the
+        row, the mean, and the co-moment Σ (x − mean)(x − mean)ᵀ by two rank-one updates."""
+        d_old = buf[slot] - mean
+        buf[slot] = new
         mean -= d_old * (1.0 / (n - 1))
         d_new = new - mean
         mean += d_new * (1.0 / n)
@@ -351,6 +495,60 @@ def jackson_mudholkar_spread(q: float, t1: float, t2: float, t3: float, e1: floa
 
 
 @_kernel
+def verified_jackson_mudholkar(
+    t1: float, t2: float, t3: float, e1: float, e2: float, e3: float, total: float, c: float, tol: float, floor: float
+) -> tuple[int, float, float]:
+    """Q_α by Jackson & Mudholkar for θ known within ±e, when every θ in that box gives it
+    within ``tol`` (relative): (1, Q_α, h₀); (0, NaN, h₀) when the box spreads Q_α wider or
+    may cross h₀ = 0; (−1, NaN, NaN) when θ is outside the formula's domain (no residual above
+    ``floor``, or h₀ ≤ 0 where Box's approximation applies): the caller decides those.
+
+    To first order (the errors are ≤ 10⁻¹⁰ of θ) the spread is Σ_j |Q(θ + e_j) − Q(θ)|."""
+    if t1 <= floor or not (t1 > 0.0 and t2 > 0.0):
+        return -1, math.nan, math.nan
+    q, h0 = jackson_mudholkar(t1, t2, t3, c)
+    if not (q == q):
+        return -1, math.nan, math.nan
+    if not (math.isfinite(q) and q > 0.0 and t1 - e1 > floor):
+        return 0, math.nan, h0
+    # h₀ = 1 − 2θ₁θ₃/(3θ₂²): its largest change over the box, against its distance from 0
+    dh = (1.0 - h0) * (e1 / t1 + e3 / t3 + 2.0 * e2 / t2) * 1.01
+    if not (abs(h0) > dh):
+        return 0, math.nan, h0
+    if not (jackson_mudholkar_spread(q, t1, t2, t3, e1, e2, e3, c) <= tol * q):  # NaN: the method changes in the box
+        return 0, math.nan, h0
+    return 1, q, h0
+
+
+@_kernel
+def fit_step(
+    m: np.ndarray, scale: float, mean: np.ndarray, min_std: float, rel_std: float, u: np.ndarray, cpv: float,
+    tol: float, theta_tol: float, iters: int, c: float, q_tol: float, floor: float,
+) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray, float,
+    tuple[int, float, float, float, float, float, float, float], np.ndarray, np.ndarray, int, float, float,
+]:
+    """One warm fit in one call: cov(Y) (:func:`standardised`), its trace, the solver's step
+    from ``u`` (:func:`subspace_step`) and, when the step is accepted, the verified Q_α
+    (:func:`verified_jackson_mudholkar`, c = c_α). Returns (cov(Y), std, raw std, tr, verdict,
+    Ritz vectors, Ritz values, threshold status, Q_α, h₀); the step is not tried (verdict k = 0,
+    status −2) when the trace is not positive."""
+    corr, std, raw = standardised(m, scale, mean, min_std, rel_std)
+    total = 0.0
+    for i in range(corr.shape[0]):
+        total += corr[i, i]
+    if not total > 0.0:
+        return corr, std, raw, total, (0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), u, np.zeros(0), -2, math.nan, math.nan
+    verdict, v, w = subspace_step(corr, u, total, cpv, tol, theta_tol, iters)
+    status, q, h0 = 0, math.nan, math.nan
+    if verdict[0] > 0:
+        status, q, h0 = verified_jackson_mudholkar(
+            verdict[1], verdict[2], verdict[3], verdict[4], verdict[5], verdict[6], total, c, q_tol, floor * max(total, 1.0)
+        )
+    return corr, std, raw, total, verdict, v, w, status, q, h0
+
+
+@_kernel
 def subspace_step(
     c: np.ndarray, u: np.ndarray, total: float, cpv: float, tol: float, theta_tol: float, iters: int
 ) -> tuple[tuple[int, float, float, float, float, float, float, float], np.ndarray, np.ndarray]:
@@ -405,5 +603,5 @@ def warm_up() -> float:
     jackson_mudholkar_spread(4.0, 3.0, 2.0, 1.5, 1e-12, 1e-12, 1e-12, 3.0)
     residual_power_sums(corr, np.ascontiguousarray(q[:, :2]), math.sqrt(f2))
     spe(np.ascontiguousarray(x[0]), np.ascontiguousarray(q[:, :2]))
-    window_replace(cov.copy(), x.mean(axis=0), x[0].copy(), x[1].copy(), 40)
+    window_replace(cov.copy(), x.mean(axis=0), x.copy(), 0, x[1].copy(), 40)
     return time.perf_counter() - t0

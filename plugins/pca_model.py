@@ -72,9 +72,9 @@ class WindowStats:
         return self.buf[idx]
 
     def add(self, x: np.ndarray) -> None:
-        if self.n == self.capacity:
-            self._replace(self.buf[self.start], x)
-            self.buf[self.start] = x
+        if self.n == self.capacity:  # the oldest row leaves, in one rank-two update (n stays the same)
+            kernels.window_replace(self.comoment, self.mean, self.buf, self.start, np.ascontiguousarray(x, dtype=np.float64), self.n)
+            self.updates += 2
             self.start = (self.start + 1) % self.capacity
         else:
             self.buf[(self.start + self.n) % self.capacity] = x
@@ -87,12 +87,6 @@ class WindowStats:
         # Σ += (n−1)/n · dx dxᵀ  (symmetric form of dx (x − mean_new)ᵀ)
         kernels.rank_one(self.comoment, (self.n - 1) / self.n, dx)
         self.updates += 1
-
-    def _replace(self, old: np.ndarray, new: np.ndarray) -> None:
-        """Remove ``old`` and add ``new`` in one rank-two update (n stays the same)."""
-        kernels.window_replace(self.comoment, self.mean, np.ascontiguousarray(old, dtype=np.float64),
-                               np.ascontiguousarray(new, dtype=np.float64), self.n)
-        self.updates += 2
 
     def refresh(self) -> None:
         """Recompute mean and co-moment exactly from the stored rows."""
@@ -322,17 +316,31 @@ def fit(
     from its warm-started solver when its bounds certify them and Q_α moves by at most
     ``top.q_tol`` over its θ error bounds; otherwise from a full ``numpy.linalg.eigh``.
     """
-    corr, std, raw = standardised_cov(mean, cov, min_std, rel_std, cov_scale)
-    total = float(corr.trace())
-    if top is not None:
-        got = top.solve(corr, total, cpv)
-        if got is not None:
-            k, p1, lam1, theta = got
-            thr = _verified_threshold(theta, top.theta_err, total, alpha, top.q_tol)
+    corr = None
+    if top is not None and top.ready(cov.shape[0]):
+        try:
+            corr, std, raw, total, verdict, u, w, status, q, h0 = kernels.fit_step(
+                cov, float(cov_scale), mean, float(min_std), float(rel_std), top.u, cpv, top.tol, top.theta_tol,
+                top.iters, _normal_quantile(1.0 - alpha), top.q_tol, RESIDUAL_EPS,
+            )
+        except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):  # not finite: the full eigh decides
+            verdict, status = (0,), 0
+        if status == -2:
+            top.fallbacks += 1
+        elif verdict[0] == 0:
+            top.miss()
+        else:
+            k, p1, lam1, theta = top.take(verdict, u, w)
+            thr = (q, "jackson-mudholkar", h0) if status == 1 else None
+            if status == -1:  # Box's approximation or no residual: decided here
+                thr = _verified_threshold(theta, top.theta_err, total, alpha, top.q_tol)
             if thr is not None:
                 q, method, h0 = thr
                 return PcaFit(n, mean.copy(), std, raw, corr, k, p1, lam1, total, theta, q, method, h0, alpha, None, "subspace")
             top.fallbacks += 1
+    if corr is None:
+        corr, std, raw = standardised_cov(mean, cov, min_std, rel_std, cov_scale)
+        total = float(corr.trace())
     w, v = np.linalg.eigh(corr)
     lam = np.clip(w[::-1], 0.0, None)
     vec = np.ascontiguousarray(v[:, ::-1])
@@ -354,19 +362,20 @@ def _verified_threshold(
     three extra evaluations (~1 µs each) instead of an analytic derivative of both formulas.
     A possible sign change of h₀ (the switch to Box) is refused outright.
     """
-    q, method, h0 = _threshold(theta, total, alpha)
     t1, t2, t3 = theta
+    status, q, h0 = kernels.verified_jackson_mudholkar(
+        t1, t2, t3, err[0], err[1], err[2], total, _normal_quantile(1.0 - alpha), tol, RESIDUAL_EPS * max(total, 1.0)
+    )
+    if status >= 0:
+        return (q, "jackson-mudholkar", h0) if status == 1 else None
+    q, method, h0 = _threshold(theta, total, alpha)
     if method == "degenerate":
         return (q, method, h0) if t1 + err[0] <= RESIDUAL_EPS * max(total, 1.0) else None
     if not (math.isfinite(q) and q > 0 and t1 - err[0] > RESIDUAL_EPS * max(total, 1.0)):
         return None
-    # h₀ = 1 − 2θ₁θ₃/(3θ₂²): its largest change over the box, against its distance from 0
     dh = (1.0 - h0) * (err[0] / t1 + err[2] / t3 + 2.0 * err[1] / t2) * 1.01
-    if not (abs(h0) > dh):
+    if not (abs(h0) > dh):  # a possible sign change of h₀ (the switch back to Jackson–Mudholkar)
         return None
-    if method == "jackson-mudholkar":  # the common case, in one kernel call
-        spread = kernels.jackson_mudholkar_spread(q, t1, t2, t3, err[0], err[1], err[2], _normal_quantile(1.0 - alpha))
-        return (q, method, h0) if spread <= tol * q else None  # (NaN: the method changes within the box)
     # (θ₁ stays above the degenerate floor over the box, so q_alpha itself decides the method)
     q1, m1, _ = q_alpha((t1 + err[0], t2, t3), alpha)
     q2, m2, _ = q_alpha((t1, t2 + err[1], t3), alpha)
@@ -478,39 +487,53 @@ class TopEigen:
         self.u = np.ascontiguousarray(vec_desc[:, :p])
         self.since_full = 0
 
-    def _miss(self) -> None:
+    def miss(self) -> None:
+        """A step was refused: the solver stays off for a number of fits that doubles per miss."""
         self.misses += 1
         self.off = min(64, 2 ** min(self.misses, 6))
         self.fallbacks += 1
 
-    def solve(self, c: np.ndarray, total: float, cpv: float) -> tuple[int, np.ndarray, np.ndarray, tuple[float, float, float]] | None:
-        """(k, P₁, λ₁..λ_k, θ) or None when the caller must do a full decomposition."""
+    def ready(self, d: int) -> bool:
+        """Whether this fit (of a d × d matrix) may try a step; counts the fit either way."""
         u = self.u
-        d = c.shape[0]
         self.since_full += 1
         if self.off > 0:
             self.off -= 1
             self.fallbacks += 1
+            return False
+        if u is None or u.shape[0] != d or u.shape[1] >= d or self.since_full >= self.full_every:
+            self.fallbacks += 1
+            return False
+        return True
+
+    def take(
+        self, verdict: tuple[int, float, float, float, float, float, float, float], u: np.ndarray, w: np.ndarray
+    ) -> tuple[int, np.ndarray, np.ndarray, tuple[float, float, float]]:
+        """Carry an accepted step's Ritz vectors and bounds: (k, P₁, λ₁..λ_k, θ)."""
+        k, t1, t2, t3, e1, e2, e3, sin_theta = verdict
+        self.u = u
+        self.misses = 0
+        self.hits += 1
+        self.sin_theta = sin_theta
+        self.theta_err = (e1, e2, e3)
+        return k, np.ascontiguousarray(u[:, :k]), w[:k].copy(), (t1, t2, t3)
+
+    def solve(self, c: np.ndarray, total: float, cpv: float) -> tuple[int, np.ndarray, np.ndarray, tuple[float, float, float]] | None:
+        """(k, P₁, λ₁..λ_k, θ) or None when the caller must do a full decomposition
+        (:func:`fit` makes the same step fused with the standardisation and the threshold)."""
+        if not self.ready(c.shape[0]):
             return None
-        if u is None or u.shape[0] != d or u.shape[1] >= d or self.since_full >= self.full_every or not total > 0 or c.dtype != np.float64:
+        if not total > 0 or c.dtype != np.float64:
             self.fallbacks += 1
             return None
         try:
-            verdict, u, w = kernels.subspace_step(c, u, total, cpv, self.tol, self.theta_tol, self.iters)
+            verdict, u, w = kernels.subspace_step(c, self.u, total, cpv, self.tol, self.theta_tol, self.iters)
         except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
             verdict = (0,)  # a non-finite or singular step: the full eigh decides
-        k = verdict[0]
-        if k > 0:
-            _, t1, t2, t3, e1, e2, e3, sin_theta = verdict
-            self.u = u
-            self.misses = 0
-            self.hits += 1
-            self.sin_theta = sin_theta
-            self.theta_err = (e1, e2, e3)
-            return k, np.ascontiguousarray(u[:, :k]), w[:k].copy(), (t1, t2, t3)
-        self._miss()
+        if verdict[0] > 0:
+            return self.take(verdict, u, w)
+        self.miss()
         return None
-
 
 
 # --------------------------------------------------------------------------- identification
