@@ -1,23 +1,29 @@
 """The numeric kernels of a PCA-SPE tick, compiled by numba when it is installed.
 
-A d = 80 tick is ~25 µs of arithmetic (one d × d product for tr C³, the C⁴ filter, a QR and a
-small eigenproblem) spread over some forty numpy and LAPACK calls whose Python overhead is
-most of its time. Here those calls are grouped into a few kernels written in the subset of numpy
-that numba compiles: with numba (``pip install 'atomwatch[fast]'``) each kernel is one
-compiled call that releases the GIL; without it they run as the plain numpy code they are,
-with the same results (the tests check both). ``ATOMWATCH_NO_JIT=1`` forces the plain path.
+A warm d = 80 fit is ~45 µs of arithmetic: one d × d product C² (for tr C³ and the filter,
+~20 µs, at BLAS speed), three d × d × p products, a QR, a p × p eigenproblem and the bounds.
+Written as numpy calls, the Python and LAPACK call overhead between them costs about as much
+again. Here they are a few kernels in the subset of numpy that numba compiles: with numba
+(``pip install 'atomwatch[fast]'``) a warm fit is one compiled call that releases the GIL;
+without it they run as the plain numpy code they are, with the same results (the tests check
+both). ``ATOMWATCH_NO_JIT=1`` forces the plain path.
 
+* :func:`fit_step` — a whole warm fit: :func:`standardised`, then :func:`subspace_step`, then
+  :func:`verified_jackson_mudholkar`;
 * :func:`window_replace` — the window's row, mean and co-moment when a row replaces the oldest
   (:func:`rank_one`, plain BLAS, for the rows that fill it);
 * :func:`standardised` — cov(Y) from the window's co-moment (or covariance) and means (the std
   floor of :func:`plugins.pca_model.std_floor`);
 * :func:`square_traces` — C², ‖C‖²_F = tr C² and tr C³;
-* :func:`filtered_ritz` — one C⁴-filtered Rayleigh–Ritz step from the carried vectors;
+* :func:`filtered_ritz` — one C⁴-filtered Rayleigh–Ritz step from the carried vectors (its
+  p × p eigenproblem, compiled, by Householder tridiagonalisation and implicit QL: LAPACK
+  spends ~10 µs of call overhead on a 12 × 12 problem);
 * :func:`verify` — the a-posteriori bounds that accept or refuse a step (documented in
   :class:`plugins.pca_model.TopEigen`), with :func:`residual_power_sums` where θ₂ and θ₃
   cancel too deeply;
 * :func:`subspace_step` — the solver's whole step (the three above, up to ``iters`` times);
-* :func:`jackson_mudholkar` — Q_α (and its spread over θ's error bounds);
+* :func:`jackson_mudholkar` — Q_α, its spread over θ's error bounds, and
+  :func:`verified_jackson_mudholkar`, the threshold a step is accepted with;
 * :func:`spe` — the squared prediction error of a row.
 
 Compilation happens once per process at the first fit (a few seconds) or is loaded from numba's
@@ -534,9 +540,7 @@ def fit_step(
     Ritz vectors, Ritz values, threshold status, Q_α, h₀); the step is not tried (verdict k = 0,
     status −2) when the trace is not positive."""
     corr, std, raw = standardised(m, scale, mean, min_std, rel_std)
-    total = 0.0
-    for i in range(corr.shape[0]):
-        total += corr[i, i]
+    total = float(np.trace(corr))
     if not total > 0.0:
         return corr, std, raw, total, (0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), u, np.zeros(0), -2, math.nan, math.nan
     verdict, v, w = subspace_step(corr, u, total, cpv, tol, theta_tol, iters)
@@ -600,7 +604,8 @@ def warm_up() -> float:
     q, w, cq = filtered_ritz(corr, c2, u)
     verify(corr, q, w, cq, float(np.trace(corr)), 0.5, f2, f3, 1e-10, 1e-8)
     subspace_step(corr, u, float(np.trace(corr)), 0.5, 1e-10, 1e-8, 2)
-    jackson_mudholkar_spread(4.0, 3.0, 2.0, 1.5, 1e-12, 1e-12, 1e-12, 3.0)
+    fit_step(cov, 1.0, x.mean(axis=0), 1e-6, 1e-3, u, 0.5, 1e-10, 1e-8, 2, 3.0, 1e-8, 1e-12)
+    verified_jackson_mudholkar(3.0, 2.0, 1.5, 1e-12, 1e-12, 1e-12, 6.0, 3.0, 1e-8, 1e-12)
     residual_power_sums(corr, np.ascontiguousarray(q[:, :2]), math.sqrt(f2))
     spe(np.ascontiguousarray(x[0]), np.ascontiguousarray(q[:, :2]))
     window_replace(cov.copy(), x.mean(axis=0), x.copy(), 0, x[1].copy(), 40)

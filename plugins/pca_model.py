@@ -359,8 +359,10 @@ def _verified_threshold(
     and a Q_α within ``tol`` (relative) of this one.
 
     To first order (the errors are ≤ 10⁻¹⁰ of θ) the spread is Σ_j |Q(θ + err_j e_j) − Q(θ)|:
-    three extra evaluations (~1 µs each) instead of an analytic derivative of both formulas.
-    A possible sign change of h₀ (the switch to Box) is refused outright.
+    three extra evaluations instead of an analytic derivative of both formulas. A possible sign
+    change of h₀ (the switch between the two) is refused outright. The Jackson–Mudholkar case
+    is :func:`plugins.pca_kernels.verified_jackson_mudholkar` (which a warm :func:`fit` runs
+    inside its one compiled call); Box's and the degenerate case are decided here.
     """
     t1, t2, t3 = theta
     status, q, h0 = kernels.verified_jackson_mudholkar(
@@ -407,10 +409,11 @@ class TopEigen:
     """Top eigenpairs of a slowly changing symmetric PSD matrix C (the window's cov(Y)),
     warm-started from the last tick, every accepted result verified a posteriori.
 
-    One step (``solve``): the p carried vectors U are filtered by C⁴ (two products with C², which
-    the step needs anyway for tr(C³)), orthonormalised to rounding (Householder QR; compiled,
-    Cholesky QR of the column-normalised block where QᵀQ = I to rounding, else Householder), and
-    Rayleigh–Ritz gives Ritz pairs (w_i, u_i).
+    One step (``solve``, or fused into :func:`fit`): the p carried vectors U are filtered by C⁴
+    (two products with C², which the step needs anyway for tr(C³)), orthonormalised to rounding
+    (Householder QR; compiled, Cholesky QR of the column-normalised block where QᵀQ = I to
+    rounding, else Householder), and Rayleigh–Ritz gives Ritz pairs (w_i, u_i) (the p × p
+    eigenproblem by LAPACK, or compiled by Householder tridiagonalisation and implicit QL).
     The block p holds the top k, every eigenvalue above ``gap_ratio``·λ_k and ``extra`` more
     (read from the last full decomposition), so one step shrinks the error in the top-k
     subspace by about (λ_{p+1}/λ_k)⁴ — at the benchmark's d = 80, (0.03/4.8)⁴ ≈ 2·10⁻⁹ against a
