@@ -6,11 +6,11 @@ noise) through three paths over the same rows:
 
 * ``refit``  — the baseline: the model refitted from the raw window every tick (mean, std,
   standardised covariance from the t × d rows, full ``eigh``);
-* ``incremental`` — the detector's default: window statistics updated by one rank-two update per
-  row (the new row in, the oldest out), full ``eigh`` of the d × d matrix per tick;
-* ``incremental_subspace`` — ``solver=subspace``: the same updates and the warm-started top-k
-  solver (one C⁴ filter step and Rayleigh–Ritz per tick, every answer verified by its
-  a-posteriori bounds, full ``eigh`` when they fail and every 100 fits). Its kernels
+* ``incremental`` — ``solver=eigh``: window statistics updated by one rank-two update per row
+  (the new row in, the oldest out), full ``eigh`` of the d × d matrix per tick;
+* ``incremental_subspace`` — the detector's default, ``solver=subspace``: the same updates and
+  the warm-started top-k solver (one C⁴ filter step and Rayleigh–Ritz per tick, every answer
+  verified by its a-posteriori bounds, full ``eigh`` when they fail and every 100 fits). Its kernels
   (``plugins/pca_kernels.py``) are compiled when numba is installed (``kernels_compiled``;
   ``ATOMWATCH_NO_JIT=1`` measures the plain numpy path), after a warm-up that is not charged
   (``kernels_warm_up_s``: compiling, or loading numba's cache).
@@ -104,7 +104,7 @@ class FitPath:
 
 def run_paths(names: tuple[str, ...], x: np.ndarray, t: int, ticks: int, block: int = 25) -> dict[str, FitPath]:
     """Every path over rows x[0 : t + ticks + 1], interleaved in blocks of ``block`` ticks:
-    path A's ticks i..i+24, path B's same ticks, …, then the next block (the order rotating
+    path A's ticks i .. i + block − 1, path B's same ticks, …, then the next block (the order rotating
     per block). A burst of load on a shared machine then falls on all paths alike, while each
     path still runs with its own data in cache (tick by tick, the refit's 460 kB window would
     evict the incremental path's state and charge it misses a path running alone never has)."""
