@@ -26,8 +26,10 @@ both). ``ATOMWATCH_NO_JIT=1`` forces the plain path.
   :func:`verified_jackson_mudholkar`, the threshold a step is accepted with;
 * :func:`spe` — the squared prediction error of a row.
 
-Compilation happens once per process at the first fit (a few seconds) or is loaded from numba's
-cache beside this file; :func:`warm_up` does it ahead of time.
+Compiling takes ~20–30 s once (then numba's cache beside this file loads it in about a second).
+Callers take their kernels from :func:`current`: the compiled ones once compiled, the plain
+ones (:data:`plain`, this file loaded again without numba) while :func:`warm_up_in_background`
+is still compiling, so a controller's first fits never wait for it.
 
 What does not live here: the choice of when to use the solver, the threshold, the model object
 (:mod:`plugins.pca_model`).
@@ -35,9 +37,11 @@ What does not live here: the choice of when to use the solver, the threshold, th
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
+import sys
 import threading
 from typing import Any, Callable
 
@@ -46,8 +50,11 @@ from scipy.linalg import blas
 
 log = logging.getLogger("atomwatch.plugins.pca_kernels")
 
+#: Set (before the module's code runs) in the plain copy :data:`plain` loads of this file.
+_PLAIN_COPY = bool(globals().get("_PLAIN_COPY", False))
+
 try:
-    if os.environ.get("ATOMWATCH_NO_JIT", "").strip() not in ("", "0"):
+    if _PLAIN_COPY or os.environ.get("ATOMWATCH_NO_JIT", "").strip() not in ("", "0"):
         raise ImportError("ATOMWATCH_NO_JIT is set")
     import numba
 except ImportError:
@@ -569,23 +576,60 @@ def subspace_step(
     return verdict, u, w
 
 
+def _load_plain_copy() -> Any:
+    """This file loaded again as its plain numpy variant (what ``ATOMWATCH_NO_JIT=1`` gives)."""
+    name = __name__ + "_plain"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, __file__)
+    module = importlib.util.module_from_spec(spec)
+    module.__dict__["_PLAIN_COPY"] = True
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+#: The plain numpy kernels: this module itself without numba, else a plain copy of it, which
+#: serves the fits while the compiled kernels are still being compiled (see :func:`current`).
+plain = _load_plain_copy() if JIT else sys.modules[__name__]
+
 _warm_thread: threading.Thread | None = None
+_compiled = threading.Event()  # every kernel compiled (or loaded from numba's cache)
+_failed = threading.Event()  # compiling failed: the plain kernels serve for good
+_compile_lock = threading.Lock()
+
+
+def current() -> Any:
+    """The kernels to call now: the compiled ones once they are compiled; the plain ones while
+    :func:`warm_up_in_background` is still compiling them (a fit never waits ~20 s for numba:
+    both give the same results to rounding), and for good if compiling failed. With no
+    background warm-up started, the first call compiles them here, as numba would."""
+    if _compiled.is_set():
+        return _self
+    if not JIT or _failed.is_set() or (_warm_thread is not None and _warm_thread.is_alive()):
+        return plain
+    with _compile_lock:
+        if not (_compiled.is_set() or _failed.is_set()):
+            _warm_up_logged()
+    return _self if _compiled.is_set() else plain
 
 
 def warm_up_in_background() -> None:
-    """Start :func:`warm_up` in a daemon thread, once per process (a detector's first fit then
-    does not stall the controller's detection thread while numba compiles)."""
+    """Start :func:`warm_up` in a daemon thread, once per process; until it is done
+    :func:`current` hands out the plain kernels."""
     global _warm_thread
-    if JIT and _warm_thread is None:
-        _warm_thread = threading.Thread(target=_warm_up_logged, name="atomwatch-kernels-warm-up", daemon=True)
-        _warm_thread.start()
+    with _compile_lock:
+        if JIT and _warm_thread is None and not _compiled.is_set():
+            _warm_thread = threading.Thread(target=_warm_up_logged, name="atomwatch-kernels-warm-up", daemon=True)
+            _warm_thread.start()
 
 
 def _warm_up_logged() -> None:
     try:
         log.info("PCA kernels compiled or loaded from numba's cache in %.1f s", warm_up())
-    except Exception:  # the first fit compiles them instead (or reports the problem)
-        log.exception("compiling the PCA kernels failed")
+    except Exception:  # the plain kernels serve instead
+        _failed.set()
+        log.exception("compiling the PCA kernels failed: the plain numpy kernels serve instead")
 
 
 def warm_up() -> float:
@@ -609,4 +653,8 @@ def warm_up() -> float:
     residual_power_sums(corr, np.ascontiguousarray(q[:, :2]), math.sqrt(f2))
     spe(np.ascontiguousarray(x[0]), np.ascontiguousarray(q[:, :2]))
     window_replace(cov.copy(), x.mean(axis=0), x.copy(), 0, x[1].copy(), 40)
+    _compiled.set()
     return time.perf_counter() - t0
+
+
+_self = sys.modules[__name__]

@@ -73,7 +73,8 @@ class WindowStats:
 
     def add(self, x: np.ndarray) -> None:
         if self.n == self.capacity:  # the oldest row leaves, in one rank-two update (n stays the same)
-            kernels.window_replace(self.comoment, self.mean, self.buf, self.start, np.ascontiguousarray(x, dtype=np.float64), self.n)
+            row = np.ascontiguousarray(x, dtype=np.float64)
+            kernels.current().window_replace(self.comoment, self.mean, self.buf, self.start, row, self.n)
             self.updates += 2
             self.start = (self.start + 1) % self.capacity
         else:
@@ -180,7 +181,7 @@ def q_alpha(theta: tuple[float, float, float], alpha: float, method: Method | No
     t1, t2, t3 = theta
     if not (t1 > 0 and t2 > 0):
         return math.inf, "degenerate", math.nan
-    q, h0 = kernels.jackson_mudholkar(t1, t2, t3, _normal_quantile(1.0 - alpha))
+    q, h0 = kernels.current().jackson_mudholkar(t1, t2, t3, _normal_quantile(1.0 - alpha))
     if method != "box" and q == q:
         return q, "jackson-mudholkar", h0
     g, h = t2 / t1, t1 * t1 / t2
@@ -266,7 +267,7 @@ class PcaFit:
     def spe(self, x: np.ndarray) -> float:
         if self.k == 0:
             return float(x @ x)
-        return kernels.spe(np.ascontiguousarray(x, dtype=np.float64), self.p1)
+        return kernels.current().spe(np.ascontiguousarray(x, dtype=np.float64), self.p1)
 
     def resid_diag(self) -> np.ndarray:
         """diag(P₂Λ₂P₂ᵀ): each column's variance in the residual subspace."""
@@ -294,7 +295,7 @@ def standardised_cov(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cov(Y), std used, raw std) for a window with this mean and covariance cov·scale (the std
     floored by :func:`std_floor`)."""
-    return kernels.standardised(cov, float(scale), mean, float(min_std), float(rel_std))
+    return kernels.current().standardised(cov, float(scale), mean, float(min_std), float(rel_std))
 
 
 def fit(
@@ -319,7 +320,7 @@ def fit(
     corr = None
     if top is not None and top.ready(cov.shape[0]):
         try:
-            corr, std, raw, total, verdict, u, w, status, q, h0 = kernels.fit_step(
+            corr, std, raw, total, verdict, u, w, status, q, h0 = kernels.current().fit_step(
                 cov, float(cov_scale), mean, float(min_std), float(rel_std), top.u, cpv, top.tol, top.theta_tol,
                 top.iters, _normal_quantile(1.0 - alpha), top.q_tol, RESIDUAL_EPS,
             )
@@ -365,7 +366,7 @@ def _verified_threshold(
     inside its one compiled call); Box's and the degenerate case are decided here.
     """
     t1, t2, t3 = theta
-    status, q, h0 = kernels.verified_jackson_mudholkar(
+    status, q, h0 = kernels.current().verified_jackson_mudholkar(
         t1, t2, t3, err[0], err[1], err[2], total, _normal_quantile(1.0 - alpha), tol, RESIDUAL_EPS * max(total, 1.0)
     )
     if status >= 0:
@@ -530,7 +531,7 @@ class TopEigen:
             self.fallbacks += 1
             return None
         try:
-            verdict, u, w = kernels.subspace_step(c, self.u, total, cpv, self.tol, self.theta_tol, self.iters)
+            verdict, u, w = kernels.current().subspace_step(c, self.u, total, cpv, self.tol, self.theta_tol, self.iters)
         except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
             verdict = (0,)  # a non-finite or singular step: the full eigh decides
         if verdict[0] > 0:

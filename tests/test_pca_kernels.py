@@ -134,3 +134,45 @@ def test_small_eigensolver_matches_lapack():
         assert np.max(np.abs(w - ref)) <= 50 * n * kernels.UNIT * scale, (n, w, ref)
         assert np.max(np.abs(v.T @ v - np.eye(n))) <= 50 * n * kernels.UNIT
         assert np.max(np.abs(h @ v - v * w)) <= 50 * n * kernels.UNIT * scale
+
+
+# a fresh numba cache: the background warm-up compiles for many seconds, and the fits made
+# meanwhile must run on the plain kernels instead of waiting for it
+WARM_UP_SCRIPT = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from plugins import pca_kernels as kernels, pca_model as pm
+rng = np.random.default_rng(5)
+x = rng.standard_normal((400, 12)) @ rng.standard_normal((12, 12))
+w = pm.WindowStats(12, 300)
+for r in x[:300]:
+    w.add(r)
+top = pm.TopEigen()
+kernels.warm_up_in_background()
+during = []
+for r in x[300:340]:
+    during.append(kernels.current() is kernels.plain)
+    w.add(r)
+    pm.fit(w.n, w.mean, w.cov(), top=top)
+kernels._warm_thread.join()
+got = pm.fit(w.n, w.mean, w.cov(), top=top)
+ref = pm.fit_window(x[40:340])
+print(json.dumps({"plain_during": during, "compiled_after": kernels.current() is kernels._self and kernels.current().JIT,
+                  "plain_is_plain": not kernels.plain.JIT, "q_rel": abs(got.q_alpha - ref.q_alpha) / ref.q_alpha}))
+"""
+
+
+def test_fits_use_the_plain_kernels_while_numba_compiles(tmp_path):
+    """A controller's first fits do not wait for the background compile (~20 s with no cache):
+    they run on the plain kernels, and on the compiled ones once it is done."""
+    require(kernels.JIT or os.environ.get("ATOMWATCH_NO_JIT"), "numba is not installed (pip install 'atomwatch[fast]')")
+    if not kernels.JIT:
+        pytest.skip("ATOMWATCH_NO_JIT is set: nothing is compiled")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    proc = subprocess.run([sys.executable, "-c", WARM_UP_SCRIPT, str(ROOT)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert all(out["plain_during"]), out["plain_during"]
+    assert out["compiled_after"] and out["plain_is_plain"]
+    assert out["q_rel"] <= 1e-9
