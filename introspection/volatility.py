@@ -69,8 +69,10 @@ class VolatilityConfig:
         if isinstance(self.symbol_dirs, str):
             self.symbol_dirs = [self.symbol_dirs]
         for d in self.symbol_dirs:
+            if not Path(d).exists():
+                raise ValueError(f"symbol directory {d!r} does not exist")
             if not Path(d).is_dir():
-                raise ValueError(f"symbol directory {d!r}: not a directory (give a directory, not an ISF file)")
+                raise ValueError(f"symbol directory {d!r} is a file (give the directory that holds the ISF files)")
         if not self.timeout > 0:
             raise ValueError(f"Volatility timeout must be > 0 s, got {self.timeout!r}")
         if self.memory_limit < 0:
@@ -93,6 +95,10 @@ class VolatilityConfig:
         if options.get("symbols"):
             s = options["symbols"]
             kw["symbol_dirs"] = s.split(";") if isinstance(s, str) else list(s)
+        elif not os.environ.get("ATOMWATCH_SYMBOLS"):
+            # the built-in default is a place to look, not a promise: absent, there are no symbols
+            # yet (``introspect`` says so when asked), which is not a configuration error
+            kw["symbol_dirs"] = [d for d in DEFAULT_SYMBOL_DIRS if Path(d).is_dir()]
         if options.get("cache"):
             kw["cache_dir"] = str(options["cache"])
         if options.get("timeout") is not None:

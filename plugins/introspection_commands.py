@@ -16,7 +16,9 @@ Every failure is an error reply naming it: VM gone, dump failed, no symbol table
 kernel's banner, Volatility failed or timed out, guest agent failed.
 
 Options (``--set introspection.KEY=VALUE``): ``uri`` (libvirt, default ``qemu:///system``),
-``symbols`` (symbol directory, ``;`` for several; default ``$ATOMWATCH_SYMBOLS`` or ``/var/lib/atomwatch/symbols``), ``cache``
+``symbols`` (symbol directory, ``;`` for several; default ``$ATOMWATCH_SYMBOLS`` or ``/var/lib/atomwatch/symbols``;
+a given path that is not a directory is a misconfiguration, an absent built-in default only
+makes ``introspect`` refuse, before any dump, until one exists), ``cache``
 (Volatility cache dir), ``timeout`` (s, default 120), ``memory_mib`` (worker address-space
 limit, default 3072), ``dump_dir``, ``keep_dumps`` (retention, default false), ``baseline_dir``,
 ``concurrency`` (introspections at once, default 1: each holds ~0.5 GB).
@@ -35,6 +37,7 @@ from typing import Any
 
 import atomwatch
 from atomwatch.types import CommandError
+from introspection.volatility import DEFAULT_SYMBOL_DIRS
 
 log = logging.getLogger("atomwatch.plugins.introspection")
 
@@ -113,6 +116,11 @@ class IntrospectionCommands:
         if plugins is not None and (not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins)):
             raise CommandError(f"introspect: 'plugins' must be a list of Volatility plugin names, got {plugins!r}")
         cfg = self.cfg
+        if not cfg.volatility.symbol_dirs:  # refused before the guest is paused for a dump
+            raise CommandError(
+                f"introspect: no symbol directory on this agent ({', '.join(DEFAULT_SYMBOL_DIRS)} does not exist): "
+                "give one with --set introspection.symbols=DIR or ATOMWATCH_SYMBOLS"
+            )
         if params.get("timeout") is not None:
             try:
                 t = float(params["timeout"])
@@ -183,4 +191,7 @@ def register_agent_commands(config: Any) -> dict[str, Any] | None:
             raise CommandError(why)
 
         return {"introspect": refuse, "terminate": refuse}
+    if not cmds.cfg.volatility.symbol_dirs:
+        log.info("introspection: no symbol directory (%s does not exist): 'introspect' will refuse until one is given "
+                 "(--set introspection.symbols=DIR or ATOMWATCH_SYMBOLS); 'terminate' works", ", ".join(DEFAULT_SYMBOL_DIRS))
     return {"introspect": cmds.introspect, "terminate": cmds.terminate}

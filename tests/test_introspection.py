@@ -182,7 +182,7 @@ def test_volatility_worker_limits_and_agent_command_errors(guest):
         asyncio.run(handlers["terminate"]({"vm": dom.name(), "pid": 1, "name": "init", "start_time": 0.1}, progress))
     bad = register_agent_commands(AgentConfig(broker=BrokerAddress.parse("mqtt://127.0.0.1:1"), site="s", host="h",
                                               options={"introspection": {"symbols": "/nonexistent/symbols"}}))
-    with pytest.raises(CommandError, match="misconfigured.*symbol directory '/nonexistent/symbols': not a directory"):
+    with pytest.raises(CommandError, match="misconfigured.*symbol directory '/nonexistent/symbols' does not exist"):
         asyncio.run(bad["introspect"]({"vm": dom.name()}, progress))
 
 
@@ -440,6 +440,48 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
 
 
 # ----------------------------------------------------------------------------- no guest needed
+
+
+def test_absent_default_symbol_directory_is_not_a_misconfiguration(tmp_path, monkeypatch, caplog):
+    """On a fresh agent the built-in symbol directory does not exist yet: that is no error at
+    start (the agent logs it once at INFO), ``introspect`` refuses before any dump and says what
+    to set, ``terminate`` is registered; a symbol path the operator gave that is wrong, or a
+    file, is a misconfiguration that names it."""
+    import logging
+
+    from agent.config import AgentConfig
+    from atomwatch.config import BrokerAddress
+    from atomwatch.types import CommandError
+    from introspection import volatility
+    from plugins import introspection_commands as ic
+
+    absent = str(tmp_path / "symbols")
+    monkeypatch.delenv("ATOMWATCH_SYMBOLS", raising=False)
+    monkeypatch.setattr(volatility, "DEFAULT_SYMBOL_DIRS", (absent,))
+    monkeypatch.setattr(ic, "DEFAULT_SYMBOL_DIRS", (absent,))
+
+    def handlers(options):
+        return ic.register_agent_commands(AgentConfig(broker=BrokerAddress.parse("mqtt://127.0.0.1:1"), site="s",
+                                                      host="h", options={"introspection": options}))
+
+    async def progress(info):
+        raise AssertionError(f"no progress before the refusal, got {info}")
+
+    with caplog.at_level(logging.INFO, logger="atomwatch.plugins.introspection"):
+        got = handlers({})
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "no symbol directory" in caplog.text and absent in caplog.text
+    assert set(got) == {"introspect", "terminate"} and got["terminate"].__name__ == "terminate"
+    with pytest.raises(CommandError, match=f"introspect: no symbol directory on this agent \\({absent} does not exist\\).*introspection.symbols=DIR"):
+        asyncio.run(got["introspect"]({"vm": "vm1", "metrics": ["CPUUtilization"]}, progress))
+    (tmp_path / "symbols").mkdir()
+    assert volatility.VolatilityConfig.from_options({}).symbol_dirs == [absent]  # there once it exists
+    isf = tmp_path / "kernel.json.xz"
+    isf.write_bytes(b"")
+    for wrong, why in ((str(tmp_path / "nope"), "does not exist"), (str(isf), "is a file")):
+        bad = handlers({"symbols": wrong})
+        with pytest.raises(CommandError, match=f"misconfigured on this agent: symbol directory '{wrong}' {why}"):
+            asyncio.run(bad["introspect"]({"vm": "vm1"}, progress))
 
 
 def test_plugin_choice_follows_the_blamed_metrics():
