@@ -4,9 +4,9 @@ An anomaly opens an alarm for its (scope, detector); further anomalies of the sa
 ``merge_gap`` rows extend it (its *level* is the number of abnormal rows, ATOM's A) — while it is
 open, and also once judged malicious, while the orchestrators act on it: the anomaly going on
 until the guilty process is stopped is the same episode, not a new alarm to introspect and
-judge. The alarm keeps those rows (columns and values), the blamed columns, the latest score and threshold, and the
-findings orchestrators attach. Every change is written to the alarm's audit trail with time and
-actor, in the same transaction as the change itself.
+judge. The alarm keeps those rows (columns and values), the blamed columns, the latest score
+and threshold, and the findings orchestrators attach. Every change is written to the alarm's
+audit trail with time and actor, in the same transaction as the change itself.
 
 States::
 

@@ -22,7 +22,8 @@ both). ``ATOMWATCH_NO_JIT=1`` forces the plain path.
   :class:`plugins.pca_model.TopEigen`), with :func:`residual_power_sums` where θ₂ and θ₃
   cancel too deeply;
 * :func:`subspace_step` — the solver's whole step (the three above, up to ``iters`` times);
-* :func:`jackson_mudholkar` — Q_α, its spread over θ's error bounds, and
+* :func:`jackson_mudholkar` — Q_α, its spread over θ's error bounds, whether h₀'s sign is
+  settled over them (:func:`h0_keeps_its_sign`, for Box's case too), and
   :func:`verified_jackson_mudholkar`, the threshold a step is accepted with;
 * :func:`spe` — the squared prediction error of a row.
 
@@ -508,6 +509,15 @@ def jackson_mudholkar_spread(q: float, t1: float, t2: float, t3: float, e1: floa
 
 
 @_kernel
+def h0_keeps_its_sign(h0: float, t1: float, t2: float, t3: float, e1: float, e2: float, e3: float) -> bool:
+    """Whether h₀ = 1 − 2θ₁θ₃/(3θ₂²) has the same sign for every θ within ±e (its largest change
+    over the box, to first order with a 1 % margin, against its distance from 0): where it may
+    not, which approximation applies (Jackson–Mudholkar or Box) is undecided."""
+    dh = (1.0 - h0) * (e1 / t1 + e3 / t3 + 2.0 * e2 / t2) * 1.01
+    return abs(h0) > dh
+
+
+@_kernel
 def verified_jackson_mudholkar(
     t1: float, t2: float, t3: float, e1: float, e2: float, e3: float, total: float, c: float, tol: float, floor: float
 ) -> tuple[int, float, float]:
@@ -524,9 +534,7 @@ def verified_jackson_mudholkar(
         return -1, math.nan, math.nan
     if not (math.isfinite(q) and q > 0.0 and t1 - e1 > floor):
         return 0, math.nan, h0
-    # h₀ = 1 − 2θ₁θ₃/(3θ₂²): its largest change over the box, against its distance from 0
-    dh = (1.0 - h0) * (e1 / t1 + e3 / t3 + 2.0 * e2 / t2) * 1.01
-    if not (abs(h0) > dh):
+    if not h0_keeps_its_sign(h0, t1, t2, t3, e1, e2, e3):
         return 0, math.nan, h0
     if not (jackson_mudholkar_spread(q, t1, t2, t3, e1, e2, e3, c) <= tol * q):  # NaN: the method changes in the box
         return 0, math.nan, h0
@@ -650,6 +658,7 @@ def warm_up() -> float:
     subspace_step(corr, u, float(np.trace(corr)), 0.5, 1e-10, 1e-8, 2)
     fit_step(cov, 1.0, x.mean(axis=0), 1e-6, 1e-3, u, 0.5, 1e-10, 1e-8, 2, 3.0, 1e-8, 1e-12)
     verified_jackson_mudholkar(3.0, 2.0, 1.5, 1e-12, 1e-12, 1e-12, 6.0, 3.0, 1e-8, 1e-12)
+    h0_keeps_its_sign(-0.5, 3.0, 2.0, 1.5, 1e-12, 1e-12, 1e-12)
     residual_power_sums(corr, np.ascontiguousarray(q[:, :2]), math.sqrt(f2))
     spe(np.ascontiguousarray(x[0]), np.ascontiguousarray(q[:, :2]))
     window_replace(cov.copy(), x.mean(axis=0), x.copy(), 0, x[1].copy(), 40)

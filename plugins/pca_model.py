@@ -376,8 +376,7 @@ def _verified_threshold(
         return (q, method, h0) if t1 + err[0] <= RESIDUAL_EPS * max(total, 1.0) else None
     if not (math.isfinite(q) and q > 0 and t1 - err[0] > RESIDUAL_EPS * max(total, 1.0)):
         return None
-    dh = (1.0 - h0) * (err[0] / t1 + err[2] / t3 + 2.0 * err[1] / t2) * 1.01
-    if not (abs(h0) > dh):  # a possible sign change of h₀ (the switch back to Jackson–Mudholkar)
+    if not kernels.current().h0_keeps_its_sign(h0, t1, t2, t3, *err):  # (the switch back to Jackson–Mudholkar)
         return None
     # (θ₁ stays above the degenerate floor over the box, so q_alpha itself decides the method)
     q1, m1, _ = q_alpha((t1 + err[0], t2, t3), alpha)
