@@ -22,7 +22,7 @@ import numpy as np
 
 from atomwatch import __version__, protocol
 from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
-from atomwatch.plugins import call_safely
+from atomwatch.pluginmanager import call_safely
 from atomwatch.series import SeriesKey
 from atomwatch.types import CommandError, CommandHandler
 
@@ -30,7 +30,7 @@ from .commands import CommandRunner
 from .config import AgentConfig
 from .sampling import Sampler
 from .series_table import SeriesTable
-from .tracking import AtomTracker
+from atomwatch.tracking import AtomTracker
 
 log = logging.getLogger("atomwatch.agent")
 

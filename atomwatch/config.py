@@ -7,6 +7,7 @@ line are parsed as JSON when they parse (numbers, true/false, lists), else kept 
 
 from __future__ import annotations
 
+import argparse
 import json
 import tomllib
 from dataclasses import dataclass
@@ -93,3 +94,11 @@ def parse_deltas(items: list[str] | None) -> dict[str, float]:
         if not (out[metric] >= 0 and out[metric] != float("inf")):
             raise ConfigError(f"--delta {item!r}: Δ must be a finite number ≥ 0")
     return out
+
+
+def add_replay_delta_argument(p: argparse.ArgumentParser, effect: str) -> None:
+    """``--delta [METRIC=]VALUE`` of the offline commands: replay the data through ATOM's
+    tracking at that Δ before using it (:func:`parse_deltas` reads the list)."""
+    p.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
+                   help="track the data with ATOM's rule at this Δ first, as an agent would send it "
+                        f"(repeatable; a bare VALUE for every other metric): {effect}")

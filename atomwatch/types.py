@@ -46,6 +46,24 @@ class Collector(Protocol):
     def close(self) -> None: ...
 
 
+class AgentSettings(Protocol):
+    """What agent-side hooks are handed: the agent's identity, tick and each plugin's options
+    (never the agent itself)."""
+
+    site: str
+    host: str
+    tick: float
+
+    @property
+    def budget(self) -> float:
+        """Seconds a tick's collection may take before a collector's reading is skipped."""
+        ...
+
+    def plugin_options(self, name: str) -> dict[str, Any]:
+        """The options the user gave plugin ``name`` (an empty dict if none)."""
+        ...
+
+
 #: ``await handler(params, progress)`` → result dict; raise :class:`CommandError` to fail.
 CommandHandler = Callable[[dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[dict[str, Any]]]
 

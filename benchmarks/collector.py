@@ -7,7 +7,7 @@ domain at a time (``listAllDomains`` + per domain ``getCPUStats``, ``vcpus``, ``
 ``blockStats``, ``memoryStats``). Prints one JSON object: wall milliseconds per tick and per
 domain, this process's CPU seconds per tick (all threads), and baseline/collector ratios.
 
-    python benchmarks/collector.py [--ticks 30] [--guests 1,4] [--dir DIR] [--keep]
+    python -m benchmarks.collector [--ticks 30] [--guests 1,4] [--dir DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import domains, testbed  # noqa: E402
-from lab.paths import PREFIX, default_dir  # noqa: E402
-from plugins.libvirt_collector import LibvirtCollector  # noqa: E402
+from atomwatch.lab import domains, testbed  # noqa: E402
+from atomwatch.lab.paths import PREFIX, default_dir  # noqa: E402
+from atomwatch.plugins.libvirt_collector import LibvirtCollector  # noqa: E402
 
 
 class PerDomainBaseline:

@@ -20,15 +20,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks._common import emit, machine, seconds_per_call
-from lab.coredns_sim import CorednsSimulator, Event, SimConfig, SimulatorServer, record
-from plugins.coredns import CorednsCollector
-from plugins.coredns_metrics import InstanceDeriver
+from atomwatch.lab.coredns_sim import CorednsSimulator, Event, SimConfig, SimulatorServer, record
+from atomwatch.plugins.coredns.collector import CorednsCollector
+from atomwatch.plugins.coredns.metrics import InstanceDeriver
 
 
 def derivation(calls: int) -> dict:

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import SHARED, emit, machine
 
@@ -64,16 +63,16 @@ async def _wait(pred, timeout: float, what: str) -> None:
 
 
 async def closed_loop(work: Path, dom, port: int) -> dict:
-    import plugins.introspection_commands as cmds_plugin
-    import plugins.orchestrate as orch_plugin
-    from agent.config import AgentConfig
-    from agent.runtime import Agent
+    import atomwatch.plugins.introspection_commands as cmds_plugin
+    import atomwatch.plugins.orchestrate as orch_plugin
+    from atomwatch.agent.config import AgentConfig
+    from atomwatch.agent.runtime import Agent
     from atomwatch import Anomaly, Blame, SeriesKey
     from atomwatch.config import BrokerAddress
-    from atomwatch.plugins import PluginManager
-    from controller.app import Controller
-    from controller.config import ControllerConfig
-    from lab import workloads
+    from atomwatch.pluginmanager import PluginManager
+    from atomwatch.controller.app import Controller
+    from atomwatch.controller.config import ControllerConfig
+    from atomwatch.lab import workloads
 
     pm = PluginManager()
     pm.register(cmds_plugin, name="introspection-commands")
@@ -129,9 +128,9 @@ async def closed_loop(work: Path, dom, port: int) -> dict:
 def one_image_vs_per_plugin(conn, dom, work: Path) -> dict:
     """The plugins the CPU and the network metrics call for, over one dump: one worker process
     per plugin (each loads the image and the symbol table) against one worker for all."""
-    from introspection.acquire import dump_memory
-    from introspection.plugins_choice import choose
-    from introspection.volatility import VolatilityConfig, analyse
+    from atomwatch.introspection.acquire import dump_memory
+    from atomwatch.introspection.plugins_choice import choose
+    from atomwatch.introspection.volatility import VolatilityConfig, analyse
 
     cfg = VolatilityConfig(symbol_dirs=[str(SYMBOLS)], cache_dir=str(work / "volcache"), timeout=900)
     out = {}
@@ -154,7 +153,7 @@ def one_image_vs_per_plugin(conn, dom, work: Path) -> dict:
 
 
 def main() -> int:
-    from lab.private_guest import boot_private_guest, destroy_private_guest
+    from atomwatch.lab.private_guest import boot_private_guest, destroy_private_guest
 
     with tempfile.TemporaryDirectory(prefix="atomwatch-bench-intro-") as d:
         work = Path(d)

@@ -13,7 +13,7 @@ daily rhythm and noise, 10 % anomalous rows):
   and ``predict_on_batch`` on the raw network at the same fixed shape; ``ratio`` = baseline time
   / ``predict_on_batch`` time.
 
-Target: ≤ 1 ms per window (``meets_1ms_target``). Usage: ``python benchmarks/models.py [--epochs N]
+Target: ≤ 1 ms per window (``meets_1ms_target``). Usage: ``python -m benchmarks.models [--epochs N]
 [--rows N] [--quick]``.
 """
 
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
@@ -35,7 +34,7 @@ from benchmarks._common import emit, machine, seconds_per_call  # noqa: E402
 
 
 def generated(rows: int, columns: int, window: int, seed: int = 0):
-    from plugins.deep_windows import Recording, WindowSet, fifo_windows
+    from atomwatch.plugins.deep.windows import Recording, WindowSet, fifo_windows
 
     rng = np.random.default_rng(seed)
     t = np.arange(rows)
@@ -68,10 +67,10 @@ def main() -> None:
 
     import keras
 
-    from atomwatch.offline import trace_rows
+    from atomwatch.trace_rows import trace_rows
     from atomwatch.traces import Trace
-    from plugins.deep import DeepDetector
-    from plugins.deep_models import SCORE_BATCH, new_model
+    from atomwatch.plugins.deep.detector import DeepDetector
+    from atomwatch.plugins.deep.models import SCORE_BATCH, new_model
 
     rec, train, val = generated(args.rows, args.columns, args.window)
     results: dict[str, dict] = {}

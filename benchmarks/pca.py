@@ -31,7 +31,7 @@ The paths run interleaved in blocks of 25 ticks (a burst of load on a shared mac
 alike), ``--repeats`` times: the per-tick times are each path's best median over the runs (the
 least disturbed), the speed-ups their ratios; ``speedup_subspace_per_run`` lists each run's own.
 
-Usage: ``python benchmarks/pca.py [--ticks N] [--repeats R] [--quick]``
+Usage: ``python -m benchmarks.pca [--ticks N] [--repeats R] [--quick]``
 """
 
 from __future__ import annotations
@@ -46,10 +46,9 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from plugins import pca_kernels as kernels  # noqa: E402
-from plugins import pca_model as pm  # noqa: E402
+from atomwatch.plugins.pca_spe import kernels  # noqa: E402
+from atomwatch.plugins.pca_spe import model as pm  # noqa: E402
 
 
 def host_rows(rng: np.random.Generator, rows: int, d: int) -> np.ndarray:

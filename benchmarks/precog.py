@@ -31,10 +31,9 @@ import numpy as np
 
 from atomwatch.traces import read_trace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import SHARED, emit, machine
-from plugins import precog_core as core
+from atomwatch.plugins.precog import core
 
 DATA = SHARED / "data" / "precog"
 MACHINES = [100] + list(range(1010, 1019))

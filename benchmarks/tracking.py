@@ -22,10 +22,7 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from agent.tracking import AtomTracker, Deadband, Policy, SendAll, optimal_messages, simulate
+from atomwatch.tracking import AtomTracker, Deadband, Policy, SendAll, optimal_messages, simulate
 from atomwatch.traces import read_trace
 from benchmarks._common import SHARED, emit, machine, seconds_per_call
 

@@ -23,8 +23,8 @@ import numpy as np
 from atomwatch import protocol
 from atomwatch.config import ConfigError
 from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
-from atomwatch.offline import detector_factories
-from atomwatch.plugins import call_safely
+from atomwatch.detectors import detector_factories
+from atomwatch.pluginmanager import call_safely
 from atomwatch.series import SeriesKey
 from atomwatch.types import Anomaly, Row
 

@@ -135,11 +135,9 @@ def _run_worker(image: Path, plugins: list[str], cfg: VolatilityConfig, progress
     os.makedirs(cache, mode=0o700, exist_ok=True)
     request = {"image": str(image), "plugins": plugins, "symbol_dirs": cfg.symbol_dirs, "cache_dir": cache,
                "memory_limit": cfg.memory_limit, "validate_isf": cfg.validate_isf}
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [cfg.python, "-m", "introspection.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=env, cwd=root, start_new_session=True, text=True,
+        [cfg.python, "-m", "atomwatch.introspection.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True, text=True,
     )
     final: dict[str, Any] | None = None
     stderr_tail: list[str] = []

@@ -671,7 +671,7 @@ def record(
     from atomwatch import __version__
     from atomwatch.series import SeriesKey
     from atomwatch.traces import write_trace
-    from plugins.coredns_metrics import METRICS, InstanceDeriver
+    from atomwatch.plugins.coredns.metrics import METRICS, InstanceDeriver
 
     if not minutes > 0:
         raise SimulatorError(f"--minutes must be > 0, got {minutes}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from introspection import guest_agent
+from atomwatch.introspection import guest_agent
 
 from .paths import BRIDGE, PREFIX, guest_ip, guest_name, tap_name
 

@@ -87,15 +87,12 @@ def start_server(workdir: Path) -> int:
         return pid
     workdir.mkdir(parents=True, exist_ok=True)
     logf = (workdir / "target-server.log").open("ab")
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", NETNS, sys.executable, "-m", "lab.target_server", TARGET_IP],
+        ["ip", "netns", "exec", NETNS, sys.executable, "-m", "atomwatch.lab.target_server", TARGET_IP],
         stdout=logf,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        env=env,
     )
     _server_pidfile(workdir).write_text(f"{proc.pid}\n")
     # wait until it listens (checked from inside the namespace)

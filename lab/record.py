@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from atomwatch.traces import write_trace
-from plugins.libvirt_collector import METRICS, LibvirtCollector
+from atomwatch.plugins.libvirt_collector import METRICS, LibvirtCollector
 
 from . import testbed
 from .domains import DEFAULT_URI, connect

@@ -37,7 +37,7 @@ from typing import Any
 
 import atomwatch
 from atomwatch.types import CommandError
-from introspection.volatility import DEFAULT_SYMBOL_DIRS
+from atomwatch.introspection.volatility import DEFAULT_SYMBOL_DIRS
 
 log = logging.getLogger("atomwatch.plugins.introspection")
 
@@ -57,8 +57,8 @@ def _vm_param(params: dict[str, Any], command: str) -> str:
 
 class IntrospectionCommands:
     def __init__(self, options: dict[str, Any]):
-        from introspection.pipeline import IntrospectionConfig
-        from introspection.volatility import VolatilityConfig
+        from atomwatch.introspection.pipeline import IntrospectionConfig
+        from atomwatch.introspection.volatility import VolatilityConfig
 
         self.uri = str(options.get("uri", "qemu:///system"))
         kw: dict[str, Any] = {"volatility": VolatilityConfig.from_options(options)}
@@ -73,7 +73,7 @@ class IntrospectionCommands:
         self._conn: Any = None
 
     def conn(self) -> Any:
-        from introspection.acquire import AcquireError, import_libvirt
+        from atomwatch.introspection.acquire import AcquireError, import_libvirt
 
         libvirt = import_libvirt()
         if self._conn is not None:
@@ -100,9 +100,9 @@ class IntrospectionCommands:
     async def introspect(self, params: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, Any]:
         from dataclasses import replace
 
-        from introspection import pipeline
-        from introspection.acquire import AcquireError, DomainGone
-        from introspection.volatility import (
+        from atomwatch.introspection import pipeline
+        from atomwatch.introspection.acquire import AcquireError, DomainGone
+        from atomwatch.introspection.volatility import (
             NoSymbols,
             VolatilityError,
             VolatilityTimeout,
@@ -148,8 +148,8 @@ class IntrospectionCommands:
                 raise CommandError(f"introspect: {e}") from None
 
     async def terminate(self, params: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, Any]:
-        from introspection import guest_agent
-        from introspection.acquire import AcquireError, DomainGone, lookup
+        from atomwatch.introspection import guest_agent
+        from atomwatch.introspection.acquire import AcquireError, DomainGone, lookup
 
         vm = _vm_param(params, "terminate")
         pid, name, start = params.get("pid"), params.get("name"), params.get("start_time")

@@ -131,7 +131,7 @@ class Orchestrator:
         await self.maybe_auto_terminate(alarm.id)
 
     async def introspect(self, alarm: Any, vm: str, vm_name: str | None, metrics: list[str]) -> dict[str, Any] | None:
-        from controller.app import CommandFailed
+        from atomwatch.controller.app import CommandFailed
 
         params = {"vm": vm, "vm_name": vm_name, "metrics": metrics}
         self.note(alarm.id, "introspection requested", {"host": alarm.scope, **params})
@@ -195,7 +195,7 @@ class Orchestrator:
         await self.terminate(alarm.id, pid, actor=actor)
 
     async def terminate(self, alarm_id: int, pid: Any, actor: str) -> bool:
-        from controller.app import CommandFailed
+        from atomwatch.controller.app import CommandFailed
 
         alarm = self.controller.alarms.get(alarm_id)
         finding = self.latest_introspection(alarm_id)

@@ -148,7 +148,7 @@ def require_build_tools() -> None:
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     require_build_tools()
-    from lab.build import build
+    from atomwatch.lab.build import build
 
     out = tmp_path_factory.mktemp("lab")
     build(KERNEL_DEB, out)
@@ -160,8 +160,8 @@ def lab(image_dir):
     """Three real guests (TCG) booted once for the module; the lab is brought down after it."""
     require(have_module("libvirt"), "libvirt-python is not installed (pip install libvirt-python)")
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed (.ci/lab-setup.sh)")
-    from lab import domains, testbed
-    from lab.domains import LabError
+    from atomwatch.lab import domains, testbed
+    from atomwatch.lab.domains import LabError
 
     try:
         conn = domains.connect()

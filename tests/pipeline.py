@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import AgentConfig
-from agent.runtime import Agent
+from atomwatch.agent.config import AgentConfig
+from atomwatch.agent.runtime import Agent
 from atomwatch import protocol
 from atomwatch.config import BrokerAddress
-from atomwatch.plugins import PluginManager
+from atomwatch.pluginmanager import PluginManager
 from atomwatch.series import SeriesKey
 from atomwatch.traces import read_trace, write_trace
-from controller.app import Controller
-from controller.config import ControllerConfig
+from atomwatch.controller.app import Controller
+from atomwatch.controller.config import ControllerConfig
 
 from conftest import DATA
 
@@ -38,7 +38,7 @@ LAB_DELTAS = {"delta_cpu": 0.2, "delta_network": 64.0, "delta_disk_ops": 0.1, "d
 
 def lab_delta_args() -> list[str]:
     """LAB_DELTAS as the offline commands' ``--delta METRIC=Δ`` arguments (one per metric)."""
-    from plugins.libvirt_collector import DELTA_OPTIONS
+    from atomwatch.plugins.libvirt_collector import DELTA_OPTIONS
 
     return [arg for option, delta in LAB_DELTAS.items() for metric in DELTA_OPTIONS[option]
             for arg in ("--delta", f"{metric}={delta:g}")]

@@ -10,12 +10,12 @@ import time
 import pytest
 
 import atomwatch
-from agent.config import AgentConfig
-from agent.runtime import Agent
+from atomwatch.agent.config import AgentConfig
+from atomwatch.agent.runtime import Agent
 from atomwatch.config import BrokerAddress
-from atomwatch.plugins import PluginManager
-from controller.app import CommandFailed, Controller
-from controller.config import ControllerConfig
+from atomwatch.pluginmanager import PluginManager
+from atomwatch.controller.app import CommandFailed, Controller
+from atomwatch.controller.config import ControllerConfig
 
 pytestmark = pytest.mark.asyncio
 

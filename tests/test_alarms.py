@@ -14,7 +14,7 @@ import pytest
 
 import atomwatch
 from atomwatch.series import SeriesKey
-from controller.alarms import AlarmError, AlarmNotFound, AlarmStateError, AlarmStore
+from atomwatch.controller.alarms import AlarmError, AlarmNotFound, AlarmStateError, AlarmStore
 from conftest import free_port
 from pipeline import make_pipeline
 
@@ -146,8 +146,8 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
     write_trace(trace, ["vm1/CPUUtilization", "vm2/CPUUtilization"], values)
     pipe = make_pipeline(mosquitto.url, site, trace, agent_tick=0.05, controller_tick=0.05, delta_rel=0.0)
     pipe.controller.pm.register(SpikyPlugin(), name="spiky")
-    from atomwatch.offline import detector_factories
-    from controller.detection import DetectorSet
+    from atomwatch.detectors import detector_factories
+    from atomwatch.controller.detection import DetectorSet
 
     pipe.controller.detectors = DetectorSet(detector_factories(pipe.controller.pm), {})
     port = free_port()

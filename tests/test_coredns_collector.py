@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from agent.config import AgentConfig
+from atomwatch.agent.config import AgentConfig
 from atomwatch.config import BrokerAddress, ConfigError
-from lab.coredns_sim import CorednsSimulator, Event, SimConfig, SimulatorServer
-from plugins import coredns as plugin
-from plugins.coredns import CorednsCollector, parse_endpoint
-from plugins.coredns_metrics import (
+from atomwatch.lab.coredns_sim import CorednsSimulator, Event, SimConfig, SimulatorServer
+from atomwatch.plugins import coredns as plugin
+from atomwatch.plugins.coredns.collector import CorednsCollector, parse_endpoint
+from atomwatch.plugins.coredns.metrics import (
     METRIC_NAMES,
     ExpositionError,
     InstanceDeriver,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from atomwatch.traces import read_labels, read_trace
-from lab.coredns_sim import (
+from atomwatch.lab.coredns_sim import (
     CLASSES,
     CorednsSimulator,
     Event,
@@ -23,7 +23,7 @@ from lab.coredns_sim import (
     parse_event,
     record,
 )
-from plugins.coredns_metrics import METRIC_NAMES, parse_exposition
+from atomwatch.plugins.coredns.metrics import METRIC_NAMES, parse_exposition
 from tests.conftest import free_port, wait_port
 
 
@@ -210,12 +210,12 @@ async def test_end_to_end_agent_scrapes_the_simulator_and_pca_spe_flags_attacks(
     flash crowd's alarms are measured and printed, not asserted."""
     import asyncio
 
-    from agent.config import AgentConfig
-    from agent.runtime import Agent
+    from atomwatch.agent.config import AgentConfig
+    from atomwatch.agent.runtime import Agent
     from atomwatch.config import BrokerAddress
-    from atomwatch.plugins import PluginManager
-    from controller.app import Controller
-    from controller.config import ControllerConfig
+    from atomwatch.pluginmanager import PluginManager
+    from atomwatch.controller.app import Controller
+    from atomwatch.controller.config import ControllerConfig
 
     speed, tick = 60.0, 0.25
     step = speed * tick  # simulated seconds per agent tick
@@ -290,7 +290,7 @@ def test_default_deltas_sit_below_the_normal_noise(recording):
     """A Δ wider than a series' tick-to-tick noise freezes the tracked value inside its band (and
     PCA-SPE then reads the band's offset after any change as a lasting deviation): the defaults
     must stay under the simulator's normal noise at its default 200 q/s and 10 s ticks."""
-    from plugins.coredns_metrics import METRICS
+    from atomwatch.plugins.coredns.metrics import METRICS
 
     out, _ = recording
     trace, labels = read_trace(out), read_labels(out)

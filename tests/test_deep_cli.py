@@ -17,10 +17,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 pytest.importorskip("keras")
 
 from atomwatch.cli import main  # noqa: E402
-from atomwatch.offline import trace_rows  # noqa: E402
+from atomwatch.trace_rows import trace_rows  # noqa: E402
 from atomwatch.traces import read_trace  # noqa: E402
 from atomwatch.types import Anomaly  # noqa: E402
-from controller.alarms import AlarmStore  # noqa: E402
+from atomwatch.controller.alarms import AlarmStore  # noqa: E402
 from test_deep_models import make_recording  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def test_delta_trains_and_evaluates_on_the_tracked_copies(work: Path, recording:
     """--delta: the windows hold the controller's copies under ATOM's tracking (within Δ of the
     recorded values, changing less often), the model file keeps the Δ it was trained at, and
     evaluate reports the Δ it tracked at."""
-    from plugins.deep_windows import load_recording
+    from atomwatch.plugins.deep.windows import load_recording
 
     raw = load_recording(recording)
     tracked = load_recording(recording, deltas={"*": 2.0})
@@ -215,14 +215,14 @@ async def test_live_cnn_flags_injected_anomalies_through_the_real_pipeline(mosqu
     ``disk-storm`` (vm1/DiskWriteOps) and a ``cpu-burn`` (vm1/CPUUtilization)."""
     import asyncio
 
-    import plugins.deep
-    from agent.config import AgentConfig
-    from agent.runtime import Agent
+    import atomwatch.plugins.deep as deep_plugin
+    from atomwatch.agent.config import AgentConfig
+    from atomwatch.agent.runtime import Agent
     from atomwatch.config import BrokerAddress
-    from atomwatch.plugins import PluginManager
+    from atomwatch.pluginmanager import PluginManager
     from atomwatch.traces import write_trace
-    from controller.app import Controller
-    from controller.config import ControllerConfig
+    from atomwatch.controller.app import Controller
+    from atomwatch.controller.config import ControllerConfig
 
     trace = read_trace(recording)
     part = slice(600, 720)
@@ -230,7 +230,7 @@ async def test_live_cnn_flags_injected_anomalies_through_the_real_pipeline(mosqu
     write_trace(live, trace.columns, trace.values[part], trace.timestamps[part])
     pm = PluginManager()
     pm.load_entry_points(allow="replay")
-    pm.register_plugin(plugins.deep, "deep", "plugins.deep")  # not (yet) an entry point of the distribution
+    pm.register_plugin(deep_plugin, "deep", "atomwatch.plugins.deep")  # not (yet) an entry point of the distribution
     opts = {"replay": {"trace": str(live), "delta_rel": 0.01}, "cnn": {"model": str(cnn_model)}}
     broker = BrokerAddress.parse(mosquitto.url)
     agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=0.05, options=opts), pm)

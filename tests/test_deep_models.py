@@ -24,13 +24,13 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 pytest.importorskip("keras")
 pytest.importorskip("jax")
 
-from atomwatch.offline import detect_trace, trace_rows  # noqa: E402
+from atomwatch.trace_rows import detect_trace, trace_rows  # noqa: E402
 from atomwatch.series import SeriesKey  # noqa: E402
 from atomwatch.traces import read_trace, write_trace  # noqa: E402
 from atomwatch.types import Row  # noqa: E402
-from plugins import deep  # noqa: E402
-from plugins.deep_models import ModelError, best_f1_threshold, load_model, new_model  # noqa: E402
-from plugins.deep_windows import Scaler, build_dataset, fifo_windows, split_bounds  # noqa: E402
+from atomwatch.plugins import deep  # noqa: E402
+from atomwatch.plugins.deep.models import ModelError, best_f1_threshold, load_model, new_model  # noqa: E402
+from atomwatch.plugins.deep.windows import Scaler, build_dataset, fifo_windows, split_bounds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["vm1/CPUUtilization", "vm1/NetworkOut", "vm1/DiskWriteOps", "vm2/CPUUtilization", "vm2/NetworkOut", "vm2/DiskWriteOps"]
@@ -198,12 +198,12 @@ def test_saved_model_scores_identically_in_a_fresh_process(trained, dataset, tmp
     paths = {k: str(p) for k, (_, p) in trained.items()}
     script = (
         "import json, sys, numpy as np\n"
-        "from plugins.deep_models import load_model\n"
+        "from atomwatch.plugins.deep.models import load_model\n"
         "paths = json.loads(sys.argv[1]); x = np.load(sys.argv[2])\n"
         "for k, p in paths.items():\n"
         "    np.save(sys.argv[3] + '/' + k + '.npy', load_model(p).score(x))\n"
     )
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
     subprocess.run([sys.executable, "-c", script, json.dumps(paths), str(tmp_path / "windows.npy"), str(tmp_path)],
                    check=True, env=env, cwd=str(ROOT), timeout=300)
     for kind, (model, path) in trained.items():

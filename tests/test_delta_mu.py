@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from atomwatch import Row, SeriesKey
-from plugins import pca_model as pm
-from plugins.pca_spe import PcaSpeDetector
+from atomwatch.plugins.pca_spe import model as pm
+from atomwatch.plugins.pca_spe.detector import PcaSpeDetector
 
 
 def window(seed=1, rows=720, d=21):

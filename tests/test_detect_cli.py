@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from atomwatch import evaluation as ev
-from atomwatch.offline import anomalies_of, DetectorError, run_detector, trace_rows
+from atomwatch.detectors import DetectorError, anomalies_of, run_detector
+from atomwatch.trace_rows import trace_rows
 from atomwatch.traces import read_trace, write_trace
 from conftest import DATA
 from pipeline import lab_delta_args

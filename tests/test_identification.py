@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from atomwatch import Row, SeriesKey
-from plugins import pca_model as pm
-from plugins.pca_spe import PcaSpeDetector
+from atomwatch.plugins.pca_spe import model as pm
+from atomwatch.plugins.pca_spe.detector import PcaSpeDetector
 
 METRICS = ["CPUUtilization", "NetworkIn", "NetworkOut", "DiskReadOps", "DiskWriteOps", "DiskReadBytes", "DiskWriteBytes"]
 VMS = ["vm1", "vm2", "vm3"]

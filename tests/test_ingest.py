@@ -6,7 +6,7 @@ import math
 
 from atomwatch import protocol
 from atomwatch.series import SeriesKey
-from controller.ingest import Ingest
+from atomwatch.controller.ingest import Ingest
 
 A = SeriesKey("u1", "vm1", "CPUUtilization", "%")
 B = SeriesKey("u1", "vm1", "NetworkIn", "bytes/s")

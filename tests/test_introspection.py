@@ -30,8 +30,8 @@ def guest(tmp_path_factory):
     require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3 pefile)")
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require((SYMBOLS / "linux").is_dir(), f"the guest kernel's symbol table is missing: {SYMBOLS}")
-    from lab.private_guest import boot_private_guest, destroy_private_guest
-    from lab.domains import LabError
+    from atomwatch.lab.private_guest import boot_private_guest, destroy_private_guest
+    from atomwatch.lab.domains import LabError
 
     work = tmp_path_factory.mktemp("intro")
     tag = f"t{os.getpid()}"
@@ -47,8 +47,8 @@ def guest(tmp_path_factory):
 
 
 def _cfg(work: Path, symbols: Path = SYMBOLS):
-    from introspection.pipeline import IntrospectionConfig
-    from introspection.volatility import VolatilityConfig
+    from atomwatch.introspection.pipeline import IntrospectionConfig
+    from atomwatch.introspection.volatility import VolatilityConfig
 
     return IntrospectionConfig(
         volatility=VolatilityConfig(symbol_dirs=[str(symbols)], cache_dir=str(work / f"volcache-{symbols.name}"), timeout=240),
@@ -57,7 +57,7 @@ def _cfg(work: Path, symbols: Path = SYMBOLS):
 
 @pytest.mark.lab
 def test_dump_is_private_deleted_after_use_and_guest_keeps_running(guest):
-    from introspection.acquire import DomainGone, dump_memory, state_name
+    from atomwatch.introspection.acquire import DomainGone, dump_memory, state_name
 
     conn, dom = guest
     with dump_memory(conn, dom.UUIDString(), STATE["work"] / "dumps") as dump:
@@ -74,8 +74,8 @@ def test_dump_is_private_deleted_after_use_and_guest_keeps_running(guest):
 
 @pytest.mark.lab
 def test_process_list_from_volatility_matches_the_guest(guest):
-    from introspection import guest_agent
-    from introspection.pipeline import introspect
+    from atomwatch.introspection import guest_agent
+    from atomwatch.introspection.pipeline import introspect
 
     conn, dom = guest
     progress: list[dict] = []
@@ -102,9 +102,9 @@ def test_process_list_from_volatility_matches_the_guest(guest):
 
 @pytest.mark.lab
 def test_cryptominer_is_the_top_suspect_against_the_baseline(guest):
-    from introspection import guest_agent
-    from introspection.pipeline import introspect
-    from lab import workloads
+    from atomwatch.introspection import guest_agent
+    from atomwatch.introspection.pipeline import introspect
+    from atomwatch.lab import workloads
 
     conn, dom = guest
     workloads.start(dom, "cryptominer")
@@ -123,8 +123,8 @@ def test_cryptominer_is_the_top_suspect_against_the_baseline(guest):
 
 @pytest.mark.lab
 def test_a_kernel_without_symbols_names_its_banner(guest):
-    from introspection.pipeline import introspect
-    from introspection.volatility import NoSymbols
+    from atomwatch.introspection.pipeline import introspect
+    from atomwatch.introspection.volatility import NoSymbols
 
     conn, dom = guest
     empty = STATE["work"] / "no-symbols"
@@ -137,17 +137,17 @@ def test_a_kernel_without_symbols_names_its_banner(guest):
 
 @pytest.mark.lab
 def test_volatility_worker_limits_and_agent_command_errors(guest):
-    from agent.config import AgentConfig
+    from atomwatch.agent.config import AgentConfig
     from atomwatch.config import BrokerAddress
     from atomwatch.types import CommandError
-    from introspection.acquire import dump_memory
-    from introspection.volatility import (
+    from atomwatch.introspection.acquire import dump_memory
+    from atomwatch.introspection.volatility import (
         VolatilityConfig,
         VolatilityError,
         VolatilityTimeout,
         analyse,
     )
-    from plugins.introspection_commands import register_agent_commands
+    from atomwatch.plugins.introspection_commands import register_agent_commands
 
     conn, dom = guest
     work = STATE["work"]
@@ -188,7 +188,7 @@ def test_volatility_worker_limits_and_agent_command_errors(guest):
 
 @pytest.mark.lab
 def test_a_reused_pid_is_never_killed(guest):
-    from introspection import guest_agent
+    from atomwatch.introspection import guest_agent
 
     conn, dom = guest
     s = STATE["suspect"]
@@ -210,7 +210,7 @@ def test_guest_agent_commands_wait_for_a_paused_guest_and_say_why_when_it_stays_
     meanwhile waits for it to run again instead of failing with "domain is not running"."""
     import threading
 
-    from introspection import guest_agent
+    from atomwatch.introspection import guest_agent
 
     conn, dom = guest
     dom.suspend()
@@ -234,7 +234,7 @@ def test_guest_agent_commands_wait_for_a_paused_guest_and_say_why_when_it_stays_
 
 @pytest.mark.lab
 def test_terminate_kills_the_cryptominer_and_verifies_it_is_gone(guest):
-    from introspection import guest_agent
+    from atomwatch.introspection import guest_agent
 
     conn, dom = guest
     s = STATE["suspect"]
@@ -248,9 +248,9 @@ def test_terminate_kills_the_cryptominer_and_verifies_it_is_gone(guest):
 
 @pytest.mark.lab
 def test_ddos_bot_is_the_top_suspect_with_socket_evidence_and_its_group_is_terminated(guest):
-    from introspection import guest_agent
-    from introspection.pipeline import introspect
-    from lab import workloads
+    from atomwatch.introspection import guest_agent
+    from atomwatch.introspection.pipeline import introspect
+    from atomwatch.lab import workloads
 
     conn, dom = guest
     cfg = _cfg(STATE["work"])
@@ -333,16 +333,16 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
     """cryptominer → alarm blaming the VM's CPU → introspection over the protocol names it
     → a verdict on a finding whose start time no longer matches is refused (the alarm says why)
     → the verdict on the real finding kills it → the score back under its threshold → the alarm closes."""
-    import plugins.introspection_commands as cmds_plugin
-    import plugins.orchestrate as orch_plugin
-    from agent.config import AgentConfig
-    from agent.runtime import Agent
+    import atomwatch.plugins.introspection_commands as cmds_plugin
+    import atomwatch.plugins.orchestrate as orch_plugin
+    from atomwatch.agent.config import AgentConfig
+    from atomwatch.agent.runtime import Agent
     from atomwatch.config import BrokerAddress
-    from atomwatch.plugins import PluginManager
-    from controller.app import Controller
-    from controller.config import ControllerConfig
-    from introspection import guest_agent
-    from lab import workloads
+    from atomwatch.pluginmanager import PluginManager
+    from atomwatch.controller.app import Controller
+    from atomwatch.controller.config import ControllerConfig
+    from atomwatch.introspection import guest_agent
+    from atomwatch.lab import workloads
 
     conn, dom = guest
     work = STATE["work"]
@@ -449,11 +449,11 @@ def test_absent_default_symbol_directory_is_not_a_misconfiguration(tmp_path, mon
     file, is a misconfiguration that names it."""
     import logging
 
-    from agent.config import AgentConfig
+    from atomwatch.agent.config import AgentConfig
     from atomwatch.config import BrokerAddress
     from atomwatch.types import CommandError
-    from introspection import volatility
-    from plugins import introspection_commands as ic
+    from atomwatch.introspection import volatility
+    from atomwatch.plugins import introspection_commands as ic
 
     absent = str(tmp_path / "symbols")
     monkeypatch.delenv("ATOMWATCH_SYMBOLS", raising=False)
@@ -485,7 +485,7 @@ def test_absent_default_symbol_directory_is_not_a_misconfiguration(tmp_path, mon
 
 
 def test_plugin_choice_follows_the_blamed_metrics():
-    from introspection.plugins_choice import choose
+    from atomwatch.introspection.plugins_choice import choose
 
     assert choose([]) == ["linux.pslist"]
     assert choose(["CPUUtilization"]) == ["linux.pslist", "linux.pstree", "linux.psaux"]
@@ -500,7 +500,7 @@ def _task(pid, comm, start, cpu, ppid=1, kthread=False):
 
 
 def test_suspects_rank_new_sockets_and_reused_pids_from_real_row_shapes():
-    from introspection.suspects import rank
+    from atomwatch.introspection.suspects import rank
 
     sock = {"NetNS": 1, "Process Name": "ddos-bot", "PID": 300, "TID": 300, "FD": 3, "Family": "AF_INET",
             "Type": "STREAM", "Proto": "TCP", "Source Addr": "10.77.0.11", "Source Port": "40000",
@@ -523,7 +523,7 @@ def test_suspects_rank_new_sockets_and_reused_pids_from_real_row_shapes():
 
 
 def test_guest_stat_lines_parse_names_with_spaces_and_parens():
-    from introspection.guest_agent import check_identity, parse_stat
+    from atomwatch.introspection.guest_agent import check_identity, parse_stat
 
     line = "412 (my (odd) proc) R 1 412 412 0 -1 4194560 100 0 0 0 50 10 0 0 20 0 1 0 12345 2314240 416 0"
     p = parse_stat(line)
@@ -540,17 +540,17 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
     agent over a real broker: a second alarm on the same VM within the rate limit is not
     introspected; the policy's automatic termination is only written down under dry_run; without
     dry_run the same policy kills the cryptominer with no verdict at all."""
-    import plugins.introspection_commands as cmds_plugin
-    import plugins.orchestrate as orch_plugin
-    from agent.config import AgentConfig
-    from agent.runtime import Agent
+    import atomwatch.plugins.introspection_commands as cmds_plugin
+    import atomwatch.plugins.orchestrate as orch_plugin
+    from atomwatch.agent.config import AgentConfig
+    from atomwatch.agent.runtime import Agent
     from atomwatch import Anomaly, Blame, SeriesKey
     from atomwatch.config import BrokerAddress
-    from atomwatch.plugins import PluginManager
-    from controller.app import Controller
-    from controller.config import ControllerConfig
-    from introspection import guest_agent
-    from lab import workloads
+    from atomwatch.pluginmanager import PluginManager
+    from atomwatch.controller.app import Controller
+    from atomwatch.controller.config import ControllerConfig
+    from atomwatch.introspection import guest_agent
+    from atomwatch.lab import workloads
 
     conn, dom = guest
     work = STATE["work"]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from atomwatch.traces import read_labels, read_trace
-from lab import scenarios
-from lab.build import MODULE_ORDER, WORKLOADS
+from atomwatch.lab import scenarios
+from atomwatch.lab.build import MODULE_ORDER, WORKLOADS
 from conftest import require_build_tools
 
 TICK = 2.0
@@ -49,7 +49,7 @@ def test_build_puts_agent_libs_modules_and_workloads_in_the_initramfs(image_dir)
 
 def test_build_names_a_wrong_kernel_deb(tmp_path):
     require_build_tools()
-    from lab.build import BuildError, build
+    from atomwatch.lab.build import BuildError, build
 
     with pytest.raises(BuildError, match="no-such.deb: no such file"):
         build(tmp_path / "no-such.deb", tmp_path / "out")
@@ -78,7 +78,7 @@ def test_ddos_attacks_two_of_three_guests_and_unknown_scenarios_are_named():
 
 
 def test_domain_type_probe_never_picks_kvm_on_a_pvm_host():
-    from lab.domains import probe_domain_type
+    from atomwatch.lab.domains import probe_domain_type
 
     dtype, why = probe_domain_type()
     assert dtype in ("kvm", "qemu") and why
@@ -101,12 +101,12 @@ def test_lab_cli_reports_a_missing_image_clearly(tmp_path):
 
 @pytest.fixture
 def collector(lab):
-    from plugins.libvirt_collector import LibvirtCollector
+    from atomwatch.plugins.libvirt_collector import LibvirtCollector
 
     c = LibvirtCollector(budget=1.5, domains=r"^awlab-guest\d+$")
     yield c
     c.close()
-    from lab import workloads
+    from atomwatch.lab import workloads
 
     for dom in lab["doms"]:
         if dom.isActive():
@@ -128,8 +128,8 @@ def _values(rows, vm: str, metric: str) -> list[float]:
 
 @pytest.mark.lab
 def test_guests_reach_the_target_only_and_the_bridge_has_no_host_address(lab):
-    from lab import domains
-    from lab.paths import BRIDGE
+    from atomwatch.lab import domains
+    from atomwatch.lab.paths import BRIDGE
 
     host_v4 = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", BRIDGE], capture_output=True, text=True)
     assert host_v4.stdout.strip() == ""
@@ -150,7 +150,7 @@ def test_guests_reach_the_target_only_and_the_bridge_has_no_host_address(lab):
 
 @pytest.mark.lab
 def test_cryptominer_guest_above_50_percent_while_idle_guest_below_10(lab, collector):
-    from lab import workloads
+    from atomwatch.lab import workloads
 
     g1, g2, _ = lab["doms"]
     collector.collect()
@@ -168,7 +168,7 @@ def test_cryptominer_guest_above_50_percent_while_idle_guest_below_10(lab, colle
 
 @pytest.mark.lab
 def test_ddos_bot_network_out_at_least_ten_times_its_baseline(lab, collector):
-    from lab import workloads
+    from atomwatch.lab import workloads
 
     g3 = lab["doms"][2]
     workloads.start(g3, "normal", workloads.default_args("normal", day_seconds=24))
@@ -185,7 +185,7 @@ def test_ddos_bot_network_out_at_least_ten_times_its_baseline(lab, collector):
 
 @pytest.mark.lab
 def test_leaker_memory_utilization_rises_monotonically(lab, collector):
-    from lab import workloads
+    from atomwatch.lab import workloads
 
     g2 = lab["doms"][1]
     collector.collect()
@@ -202,7 +202,7 @@ def test_leaker_memory_utilization_rises_monotonically(lab, collector):
 
 @pytest.mark.lab
 def test_destroyed_domain_is_gone_within_two_ticks_and_comes_back_stale_first(lab, collector):
-    from agent.series_table import SeriesTable
+    from atomwatch.agent.series_table import SeriesTable
 
     g3 = lab["doms"][2]
     table = SeriesTable()
@@ -226,7 +226,7 @@ def test_destroyed_domain_is_gone_within_two_ticks_and_comes_back_stale_first(la
     assert len(others) == 2 and all(v is not None for v in others)
     # it comes back: a new birth whose rates are stale on the first tick, real after
     g3.create()
-    from lab import domains
+    from atomwatch.lab import domains
 
     domains.wait_agent(g3, 120)
     back = collector.collect()

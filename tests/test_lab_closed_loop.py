@@ -27,7 +27,7 @@ TICK = 1.0
 async def attack_and_respond(pipe: Pipeline, scope: str, dom, workload: str, metrics: set[str], close: bool = True):
     """Start ``workload`` in ``dom``; return (alarm, finding) once the loop has run: the process is
     verified gone and, with ``close``, SPE is back under Q_α and the alarm closed."""
-    from lab import workloads
+    from atomwatch.lab import workloads
 
     controller = pipe.controller
     vm = dom.name()
@@ -81,8 +81,8 @@ async def attack_and_respond(pipe: Pipeline, scope: str, dom, workload: str, met
 async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, site, tmp_path):
     require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3)")
     require((LAB_ASSETS / "symbols" / "linux").is_dir(), "the guest kernel's symbol table is missing")
-    from lab import scenarios
-    from lab.driver import ScenarioDriver
+    from atomwatch.lab import scenarios
+    from atomwatch.lab.driver import ScenarioDriver
 
     doms = lab["doms"]
     driver = ScenarioDriver(scenarios.get("ddos"), minutes=1.5, doms=doms)  # a 90 s "day" (see test_lab_detection)

@@ -35,8 +35,8 @@ def cnn_model(tmp_path_factory):
 
 
 async def test_cnn_flags_cryptominer_live_and_blames_its_vm(lab, mosquitto, site, cnn_model):
-    from lab import scenarios, workloads
-    from lab.driver import ScenarioDriver
+    from atomwatch.lab import scenarios, workloads
+    from atomwatch.lab.driver import ScenarioDriver
 
     doms = lab["doms"]
     driver = ScenarioDriver(scenarios.get("cryptominer"), minutes=8, doms=doms)  # the recordings' 480 s day

@@ -19,8 +19,8 @@ NORMAL_ROWS = 25  # rows of normal work watched after the model is ready
 
 
 async def test_ddos_bot_in_two_guests_opens_an_alarm_blaming_them(lab, mosquitto, site):
-    from lab import scenarios, workloads
-    from lab.driver import ScenarioDriver
+    from atomwatch.lab import scenarios, workloads
+    from atomwatch.lab.driver import ScenarioDriver
 
     doms = lab["doms"]
     # the normal work's compressed "day" lasts 90 s (the driver's minutes × 60), so the model's

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from atomwatch.config import ConfigError
-from plugins import libvirt_collector as lc
+from atomwatch.plugins import libvirt_collector as lc
 from tests.conftest import require
 
 try:
@@ -170,7 +170,7 @@ def test_budget_overrun_mock_slow_stats_call_reports_known_series_stale(test_dri
 
 
 def _config(options):
-    from agent.config import AgentConfig
+    from atomwatch.agent.config import AgentConfig
     from atomwatch.config import BrokerAddress
 
     return AgentConfig(broker=BrokerAddress.parse("mqtt://127.0.0.1"), tick=2.0, options={"libvirt": options})

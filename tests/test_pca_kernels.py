@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import require
-from plugins import pca_kernels as kernels
-from plugins import pca_model as pm
+from atomwatch.plugins.pca_spe import kernels
+from atomwatch.plugins.pca_spe import model as pm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = r"""
 import json, sys
 import numpy as np
-sys.path.insert(0, sys.argv[1])
-from plugins import pca_kernels as kernels, pca_model as pm
+
+from atomwatch.plugins.pca_spe import kernels, model as pm
 rng = np.random.default_rng(7)
 t, d, ticks = 300, 84, 40
 shared = rng.standard_normal((t + ticks + 1, 1))
@@ -141,8 +141,8 @@ def test_small_eigensolver_matches_lapack():
 WARM_UP_SCRIPT = r"""
 import json, sys
 import numpy as np
-sys.path.insert(0, sys.argv[1])
-from plugins import pca_kernels as kernels, pca_model as pm
+
+from atomwatch.plugins.pca_spe import kernels, model as pm
 rng = np.random.default_rng(5)
 x = rng.standard_normal((400, 12)) @ rng.standard_normal((12, 12))
 w = pm.WindowStats(12, 300)

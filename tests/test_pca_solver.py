@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from plugins import pca_model as pm
+from atomwatch.plugins.pca_spe import model as pm
 
 CPV, ALPHA = 0.9, 0.002
 
@@ -283,7 +283,7 @@ def test_detector_with_the_solver_judges_every_row_as_with_eigh():
     another order, a column goes quiet) and a fault: ``solver=subspace`` gives the same alarms,
     scores and thresholds as ``solver=eigh``, and really answers most fits."""
     from atomwatch import Row, SeriesKey
-    from plugins.pca_spe import PcaSpeDetector
+    from atomwatch.plugins.pca_spe.detector import PcaSpeDetector
 
     rng = np.random.default_rng(12)
     t, d = 150, 14

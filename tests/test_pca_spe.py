@@ -10,10 +10,10 @@ import pytest
 from scipy import stats
 
 from atomwatch import Row, SeriesKey
-from atomwatch.offline import find_factory
-from atomwatch.plugins import get_plugin_manager
-from plugins import pca_model as pm
-from plugins.pca_spe import PcaSpeDetector
+from atomwatch.detectors import find_factory
+from atomwatch.pluginmanager import get_plugin_manager
+from atomwatch.plugins.pca_spe import model as pm
+from atomwatch.plugins.pca_spe.detector import PcaSpeDetector
 
 
 def keys(names):

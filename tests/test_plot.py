@@ -44,9 +44,10 @@ def test_plot_writes_a_png_with_the_attack_flagged(recording, tmp_path):
 
 
 def test_series_gives_score_and_threshold_per_row(recording):
-    from atomwatch.commands.plot import series
-    from atomwatch.offline import find_factory, trace_rows
-    from atomwatch.plugins import get_plugin_manager
+    from atomwatch.cli.plot import series
+    from atomwatch.detectors import find_factory
+    from atomwatch.trace_rows import trace_rows
+    from atomwatch.pluginmanager import get_plugin_manager
     from atomwatch.traces import read_trace
 
     det = find_factory(get_plugin_manager(), "pca-spe").create("offline", {})

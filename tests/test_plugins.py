@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import atomwatch
-from atomwatch.plugins import PluginManager, get_plugin_manager, hook_docs
+from atomwatch.pluginmanager import PluginManager, get_plugin_manager, hook_docs
 from conftest import ROOT
 
 
@@ -42,7 +42,7 @@ def test_builtin_plugins_load_through_entry_points(monkeypatch):
     pm = get_plugin_manager()
     loaded = {p["name"]: p for p in pm.describe()}
     assert "replay" in loaded
-    assert loaded["replay"]["source"].startswith("entry point plugins.replay")
+    assert loaded["replay"]["source"].startswith("entry point atomwatch.plugins.replay")
     assert loaded["replay"]["hooks"] == ["register_collectors"]
 
 

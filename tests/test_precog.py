@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from atomwatch.config import ConfigError
-from atomwatch.plugins import get_plugin_manager
+from atomwatch.pluginmanager import get_plugin_manager
 from atomwatch.types import Row, SeriesKey
-from plugins import precog
+from atomwatch.plugins import precog
 from tests.conftest import DATA
 from tests.test_precog_reference import alibaba, sample_trace
 
@@ -248,7 +248,7 @@ def _lab_recordings(name: str) -> list:
 
 def test_no_leak_reported_on_the_lab_cryptominer_recording():
     """A recorded lab run with memory columns and no leak: neither mode reports one."""
-    from atomwatch.offline import detect_trace
+    from atomwatch.trace_rows import detect_trace
     from atomwatch.traces import read_trace
 
     recs = _lab_recordings("cryptominer")
@@ -263,7 +263,7 @@ def test_no_leak_reported_on_the_lab_cryptominer_recording():
 
 
 def test_leak_reported_before_90_percent_on_the_lab_leaker_recording():
-    from atomwatch.offline import detect_trace
+    from atomwatch.trace_rows import detect_trace
     from atomwatch.traces import read_labels, read_trace, resolve
     from tests.conftest import require
 
@@ -282,7 +282,7 @@ def test_leak_reported_before_90_percent_on_the_lab_leaker_recording():
 
 
 def test_no_leak_reported_on_the_lab_normal_recording():
-    from atomwatch.offline import detect_trace
+    from atomwatch.trace_rows import detect_trace
     from atomwatch.traces import read_trace
     from tests.conftest import require
 

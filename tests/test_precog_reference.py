@@ -24,7 +24,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 
 from atomwatch.traces import read_trace
-from plugins import precog_core as core
+from atomwatch.plugins.precog import core
 from tests.conftest import DATA
 
 PRECOG = Path(DATA) / "precog"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.tracking import (
+from atomwatch.tracking import (
     AtomTracker,
     Deadband,
     SendAll,

@@ -75,7 +75,7 @@ def series_delta(values: np.ndarray, d: float, relative: bool) -> np.ndarray:
 
 def compare(values: np.ndarray, delta: np.ndarray, gamma: float = 0.0) -> dict[str, dict[str, Any]]:
     """Messages and max error of every policy over ``values`` (ticks × series)."""
-    from agent.tracking import AtomTracker, Deadband, SendAll, optimal_max_error, optimal_messages, simulate
+    from atomwatch.tracking import AtomTracker, Deadband, SendAll, optimal_max_error, optimal_messages, simulate
 
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, policy in (

@@ -30,7 +30,7 @@ import atomwatch
 from atomwatch.config import ConfigError
 from atomwatch.types import Anomaly, Blame, Row, SeriesKey
 
-from . import precog_core as core
+from . import core
 
 log = logging.getLogger("atomwatch.plugins.precog")
 
@@ -379,8 +379,3 @@ class PrecogFactory:
 
     def create(self, scope: str, options: Mapping[str, Any]) -> PrecogDetector:
         return PrecogDetector(self.name, scope, parse_options(options, self.name), self.improved)
-
-
-@atomwatch.hookimpl
-def register_detectors() -> list[PrecogFactory]:
-    return [PrecogFactory("precog", improved=True), PrecogFactory("precog-reference", improved=False)]

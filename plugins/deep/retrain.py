@@ -57,7 +57,7 @@ def _fail(msg: str) -> int:
 def operator_windows(alarms: list[Any], columns: list[str], window: int) -> tuple[Any, dict[str, int]]:
     """The verdict alarms as a WindowSet (pieces = alarms, in opening order) and counts."""
     from atomwatch.series import SeriesKey
-    from plugins.deep_windows import WindowSet, fifo_windows
+    from atomwatch.plugins.deep.windows import WindowSet, fifo_windows
 
     position = {c: k for k, c in enumerate(columns)}
     sets, counts = [], {"normal": 0, "malicious": 0, "skipped": 0}
@@ -94,7 +94,7 @@ def operator_windows(alarms: list[Any], columns: list[str], window: int) -> tupl
 
 def _split(ws: Any, window: int, columns: list[str]) -> tuple[Any, Any, Any]:
     """70/15/15 of windows in their (time) order."""
-    from plugins.deep_windows import WindowSet, split_bounds
+    from atomwatch.plugins.deep.windows import WindowSet, split_bounds
 
     if not len(ws):
         e = WindowSet.empty(window, columns)
@@ -110,15 +110,15 @@ def quality(e: dict[str, Any]) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.alarms import AlarmStore
-    from controller.config import default_db
+    from atomwatch.controller.alarms import AlarmStore
+    from atomwatch.controller.config import default_db
 
     if (args.epochs is not None and args.epochs < 1) or args.batch_size < 1:
         return _fail("--epochs and --batch-size must be ≥ 1")
-    from plugins.deep_windows import WindowError, WindowSet, build_dataset
+    from atomwatch.plugins.deep.windows import WindowError, WindowSet, build_dataset
 
     try:
-        from plugins.deep_models import read_meta
+        from atomwatch.plugins.deep.models import read_meta
 
         meta = read_meta(args.model)
     except ValueError as e:
@@ -152,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
             train, val, test = o_train, o_val, o_test
     except (WindowError, ValueError) as e:
         return _fail(str(e))
-    from atomwatch.commands.evaluate import evaluate_pieces
-    from plugins.deep_models import ModelError, load_model
+    from atomwatch.plugins.deep.evaluate import evaluate_pieces
+    from atomwatch.plugins.deep.models import ModelError, load_model
 
     old = load_model(args.model)
     new = load_model(args.model)

@@ -39,7 +39,7 @@ from atomwatch.config import ConfigError
 from atomwatch.series import SeriesKey
 from atomwatch.types import Reading
 
-from .coredns_metrics import METRICS, InstanceDeriver, Step, stale
+from .metrics import METRICS, InstanceDeriver, Step, stale
 
 log = logging.getLogger("atomwatch.plugins.coredns")
 
@@ -267,19 +267,3 @@ class CorednsCollector:
 
 
 # --------------------------------------------------------------------------- the hook
-
-
-@atomwatch.hookimpl
-def register_collectors(config: Any) -> list[CorednsCollector] | None:
-    """One :class:`CorednsCollector` for every endpoint in option ``endpoints``; none when unset."""
-    options = config.plugin_options("coredns") or {}
-    if not options.get("endpoints"):
-        log.debug("coredns: option 'endpoints' is not set, no CoreDNS is scraped")
-        return None
-    budget = getattr(config, "budget", None)
-    if budget is None:
-        tick = getattr(config, "tick", None)
-        budget = 0.8 * float(tick) if tick else 5.0
-    collector = CorednsCollector.from_options(options, default_budget=float(budget))
-    log.info("coredns: scraping %s", ", ".join(f"{e.name}={e.url}" for e in collector.endpoints))
-    return [collector]

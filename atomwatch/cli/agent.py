@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
-    from agent.config import AgentConfig
+    from atomwatch.agent.config import AgentConfig
     from atomwatch.config import parse_deltas
 
     broker = pick(args, file_config, "broker", os.environ.get("ATOMWATCH_BROKER", "mqtt://127.0.0.1:1883"))
@@ -46,7 +46,7 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.runtime import Agent
+    from atomwatch.agent.runtime import Agent
 
     file_config, plugin_opts = options(args)
     config = build_config(args, file_config, plugin_opts)

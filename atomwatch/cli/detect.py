@@ -22,11 +22,12 @@ from typing import Any
 
 from atomwatch.config import ConfigError, load_file, parse_deltas, parse_value
 from atomwatch.evaluation import evaluate
-from atomwatch.offline import DetectionRun, DetectorError, UnknownDetector, detect_trace, find_factory
-from atomwatch.plugins import get_plugin_manager
+from atomwatch.detectors import DetectionRun, DetectorError, UnknownDetector, find_factory
+from atomwatch.trace_rows import detect_trace
+from atomwatch.pluginmanager import get_plugin_manager
 from atomwatch.traces import TraceError, read_labels, read_trace, resolve
 
-from ._common import add_replay_delta_argument
+from atomwatch.config import add_replay_delta_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

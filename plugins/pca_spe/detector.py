@@ -64,8 +64,8 @@ import numpy as np
 import atomwatch
 from atomwatch import Anomaly, Blame, Row, SeriesKey
 
-from . import pca_kernels as kernels
-from . import pca_model as pm
+from . import kernels
+from . import model as pm
 
 NAME = "pca-spe"
 
@@ -525,8 +525,3 @@ class PcaSpeFactory:
         detector = PcaSpeDetector(scope, options)
         kernels.warm_up_in_background()  # compiled long before the window holds min_rows rows
         return detector
-
-
-@atomwatch.hookimpl
-def register_detectors() -> list[PcaSpeFactory]:
-    return [PcaSpeFactory()]

@@ -1,5 +1,5 @@
 """``atomwatch coredns-sim``: run the CoreDNS SIMULATOR (``serve``) or record a labelled dataset
-from it (``record``). The simulator itself lives in :mod:`lab.coredns_sim`; nothing here talks to a
+from it (``record``). The simulator itself lives in :mod:`atomwatch.lab.coredns_sim`; nothing here talks to a
 real CoreDNS.
 
     atomwatch coredns-sim serve --listen 127.0.0.1:9153 [--anomaly CLASS --at MIN --for MIN] [--speed X]
@@ -16,7 +16,7 @@ import threading
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lab.coredns_sim import CLASSES, FORMATS
+    from atomwatch.lab.coredns_sim import CLASSES, FORMATS
 
     sub = parser.add_subparsers(dest="sim_command", metavar="ACTION")
     classes = ", ".join(f"{k} (label {v})" for k, v in CLASSES.items())
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):  # -> SimConfig
-    from lab.coredns_sim import SimConfig
+    from atomwatch.lab.coredns_sim import SimConfig
 
     return SimConfig(
         seed=args.seed, base_qps=args.base_qps, day_seconds=args.day_minutes * 60.0, format=args.format
@@ -62,7 +62,7 @@ def _config(args: argparse.Namespace):  # -> SimConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lab.coredns_sim import CorednsSimulator, Event, SimulatorServer
+    from atomwatch.lab.coredns_sim import CorednsSimulator, Event, SimulatorServer
 
     if not (len(args.anomaly) == len(args.at) == len(args.for_)):
         print("coredns-sim serve: give --at MIN and --for MIN once for every --anomaly", file=sys.stderr)
@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from lab.coredns_sim import parse_event, record
+    from atomwatch.lab.coredns_sim import parse_event, record
 
     events = [parse_event(e) for e in args.event] if args.event else None
     rec = record(args.out, args.minutes, seed=args.seed, tick=args.tick, events=events, config=_config(args), name=args.name)
@@ -108,7 +108,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lab.coredns_sim import SimulatorError
+    from atomwatch.lab.coredns_sim import SimulatorError
 
     try:
         if args.sim_command == "serve":

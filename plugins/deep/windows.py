@@ -113,7 +113,7 @@ def load_recording(path: str | Path, columns: Sequence[str] | None = None, delta
     p = Path(path)
     trace = read_trace(p)
     if deltas is not None:
-        from atomwatch.offline import tracked_values
+        from atomwatch.trace_rows import tracked_values
         from atomwatch.series import SeriesKey
 
         copies, _ = tracked_values([SeriesKey.from_column(c) for c in trace.columns], trace.values, deltas)

@@ -31,7 +31,7 @@ def add_controller_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
-    from controller.config import ControllerConfig
+    from atomwatch.controller.config import ControllerConfig
 
     broker = pick(args, file_config, "broker", os.environ.get("ATOMWATCH_BROKER", "mqtt://127.0.0.1:1883"))
     site = pick(args, file_config, "site", "default")
@@ -54,7 +54,7 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.app import Controller
+    from atomwatch.controller.app import Controller
 
     file_config, plugin_opts = options(args)
     controller = Controller(build_config(args, file_config, plugin_opts), plugin_manager(args))

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from atomwatch.config import load_file, plugin_options
-from atomwatch.plugins import PluginManager, get_plugin_manager
+from atomwatch.pluginmanager import PluginManager, get_plugin_manager
 
 
 def add_plugin_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,14 +21,6 @@ def add_plugin_arguments(p: argparse.ArgumentParser) -> None:
         help="an option of a plugin (repeatable), e.g. --set libvirt.uri=qemu:///system",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file: top-level keys as the options, [plugins.NAME] tables")
-
-
-def add_replay_delta_argument(p: argparse.ArgumentParser, effect: str) -> None:
-    """``--delta [METRIC=]VALUE`` of the offline commands: replay the data through ATOM's
-    tracking at that Δ before using it (``atomwatch.config.parse_deltas`` reads the list)."""
-    p.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
-                   help="track the data with ATOM's rule at this Δ first, as an agent would send it "
-                        f"(repeatable; a bare VALUE for every other metric): {effect}")
 
 
 def add_session_arguments(p: argparse.ArgumentParser, tick: float) -> None:

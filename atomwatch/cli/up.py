@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _up(args: argparse.Namespace) -> None:
-    from agent.runtime import Agent
+    from atomwatch.agent.runtime import Agent
     from atomwatch.broker import EmbeddedBroker
-    from controller.app import Controller
+    from atomwatch.controller.app import Controller
 
     file_config, plugin_opts = options(args)
     if not args.no_replay:

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     pm = plugin_manager(args)
     if args.hooks:
-        from atomwatch.plugins import hook_docs
+        from atomwatch.pluginmanager import hook_docs
 
         docs = hook_docs(pm)
         if args.json:

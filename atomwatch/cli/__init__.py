@@ -11,26 +11,26 @@ import importlib
 import logging
 import sys
 
-from . import __version__
-from .config import ConfigError
+from atomwatch import __version__
+from atomwatch.config import ConfigError
 
 #: subcommand → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("atomwatch.commands.up", "run broker, controller and a local agent in one process"),
-    "agent": ("atomwatch.commands.agent", "run the agent of this hypervisor"),
-    "controller": ("atomwatch.commands.controller", "run a controller"),
-    "plugins": ("atomwatch.commands.plugins", "list loaded plugins and the hooks they implement"),
-    "track": ("atomwatch.commands.track", "compare tracking policies on a CSV trace"),
-    "detect": ("atomwatch.commands.detect", "run a detector over a CSV trace or recording"),
-    "alarms": ("atomwatch.commands.alarms", "list alarms of a controller"),
-    "alarm": ("atomwatch.commands.alarm", "show one alarm with its findings and audit trail"),
-    "verdict": ("atomwatch.commands.verdict", "give the operator's verdict on an alarm"),
-    "plot": ("atomwatch.commands.plot", "plot a detector's score against its threshold to PNG"),
-    "lab": ("atomwatch.commands.lab", "build and run the libvirt test bed (guests, workloads, attacks)"),
-    "coredns-sim": ("atomwatch.commands.coredns_sim", "the CoreDNS metrics simulator (serve, record)"),
-    "train": ("atomwatch.commands.train", "train a deep detector model on recordings"),
-    "evaluate": ("atomwatch.commands.evaluate", "evaluate a model (or compare detectors) on recordings"),
-    "retrain": ("atomwatch.commands.retrain", "retrain a model from the operator's verdicts"),
+    "up": ("atomwatch.cli.up", "run broker, controller and a local agent in one process"),
+    "agent": ("atomwatch.cli.agent", "run the agent of this hypervisor"),
+    "controller": ("atomwatch.cli.controller", "run a controller"),
+    "plugins": ("atomwatch.cli.plugins", "list loaded plugins and the hooks they implement"),
+    "track": ("atomwatch.cli.track", "compare tracking policies on a CSV trace"),
+    "detect": ("atomwatch.cli.detect", "run a detector over a CSV trace or recording"),
+    "alarms": ("atomwatch.cli.alarms", "list alarms of a controller"),
+    "alarm": ("atomwatch.cli.alarm", "show one alarm with its findings and audit trail"),
+    "verdict": ("atomwatch.cli.verdict", "give the operator's verdict on an alarm"),
+    "plot": ("atomwatch.cli.plot", "plot a detector's score against its threshold to PNG"),
+    "lab": ("atomwatch.cli.lab", "build and run the libvirt test bed (guests, workloads, attacks)"),
+    "coredns-sim": ("atomwatch.cli.coredns_sim", "the CoreDNS metrics simulator (serve, record)"),
+    "train": ("atomwatch.plugins.deep.train", "train a deep detector model on recordings"),
+    "evaluate": ("atomwatch.plugins.deep.evaluate", "evaluate a model (or compare detectors) on recordings"),
+    "retrain": ("atomwatch.plugins.deep.retrain", "retrain a model from the operator's verdicts"),
 }
 
 

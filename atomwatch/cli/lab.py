@@ -70,15 +70,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _workdir(args: argparse.Namespace) -> Path:
-    from lab.paths import default_dir
+    from atomwatch.lab.paths import default_dir
 
     return getattr(args, "dir", None) or default_dir()
 
 
 def run(args: argparse.Namespace) -> int:
-    from lab.build import BuildError
-    from lab.domains import LabError
-    from lab.network import NetworkError
+    from atomwatch.lab.build import BuildError
+    from atomwatch.lab.domains import LabError
+    from atomwatch.lab.network import NetworkError
 
     cmd = args.lab_command
     if cmd is None:
@@ -93,31 +93,31 @@ def run(args: argparse.Namespace) -> int:
 
 def _dispatch(cmd: str, args: argparse.Namespace) -> int:
     if cmd == "build":
-        from lab.build import build
+        from atomwatch.lab.build import build
 
         out = args.out or _workdir(args)
         image = build(args.kernel_deb, out)
         print(f"guest image in {out}: kernel {image.kernel_release}, initrd sha256 {image.info['initrd_sha256'][:16]}")
         return 0
     if cmd == "up":
-        from lab import testbed
+        from atomwatch.lab import testbed
 
         state = testbed.up(_workdir(args), args.guests, args.uri, nice=args.nice)
         print(json.dumps(state, indent=2))
         return 0
     if cmd == "down":
-        from lab import testbed
+        from atomwatch.lab import testbed
 
         removed = testbed.down(_workdir(args), args.uri)
         print("removed: " + (", ".join(removed) if removed else "nothing (the lab was down)"))
         return 0
     if cmd == "status":
-        from lab import testbed
+        from atomwatch.lab import testbed
 
         print(json.dumps(testbed.status(_workdir(args), args.uri), indent=2, default=str))
         return 0
     if cmd == "scenarios":
-        from lab.scenarios import SCENARIOS
+        from atomwatch.lab.scenarios import SCENARIOS
 
         if args.json:
             print(json.dumps({n: s.to_dict() for n, s in SCENARIOS.items()}, indent=2))
@@ -126,8 +126,8 @@ def _dispatch(cmd: str, args: argparse.Namespace) -> int:
                 print(f"{n:18} {s.description}")
         return 0
     if cmd == "record":
-        from lab import scenarios
-        from lab.record import record
+        from atomwatch.lab import scenarios
+        from atomwatch.lab.record import record
 
         summary = record(
             scenarios.get(args.scenario), args.minutes, args.out, tick=args.tick, workdir=_workdir(args), uri=args.uri,
@@ -136,7 +136,7 @@ def _dispatch(cmd: str, args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     if cmd == "workload":
-        from lab import domains, testbed, workloads
+        from atomwatch.lab import domains, testbed, workloads
 
         conn = domains.connect(args.uri)
         dom = testbed.guest_domains(conn, args.guest)[-1]
@@ -162,10 +162,10 @@ def _run_scenario(args: argparse.Namespace) -> int:
     import threading
 
     from atomwatch.cli import COMMANDS, build_parser
-    from lab import scenarios, testbed
-    from lab.domains import connect
-    from lab.driver import ScenarioDriver
-    from lab.paths import PREFIX
+    from atomwatch.lab import scenarios, testbed
+    from atomwatch.lab.domains import connect
+    from atomwatch.lab.driver import ScenarioDriver
+    from atomwatch.lab.paths import PREFIX
 
     scenario = scenarios.get(args.scenario)
     if not args.minutes > 0:

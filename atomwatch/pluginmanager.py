@@ -27,6 +27,7 @@ from typing import Any
 
 import pluggy
 
+from . import hookspecs
 from .config import ConfigError
 
 log = logging.getLogger("atomwatch.plugins")
@@ -45,11 +46,7 @@ class LoadError:
 class PluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__("atomwatch")
-        from agent import hookspecs as agent_specs
-        from controller import hookspecs as controller_specs
-
-        self.add_hookspecs(agent_specs)
-        self.add_hookspecs(controller_specs)
+        self.add_hookspecs(hookspecs)
         self.load_errors: list[LoadError] = []
         self.sources: dict[str, str] = {}
 

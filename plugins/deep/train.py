@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._common import add_replay_delta_argument
+from atomwatch.config import add_replay_delta_argument
 
 KINDS = ("ae", "cnn", "siamese")
 
@@ -81,8 +81,8 @@ def search(args: argparse.Namespace, verbose: int) -> tuple[dict[str, int], list
     import keras_tuner as kt
 
     from atomwatch.evaluation import scores
-    from plugins.deep_models import ModelError, new_model
-    from plugins.deep_windows import build_dataset
+    from atomwatch.plugins.deep.models import ModelError, new_model
+    from atomwatch.plugins.deep.windows import build_dataset
 
     datasets: dict[int, Any] = {}
 
@@ -100,7 +100,7 @@ def search(args: argparse.Namespace, verbose: int) -> tuple[dict[str, int], list
             model = new_model(args.model, window=window, columns=d.columns, filters=filters, latent=latent,
                               seed=args.seed, threshold_rule=args.threshold_rule, **_score_kw(args))
             self.current = model
-            from plugins.deep_windows import Scaler
+            from atomwatch.plugins.deep.windows import Scaler
 
             model.scaler = Scaler.fit(d.normal_train_rows())
             model.initialize_new_weights()
@@ -141,14 +141,14 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         return _fail(problem)
     from atomwatch.config import ConfigError, parse_deltas
-    from plugins.deep_windows import WindowError, build_dataset
+    from atomwatch.plugins.deep.windows import WindowError, build_dataset
 
     try:  # check the data before the (slow) Keras import
         args.deltas = parse_deltas(args.delta) if args.delta else None
         d = build_dataset(args.data, args.window, holdout=args.holdout_class, deltas=args.deltas)
     except (WindowError, ValueError, ConfigError) as e:
         return _fail(str(e))
-    from plugins.deep_models import ModelError, THRESHOLD_RULES, new_model
+    from atomwatch.plugins.deep.models import ModelError, THRESHOLD_RULES, new_model
 
     if args.threshold_rule and args.threshold_rule not in THRESHOLD_RULES[args.model]:
         return _fail(f"--threshold-rule {args.threshold_rule!r} is not one of {THRESHOLD_RULES[args.model]} for --model {args.model}")

@@ -35,7 +35,7 @@ import numpy as np
 from atomwatch.config import ConfigError, parse_deltas, parse_value
 from atomwatch.evaluation import point_adjust, scores
 
-from ._common import add_replay_delta_argument
+from atomwatch.config import add_replay_delta_argument
 
 ONLINE_DETECTORS = ("pca-spe", "precog")
 
@@ -146,8 +146,8 @@ def print_breakdown(title: str, b: dict[str, Any]) -> None:
 
 def evaluate_model(model_path: str, data: Sequence[str], holdout: Sequence[str] | None, whole: bool = False,
                    deltas: dict[str, float] | None = None) -> dict[str, Any]:
-    from plugins.deep_models import load_model, read_meta
-    from plugins.deep_windows import build_dataset, whole_windows
+    from atomwatch.plugins.deep.models import load_model, read_meta
+    from atomwatch.plugins.deep.windows import build_dataset, whole_windows
 
     meta = read_meta(model_path)
     held = list(holdout) if holdout is not None else list((meta.get("info") or {}).get("holdout") or [])
@@ -167,7 +167,7 @@ def evaluate_model(model_path: str, data: Sequence[str], holdout: Sequence[str] 
 
 
 def _eval_rows(rows: int, klass: np.ndarray, held: set[str], reach: int) -> np.ndarray:
-    from plugins.deep_windows import split_bounds
+    from atomwatch.plugins.deep.windows import split_bounds
 
     mask = np.zeros(rows, bool)
     mask[split_bounds(rows)[2][0] :] = True
@@ -197,11 +197,12 @@ def _options(settings: list[str], name: str) -> dict[str, Any]:
 
 def compare(models: Sequence[str], data: Sequence[str], holdout: Sequence[str] | None, online: Sequence[str],
             settings: list[str], whole: bool = False, deltas: dict[str, float] | None = None) -> dict[str, Any]:
-    from atomwatch.offline import DetectorError, UnknownDetector, find_factory, run_detector, trace_rows
-    from atomwatch.plugins import get_plugin_manager
+    from atomwatch.detectors import DetectorError, UnknownDetector, find_factory, run_detector
+    from atomwatch.trace_rows import trace_rows
+    from atomwatch.pluginmanager import get_plugin_manager
     from atomwatch.traces import read_labels, read_trace
-    from plugins.deep_models import read_meta
-    from plugins.deep_windows import _labels_path
+    from atomwatch.plugins.deep.models import read_meta
+    from atomwatch.plugins.deep.windows import _labels_path
 
     metas = {m: read_meta(m) for m in models}
     held = list(holdout) if holdout is not None else sorted({c for m in metas.values() for c in (m.get("info") or {}).get("holdout") or []})
@@ -210,9 +211,9 @@ def compare(models: Sequence[str], data: Sequence[str], holdout: Sequence[str] |
     try:
         find_factory(pm, "cnn")
     except UnknownDetector:  # plugins.deep is not declared as an entry point in this install
-        import plugins.deep
+        import atomwatch.plugins.deep as deep_plugin
 
-        pm.register_plugin(plugins.deep, "deep", "plugins.deep")
+        pm.register_plugin(deep_plugin, "deep", "atomwatch.plugins.deep")
     entries: list[tuple[str, str, dict[str, Any], int]] = [
         (f"{metas[m]['kind']} ({Path(m).name})", metas[m]["kind"], {"model": str(m)}, int(metas[m]["window"])) for m in models
     ] + [(name, name, _options(settings, name), 0) for name in online]
@@ -272,7 +273,7 @@ def compare_table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from plugins.deep_windows import WindowError
+    from atomwatch.plugins.deep.windows import WindowError
 
     models = [p for p in args.paths if (Path(p) / "model.json").exists() or Path(p).name == "model.json"]
     data = [p for p in args.paths if p not in models]

@@ -48,7 +48,7 @@ _cache_lock = threading.Lock()
 
 def _load(path: str) -> Any:
     try:
-        from .deep_models import load_model  # Keras is imported here, lazily
+        from .models import load_model  # Keras is imported here, lazily
     except ImportError as e:
         raise ValueError(f"the deep detectors need Keras and JAX (pip install 'atomwatch[ml]'): {e}") from None
 
@@ -155,8 +155,3 @@ class DeepFactory:
         if model.threshold is None:
             raise ValueError(f"{self.name}: model {path} has no threshold (not trained)")
         return DeepDetector(self.name, scope, model, str(path), top)
-
-
-@atomwatch.hookimpl
-def register_detectors() -> list[DeepFactory]:
-    return [DeepFactory(name) for name in DETECTORS]

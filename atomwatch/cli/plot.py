@@ -16,7 +16,8 @@ import sys
 import numpy as np
 
 from atomwatch.config import ConfigError, plugin_options
-from atomwatch.offline import UnknownDetector, anomalies_of, find_factory, trace_rows
+from atomwatch.detectors import UnknownDetector, anomalies_of, find_factory
+from atomwatch.trace_rows import trace_rows
 from atomwatch.traces import TraceError, read_labels, read_trace, resolve
 
 from ._common import add_plugin_arguments, plugin_manager

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 from scipy import special
 
-from . import pca_kernels as kernels
+from . import kernels
 
 Method = Literal["jackson-mudholkar", "box", "degenerate"]
 

@@ -65,7 +65,7 @@ import numpy as np  # noqa: E402
 
 import keras  # noqa: E402
 
-from .deep_windows import Dataset, Scaler, WindowSet  # noqa: E402
+from .windows import Dataset, Scaler, WindowSet  # noqa: E402
 
 if keras.backend.backend() != "jax":  # pragma: no cover - depends on the caller's environment
     raise ImportError(
