@@ -27,6 +27,7 @@ hookimpl = pluggy.HookimplMarker("atomwatch")
 hookspec = pluggy.HookspecMarker("atomwatch")
 
 from .series import SeriesKey  # noqa: E402  (after the markers: plugins import them first)
+from .subcommands import Subcommand, SubcommandContext  # noqa: E402
 from .types import (  # noqa: E402
     Anomaly,
     Blame,
@@ -53,4 +54,6 @@ __all__ = [
     "Detector",
     "DetectorFactory",
     "NotConfigured",
+    "Subcommand",
+    "SubcommandContext",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import hookspec
+from .subcommands import Subcommand
 from .types import Anomaly, Collector, CommandHandler, DetectorFactory
 
 if TYPE_CHECKING:
@@ -75,3 +76,18 @@ def alarm_updated(alarm: Any, change: str, controller: Any) -> Any:
 def verdict_given(alarm: Any, verdict: str, actor: str, params: dict, controller: Any) -> Any:
     """Called when an operator (``actor``) gives ``verdict`` — ``normal`` or ``malicious`` — on an
     alarm; ``params`` carries extra choices (e.g. which suspect to terminate)."""
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@hookspec
+def register_commands() -> list[Subcommand] | None:
+    """Return the subcommands this plugin adds to the ``atomwatch`` command line.
+
+    Each :class:`atomwatch.Subcommand` has a ``name`` (``atomwatch NAME``), a one-line ``help``,
+    ``add_arguments(parser)`` and ``run(args, context) -> int``; the context
+    (:class:`atomwatch.SubcommandContext`) gives what a plugin may not import itself, such as the
+    controller's alarms. A name that is already a built-in subcommand or another plugin's is
+    refused (logged) and the first one kept. Called only when the command line runs.
+    """

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,45 @@ def test_readme_plugin_runs_live_through_a_real_broker(installed_readme_plugin, 
     assert anomalies, proc.stderr[-3000:]
     bad = [l for l in anomalies if not ("vm2/CPUUtilization up" in l and "vm1/" not in l)]
     assert not bad, bad[:3]
+
+
+SUBCOMMAND_PLUGIN = '''
+import atomwatch
+
+
+def add_arguments(parser):
+    parser.add_argument("word")
+
+
+def run(args, context):
+    print(f"hello {args.word}")
+    return 0
+
+
+@atomwatch.hookimpl
+def register_commands():
+    return [atomwatch.Subcommand("hello", "say hello", add_arguments, run),
+            atomwatch.Subcommand("detect", "a second 'detect'", add_arguments, run)]
+'''
+
+
+def test_a_plugin_adds_a_subcommand_and_cannot_replace_a_built_in(tmp_path: Path, monkeypatch, capsys) -> None:
+    from atomwatch.cli import COMMANDS, main
+
+    (tmp_path / "hello_plugin.py").write_text(SUBCOMMAND_PLUGIN)
+    monkeypatch.setenv("ATOMWATCH_PLUGINS_DIR", str(tmp_path))
+    assert main(["hello", "world"]) == 0
+    assert capsys.readouterr().out == "hello world\n"
+    from atomwatch.cli import plugin_subcommands
+
+    # the built-in 'detect' is kept; the plugin's second 'detect' is refused
+    assert "hello" in plugin_subcommands() and "detect" not in plugin_subcommands()
+    assert "detect" in COMMANDS
+
+
+def test_the_core_command_line_names_no_model() -> None:
+    """train / evaluate / retrain come from the deep plugin's register_commands hook."""
+    from atomwatch.cli import COMMANDS, plugin_subcommands
+
+    assert not {"train", "evaluate", "retrain"} & set(COMMANDS)
+    assert {"train", "evaluate", "retrain"} <= set(plugin_subcommands())

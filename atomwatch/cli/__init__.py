@@ -1,7 +1,10 @@
-"""The ``atomwatch`` command: one subcommand a module in :mod:`atomwatch.commands`.
+"""The ``atomwatch`` command: one built-in subcommand a module of this package, plus the
+subcommands plugins add through the ``register_commands`` hook (the deep plugin's ``train``,
+``evaluate``, ``retrain``).
 
-Each command module has ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only
-when its subcommand runs, so ``atomwatch --help`` needs nothing beyond the core install.
+Each built-in module has ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only
+when its subcommand runs. This package sits on top of every layer and may import any of them;
+nothing imports it but ``python -m atomwatch`` and the console script.
 """
 
 from __future__ import annotations
@@ -9,12 +12,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 from atomwatch import __version__
 from atomwatch.config import ConfigError
+from atomwatch.subcommands import Subcommand
 
-#: subcommand → (module, one-line help)
+log = logging.getLogger(__name__)
+
+#: built-in subcommand → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("atomwatch.cli.up", "run broker, controller and a local agent in one process"),
     "agent": ("atomwatch.cli.agent", "run the agent of this hypervisor"),
@@ -28,13 +37,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("atomwatch.cli.plot", "plot a detector's score against its threshold to PNG"),
     "lab": ("atomwatch.cli.lab", "build and run the libvirt test bed (guests, workloads, attacks)"),
     "coredns-sim": ("atomwatch.cli.coredns_sim", "the CoreDNS metrics simulator (serve, record)"),
-    "train": ("atomwatch.plugins.deep.train", "train a deep detector model on recordings"),
-    "evaluate": ("atomwatch.plugins.deep.evaluate", "evaluate a model (or compare detectors) on recordings"),
-    "retrain": ("atomwatch.plugins.deep.retrain", "retrain a model from the operator's verdicts"),
 }
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def plugin_subcommands() -> dict[str, Subcommand]:
+    """The subcommands installed plugins add (``register_commands``), by name; a name that is a
+    built-in's or an earlier plugin's is refused and logged."""
+    from atomwatch.pluginmanager import call_safely, get_plugin_manager
+
+    pm = get_plugin_manager(plugins_dir=os.environ.get("ATOMWATCH_PLUGINS_DIR") or None)
+    out: dict[str, Subcommand] = {}
+    for plugin, commands in call_safely(pm, "register_commands"):
+        for cmd in commands or []:
+            if not isinstance(cmd, Subcommand):
+                log.error("plugin %s registered %r as a subcommand, not an atomwatch.Subcommand: ignored", plugin, cmd)
+            elif cmd.name in COMMANDS or cmd.name in out:
+                log.error("plugin %s registers subcommand %r, which exists already: ignored", plugin, cmd.name)
+            else:
+                out[cmd.name] = cmd
+    return out
+
+
+def build_parser(only: str | None = None, extra: dict[str, Subcommand] | None = None) -> argparse.ArgumentParser:
+    """The parser; only subcommand ``only`` gets its arguments (its module is imported)."""
     parser = argparse.ArgumentParser(
         prog="atomwatch",
         description="Watch VMs and DNS servers: track, detect, explain, act.",
@@ -46,14 +71,41 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == only:
             importlib.import_module(module).add_arguments(p)
+    for name, cmd in (extra or {}).items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        if name == only:
+            cmd.add_arguments(p)
     return parser
+
+
+class _Context:
+    """What a plugin's subcommand may ask of the command line (:class:`atomwatch.SubcommandContext`)."""
+
+    def read_alarms(self, db: str | None = None) -> list[Any]:
+        from atomwatch.controller.alarms import AlarmStore
+        from atomwatch.controller.config import default_db
+
+        path = db or default_db()
+        if path != ":memory:" and not Path(path).exists():
+            raise ConfigError(f"--db {path}: no such alarms file")
+        store = AlarmStore(path)
+        try:
+            return store.list(limit=1_000_000)
+        finally:
+            store.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Find the subcommand first so that only its module is imported.
+    # Find the subcommand first so that only its module is imported; plugins are loaded only for
+    # a subcommand that is not built in, or to list theirs in the help.
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
+    try:
+        extra = plugin_subcommands() if command not in COMMANDS else {}
+    except ConfigError as e:  # a plugin that cannot load as written
+        print(f"atomwatch: {e}", file=sys.stderr)
+        return 2
+    parser = build_parser(command if command in COMMANDS or command in extra else None, extra)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -64,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         else [logging.INFO, logging.DEBUG, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.run(args) or 0)
+        if args.command in extra:
+            return int(extra[args.command].run(args, _Context()) or 0)
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except ConfigError as e:
         print(f"atomwatch {args.command}: {e}", file=sys.stderr)
         return 2

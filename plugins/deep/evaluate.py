@@ -272,7 +272,7 @@ def compare_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, context: Any = None) -> int:
     from atomwatch.plugins.deep.windows import WindowError
 
     models = [p for p in args.paths if (Path(p) / "model.json").exists() or Path(p).name == "model.json"]

@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from atomwatch import SubcommandContext
+from atomwatch.config import ConfigError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model folder written by 'atomwatch train'")
@@ -109,10 +112,7 @@ def quality(e: dict[str, Any]) -> float:
     return float(pw["tn"] / max(pw["tn"] + pw["fp"], 1))
 
 
-def run(args: argparse.Namespace) -> int:
-    from atomwatch.controller.alarms import AlarmStore
-    from atomwatch.controller.config import default_db
-
+def run(args: argparse.Namespace, context: SubcommandContext) -> int:
     if (args.epochs is not None and args.epochs < 1) or args.batch_size < 1:
         return _fail("--epochs and --batch-size must be ≥ 1")
     from atomwatch.plugins.deep.windows import WindowError, WindowSet, build_dataset
@@ -123,15 +123,12 @@ def run(args: argparse.Namespace) -> int:
         meta = read_meta(args.model)
     except ValueError as e:
         return _fail(str(e))
-    db = args.db or default_db()
-    if db != ":memory:" and not Path(db).exists():
-        return _fail(f"--db {db}: no such alarms file")
-    store = AlarmStore(db)
+    db = args.db or "the controller's alarms file"
     try:
-        alarms = [a for a in store.list(limit=1_000_000) if a.verdict in ("normal", "malicious")
+        alarms = [a for a in context.read_alarms(args.db) if a.verdict in ("normal", "malicious")
                   and (not args.detector or a.detector == args.detector)]
-    finally:
-        store.shutdown()
+    except ConfigError as e:
+        return _fail(str(e))
     window, columns = int(meta["window"]), list(meta["columns"])
     holdout = list((meta.get("info") or {}).get("holdout") or [])
     ops, counts = operator_windows(alarms, columns, window)

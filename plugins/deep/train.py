@@ -136,7 +136,7 @@ def print_search_table(table: list[dict[str, Any]]) -> None:
         print(f"{i:>4} {r['window']:>7} {r['filters']:>8} {r['latent']:>7} {score:>8}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, context: Any = None) -> int:
     problem = _check(args)
     if problem:
         return _fail(problem)
