@@ -1,12 +1,14 @@
 """atomwatch — the shared core that the agent, the controller and every plugin import.
 
 What lives here: the version, the ``hookimpl`` marker plugin authors decorate their functions
-with, the series key both sides name a metric by, the wire protocol (:mod:`atomwatch.protocol`),
-the plugin manager (:mod:`atomwatch.plugins`), CSV trace reading and the ``atomwatch`` command
-line (:mod:`atomwatch.cli`, one module a subcommand in :mod:`atomwatch.commands`).
+with, and the small typed objects plugins exchange with atomwatch (re-exported from
+:mod:`atomwatch.types`). The core's other modules: the wire protocol (``protocol``), the hook
+specifications (``hookspecs``), the plugin manager (``pluginmanager``), plugin options
+(``config``), ATOM's tracking (``tracking``), the detector registry (``detectors``), traces.
 
-What does not: anything that runs on only one side (``agent/``, ``controller/``), any concrete
-collector, detector or orchestrator (``plugins/``), memory forensics (``introspection/``).
+What does not: anything that runs on only one side (``atomwatch.agent``, ``atomwatch.controller``),
+memory forensics (``atomwatch.introspection``), any concrete plugin (``atomwatch.plugins``), the
+lab (``atomwatch.lab``) and the command line (``atomwatch.cli``) — the core imports none of them.
 
 A plugin author writes::
 
@@ -23,7 +25,7 @@ __version__ = "0.1.0"
 
 #: Marker for hook implementations, as ``@pytest.hookimpl`` / ``@llm.hookimpl``.
 hookimpl = pluggy.HookimplMarker("atomwatch")
-#: Marker for hook specifications (used by ``agent.hookspecs`` and ``controller.hookspecs``).
+#: Marker for hook specifications (used by :mod:`atomwatch.hookspecs`).
 hookspec = pluggy.HookspecMarker("atomwatch")
 
 from .series import SeriesKey  # noqa: E402  (after the markers: plugins import them first)

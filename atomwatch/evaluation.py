@@ -8,7 +8,7 @@ left as they are), :func:`scores` (precision, recall, F1, confusion matrix, coun
 :func:`evaluate` (both views at once, plus how many segments were detected). Shared by
 ``atomwatch detect --labels``, ``atomwatch evaluate`` and the deep-model work.
 
-What does not: running detectors (:mod:`atomwatch.offline`) or reading label files
+What does not: running detectors (:mod:`atomwatch.detectors`) or reading label files
 (:mod:`atomwatch.traces`).
 """
 

@@ -1,30 +1,10 @@
 """Online tracking of many series at once: which values the agent sends to the controller.
 
-The agent (ATOM's *observer*) sees every sample; the controller (the *tracker*) holds, per series,
-the last value it was sent, ``g``. A tracking policy decides at every tick which series to send so
-that the controller's copy stays within an error bound Δ of the true value while as few messages
-as possible are sent.
-
-What lives here, all vectorised over ``n`` series with O(1) work per series and sample:
-
-- :class:`AtomTracker` — ATOM's Algorithm 1 (Du & Li, after Yi & Zhang's optimal online
-  tracking): send the midpoint of the interval ``S`` of values still consistent with the round,
-  start a new round from the raw value when ``S`` is exhausted. O(log(Δ/γ))-competitive.
-- :class:`Deadband` — the naive rule (Sparkplug's deadband): send ``f`` when ``|f − g| > Δ``.
-- :class:`SendAll` — send every sample; the baseline of the message counts.
-- :func:`optimal_messages` — the offline optimum (greedy segments of range ≤ 2Δ), a lower bound no
-  online policy can beat; :func:`optimal_max_error` — the error it leaves.
-- :func:`simulate` — run a policy over a ``ticks × series`` matrix and count messages and error.
-
-Conventions shared by every policy:
-
-- ``f`` is a float array of the ``n`` current true values; a non-finite entry (NaN, ±inf) means
-  *unreadable*: nothing is sent for it and the series is invalidated (``g`` becomes NaN), so its
-  next finite value is sent as is. The agent reports staleness on its own channel.
-- ``step(f)`` returns a bool mask of the series to send; the values to send are ``g[mask]``.
-- Invariant after every ``step``: for every series with finite ``f``,
-  ``abs(f - g) <= delta`` holds *exactly* as evaluated in float64, not only up to rounding
-  (see :class:`AtomTracker` for why its midpoints keep it).
+What lives here: ATOM's Algorithm 1 (:class:`AtomTracker`), the deadband and send-all baselines,
+the offline optimum (:func:`optimal_messages`) and :func:`simulate`, all vectorised over the
+series with O(1) work per series and sample. Invariant after every ``step``: ``|f − g| ≤ Δ``
+exactly in float64 for every finite ``f``. What does not: the agent's tick loop and what it
+publishes (:mod:`atomwatch.agent.runtime`). Conventions and reasoning: ``docs/tracking.md``.
 """
 
 from __future__ import annotations

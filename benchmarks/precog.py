@@ -4,7 +4,7 @@ Speed, on real memory utilisation (Alibaba machines from ``/work/shared/data/pre
 end to 100,000 points):
 
 * ``predict_100k_s`` — one full prediction on the whole series (the vectorised recomputation,
-  :func:`plugins.precog_core.predict`), at 10-second steps (3,334 five-minute bins) and with the
+  :func:`atomwatch.plugins.precog.core.predict`), at 10-second steps (3,334 five-minute bins) and with the
   same values at 5-minute steps (100,000 bins); target ≤ 0.1 s;
 * ``online_tick_last2000_s`` — the online path's cost per new point (``OnlineSeries.add`` +
   ``evaluate``) over the last 2,000 points, where the state is largest (at 10-second steps every

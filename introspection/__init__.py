@@ -1,6 +1,6 @@
-"""Introspection: looking inside the one VM an alarm flagged, and stopping its guilty process.
+"""Introspection (``atomwatch.introspection``): looking inside the one VM an alarm flagged, and stopping its guilty process.
 
-Used by the agent (it runs where the memory is). What lives here, one module each:
+Used on the agent's side (it runs where the memory is); imports only the core. What lives here, one module each:
 
 * :mod:`.acquire` — memory-only ELF core dump through libvirt into a private directory, the
   domain's state checked (and resumed) afterwards;
@@ -12,6 +12,6 @@ Used by the agent (it runs where the memory is). What lives here, one module eac
 * :mod:`.guest_agent` — list processes and terminate one through the QEMU guest agent, refusing
   when PID, name or start time no longer match.
 
-What does not live here: the protocol commands (``plugins/introspection_commands.py``), the
-controller-side orchestration (``plugins/orchestrate.py``), detectors and alarms.
+What does not live here: the protocol commands (``atomwatch.plugins.introspection_commands``),
+the controller-side orchestration (``atomwatch.plugins.orchestrate``), detectors and alarms.
 """

@@ -6,7 +6,7 @@ configured by the operator). libvirt pauses the guest for the dump and resumes i
 libvirt 9.0 may leave the guest paused while reporting success (see the lab README), so the
 domain's state is checked after every dump and the guest resumed if needed; the result says so.
 
-What does not live here: the analysis of the dump (:mod:`introspection.volatility`).
+What does not live here: the analysis of the dump (:mod:`atomwatch.introspection.volatility`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ here, to give the reason, and again inside the guest in the same shell line as t
 the window for reuse is a few milliseconds of one shell. Success is reported only after the
 process is verified gone (no such PID, a different process under it, or a zombie awaiting reaping).
 
-What does not live here: the choice of the process (:mod:`introspection.suspects`).
+What does not live here: the choice of the process (:mod:`atomwatch.introspection.suspects`).
 """
 
 from __future__ import annotations

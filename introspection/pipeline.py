@@ -1,9 +1,9 @@
 """One introspection of one VM: dump → Volatility → suspects, and the per-VM baseline store.
 
-:func:`introspect` dumps the VM's memory (:mod:`introspection.acquire`), runs the plugins the
-blamed metrics call for (:mod:`introspection.plugins_choice`) in one Volatility worker
-(:mod:`introspection.volatility`), deletes the dump (unless retention is configured), and ranks the
-suspects against the VM's baseline (:mod:`introspection.suspects`). With ``baseline=True`` the
+:func:`introspect` dumps the VM's memory (:mod:`atomwatch.introspection.acquire`), runs the plugins the
+blamed metrics call for (:mod:`atomwatch.introspection.plugins_choice`) in one Volatility worker
+(:mod:`atomwatch.introspection.volatility`), deletes the dump (unless retention is configured), and ranks the
+suspects against the VM's baseline (:mod:`atomwatch.introspection.suspects`). With ``baseline=True`` the
 analysis is stored as the VM's healthy baseline instead (one JSON file per VM UUID, mode 0600).
 
 What does not live here: the protocol command around it (``plugins/introspection_commands.py``).

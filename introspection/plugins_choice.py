@@ -7,7 +7,7 @@ ranked from it). Metric names are matched by their family (``CPUUtilization`` â†
 with other names still gets a sensible choice; an unknown metric adds nothing beyond the process
 list.
 
-What does not live here: running the plugins (:mod:`introspection.volatility`).
+What does not live here: running the plugins (:mod:`atomwatch.introspection.volatility`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ and the identity a later ``terminate`` must check (pid, name, start time). Kerne
 suspects. Without a baseline every user process is "not in a baseline" and ranking rests on the
 CPU share since boot and the resources it holds.
 
-What does not live here: obtaining the rows (:mod:`introspection.volatility`).
+What does not live here: obtaining the rows (:mod:`atomwatch.introspection.volatility`).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _maps_size(rows: list[dict[str, Any]]) -> int:
 
 def rank(current: dict[str, Any], baseline: dict[str, Any] | None = None, blamed_metrics: list[str] | None = None,
          limit: int = 10) -> list[Suspect]:
-    """Suspects in ``current`` (an :class:`~introspection.volatility.Analysis` as dict), most
+    """Suspects in ``current`` (an :class:`~atomwatch.introspection.volatility.Analysis` as dict), most
     suspicious first; ``baseline`` is the same VM's analysis when it was healthy."""
     from .plugins_choice import family
 

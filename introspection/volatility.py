@@ -1,15 +1,15 @@
 """Volatility 3 runs: a worker subprocess per memory image, with a wall-clock and memory limit.
 
-:func:`analyse` starts ``python -m introspection.worker`` (see :mod:`introspection.worker`), hands
+:func:`analyse` starts ``python -m atomwatch.introspection.worker`` (see :mod:`atomwatch.introspection.worker`), hands
 it the image, the plugins and the symbol and cache directories, relays its progress, and kills it
 when it overruns ``timeout``. The worker builds the context and layer stack once and runs every
 plugin on it; ``one_image=False`` runs one worker per plugin instead (the baseline the benchmark
 compares with). Errors come back as :class:`VolatilityError` subclasses whose text an operator can
 act on — :class:`NoSymbols` names the kernel banner that has no symbol table.
 
-What does not live here: acquiring the image (:mod:`introspection.acquire`), the choice of
-plugins (:mod:`introspection.plugins_choice`), the interpretation of rows
-(:mod:`introspection.suspects`).
+What does not live here: acquiring the image (:mod:`atomwatch.introspection.acquire`), the choice of
+plugins (:mod:`atomwatch.introspection.plugins_choice`), the interpretation of rows
+(:mod:`atomwatch.introspection.suspects`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Volatility 3 worker: ``python -m introspection.worker`` — one memory image, several plugins.
+"""The Volatility 3 worker: ``python -m atomwatch.introspection.worker`` — one memory image, several plugins.
 
 Reads one JSON request on stdin::
 
@@ -16,7 +16,7 @@ Also reported, per task, the boot-relative start time and the CPU time (``tasks`
 ``task_struct``: the start time identifies a process across PID reuse, the CPU time ranks suspects.
 
 What does not live here: starting this process, its time limit, reading its output
-(:mod:`introspection.volatility`). Runs only as a child process: it sets its own memory limit and
+(:mod:`atomwatch.introspection.volatility`). Runs only as a child process: it sets its own memory limit and
 blocks ``jsonschema`` (with it the first load of an ISF takes ~80 s instead of ~8 s).
 """
 

@@ -20,7 +20,7 @@ pre-1.7 names). What lives here:
   JSON) over HTTP on a loopback address only; its clock runs ``speed`` × wall time.
 * :func:`record` and :func:`default_schedule` — a labelled recording (values.csv, labels.csv,
   scenario.json, README.md; see :mod:`atomwatch.traces`) computed by running the collector's own
-  derivation (:class:`plugins.coredns_metrics.InstanceDeriver`) over the simulator's text at each
+  derivation (:class:`atomwatch.plugins.coredns.metrics.InstanceDeriver`) over the simulator's text at each
   simulated tick: the same code a live agent runs, without HTTP.
 """
 

@@ -193,7 +193,7 @@ class AgentError(LabError):
 
 
 def agent_command(dom, command: dict, timeout: int = 10) -> dict:
-    """One guest-agent command (the project's own, from :mod:`introspection.guest_agent`)."""
+    """One guest-agent command (the project's own, from :mod:`atomwatch.introspection.guest_agent`)."""
     try:
         return guest_agent.agent_command(dom, command, timeout)
     except guest_agent.GuestAgentError as e:

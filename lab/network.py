@@ -1,8 +1,8 @@
 """The lab's private network: a bridge with no host address, and a traffic target in a netns.
 
-Guests' taps join :data:`~lab.paths.BRIDGE` (libvirt adds them at boot). The target is a network
-namespace :data:`~lab.paths.NETNS` attached to the bridge by a veth pair; inside it runs
-:mod:`lab.target_server` (HTTP on 8080, a TCP sink on 9000) at :data:`~lab.paths.TARGET_IP`.
+Guests' taps join :data:`~atomwatch.lab.paths.BRIDGE` (libvirt adds them at boot). The target is a network
+namespace :data:`~atomwatch.lab.paths.NETNS` attached to the bridge by a veth pair; inside it runs
+:mod:`atomwatch.lab.target_server` (HTTP on 8080, a TCP sink on 9000) at :data:`~atomwatch.lab.paths.TARGET_IP`.
 The host has no address on the bridge, so guest traffic reaches only hosts the lab created.
 """
 

@@ -1,6 +1,6 @@
 """A private lab guest for the introspection tests and benchmark.
 
-The lab's own tests destroy every domain named ``awlab-guest*`` (``lab.testbed.down``), so
+The lab's own tests destroy every domain named ``awlab-guest*`` (``atomwatch.lab.testbed.down``), so
 introspection runs boot their guest under another name (``awintro-<tag>``), from a private copy of
 the lab's built image, without a network interface (the guest agent needs none, nor does the
 ``cryptominer`` workload). TCG, 256 MiB, 1 vCPU: the size the issue's figures are quoted for.
@@ -47,7 +47,7 @@ class IntroGuestSpec(domains.GuestSpec):
 def boot_private_guest(workdir: Path, tag: str = "g1", memory_mib: int = 256, uri: str = domains.DEFAULT_URI):
     """Copy the lab image into ``workdir`` and boot ``awintro-<tag>`` from it; returns (conn, dom).
 
-    Raises ``lab.domains.LabError`` (or ``lab.build.BuildError``) naming what is missing."""
+    Raises ``atomwatch.lab.domains.LabError`` (or ``atomwatch.lab.build.BuildError``) naming what is missing."""
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         image = Image.load(default_dir())

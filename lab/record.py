@@ -1,6 +1,6 @@
 """``atomwatch lab record``: run a scenario on the live lab and write a labelled recording.
 
-Every tick the libvirt collector (:mod:`plugins.libvirt_collector`) is sampled directly, so the
+Every tick the libvirt collector (:mod:`atomwatch.plugins.libvirt_collector`) is sampled directly, so the
 recording holds the true per-tick values (no tracking error). The output folder is the recording
 format of :mod:`atomwatch.traces`: ``values.csv`` (timestamp + ``<vm>/<metric>`` columns),
 ``labels.csv`` (row,timestamp,label,class,vm — from the scenario schedule alone),

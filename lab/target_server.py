@@ -1,6 +1,6 @@
-"""The lab's traffic target, run inside the lab's network namespace by :mod:`lab.network`.
+"""The lab's traffic target, run inside the lab's network namespace by :mod:`atomwatch.lab.network`.
 
-``python -m lab.target_server ADDRESS`` serves HTTP on ADDRESS:8080 (GET answers a small page,
+``python -m atomwatch.lab.target_server ADDRESS`` serves HTTP on ADDRESS:8080 (GET answers a small page,
 POST/PUT read and drop the body) and a TCP sink on ADDRESS:9000 that reads and drops whatever a
 guest sends (the ``exfil`` workload's destination). It counts requests and bytes and prints a
 one-line summary every minute.

@@ -1,7 +1,7 @@
 """``atomwatch lab up`` / ``down`` / ``status``: the whole test bed as one idempotent unit.
 
 ``up`` checks the prerequisites (libvirt reachable, QEMU present, image built), creates the
-private network (:mod:`lab.network`), chooses the domain type (KVM only when the cheap probe
+private network (:mod:`atomwatch.lab.network`), chooses the domain type (KVM only when the cheap probe
 allows it *and* the first guest really answers its agent; TCG otherwise), boots the guests in
 parallel and waits for every guest agent. ``down`` removes every domain, link, namespace and
 process the lab made. Both may run any number of times.
@@ -57,7 +57,7 @@ def up(
 ) -> dict:
     """Bring the lab to ``guests`` running guests with answering agents; returns the state.
 
-    The guests' QEMU threads run at ``nice`` (default −10, see :func:`lab.domains.prioritize`).
+    The guests' QEMU threads run at ``nice`` (default −10, see :func:`atomwatch.lab.domains.prioritize`).
     """
     if not 1 <= guests <= MAX_GUESTS:
         raise LabError(f"--guests must be between 1 and {MAX_GUESTS}, got {guests}")

@@ -1,7 +1,10 @@
-"""Built-in plugins: every collector, detector and orchestrator atomwatch ships, one module each.
+"""Built-in plugins, installed as ``atomwatch.plugins``: every collector, detector and orchestrator
+atomwatch ships.
 
-Each is declared in the ``atomwatch`` entry-point group of ``pyproject.toml`` and registered
-exactly like a third-party plugin; nothing in ``agent/`` or ``controller/`` imports these modules.
-What does not live here: the hook specifications (``agent/hookspecs.py``,
-``controller/hookspecs.py``) and the machinery that runs plugins.
+One module a plugin, or one sub-package a plugin with helpers (``pca_spe``, ``precog``, ``deep``,
+``coredns``) whose ``__init__`` holds only its hook implementations. Each is declared in the
+``atomwatch`` entry-point group of ``pyproject.toml`` and registered exactly like a third-party
+plugin. They import the core (and ``atomwatch.introspection``), never the agent or the controller;
+nothing below them imports them. What does not live here: the hook specifications
+(:mod:`atomwatch.hookspecs`) and the machinery that runs plugins.
 """

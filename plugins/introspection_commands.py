@@ -2,7 +2,7 @@
 
 ``introspect`` params: ``vm`` (UUID or libvirt name; ``vm_uuid``/``vm_name`` accepted too),
 ``metrics`` (the blamed metric names; they choose the plugins), optional ``plugins`` (explicit
-list, each one of ``introspection.plugins_choice.KNOWN``), optional ``baseline`` (true: store the
+list, each one of ``atomwatch.introspection.plugins_choice.KNOWN``), optional ``baseline`` (true: store the
 analysis as the VM's healthy baseline), optional ``timeout`` (s, caps Volatility's own limit).
 Progress replies: dump started/done, image loaded (with the kernel banner), each plugin done.
 The result holds the suspects with their evidence, the Volatility rows per plugin, the banner,
@@ -24,7 +24,7 @@ limit, default 3072), ``dump_dir``, ``keep_dumps`` (retention, default false), `
 ``concurrency`` (introspections at once, default 1: each holds ~0.5 GB).
 
 Entry point (pyproject.toml, group ``atomwatch``):
-``introspection-commands = "plugins.introspection_commands"``.
+``introspection-commands = "atomwatch.plugins.introspection_commands"``.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ Options (``--set orchestrate.KEY=VALUE``): ``enabled`` (true), ``dry_run`` (fals
 ``auto_terminate_detectors`` / ``auto_terminate_processes`` (lists, empty), ``settle_rows`` (3),
 ``watch_timeout`` (s, 600), ``watch_interval`` (s, 1).
 
-Entry point (pyproject.toml, group ``atomwatch``): ``orchestrate = "plugins.orchestrate"``.
+Entry point (pyproject.toml, group ``atomwatch``): ``orchestrate = "atomwatch.plugins.orchestrate"``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The recomputation below is written from ``/work/shared/reference/precog-algorith
 the plainest way: dictionaries of 5-minute bins, ``statistics.median``, the change-point deletion
 loop as described, scikit-learn's ``LinearRegression`` and ``r2_score`` for every window, and the
 fit/predict loops verbatim. It recomputes everything from the raw prefix. The online path
-(``plugins.precog_core.OnlineSeries``, what the detector runs) must give the same smoothed series,
+(``atomwatch.plugins.precog.core.OnlineSeries``, what the detector runs) must give the same smoothed series,
 the same change points, the same decision and the same winning window at every prefix checked:
 on the sample traces test1..7 every fourth prefix plus every prefix where the online decision
 changes; on the ten Alibaba machines (fitted on their first two days, as the authors run it)

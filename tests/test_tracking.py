@@ -1,4 +1,4 @@
-"""Tests of agent.tracking: ATOM's Algorithm 1, the deadband and send-all baselines, the offline
+"""Tests of atomwatch.tracking: ATOM's Algorithm 1, the deadband and send-all baselines, the offline
 optimum. The central property: after every tick the controller's copy ``g`` is within Δ of the
 true value, exactly as evaluated in float64."""
 

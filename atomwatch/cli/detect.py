@@ -3,7 +3,7 @@
 The detector is looked up by name among the detectors every loaded plugin registers (hook
 ``register_detectors``), created for one scope with the options given by ``--set KEY=VALUE``
 (or ``--set DETECTOR.KEY=VALUE``, or a ``[plugins.DETECTOR]`` table of ``--config``), and fed the
-trace row by row exactly as the controller feeds it (:mod:`atomwatch.offline`). Rows are counted
+trace row by row exactly as the controller feeds it (:mod:`atomwatch.detectors`). Rows are counted
 from 0 after the header. With ``--labels FILE`` (or the recording's ``labels.csv``) it also
 prints point-wise and point-adjusted precision, recall, F1 and the confusion matrix
 (:mod:`atomwatch.evaluation`). Bad input (no such file, unknown detector, bad option) goes to

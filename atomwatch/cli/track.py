@@ -1,6 +1,6 @@
 """``atomwatch track``: compare tracking policies on a CSV trace.
 
-Runs send-all, deadband, ATOM (:class:`agent.tracking.AtomTracker`) and the offline optimum over
+Runs send-all, deadband, ATOM (:class:`atomwatch.tracking.AtomTracker`) and the offline optimum over
 every series of a trace and prints, per policy, the messages sent and the largest error the
 controller's copy had. ``--relative`` takes Δ as a fraction of each series' mean magnitude.
 """

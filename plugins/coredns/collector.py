@@ -3,15 +3,15 @@
 What lives here: the ``register_collectors`` hook (the plugin is on when option ``endpoints`` is
 set), option parsing, and :class:`CorednsCollector`, which fetches every endpoint in parallel over
 HTTP (urllib, per-attempt timeout, retries, one time budget for the whole tick) and hands each text
-to an :class:`~plugins.coredns_metrics.InstanceDeriver`. The derivation itself (names of every
-CoreDNS era, rates, ratios, quantiles) lives in :mod:`plugins.coredns_metrics`.
+to an :class:`~atomwatch.plugins.coredns.metrics.InstanceDeriver`. The derivation itself (names of every
+CoreDNS era, rates, ratios, quantiles) lives in :mod:`atomwatch.plugins.coredns.metrics`.
 
-Each instance gives the fixed series set :data:`~plugins.coredns_metrics.METRICS` under
+Each instance gives the fixed series set :data:`~atomwatch.plugins.coredns.metrics.METRICS` under
 ``SeriesKey(vm_uuid="coredns:<host:port>", vm_name=<name>, metric=…, unit=…)``. An endpoint that is
 down, slow past the budget, or answers something that is not CoreDNS exposition gives ``None``
 (stale) for every series of that instance — never zeros — and is logged once per outage.
 
-Options (``--set coredns.KEY=VALUE`` or ``[plugins.coredns]``):
+Options (``--set coredns.KEY=VALUE`` or ``[atomwatch.plugins.coredns]``):
 
 ``endpoints``  list or comma string of ``URL`` or ``NAME=URL`` (``http://127.0.0.1:9153/metrics``;
                a bare ``host:port`` gets ``http://`` and ``/metrics``)

@@ -1,34 +1,10 @@
 """CoreDNS exposition text → the fixed set of derived series of one CoreDNS instance.
 
-What lives here, apart from any HTTP: reading a ``/metrics`` text (Prometheus text format, parsed
-with ``prometheus_client.parser``) into raw counter samples, mapping the metric names of every
-CoreDNS era onto one vocabulary, and turning two successive scrapes into per-second rates, ratios
-and latency quantiles. The live collector (:mod:`plugins.coredns`) and the simulator's ``record``
-(:mod:`lab.coredns_sim`) both call :class:`InstanceDeriver`, so a recording and a live agent compute
-every value by the same code.
-
-Names handled (see ``shared/reference/coredns-metrics.md``):
-
-* pre-1.7 (1.6.9): ``coredns_dns_request_count_total`` + ``coredns_dns_request_type_count_total``,
-  ``coredns_dns_response_rcode_count_total``, ``coredns_panic_count_total``,
-  ``coredns_forward_request_count_total``, ``coredns_forward_response_rcode_count_total``,
-  ``coredns_forward_healthcheck_failure_count_total``;
-* 1.7 – 1.10: ``coredns_dns_requests_total``, ``coredns_dns_responses_total`` (``plugin`` label from
-  1.9, ``view`` from 1.10 — extra labels are summed over), ``coredns_panics_total``,
-  ``coredns_forward_requests_total``, ``coredns_forward_responses_total``,
-  ``coredns_forward_healthcheck_failures_total``;
-* 1.11+: forward counters gone, upstream responses are
-  ``coredns_proxy_request_duration_seconds_count{proxy_name,to,rcode}``, health-check failures
-  ``coredns_proxy_healthcheck_failures_total``.
-
-Samples are classified by *sample* name, never by the ``# TYPE`` family, because real texts carry
-stale headers (netdata's 1.7.0 fixture has a ``coredns_dns_response_rcode_count_total`` header above
-``coredns_dns_responses_total`` samples).
-
-Rules: the first scrape of an instance, a scrape after a failed one and a counter reset (any raw
-counter went down, or a series vanished) give ``None`` for every rate; a ratio or a quantile whose
-denominator is zero over the tick is ``None`` (undefined, not 0); a rate whose counters are absent
-is 0, since CoreDNS creates a labelled counter only on its first increment.
+What lives here, apart from any HTTP: parsing a ``/metrics`` text into raw counter samples,
+mapping the metric names of every CoreDNS era onto one vocabulary, and turning two successive
+scrapes into rates, ratios and latency quantiles (:class:`InstanceDeriver`, shared by the live
+collector and the simulator's ``record``). What does not: scraping (:mod:`.collector`). The
+names handled and the rules for resets and undefined values: ``docs/coredns.md``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ event loop):
 * **Anomaly** when ``score >= threshold``: score, threshold, and the ``top`` columns that
   contribute most — the autoencoder by each column's reconstruction error over the window, the
   classifier and the Siamese model by occlusion (the column replaced by its training mean, the
-  score drop is its contribution; see :mod:`plugins.deep_models`).
+  score drop is its contribution; see :mod:`atomwatch.plugins.deep.models`).
 * **Loading.** The Keras import and the model load happen on the first ``create``; the loaded
   model is shared by every scope using the same folder (scoring calls take turns on one lock per
   model) and reloaded when the folder's ``model.json`` changes (e.g. after ``atomwatch retrain``).

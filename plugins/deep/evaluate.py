@@ -3,7 +3,7 @@ every detector on the same rows.
 
 ``atomwatch evaluate MODEL... DATA...`` — a path holding ``model.json`` is a model, any other path
 is a labelled recording. For each model: windows of the model's size over its columns, split
-70/15/15 by time (:mod:`plugins.deep_windows`), and the *test* windows scored (held-out classes —
+70/15/15 by time (:mod:`atomwatch.plugins.deep.windows`), and the *test* windows scored (held-out classes —
 ``--holdout-class``, by default those the model was trained without — are test-only). Reported
 always both point-wise and point-adjusted (:mod:`atomwatch.evaluation`; point adjustment runs
 within each contiguous run of windows): precision, recall, F1 and the confusion matrix ``[[tn fp]
@@ -11,9 +11,9 @@ within each contiguous run of windows): precision, recall, F1 and the confusion 
 (its windows plus the normal windows; a class labelled 0, such as the simulator's benign
 ``flash-crowd``, is reported by how many of its windows were flagged).
 
-``--compare`` runs the models *through their detector plugins* (:mod:`plugins.deep`) and the
+``--compare`` runs the models *through their detector plugins* (:mod:`atomwatch.plugins.deep`) and the
 online detectors ``pca-spe`` and ``precog`` (``--detector`` to change the list) with
-:func:`atomwatch.offline.run_detector`, row by row exactly as live, and scores them on the same
+:func:`atomwatch.detectors.run_detector`, row by row exactly as live, and scores them on the same
 rows of each recording: the test part (last 15 % of rows) plus every row whose window touches a
 held-out class. Online detectors see the whole recording (they learn as they go); deep detectors
 are fed only the rows their windows need. One table (``--out FILE`` writes it as Markdown).
@@ -210,7 +210,7 @@ def compare(models: Sequence[str], data: Sequence[str], holdout: Sequence[str] |
     pm = get_plugin_manager()
     try:
         find_factory(pm, "cnn")
-    except UnknownDetector:  # plugins.deep is not declared as an entry point in this install
+    except UnknownDetector:  # atomwatch.plugins.deep is not declared as an entry point in this install
         import atomwatch.plugins.deep as deep_plugin
 
         pm.register_plugin(deep_plugin, "deep", "atomwatch.plugins.deep")

@@ -1,51 +1,12 @@
 """The three deep models of the CoreDNS anomaly-detection proposal, behind one small class.
 
-What lives here: :class:`DeepModel` (the base class a user without Keras knowledge drives:
-``initialize_new_weights()``, ``import_weights(path)``, ``train(number_of_iterations,
-batch_size, data)``, ``predict(data)``, ``score(data)``, ``explain(window)``, ``save(path)``) and
-its three kinds — :class:`AutoencoderModel` (``ae``), :class:`ClassifierModel` (``cnn``),
-:class:`SiameseModel` (``siamese``) — plus :func:`load_model` and :func:`new_model`.
-
-Keras 3 runs on the JAX backend: ``KERAS_BACKEND`` is set to ``jax`` before Keras is imported
-(importing this module after Keras was imported with another backend is an error).
-
-**Input.** A window is the proposal's FIFO "image" of W rows (ticks, oldest first) × C columns
-(metrics); see :mod:`plugins.deep_windows`. Windows are standardised with the per-column mean and
-standard deviation of the normal training rows, then squashed by sign(z)·log1p(|z|); an unknown
-(NaN) cell becomes the column's training mean. The convolutions run along time with the metrics
-as input channels — a 2-D kernel 3 ticks high spanning every column of the image.
-
-**Models and scores** (a window is flagged when ``score >= threshold``):
-
-* ``ae`` — convolutional autoencoder trained on normal windows only (mean squared error). Score =
-  L2 distance of the window's latent vector from the mean latent vector of the normal training
-  windows (``score_kind="latent"``, the proposal's), or the reconstruction error
-  (``score_kind="reconstruction"``, selectable; measured in ``docs/evaluation.md``). Threshold rule ``lowest`` (the proposal's, the default): the lowest distance of any
-  anomalous *validation* window (training anomalous windows when validation has none). Rule
-  ``val-f1``: the distance that maximises F1 on the validation windows. The reconstruction error
-  (mean squared error of the window, standardised units) is reported beside the score.
-* ``cnn`` — convolutional binary classifier (binary cross-entropy, classes weighted by their
-  frequency). Score = the predicted probability of "anomalous"; threshold 0.5 (rule ``fixed``) or
-  ``val-f1``.
-* ``siamese`` — a shared convolutional encoder trained on pairs of windows with the contrastive
-  loss ``y·d² + (1−y)·max(m − d, 0)²`` (y = 1 for a same-class pair, margin m = 1). A window's
-  class is the nearer of the normal and anomalous class means (latent means of the training
-  windows). Score = d_normal / (d_normal + d_anomalous), so "nearer the anomalous mean" is exactly
-  ``score > 0.5``; threshold 0.5 (rule ``fixed``) or ``val-f1``.
-
-**Attribution** (:meth:`DeepModel.explain`): ``ae`` — each column's share of the reconstruction
-error (mean squared error of that column over the window's rows); ``cnn`` and ``siamese`` —
-occlusion: the column is replaced by its training mean over the whole window and the score drop
-``score(window) − score(occluded)`` is the column's contribution.
-
-**Inference at fixed shapes.** JAX compiles once per input shape, so scoring uses only two batch
-shapes: 1 (one live window) and :data:`SCORE_BATCH` (anything larger, in chunks padded with zero
-windows), through ``predict_on_batch``.
-
-**Model file** = a folder holding ``model.weights.h5`` (the Keras weights) and ``model.json`` (the
-sidecar: format version, kind, window size, columns, hyperparameters, scaler, threshold and its
-rule, latent means, training record). The architecture is rebuilt from the sidecar, so a model
-saved on one machine loads on another and scores the same windows identically.
+What lives here: :class:`DeepModel` (``initialize_new_weights``, ``import_weights``, ``train``,
+``predict``, ``score``, ``explain``, ``save``) and its kinds :class:`AutoencoderModel` (``ae``),
+:class:`ClassifierModel` (``cnn``), :class:`SiameseModel` (``siamese``), with :func:`load_model`
+and :func:`new_model`. Keras 3 runs on JAX (``KERAS_BACKEND`` is set before Keras is imported).
+What does not: cutting recordings into windows (:mod:`.windows`), the live detector
+(:mod:`.detector`). Inputs, scores, thresholds, attribution and the file format:
+``docs/deep-models.md``.
 """
 
 from __future__ import annotations
@@ -69,7 +30,7 @@ from .windows import Dataset, Scaler, WindowSet  # noqa: E402
 
 if keras.backend.backend() != "jax":  # pragma: no cover - depends on the caller's environment
     raise ImportError(
-        f"plugins.deep_models needs Keras on the JAX backend, but Keras was already imported with "
+        f"atomwatch.plugins.deep.models needs Keras on the JAX backend, but Keras was already imported with "
         f"backend {keras.backend.backend()!r}; set KERAS_BACKEND=jax before anything imports keras"
     )
 

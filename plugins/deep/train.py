@@ -2,7 +2,7 @@
 
 Each DATA is a labelled recording (a folder with values.csv and labels.csv, or a trace with
 ``<name>.labels.csv`` beside it). Windows are cut and split 70/15/15 by time within each recording
-(:mod:`plugins.deep_windows`); ``--holdout-class`` keeps a class out of training and validation.
+(:mod:`atomwatch.plugins.deep.windows`); ``--holdout-class`` keeps a class out of training and validation.
 The model trains on the training part for ``--epochs`` epochs (Keras progress bars on stderr
 unless ``--quiet``), its threshold is set from the validation part, and the model folder is
 written to ``--out``. ``--tensorboard DIR`` adds a Keras TensorBoard log (which needs the

@@ -3,7 +3,7 @@
 What lives here: option parsing, the detector's life over a stream of rows (warm-up, the normal
 window M, the abnormal rows A, column-set changes, stale cells), the mapping of identification
 results to :class:`atomwatch.Blame`, the operator's *normal* verdict (``accept_normal``),
-``status()`` and ``deltas_from_mu``. The formulas themselves are in :mod:`plugins.pca_model`.
+``status()`` and ``deltas_from_mu``. The formulas themselves are in :mod:`atomwatch.plugins.pca_spe.model`.
 
 Behaviour where the paper is silent (the options are the fields of :class:`PcaSpeOptions`):
 

@@ -1,39 +1,11 @@
 """The numeric kernels of a PCA-SPE tick, compiled by numba when it is installed.
 
-A warm d = 80 fit is ~45 µs of arithmetic: one d × d product C² (for tr C³ and the filter,
-~20 µs, at BLAS speed), three d × d × p products, a QR, a p × p eigenproblem and the bounds.
-Written as numpy calls, the Python and LAPACK call overhead between them costs about as much
-again. Here they are a few kernels in the subset of numpy that numba compiles: with numba
-(``pip install 'atomwatch[fast]'``) a warm fit is one compiled call that releases the GIL;
-without it they run as the plain numpy code they are, with the same results (the tests check
-both). ``ATOMWATCH_NO_JIT=1`` forces the plain path.
-
-* :func:`fit_step` — a whole warm fit: :func:`standardised`, then :func:`subspace_step`, then
-  :func:`verified_jackson_mudholkar`;
-* :func:`window_replace` — the window's row, mean and co-moment when a row replaces the oldest
-  (:func:`rank_one`, plain BLAS, for the rows that fill it);
-* :func:`standardised` — cov(Y) from the window's co-moment (or covariance) and means (the std
-  floor of :func:`plugins.pca_model.std_floor`);
-* :func:`square_traces` — C², ‖C‖²_F = tr C² and tr C³;
-* :func:`filtered_ritz` — one C⁴-filtered Rayleigh–Ritz step from the carried vectors (its
-  p × p eigenproblem, compiled, by Householder tridiagonalisation and implicit QL: LAPACK
-  spends ~10 µs of call overhead on a 12 × 12 problem);
-* :func:`verify` — the a-posteriori bounds that accept or refuse a step (documented in
-  :class:`plugins.pca_model.TopEigen`), with :func:`residual_power_sums` where θ₂ and θ₃
-  cancel too deeply;
-* :func:`subspace_step` — the solver's whole step (the three above, up to ``iters`` times);
-* :func:`jackson_mudholkar` — Q_α, its spread over θ's error bounds, whether h₀'s sign is
-  settled over them (:func:`h0_keeps_its_sign`, for Box's case too), and
-  :func:`verified_jackson_mudholkar`, the threshold a step is accepted with;
-* :func:`spe` — the squared prediction error of a row.
-
-Compiling takes ~20–30 s once (then numba's cache beside this file loads it in about a second).
-Callers take their kernels from :func:`current`: the compiled ones once compiled, the plain
-ones (:data:`plain`, this file loaded again without numba) while :func:`warm_up_in_background`
-is still compiling, so a controller's first fits never wait for it.
-
-What does not live here: the choice of when to use the solver, the threshold, the model object
-(:mod:`plugins.pca_model`).
+What lives here: a whole warm fit in one call (:func:`fit_step`), the window's rank-two update
+(:func:`window_replace`), standardisation, the filtered Rayleigh–Ritz step and its a-posteriori
+bounds, the Jackson–Mudholkar threshold and SPE — written in the subset of numpy numba compiles,
+so they run as plain numpy without it (``ATOMWATCH_NO_JIT=1`` forces that). Callers take them
+from :func:`current`: the compiled ones once compiled, the plain ones meanwhile. What does not:
+when to use the solver, the threshold's choice, the model (:mod:`.model`). Details: ``docs/pca.md``.
 """
 
 from __future__ import annotations
@@ -381,7 +353,7 @@ def filtered_ritz(c: np.ndarray, c2: np.ndarray, u: np.ndarray) -> tuple[np.ndar
 @_kernel
 def cpv_count(w_desc: np.ndarray, total: float, cpv: float) -> int:
     """The smallest ℓ with Σ_{i≤ℓ} w_i > cpv·total, or len + 1 when the values do not reach the
-    CPV (0 when total ≤ 0): :func:`plugins.pca_model.choose_k` over leading eigenvalues only."""
+    CPV (0 when total ≤ 0): :func:`atomwatch.plugins.pca_spe.model.choose_k` over leading eigenvalues only."""
     if not total > 0:
         return 0
     lim = cpv * total
@@ -420,7 +392,7 @@ def verify(
     c: np.ndarray, u: np.ndarray, w: np.ndarray, cu: np.ndarray, total: float, cpv: float, f2: float, f3: float,
     tol: float, theta_tol: float,
 ) -> tuple[int, float, float, float, float, float, float, float]:
-    """The bounds of one Ritz step (w descending, C·u = cu), see :class:`plugins.pca_model.TopEigen`.
+    """The bounds of one Ritz step (w descending, C·u = cu), see :class:`atomwatch.plugins.pca_spe.model.TopEigen`.
 
     Returns (k, θ₁, θ₂, θ₃, err θ₁, err θ₂, err θ₃, sinΘ bound), k = 0 when any bound fails."""
     fail = (0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)

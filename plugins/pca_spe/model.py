@@ -15,7 +15,7 @@ What lives here:
 * :class:`TopEigen` — the top eigenpairs the sliding window needs per tick, from last tick's by
   one C⁴ filter step and Rayleigh–Ritz; every answer carries a-posteriori bounds (subspace angle,
   k, θ, and in :func:`fit` Q_α) and a full ``eigh`` replaces it wherever they fail (the step's
-  arithmetic is in :mod:`plugins.pca_kernels`, compiled by numba when it is installed);
+  arithmetic is in :mod:`atomwatch.plugins.pca_spe.kernels`, compiled by numba when it is installed);
 * :func:`identify` — the three identification steps (rd_j, stddev_j, meandiff_j);
 * :func:`deltas_from_mu` — each column's tracking error Δ_i from the user's deviation μ on
   detection accuracy (derivation in ``docs/delta-from-mu.md``).
@@ -362,7 +362,7 @@ def _verified_threshold(
     To first order (the errors are ≤ 10⁻¹⁰ of θ) the spread is Σ_j |Q(θ + err_j e_j) − Q(θ)|:
     three extra evaluations instead of an analytic derivative of both formulas. A possible sign
     change of h₀ (the switch between the two) is refused outright. The Jackson–Mudholkar case
-    is :func:`plugins.pca_kernels.verified_jackson_mudholkar` (which a warm :func:`fit` runs
+    is :func:`atomwatch.plugins.pca_spe.kernels.verified_jackson_mudholkar` (which a warm :func:`fit` runs
     inside its one compiled call); Box's and the degenerate case are decided here.
     """
     t1, t2, t3 = theta
