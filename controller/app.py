@@ -8,8 +8,8 @@ comes back.
 
 What does not live here (:class:`Controller` keeps its methods, which delegate): commands to
 agents and their replies (:mod:`.commands`), verdicts, findings and closing alarms
-(:mod:`.verdicts`), the μ → Δ push (:mod:`.delta_push`), ingest (:mod:`.ingest`), the alarms
-store (:mod:`.alarms`), the HTTP API.
+(:mod:`.verdicts`), the μ → Δ push (:mod:`.delta_push`), what plugins are handed
+(:mod:`.handle`), ingest (:mod:`.ingest`), the alarms store (:mod:`.alarms`), the HTTP API.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .commands import AgentCommands
 from .config import ControllerConfig
 from .delta_push import DeltaPush
 from .detection import DetectorSet
+from .handle import PluginHandle
 from .ingest import HostState, Ingest
 from .scopes import ScopeRows
 from .verdicts import Verdicts, alarm_rows
@@ -77,6 +78,10 @@ class Controller:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
         self.verdicts = Verdicts(self.alarms, lambda: self.detectors, self.executor, self.dispatch)
         self.deltas = DeltaPush(self.ingest.hosts, lambda: self.detectors, self.executor, self.commands.send)
+        #: what event hooks get instead of the controller (one per controller)
+        self.handle = PluginHandle(
+            self.commands, self.alarms, self.verdicts, self.scope_status, lambda name: self.config.plugin_options(name)
+        )
         self.rows_handled = 0
         #: test and embedding hooks: called with each row / each anomaly
         self.row_listeners: list[Callable[[Row], None]] = []
@@ -86,7 +91,7 @@ class Controller:
 
     def dispatch(self, hook: str, **kwargs: Any) -> None:
         """Call an event hook on every plugin; schedule returned awaitables; never raise."""
-        for plugin, result in call_safely(self.pm, hook, controller=self, **kwargs):
+        for plugin, result in call_safely(self.pm, hook, handle=self.handle, **kwargs):
             if inspect.isawaitable(result):
                 self.spawn(result, f"{plugin}.{hook}")
 
