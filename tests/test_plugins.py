@@ -1,6 +1,7 @@
 """The plugin system: documented and typed hooks, entry points, the allow-list, --plugins-dir, a
-broken plugin, the handle controller-side hooks get instead of the controller, the orchestrator
-through that handle only, and the README's example plugin installed with pip and run."""
+broken plugin, a misspelt hook refused at start-up, the handle controller-side hooks get instead of
+the controller, the orchestrator through that handle only, and the README's example plugin
+installed with pip and run."""
 
 from __future__ import annotations
 
@@ -88,6 +89,45 @@ def test_plugins_dir_and_a_broken_plugin(tmp_path, monkeypatch):
     errors = {e.name: e.error for e in pm.load_errors}
     assert "this plugin is broken" in errors["broken"]
     assert "nonsense" in errors["badhook"]
+
+
+MISSPELT = "import atomwatch\n@atomwatch.hookimpl\ndef register_detector():\n    return []\n"
+
+
+def test_a_misspelt_hook_is_refused_by_the_plugin_manager(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATOMWATCH_LOAD_PLUGINS", "")
+    (tmp_path / "typo.py").write_text(MISSPELT)
+    (tmp_path / "fine.py").write_text(
+        "import atomwatch\n@atomwatch.hookimpl\ndef register_detectors():\n    return []\n"
+        "@atomwatch.hookimpl(optionalhook=True)\ndef a_hook_of_a_later_version():\n    return None\n"
+    )
+    with pytest.raises(atomwatch.ConfigError) as e:
+        get_plugin_manager(plugins_dir=tmp_path)
+    assert type(e.value).__name__ == "PluginError"
+    text = str(e.value)
+    assert "plugin typo" in text and str(tmp_path / "typo.py") in text
+    assert "'register_detector'" in text and "did you mean 'register_detectors'?" in text
+    assert "fine" not in text, "optionalhook implementations are allowed"
+
+
+def test_optional_hooks_are_allowed(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATOMWATCH_LOAD_PLUGINS", "")
+    (tmp_path / "later.py").write_text(
+        "import atomwatch\n@atomwatch.hookimpl(optionalhook=True)\ndef a_hook_of_a_later_version():\n    return None\n"
+    )
+    assert [p["name"] for p in get_plugin_manager(plugins_dir=tmp_path).describe()] == ["later"]
+
+
+def test_a_misspelt_hook_stops_the_command_with_one_line(tmp_path):
+    (tmp_path / "typo.py").write_text(MISSPELT)
+    env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="")
+    proc = subprocess.run([sys.executable, "-m", "atomwatch", "plugins", "--plugins-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("atomwatch plugins: plugin typo (")
+    assert "typo.py" in lines[0] and "'register_detector'" in lines[0] and "'register_detectors'" in lines[0]
 
 
 def test_event_hooks_get_a_handle_not_the_controller():
