@@ -1,10 +1,12 @@
 """atomwatch — the shared core that the agent, the controller and every plugin import.
 
 What lives here: the version, the ``hookimpl`` marker plugin authors decorate their functions
-with, and the small typed objects plugins exchange with atomwatch (re-exported from
-:mod:`atomwatch.types`). The core's other modules: the wire protocol (``protocol``), the hook
-specifications (``hookspecs``), the plugin manager (``pluginmanager``), plugin options
-(``config``), ATOM's tracking (``tracking``), the detector registry (``detectors``), traces.
+with, and the small typed objects plugins exchange with atomwatch: the series key, rows and
+anomalies (:mod:`atomwatch.types`), the :class:`ControllerHandle` controller-side hooks receive,
+the :class:`Alarm` record and the errors plugins catch. The core's other modules: the wire
+protocol (``protocol``), the hook specifications (``hookspecs``), the plugin manager
+(``pluginmanager``), plugin options (``config``), ATOM's tracking (``tracking``), the detector
+registry (``detectors``), traces.
 
 What does not: anything that runs on only one side (``atomwatch.agent``, ``atomwatch.controller``),
 memory forensics (``atomwatch.introspection``), any concrete plugin (``atomwatch.plugins``), the
@@ -28,6 +30,9 @@ hookimpl = pluggy.HookimplMarker("atomwatch")
 #: Marker for hook specifications (used by :mod:`atomwatch.hookspecs`).
 hookspec = pluggy.HookspecMarker("atomwatch")
 
+from .alarm import Alarm, AlarmError, AlarmNotFound, AlarmStateError  # noqa: E402
+from .config import ConfigError  # noqa: E402
+from .handles import CommandFailed, ControllerHandle, ScopeStatus  # noqa: E402
 from .series import SeriesKey  # noqa: E402  (after the markers: plugins import them first)
 from .subcommands import Subcommand, SubcommandContext  # noqa: E402
 from .types import (  # noqa: E402
@@ -58,4 +63,13 @@ __all__ = [
     "NotConfigured",
     "Subcommand",
     "SubcommandContext",
+    "Alarm",
+    "AlarmError",
+    "AlarmNotFound",
+    "AlarmStateError",
+    "CommandFailed",
+    "ConfigError",
+    "ControllerHandle",
+    "ScopeStatus",
 ]
+

@@ -10,11 +10,18 @@ Plugins come from three places, all registered the same way:
 
 ``ATOMWATCH_LOAD_PLUGINS`` (a comma list of entry-point names) restricts which entry points load;
 set to an empty string it loads none. A plugin that fails to import is logged and recorded in
-``load_errors``; it never stops the process.
+``load_errors``; it never stops the process. A plugin that implements a hook no spec declares (a
+misspelt ``register_detector``) does: :func:`get_plugin_manager` raises :class:`PluginError`
+naming the plugin, the hook and the nearest real hook, since that plugin would silently do
+nothing. Implementations marked ``optionalhook=True`` are allowed.
+
+What does not live here: the hook specifications (:mod:`atomwatch.hookspecs`) and what either
+side does with the hooks' results.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
 import logging
@@ -34,6 +41,10 @@ log = logging.getLogger("atomwatch.plugins")
 
 GROUP = "atomwatch"
 ALLOW_ENV = "ATOMWATCH_LOAD_PLUGINS"
+
+
+class PluginError(ConfigError):
+    """A loaded plugin implements a hook that no spec declares; the text names plugin and hook."""
 
 
 @dataclass
@@ -105,6 +116,35 @@ class PluginManager(pluggy.PluginManager):
                 continue
             self.register_plugin(module, name, str(path))
 
+    # -- checking ---------------------------------------------------------------------------
+
+    def unknown_hooks(self) -> list[str]:
+        """One sentence per hook implementation with no matching spec (``optionalhook`` ones
+        excepted), naming the plugin, where it came from and the nearest real hook."""
+        known = sorted(name for name, caller in vars(self.hook).items() if getattr(caller, "spec", None) is not None)
+        problems = []
+        for name, caller in sorted(vars(self.hook).items()):
+            if getattr(caller, "spec", None) is not None:
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.optionalhook:
+                    continue
+                source = self.sources.get(impl.plugin_name, "registered")
+                text = f"plugin {impl.plugin_name} ({source}) implements {name!r}, which is no atomwatch hook"
+                near = difflib.get_close_matches(name, known, n=1)
+                problems.append(text + (f"; did you mean {near[0]!r}?" if near else ""))
+        return problems
+
+    def check_pending(self) -> None:
+        """Raise :class:`PluginError` if a plugin implements a hook no spec declares."""
+        problems = self.unknown_hooks()
+        if problems:
+            raise PluginError("; ".join(problems))
+        try:
+            super().check_pending()
+        except pluggy.PluginValidationError as e:  # anything the sentence above did not catch
+            raise PluginError(f"plugin {self.get_name(e.plugin) or e.plugin!r}: {e}") from None
+
     # -- introspection ------------------------------------------------------------------------
 
     def describe(self) -> list[dict[str, Any]]:
@@ -128,11 +168,14 @@ def hook_docs(pm: pluggy.PluginManager) -> dict[str, str]:
 
 
 def get_plugin_manager(plugins_dir: str | os.PathLike | None = None, load_entry_points: bool = True) -> PluginManager:
+    """A plugin manager with the installed entry points and ``plugins_dir``'s files loaded.
+    Raises :class:`PluginError` when a loaded plugin implements a hook no spec declares."""
     pm = PluginManager()
     if load_entry_points:
         pm.load_entry_points()
     if plugins_dir:
         pm.load_directory(plugins_dir)
+    pm.check_pending()
     return pm
 
 

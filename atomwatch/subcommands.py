@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
+
+from .alarm import Alarm
 
 
 class SubcommandContext(Protocol):
     """What a plugin's subcommand may ask of the command line that runs it."""
 
-    def read_alarms(self, db: str | None = None) -> list[Any]:
+    def read_alarms(self, db: str | None = None) -> list[Alarm]:
         """Every alarm of the controller's alarms file ``db`` (default: the controller's default
         file, ``$ATOMWATCH_DB`` or ``~/.local/state/atomwatch/alarms.sqlite``), newest first, as
-        ``atomwatch.Alarm`` records. Raises :class:`~atomwatch.config.ConfigError` naming the
+        :class:`~atomwatch.Alarm` records. Raises :class:`~atomwatch.config.ConfigError` naming the
         file when it does not exist."""
         ...
 

@@ -16,6 +16,10 @@ States::
 
 Orchestrators may also move an alarm to ``closed`` themselves (e.g. after a verified termination
 once the score is back under the threshold).
+
+What lives here: the store (:class:`AlarmStore`). What does not: the alarm record and the errors
+its operations raise (:mod:`atomwatch.alarm`, core, so plugins see them; re-exported here), and
+what the controller does on a verdict (:mod:`atomwatch.controller.verdicts`).
 """
 
 from __future__ import annotations
@@ -25,15 +29,14 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from atomwatch.alarm import STATES, VERDICTS, Alarm, AlarmError, AlarmNotFound, AlarmStateError
 from atomwatch.series import SeriesKey
 from atomwatch.types import Anomaly
 
-STATES = ("open", "malicious", "closed")
-VERDICTS = ("normal", "malicious")
+__all__ = ["STATES", "VERDICTS", "Alarm", "AlarmError", "AlarmNotFound", "AlarmStateError", "AlarmStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alarms (
@@ -66,60 +69,6 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_alarm ON audit(alarm_id);
 """
-
-
-class AlarmError(ValueError):
-    """An operation on an alarm that cannot be done (bad verdict, missing actor …)."""
-
-
-class AlarmNotFound(AlarmError):
-    """No alarm has that id."""
-
-
-class AlarmStateError(AlarmError):
-    """The alarm is not in a state that allows the operation."""
-
-
-@dataclass
-class Alarm:
-    id: int
-    scope: str
-    detector: str
-    state: str
-    opened_at: float
-    updated_at: float
-    closed_at: float | None
-    first_row: int
-    last_row: int
-    level: int
-    score: float
-    threshold: float
-    blame: list[dict[str, Any]]
-    rows: list[dict[str, Any]]
-    verdict: str | None = None
-    resolution: str | None = None
-    findings: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def site(self) -> str:
-        return self.scope.split("/", 1)[0]
-
-    @property
-    def host(self) -> str:
-        return self.scope.split("/", 1)[1] if "/" in self.scope else self.scope
-
-    def blamed_vms(self) -> list[str]:
-        """The VMs (uuid) blamed, most blamed first."""
-        counts: dict[str, float] = {}
-        for b in self.blame:
-            counts[b.get("vm_uuid", "")] = counts.get(b.get("vm_uuid", ""), 0) + 1
-        return sorted(counts, key=lambda v: -counts[v])
-
-    def to_dict(self, audit: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        if audit is not None:
-            d["audit"] = audit
-        return d
 
 
 def _row_record(anomaly: Anomaly, columns: tuple[SeriesKey, ...] | None, values: Any) -> dict[str, Any]:

@@ -12,6 +12,10 @@ Routes (JSON unless said otherwise)::
 Errors answer ``{"error": "…"}`` with 400 (bad request), 404 (unknown alarm or route) or 409
 (a verdict on an alarm that is not open). Bind to loopback unless a reverse proxy authenticates
 operators: the API has no authentication of its own.
+
+What lives here: the routes and the server thread, serving an :class:`ApiBackend` (the few parts
+of the controller they need, not the controller). What does not: the metrics themselves
+(:mod:`.metrics`), what a verdict does (:mod:`.verdicts`).
 """
 
 from __future__ import annotations
@@ -22,16 +26,14 @@ import logging
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Coroutine, Protocol
 from urllib.parse import parse_qs, urlparse
 
+from atomwatch.alarm import Alarm
 from atomwatch.config import ConfigError
 
 from .alarms import AlarmError, AlarmNotFound, AlarmStateError
-from .metrics import render_metrics
-
-if TYPE_CHECKING:
-    from .app import Controller
+from .metrics import MetricsSource, render_metrics
 
 log = logging.getLogger("atomwatch.controller.api")
 
@@ -39,8 +41,20 @@ _ALARM = re.compile(r"^/api/alarms/(\d+)$")
 _VERDICT = re.compile(r"^/api/alarms/(\d+)/verdict$")
 
 
+class ApiBackend(MetricsSource, Protocol):
+    """What the API serves (the controller has all of it): the metrics' sources, whether the
+    broker is connected, the event loop verdicts run on, and the verdict itself."""
+
+    connected: asyncio.Event
+    loop: asyncio.AbstractEventLoop | None
+
+    def give_verdict(
+        self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None
+    ) -> Coroutine[Any, Any, Alarm]: ...
+
+
 class _Handler(BaseHTTPRequestHandler):
-    controller: "Controller"
+    controller: ApiBackend
     server_version = "atomwatch"
 
     def log_message(self, fmt: str, *args: Any) -> None:
@@ -125,7 +139,7 @@ def summary(alarm: Any) -> dict[str, Any]:
     return d
 
 
-def scopes(c: "Controller") -> list[dict[str, Any]]:
+def scopes(c: ApiBackend) -> list[dict[str, Any]]:
     out = []
     for scope, st in sorted(c.scope_status.items()):
         site, _, host = scope.partition("/")
@@ -135,7 +149,7 @@ def scopes(c: "Controller") -> list[dict[str, Any]]:
 
 
 class ApiServer:
-    def __init__(self, controller: "Controller", address: tuple[str, int]):
+    def __init__(self, controller: ApiBackend, address: tuple[str, int]):
         handler = type("Handler", (_Handler,), {"controller": controller})
         try:
             self.server = ThreadingHTTPServer(address, handler)

@@ -1,10 +1,15 @@
-"""The controller process: MQTT session, ingest, the detection tick, commands to agents.
+"""The controller process: the MQTT session and the detection tick, and the object tying the parts.
 
 Every ``config.tick`` seconds each live host scope yields one row of its rebuilt values; the rows
 go to the detectors in a worker thread, and every anomaly goes to the ``anomaly_detected`` hook
 (and, once the alarms store is configured, opens or extends an alarm). The controller announces
 itself on the retained ``state`` topic (its last will says offline), so agents re-birth when it
 comes back.
+
+What does not live here (:class:`Controller` keeps its methods, which delegate): commands to
+agents and their replies (:mod:`.commands`), verdicts, findings and closing alarms
+(:mod:`.verdicts`), the μ → Δ push (:mod:`.delta_push`), what plugins are handed
+(:mod:`.handle`), ingest (:mod:`.ingest`), the alarms store (:mod:`.alarms`), the HTTP API.
 """
 
 from __future__ import annotations
@@ -18,49 +23,41 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 import aiomqtt
-import numpy as np
 
 from atomwatch import protocol
+from atomwatch.alarm import Alarm
 from atomwatch.config import ConfigError
-from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.detectors import detector_factories
-from atomwatch.pluginmanager import call_safely
-from atomwatch.series import SeriesKey
+from atomwatch.handles import CommandFailed, Progress, ScopeStatus
+from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
+from atomwatch.pluginmanager import PluginManager, call_safely
 from atomwatch.types import Anomaly, Row
 
-from .alarms import Alarm, AlarmStore
+from .alarms import AlarmStore
+from .commands import AgentCommands
 from .config import ControllerConfig
+from .delta_push import DeltaPush
 from .detection import DetectorSet
+from .handle import PluginHandle
 from .ingest import HostState, Ingest
 from .scopes import ScopeRows
+from .verdicts import Verdicts, alarm_rows
 
 log = logging.getLogger("atomwatch.controller")
 
-Progress = Callable[[protocol.Reply], Any]
-
-
-class CommandFailed(Exception):
-    """An agent answered a command with an error, or did not answer in time."""
-
-
-def alarm_rows(alarm: Alarm) -> list[Row]:
-    """The alarm's abnormal rows (ATOM's A) as detector rows."""
-    out = []
-    for rec in alarm.rows:
-        if "columns" not in rec:
-            continue
-        columns = tuple(SeriesKey(*c) for c in rec["columns"])
-        values = np.array([np.nan if v is None else v for v in rec["values"]], dtype=np.float64)
-        out.append(Row(scope=alarm.scope, index=rec["index"], ts=rec["ts"], columns=columns, values=values))
-    return out
+# re-exported: older code imports these from here
+__all__ = ["Controller", "CommandFailed", "Progress", "alarm_rows"]
 
 
 class Controller:
-    def __init__(self, config: ControllerConfig, pm: Any):
+    def __init__(self, config: ControllerConfig, pm: PluginManager):
         self.config = config
         self.pm = pm
-        self.ingest = Ingest(request_rebirth=self._rebirth_soon)
-        self.ingest.replies.append(self._on_reply)
+        self.client: aiomqtt.Client | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.commands = AgentCommands(lambda: self.client, self.spawn)
+        self.ingest = Ingest(request_rebirth=self.commands.rebirth_soon)
+        self.ingest.replies.append(self.commands.on_reply)
         self.scope_rows = ScopeRows()
         factories = detector_factories(pm)
         if config.detectors:
@@ -73,15 +70,18 @@ class Controller:
         self.detectors = DetectorSet(factories, config.options)
         self.alarms = AlarmStore(config.db, merge_gap=config.merge_gap)
         #: the last status of every detector of every scope (written after each tick)
-        self.scope_status: dict[str, dict[str, Any]] = {}
+        self.scope_status: dict[str, ScopeStatus] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http = None
-        self.client: aiomqtt.Client | None = None
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
-        self.pending: dict[str, tuple[asyncio.Future, Progress | None]] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
-        self.tasks: set[asyncio.Task] = set()
+        self.verdicts = Verdicts(self.alarms, lambda: self.detectors, self.executor, self.dispatch)
+        self.deltas = DeltaPush(self.ingest.hosts, lambda: self.detectors, self.executor, self.commands.send)
+        #: what event hooks get instead of the controller (one per controller)
+        self.handle = PluginHandle(
+            self.commands, self.alarms, self.verdicts, self.scope_status, lambda name: self.config.plugin_options(name)
+        )
         self.rows_handled = 0
         #: test and embedding hooks: called with each row / each anomaly
         self.row_listeners: list[Callable[[Row], None]] = []
@@ -91,7 +91,7 @@ class Controller:
 
     def dispatch(self, hook: str, **kwargs: Any) -> None:
         """Call an event hook on every plugin; schedule returned awaitables; never raise."""
-        for plugin, result in call_safely(self.pm, hook, controller=self, **kwargs):
+        for plugin, result in call_safely(self.pm, hook, handle=self.handle, **kwargs):
             if inspect.isawaitable(result):
                 self.spawn(result, f"{plugin}.{hook}")
 
@@ -109,7 +109,7 @@ class Controller:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    # ------------------------------------------------------------------ commands
+    # ------------------------------------------------------------------ delegated
 
     async def send_command(
         self,
@@ -120,109 +120,23 @@ class Controller:
         timeout: float = 60.0,
         on_progress: Progress | None = None,
     ) -> dict[str, Any]:
-        """Send a command to an agent and wait for its final reply; returns the result dict.
-        Raises :class:`CommandFailed` with the agent's error, or on timeout / no connection."""
-        client = self.client
-        if client is None:
-            raise CommandFailed(f"{command} to {site}/{host}: the controller is not connected to the broker")
-        request_id = uuid.uuid4().hex[:16]
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = (fut, on_progress)
-        cmd = protocol.Command(id=request_id, command=command, params=params or {}, ts=time.time(), timeout=timeout)
-        try:
-            await client.publish(protocol.cmd_topic(site, host, request_id), protocol.encode(cmd), qos=1)
-            reply: protocol.Reply = await asyncio.wait_for(fut, timeout + 5.0)
-        except asyncio.TimeoutError:
-            raise CommandFailed(f"{command} to {site}/{host}: no answer within {timeout + 5.0:g} s") from None
-        except aiomqtt.MqttError as e:
-            raise CommandFailed(f"{command} to {site}/{host}: not sent ({e})") from None
-        finally:
-            self.pending.pop(request_id, None)
-        if reply.status == "error":
-            raise CommandFailed(f"{command} on {site}/{host} failed: {reply.error}")
-        return reply.result
-
-    def _on_reply(self, topic: protocol.Topic, reply: protocol.Reply) -> None:
-        entry = self.pending.get(reply.id)
-        if entry is None:
-            return
-        fut, on_progress = entry
-        if reply.status in ("ok", "error"):
-            if not fut.done():
-                fut.set_result(reply)
-        elif on_progress is not None:
-            try:
-                on_progress(reply)
-            except Exception:
-                log.exception("progress callback of %s failed", reply.id)
-
-    def _rebirth_soon(self, site: str, host: str) -> None:
-        async def ask() -> None:
-            client = self.client
-            if client is None:
-                return
-            cmd = protocol.Command(id=uuid.uuid4().hex[:16], command="rebirth", params={}, ts=time.time(), timeout=30.0)
-            await client.publish(protocol.cmd_topic(site, host, cmd.id), protocol.encode(cmd), qos=1)
-
-        self.spawn(ask(), f"rebirth request to {site}/{host}")
-
-    # ------------------------------------------------------------------ alarms
+        """Send a command to an agent and wait for its final reply (:meth:`AgentCommands.send`)."""
+        return await self.commands.send(site, host, command, params, timeout=timeout, on_progress=on_progress)
 
     async def give_verdict(self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None) -> Alarm:
-        """The operator's verdict. *normal*: the alarm's rows join the detector's normal model
-        (which refits) and the alarm closes as a workload change; *malicious*: the alarm goes to
-        the orchestrators through ``verdict_given``. Raises :class:`AlarmError`."""
-        params = dict(params or {})
-        alarm = self.alarms.verdict(alarm_id, verdict, actor, params)
-        if verdict == "normal":
-            det = self.detectors.instances.get((alarm.scope, alarm.detector))
-            if det is not None and hasattr(det, "accept_normal"):
-                rows = alarm_rows(alarm)
-                try:
-                    folded = await asyncio.get_running_loop().run_in_executor(self.executor, det.accept_normal, rows)
-                    self.alarms.note(alarm.id, "controller", "model refit", {"rows_folded": folded if isinstance(folded, int) else len(rows)})
-                except Exception as e:
-                    log.exception("accept_normal of %s on %s failed", alarm.detector, alarm.scope)
-                    self.alarms.note(alarm.id, "controller", "model refit failed", {"error": f"{type(e).__name__}: {e}"})
-            else:
-                self.alarms.note(alarm.id, "controller", "model not refit", {"why": "the detector keeps no normal model"})
-        self.dispatch("verdict_given", alarm=alarm, verdict=verdict, actor=actor, params=params)
-        self.dispatch("alarm_updated", alarm=alarm, change=f"verdict {verdict}")
-        return alarm
+        """The operator's verdict (:meth:`Verdicts.give_verdict`)."""
+        return await self.verdicts.give_verdict(alarm_id, verdict, actor, params)
 
     def add_findings(self, alarm_id: int, actor: str, finding: dict[str, Any]) -> Alarm:
-        alarm = self.alarms.add_findings(alarm_id, actor, finding)
-        self.dispatch("alarm_updated", alarm=alarm, change="findings")
-        return alarm
+        return self.verdicts.add_findings(alarm_id, actor, finding)
 
     def close_alarm(self, alarm_id: int, actor: str, resolution: str, details: dict[str, Any] | None = None) -> Alarm:
-        alarm = self.alarms.close(alarm_id, actor, resolution, details)
-        self.dispatch("alarm_updated", alarm=alarm, change="closed")
-        return alarm
+        return self.verdicts.close_alarm(alarm_id, actor, resolution, details)
 
     async def push_deltas(self, scope: str) -> None:
-        """ATOM's tracking/monitoring interaction: Δ per series from the user's deviation μ and
-        the scope's current model, sent to the scope's agent (applied from the next round)."""
-        site, _, host = scope.partition("/")
-        state = self.ingest.hosts.get((site, host))
-        if state is None:
-            return
-        for (s, name), det in list(self.detectors.instances.items()):
-            if s != scope or not hasattr(det, "deltas_from_mu"):
-                continue
-            try:
-                deltas = await asyncio.get_running_loop().run_in_executor(self.executor, det.deltas_from_mu, self.config.mu)
-            except ValueError as e:  # no model yet (warming up)
-                log.debug("no Δ from μ for %s: %s", scope, e)
-                continue
-            if not deltas:
-                continue
-            aliases = {key: alias for alias, key in state.keys.items()}
-            by_alias = {str(aliases[k]): float(d) for k, d in deltas.items() if k in aliases and d == d}
-            if by_alias:
-                result = await self.send_command(site, host, "set-delta", {"aliases": by_alias}, timeout=30)
-                log.info("set-delta from μ = %g (%s) on %s: %s series", self.config.mu, name, scope, result.get("applied"))
-            return
+        """ATOM's tracking/monitoring interaction (:meth:`DeltaPush.push` at the configured μ)."""
+        if self.config.mu is not None:
+            await self.deltas.push(scope, self.config.mu)
 
     # ------------------------------------------------------------------ detection tick
 

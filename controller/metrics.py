@@ -2,21 +2,36 @@
 
 Per scope and detector: the last score and threshold (for PCA-SPE, SPE and Q_α); alarms by state;
 messages ingested by kind, values ingested, messages dropped by reason; rows handed to detectors.
+
+What lives here: the collector and :func:`render_metrics`, reading a :class:`MetricsSource` (the
+few parts of the controller they need, not the controller). What does not: serving them (the
+HTTP API, :mod:`.api`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Mapping, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-if TYPE_CHECKING:
-    from .app import Controller
+from atomwatch.handles import ScopeStatus
+
+from .alarms import AlarmStore
+from .ingest import Ingest
+
+
+class MetricsSource(Protocol):
+    """What the metrics are read from (the controller has all of it)."""
+
+    scope_status: Mapping[str, ScopeStatus]
+    alarms: AlarmStore
+    ingest: Ingest
+    rows_handled: int
 
 
 class _ControllerCollector:
-    def __init__(self, controller: "Controller"):
+    def __init__(self, controller: MetricsSource):
         self.c = controller
 
     def collect(self):
@@ -53,7 +68,7 @@ class _ControllerCollector:
         yield hosts
 
 
-def render_metrics(controller: "Controller") -> bytes:
+def render_metrics(controller: MetricsSource) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ControllerCollector(controller))
     return generate_latest(registry)

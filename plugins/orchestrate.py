@@ -11,7 +11,7 @@ Through the public hooks only:
   (``params["pid"]``) or the top suspect, with the PID, name and start time the finding saw; the
   agent refuses if they no longer match (PID reuse) and the alarm says why (a finding
   ``kind: termination-refused``). After a verified termination the scope is watched until SPE is
-  back under Q_α for ``settle_rows`` rows (``controller.scope_status``), then the alarm is closed
+  back under Q_α for ``settle_rows`` rows (``handle.scope_status``), then the alarm is closed
   with resolution ``terminated``.
 * An explicit policy may terminate without a verdict: only when the alarm's detector is in
   ``auto_terminate_detectors`` *and* the top suspect's name is in ``auto_terminate_processes``
@@ -19,8 +19,11 @@ Through the public hooks only:
 * ``dry_run``: introspection still runs (it only reads), terminations are written to the audit
   trail as "would terminate" and not sent.
 
-Every action goes to the alarm's audit trail (``controller.alarms.note``) with actor
+Every action goes to the alarm's audit trail (``handle.note``) with actor
 ``orchestrate`` (or the operator / ``policy`` who caused it).
+
+The controller is reached only through the :class:`atomwatch.ControllerHandle` the hooks get;
+nothing here imports ``atomwatch.controller``.
 
 Options (``--set orchestrate.KEY=VALUE``): ``enabled`` (true), ``dry_run`` (false),
 ``rate_limit`` (s per VM, 300), ``introspect_timeout`` (s, 180), ``terminate_timeout`` (s, 60),
@@ -36,9 +39,10 @@ import asyncio
 import logging
 import time
 import weakref
-from typing import Any
+from typing import Any, Awaitable
 
 import atomwatch
+from atomwatch import Alarm, CommandFailed, ControllerHandle
 
 log = logging.getLogger("atomwatch.plugins.orchestrate")
 
@@ -86,22 +90,22 @@ def _score_and_threshold(status: dict[str, Any] | None) -> tuple[float | None, f
 class Orchestrator:
     """One per controller: the once-per-alarm and per-VM bookkeeping."""
 
-    def __init__(self, controller: Any):
-        self.controller = controller
-        self.opts = Options(dict((controller.config.options or {}).get(NAME, {})))
+    def __init__(self, handle: ControllerHandle):
+        self.handle = handle
+        self.opts = Options(handle.plugin_options(NAME))
         self.handled: set[int] = set()
         self.last_vm: dict[str, float] = {}
         self.inflight: dict[int, asyncio.Task] = {}
 
     def note(self, alarm_id: int, action: str, details: dict[str, Any] | None = None, actor: str = ACTOR) -> None:
         try:
-            self.controller.alarms.note(alarm_id, actor, action, details or {})
+            self.handle.note(alarm_id, actor, action, details or {})
         except Exception:
             log.exception("audit note %r on alarm %s failed", action, alarm_id)
 
     # ------------------------------------------------------------------ introspection
 
-    async def on_alarm_opened(self, alarm: Any) -> None:
+    async def on_alarm_opened(self, alarm: Alarm) -> None:
         if alarm.id in self.handled or any(f.get("kind", "").startswith("introspection") for f in alarm.findings):
             return
         self.handled.add(alarm.id)
@@ -130,18 +134,16 @@ class Orchestrator:
             self.inflight.pop(alarm.id, None)
         await self.maybe_auto_terminate(alarm.id)
 
-    async def introspect(self, alarm: Any, vm: str, vm_name: str | None, metrics: list[str]) -> dict[str, Any] | None:
-        from atomwatch.controller.app import CommandFailed
-
+    async def introspect(self, alarm: Alarm, vm: str, vm_name: str | None, metrics: list[str]) -> dict[str, Any] | None:
         params = {"vm": vm, "vm_name": vm_name, "metrics": metrics}
         self.note(alarm.id, "introspection requested", {"host": alarm.scope, **params})
         t0 = time.monotonic()
         try:
-            result = await self.controller.send_command(
+            result = await self.handle.send_command(
                 alarm.site, alarm.host, "introspect", params, timeout=self.opts.introspect_timeout,
                 on_progress=lambda r: log.info("alarm %s introspection: %s", alarm.id, r.result))
         except CommandFailed as e:
-            self.controller.add_findings(alarm.id, ACTOR, {
+            self.handle.add_findings(alarm.id, ACTOR, {
                 "kind": "introspection-failed", "summary": str(e), "error": str(e), "vm_uuid": vm, "vm_name": vm_name,
                 "metrics": metrics, "seconds": round(time.monotonic() - t0, 3)})
             return None
@@ -161,20 +163,20 @@ class Orchestrator:
             "timings": result.get("timings"),
             "seconds": round(time.monotonic() - t0, 3),
         }
-        self.controller.add_findings(alarm.id, ACTOR, finding)
+        self.handle.add_findings(alarm.id, ACTOR, finding)
         return finding
 
     # ------------------------------------------------------------------ termination
 
     def latest_introspection(self, alarm_id: int) -> dict[str, Any] | None:
-        alarm = self.controller.alarms.get(alarm_id)
+        alarm = self.handle.get_alarm(alarm_id)
         found = [f for f in alarm.findings if f.get("kind") == "introspection"]
         return found[-1] if found else None
 
     async def maybe_auto_terminate(self, alarm_id: int) -> None:
         if not self.opts.auto_detectors or not self.opts.auto_processes:
             return
-        alarm = self.controller.alarms.get(alarm_id)
+        alarm = self.handle.get_alarm(alarm_id)
         finding = self.latest_introspection(alarm_id)
         if alarm.state != "open" or finding is None or not finding.get("suspects"):
             return
@@ -184,7 +186,7 @@ class Orchestrator:
                 "detector": alarm.detector, "process": top.get("name"), "pid": top.get("pid")}, actor="policy")
             await self.terminate(alarm_id, None, actor="policy")
 
-    async def on_verdict(self, alarm: Any, verdict: str, actor: str, params: dict[str, Any]) -> None:
+    async def on_verdict(self, alarm: Alarm, verdict: str, actor: str, params: dict[str, Any]) -> None:
         if verdict != "malicious":
             return
         pending = self.inflight.get(alarm.id)
@@ -195,9 +197,7 @@ class Orchestrator:
         await self.terminate(alarm.id, pid, actor=actor)
 
     async def terminate(self, alarm_id: int, pid: Any, actor: str) -> bool:
-        from atomwatch.controller.app import CommandFailed
-
-        alarm = self.controller.alarms.get(alarm_id)
+        alarm = self.handle.get_alarm(alarm_id)
         finding = self.latest_introspection(alarm_id)
         if finding is None or not finding.get("suspects"):
             self.note(alarm_id, "termination not possible", {"why": "no introspection findings with suspects on this alarm"})
@@ -226,16 +226,16 @@ class Orchestrator:
             return False
         self.note(alarm_id, "termination requested", params, actor=actor)
         try:
-            result = await self.controller.send_command(alarm.site, alarm.host, "terminate", params,
-                                                        timeout=self.opts.terminate_timeout)
+            result = await self.handle.send_command(alarm.site, alarm.host, "terminate", params,
+                                                    timeout=self.opts.terminate_timeout)
         except CommandFailed as e:
             text = str(e)
             refused = "refused:" in text
-            self.controller.add_findings(alarm_id, ACTOR, {
+            self.handle.add_findings(alarm_id, ACTOR, {
                 "kind": "termination-refused" if refused else "termination-failed", "summary": text, "error": text,
                 "target": params})
             return False
-        self.controller.add_findings(alarm_id, ACTOR, {
+        self.handle.add_findings(alarm_id, ACTOR, {
             "kind": "termination", "summary": f"terminated {target['name']} (pid {target['pid']}) in "
                                               f"{finding.get('vm_name')}: {result.get('verified')}",
             "target": params, "result": result})
@@ -245,7 +245,7 @@ class Orchestrator:
     async def watch_and_close(self, alarm_id: int) -> None:
         """Close the alarm once the scope's score is back under its threshold for
         ``settle_rows`` consecutive rows; note it if that does not happen in ``watch_timeout``."""
-        alarm = self.controller.alarms.get(alarm_id)
+        alarm = self.handle.get_alarm(alarm_id)
         self.note(alarm_id, "watching the scope", {"until": "SPE under Q_α", "settle_rows": self.opts.settle_rows})
         deadline = time.monotonic() + self.opts.watch_timeout
         last_row = None
@@ -253,16 +253,16 @@ class Orchestrator:
         spe = q = None
         measure = ""
         while time.monotonic() < deadline:
-            st = self.controller.scope_status.get(alarm.scope) or {}
+            st = self.handle.scope_status(alarm.scope) or {}
             row = st.get("row")
             if row is not None and row != last_row:
                 last_row = row
                 spe, q, measure = _score_and_threshold((st.get("detectors") or {}).get(alarm.detector))
                 under = under + 1 if spe is not None and q is not None and spe <= q else 0
                 if under >= self.opts.settle_rows:
-                    current = self.controller.alarms.get(alarm_id)
+                    current = self.handle.get_alarm(alarm_id)
                     if current.state != "closed":
-                        self.controller.close_alarm(alarm_id, ACTOR, "terminated", {
+                        self.handle.close_alarm(alarm_id, ACTOR, "terminated", {
                             "score": spe, "threshold": q, "measure": measure, "row": row, "rows_under": under})
                     return
             await asyncio.sleep(self.opts.watch_interval)
@@ -270,27 +270,30 @@ class Orchestrator:
             "watched_s": self.opts.watch_timeout, "last_score": spe, "last_threshold": q, "measure": measure})
 
 
-_ORCHESTRATORS: weakref.WeakKeyDictionary[Any, Orchestrator] = weakref.WeakKeyDictionary()
+_ORCHESTRATORS: weakref.WeakKeyDictionary[ControllerHandle, Orchestrator] = weakref.WeakKeyDictionary()
 
 
-def orchestrator_for(controller: Any) -> Orchestrator:
-    orch = _ORCHESTRATORS.get(controller)
+def orchestrator_for(handle: ControllerHandle) -> Orchestrator:
+    """The orchestrator of the controller this handle belongs to (one handle per controller)."""
+    orch = _ORCHESTRATORS.get(handle)
     if orch is None:
-        orch = _ORCHESTRATORS[controller] = Orchestrator(controller)
+        orch = _ORCHESTRATORS[handle] = Orchestrator(handle)
     return orch
 
 
 @atomwatch.hookimpl
-def alarm_opened(alarm: Any, controller: Any) -> Any:
-    orch = orchestrator_for(controller)
+def alarm_opened(alarm: Alarm, handle: ControllerHandle) -> Awaitable[None] | None:
+    orch = orchestrator_for(handle)
     if not orch.opts.enabled:
         return None
     return orch.on_alarm_opened(alarm)
 
 
 @atomwatch.hookimpl
-def verdict_given(alarm: Any, verdict: str, actor: str, params: dict, controller: Any) -> Any:
-    orch = orchestrator_for(controller)
+def verdict_given(
+    alarm: Alarm, verdict: str, actor: str, params: dict[str, Any], handle: ControllerHandle
+) -> Awaitable[None] | None:
+    orch = orchestrator_for(handle)
     if not orch.opts.enabled or verdict != "malicious":
         return None
     return orch.on_verdict(alarm, verdict, actor, dict(params or {}))

@@ -10,11 +10,12 @@ import time
 import pytest
 
 import atomwatch
+from atomwatch import CommandFailed
 from atomwatch.agent.config import AgentConfig
 from atomwatch.agent.runtime import Agent
 from atomwatch.config import BrokerAddress
 from atomwatch.pluginmanager import PluginManager
-from atomwatch.controller.app import CommandFailed, Controller
+from atomwatch.controller.app import Controller
 from atomwatch.controller.config import ControllerConfig
 
 pytestmark = pytest.mark.asyncio

@@ -1,5 +1,7 @@
-"""The plugin system: documented hooks, entry points, the allow-list, --plugins-dir, a broken
-plugin, and the README's example plugin installed with pip and run."""
+"""The plugin system: documented and typed hooks, entry points, the allow-list, --plugins-dir, a
+broken plugin, a misspelt hook refused at start-up, the handle controller-side hooks get instead of
+the controller, the orchestrator through that handle only, and the README's example plugin
+installed with pip and run."""
 
 from __future__ import annotations
 
@@ -38,6 +40,26 @@ def test_every_hook_argument_is_typed():
         assert sig.return_annotation is not inspect.Signature.empty, f"{name} has no return type"
 
 
+def test_every_hook_argument_has_a_param_line():
+    import inspect
+
+    for name, caller in vars(PluginManager().hook).items():
+        spec = getattr(caller, "spec", None)
+        if spec is None:
+            continue
+        doc = inspect.getdoc(spec.function) or ""
+        for arg in inspect.signature(spec.function).parameters:
+            assert len(re.findall(rf"^:param {arg}: \S", doc, flags=re.M)) == 1, f"{name}: no ':param {arg}:' line"
+
+
+def test_no_event_hook_gets_the_controller():
+    import inspect
+
+    for name in ("anomaly_detected", "alarm_opened", "alarm_updated", "verdict_given"):
+        params = inspect.signature(getattr(PluginManager().hook, name).spec.function).parameters
+        assert "controller" not in params and "handle" in params, name
+
+
 def test_builtin_plugins_load_through_entry_points(monkeypatch):
     monkeypatch.delenv("ATOMWATCH_LOAD_PLUGINS", raising=False)
     pm = get_plugin_manager()
@@ -68,6 +90,175 @@ def test_plugins_dir_and_a_broken_plugin(tmp_path, monkeypatch):
     errors = {e.name: e.error for e in pm.load_errors}
     assert "this plugin is broken" in errors["broken"]
     assert "nonsense" in errors["badhook"]
+
+
+MISSPELT = "import atomwatch\n@atomwatch.hookimpl\ndef register_detector():\n    return []\n"
+
+
+def test_a_misspelt_hook_is_refused_by_the_plugin_manager(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATOMWATCH_LOAD_PLUGINS", "")
+    (tmp_path / "typo.py").write_text(MISSPELT)
+    (tmp_path / "fine.py").write_text(
+        "import atomwatch\n@atomwatch.hookimpl\ndef register_detectors():\n    return []\n"
+        "@atomwatch.hookimpl(optionalhook=True)\ndef a_hook_of_a_later_version():\n    return None\n"
+    )
+    with pytest.raises(atomwatch.ConfigError) as e:
+        get_plugin_manager(plugins_dir=tmp_path)
+    assert type(e.value).__name__ == "PluginError"
+    text = str(e.value)
+    assert "plugin typo" in text and str(tmp_path / "typo.py") in text
+    assert "'register_detector'" in text and "did you mean 'register_detectors'?" in text
+    assert "fine" not in text, "optionalhook implementations are allowed"
+
+
+def test_optional_hooks_are_allowed(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATOMWATCH_LOAD_PLUGINS", "")
+    (tmp_path / "later.py").write_text(
+        "import atomwatch\n@atomwatch.hookimpl(optionalhook=True)\ndef a_hook_of_a_later_version():\n    return None\n"
+    )
+    assert [p["name"] for p in get_plugin_manager(plugins_dir=tmp_path).describe()] == ["later"]
+
+
+def test_a_misspelt_hook_stops_the_command_with_one_line(tmp_path):
+    (tmp_path / "typo.py").write_text(MISSPELT)
+    env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="")
+    proc = subprocess.run([sys.executable, "-m", "atomwatch", "plugins", "--plugins-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("atomwatch plugins: plugin typo (")
+    assert "typo.py" in lines[0] and "'register_detector'" in lines[0] and "'register_detectors'" in lines[0]
+
+
+def test_event_hooks_get_a_handle_not_the_controller():
+    import asyncio
+    import time
+
+    from atomwatch.config import BrokerAddress
+    from atomwatch.controller.app import Controller
+    from atomwatch.controller.config import ControllerConfig
+
+    seen = []
+
+    class Recorder:
+        @atomwatch.hookimpl
+        def alarm_opened(self, alarm, handle):
+            seen.append((alarm, handle))
+
+    pm = PluginManager()
+    pm.register(Recorder(), name="recorder")
+    config = ControllerConfig(broker=BrokerAddress("127.0.0.1", 1), options={"recorder": {"k": 1}}, db=":memory:")
+    controller = Controller(config, pm)
+    key = atomwatch.SeriesKey("u1", "vm1", "CPUUtilization", "%")
+    anomaly = atomwatch.Anomaly("d", "s/h", 7, time.time(), 9.0, 1.0, [atomwatch.Blame(key)])
+    alarm, _ = controller.alarms.record(anomaly)
+    controller.dispatch("alarm_opened", alarm=alarm)
+    controller.dispatch("alarm_opened", alarm=alarm)
+    (got, handle), (_, again) = seen
+    assert isinstance(got, atomwatch.Alarm) and handle is again and handle is not controller
+    assert not hasattr(handle, "config") and not hasattr(handle, "alarms")
+    assert handle.plugin_options("recorder") == {"k": 1} and handle.plugin_options("other") == {}
+    assert handle.get_alarm(alarm.id).blamed_vms() == ["u1"]
+    handle.note(alarm.id, "recorder", "looked")
+    handle.add_findings(alarm.id, "recorder", {"kind": "x", "summary": "y"})
+    assert handle.get_alarm(alarm.id).findings[0]["kind"] == "x"
+    assert handle.scope_status("s/h") is None
+    controller.scope_status["s/h"] = {"row": 7, "ts": 0.0, "detectors": {}}
+    assert handle.scope_status("s/h")["row"] == 7
+    assert handle.close_alarm(alarm.id, "recorder", "done").state == "closed"
+    with pytest.raises(atomwatch.AlarmStateError):
+        handle.close_alarm(alarm.id, "recorder", "done")
+    with pytest.raises(atomwatch.AlarmNotFound):
+        handle.get_alarm(999)
+    with pytest.raises(atomwatch.CommandFailed, match="not connected"):
+        asyncio.run(handle.send_command("s", "h", "introspect", {}))
+    actions = [a["action"] for a in controller.alarms.audit(alarm.id)]
+    assert actions == ["opened", "looked", "findings", "closed"]
+    controller.alarms.shutdown()
+
+
+class FakeHandle:
+    """A ControllerHandle over plain data: the agent's answers are scripted."""
+
+    def __init__(self, options, answers):
+        from atomwatch.alarm import Alarm
+
+        self.options, self.answers, self.sent, self.trail = options, answers, [], []
+        self.status = {"row": 0, "ts": 0.0, "detectors": {}}
+        self.alarm = Alarm(id=1, scope="s/h", detector="pca-spe", state="open", opened_at=0.0, updated_at=0.0,
+                           closed_at=None, first_row=0, last_row=0, level=1, score=9.0, threshold=1.0,
+                           blame=[{"column": "vm1/CPUUtilization", "vm_uuid": "u1", "vm_name": "vm1",
+                                   "metric": "CPUUtilization"}], rows=[])
+
+    async def send_command(self, site, host, command, params=None, timeout=60.0, on_progress=None):
+        self.sent.append((site, host, command, dict(params or {})))
+        answer = self.answers[command]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def get_alarm(self, alarm_id):
+        assert alarm_id == 1
+        return self.alarm
+
+    def note(self, alarm_id, actor, action, details=None):
+        self.trail.append((actor, action))
+
+    def add_findings(self, alarm_id, actor, finding):
+        self.alarm.findings.append(dict(finding, by=actor))
+        self.trail.append((actor, "findings"))
+        return self.alarm
+
+    def close_alarm(self, alarm_id, actor, resolution, details=None):
+        self.alarm.state, self.alarm.resolution = "closed", resolution
+        return self.alarm
+
+    def scope_status(self, scope):
+        return self.status if scope == "s/h" else None
+
+    def plugin_options(self, name):
+        return dict(self.options.get(name, {}))
+
+
+def test_orchestrator_works_through_the_handle_only():
+    import ast
+    import asyncio
+
+    import atomwatch.plugins.orchestrate as orch
+
+    tree = ast.parse(open(orch.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m and m.startswith("atomwatch.controller")], imported
+
+    suspect = {"pid": 42, "name": "cryptominer", "start_time": 5.0}
+    handle = FakeHandle({"orchestrate": {"rate_limit": 0, "watch_interval": 0.01, "watch_timeout": 5, "settle_rows": 2}},
+                        {"introspect": {"summary": "1 suspect", "suspects": [suspect]}, "terminate": {"verified": True}})
+
+    async def scenario():
+        await orch.alarm_opened(alarm=handle.alarm, handle=handle)
+        assert handle.sent[0] == ("s", "h", "introspect", {"vm": "u1", "vm_name": "vm1", "metrics": ["CPUUtilization"]})
+        assert handle.alarm.findings[0]["kind"] == "introspection"
+        assert orch.verdict_given(alarm=handle.alarm, verdict="normal", actor="op", params={}, handle=handle) is None
+        handle.alarm.state = "malicious"
+        watch = asyncio.ensure_future(orch.verdict_given(alarm=handle.alarm, verdict="malicious", actor="op",
+                                                         params={"pid": 42}, handle=handle))
+        for row in (1, 2, 3):  # the score back under its threshold for settle_rows rows
+            await asyncio.sleep(0.05)
+            handle.status = {"row": row, "ts": 0.0, "detectors": {"pca-spe": {"spe": 0.5, "q_alpha": 1.0}}}
+        await asyncio.wait_for(watch, 5)
+
+    asyncio.run(scenario())
+    assert handle.sent[1][2:] == ("terminate", {"vm": "u1", "vm_name": "vm1", "pid": 42, "name": "cryptominer",
+                                                "start_time": 5.0, "group": False})
+    assert handle.alarm.state == "closed" and handle.alarm.resolution == "terminated"
+    assert ("op", "termination requested") in handle.trail
+
+    failing = FakeHandle({}, {"introspect": atomwatch.CommandFailed("introspect on s/h failed: no symbols")})
+    asyncio.run(orch.alarm_opened(alarm=failing.alarm, handle=failing))
+    assert failing.alarm.findings[0]["kind"] == "introspection-failed"
+    assert "no symbols" in failing.alarm.findings[0]["error"]
 
 
 def test_hookimpl_marker_is_exported():

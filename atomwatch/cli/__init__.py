@@ -15,9 +15,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from atomwatch import __version__
+from atomwatch.alarm import Alarm
 from atomwatch.config import ConfigError
 from atomwatch.subcommands import Subcommand
 
@@ -81,7 +81,7 @@ def build_parser(only: str | None = None, extra: dict[str, Subcommand] | None = 
 class _Context:
     """What a plugin's subcommand may ask of the command line (:class:`atomwatch.SubcommandContext`)."""
 
-    def read_alarms(self, db: str | None = None) -> list[Any]:
+    def read_alarms(self, db: str | None = None) -> list[Alarm]:
         from atomwatch.controller.alarms import AlarmStore
         from atomwatch.controller.config import default_db
 
