@@ -8,8 +8,6 @@ Keras models in :mod:`.models`, windowing of recordings in :mod:`.windows`, the 
 
 from __future__ import annotations
 
-from typing import Any
-
 import atomwatch
 
 from .detector import DETECTORS, DeepFactory

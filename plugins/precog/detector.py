@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-import atomwatch
 from atomwatch.config import ConfigError
 from atomwatch.types import Anomaly, Blame, Row, SeriesKey
 
