@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from atomwatch import protocol
 from atomwatch.types import CommandError, CommandHandler
 
-log = logging.getLogger("atomwatch.agent.commands")
+log = logging.getLogger(__name__)
 
 Publish = Callable[[protocol.Reply], Awaitable[None]]
 

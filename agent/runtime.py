@@ -33,7 +33,7 @@ from .sampling import Sampler
 from .series_table import SeriesTable
 from atomwatch.tracking import AtomTracker
 
-log = logging.getLogger("atomwatch.agent")
+log = logging.getLogger(__name__)
 
 #: what a tick published: ("data", session, seq), ("birth", session, births so far) or None
 Published = tuple[str, int, int] | None

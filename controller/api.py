@@ -33,7 +33,7 @@ from .metrics import render_metrics
 if TYPE_CHECKING:
     from .app import Controller
 
-log = logging.getLogger("atomwatch.controller.api")
+log = logging.getLogger(__name__)
 
 _ALARM = re.compile(r"^/api/alarms/(\d+)$")
 _VERDICT = re.compile(r"^/api/alarms/(\d+)/verdict$")

@@ -34,7 +34,7 @@ from .detection import DetectorSet
 from .ingest import HostState, Ingest
 from .scopes import ScopeRows
 
-log = logging.getLogger("atomwatch.controller")
+log = logging.getLogger(__name__)
 
 Progress = Callable[[protocol.Reply], Any]
 

@@ -31,7 +31,7 @@ from atomwatch.types import Anomaly, Blame, Row, SeriesKey
 
 from . import core
 
-log = logging.getLogger("atomwatch.plugins.precog")
+log = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("MemoryUtilization",)
 DEFAULT_ROW_STEP = 600.0  # seconds per row when Row.ts counts rows (the reference's sample data)
