@@ -2,11 +2,15 @@
 
 What lives here: the version, the ``hookimpl`` marker plugin authors decorate their functions
 with, the series key both sides name a metric by, the wire protocol (:mod:`atomwatch.protocol`),
-the plugin manager (:mod:`atomwatch.plugins`), CSV trace reading and the ``atomwatch`` command
-line (:mod:`atomwatch.cli`, one module a subcommand in :mod:`atomwatch.commands`).
+the hook specifications (:mod:`atomwatch.hookspecs`), the plugin manager
+(:mod:`atomwatch.pluginmanager`), online tracking (:mod:`atomwatch.tracking`), the detector registry
+(:mod:`atomwatch.detectors`), plugin options (:mod:`atomwatch.config`) and CSV trace reading. The
+``atomwatch`` command line (:mod:`atomwatch.cli`) sits on top of every layer.
 
-What does not: anything that runs on only one side (``agent/``, ``controller/``), any concrete
-collector, detector or orchestrator (``plugins/``), memory forensics (``introspection/``).
+What does not: anything that runs on only one side (:mod:`atomwatch.agent`,
+:mod:`atomwatch.controller`), any concrete collector, detector or orchestrator
+(:mod:`atomwatch.plugins`), memory forensics (:mod:`atomwatch.introspection`), the lab. The core
+imports none of them (``tests/test_layers.py``).
 
 A plugin author writes::
 
@@ -23,7 +27,7 @@ __version__ = "0.1.0"
 
 #: Marker for hook implementations, as ``@pytest.hookimpl`` / ``@llm.hookimpl``.
 hookimpl = pluggy.HookimplMarker("atomwatch")
-#: Marker for hook specifications (used by ``agent.hookspecs`` and ``controller.hookspecs``).
+#: Marker for hook specifications (used by :mod:`atomwatch.hookspecs`).
 hookspec = pluggy.HookspecMarker("atomwatch")
 
 from .series import SeriesKey  # noqa: E402  (after the markers: plugins import them first)

@@ -2,6 +2,6 @@
 
 Each is declared in the ``atomwatch`` entry-point group of ``pyproject.toml`` and registered
 exactly like a third-party plugin; nothing in ``agent/`` or ``controller/`` imports these modules.
-What does not live here: the hook specifications (``agent/hookspecs.py``,
-``controller/hookspecs.py``) and the machinery that runs plugins.
+What does not live here: the hook specifications (:mod:`atomwatch.hookspecs`) and the machinery
+that runs plugins (:mod:`atomwatch.pluginmanager`).
 """

@@ -1,4 +1,4 @@
-"""The ``atomwatch`` command: one subcommand a module in :mod:`atomwatch.commands`.
+"""The ``atomwatch`` command: one subcommand a module of this package (or of a plugin).
 
 Each command module has ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only
 when its subcommand runs, so ``atomwatch --help`` needs nothing beyond the core install.
