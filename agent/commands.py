@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from atomwatch import protocol
 from atomwatch.types import CommandError, CommandHandler
 
-log = logging.getLogger("atomwatch.agent.commands")
+log = logging.getLogger(__name__)
 
 Publish = Callable[[protocol.Reply], Awaitable[None]]
 
@@ -58,7 +59,7 @@ class CommandRunner:
         started = time.monotonic()
         try:
             result = await asyncio.wait_for(handler(cmd.params, progress), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await reply("error", error=f"{cmd.command} timed out after {timeout:g} s")
         except CommandError as e:
             await reply("error", error=str(e))

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import aiomqtt
 import numpy as np
@@ -32,7 +33,7 @@ from .sampling import Sampler
 from .series_table import SeriesTable
 from atomwatch.tracking import AtomTracker
 
-log = logging.getLogger("atomwatch.agent")
+log = logging.getLogger(__name__)
 
 #: what a tick published: ("data", session, seq), ("birth", session, births so far) or None
 Published = tuple[str, int, int] | None
@@ -60,7 +61,7 @@ class Agent:
             log.warning("no collector runs on this agent: it will publish empty births")
         self.sampler = Sampler(collectors, config.budget)
         handlers: dict[str, CommandHandler] = {}
-        for plugin, result in call_safely(pm, "register_agent_commands", config=config):
+        for _plugin, result in call_safely(pm, "register_agent_commands", config=config):
             handlers.update(result)
         handlers.update({"rebirth": self._cmd_rebirth, "set-delta": self._cmd_set_delta})
         self.commands = CommandRunner(handlers)
@@ -181,7 +182,7 @@ class Agent:
         try:
             await asyncio.wait_for(client.publish(topic, protocol.encode(msg), qos=qos, retain=retain), timeout)
             return True
-        except (aiomqtt.MqttError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiomqtt.MqttError) as e:
             self.stats["publish_failed"] += 1
             log.warning("publish to %s failed: %s", topic, e or "timed out")
             self.need_birth = True

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from atomwatch.series import SeriesKey
 from atomwatch.types import Collector, Reading
 
-log = logging.getLogger("atomwatch.agent.sampling")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -7,7 +7,7 @@ never reused within one agent process, so a late message can never be misread as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 
-log = logging.getLogger("atomwatch.broker")
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -28,7 +28,7 @@ class BrokerAddress:
     password: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> "BrokerAddress":
+    def parse(cls, url: str) -> BrokerAddress:
         """``mqtt://[user:pass@]host[:port]`` (port 1883 by default)."""
         u = urlparse(url if "://" in url else f"mqtt://{url}")
         if u.scheme not in ("mqtt", "tcp"):

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import random
 import signal
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
@@ -22,7 +22,7 @@ async def wait_or_timeout(event: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(event.wait(), max(0.0, seconds))
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
 
 

@@ -37,7 +37,7 @@ import pluggy
 from . import hookspecs
 from .config import ConfigError
 
-log = logging.getLogger("atomwatch.plugins")
+log = logging.getLogger(__name__)
 
 GROUP = "atomwatch"
 ALLOW_ENV = "ATOMWATCH_LOAD_PLUGINS"

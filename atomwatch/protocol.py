@@ -26,7 +26,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .series import SeriesKey
 
@@ -189,7 +189,7 @@ class State:
     type: str = field(default="state", init=False)
 
 
-Message = Union[Birth, Data, Death, Command, Reply, State]
+Message = Birth | Data | Death | Command | Reply | State
 
 
 # --------------------------------------------------------------------------- encoding

@@ -37,7 +37,7 @@ class SeriesKey:
         return f"{self.vm_name}/{self.metric}" if self.vm_name else self.metric
 
     @classmethod
-    def from_column(cls, column: str, unit: str | None = None) -> "SeriesKey":
+    def from_column(cls, column: str, unit: str | None = None) -> SeriesKey:
         """The key of a CSV column ``<vm>/<metric>`` (or a bare ``<metric>``); the unit defaults
         to the metric's known unit."""
         vm, sep, metric = column.rpartition("/")

@@ -11,7 +11,8 @@ What does not: reading files (:mod:`atomwatch.traces`), the detector registry
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 

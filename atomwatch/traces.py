@@ -22,7 +22,7 @@ import gzip
 import io
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +121,7 @@ def _timestamp(path: Path, lineno: int, text: str) -> float:
             f"{path} line {lineno} column 'timestamp': {text!r} is neither a number nor an ISO 8601 date-time"
         ) from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 

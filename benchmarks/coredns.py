@@ -14,7 +14,6 @@ Usage: ``python -m benchmarks.coredns [--calls N]``.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import urllib.request

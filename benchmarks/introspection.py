@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from benchmarks._common import SHARED, emit, machine
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SYMBOLS = SHARED / "lab" / "symbols"
 TARGET_S = 10.0

@@ -41,7 +41,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -175,7 +174,10 @@ def quality(machines: list[int]) -> dict:
         t = np.arange(v.size) * 600.0
         pp = core.PrecogParams(min_value=30.0)
         ref, imp = run_modes(t, v, v.size // 4, pp)
-        first = lambda f, n0=v.size // 4: None if not f.any() else int(np.argmax(f)) + n0
+
+        def first(f, n0=v.size // 4):
+            return None if not f.any() else int(np.argmax(f)) + n0
+
         samples[f"test{i}"] = {"rows": int(v.size), "reference": {"alarm_rows": int(ref.sum()), "first_row": first(ref)},
                                "default": {"alarm_rows": int(imp.sum()), "first_row": first(imp)}}
     return {"alibaba": table, "samples_10min_fit_quarter_min_value_30": samples, "summary": summarise(table)}

@@ -35,7 +35,7 @@ from atomwatch.config import ConfigError
 from .alarms import AlarmError, AlarmNotFound, AlarmStateError
 from .metrics import MetricsSource, render_metrics
 
-log = logging.getLogger("atomwatch.controller.api")
+log = logging.getLogger(__name__)
 
 _ALARM = re.compile(r"^/api/alarms/(\d+)$")
 _VERDICT = re.compile(r"^/api/alarms/(\d+)/verdict$")
@@ -58,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "atomwatch"
 
     def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("%s " + fmt, self.address_string(), *args)
+        log.debug("%s %s", self.address_string(), fmt % args)
 
     def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
         data = body if isinstance(body, bytes) else json.dumps(body, default=str, indent=1).encode()

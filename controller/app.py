@@ -43,7 +43,7 @@ from .ingest import HostState, Ingest
 from .scopes import ScopeRows
 from .verdicts import Verdicts, alarm_rows
 
-log = logging.getLogger("atomwatch.controller")
+log = logging.getLogger(__name__)
 
 # re-exported: older code imports these from here
 __all__ = ["Controller", "CommandFailed", "Progress", "alarm_rows"]

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from atomwatch.types import Anomaly, Detector, DetectorFactory, NotConfigured, Row, as_anomalies
 
-log = logging.getLogger("atomwatch.controller.detection")
+log = logging.getLogger(__name__)
 
 MAX_FAILURES = 10
 

@@ -21,7 +21,7 @@ import numpy as np
 from atomwatch import protocol
 from atomwatch.series import SeriesKey
 
-log = logging.getLogger("atomwatch.controller.ingest")
+log = logging.getLogger(__name__)
 
 #: seconds between two rebirth requests to one host while waiting for its birth
 REBIRTH_INTERVAL = 2.0

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("atomwatch.introspection.acquire")
+log = logging.getLogger(__name__)
 
 
 class AcquireError(RuntimeError):

@@ -57,7 +57,7 @@ class Image:
     info: dict
 
     @classmethod
-    def load(cls, out: Path) -> "Image":
+    def load(cls, out: Path) -> Image:
         meta = out / "image.json"
         if not meta.exists():
             raise BuildError(f"{out}: no guest image here; run `atomwatch lab build --out {out}` first")

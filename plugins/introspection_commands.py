@@ -39,7 +39,7 @@ import atomwatch
 from atomwatch.types import CommandError
 from atomwatch.introspection.volatility import DEFAULT_SYMBOL_DIRS
 
-log = logging.getLogger("atomwatch.plugins.introspection")
+log = logging.getLogger(__name__)
 
 OPTIONS_NAME = "introspection"
 

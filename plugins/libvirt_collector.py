@@ -53,7 +53,7 @@ from atomwatch.series import METRIC_UNITS
 from atomwatch.config import ConfigError
 from atomwatch.series import SeriesKey
 
-log = logging.getLogger("atomwatch.plugins.libvirt")
+log = logging.getLogger(__name__)
 
 DEFAULT_URI = "qemu:///system"
 

@@ -44,7 +44,7 @@ from typing import Any, Awaitable
 import atomwatch
 from atomwatch import Alarm, CommandFailed, ControllerHandle
 
-log = logging.getLogger("atomwatch.plugins.orchestrate")
+log = logging.getLogger(__name__)
 
 NAME = "orchestrate"
 ACTOR = "orchestrate"

@@ -24,7 +24,7 @@ import atomwatch
 from atomwatch.config import ConfigError
 from atomwatch.traces import TraceError, read_trace
 
-log = logging.getLogger("atomwatch.plugins.replay")
+log = logging.getLogger(__name__)
 
 
 class ReplayCollector:

@@ -108,7 +108,10 @@ def test_simulator_is_deterministic_whatever_the_read_times():
     for t in (0.5, 3.2, 7.9, 20.0):
         a.advance_to(t)
     b.advance_to(20.0)
-    strip = lambda s: s.split("\n", 2)[2]
+
+    def strip(s):
+        return s.split("\n", 2)[2]
+
     assert strip(a.exposition()) == strip(b.exposition())
 
 

@@ -467,7 +467,7 @@ def test_absent_default_symbol_directory_is_not_a_misconfiguration(tmp_path, mon
     async def progress(info):
         raise AssertionError(f"no progress before the refusal, got {info}")
 
-    with caplog.at_level(logging.INFO, logger="atomwatch.plugins.introspection"):
+    with caplog.at_level(logging.INFO, logger="atomwatch.plugins.introspection_commands"):
         got = handlers({})
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert "no symbol directory" in caplog.text and absent in caplog.text

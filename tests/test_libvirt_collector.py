@@ -152,7 +152,7 @@ def test_budget_overrun_mock_slow_stats_call_reports_known_series_stale(test_dri
         return real_fetch()
 
     test_driver_collector._fetch = slow_fetch
-    with caplog.at_level(logging.WARNING, logger="atomwatch.plugins.libvirt"):
+    with caplog.at_level(logging.WARNING, logger="atomwatch.plugins.libvirt_collector"):
         t0 = time.monotonic()
         r = test_driver_collector.collect()
         took = time.monotonic() - t0
@@ -192,7 +192,7 @@ def test_hook_runs_the_collector_when_the_uri_connects():
 def test_hook_warns_once_and_runs_nothing_when_libvirt_is_unreachable(caplog, tmp_path):
     require(HAVE_LIBVIRT, "libvirt-python is not installed")
     uri = f"qemu+unix:///system?socket={tmp_path}/no-such-socket"
-    with caplog.at_level(logging.WARNING, logger="atomwatch.plugins.libvirt"):
+    with caplog.at_level(logging.WARNING, logger="atomwatch.plugins.libvirt_collector"):
         assert lc.register_collectors(_config({"uri": uri})) is None
     warnings = [m for m in caplog.messages if "not running" in m]
     assert len(warnings) == 1 and "no-such-socket" in warnings[0]

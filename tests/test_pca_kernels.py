@@ -14,7 +14,6 @@ import pytest
 
 from conftest import require
 from atomwatch.plugins.pca_spe import kernels
-from atomwatch.plugins.pca_spe import model as pm
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -307,7 +307,7 @@ def test_detector_with_the_solver_judges_every_row_as_with_eigh():
             st = det.status()
             statuses.append((st.get("spe"), st.get("q_alpha"), st.get("k"), st.get("solver")))
         runs[solver] = (out, statuses, det)
-    (out_e, st_e, _), (out_s, st_s, det_s) = runs["eigh"], runs["subspace"]
+    (out_e, st_e, _), (out_s, st_s, _) = runs["eigh"], runs["subspace"]
     assert [a is None for a in out_e] == [a is None for a in out_s]
     assert sum(a is not None for a in out_e) >= 10  # the fault is caught
     for a, b in zip(out_e, out_s):

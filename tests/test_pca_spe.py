@@ -48,7 +48,7 @@ def paper_model(window: np.ndarray, cpv: float, alpha: float):
     order = np.argsort(lam.real)[::-1]
     lam, vec = lam.real[order], vec.real[:, order]
     cum = np.cumsum(lam) / lam.sum()
-    k = next(l for l in range(1, len(lam) + 1) if cum[l - 1] > cpv)
+    k = next(j for j in range(1, len(lam) + 1) if cum[j - 1] > cpv)
     p2 = vec[:, k:]
     th = [np.sum(lam[k:] ** i) for i in (1, 2, 3)]
     h0 = 1 - 2 * th[0] * th[2] / (3 * th[1] ** 2)

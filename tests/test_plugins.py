@@ -313,9 +313,9 @@ def test_readme_plugin_runs_live_through_a_real_broker(installed_readme_plugin, 
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    anomalies = [l for l in proc.stderr.splitlines() if "anomaly: threshold" in l]
+    anomalies = [line for line in proc.stderr.splitlines() if "anomaly: threshold" in line]
     assert anomalies, proc.stderr[-3000:]
-    bad = [l for l in anomalies if not ("vm2/CPUUtilization up" in l and "vm1/" not in l)]
+    bad = [line for line in anomalies if not ("vm2/CPUUtilization up" in line and "vm1/" not in line)]
     assert not bad, bad[:3]
 
 

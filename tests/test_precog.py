@@ -301,11 +301,12 @@ def test_accept_normal_refits_on_the_accepted_rows():
     key = SeriesKey("u", "vm", MEM)
     rows = [Row("s", i, i * 600.0, (key,), np.array([v[i]])) for i in range(v.size)]
     det = factory("precog-reference").create("s", {"fit_rows": 375, "min_value": 30})
-    for i, row in enumerate(rows):
+    for row in rows:
         out = det.update(row)
         if out:
             break
     assert out, "no alarm to give a verdict on"
+    i = row.index  # the row that alarmed
     before = det.columns[key].model
     assert before.trends == []
     start_row = int(out[0].blame[0].details["window_start"] / 600)

@@ -108,7 +108,7 @@ def test_invariant_holds_across_set_delta_resize_and_invalidate(data: st.DataObj
     n = values.shape[1]
     n0 = data.draw(st.integers(1, n))
     policies = [AtomTracker(data.draw(deltas(n0, False))), Deadband(data.draw(deltas(n0, False)))]
-    for t, row in enumerate(values):
+    for row in values:
         for p in policies:
             action = data.draw(st.sampled_from(["none", "none", "set_delta", "resize", "invalidate"]))
             if action == "set_delta":

@@ -17,7 +17,7 @@ from . import agent as agent_cmd
 from . import controller as controller_cmd
 from ._common import add_plugin_arguments, options, plugin_manager
 
-log = logging.getLogger("atomwatch.up")
+log = logging.getLogger(__name__)
 
 BUNDLED_TRACE = "lab-cryptominer.csv"
 

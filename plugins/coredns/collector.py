@@ -41,7 +41,7 @@ from atomwatch.types import Reading
 
 from .metrics import METRICS, InstanceDeriver, Step, stale
 
-log = logging.getLogger("atomwatch.plugins.coredns")
+log = logging.getLogger(__name__)
 
 #: the most a /metrics answer may weigh (a CoreDNS with many zones is a few hundred kB)
 MAX_BYTES = 32 * 1024 * 1024

@@ -240,8 +240,11 @@ def compare(models: Sequence[str], data: Sequence[str], holdout: Sequence[str] |
                 for a in run.anomalies:
                     flagged[a.index] = 1
                 idx = np.flatnonzero(mask)
-                ys.append(labels.label[idx]); fs.append(flagged[idx]); ks.append(klass[idx])
-                ps.append(np.full(len(idx), i)); rs.append(idx)
+                ys.append(labels.label[idx])
+                fs.append(flagged[idx])
+                ks.append(klass[idx])
+                ps.append(np.full(len(idx), i))
+                rs.append(idx)
         except (UnknownDetector, DetectorError, ValueError, OSError) as e:
             out["detectors"][label] = {"error": f"{type(e).__name__}: {e}"}
             continue

@@ -34,7 +34,7 @@ import numpy as np
 
 from atomwatch.traces import Labels, Trace, TraceError, read_labels, read_trace
 
-log = logging.getLogger("atomwatch.deep")
+log = logging.getLogger(__name__)
 
 #: fractions of each recording's rows: train, validation, test (by time, in this order)
 SPLIT = (0.70, 0.15, 0.15)

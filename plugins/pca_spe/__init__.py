@@ -7,8 +7,6 @@ installed) in :mod:`.kernels`. Background and decisions: ``docs/pca.md``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import atomwatch
 
 from .detector import PcaSpeFactory

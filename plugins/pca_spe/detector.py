@@ -61,7 +61,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-import atomwatch
 from atomwatch import Anomaly, Blame, Row, SeriesKey
 
 from . import kernels

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy.linalg import blas
 
-log = logging.getLogger("atomwatch.plugins.pca_kernels")
+log = logging.getLogger(__name__)
 
 #: Set (before the module's code runs) in the plain copy :data:`plain` loads of this file.
 _PLAIN_COPY = bool(globals().get("_PLAIN_COPY", False))

@@ -7,8 +7,6 @@ algorithm (smoothing, change points, trend windows) in :mod:`.core`. Background:
 
 from __future__ import annotations
 
-from typing import Any
-
 import atomwatch
 
 from .detector import PrecogFactory

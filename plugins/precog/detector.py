@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 
-import atomwatch
 from atomwatch.config import ConfigError
 from atomwatch.types import Anomaly, Blame, Row, SeriesKey
 
 from . import core
 
-log = logging.getLogger("atomwatch.plugins.precog")
+log = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("MemoryUtilization",)
 DEFAULT_ROW_STEP = 600.0  # seconds per row when Row.ts counts rows (the reference's sample data)
