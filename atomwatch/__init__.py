@@ -2,7 +2,8 @@
 
 What lives here: the version, the ``hookimpl`` marker plugin authors decorate their functions
 with, the series key both sides name a metric by, the wire protocol (:mod:`atomwatch.protocol`),
-the plugin manager (:mod:`atomwatch.plugins`), CSV trace reading and the ``atomwatch`` command
+the plugin manager (:mod:`atomwatch.plugins`), the one parser of plugin options
+(:mod:`atomwatch.options`: ``atomwatch.parse_options``), CSV trace reading and the ``atomwatch`` command
 line (:mod:`atomwatch.cli`, one module a subcommand in :mod:`atomwatch.commands`).
 
 What does not: anything that runs on only one side (``agent/``, ``controller/``), any concrete
@@ -15,6 +16,9 @@ A plugin author writes::
     @atomwatch.hookimpl
     def register_detectors():
         return [MyDetectorFactory()]
+
+and declares its options as a frozen dataclass read by ``atomwatch.parse_options(NAME, Options,
+raw)`` (see :mod:`atomwatch.options`).
 """
 
 import pluggy
@@ -26,6 +30,18 @@ hookimpl = pluggy.HookimplMarker("atomwatch")
 #: Marker for hook specifications (used by ``agent.hookspecs`` and ``controller.hookspecs``).
 hookspec = pluggy.HookspecMarker("atomwatch")
 
+from .config import ConfigError  # noqa: E402
+from .options import (  # noqa: E402
+    Check,
+    Duration,
+    OptionError,
+    Range,
+    check_options,
+    declare_options,
+    parse_bool,
+    parse_duration,
+    parse_options,
+)
 from .series import SeriesKey  # noqa: E402  (after the markers: plugins import them first)
 from .types import (  # noqa: E402
     Anomaly,
@@ -53,4 +69,14 @@ __all__ = [
     "Detector",
     "DetectorFactory",
     "NotConfigured",
+    "ConfigError",
+    "OptionError",
+    "parse_options",
+    "declare_options",
+    "check_options",
+    "parse_bool",
+    "parse_duration",
+    "Duration",
+    "Range",
+    "Check",
 ]
