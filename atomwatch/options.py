@@ -57,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -203,6 +204,8 @@ def _text(value: Any) -> str:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, os.PathLike):  # a Path handed over by Python code (tests, embedding)
+        return os.fspath(value)
     raise _Invalid("a string")
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import pytest
@@ -126,6 +127,7 @@ def test_strings_choices_optionals_and_checks():
     assert parse(mode="EXACT").mode == "exact"
     assert refused(mode="slow") == "example.mode='slow' is not one of 'fast', 'exact'"
     assert parse(model="/m").model == "/m" and parse(model=None).model is None and parse(model=12).model == "12"
+    assert parse(model=Path("/m")).model == "/m"
     assert "example.model=True is not a string or null" == refused(model=True)
     assert parse(rows=None).rows is None and parse(rows=5).rows == 5
     assert refused(rows=-1) == "example.rows must be ≥ 0, got -1"
