@@ -5,7 +5,7 @@ with, and the small typed objects plugins exchange with atomwatch: the series ke
 anomalies (:mod:`atomwatch.types`), the :class:`ControllerHandle` controller-side hooks receive,
 the :class:`Alarm` record and the errors plugins catch. The core's other modules: the wire
 protocol (``protocol``), the hook specifications (``hookspecs``), the plugin manager
-(``pluginmanager``), plugin options (``config``), ATOM's tracking (``tracking``), the detector
+(``pluginmanager``), the one parser of plugin options (``options``: ``atomwatch.parse_options``), ATOM's tracking (``tracking``), the detector
 registry (``detectors``), traces.
 
 What does not: anything that runs on only one side (``atomwatch.agent``, ``atomwatch.controller``),
@@ -19,6 +19,9 @@ A plugin author writes::
     @atomwatch.hookimpl
     def register_detectors():
         return [MyDetectorFactory()]
+
+and declares its options as a frozen dataclass read by ``atomwatch.parse_options(NAME, Options,
+raw)`` (see :mod:`atomwatch.options`).
 """
 
 import pluggy
@@ -33,6 +36,17 @@ hookspec = pluggy.HookspecMarker("atomwatch")
 from .alarm import Alarm, AlarmError, AlarmNotFound, AlarmStateError  # noqa: E402
 from .config import ConfigError  # noqa: E402
 from .handles import CommandFailed, ControllerHandle, ScopeStatus  # noqa: E402
+from .options import (  # noqa: E402
+    Check,
+    Duration,
+    OptionError,
+    Range,
+    check_options,
+    declare_options,
+    parse_bool,
+    parse_duration,
+    parse_options,
+)
 from .series import SeriesKey  # noqa: E402  (after the markers: plugins import them first)
 from .subcommands import Subcommand, SubcommandContext  # noqa: E402
 from .types import (  # noqa: E402
@@ -71,5 +85,14 @@ __all__ = [
     "ConfigError",
     "ControllerHandle",
     "ScopeStatus",
+    "OptionError",
+    "parse_options",
+    "declare_options",
+    "check_options",
+    "parse_bool",
+    "parse_duration",
+    "Duration",
+    "Range",
+    "Check",
 ]
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atomwatch.options import parse_bool
+
 #: where symbol tables (ISF) are looked for unless configured: ``$ATOMWATCH_SYMBOLS`` (a path list)
 #: or /var/lib/atomwatch/symbols
 DEFAULT_SYMBOL_DIRS = tuple(
@@ -106,7 +108,7 @@ class VolatilityConfig:
         if options.get("memory_mib") is not None:
             kw["memory_limit"] = int(float(options["memory_mib"]) * (1 << 20))
         if options.get("validate_isf") is not None:
-            kw["validate_isf"] = str(options["validate_isf"]).lower() in ("1", "true", "yes", "on")
+            kw["validate_isf"] = parse_bool(options["validate_isf"], "introspection.validate_isf")
         return cls(**kw)
 
 

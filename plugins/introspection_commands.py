@@ -15,7 +15,8 @@ finding saw it), optional ``signal`` (default 9). Refused — an error reply sta
 Every failure is an error reply naming it: VM gone, dump failed, no symbol table for the
 kernel's banner, Volatility failed or timed out, guest agent failed.
 
-Options (``--set introspection.KEY=VALUE``): ``uri`` (libvirt, default ``qemu:///system``),
+Options (``--set introspection.KEY=VALUE``, the fields of :class:`IntrospectionOptions`): ``enabled``
+(default true), ``uri`` (libvirt, default ``qemu:///system``),
 ``symbols`` (symbol directory, ``;`` for several; default ``$ATOMWATCH_SYMBOLS`` or ``/var/lib/atomwatch/symbols``;
 a given path that is not a directory is a misconfiguration, an absent built-in default only
 makes ``introspect`` refuse, before any dump, until one exists), ``cache``
@@ -32,10 +33,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import atomwatch
+from atomwatch import Duration, Range
 from atomwatch.types import CommandError
 from atomwatch.introspection.volatility import DEFAULT_SYMBOL_DIRS
 
@@ -44,8 +47,24 @@ log = logging.getLogger(__name__)
 OPTIONS_NAME = "introspection"
 
 
-def _truthy(v: Any) -> bool:
-    return str(v).lower() in ("1", "true", "yes", "on")
+@atomwatch.declare_options(OPTIONS_NAME)
+@dataclass(frozen=True)
+class IntrospectionOptions:
+    """``--set introspection.KEY=VALUE``, read by :func:`atomwatch.parse_options`; None: the
+    default of :class:`~atomwatch.introspection.pipeline.IntrospectionConfig` /
+    :class:`~atomwatch.introspection.volatility.VolatilityConfig`."""
+
+    enabled: bool = True
+    uri: str = "qemu:///system"
+    symbols: str | tuple[str, ...] | None = None  # a directory, ';' between several, or a list
+    cache: str | None = None
+    timeout: Annotated[float, Duration, Range(gt=0)] | None = None
+    memory_mib: Annotated[float, Range(gt=0)] | None = None
+    validate_isf: bool | None = None
+    dump_dir: str | None = None
+    keep_dumps: bool | None = None
+    baseline_dir: str | None = None
+    concurrency: Annotated[int, Range(ge=1)] = 1
 
 
 def _vm_param(params: dict[str, Any], command: str) -> str:
@@ -56,20 +75,23 @@ def _vm_param(params: dict[str, Any], command: str) -> str:
 
 
 class IntrospectionCommands:
-    def __init__(self, options: dict[str, Any]):
+    def __init__(self, options: IntrospectionOptions | dict[str, Any]):
         from atomwatch.introspection.pipeline import IntrospectionConfig
         from atomwatch.introspection.volatility import VolatilityConfig
 
-        self.uri = str(options.get("uri", "qemu:///system"))
-        kw: dict[str, Any] = {"volatility": VolatilityConfig.from_options(options)}
-        if options.get("dump_dir"):
-            kw["dump_dir"] = Path(str(options["dump_dir"]))
-        if options.get("keep_dumps") is not None:
-            kw["keep_dumps"] = _truthy(options["keep_dumps"])
-        if options.get("baseline_dir"):
-            kw["baseline_dir"] = Path(str(options["baseline_dir"]))
+        if not isinstance(options, IntrospectionOptions):
+            options = atomwatch.parse_options(OPTIONS_NAME, IntrospectionOptions, options)
+        self.uri = options.uri
+        volatility = {k: getattr(options, k) for k in ("symbols", "cache", "timeout", "memory_mib", "validate_isf")}
+        kw: dict[str, Any] = {"volatility": VolatilityConfig.from_options({k: v for k, v in volatility.items() if v is not None})}
+        if options.dump_dir:
+            kw["dump_dir"] = Path(options.dump_dir)
+        if options.keep_dumps is not None:
+            kw["keep_dumps"] = options.keep_dumps
+        if options.baseline_dir:
+            kw["baseline_dir"] = Path(options.baseline_dir)
         self.cfg = IntrospectionConfig(**kw)
-        self.slots = asyncio.Semaphore(max(1, int(options.get("concurrency", 1))))
+        self.slots = asyncio.Semaphore(options.concurrency)
         self._conn: Any = None
 
     def conn(self) -> Any:
@@ -178,8 +200,11 @@ class IntrospectionCommands:
 
 @atomwatch.hookimpl
 def register_agent_commands(config: Any) -> dict[str, Any] | None:
-    options = config.plugin_options(OPTIONS_NAME) if config is not None else {}
-    if not _truthy(options.get("enabled", True)):
+    # a bad option is the operator's mistake (ConfigError: the agent does not start); a symbol
+    # directory that is not one is this host's (the commands refuse, saying why)
+    options = atomwatch.parse_options(OPTIONS_NAME, IntrospectionOptions,
+                                      config.plugin_options(OPTIONS_NAME) if config is not None else {})
+    if not options.enabled:
         return None
     try:
         cmds = IntrospectionCommands(options)

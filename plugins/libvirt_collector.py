@@ -30,7 +30,7 @@ cannot be reached (the connection is reopened at the next tick) or overruns the 
 domain that is no longer running leaves the reading (the agent reports it gone); when it runs
 again its first tick is stale again.
 
-Options (``--set libvirt.KEY=VALUE``): ``enabled`` (default true), ``uri`` (default
+Options (``--set libvirt.KEY=VALUE``, the fields of :class:`LibvirtOptions`): ``enabled`` (default true), ``uri`` (default
 ``qemu:///system``), ``budget`` (seconds one tick's stats call may take; default 80 % of the
 agent's budget), ``domains`` (a regular expression; only matching domain names are collected),
 ``delta_cpu`` / ``delta_memory`` (Δ in %), ``delta_network`` / ``delta_disk_bytes`` (bytes/s),
@@ -46,9 +46,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import atomwatch
+from atomwatch import Check, Duration, Range
 from atomwatch.series import METRIC_UNITS
 from atomwatch.config import ConfigError
 from atomwatch.series import SeriesKey
@@ -347,31 +348,41 @@ class LibvirtCollector:
 # --------------------------------------------------------------------------- plugin hook
 
 
-def _truthy(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() not in ("0", "false", "no", "off", "")
-    return bool(v)
+def _regex(text: str) -> bool:
+    re.compile(text)
+    return True
 
 
-def collector_from_options(opts: dict[str, Any], default_budget: float = 2.0) -> LibvirtCollector:
-    unknown = set(opts) - {"enabled", "uri", "budget", "domains", *DELTA_OPTIONS}
-    if unknown:
-        raise ConfigError(f"libvirt: unknown option(s) {sorted(unknown)}; known: enabled, uri, budget, domains, "
-                          + ", ".join(DELTA_OPTIONS))
+@atomwatch.declare_options("libvirt")
+@dataclass(frozen=True)
+class LibvirtOptions:
+    """``--set libvirt.KEY=VALUE``, read by :func:`atomwatch.parse_options`."""
+
+    enabled: bool = True
+    uri: str = DEFAULT_URI
+    #: seconds one tick's stats call may take (None: 80 % of the agent's budget)
+    budget: Annotated[float, Duration, Range(gt=0)] | None = None
+    #: only domains whose name matches this regular expression are collected
+    domains: Annotated[str, Check(_regex, "a regular expression")] | None = None
+    delta_cpu: Annotated[float, Range(ge=0)] | None = None
+    delta_memory: Annotated[float, Range(ge=0)] | None = None
+    delta_network: Annotated[float, Range(ge=0)] | None = None
+    delta_disk_ops: Annotated[float, Range(ge=0)] | None = None
+    delta_disk_bytes: Annotated[float, Range(ge=0)] | None = None
+
+
+def collector_from_options(opts: dict[str, Any] | LibvirtOptions, default_budget: float = 2.0) -> LibvirtCollector:
+    if not isinstance(opts, LibvirtOptions):
+        opts = atomwatch.parse_options("libvirt", LibvirtOptions, opts)
     deltas: dict[str, float] = {}
     for option, metrics in DELTA_OPTIONS.items():
-        if option in opts:
-            try:
-                d = float(opts[option])
-            except (TypeError, ValueError):
-                raise ConfigError(f"libvirt.{option} must be a number, got {opts[option]!r}") from None
-            if not d >= 0:
-                raise ConfigError(f"libvirt.{option} must be ≥ 0, got {d}")
+        d = getattr(opts, option)
+        if d is not None:
             deltas.update({m: d for m in metrics})
     return LibvirtCollector(
-        uri=opts.get("uri", DEFAULT_URI),
-        budget=opts.get("budget", default_budget),
-        domains=opts.get("domains"),
+        uri=opts.uri,
+        budget=opts.budget if opts.budget is not None else default_budget,
+        domains=opts.domains,
         deltas=deltas,
     )
 
@@ -379,8 +390,8 @@ def collector_from_options(opts: dict[str, Any], default_budget: float = 2.0) ->
 @atomwatch.hookimpl
 def register_collectors(config) -> list[LibvirtCollector] | None:
     """Run the libvirt collector when libvirt-python imports and the URI connects; else warn once."""
-    opts = config.plugin_options("libvirt") if config is not None else {}
-    if not _truthy(opts.get("enabled", True)):
+    opts = atomwatch.parse_options("libvirt", LibvirtOptions, config.plugin_options("libvirt") if config is not None else {})
+    if not opts.enabled:
         log.info("libvirt collector disabled (libvirt.enabled=false)")
         return None
     agent_budget = getattr(config, "budget", None)

@@ -25,10 +25,11 @@ Every action goes to the alarm's audit trail (``handle.note``) with actor
 The controller is reached only through the :class:`atomwatch.ControllerHandle` the hooks get;
 nothing here imports ``atomwatch.controller``.
 
-Options (``--set orchestrate.KEY=VALUE``): ``enabled`` (true), ``dry_run`` (false),
-``rate_limit`` (s per VM, 300), ``introspect_timeout`` (s, 180), ``terminate_timeout`` (s, 60),
-``auto_terminate_detectors`` / ``auto_terminate_processes`` (lists, empty), ``settle_rows`` (3),
-``watch_timeout`` (s, 600), ``watch_interval`` (s, 1).
+Options (``--set orchestrate.KEY=VALUE``, the fields of :class:`OrchestrateOptions`; durations
+in seconds or as ``'5min'``): ``enabled`` (true), ``dry_run`` (false), ``rate_limit`` (per VM,
+300), ``introspect_timeout`` (180), ``terminate_timeout`` (60), ``auto_terminate_detectors`` /
+``auto_terminate_processes`` (lists, empty), ``settle_rows`` (3), ``watch_timeout`` (600),
+``watch_interval`` (1).
 
 Entry point (pyproject.toml, group ``atomwatch``): ``orchestrate = "atomwatch.plugins.orchestrate"``.
 """
@@ -39,10 +40,11 @@ import asyncio
 import logging
 import time
 import weakref
-from typing import Any, Awaitable
+from dataclasses import dataclass
+from typing import Annotated, Any, Awaitable
 
 import atomwatch
-from atomwatch import Alarm, CommandFailed, ControllerHandle
+from atomwatch import Alarm, CommandFailed, ControllerHandle, Duration, Range
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +52,39 @@ NAME = "orchestrate"
 ACTOR = "orchestrate"
 
 
-def _truthy(v: Any) -> bool:
-    return str(v).lower() in ("1", "true", "yes", "on")
+@atomwatch.declare_options(NAME)
+@dataclass(frozen=True)
+class OrchestrateOptions:
+    """``--set orchestrate.KEY=VALUE``, read by :func:`atomwatch.parse_options`."""
 
-
-def _names(v: Any) -> set[str]:
-    if v is None or v == "":
-        return set()
-    if isinstance(v, str):
-        return {x.strip() for x in v.split(",") if x.strip()}
-    return {str(x) for x in v}
+    enabled: bool = True
+    dry_run: bool = False
+    rate_limit: Annotated[float, Duration] = 300.0  # per VM
+    introspect_timeout: Annotated[float, Duration, Range(gt=0)] = 180.0
+    terminate_timeout: Annotated[float, Duration, Range(gt=0)] = 60.0
+    auto_terminate_detectors: tuple[str, ...] = ()
+    auto_terminate_processes: tuple[str, ...] = ()
+    settle_rows: Annotated[int, Range(ge=1)] = 3
+    watch_timeout: Annotated[float, Duration] = 600.0
+    watch_interval: Annotated[float, Duration, Range(gt=0)] = 1.0
 
 
 class Options:
+    """The parsed options (a :class:`~atomwatch.ConfigError` for a bad one), under the names the
+    orchestrator reads them by."""
+
     def __init__(self, raw: dict[str, Any]):
-        self.enabled = _truthy(raw.get("enabled", True))
-        self.dry_run = _truthy(raw.get("dry_run", False))
-        self.rate_limit = float(raw.get("rate_limit", 300.0))
-        self.introspect_timeout = float(raw.get("introspect_timeout", 180.0))
-        self.terminate_timeout = float(raw.get("terminate_timeout", 60.0))
-        self.auto_detectors = _names(raw.get("auto_terminate_detectors"))
-        self.auto_processes = _names(raw.get("auto_terminate_processes"))
-        self.settle_rows = max(1, int(raw.get("settle_rows", 3)))
-        self.watch_timeout = float(raw.get("watch_timeout", 600.0))
-        self.watch_interval = float(raw.get("watch_interval", 1.0))
+        o = atomwatch.parse_options(NAME, OrchestrateOptions, raw)
+        self.enabled = o.enabled
+        self.dry_run = o.dry_run
+        self.rate_limit = o.rate_limit
+        self.introspect_timeout = o.introspect_timeout
+        self.terminate_timeout = o.terminate_timeout
+        self.auto_detectors = frozenset(o.auto_terminate_detectors)
+        self.auto_processes = frozenset(o.auto_terminate_processes)
+        self.settle_rows = o.settle_rows
+        self.watch_timeout = o.watch_timeout
+        self.watch_interval = o.watch_interval
 
 
 def _score_and_threshold(status: dict[str, Any] | None) -> tuple[float | None, float | None, str]:

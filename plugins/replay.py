@@ -1,6 +1,6 @@
 """Replay collector: plays a CSV trace through the full pipeline as if it were live.
 
-Options (``--set replay.KEY=VALUE``):
+Options (``--set replay.KEY=VALUE``; the fields of :class:`ReplayOptions`):
 
 ``trace``      the trace file or recording folder (without it the plugin runs no collector)
 ``speed``      trace rows per agent tick (default 1; 0.5 holds each row two ticks, 10 skips nine)
@@ -17,10 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
 import atomwatch
+from atomwatch import Range
 from atomwatch.config import ConfigError
 from atomwatch.traces import TraceError, read_trace
 
@@ -83,15 +86,23 @@ class ReplayCollector:
         pass
 
 
+@atomwatch.declare_options("replay")
+@dataclass(frozen=True)
+class ReplayOptions:
+    """``--set replay.KEY=VALUE``, read by :func:`atomwatch.parse_options`."""
+
+    trace: str | None = None
+    speed: Annotated[float, Range(gt=0)] = 1.0
+    loop: bool = False
+    delta: Annotated[float, Range(ge=0)] | None = None
+    delta_rel: Annotated[float, Range(ge=0)] = 0.01
+
+
 @atomwatch.hookimpl
 def register_collectors(config):
-    opts = config.plugin_options("replay")
-    trace = opts.pop("trace", None)
-    if not trace:
+    opts = atomwatch.parse_options("replay", ReplayOptions, config.plugin_options("replay"))
+    if not opts.trace:
         return None
-    unknown = set(opts) - {"speed", "loop", "delta", "delta_rel"}
-    if unknown:
-        raise ConfigError(f"replay: unknown option(s) {', '.join(sorted(unknown))}")
-    collector = ReplayCollector(str(trace), **opts)
+    collector = ReplayCollector(opts.trace, speed=opts.speed, loop=opts.loop, delta=opts.delta, delta_rel=opts.delta_rel)
     log.info("replaying %s: %d rows × %d series", collector.trace.path, collector.trace.rows, len(collector.keys))
     return [collector]

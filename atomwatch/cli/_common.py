@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from atomwatch.config import load_file, plugin_options
+from atomwatch.options import check_options
 from atomwatch.pluginmanager import PluginManager, get_plugin_manager
 
 
@@ -30,9 +31,15 @@ def add_session_arguments(p: argparse.ArgumentParser, tick: float) -> None:
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
 
 
-def plugin_manager(args: argparse.Namespace) -> PluginManager:
+def plugin_manager(args: argparse.Namespace, plugin_opts: dict[str, dict[str, Any]] | None = None) -> PluginManager:
+    """The plugins; with ``plugin_opts``, every table of a plugin that declared its options is
+    checked now (:func:`atomwatch.check_options`), so a bad option stops the command before
+    anything starts instead of failing later inside a hook."""
     dirs = args.plugins_dir or os.environ.get("ATOMWATCH_PLUGINS_DIR")
-    return get_plugin_manager(plugins_dir=dirs)
+    pm = get_plugin_manager(plugins_dir=dirs)
+    if plugin_opts is not None:
+        check_options(plugin_opts)
+    return pm
 
 
 def options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -50,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
 
     file_config, plugin_opts = options(args)
     config = build_config(args, file_config, plugin_opts)
-    agent = Agent(config, plugin_manager(args))
+    agent = Agent(config, plugin_manager(args, plugin_opts))
     asyncio.run(agent.run())
     return 0

@@ -57,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from atomwatch.controller.app import Controller
 
     file_config, plugin_opts = options(args)
-    controller = Controller(build_config(args, file_config, plugin_opts), plugin_manager(args))
+    controller = Controller(build_config(args, file_config, plugin_opts), plugin_manager(args, plugin_opts))
     asyncio.run(controller.run())
     return 0

@@ -53,7 +53,7 @@ async def _up(args: argparse.Namespace) -> None:
         replay.setdefault("trace", args.trace or bundled_trace())
         replay.setdefault("speed", args.speed)
         replay.setdefault("loop", True)
-    pm = plugin_manager(args)
+    pm = plugin_manager(args, plugin_opts)
     broker = None
     url = args.broker or file_config.get("broker")
     if not url:

@@ -10,14 +10,14 @@ from typing import Any
 
 import atomwatch
 
-from .collector import CorednsCollector, log
+from .collector import CorednsCollector, CorednsOptions, log
 
 
 @atomwatch.hookimpl
 def register_collectors(config: Any) -> list[CorednsCollector] | None:
     """One :class:`CorednsCollector` for every endpoint in option ``endpoints``; none when unset."""
-    options = config.plugin_options("coredns") or {}
-    if not options.get("endpoints"):
+    options = atomwatch.parse_options("coredns", CorednsOptions, config.plugin_options("coredns") or {})
+    if not options.endpoints:
         log.debug("coredns: option 'endpoints' is not set, no CoreDNS is scraped")
         return None
     budget = getattr(config, "budget", None)

@@ -11,7 +11,7 @@ Each instance gives the fixed series set :data:`~atomwatch.plugins.coredns.metri
 down, slow past the budget, or answers something that is not CoreDNS exposition gives ``None``
 (stale) for every series of that instance — never zeros — and is logged once per outage.
 
-Options (``--set coredns.KEY=VALUE`` or ``[atomwatch.plugins.coredns]``):
+Options (``--set coredns.KEY=VALUE`` or ``[plugins.coredns]``; the fields of :class:`CorednsOptions`):
 
 ``endpoints``  list or comma string of ``URL`` or ``NAME=URL`` (``http://127.0.0.1:9153/metrics``;
                a bare ``host:port`` gets ``http://`` and ``/metrics``)
@@ -31,10 +31,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import atomwatch
+from atomwatch import Duration, Range
 from atomwatch.config import ConfigError
 from atomwatch.series import SeriesKey
 from atomwatch.types import Reading
@@ -70,27 +71,21 @@ class Endpoint:
 # --------------------------------------------------------------------------- options
 
 
-def _as_list(value: Any, option: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (list, tuple)):
-        if not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"coredns.{option}: every item must be a string, got {value!r}")
-        return [v.strip() for v in value if v.strip()]
-    raise ConfigError(f"coredns.{option}: expected a list or a comma-separated string, got {value!r}")
+@atomwatch.declare_options("coredns")
+@dataclass(frozen=True)
+class CorednsOptions:
+    """``--set coredns.KEY=VALUE`` or ``[plugins.coredns]``, read by :func:`atomwatch.parse_options`."""
 
+    endpoints: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    timeout: Annotated[float, Duration, Range(ge=0.001)] = 2.0
+    retries: Annotated[int, Range(ge=0)] = 1
+    #: None: the agent's collect budget
+    budget: Annotated[float, Duration, Range(ge=0.001)] | None = None
 
-def _number(options: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
-    raw = options.get(key, default)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"coredns.{key}: {raw!r} is not a number") from None
-    if not value >= minimum:
-        raise ConfigError(f"coredns.{key}: must be ≥ {minimum}, got {value}")
-    return value
+    def __post_init__(self) -> None:
+        if self.names and len(self.names) != len(self.endpoints):
+            raise atomwatch.OptionError("names", list(self.names), f"one name per endpoint ({len(self.endpoints)})")
 
 
 def parse_endpoint(item: str, name: str | None = None) -> Endpoint:
@@ -118,11 +113,10 @@ def parse_endpoint(item: str, name: str | None = None) -> Endpoint:
     return Endpoint(url=url, name=name or hostport, hostport=hostport)
 
 
-def parse_endpoints(options: Mapping[str, Any]) -> list[Endpoint]:
-    items = _as_list(options.get("endpoints"), "endpoints")
-    names = _as_list(options.get("names"), "names")
-    if names and len(names) != len(items):
-        raise ConfigError(f"coredns.names: {len(names)} names for {len(items)} endpoints")
+def parse_endpoints(options: Mapping[str, Any] | CorednsOptions) -> list[Endpoint]:
+    if not isinstance(options, CorednsOptions):
+        options = atomwatch.parse_options("coredns", CorednsOptions, options)
+    items, names = options.endpoints, options.names
     eps = [parse_endpoint(item, names[i] if names else None) for i, item in enumerate(items)]
     for attr in ("hostport", "name"):
         seen: set[str] = set()
@@ -161,14 +155,14 @@ class CorednsCollector:
         self._closed = False
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], default_budget: float = 5.0) -> CorednsCollector:
+    def from_options(cls, options: Mapping[str, Any] | CorednsOptions, default_budget: float = 5.0) -> CorednsCollector:
+        if not isinstance(options, CorednsOptions):
+            options = atomwatch.parse_options("coredns", CorednsOptions, options)
         eps = parse_endpoints(options)
         if not eps:
             raise ConfigError("coredns.endpoints: no endpoint given")
-        timeout = _number(options, "timeout", 2.0, 0.001)
-        retries = int(_number(options, "retries", 1, 0))
-        budget = _number(options, "budget", default_budget, 0.001)
-        return cls(eps, timeout=timeout, retries=retries, budget=budget)
+        budget = options.budget if options.budget is not None else default_budget
+        return cls(eps, timeout=options.timeout, retries=options.retries, budget=budget)
 
     # -- one HTTP scrape, in a worker thread ----------------------------------------------
 

@@ -27,20 +27,29 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import numpy as np
 
 import atomwatch
-from atomwatch import Anomaly, Blame, Row, SeriesKey
+from atomwatch import Anomaly, Blame, Range, Row, SeriesKey
 
 DETECTORS = {
     "ae": "convolutional autoencoder: L2 distance of the window's latent vector from the normal mean (option model=PATH)",
     "cnn": "convolutional binary classifier over FIFO windows of metrics (option model=PATH)",
     "siamese": "Siamese network: nearer of the normal and anomalous class means in latent space (option model=PATH)",
 }
-OPTIONS = ("model", "top")
+
+
+@atomwatch.declare_options(*DETECTORS)
+@dataclass(frozen=True)
+class DeepOptions:
+    """``--set ae.KEY=VALUE`` (``cnn``, ``siamese``), read by :func:`atomwatch.parse_options`."""
+
+    model: str | None = None  # the model folder (needed: without it the detector is not configured)
+    top: Annotated[int, Range(ge=1)] = 3  # columns blamed
 
 _cache: dict[tuple[str, float], Any] = {}
 _cache_lock = threading.Lock()
@@ -136,22 +145,13 @@ class DeepFactory:
         self.description = DETECTORS[name]
 
     def create(self, scope: str, options: Mapping[str, Any]) -> DeepDetector:
-        opts = dict(options or {})
-        unknown = sorted(set(opts) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"{self.name}: unknown option(s) {unknown}; known: {list(OPTIONS)}")
-        path = opts.get("model")
+        opts = atomwatch.parse_options(self.name, DeepOptions, options)
+        path, top = opts.model, opts.top
         if not path:
             raise atomwatch.NotConfigured(f"{self.name}: needs the option model=PATH (a model folder written by 'atomwatch train --model {self.name}')")
-        try:
-            top = int(opts.get("top", 3))
-        except (TypeError, ValueError):
-            raise ValueError(f"{self.name}: option top={opts.get('top')!r} is not an integer") from None
-        if top < 1:
-            raise ValueError(f"{self.name}: option top={top} must be ≥ 1")
         model = _load(str(path))
         if model.KIND != self.name:
-            raise ValueError(f"{self.name}: model {path} is a {model.KIND!r} model; use detector {model.KIND!r} or a {self.name!r} model")
+            raise atomwatch.ConfigError(f"{self.name}.model={path!r} is a {model.KIND!r} model; use detector {model.KIND!r} or a {self.name!r} model")
         if model.threshold is None:
-            raise ValueError(f"{self.name}: model {path} has no threshold (not trained)")
+            raise atomwatch.ConfigError(f"{self.name}.model={path!r} has no threshold (not trained)")
         return DeepDetector(self.name, scope, model, str(path), top)

@@ -57,11 +57,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from atomwatch import Anomaly, Blame, Row, SeriesKey
+import atomwatch
+from atomwatch import Anomaly, Blame, Range, Row, SeriesKey
 
 from . import kernels
 from . import model as pm
@@ -69,81 +70,37 @@ from . import model as pm
 NAME = "pca-spe"
 
 
+@atomwatch.declare_options(NAME)
 @dataclass(frozen=True)
 class PcaSpeOptions:
-    """Options of one pca-spe detector (``--set pca-spe.KEY=VALUE``)."""
+    """Options of one pca-spe detector (``--set pca-spe.KEY=VALUE``), read by
+    :func:`atomwatch.parse_options`."""
 
-    t: int = 720  # window length (normal rows)
-    cpv: float = 0.90  # cumulative percent variance for k
-    alpha: float = 0.002  # false-alarm rate of Q_α
-    b1: float = 2.0  # identification step 1 threshold on rd_j
-    b2: float = 3.0  # identification step 2 threshold on stddev_j
+    t: Annotated[int, Range(ge=3)] = 720  # window length (normal rows)
+    cpv: Annotated[float, Range(gt=0, lt=1)] = 0.90  # cumulative percent variance for k
+    alpha: Annotated[float, Range(gt=0, lt=0.5)] = 0.002  # false-alarm rate of Q_α
+    b1: Annotated[float, Range(ge=0)] = 2.0  # identification step 1 threshold on rd_j
+    b2: Annotated[float, Range(ge=0)] = 3.0  # identification step 2 threshold on stddev_j
     min_rows: int | None = None  # rows before detecting (default max(30, 2·d), at most t)
-    min_std: float = 1e-6  # absolute std floor when standardising
-    rel_std: float = 1e-3  # std floor as a fraction of |avg_j|
-    delta_noise: float = 1.0  # a column's noise level as a multiple of its tracking error Δ (0: ignore Δ)
-    confirm: int = 1  # consecutive abnormal rows before anomalies are reported (rows join A from the first)
-    stale_limit: int = 6  # consecutive NaN rows after which a column counts as gone
-    refresh_every: int = 720  # exact recomputation of the window statistics every N updates
-    solver: str = "subspace"  # "subspace" (warm-started top-k, verified, eigh fallback) or "eigh" (full, every fit)
-    full_every: int = 100  # with solver=subspace, a full eigh at least every N fits
+    min_std: Annotated[float, Range(gt=0)] = 1e-6  # absolute std floor when standardising
+    rel_std: Annotated[float, Range(ge=0)] = 1e-3  # std floor as a fraction of |avg_j|
+    delta_noise: Annotated[float, Range(ge=0)] = 1.0  # a column's noise level as a multiple of its tracking error Δ (0: ignore Δ)
+    confirm: Annotated[int, Range(ge=1)] = 1  # consecutive abnormal rows before anomalies are reported (rows join A from the first)
+    stale_limit: Annotated[int, Range(ge=1)] = 6  # consecutive NaN rows after which a column counts as gone
+    refresh_every: Annotated[int, Range(ge=1)] = 720  # exact recomputation of the window statistics every N updates
+    solver: Literal["subspace", "eigh"] = "subspace"  # "subspace" (warm-started top-k, verified, eigh fallback) or "eigh" (full, every fit)
+    full_every: Annotated[int, Range(ge=1)] = 100  # with solver=subspace, a full eigh at least every N fits
+
+    def __post_init__(self) -> None:
+        if self.min_rows is not None and not 3 <= self.min_rows <= self.t:
+            raise atomwatch.OptionError("min_rows", self.min_rows, f"in [3, t={self.t}]")
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> "PcaSpeOptions":
-        raw = dict(options or {})
-        known = {f: getattr(cls, f) for f in cls.__dataclass_fields__}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ValueError(f"{NAME}: unknown option(s) {unknown}; known: {sorted(known)}")
-        vals: dict[str, Any] = {}
-        for key, value in raw.items():
-            vals[key] = _coerce(key, value)
-        o = cls(**vals)
-        _check(o.t >= 3, "t", o.t, "an integer ≥ 3")
-        _check(0.0 < o.cpv < 1.0, "cpv", o.cpv, "in (0, 1)")
-        _check(0.0 < o.alpha < 0.5, "alpha", o.alpha, "in (0, 0.5)")
-        _check(o.b1 >= 0 and o.b2 >= 0, "b1/b2", (o.b1, o.b2), "≥ 0")
-        _check(o.min_rows is None or 3 <= o.min_rows <= o.t, "min_rows", o.min_rows, f"in [3, t={o.t}]")
-        _check(o.min_std > 0 and o.rel_std >= 0, "min_std/rel_std", (o.min_std, o.rel_std), "min_std > 0, rel_std ≥ 0")
-        _check(o.delta_noise >= 0, "delta_noise", o.delta_noise, "≥ 0")
-        _check(o.stale_limit >= 1, "stale_limit", o.stale_limit, "≥ 1")
-        _check(o.confirm >= 1, "confirm", o.confirm, "≥ 1")
-        _check(o.refresh_every >= 1, "refresh_every", o.refresh_every, "≥ 1")
-        _check(o.solver in ("subspace", "eigh"), "solver", o.solver, "'subspace' or 'eigh'")
-        _check(o.full_every >= 1, "full_every", o.full_every, "≥ 1")
-        return o
+        return atomwatch.parse_options(NAME, cls, options)
 
     def rows_needed(self, d: int) -> int:
         return self.min_rows if self.min_rows is not None else min(self.t, max(30, 2 * d))
-
-
-_INT = {"t", "min_rows", "confirm", "stale_limit", "refresh_every", "full_every"}
-_STR = {"solver"}
-
-
-def _coerce(key: str, value: Any) -> Any:
-    if key in _STR:
-        return str(value)
-    if key == "min_rows" and value is None:
-        return None
-    try:
-        if key in _INT:
-            f = float(value)
-            if not f.is_integer():
-                raise ValueError
-            return int(f)
-        f = float(value)
-    except (TypeError, ValueError):
-        kind = "an integer" if key in _INT else "a number"
-        raise ValueError(f"{NAME}: option {key}={value!r} is not {kind}") from None
-    if not math.isfinite(f):
-        raise ValueError(f"{NAME}: option {key}={value!r} must be finite")
-    return f
-
-
-def _check(ok: bool, key: str, value: Any, what: str) -> None:
-    if not ok:
-        raise ValueError(f"{NAME}: option {key}={value!r} must be {what}")
 
 
 class _Window:

@@ -28,49 +28,24 @@ from __future__ import annotations
 
 import bisect
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+import atomwatch
+
 Z_FACTOR = 0.6745  # modified z-score factor (hard-coded in the reference)
 Z_THRESHOLD = 3.5  # modified z-score threshold (hard-coded in the reference)
 _NEAR = 1e-9  # relative closeness at which a window's statistics are recomputed directly
 
-_UNITS = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "min": 60, "m": 60, "minute": 60, "minutes": 60,
-          "t": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
-          "w": 604800, "week": 604800, "weeks": 604800}
-_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*")
-
 
 def parse_duration(value: Any, name: str) -> float:
-    """Seconds from a number (seconds) or a pandas-style text such as ``5min``, ``1h``, ``7d``."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name}: expected a duration such as '6h' or seconds, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        total, pos = 0.0, 0
-        text = value.strip()
-        while pos < len(text):
-            m = _DURATION.match(text, pos)
-            if not m or m.end() == pos:
-                raise ValueError(f"{name}: {value!r} is not a duration (use e.g. 300, '5min', '6h', '7d')")
-            unit = m.group(2).lower() or "s"
-            if unit not in _UNITS:
-                raise ValueError(f"{name}: unknown unit {m.group(2)!r} in {value!r} (use s, min, h, d, w)")
-            total += float(m.group(1)) * _UNITS[unit]
-            pos = m.end()
-        if not text:
-            raise ValueError(f"{name}: empty duration")
-        seconds = total
-    else:
-        raise ValueError(f"{name}: expected a duration such as '6h' or seconds, got {value!r}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{name}: {value!r} must be a finite, non-negative duration")
-    return seconds
+    """Seconds from a number (seconds) or a pandas-style text such as ``5min``, ``1h``, ``7d``, as
+    the reference writes its parameters: atomwatch's one duration rule
+    (:func:`atomwatch.parse_duration`); a :class:`~atomwatch.ConfigError` naming ``name`` otherwise."""
+    return atomwatch.parse_duration(value, name)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
-from atomwatch.config import ConfigError
+import atomwatch
+from atomwatch import Duration, Range
 from atomwatch.types import Anomaly, Blame, Row, SeriesKey
 
 from . import core
@@ -36,20 +37,39 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS = ("MemoryUtilization",)
 DEFAULT_ROW_STEP = 600.0  # seconds per row when Row.ts counts rows (the reference's sample data)
 
-#: option name → (reference parameter it sets, kind)
-_PARAMS = {
-    "resampling_time_resolution": ("resample", "duration"),
-    "smoothing_window": ("smoothing", "duration"),
-    "req_trend_duration": ("min_trend", "duration"),
-    "req_trend_r2": ("r2", "float"),
-    "limit": ("limit", "float"),
-    "critical_time": ("critical", "duration"),
-    "min_value": ("min_value", "float"),
-    "min_separation_duration": ("min_separation", "duration"),
-    "top_max_n_values": ("top_n", "int"),
-    "use_max_values_as_filter": ("max_filter", "bool"),
-}
-_OWN = {"metrics", "step", "fit_duration", "fit_rows", "max_history", "forget", "margin"}
+@atomwatch.declare_options("precog", "precog-reference")
+@dataclass(frozen=True)
+class PrecogOptions:
+    """The options of both detectors (``--set precog.KEY=VALUE``), read by
+    :func:`atomwatch.parse_options`. The first ten are the reference's parameters under its own
+    names (durations in seconds, or text such as ``'5min'``, ``'6h'``, ``'7d'``)."""
+
+    resampling_time_resolution: Annotated[float, Duration, Range(ge=1)] = 300.0
+    smoothing_window: Annotated[float, Duration, Range(gt=0)] = 3600.0
+    req_trend_duration: Annotated[float, Duration, Range(gt=0)] = 6 * 3600.0
+    req_trend_r2: Annotated[float, Range(gt=0, lt=1)] = 0.8
+    limit: Annotated[float, Range(gt=0)] = 100.0
+    critical_time: Annotated[float, Duration, Range(gt=0)] = 7 * 86400.0
+    min_value: float = 40.0
+    min_separation_duration: Annotated[float, Duration, Range(gt=0)] = 6 * 3600.0
+    top_max_n_values: Annotated[int, Range(ge=1)] = 10
+    use_max_values_as_filter: bool = True
+    #: metric names of the watched columns; * for every column
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    #: seconds per Row.ts unit when it counts rows, or auto (decide from the rows)
+    step: Annotated[float, Duration, Range(gt=0)] | Literal["auto"] = "auto"
+    fit_duration: Annotated[float, Duration] = 2 * 86400.0
+    fit_rows: Annotated[int, Range(ge=0)] | None = None
+    max_history: Annotated[float, Duration] = 0.0
+    forget: Annotated[float, Duration] = 86400.0
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise atomwatch.OptionError("metrics", self.metrics, "at least one metric name (or * for every column)")
+        if self.max_history and self.max_history < 2 * self.critical_time:
+            raise atomwatch.OptionError("max_history", self.max_history,
+                                        f"0 or at least twice critical_time ({2 * self.critical_time:g} s)")
 
 
 @dataclass
@@ -64,88 +84,16 @@ class Settings:
     margin: float
 
 
-def _bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    raise ConfigError(f"precog option {name}={value!r}: expected true or false")
-
-
-def _number(value: Any, name: str, kind: str) -> Any:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        out = int(value) if kind == "int" else float(value)
-        if kind == "int" and float(value) != out:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"precog option {name}={value!r}: expected {'an integer' if kind == 'int' else 'a number'}") from None
-    if kind == "float" and not math.isfinite(out):
-        raise ConfigError(f"precog option {name}={value!r}: must be finite")
-    return out
-
-
 def parse_options(options: Mapping[str, Any], detector: str) -> Settings:
     """Validate ``--set <detector>.KEY=VALUE`` options; unknown keys and bad values are errors."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(_PARAMS) - _OWN)
-    if unknown:
-        raise ConfigError(f"{detector}: unknown option(s) {unknown}; known: {sorted(set(_PARAMS) | _OWN)}")
-    changes: dict[str, Any] = {}
-    for name, (attr, kind) in _PARAMS.items():
-        if name not in options:
-            continue
-        value = options[name]
-        try:
-            if kind == "duration":
-                changes[attr] = core.parse_duration(value, f"{detector}.{name}")
-            elif kind == "bool":
-                changes[attr] = _bool(value, name)
-            else:
-                changes[attr] = _number(value, name, kind)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    try:
-        params = core.PrecogParams(**changes)
-    except ValueError as e:
-        raise ConfigError(f"{detector}: {e}") from None
-    raw_metrics = options.get("metrics", list(DEFAULT_METRICS))
-    if isinstance(raw_metrics, str):
-        names = [m.strip() for m in raw_metrics.split(",") if m.strip()]
-    elif isinstance(raw_metrics, (list, tuple)) and all(isinstance(m, str) for m in raw_metrics):
-        names = [m.strip() for m in raw_metrics if m.strip()]
-    else:
-        raise ConfigError(f"{detector}.metrics={raw_metrics!r}: expected a list or comma list of metric names, or *")
-    if not names:
-        raise ConfigError(f"{detector}.metrics: names no metric (use * for every column)")
-    metrics = None if "*" in names else tuple(names)
-    step_raw = options.get("step", "auto")
-    step: float | None = None
-    if not (isinstance(step_raw, str) and step_raw.strip().lower() == "auto"):
-        try:
-            step = core.parse_duration(step_raw, f"{detector}.step")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if step <= 0:
-            raise ConfigError(f"{detector}.step={step_raw!r}: must be positive (seconds per row)")
-    fit_rows = options.get("fit_rows")
-    if fit_rows is not None:
-        fit_rows = _number(fit_rows, "fit_rows", "int")
-        if fit_rows < 0:
-            raise ConfigError(f"{detector}.fit_rows={fit_rows}: must be 0 (no history) or more")
-    try:
-        fit_duration = core.parse_duration(options.get("fit_duration", "2d"), f"{detector}.fit_duration")
-        max_history = core.parse_duration(options.get("max_history", 0), f"{detector}.max_history")
-        forget = core.parse_duration(options.get("forget", "1d"), f"{detector}.forget")
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if max_history and max_history < 2 * params.critical:
-        raise ConfigError(f"{detector}.max_history: keep at least twice critical_time ({2 * params.critical:g} s), or 0")
-    margin = _number(options.get("margin", 0.0), "margin", "float")
-    return Settings(params, metrics, step, fit_duration, fit_rows, max_history, forget, margin)
+    o = atomwatch.parse_options(detector, PrecogOptions, options)
+    params = core.PrecogParams(
+        resample=o.resampling_time_resolution, smoothing=o.smoothing_window, min_trend=o.req_trend_duration,
+        r2=o.req_trend_r2, limit=o.limit, critical=o.critical_time, min_value=o.min_value,
+        min_separation=o.min_separation_duration, top_n=o.top_max_n_values, max_filter=o.use_max_values_as_filter)
+    metrics = None if "*" in o.metrics else o.metrics
+    step = None if o.step == "auto" else float(o.step)
+    return Settings(params, metrics, step, o.fit_duration, o.fit_rows, o.max_history, o.forget, o.margin)
 
 
 @dataclass
