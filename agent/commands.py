@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from atomwatch import protocol
 from atomwatch.types import CommandError, CommandHandler
@@ -42,7 +42,9 @@ class CommandRunner:
     async def run(self, cmd: protocol.Command, publish: Publish) -> None:
         async def reply(status: str, result: dict[str, Any] | None = None, error: str | None = None) -> None:
             try:
-                await publish(protocol.Reply(id=cmd.id, status=status, ts=time.time(), result=result or {}, error=error))
+                await publish(
+                    protocol.Reply(id=cmd.id, status=status, ts=time.time(), result=result or {}, error=error)
+                )
             except Exception as e:  # the broker went away: the controller will time out
                 log.warning("reply %s to %s %s not sent: %s", status, cmd.command, cmd.id, e)
 

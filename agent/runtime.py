@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import aiomqtt
 import numpy as np
@@ -25,13 +25,13 @@ from atomwatch import __version__, protocol
 from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.pluginmanager import call_safely
 from atomwatch.series import SeriesKey
+from atomwatch.tracking import AtomTracker
 from atomwatch.types import CommandError, CommandHandler
 
 from .commands import CommandRunner
 from .config import AgentConfig
 from .sampling import Sampler
 from .series_table import SeriesTable
-from atomwatch.tracking import AtomTracker
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,16 @@ class Agent:
             self.tracker.set_delta(idx, deltas)
             self.deltas[idx] = deltas
             self.need_birth = True
-            log.info("%d new series (%s)", len(change.new), ", ".join(k.column for k in new_keys[:5]) + (" …" if len(new_keys) > 5 else ""))
+            log.info(
+                "%d new series (%s)",
+                len(change.new),
+                ", ".join(k.column for k in new_keys[:5]) + (" …" if len(new_keys) > 5 else ""),
+            )
         if change.gone:
             self.tracker.invalidate(np.array(change.gone))
-            log.info("%d series gone (%s)", len(change.gone), ", ".join(self.table.keys[a].column for a in change.gone[:5]))
+            log.info(
+                "%d series gone (%s)", len(change.gone), ", ".join(self.table.keys[a].column for a in change.gone[:5])
+            )
         f = self.table.vector(reading.values)
         send = self.tracker.step(f)
         active = self.table.active
@@ -137,7 +143,9 @@ class Agent:
                 if await self._publish_birth_locked():
                     return ("birth", self.session, self.stats["births"])
                 return None
-            msg = protocol.Data(session=self.session, seq=self.seq, ts=time.time(), values=values, stale=stale, gone=gone)
+            msg = protocol.Data(
+                session=self.session, seq=self.seq, ts=time.time(), values=values, stale=stale, gone=gone
+            )
             if await self._publish(protocol.data_topic(self.config.site, self.config.host), msg, qos=1):
                 self.seq += 1
                 self.stats["data"] += 1
@@ -328,7 +336,9 @@ class Agent:
             if client is not None:
                 try:
                     death = protocol.Death(session=self.session, ts=time.time(), reason="clean stop")
-                    await client.publish(protocol.death_topic(self.config.site, self.config.host), protocol.encode(death), qos=1)
+                    await client.publish(
+                        protocol.death_topic(self.config.site, self.config.host), protocol.encode(death), qos=1
+                    )
                 except aiomqtt.MqttError:
                     pass
             conn.cancel()

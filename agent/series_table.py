@@ -6,8 +6,8 @@ never reused within one agent process, so a late message can never be misread as
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 

@@ -95,4 +95,3 @@ __all__ = [
     "Range",
     "Check",
 ]
-

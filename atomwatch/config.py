@@ -99,6 +99,11 @@ def parse_deltas(items: list[str] | None) -> dict[str, float]:
 def add_replay_delta_argument(p: argparse.ArgumentParser, effect: str) -> None:
     """``--delta [METRIC=]VALUE`` of the offline commands: replay the data through ATOM's
     tracking at that Δ before using it (:func:`parse_deltas` reads the list)."""
-    p.add_argument("--delta", action="append", default=None, metavar="[METRIC=]VALUE",
-                   help="track the data with ATOM's rule at this Δ first, as an agent would send it "
-                        f"(repeatable; a bare VALUE for every other metric): {effect}")
+    p.add_argument(
+        "--delta",
+        action="append",
+        default=None,
+        metavar="[METRIC=]VALUE",
+        help="track the data with ATOM's rule at this Δ first, as an agent would send it "
+        f"(repeatable; a bare VALUE for every other metric): {effect}",
+    )

@@ -13,9 +13,9 @@ What does not: turning recordings into rows (:mod:`atomwatch.trace_rows`), scori
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Iterable
 
 import numpy as np
 

@@ -62,7 +62,9 @@ def scores(y_true: Any, y_pred: Any) -> dict[str, Any]:
     """Precision, recall and F1 of the positive class (0 where undefined), the confusion matrix
     ``[[tn, fp], [fn, tp]]`` and its four counts."""
     t, p = _pair(y_true, y_pred)
-    precision, recall, f1, _ = precision_recall_fscore_support(t, p, labels=[1], average="binary", pos_label=1, zero_division=0)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        t, p, labels=[1], average="binary", pos_label=1, zero_division=0
+    )
     cm = confusion_matrix(t, p, labels=[0, 1])
     tn, fp, fn, tp = (int(v) for v in cm.ravel())
     return {

@@ -12,7 +12,8 @@ controller itself, and the alarm record (:mod:`atomwatch.alarm`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, TypedDict
+from collections.abc import Callable
+from typing import Any, Protocol, TypedDict
 
 from .alarm import Alarm
 from .protocol import Reply

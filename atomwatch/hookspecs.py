@@ -12,14 +12,14 @@ What does not live here: the machinery that loads and calls plugins
 
 from __future__ import annotations
 
-from typing import Any, Awaitable
+from collections.abc import Awaitable
+from typing import Any
 
 from . import hookspec
 from .alarm import Alarm
 from .handles import ControllerHandle
 from .subcommands import Subcommand
 from .types import AgentSettings, Anomaly, Collector, CommandHandler, DetectorFactory
-
 
 # --------------------------------------------------------------------------- agent side
 

@@ -85,10 +85,30 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 #: duration units → seconds (pandas-style names, as Precog's reference writes its parameters)
-_UNITS = {"ms": 0.001, "msec": 0.001, "millisecond": 0.001, "milliseconds": 0.001,
-          "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "minute": 60, "minutes": 60, "t": 60,
-          "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
-          "w": 604800, "week": 604800, "weeks": 604800}
+_UNITS = {
+    "ms": 0.001,
+    "msec": 0.001,
+    "millisecond": 0.001,
+    "milliseconds": 0.001,
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "minutes": 60,
+    "t": 60,
+    "h": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 604800,
+    "week": 604800,
+    "weeks": 604800,
+}
 _DURATION_PART = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*")
 
 
@@ -251,8 +271,12 @@ class Range:
         return "any number"
 
     def __call__(self, v: float) -> None:
-        ok = ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-              and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+        ok = (
+            (self.ge is None or v >= self.ge)
+            and (self.gt is None or v > self.gt)
+            and (self.le is None or v <= self.le)
+            and (self.lt is None or v < self.lt)
+        )
         if not ok:
             raise _OutOfRange(self.describe())
 
@@ -290,7 +314,8 @@ def _describe(tp: Any) -> str:
         choices = typing.get_args(tp)
         return repr(choices[0]) if len(choices) == 1 else "one of " + ", ".join(repr(a) for a in choices)
     return {bool: BOOLEAN, int: "an integer", float: "a number", str: "a string", type(None): "null"}.get(
-        tp, "a list of names or a comma-separated string" if origin is tuple else getattr(tp, "__name__", str(tp)))
+        tp, "a list of names or a comma-separated string" if origin is tuple else getattr(tp, "__name__", str(tp))
+    )
 
 
 def _convert(tp: Any, value: Any) -> Any:
@@ -298,7 +323,11 @@ def _convert(tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
         base, *marks = typing.get_args(tp)
-        if value is None and typing.get_origin(base) in (Union, types.UnionType) and type(None) in typing.get_args(base):
+        if (
+            value is None
+            and typing.get_origin(base) in (Union, types.UnionType)
+            and type(None) in typing.get_args(base)
+        ):
             return None
         out = _duration(value) if any(m is Duration for m in marks) else _convert(base, value)
         for m in marks:

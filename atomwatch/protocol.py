@@ -47,9 +47,7 @@ class ProtocolError(ValueError):
 def check_name(kind: str, value: str) -> str:
     """Validate a site or host name (one topic level, no wildcards)."""
     if not isinstance(value, str) or not _NAME.match(value):
-        raise ProtocolError(
-            f"{kind} name {value!r} is not valid: use 1-128 letters, digits, '_', '.', ':' or '-'"
-        )
+        raise ProtocolError(f"{kind} name {value!r} is not valid: use 1-128 letters, digits, '_', '.', ':' or '-'")
     return value
 
 
@@ -327,7 +325,9 @@ def decode(topic: str, payload: bytes | str) -> tuple[Topic, Message]:
     if obj.get("v") != VERSION:
         raise ProtocolError(f"{where}: protocol version {obj.get('v')!r} is not supported (this side speaks {VERSION})")
     mtype = obj.get("type")
-    expected = {"birth": "birth", "data": "data", "death": "death", "cmd": "cmd", "reply": "reply", "state": "state"}[t.kind]
+    expected = {"birth": "birth", "data": "data", "death": "death", "cmd": "cmd", "reply": "reply", "state": "state"}[
+        t.kind
+    ]
     if mtype != expected:
         raise ProtocolError(f"{where}: field 'type' must be {expected!r}, got {mtype!r}")
     msg: Message
@@ -350,7 +350,9 @@ def decode(topic: str, payload: bytes | str) -> tuple[Topic, Message]:
         tick = f.num("tick")
         if tick <= 0:
             raise ProtocolError(f"{where}: field 'tick' must be > 0, got {tick!r}")
-        msg = Birth(session=f.int("session"), agent=f.str("agent"), tick=tick, ts=f.num("ts"), series=series, seq=f.int("seq"))
+        msg = Birth(
+            session=f.int("session"), agent=f.str("agent"), tick=tick, ts=f.num("ts"), series=series, seq=f.int("seq")
+        )
     elif t.kind == "data":
         values = []
         for i, pair in enumerate(f.list("values")):
@@ -397,5 +399,7 @@ def decode(topic: str, payload: bytes | str) -> tuple[Topic, Message]:
         if msg.id != t.request_id:
             raise ProtocolError(f"{where}: field 'id' {msg.id!r} differs from the topic's request id {t.request_id!r}")
     else:
-        msg = State(online=f.bool("online"), ts=f.num("ts", optional=True), controller=f.str("controller", optional=True))
+        msg = State(
+            online=f.bool("online"), ts=f.num("ts", optional=True), controller=f.str("controller", optional=True)
+        )
     return t, msg

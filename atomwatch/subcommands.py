@@ -12,8 +12,9 @@ plugin manager and implements the context.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from .alarm import Alarm
 

@@ -11,15 +11,15 @@ What does not: reading files (:mod:`atomwatch.traces`), the detector registry
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .detectors import DetectionRun, run_detector
 from .series import SeriesKey
-from .tracking import AtomTracker
 from .traces import Trace
+from .tracking import AtomTracker
 from .types import DetectorFactory, Row
 
 
@@ -35,10 +35,19 @@ def trace_rows(trace: Trace, scope: str = "offline", deltas: Mapping[str, float]
     ts = trace.timestamps
     values, delta = (trace.values, None) if deltas is None else tracked_values(columns, trace.values, deltas)
     for i in range(trace.rows):
-        yield Row(scope=scope, index=i, ts=float(ts[i]) if ts is not None else float(i), columns=columns, values=values[i], deltas=delta)
+        yield Row(
+            scope=scope,
+            index=i,
+            ts=float(ts[i]) if ts is not None else float(i),
+            columns=columns,
+            values=values[i],
+            deltas=delta,
+        )
 
 
-def tracked_values(columns: Sequence[SeriesKey], values: np.ndarray, deltas: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def tracked_values(
+    columns: Sequence[SeriesKey], values: np.ndarray, deltas: Mapping[str, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """(the controller's copies of ``values`` (rows × columns) under ATOM's tracking, each
     column's Δ): ``deltas`` maps a metric name to its Δ, ``"*"`` any other metric (else 0)."""
     delta = np.array([float(deltas.get(c.metric, deltas.get("*", 0.0))) for c in columns])
@@ -53,8 +62,13 @@ def tracked_values(columns: Sequence[SeriesKey], values: np.ndarray, deltas: Map
     return out, delta
 
 
-def detect_trace(factory: DetectorFactory, trace: Trace, options: Mapping[str, Any] | None = None, scope: str = "offline",
-                 deltas: Mapping[str, float] | None = None) -> DetectionRun:
+def detect_trace(
+    factory: DetectorFactory,
+    trace: Trace,
+    options: Mapping[str, Any] | None = None,
+    scope: str = "offline",
+    deltas: Mapping[str, float] | None = None,
+) -> DetectionRun:
     """A fresh detector from ``factory`` over every row of ``trace`` (tracked with ``deltas``
     first when given, see :func:`trace_rows`)."""
     detector = factory.create(scope, dict(options or {}))

@@ -22,7 +22,7 @@ import gzip
 import io
 import math
 from dataclasses import dataclass
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np

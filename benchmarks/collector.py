@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from atomwatch.lab import domains, testbed  # noqa: E402
 from atomwatch.lab.paths import PREFIX, default_dir  # noqa: E402
 from atomwatch.plugins.libvirt_collector import LibvirtCollector  # noqa: E402

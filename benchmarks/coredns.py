@@ -21,10 +21,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks._common import emit, machine, seconds_per_call
 from atomwatch.lab.coredns_sim import CorednsSimulator, Event, SimConfig, SimulatorServer, record
 from atomwatch.plugins.coredns.collector import CorednsCollector
 from atomwatch.plugins.coredns.metrics import InstanceDeriver
+from benchmarks._common import emit, machine, seconds_per_call
 
 
 def derivation(calls: int) -> dict:
@@ -56,7 +56,9 @@ def derivation(calls: int) -> dict:
 
 
 def live(n: int, calls: int) -> dict:
-    servers = [SimulatorServer(CorednsSimulator(SimConfig(seed=i)), "127.0.0.1", 0, clock=None).start() for i in range(n)]
+    servers = [
+        SimulatorServer(CorednsSimulator(SimConfig(seed=i)), "127.0.0.1", 0, clock=None).start() for i in range(n)
+    ]
     for s in servers:
         s.sim.advance_to(60)
     col = CorednsCollector([s.url for s in servers], timeout=2, retries=0, budget=5)

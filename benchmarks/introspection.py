@@ -65,21 +65,26 @@ async def _wait(pred, timeout: float, what: str) -> None:
 async def closed_loop(work: Path, dom, port: int) -> dict:
     import atomwatch.plugins.introspection_commands as cmds_plugin
     import atomwatch.plugins.orchestrate as orch_plugin
+    from atomwatch import Anomaly, Blame, SeriesKey
     from atomwatch.agent.config import AgentConfig
     from atomwatch.agent.runtime import Agent
-    from atomwatch import Anomaly, Blame, SeriesKey
     from atomwatch.config import BrokerAddress
-    from atomwatch.pluginmanager import PluginManager
     from atomwatch.controller.app import Controller
     from atomwatch.controller.config import ControllerConfig
     from atomwatch.lab import workloads
+    from atomwatch.pluginmanager import PluginManager
 
     pm = PluginManager()
     pm.register(cmds_plugin, name="introspection-commands")
     pm.register(orch_plugin, name="orchestrate")
     opts = {
-        "introspection": {"symbols": str(SYMBOLS), "cache": str(work / "volcache"), "baseline_dir": str(work / "baselines"),
-                          "dump_dir": str(work / "dumps"), "timeout": 300},
+        "introspection": {
+            "symbols": str(SYMBOLS),
+            "cache": str(work / "volcache"),
+            "baseline_dir": str(work / "baselines"),
+            "dump_dir": str(work / "dumps"),
+            "timeout": 300,
+        },
         "orchestrate": {"rate_limit": 0, "watch_timeout": 0.5},
     }
     broker = BrokerAddress.parse(f"mqtt://127.0.0.1:{port}")
@@ -93,8 +98,13 @@ async def closed_loop(work: Path, dom, port: int) -> dict:
         await asyncio.wait_for(agent.connected.wait(), 10)
         await asyncio.sleep(0.5)
         t = time.monotonic()
-        await controller.send_command(site, "hv1", "introspect", {"vm": dom.UUIDString(), "metrics": ["CPUUtilization"],
-                                                                  "baseline": True}, timeout=300)
+        await controller.send_command(
+            site,
+            "hv1",
+            "introspect",
+            {"vm": dom.UUIDString(), "metrics": ["CPUUtilization"], "baseline": True},
+            timeout=300,
+        )
         out["baseline_introspection_s"] = round(time.monotonic() - t, 3)
         workloads.start(dom, "cryptominer")
         await asyncio.sleep(3)
@@ -112,8 +122,11 @@ async def closed_loop(work: Path, dom, port: int) -> dict:
         out["top_suspect"] = finding["suspects"][0]["name"]
         t1 = time.monotonic()
         await controller.give_verdict(alarm.id, "malicious", "bench")
-        await _wait(lambda: any(f["kind"].startswith("termination") for f in controller.alarms.get(alarm.id).findings),
-                    120, "the termination")
+        await _wait(
+            lambda: any(f["kind"].startswith("termination") for f in controller.alarms.get(alarm.id).findings),
+            120,
+            "the termination",
+        )
         out["verdict_to_verified_termination_s"] = round(time.monotonic() - t1, 3)
         term = next(f for f in controller.alarms.get(alarm.id).findings if f["kind"].startswith("termination"))
         out["termination"] = term.get("result", {}).get("verified") or term.get("error")
@@ -144,7 +157,9 @@ def one_image_vs_per_plugin(conn, dom, work: Path) -> dict:
             one = analyse(dump.path, plugins, cfg, one_image=True)
             one_s = time.monotonic() - t
             out[label] = {
-                "plugins": plugins, "per_plugin_processes_s": round(per_s, 3), "one_loaded_image_s": round(one_s, 3),
+                "plugins": plugins,
+                "per_plugin_processes_s": round(per_s, 3),
+                "one_loaded_image_s": round(one_s, 3),
                 "ratio_per_plugin_over_one_image": round(per_s / one_s, 3),
                 "same_row_counts": all(len(per.rows(p)) == len(one.rows(p)) for p in plugins),
                 "errors": {p: v["error"] for p, v in one.plugins.items() if v.get("error")},

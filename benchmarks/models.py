@@ -42,11 +42,19 @@ def generated(rows: int, columns: int, window: int, seed: int = 0):
     for start in range(200, rows - 40, 400):
         values[start : start + 40, rng.integers(columns)] *= 4
         label[start : start + 40] = 1
-    rec = Recording("generated", [f"gen/m{j}" for j in range(columns)], values, label, np.where(label, "spike", "normal").astype(object))
+    rec = Recording(
+        "generated",
+        [f"gen/m{j}" for j in range(columns)],
+        values,
+        label,
+        np.where(label, "spike", "normal").astype(object),
+    )
     x = fifo_windows(rec.values, window)
     n = len(x)
     last = np.arange(window - 1, rows)
-    ws = WindowSet(x, label[last], rec.klass[last], np.zeros(n, np.int64), last, np.full(n, "generated", dtype=object), rec.columns)
+    ws = WindowSet(
+        x, label[last], rec.klass[last], np.zeros(n, np.int64), last, np.full(n, "generated", dtype=object), rec.columns
+    )
     cut = int(n * 0.85)
     return rec, ws.subset(np.arange(cut)), ws.subset(np.arange(cut, n))
 
@@ -65,10 +73,10 @@ def main() -> None:
 
     import keras
 
-    from atomwatch.trace_rows import trace_rows
-    from atomwatch.traces import Trace
     from atomwatch.plugins.deep.detector import DeepDetector
     from atomwatch.plugins.deep.models import SCORE_BATCH, new_model
+    from atomwatch.trace_rows import trace_rows
+    from atomwatch.traces import Trace
 
     rec, train, val = generated(args.rows, args.columns, args.window)
     results: dict[str, dict] = {}
@@ -91,7 +99,14 @@ def main() -> None:
         net = model.scorer
         zfixed = model.scale(batch[:SCORE_BATCH])
         # warm up every shape once (compilation is not latency)
-        model.score(one), model.score(batch), net.predict_on_batch(z1), net(z1), net(z1000), net.predict_on_batch(zfixed)
+        (
+            model.score(one),
+            model.score(batch),
+            net.predict_on_batch(z1),
+            net(z1),
+            net(z1000),
+            net.predict_on_batch(zfixed),
+        )
         calls1 = 50 if args.quick else 200
         ours_1 = seconds_per_call(lambda: model.score(one), calls1, repeat)
         pob_1 = seconds_per_call(lambda: net.predict_on_batch(z1), calls1, repeat)
@@ -112,7 +127,9 @@ def main() -> None:
         update_s = (time.perf_counter() - start) / (len(rows) - args.window)
         results[kind] = {
             "train_seconds_first_epoch": round(epoch_times[0], 3),
-            "train_seconds_per_epoch": round(statistics.median(epoch_times[1:]) if len(epoch_times) > 1 else epoch_times[0], 3),
+            "train_seconds_per_epoch": round(
+                statistics.median(epoch_times[1:]) if len(epoch_times) > 1 else epoch_times[0], 3
+            ),
             "train_windows": len(train),
             "one_window_ms": {
                 "score": round(ours_1["median"] * 1e3, 4),
@@ -126,20 +143,24 @@ def main() -> None:
                 "score_per_window": round(ours_1000["median"] * 1e3 / 1000, 5),
                 "predict_on_batch_256_x4": round(pob_fixed["median"] * 1e3 * 1000 / SCORE_BATCH, 3),
                 "baseline_model_call": round(call_1000["median"] * 1e3, 3),
-                "ratio_model_call_over_predict_on_batch": round(call_1000["median"] / (pob_fixed["median"] * 1000 / SCORE_BATCH), 2),
+                "ratio_model_call_over_predict_on_batch": round(
+                    call_1000["median"] / (pob_fixed["median"] * 1000 / SCORE_BATCH), 2
+                ),
             },
             "meets_1ms_target": ours_1["median"] <= 1e-3,
         }
-    emit({
-        "benchmark": "deep models: training and scoring",
-        "backend": keras.backend.backend(),
-        "keras": keras.__version__,
-        "window": args.window,
-        "columns": args.columns,
-        "epochs": args.epochs,
-        "machine": machine(),
-        "models": results,
-    })
+    emit(
+        {
+            "benchmark": "deep models: training and scoring",
+            "backend": keras.backend.backend(),
+            "keras": keras.__version__,
+            "window": args.window,
+            "columns": args.columns,
+            "epochs": args.epochs,
+            "machine": machine(),
+            "models": results,
+        }
+    )
 
 
 if __name__ == "__main__":

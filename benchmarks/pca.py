@@ -45,7 +45,6 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-
 from atomwatch.plugins.pca_spe import kernels  # noqa: E402
 from atomwatch.plugins.pca_spe import model as pm  # noqa: E402
 
@@ -78,7 +77,9 @@ class FitPath:
                 self.w.add(r)
             self.top = pm.TopEigen() if name == "incremental_subspace" else None
             if self.top is not None:
-                pm.fit(self.w.n, self.w.mean, self.w.cov(), top=self.top)  # seeds the solver, as the first fit does live
+                pm.fit(
+                    self.w.n, self.w.mean, self.w.cov(), top=self.top
+                )  # seeds the solver, as the first fit does live
 
     def tick(self, i: int) -> None:
         """Fold row i − 1 into the window, fit, score row i; record the seconds, SPE and Q_α."""
@@ -149,7 +150,8 @@ def pieces(x: np.ndarray, t: int) -> dict[str, float]:
         "filter_c4_qr_rayleigh_ritz": timed(lambda: kernels.filtered_ritz(c, c2, u), 300),
         "verify_bounds": timed(lambda: kernels.verify(c, *ritz, total, 0.9, f2, f3, top.tol, top.theta_tol), 300),
         "q_alpha_check": timed(lambda: pm._verified_threshold(got[1:4], got[4:7], total, 0.002, top.q_tol), 300)
-        if got[0] > 0 else math.nan,
+        if got[0] > 0
+        else math.nan,
         "fit_total": timed(fit_warm, 300),
         "score_spe": timed(lambda: model.spe(model.standardise(x[t])), 300),
         "full_eigh_for_comparison": timed(lambda: np.linalg.eigh(c), 100),
@@ -210,8 +212,13 @@ def drift(d: int, updates: int, rng: np.random.Generator) -> dict[str, float]:
     mean_err = float(np.max(np.abs(w.mean - rows.mean(axis=0)) / np.abs(rows.mean(axis=0))))
     corr_w = pm.standardised_cov(w.mean, w.cov(), 1e-6, 1e-3)[0]
     corr_e = pm.standardised_cov(rows.mean(axis=0), exact, 1e-6, 1e-3)[0]
-    return {"d": d, "updates": int(w.updates), "max_rel_cov_error": cov_err, "max_rel_mean_error": mean_err,
-            "max_abs_corr_error": float(np.max(np.abs(corr_w - corr_e)))}
+    return {
+        "d": d,
+        "updates": int(w.updates),
+        "max_rel_cov_error": cov_err,
+        "max_rel_mean_error": mean_err,
+        "max_abs_corr_error": float(np.max(np.abs(corr_w - corr_e))),
+    }
 
 
 def batched(d: int, scopes: int, rng: np.random.Generator, reps: int = 20) -> dict[str, float]:
@@ -248,8 +255,16 @@ def main() -> int:
     args = ap.parse_args()
     ticks = 60 if args.quick else args.ticks
     t = 720
-    out: dict = {"t": t, "blas_threads": 1, "alpha": 0.002, "cpv": 0.9, "repeats": args.repeats,
-                 "kernels_compiled": kernels.JIT, "kernels_warm_up_s": kernels.warm_up(), "per_d": {}}
+    out: dict = {
+        "t": t,
+        "blas_threads": 1,
+        "alpha": 0.002,
+        "cpv": 0.9,
+        "repeats": args.repeats,
+        "kernels_compiled": kernels.JIT,
+        "kernels_warm_up_s": kernels.warm_up(),
+        "per_d": {},
+    }
     with threadpool_limits(1):
         for d in (21, 80, 320):
             n = ticks if d <= 80 else max(20, ticks // 5)
@@ -290,8 +305,13 @@ def main() -> int:
             out["per_d"][str(d)] = entry
             if d == 80:
                 out["pieces_at_80_us"] = pieces(x, t)
-        out["many_scopes_at_80"] = many_scopes(80, 16 if args.quick else 64, 20 if args.quick else 60, 1 if args.quick else 3)
-        out["drift_without_refresh"] = [drift(21, 200_000, np.random.default_rng(1)), drift(80, 50_000, np.random.default_rng(2))]
+        out["many_scopes_at_80"] = many_scopes(
+            80, 16 if args.quick else 64, 20 if args.quick else 60, 1 if args.quick else 3
+        )
+        out["drift_without_refresh"] = [
+            drift(21, 200_000, np.random.default_rng(1)),
+            drift(80, 50_000, np.random.default_rng(2)),
+        ]
         out["batched_eigh"] = [batched(21, 256, np.random.default_rng(3)), batched(80, 64, np.random.default_rng(4))]
     e80 = out["per_d"]["80"]
     verified = {
@@ -301,7 +321,9 @@ def main() -> int:
     }
     out["best_path_at_80"] = max(verified, key=verified.get) if verified else None
     out["speedup_at_80"] = max(verified.values()) if verified else 0.0
-    out["max_rel_diff_all"] = max(v for e in out["per_d"].values() for k, v in e.items() if k.startswith("max_rel_diff"))
+    out["max_rel_diff_all"] = max(
+        v for e in out["per_d"].values() for k, v in e.items() if k.startswith("max_rel_diff")
+    )
     out["target_10x_at_80_met"] = out["speedup_at_80"] >= 10
     print(json.dumps(out, indent=1))
     return 0

@@ -28,11 +28,9 @@ import time
 
 import numpy as np
 
-from atomwatch.traces import read_trace
-
-
-from benchmarks._common import SHARED, emit, machine
 from atomwatch.plugins.precog import core
+from atomwatch.traces import read_trace
+from benchmarks._common import SHARED, emit, machine
 
 DATA = SHARED / "data" / "precog"
 MACHINES = [100] + list(range(1010, 1019))
@@ -178,8 +176,11 @@ def quality(machines: list[int]) -> dict:
         def first(f, n0=v.size // 4):
             return None if not f.any() else int(np.argmax(f)) + n0
 
-        samples[f"test{i}"] = {"rows": int(v.size), "reference": {"alarm_rows": int(ref.sum()), "first_row": first(ref)},
-                               "default": {"alarm_rows": int(imp.sum()), "first_row": first(imp)}}
+        samples[f"test{i}"] = {
+            "rows": int(v.size),
+            "reference": {"alarm_rows": int(ref.sum()), "first_row": first(ref)},
+            "default": {"alarm_rows": int(imp.sum()), "first_row": first(imp)},
+        }
     return {"alibaba": table, "samples_10min_fit_quarter_min_value_30": samples, "summary": summarise(table)}
 
 
@@ -188,18 +189,23 @@ def summarise(table: dict) -> dict:
     for kind in ("real", "sine", "saw"):
         for mode in ("reference", "default"):
             cells = [r[kind][mode] for r in table.values()]
-            out[f"{kind}/{mode}"] = {"machines_alarmed": sum(c["episodes"] > 0 for c in cells),
-                                     "alarm_hours": round(sum(c["alarm_hours"] for c in cells), 2),
-                                     "episodes": sum(c["episodes"] for c in cells)}
+            out[f"{kind}/{mode}"] = {
+                "machines_alarmed": sum(c["episodes"] > 0 for c in cells),
+                "alarm_hours": round(sum(c["alarm_hours"] for c in cells), 2),
+                "episodes": sum(c["episodes"] for c in cells),
+            }
     for kind in ("leak12h", "leak24h", "leak48h"):
         for mode in ("reference", "default"):
             cells = [r[kind][mode] for r in table.values()]
             leads = [c["lead_time_h"] for c in cells if c["lead_time_h"] is not None]
-            out[f"{kind}/{mode}"] = {"detected": len(leads), "of": len(cells),
-                                     "before_90pct": sum(x > 0 for x in leads),
-                                     "median_lead_h": float(np.median(leads)) if leads else None,
-                                     "min_lead_h": min(leads) if leads else None,
-                                     "false_alarm_hours_before_leak": round(sum(c["false_alarm_hours_before_leak"] for c in cells), 2)}
+            out[f"{kind}/{mode}"] = {
+                "detected": len(leads),
+                "of": len(cells),
+                "before_90pct": sum(x > 0 for x in leads),
+                "median_lead_h": float(np.median(leads)) if leads else None,
+                "min_lead_h": min(leads) if leads else None,
+                "false_alarm_hours_before_leak": round(sum(c["false_alarm_hours_before_leak"] for c in cells), 2),
+            }
     return out
 
 

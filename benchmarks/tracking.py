@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from atomwatch.tracking import AtomTracker, Deadband, Policy, SendAll, optimal_messages, simulate
 from atomwatch.traces import read_trace
+from atomwatch.tracking import AtomTracker, Deadband, Policy, SendAll, optimal_messages, simulate
 from benchmarks._common import SHARED, emit, machine, seconds_per_call
 
 POLICIES = ("all", "deadband", "atom", "optimal")

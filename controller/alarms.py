@@ -28,9 +28,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from atomwatch.alarm import STATES, VERDICTS, Alarm, AlarmError, AlarmNotFound, AlarmStateError
 from atomwatch.series import SeriesKey
@@ -72,7 +73,12 @@ CREATE INDEX IF NOT EXISTS audit_alarm ON audit(alarm_id);
 
 
 def _row_record(anomaly: Anomaly, columns: tuple[SeriesKey, ...] | None, values: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {"index": anomaly.index, "ts": anomaly.ts, "score": anomaly.score, "threshold": anomaly.threshold}
+    rec: dict[str, Any] = {
+        "index": anomaly.index,
+        "ts": anomaly.ts,
+        "score": anomaly.score,
+        "threshold": anomaly.threshold,
+    }
     if columns is not None and values is not None:
         rec["columns"] = [[c.vm_uuid, c.vm_name, c.metric, c.unit] for c in columns]
         rec["values"] = [None if v != v else float(v) for v in values]
@@ -123,10 +129,23 @@ class AlarmStore:
 
     def _alarm(self, r: sqlite3.Row) -> Alarm:
         return Alarm(
-            id=r["id"], scope=r["scope"], detector=r["detector"], state=r["state"], opened_at=r["opened_at"],
-            updated_at=r["updated_at"], closed_at=r["closed_at"], first_row=r["first_row"], last_row=r["last_row"],
-            level=r["level"], score=r["score"], threshold=r["threshold"], blame=json.loads(r["blame"]),
-            rows=json.loads(r["rows"]), verdict=r["verdict"], resolution=r["resolution"], findings=json.loads(r["findings"]),
+            id=r["id"],
+            scope=r["scope"],
+            detector=r["detector"],
+            state=r["state"],
+            opened_at=r["opened_at"],
+            updated_at=r["updated_at"],
+            closed_at=r["closed_at"],
+            first_row=r["first_row"],
+            last_row=r["last_row"],
+            level=r["level"],
+            score=r["score"],
+            threshold=r["threshold"],
+            blame=json.loads(r["blame"]),
+            rows=json.loads(r["rows"]),
+            verdict=r["verdict"],
+            resolution=r["resolution"],
+            findings=json.loads(r["findings"]),
         )
 
     def get(self, alarm_id: int) -> Alarm:
@@ -153,8 +172,13 @@ class AlarmStore:
 
     def audit(self, alarm_id: int) -> list[dict[str, Any]]:
         with self.lock:
-            rows = self.db.execute("SELECT ts, actor, action, details FROM audit WHERE alarm_id = ? ORDER BY id", (alarm_id,)).fetchall()
-        return [{"ts": r["ts"], "actor": r["actor"], "action": r["action"], "details": json.loads(r["details"])} for r in rows]
+            rows = self.db.execute(
+                "SELECT ts, actor, action, details FROM audit WHERE alarm_id = ? ORDER BY id", (alarm_id,)
+            ).fetchall()
+        return [
+            {"ts": r["ts"], "actor": r["actor"], "action": r["action"], "details": json.loads(r["details"])}
+            for r in rows
+        ]
 
     def counts(self) -> dict[str, int]:
         with self.lock:
@@ -171,7 +195,9 @@ class AlarmStore:
             (alarm_id, ts, actor, action, json.dumps(details, default=str)),
         )
 
-    def record(self, anomaly: Anomaly, columns: tuple[SeriesKey, ...] | None = None, values: Any = None) -> tuple[Alarm, bool]:
+    def record(
+        self, anomaly: Anomaly, columns: tuple[SeriesKey, ...] | None = None, values: Any = None
+    ) -> tuple[Alarm, bool]:
         """Open an alarm for this anomaly, or extend the open one of its (scope, detector).
         Returns (alarm, opened)."""
         now = time.time()
@@ -191,23 +217,56 @@ class AlarmStore:
                 self.db.execute(
                     "UPDATE alarms SET updated_at = ?, last_row = ?, level = ?, score = ?, threshold = ?, blame = ?,"
                     " rows = ? WHERE id = ?",
-                    (now, anomaly.index, alarm.level, anomaly.score, anomaly.threshold,
-                     json.dumps(alarm.blame, default=str), json.dumps(alarm.rows), alarm.id),
+                    (
+                        now,
+                        anomaly.index,
+                        alarm.level,
+                        anomaly.score,
+                        anomaly.threshold,
+                        json.dumps(alarm.blame, default=str),
+                        json.dumps(alarm.rows),
+                        alarm.id,
+                    ),
                 )
-                self._log(alarm.id, anomaly.detector, "extended",
-                          {"row": anomaly.index, "score": anomaly.score, "level": alarm.level}, now)
+                self._log(
+                    alarm.id,
+                    anomaly.detector,
+                    "extended",
+                    {"row": anomaly.index, "score": anomaly.score, "level": alarm.level},
+                    now,
+                )
                 alarm_id, opened = alarm.id, False
             else:
                 cur = self.db.execute(
                     "INSERT INTO alarms (scope, detector, state, opened_at, updated_at, first_row, last_row, level,"
                     " score, threshold, blame, rows) VALUES (?, ?, 'open', ?, ?, ?, ?, 1, ?, ?, ?, ?)",
-                    (anomaly.scope, anomaly.detector, now, now, anomaly.index, anomaly.index, anomaly.score,
-                     anomaly.threshold, json.dumps(_merge_blame([], blame), default=str), json.dumps([row])),
+                    (
+                        anomaly.scope,
+                        anomaly.detector,
+                        now,
+                        now,
+                        anomaly.index,
+                        anomaly.index,
+                        anomaly.score,
+                        anomaly.threshold,
+                        json.dumps(_merge_blame([], blame), default=str),
+                        json.dumps([row]),
+                    ),
                 )
                 alarm_id, opened = int(cur.lastrowid), True
-                self._log(alarm_id, anomaly.detector, "opened",
-                          {"row": anomaly.index, "score": anomaly.score, "threshold": anomaly.threshold,
-                           "blame": [b["column"] for b in blame], "details": anomaly.details}, now)
+                self._log(
+                    alarm_id,
+                    anomaly.detector,
+                    "opened",
+                    {
+                        "row": anomaly.index,
+                        "score": anomaly.score,
+                        "threshold": anomaly.threshold,
+                        "blame": [b["column"] for b in blame],
+                        "details": anomaly.details,
+                    },
+                    now,
+                )
         return self.get(alarm_id), opened
 
     def verdict(self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None) -> Alarm:
@@ -241,9 +300,13 @@ class AlarmStore:
             alarm = self.get(alarm_id)
             alarm.findings.append(dict(finding, ts=now, by=actor))
             with self._tx():
-                self.db.execute("UPDATE alarms SET findings = ?, updated_at = ? WHERE id = ?",
-                                (json.dumps(alarm.findings, default=str), now, alarm_id))
-                self._log(alarm_id, actor, "findings", {"kind": finding.get("kind"), "summary": finding.get("summary")}, now)
+                self.db.execute(
+                    "UPDATE alarms SET findings = ?, updated_at = ? WHERE id = ?",
+                    (json.dumps(alarm.findings, default=str), now, alarm_id),
+                )
+                self._log(
+                    alarm_id, actor, "findings", {"kind": finding.get("kind"), "summary": finding.get("summary")}, now
+                )
             return alarm
 
     def note(self, alarm_id: int, actor: str, action: str, details: dict[str, Any] | None = None) -> None:
@@ -259,7 +322,9 @@ class AlarmStore:
             if alarm.state == "closed":
                 raise AlarmStateError(f"alarm {alarm_id} is already closed")
             with self._tx():
-                self.db.execute("UPDATE alarms SET state = 'closed', resolution = ?, updated_at = ?, closed_at = ? WHERE id = ?",
-                                (resolution, now, now, alarm_id))
+                self.db.execute(
+                    "UPDATE alarms SET state = 'closed', resolution = ?, updated_at = ?, closed_at = ? WHERE id = ?",
+                    (resolution, now, now, alarm_id),
+                )
                 self._log(alarm_id, actor, "closed", dict(details or {}, resolution=resolution), now)
             return self.get(alarm_id)

@@ -25,8 +25,9 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Coroutine
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Coroutine, Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 from atomwatch.alarm import Alarm
@@ -107,11 +108,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": f"the body is not JSON: {e}"})
             return
         if not isinstance(body, dict):
-            self._send(400, {"error": "the body must be a JSON object {\"verdict\": …, \"actor\": …}"})
+            self._send(400, {"error": 'the body must be a JSON object {"verdict": …, "actor": …}'})
             return
         verdict, actor = body.pop("verdict", None), body.pop("actor", None)
         if not isinstance(verdict, str) or not isinstance(actor, str) or not actor:
-            self._send(400, {"error": "needs \"verdict\" (normal or malicious) and \"actor\" (who gives it)"})
+            self._send(400, {"error": 'needs "verdict" (normal or malicious) and "actor" (who gives it)'})
             return
         c = self.controller
         assert c.loop is not None

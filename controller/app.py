@@ -19,8 +19,9 @@ import inspect
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiomqtt
 
@@ -123,7 +124,9 @@ class Controller:
         """Send a command to an agent and wait for its final reply (:meth:`AgentCommands.send`)."""
         return await self.commands.send(site, host, command, params, timeout=timeout, on_progress=on_progress)
 
-    async def give_verdict(self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None) -> Alarm:
+    async def give_verdict(
+        self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None
+    ) -> Alarm:
         """The operator's verdict (:meth:`Verdicts.give_verdict`)."""
         return await self.verdicts.give_verdict(alarm_id, verdict, actor, params)
 

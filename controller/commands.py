@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiomqtt
 
@@ -61,7 +62,7 @@ class AgentCommands:
         try:
             await client.publish(protocol.cmd_topic(site, host, request_id), protocol.encode(cmd), qos=1)
             reply: protocol.Reply = await asyncio.wait_for(fut, timeout + 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise CommandFailed(f"{command} to {site}/{host}: no answer within {timeout + 5.0:g} s") from None
         except aiomqtt.MqttError as e:
             raise CommandFailed(f"{command} to {site}/{host}: not sent ({e})") from None

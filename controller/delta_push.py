@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from .detection import DetectorSet
 from .ingest import HostState

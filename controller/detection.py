@@ -10,7 +10,8 @@ scope it is switched off for that scope, and the controller goes on with the oth
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from atomwatch.types import Anomaly, Detector, DetectorFactory, NotConfigured, Row, as_anomalies
 

@@ -10,7 +10,8 @@ nothing else of the controller away. What does not: the protocol itself (core,
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from atomwatch.alarm import Alarm
 from atomwatch.handles import Progress, ScopeStatus

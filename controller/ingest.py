@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -152,7 +152,9 @@ class Ingest:
                 state.seq = msg.seq
                 self._resync(state, gap)
                 return
-            unknown = [a for a, _ in msg.values if a not in state.keys] + [a for a in msg.stale + msg.gone if a not in state.keys]
+            unknown = [a for a, _ in msg.values if a not in state.keys] + [
+                a for a in msg.stale + msg.gone if a not in state.keys
+            ]
             if unknown:
                 self._drop("unknown-alias", f"{state.scope}: aliases {unknown[:5]} not in the birth")
                 self._resync(state, f"unknown aliases {unknown[:5]}")

@@ -10,7 +10,8 @@ HTTP API, :mod:`.api`).
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -36,8 +37,16 @@ class _ControllerCollector:
 
     def collect(self):
         c = self.c
-        score = GaugeMetricFamily("atomwatch_detector_score", "Last score of a detector on a scope (PCA-SPE: SPE)", labels=["scope", "detector"])
-        thr = GaugeMetricFamily("atomwatch_detector_threshold", "Threshold of a detector on a scope (PCA-SPE: Q_alpha)", labels=["scope", "detector"])
+        score = GaugeMetricFamily(
+            "atomwatch_detector_score",
+            "Last score of a detector on a scope (PCA-SPE: SPE)",
+            labels=["scope", "detector"],
+        )
+        thr = GaugeMetricFamily(
+            "atomwatch_detector_threshold",
+            "Threshold of a detector on a scope (PCA-SPE: Q_alpha)",
+            labels=["scope", "detector"],
+        )
         for scope, st in list(c.scope_status.items()):
             for name, s in st.get("detectors", {}).items():
                 v = s.get("score", s.get("spe"))
@@ -56,11 +65,15 @@ class _ControllerCollector:
         for kind, n in list(c.ingest.messages.items()):
             msgs.add_metric([kind], n)
         yield msgs
-        dropped = CounterMetricFamily("atomwatch_messages_dropped", "Messages counted and dropped, by reason", labels=["reason"])
+        dropped = CounterMetricFamily(
+            "atomwatch_messages_dropped", "Messages counted and dropped, by reason", labels=["reason"]
+        )
         for reason, n in list(c.ingest.dropped.items()):
             dropped.add_metric([reason], n)
         yield dropped
-        yield CounterMetricFamily("atomwatch_values_ingested", "Tracked values received", value=c.ingest.values_ingested)
+        yield CounterMetricFamily(
+            "atomwatch_values_ingested", "Tracked values received", value=c.ingest.values_ingested
+        )
         yield CounterMetricFamily("atomwatch_rows", "Rows handed to detectors", value=c.rows_handled)
         hosts = GaugeMetricFamily("atomwatch_series", "Series known per host", labels=["scope", "alive"])
         for (site, host), h in list(c.ingest.hosts.items()):

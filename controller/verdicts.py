@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,9 @@ class Verdicts:
         self.executor = executor
         self.dispatch = dispatch
 
-    async def give_verdict(self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None) -> Alarm:
+    async def give_verdict(
+        self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None
+    ) -> Alarm:
         """The operator's verdict. *normal*: the alarm's rows join the detector's normal model
         (which refits) and the alarm closes as a workload change; *malicious*: the alarm goes to
         the orchestrators through ``verdict_given``. Raises :class:`AlarmError`."""
@@ -68,12 +71,21 @@ class Verdicts:
                 rows = alarm_rows(alarm)
                 try:
                     folded = await asyncio.get_running_loop().run_in_executor(self.executor, det.accept_normal, rows)
-                    self.alarms.note(alarm.id, "controller", "model refit", {"rows_folded": folded if isinstance(folded, int) else len(rows)})
+                    self.alarms.note(
+                        alarm.id,
+                        "controller",
+                        "model refit",
+                        {"rows_folded": folded if isinstance(folded, int) else len(rows)},
+                    )
                 except Exception as e:
                     log.exception("accept_normal of %s on %s failed", alarm.detector, alarm.scope)
-                    self.alarms.note(alarm.id, "controller", "model refit failed", {"error": f"{type(e).__name__}: {e}"})
+                    self.alarms.note(
+                        alarm.id, "controller", "model refit failed", {"error": f"{type(e).__name__}: {e}"}
+                    )
             else:
-                self.alarms.note(alarm.id, "controller", "model not refit", {"why": "the detector keeps no normal model"})
+                self.alarms.note(
+                    alarm.id, "controller", "model not refit", {"why": "the detector keeps no normal model"}
+                )
         self.dispatch("verdict_given", alarm=alarm, verdict=verdict, actor=actor, params=params)
         self.dispatch("alarm_updated", alarm=alarm, change=f"verdict {verdict}")
         return alarm

@@ -53,7 +53,16 @@ def lookup(conn: Any, vm: str) -> Any:
     raise DomainGone(f"VM {vm}: no such domain on this host")
 
 
-_STATE_NAMES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff", 6: "crashed", 7: "pmsuspended"}
+_STATE_NAMES = {
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
+}
 
 
 def state_name(dom: Any) -> str:
@@ -145,8 +154,15 @@ def dump_memory(conn: Any, vm: str, root: Path | None = None, keep: bool = False
     if dump.size == 0:
         dump.delete()
         raise AcquireError(f"VM {name}: the memory dump is empty")
-    log.info("dumped %s (%d MiB) in %.2f s; state %s → %s%s", name, dump.size >> 20, seconds, before,
-             dump.state_after, " (resumed by us)" if dump.resumed else "")
+    log.info(
+        "dumped %s (%d MiB) in %.2f s; state %s → %s%s",
+        name,
+        dump.size >> 20,
+        seconds,
+        before,
+        dump.state_after,
+        " (resumed by us)" if dump.resumed else "",
+    )
     return dump
 
 

@@ -45,8 +45,14 @@ class Process:
     pgrp: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "name": self.name, "state": self.state, "ppid": self.ppid, "start_time": self.start_time,
-                "pgrp": self.pgrp}
+        return {
+            "pid": self.pid,
+            "name": self.name,
+            "state": self.state,
+            "ppid": self.ppid,
+            "start_time": self.start_time,
+            "pgrp": self.pgrp,
+        }
 
 
 #: how long a guest-agent command waits for a guest that is paused (a memory dump of it — ours or
@@ -55,10 +61,20 @@ PAUSED_WAIT = 60.0
 
 #: libvirt's reasons for a paused domain (``VIR_DOMAIN_PAUSED_<NAME>``), in words
 _PAUSE_REASONS = {
-    "UNKNOWN": "unknown reason", "USER": "paused by a user", "MIGRATION": "migration", "SAVE": "save",
-    "DUMP": "memory dump", "IOERROR": "disk I/O error", "WATCHDOG": "watchdog", "FROM_SNAPSHOT": "restored from a snapshot",
-    "SHUTTING_DOWN": "shutting down", "SNAPSHOT": "snapshot", "CRASHED": "the guest crashed", "STARTING_UP": "starting up",
-    "POSTCOPY": "post-copy migration", "POSTCOPY_FAILED": "post-copy migration failed",
+    "UNKNOWN": "unknown reason",
+    "USER": "paused by a user",
+    "MIGRATION": "migration",
+    "SAVE": "save",
+    "DUMP": "memory dump",
+    "IOERROR": "disk I/O error",
+    "WATCHDOG": "watchdog",
+    "FROM_SNAPSHOT": "restored from a snapshot",
+    "SHUTTING_DOWN": "shutting down",
+    "SNAPSHOT": "snapshot",
+    "CRASHED": "the guest crashed",
+    "STARTING_UP": "starting up",
+    "POSTCOPY": "post-copy migration",
+    "POSTCOPY_FAILED": "post-copy migration failed",
 }
 
 
@@ -72,8 +88,14 @@ def _paused_reason(dom: Any) -> str | None:
         return None
     if state != libvirt.VIR_DOMAIN_PAUSED:
         return None
-    return next((words for name, words in _PAUSE_REASONS.items()
-                 if getattr(libvirt, f"VIR_DOMAIN_PAUSED_{name}", None) == reason), f"reason {reason}")
+    return next(
+        (
+            words
+            for name, words in _PAUSE_REASONS.items()
+            if getattr(libvirt, f"VIR_DOMAIN_PAUSED_{name}", None) == reason
+        ),
+        f"reason {reason}",
+    )
 
 
 def agent_command(dom: Any, command: dict[str, Any], timeout: int = 10, paused_wait: float = PAUSED_WAIT) -> Any:
@@ -95,15 +117,19 @@ def agent_command(dom: Any, command: dict[str, Any], timeout: int = 10, paused_w
         if why is None:
             raise GuestAgentError(f"{dom.name()}: guest agent {command.get('execute')}: {error}")
         if time.monotonic() > deadline:
-            raise GuestAgentError(f"{dom.name()}: guest agent {command.get('execute')}: the guest has been paused "
-                                  f"({why}) for over {paused_wait:g} s: {error}")
+            raise GuestAgentError(
+                f"{dom.name()}: guest agent {command.get('execute')}: the guest has been paused "
+                f"({why}) for over {paused_wait:g} s: {error}"
+            )
         while _paused_reason(dom) is not None and time.monotonic() <= deadline:
             time.sleep(0.1)
 
 
 def exec_in_guest(dom: Any, path: str, args: list[str], timeout: float = 20.0) -> tuple[int, str, str]:
     """Run ``path args`` in the guest and wait: (exit code, stdout, stderr)."""
-    res = agent_command(dom, {"execute": "guest-exec", "arguments": {"path": path, "arg": args, "capture-output": True}})
+    res = agent_command(
+        dom, {"execute": "guest-exec", "arguments": {"path": path, "arg": args, "capture-output": True}}
+    )
     pid = res["pid"]
     deadline = time.monotonic() + timeout
     while True:
@@ -125,9 +151,15 @@ def parse_stat(line: str) -> Process | None:
         return None
     try:
         pid = int(line[:open_].strip())
-        rest = line[close + 2:].split()
-        return Process(pid=pid, name=line[open_ + 1:close], state=rest[0], ppid=int(rest[1]),
-                       start_time=round(int(rest[19]) / USER_HZ, 2), pgrp=int(rest[2]))
+        rest = line[close + 2 :].split()
+        return Process(
+            pid=pid,
+            name=line[open_ + 1 : close],
+            state=rest[0],
+            ppid=int(rest[1]),
+            start_time=round(int(rest[19]) / USER_HZ, 2),
+            pgrp=int(rest[2]),
+        )
     except (ValueError, IndexError):
         return None
 
@@ -154,8 +186,10 @@ def check_identity(proc: Process | None, pid: int, name: str, start_time: float)
     if proc.name != name[:15]:
         return f"PID {pid} is now {proc.name!r}, not {name!r}: the PID was reused, nothing killed"
     if abs(proc.start_time - float(start_time)) > START_TOLERANCE:
-        return (f"PID {pid} ({proc.name}) started {proc.start_time:.2f} s after boot, not {float(start_time):.2f} s as "
-                "the finding saw: the PID was reused, nothing killed")
+        return (
+            f"PID {pid} ({proc.name}) started {proc.start_time:.2f} s after boot, not {float(start_time):.2f} s as "
+            "the finding saw: the PID was reused, nothing killed"
+        )
     if proc.state == "Z":
         return f"PID {pid} ({name}) has already exited (zombie awaiting its parent)"
     return None
@@ -169,16 +203,20 @@ def _guarded_kill_script(pid: int, name: str, start_time: float, signal: int, gr
     want = name[:15].replace("'", "'\\''")
     return (
         f"s=$(cat /proc/{pid}/stat 2>/dev/null) || {{ echo gone; exit 3; }}; "
-        'c=${s#*(}; c=${c%)*}; r=${s##*) }; set -- $r; t=${20}; '
-        f"[ \"$c\" = '{want}' ] || {{ echo \"name $c\"; exit 4; }}; "
-        f"[ \"$t\" -ge {lo} ] && [ \"$t\" -le {hi} ] || {{ echo \"start $t\"; exit 5; }}; "
-        + (f'if [ "$3" = {pid} ]; then kill -{signal} -{pid} && echo killed group; else kill -{signal} {pid} && echo killed; fi'
-           if group else f"kill -{signal} {pid} && echo killed")
+        "c=${s#*(}; c=${c%)*}; r=${s##*) }; set -- $r; t=${20}; "
+        f'[ "$c" = \'{want}\' ] || {{ echo "name $c"; exit 4; }}; '
+        f'[ "$t" -ge {lo} ] && [ "$t" -le {hi} ] || {{ echo "start $t"; exit 5; }}; '
+        + (
+            f'if [ "$3" = {pid} ]; then kill -{signal} -{pid} && echo killed group; else kill -{signal} {pid} && echo killed; fi'
+            if group
+            else f"kill -{signal} {pid} && echo killed"
+        )
     )
 
 
-def terminate(dom: Any, pid: int, name: str, start_time: float, signal: int = 9, verify_timeout: float = 5.0,
-              group: bool = False) -> dict[str, Any]:
+def terminate(
+    dom: Any, pid: int, name: str, start_time: float, signal: int = 9, verify_timeout: float = 5.0, group: bool = False
+) -> dict[str, Any]:
     """Kill (pid, name, start_time) in the guest and verify it is gone; with ``group`` and the
     target leading a process group (a workload started with setsid), kill and verify the group.
 
@@ -218,9 +256,19 @@ def terminate(dom: Any, pid: int, name: str, start_time: float, signal: int = 9,
             outcome = "zombie (dead, awaiting its parent)"
             break
         if time.monotonic() > deadline:
-            still = f"{len(members)} member(s) of its group" if members and (now is None or now.state == "Z") else f"PID {pid} ({name})"
+            still = (
+                f"{len(members)} member(s) of its group"
+                if members and (now is None or now.state == "Z")
+                else f"PID {pid} ({name})"
+            )
             raise GuestAgentError(f"{dom.name()}: {still} still run(s) {verify_timeout:g} s after kill -{signal}")
         time.sleep(0.1)
-    return {"pid": pid, "name": name, "start_time": start_time, "signal": signal, "verified": outcome,
-            "group": killed_group,
-            "seconds": round(time.monotonic() - t0, 3)}
+    return {
+        "pid": pid,
+        "name": name,
+        "start_time": start_time,
+        "signal": signal,
+        "verified": outcome,
+        "group": killed_group,
+        "seconds": round(time.monotonic() - t0, 3),
+    }

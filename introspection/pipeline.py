@@ -32,7 +32,11 @@ class IntrospectionConfig:
     dump_dir: Path | None = None
     #: keep dumps after analysis (retention); off by default
     keep_dumps: bool = False
-    baseline_dir: Path = field(default_factory=lambda: Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "atomwatch" / "baselines")
+    baseline_dir: Path = field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "atomwatch" / "baselines"
+        )
+    )
     #: plugins an ``introspect`` request may ask for (beyond these: refused)
     allowed_plugins: tuple[str, ...] = plugins_choice.KNOWN
     #: how many suspects a finding lists
@@ -75,8 +79,15 @@ def choose_plugins(metrics: list[str], requested: list[str] | None, cfg: Introsp
     return chosen
 
 
-def introspect(conn: Any, vm: str, metrics: list[str], cfg: IntrospectionConfig, plugins: list[str] | None = None,
-               progress: Progress | None = None, baseline: bool = False) -> dict[str, Any]:
+def introspect(
+    conn: Any,
+    vm: str,
+    metrics: list[str],
+    cfg: IntrospectionConfig,
+    plugins: list[str] | None = None,
+    progress: Progress | None = None,
+    baseline: bool = False,
+) -> dict[str, Any]:
     """Introspect VM ``vm`` (UUID or name). Raises ``acquire.AcquireError`` (``DomainGone``),
     ``volatility.VolatilityError`` (``NoSymbols``, ``VolatilityTimeout``) or ``ValueError``."""
     say = progress or (lambda _m: None)
@@ -86,7 +97,9 @@ def introspect(conn: Any, vm: str, metrics: list[str], cfg: IntrospectionConfig,
     dump = acquire.dump_memory(conn, vm, cfg.dump_dir, keep=cfg.keep_dumps)
     say({"stage": "dumped", "seconds": round(dump.seconds, 3), "bytes": dump.size, "notes": dump.notes})
     with dump:
-        analysis = analyse(dump.path, chosen, cfg.volatility, progress=lambda m: say(dict(m, stage="volatility-" + m.get("stage", ""))))
+        analysis = analyse(
+            dump.path, chosen, cfg.volatility, progress=lambda m: say(dict(m, stage="volatility-" + m.get("stage", "")))
+        )
     result: dict[str, Any] = {
         "vm_uuid": dump.vm_uuid,
         "vm_name": dump.vm_name,
@@ -114,7 +127,8 @@ def introspect(conn: Any, vm: str, metrics: list[str], cfg: IntrospectionConfig,
         top = ranked[0] if ranked else None
         result["summary"] = (
             f"top suspect in {dump.vm_name}: {top.name} (pid {top.pid}): {'; '.join(top.evidence) or 'no evidence'}"
-            if top else f"no suspect found in {dump.vm_name}"
+            if top
+            else f"no suspect found in {dump.vm_name}"
         ) + ("" if base else " (no baseline to compare with)")
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result

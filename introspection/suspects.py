@@ -76,8 +76,10 @@ def _plugin_rows(analysis: dict[str, Any], name: str) -> list[dict[str, Any]] | 
 
 
 def _socket_key(r: dict[str, Any]) -> tuple:
-    return tuple(str(r.get(k)) for k in ("Family", "Type", "Proto", "Source Addr", "Source Port",
-                                          "Destination Addr", "Destination Port"))
+    return tuple(
+        str(r.get(k))
+        for k in ("Family", "Type", "Proto", "Source Addr", "Source Port", "Destination Addr", "Destination Port")
+    )
 
 
 def _socket_text(r: dict[str, Any]) -> str:
@@ -95,8 +97,12 @@ def _maps_size(rows: list[dict[str, Any]]) -> int:
     return total
 
 
-def rank(current: dict[str, Any], baseline: dict[str, Any] | None = None, blamed_metrics: list[str] | None = None,
-         limit: int = 10) -> list[Suspect]:
+def rank(
+    current: dict[str, Any],
+    baseline: dict[str, Any] | None = None,
+    blamed_metrics: list[str] | None = None,
+    limit: int = 10,
+) -> list[Suspect]:
     """Suspects in ``current`` (an :class:`~atomwatch.introspection.volatility.Analysis` as dict), most
     suspicious first; ``baseline`` is the same VM's analysis when it was healthy."""
     from .plugins_choice import family
@@ -174,8 +180,18 @@ def rank(current: dict[str, Any], baseline: dict[str, Any] | None = None, blamed
                 growth = size / prev_size - 1.0
                 score += W_MAPS * min(growth, 3.0)
                 evidence.append(f"mapped memory grew {prev_size >> 20} → {size >> 20} MiB (+{growth:.0%})")
-        suspects.append(Suspect(pid=pid, name=p["comm"], start_time=start, score=round(score, 4), evidence=evidence,
-                                cmdline=args.get(pid), ppid=p.get("ppid"), facts=facts))
+        suspects.append(
+            Suspect(
+                pid=pid,
+                name=p["comm"],
+                start_time=start,
+                score=round(score, 4),
+                evidence=evidence,
+                cmdline=args.get(pid),
+                ppid=p.get("ppid"),
+                facts=facts,
+            )
+        )
     if baseline is not None:
         suspects = _fold_new_descendants(suspects)
     suspects.sort(key=lambda s: (-s.score, -(s.start_time or 0.0)))
@@ -218,6 +234,7 @@ def _fold_new_descendants(suspects: list[Suspect]) -> list[Suspect]:
         kinds = ", ".join(f"{n} ×{c}" for n, c in sorted(names.items()))
         root.evidence.append(f"{len(kids)} new descendant process(es) ({kinds})")
         for k in kids:
-            root.evidence.extend(f"{k.name} {k.pid}: {e}" for e in k.evidence
-                                 if "socket" in e or "CPU" in e or "mapped" in e)
+            root.evidence.extend(
+                f"{k.name} {k.pid}: {e}" for e in k.evidence if "socket" in e or "CPU" in e or "mapped" in e
+            )
     return kept

@@ -127,19 +127,36 @@ class Analysis:
         return list(self.plugins.get(plugin, {}).get("rows", []))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"banner": self.banner, "plugins": self.plugins, "tasks": self.tasks, "timings": self.timings,
-                "seconds": self.seconds, "workers": self.workers}
+        return {
+            "banner": self.banner,
+            "plugins": self.plugins,
+            "tasks": self.tasks,
+            "timings": self.timings,
+            "seconds": self.seconds,
+            "workers": self.workers,
+        }
 
 
-def _run_worker(image: Path, plugins: list[str], cfg: VolatilityConfig, progress: Progress | None,
-                deadline: float) -> dict[str, Any]:
+def _run_worker(
+    image: Path, plugins: list[str], cfg: VolatilityConfig, progress: Progress | None, deadline: float
+) -> dict[str, Any]:
     cache = cfg.cache()
     os.makedirs(cache, mode=0o700, exist_ok=True)
-    request = {"image": str(image), "plugins": plugins, "symbol_dirs": cfg.symbol_dirs, "cache_dir": cache,
-               "memory_limit": cfg.memory_limit, "validate_isf": cfg.validate_isf}
+    request = {
+        "image": str(image),
+        "plugins": plugins,
+        "symbol_dirs": cfg.symbol_dirs,
+        "cache_dir": cache,
+        "memory_limit": cfg.memory_limit,
+        "validate_isf": cfg.validate_isf,
+    }
     proc = subprocess.Popen(
-        [cfg.python, "-m", "atomwatch.introspection.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True, text=True,
+        [cfg.python, "-m", "atomwatch.introspection.worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
     )
     final: dict[str, Any] | None = None
     stderr_tail: list[str] = []
@@ -181,7 +198,9 @@ def _run_worker(image: Path, plugins: list[str], cfg: VolatilityConfig, progress
         except ProcessLookupError:
             pass
         proc.wait()
-        raise VolatilityTimeout(f"Volatility ({', '.join(plugins)}) overran its {cfg.timeout:g} s limit and was killed") from None
+        raise VolatilityTimeout(
+            f"Volatility ({', '.join(plugins)}) overran its {cfg.timeout:g} s limit and was killed"
+        ) from None
     for t in readers:
         t.join(5)
     if final is None:
@@ -196,8 +215,13 @@ def _run_worker(image: Path, plugins: list[str], cfg: VolatilityConfig, progress
     return final
 
 
-def analyse(image: Path, plugins: list[str], cfg: VolatilityConfig | None = None, progress: Progress | None = None,
-            one_image: bool = True) -> Analysis:
+def analyse(
+    image: Path,
+    plugins: list[str],
+    cfg: VolatilityConfig | None = None,
+    progress: Progress | None = None,
+    one_image: bool = True,
+) -> Analysis:
     """Run ``plugins`` over the memory image; one worker for all (``one_image``) or one each.
 
     Raises :class:`NoSymbols`, :class:`VolatilityTimeout` or :class:`VolatilityError`."""
@@ -218,5 +242,11 @@ def analyse(image: Path, plugins: list[str], cfg: VolatilityConfig | None = None
         merged["tasks"] = merged["tasks"] or res.get("tasks", [])
         for k, v in res.get("timings", {}).items():
             merged["timings"][k] = round(merged["timings"].get(k, 0.0) + v, 3)
-    return Analysis(merged["banner"], merged["plugins"], merged["tasks"], merged["timings"],
-                    round(time.monotonic() - t0, 3), len(batches))
+    return Analysis(
+        merged["banner"],
+        merged["plugins"],
+        merged["tasks"],
+        merged["timings"],
+        round(time.monotonic() - t0, 3),
+        len(batches),
+    )

@@ -126,12 +126,17 @@ def task_facts(ctx: Any, kernel_name: str) -> list[dict[str, Any]]:
                     start = int(task.member(member)) / 1e9
                     break
             cpu = (int(task.utime) + int(task.stime)) / 1e9
-            out.append({
-                "pid": int(task.tgid), "tid": int(task.pid), "ppid": int(task.get_parent_pid()),
-                "comm": task.comm.cast("string", max_length=16, errors="replace"),
-                "start_s": round(start, 6) if start is not None else None, "cpu_s": round(cpu, 6),
-                "kernel_thread": bool(task.is_kernel_thread),
-            })
+            out.append(
+                {
+                    "pid": int(task.tgid),
+                    "tid": int(task.pid),
+                    "ppid": int(task.get_parent_pid()),
+                    "comm": task.comm.cast("string", max_length=16, errors="replace"),
+                    "start_s": round(start, 6) if start is not None else None,
+                    "cpu_s": round(cpu, 6),
+                    "kernel_thread": bool(task.is_kernel_thread),
+                }
+            )
         except Exception:  # one smeared task_struct must not lose the others
             continue
     return out
@@ -229,16 +234,25 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
             ctx.config.splice(path + ".kernel", kernel_cfg)
             ctx.config[path + ".kernel"] = kernel_name
         try:
-            plugin = plugins.construct_plugin(ctx, automagic.choose_automagic(available, cls), cls, "plugins", None, None)
+            plugin = plugins.construct_plugin(
+                ctx, automagic.choose_automagic(available, cls), cls, "plugins", None, None
+            )
         except exceptions.UnsatisfiedException as e:
             if kernel_cfg is None:
                 banner = find_banner(image)
                 unsatisfied = ", ".join(sorted(e.unsatisfied))
                 if banner is None:
-                    return {"event": "error", "kind": "no-kernel",
-                            "message": f"no Linux kernel banner in {image}: not a Linux memory image? ({unsatisfied})"}
-                return {"event": "error", "kind": "no-symbols", "banner": banner,
-                        "message": f"no symbol table for banner {banner!r} in {', '.join(req['symbol_dirs'])}"}
+                    return {
+                        "event": "error",
+                        "kind": "no-kernel",
+                        "message": f"no Linux kernel banner in {image}: not a Linux memory image? ({unsatisfied})",
+                    }
+                return {
+                    "event": "error",
+                    "kind": "no-symbols",
+                    "banner": banner,
+                    "message": f"no symbol table for banner {banner!r} in {', '.join(req['symbol_dirs'])}",
+                }
             results[name] = {"error": f"requirements not met: {', '.join(sorted(e.unsatisfied))}", "rows": []}
             continue
         if kernel_cfg is None:
@@ -262,13 +276,26 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         except Exception as e:  # one plugin failing must not lose the others
             results[name] = {"error": f"{type(e).__name__}: {e}", "rows": []}
         timings[name] = round(time.monotonic() - t1, 3)
-        emit({"event": "progress", "stage": "done", "plugin": name, "rows": len(results[name]["rows"]),
-              "seconds": timings[name]})
+        emit(
+            {
+                "event": "progress",
+                "stage": "done",
+                "plugin": name,
+                "rows": len(results[name]["rows"]),
+                "seconds": timings[name],
+            }
+        )
     t2 = time.monotonic()
     tasks = task_facts(ctx, kernel_name) if kernel_name else []
     timings["tasks"] = round(time.monotonic() - t2, 3)
-    return {"event": "result", "banner": banner, "plugins": results, "tasks": tasks, "timings": timings,
-            "seconds": round(time.monotonic() - t_start, 3)}
+    return {
+        "event": "result",
+        "banner": banner,
+        "plugins": results,
+        "tasks": tasks,
+        "timings": timings,
+        "seconds": round(time.monotonic() - t_start, 3),
+    }
 
 
 def main() -> int:
@@ -283,15 +310,26 @@ def main() -> int:
     try:
         emit(run(req))
     except MemoryError:
-        emit({"event": "error", "kind": "memory",
-              "message": f"Volatility ran out of its memory limit ({req.get('memory_limit', 0) >> 20} MiB)"})
+        emit(
+            {
+                "event": "error",
+                "kind": "memory",
+                "message": f"Volatility ran out of its memory limit ({req.get('memory_limit', 0) >> 20} MiB)",
+            }
+        )
         return 1
     except LookupError as e:
         emit({"event": "error", "kind": "bad-plugin", "message": str(e)})
         return 1
     except Exception as e:
-        emit({"event": "error", "kind": "volatility", "message": f"{type(e).__name__}: {e}",
-              "traceback": traceback.format_exc(limit=8)})
+        emit(
+            {
+                "event": "error",
+                "kind": "volatility",
+                "message": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(limit=8),
+            }
+        )
         return 1
     return 0
 

@@ -160,8 +160,21 @@ def build(kernel_deb: Path | None, out: Path) -> Image:
             raise BuildError(f"--kernel-deb {kernel_deb}: modules {missing} not found under {moddir}")
 
         root = tmpd / "root"
-        for d in ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "proc", "sys", "dev", "tmp", "run",
-                  "etc/lab", "lib/modules/lab", "var"):
+        for d in (
+            "bin",
+            "sbin",
+            "usr/bin",
+            "usr/sbin",
+            "usr/local/bin",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "run",
+            "etc/lab",
+            "lib/modules/lab",
+            "var",
+        ):
             (root / d).mkdir(parents=True, exist_ok=True)
         _copy_into(root, Path(BUSYBOX), "/bin/busybox", 0o755)
         (root / "bin" / "sh").symlink_to("busybox")

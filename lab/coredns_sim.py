@@ -68,7 +68,13 @@ NORMAL_QMIX: dict[str, float] = {
     "ANY": 0.002, "HTTPS": 0.08, "CNAME": 0.01, "NS": 0.008, "SOA": 0.01,
 }  # fmt: skip
 #: normal rcode mix of answers (sums to 1)
-NORMAL_RMIX: dict[str, float] = {"NOERROR": 0.944, "NXDOMAIN": 0.05, "SERVFAIL": 0.002, "REFUSED": 0.003, "FORMERR": 0.001}
+NORMAL_RMIX: dict[str, float] = {
+    "NOERROR": 0.944,
+    "NXDOMAIN": 0.05,
+    "SERVFAIL": 0.002,
+    "REFUSED": 0.003,
+    "FORMERR": 0.001,
+}
 #: median response size (bytes) of a NOERROR answer per qtype
 SIZE_MEDIAN: dict[str, float] = {
     "A": 80, "AAAA": 100, "PTR": 110, "MX": 140, "TXT": 260, "SRV": 180,
@@ -164,7 +170,9 @@ class _Stream:
 @dataclass
 class _Counters:
     requests: np.ndarray = field(default_factory=lambda: np.zeros((len(QTYPES), 2, 2)))  # qtype × proto × family
-    responses: np.ndarray = field(default_factory=lambda: np.zeros((len(RCODES), 3)))  # rcode × plugin(cache, forward, "")
+    responses: np.ndarray = field(
+        default_factory=lambda: np.zeros((len(RCODES), 3))
+    )  # rcode × plugin(cache, forward, "")
     duration: np.ndarray = field(default_factory=lambda: np.zeros(len(TIME_BUCKETS) + 1))  # per bucket, last = +Inf
     duration_sum: float = 0.0
     req_size: np.ndarray = field(default_factory=lambda: np.zeros((2, len(SIZE_BUCKETS) + 1)))
@@ -256,7 +264,13 @@ class CorednsSimulator:
         if "nxdomain-flood" in act:
             n = int(rng.poisson(2.5 * cfg.base_qps * act["nxdomain-flood"] * dt))
             streams.append(
-                _Stream(n, _probs({"A": 0.8, "AAAA": 0.2}, QTYPES), _probs({"NXDOMAIN": 1.0}, RCODES), 0.0, upstream_factor=2.5)
+                _Stream(
+                    n,
+                    _probs({"A": 0.8, "AAAA": 0.2}, QTYPES),
+                    _probs({"NXDOMAIN": 1.0}, RCODES),
+                    0.0,
+                    upstream_factor=2.5,
+                )
             )
         if "amplification" in act:
             n = int(rng.poisson(1.5 * cfg.base_qps * act["amplification"] * dt))
@@ -264,7 +278,15 @@ class CorednsSimulator:
             size[_Q["ANY"]], size[_Q["TXT"]] = 5.0, 7.0
             tcp = np.full(len(QTYPES), 0.01)
             streams.append(
-                _Stream(n, _probs({"ANY": 0.75, "TXT": 0.25}, QTYPES), _probs({"NOERROR": 1.0}, RCODES), 0.95, size, 1.0, tcp)
+                _Stream(
+                    n,
+                    _probs({"ANY": 0.75, "TXT": 0.25}, QTYPES),
+                    _probs({"NOERROR": 1.0}, RCODES),
+                    0.95,
+                    size,
+                    1.0,
+                    tcp,
+                )
             )
         if "cache-busting" in act:
             n = int(rng.poisson(1.5 * cfg.base_qps * act["cache-busting"] * dt))
@@ -278,7 +300,9 @@ class CorednsSimulator:
                 self._queries(s, fail)
         # cache entries drift towards a size set by the miss rate (capacity 9984 per type)
         c = self.c
-        c.cache_entries = np.minimum(9984.0, c.cache_entries * (1 - dt / 600.0) + dt / 600.0 * np.array([2500.0, 300.0]))
+        c.cache_entries = np.minimum(
+            9984.0, c.cache_entries * (1 - dt / 600.0) + dt / 600.0 * np.array([2500.0, 300.0])
+        )
         if rng.random() < 1e-5 * dt:
             c.panics += 1
 
@@ -316,9 +340,13 @@ class CorednsSimulator:
         c.duration_sum += float(lat.sum())
         for p in (0, 1):
             m = tcp == p
-            c.resp_size[p] += np.bincount(np.searchsorted(SIZE_BUCKETS, size[m], side="left"), minlength=len(SIZE_BUCKETS) + 1)
+            c.resp_size[p] += np.bincount(
+                np.searchsorted(SIZE_BUCKETS, size[m], side="left"), minlength=len(SIZE_BUCKETS) + 1
+            )
             c.resp_size_sum[p] += float(size[m].sum())
-            c.req_size[p] += np.bincount(np.searchsorted(SIZE_BUCKETS, req_size[m], side="left"), minlength=len(SIZE_BUCKETS) + 1)
+            c.req_size[p] += np.bincount(
+                np.searchsorted(SIZE_BUCKETS, req_size[m], side="left"), minlength=len(SIZE_BUCKETS) + 1
+            )
             c.req_size_sum[p] += float(req_size[m].sum())
         c.cache_hits[0] += float((hit & (r != _R["NXDOMAIN"])).sum())
         c.cache_hits[1] += float((hit & (r == _R["NXDOMAIN"])).sum())
@@ -378,24 +406,44 @@ class _Renderer:
         view = {"view": ""} if self.fmt == "1.11" else {}
         sz = {"server": SERVER, "zone": ZONE, **view}
         c = self.c
-        self.family("coredns_build_info", "gauge", "A metric with a constant '1' value labeled by version, revision, and goversion from which CoreDNS was built.")
-        self.sample("coredns_build_info", 1, goversion="go1.21.0", revision="atomwatch-simulator", version=VERSION_OF_FORMAT[self.fmt])
+        self.family(
+            "coredns_build_info",
+            "gauge",
+            "A metric with a constant '1' value labeled by version, revision, and goversion from which CoreDNS was built.",
+        )
+        self.sample(
+            "coredns_build_info",
+            1,
+            goversion="go1.21.0",
+            revision="atomwatch-simulator",
+            version=VERSION_OF_FORMAT[self.fmt],
+        )
         panics = "coredns_panics_total" if new else "coredns_panic_count_total"
         self.family(panics, "counter", "A metrics that counts the number of panics.")
         self.sample(panics, c.panics)
         # requests
         if new:
-            self.family("coredns_dns_requests_total", "counter", "Counter of DNS requests made per zone, protocol and family.")
+            self.family(
+                "coredns_dns_requests_total", "counter", "Counter of DNS requests made per zone, protocol and family."
+            )
             for (qi, p, f), v in np.ndenumerate(c.requests):
                 if v > 0:
-                    self.sample("coredns_dns_requests_total", v, **sz, proto=PROTOS[p], family=str(f + 1), type=QTYPES[qi])
+                    self.sample(
+                        "coredns_dns_requests_total", v, **sz, proto=PROTOS[p], family=str(f + 1), type=QTYPES[qi]
+                    )
         else:
-            self.family("coredns_dns_request_count_total", "counter", "Counter of DNS requests made per zone, protocol and family.")
+            self.family(
+                "coredns_dns_request_count_total",
+                "counter",
+                "Counter of DNS requests made per zone, protocol and family.",
+            )
             pf = c.requests.sum(axis=0)
             for (p, f), v in np.ndenumerate(pf):
                 if v > 0:
                     self.sample("coredns_dns_request_count_total", v, **sz, proto=PROTOS[p], family=str(f + 1))
-            self.family("coredns_dns_request_type_count_total", "counter", "Counter of DNS requests per type, per zone.")
+            self.family(
+                "coredns_dns_request_type_count_total", "counter", "Counter of DNS requests per type, per zone."
+            )
             for qi, v in enumerate(c.requests.sum(axis=(1, 2))):
                 if v > 0:
                     self.sample("coredns_dns_request_type_count_total", v, **sz, type=QTYPES[qi])
@@ -418,16 +466,34 @@ class _Renderer:
                 if v > 0:
                     self.sample("coredns_dns_response_rcode_count_total", v, **sz, rcode=RCODES[ri])
         # histograms
-        self.family("coredns_dns_request_duration_seconds", "histogram", "Histogram of the time (in seconds) each request took.")
+        self.family(
+            "coredns_dns_request_duration_seconds", "histogram", "Histogram of the time (in seconds) each request took."
+        )
         self.histogram("coredns_dns_request_duration_seconds", c.duration, TIME_BUCKETS, c.duration_sum, **sz)
-        self.family("coredns_dns_request_size_bytes", "histogram", "Size of the EDNS0 UDP buffer in bytes (64K for TCP).")
+        self.family(
+            "coredns_dns_request_size_bytes", "histogram", "Size of the EDNS0 UDP buffer in bytes (64K for TCP)."
+        )
         for p in (0, 1):
             if c.req_size[p].sum() > 0:
-                self.histogram("coredns_dns_request_size_bytes", c.req_size[p], SIZE_BUCKETS, c.req_size_sum[p], **sz, proto=PROTOS[p])
+                self.histogram(
+                    "coredns_dns_request_size_bytes",
+                    c.req_size[p],
+                    SIZE_BUCKETS,
+                    c.req_size_sum[p],
+                    **sz,
+                    proto=PROTOS[p],
+                )
         self.family("coredns_dns_response_size_bytes", "histogram", "Size of the returned response in bytes.")
         for p in (0, 1):
             if c.resp_size[p].sum() > 0:
-                self.histogram("coredns_dns_response_size_bytes", c.resp_size[p], SIZE_BUCKETS, c.resp_size_sum[p], **sz, proto=PROTOS[p])
+                self.histogram(
+                    "coredns_dns_response_size_bytes",
+                    c.resp_size[p],
+                    SIZE_BUCKETS,
+                    c.resp_size_sum[p],
+                    **sz,
+                    proto=PROTOS[p],
+                )
         self._cache()
         self._forward()
         return "\n".join(self.lines) + "\n"
@@ -450,7 +516,11 @@ class _Renderer:
         for i, tname in enumerate(types):
             if c.cache_hits[i] > 0:
                 self.sample("coredns_cache_hits_total", c.cache_hits[i], **base, type=tname)
-        self.family("coredns_cache_misses_total", "counter", "The count of cache misses. Deprecated, derive misses from cache hits/requests counters.")
+        self.family(
+            "coredns_cache_misses_total",
+            "counter",
+            "The count of cache misses. Deprecated, derive misses from cache hits/requests counters.",
+        )
         self.sample("coredns_cache_misses_total", c.cache_misses, **base)
 
     def _forward(self) -> None:
@@ -460,12 +530,26 @@ class _Renderer:
             self.family(name, "histogram", "Histogram of the time each request took.")
             for (ui, ri), total in np.ndenumerate(c.upstream_sum):
                 if c.upstream[ui, ri].sum() > 0:
-                    self.histogram(name, c.upstream[ui, ri], TIME_BUCKETS, total, proxy_name="forward", to=ups[ui].to, rcode=RCODES[ri])
-            self.family("coredns_proxy_healthcheck_failures_total", "counter", "Counter of the number of failed healthchecks.")
+                    self.histogram(
+                        name,
+                        c.upstream[ui, ri],
+                        TIME_BUCKETS,
+                        total,
+                        proxy_name="forward",
+                        to=ups[ui].to,
+                        rcode=RCODES[ri],
+                    )
+            self.family(
+                "coredns_proxy_healthcheck_failures_total", "counter", "Counter of the number of failed healthchecks."
+            )
             for ui, v in enumerate(c.health_failures):
                 if v > 0:
                     self.sample("coredns_proxy_healthcheck_failures_total", v, proxy_name="forward", to=ups[ui].to)
-            self.family("coredns_forward_healthcheck_broken_total", "counter", "Counter of the number of complete failures of the healthchecks.")
+            self.family(
+                "coredns_forward_healthcheck_broken_total",
+                "counter",
+                "Counter of the number of complete failures of the healthchecks.",
+            )
             self.sample("coredns_forward_healthcheck_broken_total", c.broken)
             return
         old = self.fmt == "1.6.9"
@@ -485,7 +569,9 @@ class _Renderer:
         if old:  # pre-1.7: per upstream only
             for ui in range(len(ups)):
                 if c.upstream[ui].sum() > 0:
-                    self.histogram(dname, c.upstream[ui].sum(axis=0), TIME_BUCKETS, c.upstream_sum[ui].sum(), to=ups[ui].to)
+                    self.histogram(
+                        dname, c.upstream[ui].sum(axis=0), TIME_BUCKETS, c.upstream_sum[ui].sum(), to=ups[ui].to
+                    )
         else:
             for (ui, ri), total in np.ndenumerate(c.upstream_sum):
                 if c.upstream[ui, ri].sum() > 0:
@@ -506,7 +592,9 @@ def check_loopback(host: str) -> str:
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        raise SimulatorError(f"--listen host {host!r}: not an IP address (the simulator binds to 127.0.0.1 only)") from None
+        raise SimulatorError(
+            f"--listen host {host!r}: not an IP address (the simulator binds to 127.0.0.1 only)"
+        ) from None
     if not ip.is_loopback:
         raise SimulatorError(f"--listen host {host!r}: not a loopback address; the simulator binds to 127.0.0.1 only")
     return str(ip)
@@ -630,10 +718,7 @@ def default_schedule(minutes: float, tick: float = 10.0) -> list[Event]:
     def snap(x: float) -> float:
         return round(x / tick) * tick
 
-    return [
-        Event(k, snap(lead + i * slot), max(tick, snap(0.5 * slot)))
-        for i, k in enumerate(DEFAULT_ORDER)
-    ]
+    return [Event(k, snap(lead + i * slot), max(tick, snap(0.5 * slot))) for i, k in enumerate(DEFAULT_ORDER)]
 
 
 def parse_event(text: str) -> Event:
@@ -669,9 +754,9 @@ def record(
 ) -> Recording:
     """Write a labelled recording of ``minutes`` simulated minutes to folder ``out``."""
     from atomwatch import __version__
+    from atomwatch.plugins.coredns.metrics import METRICS, InstanceDeriver
     from atomwatch.series import SeriesKey
     from atomwatch.traces import write_trace
-    from atomwatch.plugins.coredns.metrics import METRICS, InstanceDeriver
 
     if not minutes > 0:
         raise SimulatorError(f"--minutes must be > 0, got {minutes}")

@@ -122,9 +122,7 @@ class GuestSpec:
         return f"52:54:00:77:00:{self.index + 10:02x}"
 
     def xml(self, kernel: Path, initrd: Path) -> str:
-        cmdline = (
-            f"console=ttyS0 panic=-1 quiet mitigations=off atomwatch.ip={self.ip}/24 atomwatch.name={self.name}"
-        )
+        cmdline = f"console=ttyS0 panic=-1 quiet mitigations=off atomwatch.ip={self.ip}/24 atomwatch.name={self.name}"
         e = lambda p: escape(str(p))  # noqa: E731
         return f"""<domain type='{self.domain_type}'>
   <name>{self.name}</name>

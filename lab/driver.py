@@ -89,8 +89,15 @@ class ScenarioDriver:
                 log.warning("%s", e)
                 ok, err = False, str(e)
             self.done.append(
-                {"offset_planned": ev.offset, "offset_done": round(time.monotonic() - self.t0, 3),
-                 "action": ev.action, "workload": ev.attack.workload, "vm": dom.name(), "ok": ok, "error": err}
+                {
+                    "offset_planned": ev.offset,
+                    "offset_done": round(time.monotonic() - self.t0, 3),
+                    "action": ev.action,
+                    "workload": ev.attack.workload,
+                    "vm": dom.name(),
+                    "ok": ok,
+                    "error": err,
+                }
             )
 
     def finish(self) -> None:

@@ -23,7 +23,8 @@ from .paths import default_dir
 #: the pinned guest kernel of the project's shared lab assets (beside the checkout)
 KERNEL_DEB = (
     Path(os.environ.get("ATOMWATCH_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-    / "lab" / "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb"
+    / "lab"
+    / "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb"
 )
 
 PREFIX = "awintro"

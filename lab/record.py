@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from atomwatch.traces import write_trace
 from atomwatch.plugins.libvirt_collector import METRICS, LibvirtCollector
+from atomwatch.traces import write_trace
 
 from . import testbed
 from .domains import DEFAULT_URI, connect
@@ -150,8 +150,7 @@ def _readme(scenario: Scenario, meta: dict) -> str:
         "- `values.csv`: timestamp + one column `<vm>/<metric>` per guest and metric (CPUUtilization %, "
         "NetworkIn/Out bytes/s, DiskRead/WriteOps ops/s, DiskRead/WriteBytes bytes/s, MemoryUtilization %), "
         "read by the libvirt collector each tick; an empty cell was stale (not readable that tick).",
-        "- `labels.csv`: row,timestamp,label,class,vm from the scenario schedule alone: "
-        + meta["labelling"] + ".",
+        "- `labels.csv`: row,timestamp,label,class,vm from the scenario schedule alone: " + meta["labelling"] + ".",
         "- `scenario.json`: the scenario, its parameters and the attack actions as performed.",
         "",
         "Attacks:",

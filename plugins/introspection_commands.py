@@ -39,8 +39,8 @@ from typing import Annotated, Any
 
 import atomwatch
 from atomwatch import Duration, Range
-from atomwatch.types import CommandError
 from atomwatch.introspection.volatility import DEFAULT_SYMBOL_DIRS
+from atomwatch.types import CommandError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ class IntrospectionCommands:
             options = atomwatch.parse_options(OPTIONS_NAME, IntrospectionOptions, options)
         self.uri = options.uri
         volatility = {k: getattr(options, k) for k in ("symbols", "cache", "timeout", "memory_mib", "validate_isf")}
-        kw: dict[str, Any] = {"volatility": VolatilityConfig.from_options({k: v for k, v in volatility.items() if v is not None})}
+        kw: dict[str, Any] = {
+            "volatility": VolatilityConfig.from_options({k: v for k, v in volatility.items() if v is not None})
+        }
         if options.dump_dir:
             kw["dump_dir"] = Path(options.dump_dir)
         if options.keep_dumps is not None:
@@ -110,7 +112,9 @@ class IntrospectionCommands:
             raise AcquireError(f"cannot connect to libvirt at {self.uri}: {e.get_error_message()}") from None
         return self._conn
 
-    async def _threaded(self, fn: Callable[..., Any], progress: Callable[[dict[str, Any]], Awaitable[None]], *args: Any, **kw: Any) -> Any:
+    async def _threaded(
+        self, fn: Callable[..., Any], progress: Callable[[dict[str, Any]], Awaitable[None]], *args: Any, **kw: Any
+    ) -> Any:
         """Run blocking ``fn`` in a thread, relaying its progress callbacks to the event loop."""
         loop = asyncio.get_running_loop()
 
@@ -119,7 +123,9 @@ class IntrospectionCommands:
 
         return await asyncio.to_thread(fn, *args, progress=relay, **kw)
 
-    async def introspect(self, params: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, Any]:
+    async def introspect(
+        self, params: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> dict[str, Any]:
         from dataclasses import replace
 
         from atomwatch.introspection import pipeline
@@ -154,8 +160,16 @@ class IntrospectionCommands:
         async with self.slots:
             try:
                 conn = await asyncio.to_thread(self.conn)
-                return await self._threaded(pipeline.introspect, progress, conn, vm, metrics, cfg, plugins,
-                                            baseline=bool(params.get("baseline")))
+                return await self._threaded(
+                    pipeline.introspect,
+                    progress,
+                    conn,
+                    vm,
+                    metrics,
+                    cfg,
+                    plugins,
+                    baseline=bool(params.get("baseline")),
+                )
             except DomainGone as e:
                 raise CommandError(f"introspect: VM gone: {e}") from None
             except AcquireError as e:
@@ -169,7 +183,9 @@ class IntrospectionCommands:
             except ValueError as e:
                 raise CommandError(f"introspect: {e}") from None
 
-    async def terminate(self, params: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> dict[str, Any]:
+    async def terminate(
+        self, params: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> dict[str, Any]:
         from atomwatch.introspection import guest_agent
         from atomwatch.introspection.acquire import AcquireError, DomainGone, lookup
 
@@ -184,8 +200,11 @@ class IntrospectionCommands:
 
         def work() -> dict[str, Any]:
             dom = lookup(self.conn(), vm)
-            return dict(guest_agent.terminate(dom, pid, name, start, signal=signal, group=group), vm_name=dom.name(),
-                        vm_uuid=dom.UUIDString())
+            return dict(
+                guest_agent.terminate(dom, pid, name, start, signal=signal, group=group),
+                vm_name=dom.name(),
+                vm_uuid=dom.UUIDString(),
+            )
 
         try:
             await progress({"stage": "terminating", "vm": vm, "pid": pid, "name": name})
@@ -202,8 +221,9 @@ class IntrospectionCommands:
 def register_agent_commands(config: Any) -> dict[str, Any] | None:
     # a bad option is the operator's mistake (ConfigError: the agent does not start); a symbol
     # directory that is not one is this host's (the commands refuse, saying why)
-    options = atomwatch.parse_options(OPTIONS_NAME, IntrospectionOptions,
-                                      config.plugin_options(OPTIONS_NAME) if config is not None else {})
+    options = atomwatch.parse_options(
+        OPTIONS_NAME, IntrospectionOptions, config.plugin_options(OPTIONS_NAME) if config is not None else {}
+    )
     if not options.enabled:
         return None
     try:
@@ -217,6 +237,9 @@ def register_agent_commands(config: Any) -> dict[str, Any] | None:
 
         return {"introspect": refuse, "terminate": refuse}
     if not cmds.cfg.volatility.symbol_dirs:
-        log.info("introspection: no symbol directory (%s does not exist): 'introspect' will refuse until one is given "
-                 "(--set introspection.symbols=DIR or ATOMWATCH_SYMBOLS); 'terminate' works", ", ".join(DEFAULT_SYMBOL_DIRS))
+        log.info(
+            "introspection: no symbol directory (%s does not exist): 'introspect' will refuse until one is given "
+            "(--set introspection.symbols=DIR or ATOMWATCH_SYMBOLS); 'terminate' works",
+            ", ".join(DEFAULT_SYMBOL_DIRS),
+        )
     return {"introspect": cmds.introspect, "terminate": cmds.terminate}

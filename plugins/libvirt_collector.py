@@ -43,16 +43,16 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import atomwatch
 from atomwatch import Check, Duration, Range
-from atomwatch.series import METRIC_UNITS
 from atomwatch.config import ConfigError
-from atomwatch.series import SeriesKey
+from atomwatch.series import METRIC_UNITS, SeriesKey
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,9 @@ def collector_from_options(opts: dict[str, Any] | LibvirtOptions, default_budget
 @atomwatch.hookimpl
 def register_collectors(config) -> list[LibvirtCollector] | None:
     """Run the libvirt collector when libvirt-python imports and the URI connects; else warn once."""
-    opts = atomwatch.parse_options("libvirt", LibvirtOptions, config.plugin_options("libvirt") if config is not None else {})
+    opts = atomwatch.parse_options(
+        "libvirt", LibvirtOptions, config.plugin_options("libvirt") if config is not None else {}
+    )
     if not opts.enabled:
         log.info("libvirt collector disabled (libvirt.enabled=false)")
         return None

@@ -40,8 +40,9 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Annotated, Any, Awaitable
+from typing import Annotated, Any
 
 import atomwatch
 from atomwatch import Alarm, CommandFailed, ControllerHandle, Duration, Range
@@ -131,9 +132,15 @@ class Orchestrator:
         now = time.monotonic()
         last = self.last_vm.get(vm)
         if last is not None and now - last < self.opts.rate_limit:
-            self.note(alarm.id, "introspection skipped", {
-                "vm_uuid": vm, "vm_name": vm_name,
-                "why": f"VM introspected {now - last:.0f} s ago; rate limit {self.opts.rate_limit:g} s per VM"})
+            self.note(
+                alarm.id,
+                "introspection skipped",
+                {
+                    "vm_uuid": vm,
+                    "vm_name": vm_name,
+                    "why": f"VM introspected {now - last:.0f} s ago; rate limit {self.opts.rate_limit:g} s per VM",
+                },
+            )
             return
         self.last_vm[vm] = now
         task = asyncio.current_task()
@@ -151,12 +158,27 @@ class Orchestrator:
         t0 = time.monotonic()
         try:
             result = await self.handle.send_command(
-                alarm.site, alarm.host, "introspect", params, timeout=self.opts.introspect_timeout,
-                on_progress=lambda r: log.info("alarm %s introspection: %s", alarm.id, r.result))
+                alarm.site,
+                alarm.host,
+                "introspect",
+                params,
+                timeout=self.opts.introspect_timeout,
+                on_progress=lambda r: log.info("alarm %s introspection: %s", alarm.id, r.result),
+            )
         except CommandFailed as e:
-            self.handle.add_findings(alarm.id, ACTOR, {
-                "kind": "introspection-failed", "summary": str(e), "error": str(e), "vm_uuid": vm, "vm_name": vm_name,
-                "metrics": metrics, "seconds": round(time.monotonic() - t0, 3)})
+            self.handle.add_findings(
+                alarm.id,
+                ACTOR,
+                {
+                    "kind": "introspection-failed",
+                    "summary": str(e),
+                    "error": str(e),
+                    "vm_uuid": vm,
+                    "vm_name": vm_name,
+                    "metrics": metrics,
+                    "seconds": round(time.monotonic() - t0, 3),
+                },
+            )
             return None
         finding = {
             "kind": "introspection",
@@ -193,8 +215,12 @@ class Orchestrator:
             return
         top = finding["suspects"][0]
         if alarm.detector in self.opts.auto_detectors and top.get("name") in self.opts.auto_processes:
-            self.note(alarm_id, "automatic termination allowed by policy", {
-                "detector": alarm.detector, "process": top.get("name"), "pid": top.get("pid")}, actor="policy")
+            self.note(
+                alarm_id,
+                "automatic termination allowed by policy",
+                {"detector": alarm.detector, "process": top.get("name"), "pid": top.get("pid")},
+                actor="policy",
+            )
             await self.terminate(alarm_id, None, actor="policy")
 
     async def on_verdict(self, alarm: Alarm, verdict: str, actor: str, params: dict[str, Any]) -> None:
@@ -211,7 +237,9 @@ class Orchestrator:
         alarm = self.handle.get_alarm(alarm_id)
         finding = self.latest_introspection(alarm_id)
         if finding is None or not finding.get("suspects"):
-            self.note(alarm_id, "termination not possible", {"why": "no introspection findings with suspects on this alarm"})
+            self.note(
+                alarm_id, "termination not possible", {"why": "no introspection findings with suspects on this alarm"}
+            )
             return False
         suspects = finding["suspects"]
         if pid is None:
@@ -224,32 +252,57 @@ class Orchestrator:
                 return False
             target = next((s for s in suspects if s.get("pid") == pid), None)
             if target is None:
-                self.note(alarm_id, "termination not possible", {
-                    "why": f"pid {pid} is not among the suspects of the finding ({', '.join(str(s.get('pid')) for s in suspects)})"},
-                    actor=actor)
+                self.note(
+                    alarm_id,
+                    "termination not possible",
+                    {
+                        "why": f"pid {pid} is not among the suspects of the finding ({', '.join(str(s.get('pid')) for s in suspects)})"
+                    },
+                    actor=actor,
+                )
                 return False
-        params = {"vm": finding.get("vm_uuid"), "vm_name": finding.get("vm_name"), "pid": target["pid"],
-                  "name": target["name"], "start_time": target.get("start_time"),
-                  # a suspect whose new descendants were folded into it goes with its process group
-                  "group": bool((target.get("facts") or {}).get("descendants"))}
+        params = {
+            "vm": finding.get("vm_uuid"),
+            "vm_name": finding.get("vm_name"),
+            "pid": target["pid"],
+            "name": target["name"],
+            "start_time": target.get("start_time"),
+            # a suspect whose new descendants were folded into it goes with its process group
+            "group": bool((target.get("facts") or {}).get("descendants")),
+        }
         if self.opts.dry_run:
             self.note(alarm_id, "dry run: would terminate", params, actor=actor)
             return False
         self.note(alarm_id, "termination requested", params, actor=actor)
         try:
-            result = await self.handle.send_command(alarm.site, alarm.host, "terminate", params,
-                                                    timeout=self.opts.terminate_timeout)
+            result = await self.handle.send_command(
+                alarm.site, alarm.host, "terminate", params, timeout=self.opts.terminate_timeout
+            )
         except CommandFailed as e:
             text = str(e)
             refused = "refused:" in text
-            self.handle.add_findings(alarm_id, ACTOR, {
-                "kind": "termination-refused" if refused else "termination-failed", "summary": text, "error": text,
-                "target": params})
+            self.handle.add_findings(
+                alarm_id,
+                ACTOR,
+                {
+                    "kind": "termination-refused" if refused else "termination-failed",
+                    "summary": text,
+                    "error": text,
+                    "target": params,
+                },
+            )
             return False
-        self.handle.add_findings(alarm_id, ACTOR, {
-            "kind": "termination", "summary": f"terminated {target['name']} (pid {target['pid']}) in "
-                                              f"{finding.get('vm_name')}: {result.get('verified')}",
-            "target": params, "result": result})
+        self.handle.add_findings(
+            alarm_id,
+            ACTOR,
+            {
+                "kind": "termination",
+                "summary": f"terminated {target['name']} (pid {target['pid']}) in "
+                f"{finding.get('vm_name')}: {result.get('verified')}",
+                "target": params,
+                "result": result,
+            },
+        )
         await self.watch_and_close(alarm_id)
         return True
 
@@ -273,12 +326,19 @@ class Orchestrator:
                 if under >= self.opts.settle_rows:
                     current = self.handle.get_alarm(alarm_id)
                     if current.state != "closed":
-                        self.handle.close_alarm(alarm_id, ACTOR, "terminated", {
-                            "score": spe, "threshold": q, "measure": measure, "row": row, "rows_under": under})
+                        self.handle.close_alarm(
+                            alarm_id,
+                            ACTOR,
+                            "terminated",
+                            {"score": spe, "threshold": q, "measure": measure, "row": row, "rows_under": under},
+                        )
                     return
             await asyncio.sleep(self.opts.watch_interval)
-        self.note(alarm_id, "still abnormal after termination", {
-            "watched_s": self.opts.watch_timeout, "last_score": spe, "last_threshold": q, "measure": measure})
+        self.note(
+            alarm_id,
+            "still abnormal after termination",
+            {"watched_s": self.opts.watch_timeout, "last_score": spe, "last_threshold": q, "measure": measure},
+        )
 
 
 _ORCHESTRATORS: weakref.WeakKeyDictionary[ControllerHandle, Orchestrator] = weakref.WeakKeyDictionary()

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 class ReplayCollector:
     name = "replay"
 
-    def __init__(self, trace: str, speed: float = 1.0, loop: bool = False, delta: float | None = None, delta_rel: float = 0.01):
+    def __init__(
+        self, trace: str, speed: float = 1.0, loop: bool = False, delta: float | None = None, delta_rel: float = 0.01
+    ):
         if not speed > 0:
             raise ConfigError(f"replay.speed must be > 0, got {speed!r}")
         try:
@@ -103,6 +105,8 @@ def register_collectors(config):
     opts = atomwatch.parse_options("replay", ReplayOptions, config.plugin_options("replay"))
     if not opts.trace:
         return None
-    collector = ReplayCollector(opts.trace, speed=opts.speed, loop=opts.loop, delta=opts.delta, delta_rel=opts.delta_rel)
+    collector = ReplayCollector(
+        opts.trace, speed=opts.speed, loop=opts.loop, delta=opts.delta, delta_rel=opts.delta_rel
+    )
     log.info("replaying %s: %d rows × %d series", collector.trace.path, collector.trace.rows, len(collector.keys))
     return [collector]

@@ -13,19 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from conftest import DATA
 
+from atomwatch import protocol
 from atomwatch.agent.config import AgentConfig
 from atomwatch.agent.runtime import Agent
-from atomwatch import protocol
 from atomwatch.config import BrokerAddress
+from atomwatch.controller.app import Controller
+from atomwatch.controller.config import ControllerConfig
 from atomwatch.pluginmanager import PluginManager
 from atomwatch.series import SeriesKey
 from atomwatch.traces import read_trace, write_trace
-from atomwatch.controller.app import Controller
-from atomwatch.controller.config import ControllerConfig
-
-from conftest import DATA
-
 
 #: The libvirt collector's Δ for the lab tests. The defaults (CPU 2 %, network 1 KiB/s, disk ops 2/s)
 #: suit production guests; the lab's normal work is small (CPU std ≈ 0.8 %, network ≈ 340 B/s,
@@ -40,8 +38,12 @@ def lab_delta_args() -> list[str]:
     """LAB_DELTAS as the offline commands' ``--delta METRIC=Δ`` arguments (one per metric)."""
     from atomwatch.plugins.libvirt_collector import DELTA_OPTIONS
 
-    return [arg for option, delta in LAB_DELTAS.items() for metric in DELTA_OPTIONS[option]
-            for arg in ("--delta", f"{metric}={delta:g}")]
+    return [
+        arg
+        for option, delta in LAB_DELTAS.items()
+        for metric in DELTA_OPTIONS[option]
+        for arg in ("--delta", f"{metric}={delta:g}")
+    ]
 
 
 def plugin_manager(*names: str) -> PluginManager:
@@ -103,8 +105,15 @@ class Pipeline:
             await asyncio.sleep(0.02)
 
 
-def live_pipeline(broker_url: str, site: str, plugins: tuple[str, ...] | list[str], options: dict[str, Any],
-                  detectors: list[str], agent_tick: float, controller_tick: float) -> Pipeline:
+def live_pipeline(
+    broker_url: str,
+    site: str,
+    plugins: tuple[str, ...] | list[str],
+    options: dict[str, Any],
+    detectors: list[str],
+    agent_tick: float,
+    controller_tick: float,
+) -> Pipeline:
     """An agent (host ``hv1``) and a controller with these built-in plugins and options."""
     pm = plugin_manager(*plugins)
     broker = BrokerAddress.parse(broker_url)
@@ -120,9 +129,17 @@ def detector_status(controller: Controller, scope: str, detector: str) -> dict[s
     return controller.scope_status.get(scope, {}).get("detectors", {}).get(detector, {})
 
 
-def make_pipeline(broker_url: str, site: str, trace: Path, agent_tick: float = 0.01, controller_tick: float = 0.5,
-                  delta_rel: float = 0.05, detectors: list[str] | None = None, options: dict[str, Any] | None = None,
-                  plugins: tuple[str, ...] = ("replay",)) -> Pipeline:
+def make_pipeline(
+    broker_url: str,
+    site: str,
+    trace: Path,
+    agent_tick: float = 0.01,
+    controller_tick: float = 0.5,
+    delta_rel: float = 0.05,
+    detectors: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+    plugins: tuple[str, ...] = ("replay",),
+) -> Pipeline:
     opts = {"replay": {"trace": str(trace), "delta_rel": delta_rel}}
     opts.update(options or {})
     pipe = live_pipeline(broker_url, site, plugins, opts, detectors or [], agent_tick, controller_tick)
@@ -142,7 +159,9 @@ def make_pipeline(broker_url: str, site: str, trace: Path, agent_tick: float = 0
         )
 
     def on_message(state, msg) -> None:
-        pipe.events.append((msg.type, getattr(msg, "session", None), getattr(msg, "seq", None), state.alive, state.synced))
+        pipe.events.append(
+            (msg.type, getattr(msg, "session", None), getattr(msg, "seq", None), state.alive, state.synced)
+        )
         if isinstance(msg, protocol.Data):
             pipe.rebuilt[(msg.session, msg.seq)] = state.snapshot()
             pipe.values_received += len(msg.values)

@@ -14,9 +14,9 @@ from atomwatch import CommandFailed
 from atomwatch.agent.config import AgentConfig
 from atomwatch.agent.runtime import Agent
 from atomwatch.config import BrokerAddress
-from atomwatch.pluginmanager import PluginManager
 from atomwatch.controller.app import Controller
 from atomwatch.controller.config import ControllerConfig
+from atomwatch.pluginmanager import PluginManager
 
 pytestmark = pytest.mark.asyncio
 
@@ -98,7 +98,7 @@ async def test_a_failing_collector_makes_stale_series_and_never_stops_the_agent(
     assert agent.ticks > 20 and tasks[0].exception() is None
     assert agent.sampler.errors > 5, "the flaky collector's failures were noticed"
     assert any(math.isnan(r.get(FLAKY, math.nan)) for r in seen), "its series went stale"
-    assert any(not math.isnan(r.get(FLAKY, math.nan)) for r in seen[len(seen) // 2:]), "and came back"
+    assert any(not math.isnan(r.get(FLAKY, math.nan)) for r in seen[len(seen) // 2 :]), "and came back"
     assert all(not math.isnan(r[GOOD]) for r in seen[1:]), "the healthy collector's series never did"
     # a stale value is never replaced by an invented one: with Δ = 0 every known value is one
     # the collector gave (50 + its call count, an integer)

@@ -11,20 +11,27 @@ import urllib.request
 
 import numpy as np
 import pytest
-
-import atomwatch
-from atomwatch.series import SeriesKey
-from atomwatch.controller.alarms import AlarmError, AlarmNotFound, AlarmStateError, AlarmStore
 from conftest import free_port
 from pipeline import make_pipeline
+
+import atomwatch
+from atomwatch.controller.alarms import AlarmError, AlarmNotFound, AlarmStateError, AlarmStore
+from atomwatch.series import SeriesKey
 
 CPU = SeriesKey("u1", "vm1", "CPUUtilization", "%")
 NET = SeriesKey("u2", "vm2", "NetworkOut", "bytes/s")
 
 
 def anomaly(index, score=10.0, scope="s/h", detector="d", blame=(CPU,)):
-    return atomwatch.Anomaly(detector=detector, scope=scope, index=index, ts=1000.0 + index, score=score, threshold=5.0,
-                             blame=[atomwatch.Blame(column=c, direction="up", score=score, details={"rd": 4.0}) for c in blame])
+    return atomwatch.Anomaly(
+        detector=detector,
+        scope=scope,
+        index=index,
+        ts=1000.0 + index,
+        score=score,
+        threshold=5.0,
+        blame=[atomwatch.Blame(column=c, direction="up", score=score, details={"rd": 4.0}) for c in blame],
+    )
 
 
 def test_consecutive_anomalies_extend_one_alarm_and_a_later_one_opens_another(tmp_path):
@@ -96,7 +103,9 @@ class Spiky:
         v = max((x for k, x in vals.items() if k.vm_name == "vm2"), default=0.0)
         if v > self.limit:
             col = next(k for k in row.columns if k.vm_name == "vm2")
-            return atomwatch.Anomaly(self.name, row.scope, row.index, row.ts, v, self.limit, [atomwatch.Blame(col, "up", v)])
+            return atomwatch.Anomaly(
+                self.name, row.scope, row.index, row.ts, v, self.limit, [atomwatch.Blame(col, "up", v)]
+            )
         return None
 
     def accept_normal(self, rows):
@@ -128,7 +137,9 @@ def get(url):
 
 
 def post(url, body):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -146,8 +157,8 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
     write_trace(trace, ["vm1/CPUUtilization", "vm2/CPUUtilization"], values)
     pipe = make_pipeline(mosquitto.url, site, trace, agent_tick=0.05, controller_tick=0.05, delta_rel=0.0)
     pipe.controller.pm.register(SpikyPlugin(), name="spiky")
-    from atomwatch.detectors import detector_factories
     from atomwatch.controller.detection import DetectorSet
+    from atomwatch.detectors import detector_factories
 
     pipe.controller.detectors = DetectorSet(detector_factories(pipe.controller.pm), {})
     port = free_port()
@@ -157,7 +168,11 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
     try:
         await pipe.wait_for(lambda: pipe.controller.alarms.counts()["open"] >= 1, 30, "an alarm")
         alarms = json.loads(await asyncio.to_thread(get, base + "/api/alarms?state=open"))["alarms"]
-        assert len(alarms) == 1 and alarms[0]["detector"] == "spiky" and alarms[0]["blame"][0]["column"] == "vm2/CPUUtilization"
+        assert (
+            len(alarms) == 1
+            and alarms[0]["detector"] == "spiky"
+            and alarms[0]["blame"][0]["column"] == "vm2/CPUUtilization"
+        )
         alarm_id = alarms[0]["id"]
         await pipe.wait_for(lambda: pipe.controller.alarms.get(alarm_id).level >= 3, 10, "the alarm to grow")
 
@@ -165,27 +180,51 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
         cli = ["atomwatch", "alarms", "--controller", base]
         out = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, check=True)
         assert f"#{alarm_id}" in out.stdout and "vm2/CPUUtilization up" in out.stdout
-        pipe.controller.add_findings(alarm_id, "introspect", {
-            "kind": "introspection", "summary": "1 new process", "rows": {"linux.pslist": [
-                {"PID": 1, "COMM": "init", "PPID": 0}, {"PID": 42, "COMM": "cryptominer", "PPID": 1}]},
-            "suspects": [{"pid": 42, "name": "cryptominer", "score": 9.5, "evidence": ["new since the baseline"]}]})
-        out = await asyncio.to_thread(subprocess.run, ["atomwatch", "alarm", str(alarm_id), "--rows", "--controller", base],
-                                      capture_output=True, text=True, check=True)
+        pipe.controller.add_findings(
+            alarm_id,
+            "introspect",
+            {
+                "kind": "introspection",
+                "summary": "1 new process",
+                "rows": {
+                    "linux.pslist": [
+                        {"PID": 1, "COMM": "init", "PPID": 0},
+                        {"PID": 42, "COMM": "cryptominer", "PPID": 1},
+                    ]
+                },
+                "suspects": [{"pid": 42, "name": "cryptominer", "score": 9.5, "evidence": ["new since the baseline"]}],
+            },
+        )
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["atomwatch", "alarm", str(alarm_id), "--rows", "--controller", base],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert "opened" in out.stdout and "audit:" in out.stdout
         assert "suspect pid 42 cryptominer" in out.stdout and "new since the baseline" in out.stdout
         assert "linux.pslist (2 rows)" in out.stdout and "COMM" in out.stdout
         api = json.loads(await asyncio.to_thread(get, f"{base}/api/alarms/{alarm_id}"))
         assert api["findings"][0]["rows"]["linux.pslist"][1]["COMM"] == "cryptominer"
-        bad = await asyncio.to_thread(subprocess.run, ["atomwatch", "alarm", "999", "--controller", base], capture_output=True, text=True)
+        bad = await asyncio.to_thread(
+            subprocess.run, ["atomwatch", "alarm", "999", "--controller", base], capture_output=True, text=True
+        )
         assert bad.returncode == 1 and "no alarm 999" in bad.stderr
 
         status, body = await asyncio.to_thread(post, f"{base}/api/alarms/{alarm_id}/verdict", {"verdict": "sure"})
         assert status == 400 and "actor" in body["error"]
         out = await asyncio.to_thread(
-            subprocess.run, ["atomwatch", "verdict", str(alarm_id), "normal", "--actor", "ops-alice", "--controller", base],
-            capture_output=True, text=True, check=True)
+            subprocess.run,
+            ["atomwatch", "verdict", str(alarm_id), "normal", "--actor", "ops-alice", "--controller", base],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert "closed (workload-change)" in out.stdout
-        status, body = await asyncio.to_thread(post, f"{base}/api/alarms/{alarm_id}/verdict", {"verdict": "malicious", "actor": "x"})
+        status, body = await asyncio.to_thread(
+            post, f"{base}/api/alarms/{alarm_id}/verdict", {"verdict": "malicious", "actor": "x"}
+        )
         assert status == 409
 
         det = pipe.controller.detectors.instances[(f"{site}/hv1", "spiky")]

@@ -143,7 +143,9 @@ def test_quantile_edge_cases():
 
 
 def _run_format(fmt: str) -> list[dict]:
-    sim = CorednsSimulator(SimConfig(seed=11, format=fmt), [Event("upstream-failure", 40, 30), Event("nxdomain-flood", 80, 20)])
+    sim = CorednsSimulator(
+        SimConfig(seed=11, format=fmt), [Event("upstream-failure", 40, 30), Event("nxdomain-flood", 80, 20)]
+    )
     d = InstanceDeriver(fmt)
     out = []
     for t in range(0, 121, 10):
@@ -206,7 +208,9 @@ def test_live_rates_match_the_served_counters(manual_server):
         r2 = _instance_values(col.collect(), "dns1")
         dt = col.endpoints[0].deriver.last_t - t1
         assert r2["RequestRate"] * dt == pytest.approx(after.requests - before.requests)
-        assert r2["ResponseRateNXDOMAIN"] * dt == pytest.approx(after.by_rcode["NXDOMAIN"] - before.by_rcode["NXDOMAIN"])
+        assert r2["ResponseRateNXDOMAIN"] * dt == pytest.approx(
+            after.by_rcode["NXDOMAIN"] - before.by_rcode["NXDOMAIN"]
+        )
         assert r2["CacheHitRatio"] == pytest.approx(
             (after.cache_hits - before.cache_hits) / (after.cache_lookups - before.cache_lookups)
         )

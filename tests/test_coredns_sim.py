@@ -11,7 +11,6 @@ import urllib.request
 import numpy as np
 import pytest
 
-from atomwatch.traces import read_labels, read_trace
 from atomwatch.lab.coredns_sim import (
     CLASSES,
     CorednsSimulator,
@@ -24,6 +23,7 @@ from atomwatch.lab.coredns_sim import (
     record,
 )
 from atomwatch.plugins.coredns.metrics import METRIC_NAMES, parse_exposition
+from atomwatch.traces import read_labels, read_trace
 from tests.conftest import free_port, wait_port
 
 
@@ -117,7 +117,13 @@ def test_simulator_is_deterministic_whatever_the_read_times():
 
 def test_schedule_and_event_errors():
     evs = default_schedule(60, tick=10)
-    assert [e.klass for e in evs] == ["nxdomain-flood", "flash-crowd", "upstream-failure", "cache-busting", "amplification"]
+    assert [e.klass for e in evs] == [
+        "nxdomain-flood",
+        "flash-crowd",
+        "upstream-failure",
+        "cache-busting",
+        "amplification",
+    ]
     assert all(e.start % 10 == 0 and e.duration % 10 == 0 for e in evs)
     assert evs[0].start >= 15 * 60 - 10 and evs[-1].start + evs[-1].duration <= 3600
     assert parse_event("cache-busting@2+1.5") == Event("cache-busting", 120.0, 90.0)
@@ -216,9 +222,9 @@ async def test_end_to_end_agent_scrapes_the_simulator_and_pca_spe_flags_attacks(
     from atomwatch.agent.config import AgentConfig
     from atomwatch.agent.runtime import Agent
     from atomwatch.config import BrokerAddress
-    from atomwatch.pluginmanager import PluginManager
     from atomwatch.controller.app import Controller
     from atomwatch.controller.config import ControllerConfig
+    from atomwatch.pluginmanager import PluginManager
 
     speed, tick = 60.0, 0.25
     step = speed * tick  # simulated seconds per agent tick
@@ -236,7 +242,9 @@ async def test_end_to_end_agent_scrapes_the_simulator_and_pca_spe_flags_attacks(
     broker = BrokerAddress.parse(mosquitto.url)
     opts = {"coredns": {"endpoints": f"dns1={server.url}", "timeout": 0.2, "retries": 0}}
     agent = Agent(AgentConfig(broker=broker, site=site, host="dnshost", tick=tick, options=opts), pm)
-    controller = Controller(ControllerConfig(broker=broker, sites=[site], tick=tick, detectors=["pca-spe"], options=opts), pm)
+    controller = Controller(
+        ControllerConfig(broker=broker, sites=[site], tick=tick, detectors=["pca-spe"], options=opts), pm
+    )
     found: list[tuple[float, object]] = []
     rows: list[float] = []
     controller.anomaly_listeners.append(lambda a: found.append((server.sim_time(), a)))
@@ -277,7 +285,11 @@ async def test_end_to_end_agent_scrapes_the_simulator_and_pca_spe_flags_attacks(
         return out
 
     summary = {
-        k: {"rows": rows_by_class.get(k, 0), "alarms": len(by_class.get(k, [])), "top_blame": sorted(blamed(by_class.get(k, [])))}
+        k: {
+            "rows": rows_by_class.get(k, 0),
+            "alarms": len(by_class.get(k, [])),
+            "top_blame": sorted(blamed(by_class.get(k, []))),
+        }
         for k in sorted(set(rows_by_class) | set(by_class))
     }
     print("\nend-to-end pca-spe on the CoreDNS simulator:", json.dumps(summary, indent=1))

@@ -16,12 +16,13 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "jax")
 pytest.importorskip("keras")
 
+from test_deep_models import make_recording  # noqa: E402
+
 from atomwatch.cli import main  # noqa: E402
+from atomwatch.controller.alarms import AlarmStore  # noqa: E402
 from atomwatch.trace_rows import trace_rows  # noqa: E402
 from atomwatch.traces import read_trace  # noqa: E402
 from atomwatch.types import Anomaly  # noqa: E402
-from atomwatch.controller.alarms import AlarmStore  # noqa: E402
-from test_deep_models import make_recording  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,30 @@ def recording(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def cnn_model(work: Path, recording: Path) -> Path:
     out = work / "cnn.model"
-    assert main(["train", str(recording), "--model", "cnn", "--out", str(out), "--window", "8", "--epochs", "15",
-                 "--batch-size", "32", "--filters", "8", "--latent", "4", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(recording),
+                "--model",
+                "cnn",
+                "--out",
+                str(out),
+                "--window",
+                "8",
+                "--epochs",
+                "15",
+                "--batch-size",
+                "32",
+                "--filters",
+                "8",
+                "--latent",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -70,8 +93,32 @@ def test_delta_trains_and_evaluates_on_the_tracked_copies(work: Path, recording:
     assert np.nanmax(np.abs(tracked.values - raw.values)) <= 2.0
     assert (np.diff(tracked.values, axis=0) != 0).sum() < (np.diff(raw.values, axis=0) != 0).sum()
     out = work / "cnn-delta.model"
-    assert main(["train", str(recording), "--model", "cnn", "--out", str(out), "--window", "8", "--epochs", "2",
-                 "--batch-size", "32", "--filters", "8", "--latent", "4", "--quiet", "--delta", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(recording),
+                "--model",
+                "cnn",
+                "--out",
+                str(out),
+                "--window",
+                "8",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "32",
+                "--filters",
+                "8",
+                "--latent",
+                "4",
+                "--quiet",
+                "--delta",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "model.json").read_text())["info"]["deltas"] == {"*": 2.0}
     capsys.readouterr()
     assert main(["evaluate", str(out), str(recording), "--delta", "2", "--json"]) == 0
@@ -83,8 +130,31 @@ def test_delta_trains_and_evaluates_on_the_tracked_copies(work: Path, recording:
 
 def test_holdout_class_is_reported_apart(work: Path, recording: Path, capsys) -> None:
     out = work / "ae.model"
-    assert main(["train", str(recording), "--model", "ae", "--out", str(out), "--window", "8", "--epochs", "3",
-                 "--filters", "8", "--latent", "4", "--holdout-class", "net-flood", "--quiet", "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(recording),
+                "--model",
+                "ae",
+                "--out",
+                str(out),
+                "--window",
+                "8",
+                "--epochs",
+                "3",
+                "--filters",
+                "8",
+                "--latent",
+                "4",
+                "--holdout-class",
+                "net-flood",
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
     trained = json.loads(capsys.readouterr().out)
     assert trained["holdout"] == ["net-flood"]
     assert main(["evaluate", str(out), str(recording), "--json"]) == 0
@@ -107,17 +177,50 @@ def test_bad_input_is_a_clear_error(work: Path, recording: Path, capsys) -> None
     assert not (work / "x").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="tensorflow is installed: --tensorboard works")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is not None, reason="tensorflow is installed: --tensorboard works"
+)
 def test_tensorboard_without_tensorflow_is_a_clear_error(work: Path, recording: Path, capsys) -> None:
-    assert main(["train", str(recording), "--model", "cnn", "--out", str(work / "tb.model"), "--tensorboard", str(work / "tb")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(recording),
+                "--model",
+                "cnn",
+                "--out",
+                str(work / "tb.model"),
+                "--tensorboard",
+                str(work / "tb"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--tensorboard needs the 'tensorflow' package" in err
     assert not (work / "tb.model").exists()
 
 
-def test_compare_runs_models_and_online_detectors_on_the_same_rows(cnn_model: Path, recording: Path, work: Path, capsys) -> None:
+def test_compare_runs_models_and_online_detectors_on_the_same_rows(
+    cnn_model: Path, recording: Path, work: Path, capsys
+) -> None:
     table = work / "compare.md"
-    assert main(["evaluate", "--compare", str(cnn_model), str(recording), "--set", "pca-spe.t=200", "--out", str(table), "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--compare",
+                str(cnn_model),
+                str(recording),
+                "--set",
+                "pca-spe.t=200",
+                "--out",
+                str(table),
+                "--json",
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     dets = r["detectors"]
     assert set(dets) == {"cnn (cnn.model)", "pca-spe", "precog"}
@@ -125,7 +228,9 @@ def test_compare_runs_models_and_online_detectors_on_the_same_rows(cnn_model: Pa
     assert cnn["all"]["points"] == pca["all"]["points"] == 135  # the last 15 % of 900 rows, for every detector
     assert cnn["all"]["point_adjusted"]["recall"] >= 0.99
     text = table.read_text()
-    assert text.startswith("| detector |") and "| cnn (cnn.model) | all evaluated rows |" in text and "| pca-spe |" in text
+    assert (
+        text.startswith("| detector |") and "| cnn (cnn.model) | all evaluated rows |" in text and "| pca-spe |" in text
+    )
 
 
 def test_whole_scores_another_recording_without_a_split(cnn_model: Path, work: Path, capsys) -> None:
@@ -135,15 +240,34 @@ def test_whole_scores_another_recording_without_a_split(cnn_model: Path, work: P
     r = json.loads(capsys.readouterr().out)
     assert r["whole"] and r["test_windows"] == 900 - 8 + 1
     assert r["all"]["segments"] == 20 and r["all"]["point_adjusted"]["recall"] >= 0.9
-    assert main(["evaluate", "--whole", "--compare", str(cnn_model), str(other), "--detector", "pca-spe", "--json"]) == 0
+    assert (
+        main(["evaluate", "--whole", "--compare", str(cnn_model), str(other), "--detector", "pca-spe", "--json"]) == 0
+    )
     c = json.loads(capsys.readouterr().out)
     assert c["detectors"]["pca-spe"]["all"]["points"] == 900 and set(c["detectors"]) == {"cnn (cnn.model)", "pca-spe"}
 
 
 def test_search_prints_its_results_table(work: Path, recording: Path, capsys) -> None:
     out = work / "searched.model"
-    assert main(["train", str(recording), "--model", "cnn", "--out", str(out), "--epochs", "2", "--search", "--max-trials", "2",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(recording),
+                "--model",
+                "cnn",
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--search",
+                "--max-trials",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "hyperparameter search" in text and "val F1" in text
     lines = text.splitlines()
@@ -208,8 +332,9 @@ def test_retrain_without_verdicts_says_so(cnn_model: Path, work: Path, capsys) -
     assert "no such alarms file" in capsys.readouterr().err
 
 
-async def test_live_cnn_flags_injected_anomalies_through_the_real_pipeline(mosquitto, site, cnn_model: Path, recording: Path,
-                                                                          tmp_path: Path) -> None:
+async def test_live_cnn_flags_injected_anomalies_through_the_real_pipeline(
+    mosquitto, site, cnn_model: Path, recording: Path, tmp_path: Path
+) -> None:
     """Agent (replay collector, tracking) → real Mosquitto → controller (ingest, rebuilt rows,
     detection tick in its worker thread) → the ``cnn`` plugin. The replayed stretch holds a
     ``disk-storm`` (vm1/DiskWriteOps) and a ``cpu-burn`` (vm1/CPUUtilization)."""
@@ -219,10 +344,10 @@ async def test_live_cnn_flags_injected_anomalies_through_the_real_pipeline(mosqu
     from atomwatch.agent.config import AgentConfig
     from atomwatch.agent.runtime import Agent
     from atomwatch.config import BrokerAddress
-    from atomwatch.pluginmanager import PluginManager
-    from atomwatch.traces import write_trace
     from atomwatch.controller.app import Controller
     from atomwatch.controller.config import ControllerConfig
+    from atomwatch.pluginmanager import PluginManager
+    from atomwatch.traces import write_trace
 
     trace = read_trace(recording)
     part = slice(600, 720)
@@ -234,7 +359,9 @@ async def test_live_cnn_flags_injected_anomalies_through_the_real_pipeline(mosqu
     opts = {"replay": {"trace": str(live), "delta_rel": 0.01}, "cnn": {"model": str(cnn_model)}}
     broker = BrokerAddress.parse(mosquitto.url)
     agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=0.05, options=opts), pm)
-    controller = Controller(ControllerConfig(broker=broker, sites=[site], tick=0.05, detectors=["cnn"], options=opts), pm)
+    controller = Controller(
+        ControllerConfig(broker=broker, sites=[site], tick=0.05, detectors=["cnn"], options=opts), pm
+    )
     found: list[Anomaly] = []
     controller.anomaly_listeners.append(found.append)
     tasks = [asyncio.create_task(controller.run()), asyncio.create_task(agent.run())]

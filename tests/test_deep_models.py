@@ -24,16 +24,23 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 pytest.importorskip("keras")
 pytest.importorskip("jax")
 
-from atomwatch.trace_rows import detect_trace, trace_rows  # noqa: E402
-from atomwatch.series import SeriesKey  # noqa: E402
-from atomwatch.traces import read_trace, write_trace  # noqa: E402
-from atomwatch.types import Row  # noqa: E402
 from atomwatch.plugins import deep  # noqa: E402
 from atomwatch.plugins.deep.models import ModelError, best_f1_threshold, load_model, new_model  # noqa: E402
 from atomwatch.plugins.deep.windows import Scaler, build_dataset, fifo_windows, split_bounds  # noqa: E402
+from atomwatch.series import SeriesKey  # noqa: E402
+from atomwatch.trace_rows import detect_trace, trace_rows  # noqa: E402
+from atomwatch.traces import read_trace, write_trace  # noqa: E402
+from atomwatch.types import Row  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-COLUMNS = ["vm1/CPUUtilization", "vm1/NetworkOut", "vm1/DiskWriteOps", "vm2/CPUUtilization", "vm2/NetworkOut", "vm2/DiskWriteOps"]
+COLUMNS = [
+    "vm1/CPUUtilization",
+    "vm1/NetworkOut",
+    "vm1/DiskWriteOps",
+    "vm2/CPUUtilization",
+    "vm2/NetworkOut",
+    "vm2/DiskWriteOps",
+]
 INJECT = {"cpu-burn": (0, 6.0), "net-flood": (4, 8.0), "disk-storm": (2, 6.0)}
 W = 8
 
@@ -160,8 +167,16 @@ def test_models_detect_the_injected_anomalies(trained, dataset, kind: str) -> No
     # every anomaly here but flag many normal windows too (the latent vector follows the daily
     # rhythm more than the anomaly). The selectable reconstruction-error score with the
     # validation-F1 threshold must do better.
-    better = new_model("ae", window=W, columns=dataset.columns, filters=8, latent=4, seed=1,
-                       score_kind="reconstruction", threshold_rule="val-f1")
+    better = new_model(
+        "ae",
+        window=W,
+        columns=dataset.columns,
+        filters=8,
+        latent=4,
+        seed=1,
+        score_kind="reconstruction",
+        threshold_rule="val-f1",
+    )
     better.train(6, 32, dataset, verbose=0)
     e_rec = evaluate(dataset.test.y, better.predict(dataset.test))
     assert e_rec["point_wise"]["f1"] >= max(0.5, e["point_wise"]["f1"] + 0.05), (e_rec, e)
@@ -204,8 +219,13 @@ def test_saved_model_scores_identically_in_a_fresh_process(trained, dataset, tmp
         "    np.save(sys.argv[3] + '/' + k + '.npy', load_model(p).score(x))\n"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    subprocess.run([sys.executable, "-c", script, json.dumps(paths), str(tmp_path / "windows.npy"), str(tmp_path)],
-                   check=True, env=env, cwd=str(ROOT), timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", script, json.dumps(paths), str(tmp_path / "windows.npy"), str(tmp_path)],
+        check=True,
+        env=env,
+        cwd=str(ROOT),
+        timeout=300,
+    )
     for kind, (model, path) in trained.items():
         here = model.score(dataset.test.x)
         there = np.load(tmp_path / f"{kind}.npy")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pipeline import make_pipeline
 
 from atomwatch.traces import write_trace
-from pipeline import make_pipeline
 
 pytestmark = pytest.mark.asyncio
 
@@ -21,8 +21,17 @@ async def test_controller_pushes_delta_from_mu(mosquitto, site, tmp_path):
     values = (50 + latent @ rng.normal(0, 1, (2, len(cols))) + 0.3 * rng.normal(0, 1, (n, len(cols)))) * scale
     trace = tmp_path / "t.csv"
     write_trace(trace, cols, values)
-    pipe = make_pipeline(mosquitto.url, site, trace, agent_tick=0.01, controller_tick=0.01, delta_rel=0.0,
-                         detectors=["pca-spe"], options={"pca-spe": {"t": 200}}, plugins=("replay", "pca-spe"))
+    pipe = make_pipeline(
+        mosquitto.url,
+        site,
+        trace,
+        agent_tick=0.01,
+        controller_tick=0.01,
+        delta_rel=0.0,
+        detectors=["pca-spe"],
+        options={"pca-spe": {"t": 200}},
+        plugins=("replay", "pca-spe"),
+    )
     pipe.controller.config.mu = 0.01
     pipe.controller.config.mu_every = 100
     await pipe.start()

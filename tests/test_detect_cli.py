@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA
+from pipeline import lab_delta_args
 
 from atomwatch import evaluation as ev
 from atomwatch.detectors import DetectorError, anomalies_of, run_detector
 from atomwatch.trace_rows import trace_rows
 from atomwatch.traces import read_trace, write_trace
-from conftest import DATA
-from pipeline import lab_delta_args
 
 COLS = [f"vm{j // 3}/m{j % 3}" for j in range(9)]
 
@@ -209,16 +209,32 @@ def test_evaluation_rejects_bad_input():
         ev.scores([0, 2], [0, 1])
 
 
-@pytest.mark.parametrize("run, alpha, pairs", [("lab-normal-1s-b", "1e-5", True), ("lab-normal-1s", "1e-5", False),
-                                              ("lab-normal-1s-b", "1e-12", False), ("lab-normal-1s", "1e-12", False)])
+@pytest.mark.parametrize(
+    "run, alpha, pairs",
+    [
+        ("lab-normal-1s-b", "1e-5", True),
+        ("lab-normal-1s", "1e-5", False),
+        ("lab-normal-1s-b", "1e-12", False),
+        ("lab-normal-1s", "1e-12", False),
+    ],
+)
 def test_lab_normal_work_has_heavy_tails_that_alpha_must_cover(run, alpha, pairs):
     """The lab detection test's normal work (two runs in tests/data: 1 s ticks, its 90 s day,
     replayed through tracking at the lab's Δs): at α = 10⁻⁵ pca-spe flags consecutive normal
     rows in one run and none in the other — the SPE tail is far heavier than the Gaussian Q_α
     assumes, and run-dependent — and at the test's α = 10⁻¹² no two consecutive rows in either,
     as that test requires of its live run."""
-    out = cli(str(Path(__file__).parent / "data" / run), "--set", "confirm=1", "--set", "min_rows=240",
-              "--set", f"alpha={alpha}", *lab_delta_args(), "--json")
+    out = cli(
+        str(Path(__file__).parent / "data" / run),
+        "--set",
+        "confirm=1",
+        "--set",
+        "min_rows=240",
+        "--set",
+        f"alpha={alpha}",
+        *lab_delta_args(),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     flagged = {a["row"] for a in json.loads(out.stdout)["anomalies"]}
     consecutive = sorted(r for r in flagged if r - 1 in flagged)

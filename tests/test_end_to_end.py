@@ -8,9 +8,9 @@ import math
 
 import aiomqtt
 import pytest
+from pipeline import alibaba_trace, make_pipeline
 
 from atomwatch import protocol
-from pipeline import alibaba_trace, make_pipeline
 
 pytestmark = pytest.mark.asyncio
 
@@ -69,14 +69,18 @@ async def test_broker_restart_heals_and_bad_payloads_are_dropped(mosquitto_priva
     session_before = pipe.agent.session
 
     broker.stop()
-    await pipe.wait_for(lambda: not pipe.agent.connected.is_set() and not pipe.controller.connected.is_set(), 20,
-                        "both sides to notice the outage")
+    await pipe.wait_for(
+        lambda: not pipe.agent.connected.is_set() and not pipe.controller.connected.is_set(),
+        20,
+        "both sides to notice the outage",
+    )
     ticks_during = len(pipe.ticks)
     await asyncio.sleep(1.5)
     assert len(pipe.ticks) > ticks_during, "the agent keeps sampling and tracking while the broker is down"
     broker.start()
-    await pipe.wait_for(lambda: pipe.agent.connected.is_set() and pipe.controller.connected.is_set(), 40,
-                        "both sides to reconnect")
+    await pipe.wait_for(
+        lambda: pipe.agent.connected.is_set() and pipe.controller.connected.is_set(), 40, "both sides to reconnect"
+    )
     await pipe.wait_for(lambda: pipe.agent.stats["births"] > births_before, 10, "a fresh birth")
     assert pipe.agent.session > session_before
 

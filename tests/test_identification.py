@@ -10,7 +10,15 @@ from atomwatch import Row, SeriesKey
 from atomwatch.plugins.pca_spe import model as pm
 from atomwatch.plugins.pca_spe.detector import PcaSpeDetector
 
-METRICS = ["CPUUtilization", "NetworkIn", "NetworkOut", "DiskReadOps", "DiskWriteOps", "DiskReadBytes", "DiskWriteBytes"]
+METRICS = [
+    "CPUUtilization",
+    "NetworkIn",
+    "NetworkOut",
+    "DiskReadOps",
+    "DiskWriteOps",
+    "DiskReadBytes",
+    "DiskWriteBytes",
+]
 VMS = ["vm1", "vm2", "vm3"]
 COLUMNS = [f"{vm}/{m}" for vm in VMS for m in METRICS]  # d = 21, as in the paper's experiments
 KEYS = tuple(SeriesKey.from_column(c) for c in COLUMNS)

@@ -5,16 +5,23 @@ from __future__ import annotations
 import math
 
 from atomwatch import protocol
-from atomwatch.series import SeriesKey
 from atomwatch.controller.ingest import Ingest
+from atomwatch.series import SeriesKey
 
 A = SeriesKey("u1", "vm1", "CPUUtilization", "%")
 B = SeriesKey("u1", "vm1", "NetworkIn", "bytes/s")
 
 
 def birth(session=1, values=(10.0, 20.0)):
-    return protocol.encode(protocol.Birth(session, "t", 1.0, 0.0, [
-        protocol.SeriesInfo(0, A, 1.0, values[0]), protocol.SeriesInfo(1, B, 5.0, values[1])]))
+    return protocol.encode(
+        protocol.Birth(
+            session,
+            "t",
+            1.0,
+            0.0,
+            [protocol.SeriesInfo(0, A, 1.0, values[0]), protocol.SeriesInfo(1, B, 5.0, values[1])],
+        )
+    )
 
 
 def data(seq, values=(), stale=(), gone=(), session=1):
@@ -100,7 +107,9 @@ def test_a_rebirth_continues_the_sequence():
     ing.handle(T_BIRTH, birth())
     ing.handle(T_DATA, data(0, [(0, 11.0)]))
     ing.handle(T_DATA, data(1, [(0, 12.0)]))
-    rebirth = protocol.Birth(1, "t", 1.0, 0.0, [protocol.SeriesInfo(0, A, 1.0, 12.0), protocol.SeriesInfo(1, B, 5.0, 20.0)], seq=2)
+    rebirth = protocol.Birth(
+        1, "t", 1.0, 0.0, [protocol.SeriesInfo(0, A, 1.0, 12.0), protocol.SeriesInfo(1, B, 5.0, 20.0)], seq=2
+    )
     ing.handle(T_BIRTH, protocol.encode(rebirth))
     ing.handle(T_DATA, data(2, [(0, 13.0)]))
     assert ing.host("s", "h").snapshot()[A] == 13.0

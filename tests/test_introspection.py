@@ -30,8 +30,8 @@ def guest(tmp_path_factory):
     require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3 pefile)")
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require((SYMBOLS / "linux").is_dir(), f"the guest kernel's symbol table is missing: {SYMBOLS}")
-    from atomwatch.lab.private_guest import boot_private_guest, destroy_private_guest
     from atomwatch.lab.domains import LabError
+    from atomwatch.lab.private_guest import boot_private_guest, destroy_private_guest
 
     work = tmp_path_factory.mktemp("intro")
     tag = f"t{os.getpid()}"
@@ -51,8 +51,12 @@ def _cfg(work: Path, symbols: Path = SYMBOLS):
     from atomwatch.introspection.volatility import VolatilityConfig
 
     return IntrospectionConfig(
-        volatility=VolatilityConfig(symbol_dirs=[str(symbols)], cache_dir=str(work / f"volcache-{symbols.name}"), timeout=240),
-        dump_dir=work / "dumps", baseline_dir=work / "baselines")
+        volatility=VolatilityConfig(
+            symbol_dirs=[str(symbols)], cache_dir=str(work / f"volcache-{symbols.name}"), timeout=240
+        ),
+        dump_dir=work / "dumps",
+        baseline_dir=work / "baselines",
+    )
 
 
 @pytest.mark.lab
@@ -139,7 +143,6 @@ def test_a_kernel_without_symbols_names_its_banner(guest):
 def test_volatility_worker_limits_and_agent_command_errors(guest):
     from atomwatch.agent.config import AgentConfig
     from atomwatch.config import BrokerAddress
-    from atomwatch.types import CommandError
     from atomwatch.introspection.acquire import dump_memory
     from atomwatch.introspection.volatility import (
         VolatilityConfig,
@@ -148,6 +151,7 @@ def test_volatility_worker_limits_and_agent_command_errors(guest):
         analyse,
     )
     from atomwatch.plugins.introspection_commands import register_agent_commands
+    from atomwatch.types import CommandError
 
     conn, dom = guest
     work = STATE["work"]
@@ -157,15 +161,20 @@ def test_volatility_worker_limits_and_agent_command_errors(guest):
         with pytest.raises(VolatilityTimeout, match="overran its 1 s limit and was killed"):
             analyse(dump.path, ["linux.pslist"], cfg)
         assert time.monotonic() - t < 10
-        small = VolatilityConfig(symbol_dirs=[str(SYMBOLS)], cache_dir=str(work / "volcache-symbols"),
-                                 memory_limit=150 << 20)
+        small = VolatilityConfig(
+            symbol_dirs=[str(SYMBOLS)], cache_dir=str(work / "volcache-symbols"), memory_limit=150 << 20
+        )
         with pytest.raises(VolatilityError, match="memory|MemoryError|Cannot allocate"):
             analyse(dump.path, ["linux.pslist"], small)
         with pytest.raises(VolatilityError, match="linux.nosuch.*no such plugin"):
             analyse(dump.path, ["linux.nosuch"], VolatilityConfig(symbol_dirs=[str(SYMBOLS)]))
 
-    config = AgentConfig(broker=BrokerAddress.parse("mqtt://127.0.0.1:1"), site="s", host="h",
-                         options={"introspection": {"symbols": str(SYMBOLS)}})
+    config = AgentConfig(
+        broker=BrokerAddress.parse("mqtt://127.0.0.1:1"),
+        site="s",
+        host="h",
+        options={"introspection": {"symbols": str(SYMBOLS)}},
+    )
     handlers = register_agent_commands(config)
     sent: list = []
 
@@ -180,8 +189,14 @@ def test_volatility_worker_limits_and_agent_command_errors(guest):
         asyncio.run(handlers["introspect"]({"vm": dom.name(), "metrics": [], "plugins": ["linux.malfind"]}, progress))
     with pytest.raises(CommandError, match="refused: pid 1: not a process that may be terminated"):
         asyncio.run(handlers["terminate"]({"vm": dom.name(), "pid": 1, "name": "init", "start_time": 0.1}, progress))
-    bad = register_agent_commands(AgentConfig(broker=BrokerAddress.parse("mqtt://127.0.0.1:1"), site="s", host="h",
-                                              options={"introspection": {"symbols": "/nonexistent/symbols"}}))
+    bad = register_agent_commands(
+        AgentConfig(
+            broker=BrokerAddress.parse("mqtt://127.0.0.1:1"),
+            site="s",
+            host="h",
+            options={"introspection": {"symbols": "/nonexistent/symbols"}},
+        )
+    )
     with pytest.raises(CommandError, match="misconfigured.*symbol directory '/nonexistent/symbols' does not exist"):
         asyncio.run(bad["introspect"]({"vm": dom.name()}, progress))
 
@@ -198,7 +213,8 @@ def test_a_reused_pid_is_never_killed(guest):
         guest_agent.terminate(dom, s["pid"], "sshd", s["start_time"])
     # the in-guest re-check refuses on its own too (the window between check and kill)
     code, out, _ = guest_agent.exec_in_guest(
-        dom, "/bin/sh", ["-c", guest_agent._guarded_kill_script(s["pid"], s["name"], s["start_time"] + 2.5, 9)])
+        dom, "/bin/sh", ["-c", guest_agent._guarded_kill_script(s["pid"], s["name"], s["start_time"] + 2.5, 9)]
+    )
     assert code == 5 and out.startswith("start ")
     alive = guest_agent.find(guest_agent.list_processes(dom), s["pid"])
     assert alive is not None and alive.name == "cryptominer"
@@ -302,8 +318,15 @@ class CpuLimitDetector:
         self.last = worst[1] if worst else None
         if worst is None or worst[1] <= self.limit:
             return None
-        return Anomaly(self.name, row.scope, row.index, row.ts, worst[1], self.limit,
-                       [Blame(worst[0], "up", worst[1] / self.limit)])
+        return Anomaly(
+            self.name,
+            row.scope,
+            row.index,
+            row.ts,
+            worst[1],
+            self.limit,
+            [Blame(worst[0], "up", worst[1] / self.limit)],
+        )
 
     def status(self):
         return {"score": self.last, "threshold": self.limit, "ready": self.last is not None}
@@ -327,7 +350,6 @@ class CpuLimitPlugin:
         self.register_detectors = register_detectors
 
 
-
 @pytest.mark.lab
 def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_closed(guest, mosquitto, site):
     """cryptominer → alarm blaming the VM's CPU → introspection over the protocol names it
@@ -338,11 +360,11 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
     from atomwatch.agent.config import AgentConfig
     from atomwatch.agent.runtime import Agent
     from atomwatch.config import BrokerAddress
-    from atomwatch.pluginmanager import PluginManager
     from atomwatch.controller.app import Controller
     from atomwatch.controller.config import ControllerConfig
     from atomwatch.introspection import guest_agent
     from atomwatch.lab import workloads
+    from atomwatch.pluginmanager import PluginManager
 
     conn, dom = guest
     work = STATE["work"]
@@ -354,27 +376,45 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
     opts = {
         "libvirt": {"domains": f"^{dom.name()}$"},
         "cpu-limit": {"limit": 30.0},
-        "introspection": {"symbols": str(SYMBOLS), "cache": str(work / "volcache-symbols"),
-                          "baseline_dir": str(work / "baselines"), "dump_dir": str(work / "dumps"), "timeout": 240},
+        "introspection": {
+            "symbols": str(SYMBOLS),
+            "cache": str(work / "volcache-symbols"),
+            "baseline_dir": str(work / "baselines"),
+            "dump_dir": str(work / "dumps"),
+            "timeout": 240,
+        },
         # a guest burning its only vCPU under TCG on a loaded 2-core host answers its guest agent
         # slowly: the agent's process listing before a kill has taken over a minute there
-        "orchestrate": {"rate_limit": 0, "settle_rows": 3, "watch_timeout": 120, "watch_interval": 0.5,
-                        "terminate_timeout": 240},
+        "orchestrate": {
+            "rate_limit": 0,
+            "settle_rows": 3,
+            "watch_timeout": 120,
+            "watch_interval": 0.5,
+            "terminate_timeout": 240,
+        },
     }
     broker = BrokerAddress.parse(mosquitto.url)
     agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=1.0, options=opts), pm)
-    controller = Controller(ControllerConfig(broker=broker, sites=[site], tick=1.0, detectors=["cpu-limit"],
-                                             options=opts, db=":memory:"), pm)
+    controller = Controller(
+        ControllerConfig(broker=broker, sites=[site], tick=1.0, detectors=["cpu-limit"], options=opts, db=":memory:"),
+        pm,
+    )
 
     seen_rows: list[str] = []
-    controller.row_listeners.append(lambda row: seen_rows.append(
-        f"row {row.index}: " + ", ".join(f"{c.metric}={v:.3g}" for c, v in zip(row.columns, row.values))
-        + f" | score={status().get('score')} threshold={status().get('threshold')}"))
+    controller.row_listeners.append(
+        lambda row: seen_rows.append(
+            f"row {row.index}: "
+            + ", ".join(f"{c.metric}={v:.3g}" for c, v in zip(row.columns, row.values))
+            + f" | score={status().get('score')} threshold={status().get('threshold')}"
+        )
+    )
 
     async def wait(pred, timeout, what):
         deadline = time.monotonic() + timeout
         while not pred():
-            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}; last rows:\n" + "\n".join(seen_rows[-8:])
+            assert time.monotonic() < deadline, (
+                f"timed out after {timeout} s waiting for {what}; last rows:\n" + "\n".join(seen_rows[-8:])
+            )
             await asyncio.sleep(0.25)
 
     def status():
@@ -392,8 +432,11 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
             alarm = next(a for a in controller.alarms.list() if a.opened_at >= started_at)
             assert alarm.blamed_vms()[0] == dom.UUIDString()
             assert any(b["metric"] == "CPUUtilization" for b in alarm.blame)
-            await wait(lambda: any(f["kind"].startswith("introspection") for f in controller.alarms.get(alarm.id).findings),
-                       240, "the introspection findings")
+            await wait(
+                lambda: any(f["kind"].startswith("introspection") for f in controller.alarms.get(alarm.id).findings),
+                240,
+                "the introspection findings",
+            )
             finding = next(f for f in controller.alarms.get(alarm.id).findings if f["kind"].startswith("introspection"))
             assert finding["kind"] == "introspection", finding.get("error")
             top = finding["suspects"][0]
@@ -402,13 +445,18 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
             reused = dict(finding, suspects=[dict(top, start_time=top["start_time"] + 3.0)])
             controller.add_findings(alarm.id, "test", reused)
             await controller.give_verdict(alarm.id, "malicious", "operator", {"pid": top["pid"]})
+
             def outcome():
-                return next((f for f in controller.alarms.get(alarm.id).findings if f["kind"].startswith("termination")), None)
+                return next(
+                    (f for f in controller.alarms.get(alarm.id).findings if f["kind"].startswith("termination")), None
+                )
 
             try:
                 await wait(lambda: outcome() is not None, 300, "the refusal")
             except AssertionError as e:
-                trail = [(round(x["ts"] - started_at, 1), x["actor"], x["action"]) for x in controller.alarms.audit(alarm.id)]
+                trail = [
+                    (round(x["ts"] - started_at, 1), x["actor"], x["action"]) for x in controller.alarms.audit(alarm.id)
+                ]
                 raise AssertionError(f"{e}\naudit trail (s since the miner started): {trail}") from None
             refusal = outcome()
             assert refusal["kind"] == "termination-refused", refusal
@@ -425,8 +473,14 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
             now = guest_agent.find(guest_agent.list_processes(dom), top["pid"])
             assert now is None or now.state == "Z"
             actions = [a["action"] for a in controller.alarms.audit(alarm.id)]
-            for expected in ("introspection requested", "findings", "verdict malicious", "termination requested",
-                             "watching the scope", "closed"):
+            for expected in (
+                "introspection requested",
+                "findings",
+                "verdict malicious",
+                "termination requested",
+                "watching the scope",
+                "closed",
+            ):
                 assert expected in actions, f"{expected!r} missing from the audit trail {actions}"
             last = controller.alarms.audit(alarm.id)[-1]["details"]
             assert last["score"] <= last["threshold"] == 30.0 and last["measure"] == "score ≤ threshold"
@@ -451,9 +505,9 @@ def test_absent_default_symbol_directory_is_not_a_misconfiguration(tmp_path, mon
 
     from atomwatch.agent.config import AgentConfig
     from atomwatch.config import BrokerAddress
-    from atomwatch.types import CommandError
     from atomwatch.introspection import volatility
     from atomwatch.plugins import introspection_commands as ic
+    from atomwatch.types import CommandError
 
     absent = str(tmp_path / "symbols")
     monkeypatch.delenv("ATOMWATCH_SYMBOLS", raising=False)
@@ -461,8 +515,11 @@ def test_absent_default_symbol_directory_is_not_a_misconfiguration(tmp_path, mon
     monkeypatch.setattr(ic, "DEFAULT_SYMBOL_DIRS", (absent,))
 
     def handlers(options):
-        return ic.register_agent_commands(AgentConfig(broker=BrokerAddress.parse("mqtt://127.0.0.1:1"), site="s",
-                                                      host="h", options={"introspection": options}))
+        return ic.register_agent_commands(
+            AgentConfig(
+                broker=BrokerAddress.parse("mqtt://127.0.0.1:1"), site="s", host="h", options={"introspection": options}
+            )
+        )
 
     async def progress(info):
         raise AssertionError(f"no progress before the refusal, got {info}")
@@ -472,7 +529,10 @@ def test_absent_default_symbol_directory_is_not_a_misconfiguration(tmp_path, mon
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert "no symbol directory" in caplog.text and absent in caplog.text
     assert set(got) == {"introspect", "terminate"} and got["terminate"].__name__ == "terminate"
-    with pytest.raises(CommandError, match=f"introspect: no symbol directory on this agent \\({absent} does not exist\\).*introspection.symbols=DIR"):
+    with pytest.raises(
+        CommandError,
+        match=f"introspect: no symbol directory on this agent \\({absent} does not exist\\).*introspection.symbols=DIR",
+    ):
         asyncio.run(got["introspect"]({"vm": "vm1", "metrics": ["CPUUtilization"]}, progress))
     (tmp_path / "symbols").mkdir()
     assert volatility.VolatilityConfig.from_options({}).symbol_dirs == [absent]  # there once it exists
@@ -496,21 +556,54 @@ def test_plugin_choice_follows_the_blamed_metrics():
 
 
 def _task(pid, comm, start, cpu, ppid=1, kthread=False):
-    return {"pid": pid, "tid": pid, "ppid": ppid, "comm": comm, "start_s": start, "cpu_s": cpu, "kernel_thread": kthread}
+    return {
+        "pid": pid,
+        "tid": pid,
+        "ppid": ppid,
+        "comm": comm,
+        "start_s": start,
+        "cpu_s": cpu,
+        "kernel_thread": kthread,
+    }
 
 
 def test_suspects_rank_new_sockets_and_reused_pids_from_real_row_shapes():
     from atomwatch.introspection.suspects import rank
 
-    sock = {"NetNS": 1, "Process Name": "ddos-bot", "PID": 300, "TID": 300, "FD": 3, "Family": "AF_INET",
-            "Type": "STREAM", "Proto": "TCP", "Source Addr": "10.77.0.11", "Source Port": "40000",
-            "Destination Addr": "10.77.0.1", "Destination Port": "8080", "State": "ESTABLISHED", "Filter": None}
-    base = {"tasks": [_task(1, "init", 1.0, 0.5), _task(163, "qemu-ga", 15.1, 0.9), _task(300, "sleep", 20.0, 0.0),
-                      _task(7, "kworker/0:1", 0.5, 3.0, ppid=2, kthread=True)],
-            "plugins": {"linux.sockstat": {"rows": []}}}
-    now = {"tasks": [_task(1, "init", 1.0, 0.6), _task(163, "qemu-ga", 15.1, 1.4), _task(300, "ddos-bot", 400.0, 0.3),
-                     _task(7, "kworker/0:1", 0.5, 9.0, ppid=2, kthread=True)],
-           "plugins": {"linux.sockstat": {"rows": [sock, dict(sock, **{"Source Port": "40001", "FD": 4})]}}}
+    sock = {
+        "NetNS": 1,
+        "Process Name": "ddos-bot",
+        "PID": 300,
+        "TID": 300,
+        "FD": 3,
+        "Family": "AF_INET",
+        "Type": "STREAM",
+        "Proto": "TCP",
+        "Source Addr": "10.77.0.11",
+        "Source Port": "40000",
+        "Destination Addr": "10.77.0.1",
+        "Destination Port": "8080",
+        "State": "ESTABLISHED",
+        "Filter": None,
+    }
+    base = {
+        "tasks": [
+            _task(1, "init", 1.0, 0.5),
+            _task(163, "qemu-ga", 15.1, 0.9),
+            _task(300, "sleep", 20.0, 0.0),
+            _task(7, "kworker/0:1", 0.5, 3.0, ppid=2, kthread=True),
+        ],
+        "plugins": {"linux.sockstat": {"rows": []}},
+    }
+    now = {
+        "tasks": [
+            _task(1, "init", 1.0, 0.6),
+            _task(163, "qemu-ga", 15.1, 1.4),
+            _task(300, "ddos-bot", 400.0, 0.3),
+            _task(7, "kworker/0:1", 0.5, 9.0, ppid=2, kthread=True),
+        ],
+        "plugins": {"linux.sockstat": {"rows": [sock, dict(sock, **{"Source Port": "40001", "FD": 4})]}},
+    }
     ranked = rank(now, base, ["NetworkOut"])
     top = ranked[0]
     assert (top.pid, top.name, top.start_time) == (300, "ddos-bot", 400.0)
@@ -542,15 +635,15 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
     dry_run the same policy kills the cryptominer with no verdict at all."""
     import atomwatch.plugins.introspection_commands as cmds_plugin
     import atomwatch.plugins.orchestrate as orch_plugin
+    from atomwatch import Anomaly, Blame, SeriesKey
     from atomwatch.agent.config import AgentConfig
     from atomwatch.agent.runtime import Agent
-    from atomwatch import Anomaly, Blame, SeriesKey
     from atomwatch.config import BrokerAddress
-    from atomwatch.pluginmanager import PluginManager
     from atomwatch.controller.app import Controller
     from atomwatch.controller.config import ControllerConfig
     from atomwatch.introspection import guest_agent
     from atomwatch.lab import workloads
+    from atomwatch.pluginmanager import PluginManager
 
     conn, dom = guest
     work = STATE["work"]
@@ -559,10 +652,18 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
     pm.register(orch_plugin, name="orchestrate")
     broker = BrokerAddress.parse(mosquitto.url)
     key = SeriesKey(dom.UUIDString(), dom.name(), "CPUUtilization", "%")
-    intro = {"symbols": str(SYMBOLS), "cache": str(work / "volcache-symbols"), "baseline_dir": str(work / "baselines"),
-             "dump_dir": str(work / "dumps")}
-    policy = {"auto_terminate_detectors": ["cpu-test"], "auto_terminate_processes": ["cryptominer"],
-              "rate_limit": 3600, "watch_timeout": 0.5}
+    intro = {
+        "symbols": str(SYMBOLS),
+        "cache": str(work / "volcache-symbols"),
+        "baseline_dir": str(work / "baselines"),
+        "dump_dir": str(work / "dumps"),
+    }
+    policy = {
+        "auto_terminate_detectors": ["cpu-test"],
+        "auto_terminate_processes": ["cryptominer"],
+        "rate_limit": 3600,
+        "watch_timeout": 0.5,
+    }
 
     async def wait(pred, timeout, what):
         deadline = time.monotonic() + timeout
@@ -573,7 +674,9 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
     async def run(orch_opts, scenario):
         opts = {"introspection": intro, "orchestrate": orch_opts}
         agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=5.0, options=opts), pm)
-        controller = Controller(ControllerConfig(broker=broker, sites=[site], tick=5.0, options=opts, db=":memory:"), pm)
+        controller = Controller(
+            ControllerConfig(broker=broker, sites=[site], tick=5.0, options=opts, db=":memory:"), pm
+        )
         tasks = [asyncio.create_task(controller.run()), asyncio.create_task(agent.run())]
         try:
             await asyncio.wait_for(controller.connected.wait(), 10)
@@ -582,7 +685,8 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
 
             def open_alarm(detector):
                 alarm, opened = controller.alarms.record(
-                    Anomaly(detector, f"{site}/hv1", 0, time.time(), 90.0, 30.0, [Blame(key, "up", 3.0)]))
+                    Anomaly(detector, f"{site}/hv1", 0, time.time(), 90.0, 30.0, [Blame(key, "up", 3.0)])
+                )
                 assert opened
                 controller.dispatch("alarm_opened", alarm=alarm)
                 return alarm.id
@@ -608,8 +712,11 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
 
     async def live(controller, open_alarm, actions):
         alarm_id = open_alarm("cpu-test")
-        await wait(lambda: any(f["kind"] == "termination" for f in controller.alarms.get(alarm_id).findings), 120,
-                   "the policy's termination")
+        await wait(
+            lambda: any(f["kind"] == "termination" for f in controller.alarms.get(alarm_id).findings),
+            120,
+            "the policy's termination",
+        )
         assert ("policy", "automatic termination allowed by policy") in actions(alarm_id)
         assert ("policy", "termination requested") in actions(alarm_id)
 

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_build_tools
 
-from atomwatch.traces import read_labels, read_trace
 from atomwatch.lab import scenarios
 from atomwatch.lab.build import MODULE_ORDER, WORKLOADS
-from conftest import require_build_tools
+from atomwatch.traces import read_labels, read_trace
 
 TICK = 2.0
 
@@ -40,7 +40,10 @@ def test_build_puts_agent_libs_modules_and_workloads_in_the_initramfs(image_dir)
         assert lib.lstrip("/") in names, f"qemu-ga library {lib} missing"
     modules = subprocess.run(
         f"zcat {image_dir / 'initrd.img'} | cpio -i --to-stdout --quiet etc/lab/modules",
-        shell=True, capture_output=True, text=True, check=True,
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert modules == MODULE_ORDER
     assert (image_dir / "vmlinuz").stat().st_size > 1_000_000
@@ -89,7 +92,9 @@ def test_domain_type_probe_never_picks_kvm_on_a_pvm_host():
 def test_lab_cli_reports_a_missing_image_clearly(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "atomwatch", "lab", "up", "--guests", "1", "--dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "atomwatch lab up:" in proc.stderr
@@ -138,7 +143,9 @@ def test_guests_reach_the_target_only_and_the_bridge_has_no_host_address(lab):
     assert "atomwatch lab target" in domains.sh(g1, "wget -q -O - http://10.77.0.1:8080/")
     assert "0% packet loss" in domains.sh(g1, "ping -c 1 -W 2 10.77.0.12")  # a fellow guest
     host_ip = subprocess.run(
-        "ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'", shell=True, capture_output=True,
+        "ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'",
+        shell=True,
+        capture_output=True,
         text=True,
     ).stdout.strip()
     if host_ip:
@@ -242,9 +249,26 @@ def test_destroyed_domain_is_gone_within_two_ticks_and_comes_back_stale_first(la
 def test_record_cli_writes_a_labelled_recording(lab, tmp_path):
     out = tmp_path / "rec"
     proc = subprocess.run(
-        [sys.executable, "-m", "atomwatch", "lab", "record", "--scenario", "cryptominer", "--minutes", "0.5",
-         "--tick", "1", "--out", str(out), "--dir", str(lab["dir"])],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "atomwatch",
+            "lab",
+            "record",
+            "--scenario",
+            "cryptominer",
+            "--minutes",
+            "0.5",
+            "--tick",
+            "1",
+            "--out",
+            str(out),
+            "--dir",
+            str(lab["dir"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     trace = read_trace(out)
@@ -270,15 +294,32 @@ def test_lab_run_streams_the_live_guests_through_agent_and_controller(lab):
     import re
 
     proc = subprocess.run(
-        [sys.executable, "-m", "atomwatch", "lab", "run", "--scenario", "cryptominer", "--minutes", "0.4",
-         "--tick", "2", "--dir", str(lab["dir"])],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "atomwatch",
+            "lab",
+            "run",
+            "--scenario",
+            "cryptominer",
+            "--minutes",
+            "0.4",
+            "--tick",
+            "2",
+            "--dir",
+            str(lab["dir"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     births = re.findall(r"birth: session \d+, (\d+) series", proc.stderr)
     assert "24" in births, births  # 3 guests × 8 metrics reached the controller
     sent = re.search(r"agent stopped after (\d+) ticks: .*'values_sent': (\d+)", proc.stderr)
     assert sent and int(sent.group(1)) >= 8 and int(sent.group(2)) > 24
-    events = json.loads(proc.stdout[proc.stdout.index("{"):])["events"]
+    events = json.loads(proc.stdout[proc.stdout.index("{") :])["events"]
     assert [(e["action"], e["workload"], e["ok"]) for e in events] == [
-        ("start", "cryptominer", True), ("stop", "cryptominer", True)]
+        ("start", "cryptominer", True),
+        ("stop", "cryptominer", True),
+    ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from conftest import LAB_ASSETS, have_module, require
 from pipeline import LAB_DELTAS, Pipeline, detector_status, live_pipeline
 
@@ -69,8 +68,9 @@ async def attack_and_respond(pipe: Pipeline, scope: str, dom, workload: str, met
     except AssertionError:
         trail = [(e["actor"], e["action"]) for e in controller.alarms.audit(alarm.id)]
         status = detector_status(controller, scope, "pca-spe")
-        raise AssertionError(f"alarm {alarm.id} not closed; audit {trail}; "
-                             f"spe {status.get('spe')} q {status.get('q_alpha')}") from None
+        raise AssertionError(
+            f"alarm {alarm.id} not closed; audit {trail}; spe {status.get('spe')} q {status.get('q_alpha')}"
+        ) from None
     closed = controller.alarms.get(alarm.id)
     assert closed.resolution == "terminated", closed.to_dict()
     actions = [e["action"] for e in controller.alarms.audit(alarm.id)]
@@ -90,28 +90,47 @@ async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, si
     options = {
         "libvirt": {"domains": r"^awlab-guest\d+$", **LAB_DELTAS},
         "pca-spe": {"confirm": 2, "min_rows": 150},
-        "introspection": {"symbols": str(LAB_ASSETS / "symbols"), "cache": str(tmp_path / "volcache"),
-                          "baseline_dir": str(tmp_path / "baselines"), "timeout": 240},
+        "introspection": {
+            "symbols": str(LAB_ASSETS / "symbols"),
+            "cache": str(tmp_path / "volcache"),
+            "baseline_dir": str(tmp_path / "baselines"),
+            "timeout": 240,
+        },
         "orchestrate": {"settle_rows": 3, "watch_interval": 1.0},
     }
-    pipe = live_pipeline(mosquitto.url, site, ("libvirt", "introspection-commands", "pca-spe", "orchestrate"), options, ["pca-spe"], TICK, TICK)
+    pipe = live_pipeline(
+        mosquitto.url,
+        site,
+        ("libvirt", "introspection-commands", "pca-spe", "orchestrate"),
+        options,
+        ["pca-spe"],
+        TICK,
+        TICK,
+    )
     controller = pipe.controller
     scope = f"{site}/hv1"
     await pipe.start()
     try:
         # healthy baselines, as an operator takes them when a VM is known good
         for dom in doms[1:]:
-            await controller.send_command(site, "hv1", "introspect",
-                                          {"vm": dom.name(), "metrics": ["CPUUtilization", "NetworkOut"], "baseline": True},
-                                          timeout=240)
+            await controller.send_command(
+                site,
+                "hv1",
+                "introspect",
+                {"vm": dom.name(), "metrics": ["CPUUtilization", "NetworkOut"], "baseline": True},
+                timeout=240,
+            )
 
-        await pipe.wait_for(lambda: bool(detector_status(controller, scope, "pca-spe").get("ready")), 360,
-                            "the PCA model to be ready")
+        await pipe.wait_for(
+            lambda: bool(detector_status(controller, scope, "pca-spe").get("ready")), 360, "the PCA model to be ready"
+        )
         await attack_and_respond(pipe, scope, doms[1], "cryptominer", {"CPUUtilization"})
         # After ddos-bot is killed guest 3's memory settles ~0.5 points above the level the
         # model learnt as constant: within its tracking error (Δ = 1 %), so pca-spe's quiet-column
         # rule must not hold the alarm open; it closes like the first.
-        _, finding = await attack_and_respond(pipe, scope, doms[2], "ddos-bot", {"NetworkOut", "NetworkIn", "CPUUtilization"})
+        _, finding = await attack_and_respond(
+            pipe, scope, doms[2], "ddos-bot", {"NetworkOut", "NetworkIn", "CPUUtilization"}
+        )
         evidence = " ".join(finding["suspects"][0].get("evidence", []))
         assert "socket" in evidence.lower(), evidence
     finally:

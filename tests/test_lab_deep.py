@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from pipeline import LAB_DELTAS, detector_status, live_pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
@@ -27,8 +26,24 @@ def cnn_model(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cnn") / "model"
     data = [str(RECORDINGS / name) for name in ("lab-normal", "lab-cryptominer", "lab-ddos")]
-    rc = main(["train", *data, "--model", "cnn", "--window", "16", "--epochs", "20", "--batch-size", "32",
-               "--out", str(out), "--quiet", "--json"])
+    rc = main(
+        [
+            "train",
+            *data,
+            "--model",
+            "cnn",
+            "--window",
+            "16",
+            "--epochs",
+            "20",
+            "--batch-size",
+            "32",
+            "--out",
+            str(out),
+            "--quiet",
+            "--json",
+        ]
+    )
     assert rc == 0
     assert json.loads((out / "model.json").read_text())["kind"] == "cnn"
     return out
@@ -50,8 +65,11 @@ async def test_cnn_flags_cryptominer_live_and_blames_its_vm(lab, mosquitto, site
     scope = f"{site}/hv1"
     await pipe.start()
     try:
-        await pipe.wait_for(lambda: (detector_status(controller, scope, "cnn").get("scored") or 0) >= NORMAL_ROWS, 180,
-                            "windows of normal work to be scored")
+        await pipe.wait_for(
+            lambda: (detector_status(controller, scope, "cnn").get("scored") or 0) >= NORMAL_ROWS,
+            180,
+            "windows of normal work to be scored",
+        )
         normal = detector_status(controller, scope, "cnn")
         # the classifier may misjudge a normal window now and then (docs/evaluation.md), not most
         assert normal["flagged"] <= normal["scored"] // 3, normal

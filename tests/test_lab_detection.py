@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from pipeline import LAB_DELTAS, detector_status, live_pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
@@ -46,8 +45,9 @@ async def test_ddos_bot_in_two_guests_opens_an_alarm_blaming_them(lab, mosquitto
     scope = f"{site}/hv1"
     await pipe.start()
     try:
-        await pipe.wait_for(lambda: bool(detector_status(controller, scope, "pca-spe").get("ready")), 480,
-                            "the PCA model to be ready")
+        await pipe.wait_for(
+            lambda: bool(detector_status(controller, scope, "pca-spe").get("ready")), 480, "the PCA model to be ready"
+        )
         ready_row = controller.scope_rows.counts[scope]
         await pipe.wait_for(lambda: controller.scope_rows.counts[scope] >= ready_row + NORMAL_ROWS, 120, "normal rows")
         normal_alarms = controller.alarms.list(scope=scope)

@@ -183,7 +183,9 @@ def test_relative_imports_resolve_against_the_installed_name():
     assert check_source("from . import models\nfrom .windows import X\n", "atomwatch.plugins.deep.train", "t.py") == []
     assert check_source("from .detector import hookimpl\n", "atomwatch.plugins.deep", "i.py", is_package=True) == []
     assert check_source("from ..introspection import pipeline\n", "atomwatch.plugins.x", "p.py") == []
-    assert check_source("from ..controller import alarms\n", "atomwatch.plugins.deep.retrain", "r.py") == []  # plugins.controller
+    assert (
+        check_source("from ..controller import alarms\n", "atomwatch.plugins.deep.retrain", "r.py") == []
+    )  # plugins.controller
     assert check_source("from ...controller import alarms\n", "atomwatch.plugins.deep.retrain", "r.py") == [
         "r.py:1: from ...controller import alarms — the plugins layer may not import the controller layer"
     ]

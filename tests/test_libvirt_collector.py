@@ -32,8 +32,16 @@ def stats(cpu_ns=0, vcpu_ns=(0,), rx=0, tx=0, rd=0, wr=0, rdb=0, wrb=0, balloon=
     if net:
         s.update({"net.count": 1, "net.0.name": "awlab-tap1", "net.0.rx.bytes": rx, "net.0.tx.bytes": tx})
     if block:
-        s.update({"block.count": 1, "block.0.name": "vda", "block.0.rd.reqs": rd, "block.0.wr.reqs": wr,
-                  "block.0.rd.bytes": rdb, "block.0.wr.bytes": wrb})
+        s.update(
+            {
+                "block.count": 1,
+                "block.0.name": "vda",
+                "block.0.rd.reqs": rd,
+                "block.0.wr.reqs": wr,
+                "block.0.rd.bytes": rdb,
+                "block.0.wr.bytes": wrb,
+            }
+        )
     if balloon:
         s.update({"balloon.available": 200_000, "balloon.usable": 150_000, "balloon.unused": 120_000})
     return s
@@ -45,7 +53,9 @@ def test_first_sample_is_stale_then_rates_are_counter_deltas_over_time():
     assert all(v is None for v in first.values())
     second = lc.rates(
         last,
-        lc.sample_of(stats(cpu_ns=1, vcpu_ns=(1_500_000_000,), rx=4000, tx=2000, rd=10, wr=20, rdb=4096, wrb=8192), 102.0),
+        lc.sample_of(
+            stats(cpu_ns=1, vcpu_ns=(1_500_000_000,), rx=4000, tx=2000, rd=10, wr=20, rdb=4096, wrb=8192), 102.0
+        ),
     )
     assert second["CPUUtilization"] == pytest.approx(75.0)  # 1.5 s busy of 2 s on one vCPU
     assert second["NetworkIn"] == pytest.approx(2000.0)

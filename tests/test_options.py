@@ -53,10 +53,24 @@ def test_defaults_and_the_public_names():
     assert issubclass(ConfigError, ValueError)
 
 
-@pytest.mark.parametrize("text, value", [
-    (True, True), (False, False), ("true", True), ("FALSE", False), ("Yes", True), ("no", False),
-    ("on", True), ("OFF", False), ("1", True), ("0", False), (1, True), (0, False), (" yes ", True),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("FALSE", False),
+        ("Yes", True),
+        ("no", False),
+        ("on", True),
+        ("OFF", False),
+        ("1", True),
+        ("0", False),
+        (1, True),
+        (0, False),
+        (" yes ", True),
+    ],
+)
 def test_the_boolean_rule(text, value):
     assert parse(enabled=text).enabled is value
 
@@ -74,11 +88,26 @@ def test_the_command_line_reaches_the_same_rule():
         parse(**plugin_options({}, ["example.enabled=maybe"])["example"])
 
 
-@pytest.mark.parametrize("text, seconds", [
-    (30, 30.0), (2.5, 2.5), ("45", 45.0), ("10s", 10.0), ("500ms", 0.5), ("5min", 300.0), ("5m", 300.0),
-    ("6h", 21600.0), ("7d", 604800.0), ("2w", 1209600.0), ("1h30min", 5400.0), (" 6 H ", 21600.0), (0, 0.0),
-    ("1.5h", 5400.0), ("2 hours", 7200.0),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        (30, 30.0),
+        (2.5, 2.5),
+        ("45", 45.0),
+        ("10s", 10.0),
+        ("500ms", 0.5),
+        ("5min", 300.0),
+        ("5m", 300.0),
+        ("6h", 21600.0),
+        ("7d", 604800.0),
+        ("2w", 1209600.0),
+        ("1h30min", 5400.0),
+        (" 6 H ", 21600.0),
+        (0, 0.0),
+        ("1.5h", 5400.0),
+        ("2 hours", 7200.0),
+    ],
+)
 def test_durations(text, seconds):
     assert parse(every=text).every == pytest.approx(seconds)
     assert atomwatch.parse_duration(text) == pytest.approx(seconds)
@@ -167,8 +196,9 @@ def _agent_config(name, options):
     from atomwatch.agent.config import AgentConfig
     from atomwatch.config import BrokerAddress
 
-    return AgentConfig(broker=BrokerAddress.parse("mqtt://127.0.0.1:1"), site="s", host="h", tick=2.0,
-                       options={name: options})
+    return AgentConfig(
+        broker=BrokerAddress.parse("mqtt://127.0.0.1:1"), site="s", host="h", tick=2.0, options={name: options}
+    )
 
 
 def _detector(name):
@@ -270,14 +300,23 @@ def test_the_old_option_rules_hold():
         _detector("cnn")({"top": 2})
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["controller", "--set", "orchestrate.enabled=maybe"], "orchestrate.enabled='maybe' is not a boolean"),
-    (["agent", "--set", "libvirt.urі=qemu:///system"], "libvirt: unknown option 'urі'"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["controller", "--set", "orchestrate.enabled=maybe"], "orchestrate.enabled='maybe' is not a boolean"),
+        (["agent", "--set", "libvirt.urі=qemu:///system"], "libvirt: unknown option 'urі'"),
+    ],
+)
 def test_a_bad_option_on_the_command_line_is_one_line_and_exit_2(argv, says, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ATOMWATCH_LOAD_PLUGINS"}  # every built-in plugin
-    proc = subprocess.run([sys.executable, "-m", "atomwatch", *argv, "--duration", "1"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "atomwatch", *argv, "--duration", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if " INFO " not in ln]
     assert lines == [f"atomwatch {argv[0]}: {lines[0].split(': ', 1)[1]}"] and says in lines[0], proc.stderr

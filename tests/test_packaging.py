@@ -48,7 +48,8 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
-        check=True, timeout=600,
+        check=True,
+        timeout=600,
     )
     (built,) = out.glob("atomwatch-*.whl")
     return built
@@ -152,7 +153,8 @@ def test_a_fresh_venv_has_atomwatch_agent_and_no_bare_agent(wheel, tmp_path):
     python = venv / "bin" / "python"
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-        check=True, timeout=300,
+        check=True,
+        timeout=300,
     )
     wanted = [
         "atomwatch",
@@ -170,8 +172,13 @@ def test_a_fresh_venv_has_atomwatch_agent_and_no_bare_agent(wheel, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     done = subprocess.run(
-        [str(python), "-c", _PROBE, *wanted], cwd=outside, env=env,
-        capture_output=True, text=True, check=True, timeout=120,
+        [str(python), "-c", _PROBE, *wanted],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     seen = json.loads(done.stdout)
     assert seen["bare"] is None, f"import agent found {seen['bare']}"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require
+
 from atomwatch.plugins.pca_spe import kernels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,9 @@ def _run(no_jit: bool) -> dict:
     env.pop("ATOMWATCH_NO_JIT", None)
     if no_jit:
         env["ATOMWATCH_NO_JIT"] = "1"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(ROOT)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -63,7 +65,9 @@ def _run(no_jit: bool) -> dict:
 @pytest.mark.parametrize("no_jit", [False, True], ids=["compiled", "plain-numpy"])
 def test_each_tick_matches_a_full_refit_compiled_and_plain(no_jit):
     if not no_jit:
-        require(kernels.JIT or os.environ.get("ATOMWATCH_NO_JIT"), "numba is not installed (pip install 'atomwatch[fast]')")
+        require(
+            kernels.JIT or os.environ.get("ATOMWATCH_NO_JIT"), "numba is not installed (pip install 'atomwatch[fast]')"
+        )
     out = _run(no_jit)
     assert out["jit"] is (not no_jit)
     assert out["solvers"].count("subspace") >= 35, out["solvers"]  # the warm-started step answers
@@ -169,7 +173,9 @@ def test_fits_use_the_plain_kernels_while_numba_compiles(tmp_path):
     if not kernels.JIT:
         pytest.skip("ATOMWATCH_NO_JIT is set: nothing is compiled")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
-    proc = subprocess.run([sys.executable, "-c", WARM_UP_SCRIPT, str(ROOT)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", WARM_UP_SCRIPT, str(ROOT)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert all(out["plain_during"]), out["plain_during"]

@@ -302,7 +302,9 @@ def test_detector_with_the_solver_judges_every_row_as_with_eigh():
                 cols, vals = names[10:] + names[:10], np.concatenate([x[i, 10:], x[i, :10]])
             else:
                 cols, vals = names, x[i]
-            a = det.update(Row("s", i, float(i), tuple(SeriesKey.from_column(c) for c in cols), np.asarray(vals, dtype=float)))
+            a = det.update(
+                Row("s", i, float(i), tuple(SeriesKey.from_column(c) for c in cols), np.asarray(vals, dtype=float))
+            )
             out.append(None if a is None else (a.score, a.threshold))
             st = det.status()
             statuses.append((st.get("spe"), st.get("q_alpha"), st.get("k"), st.get("solver")))

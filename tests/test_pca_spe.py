@@ -147,12 +147,17 @@ def test_incremental_window_equals_batch_refit_after_many_updates():
             inc = pm.fit(w.n, w.mean, w.cov(), top=top)
             ref = pm.fit_window(w.rows())
             probe = x[(i * 7) % len(x)] + rng.standard_normal(d)
-            for a, b in ((inc.q_alpha, ref.q_alpha), (inc.spe(inc.standardise(probe)), ref.spe(ref.standardise(probe)))):
+            for a, b in (
+                (inc.q_alpha, ref.q_alpha),
+                (inc.spe(inc.standardise(probe)), ref.spe(ref.standardise(probe))),
+            ):
                 worst = max(worst, abs(a - b) / abs(b))
     assert w.updates == 4000 + 3850 and w.refreshes == 0
     rows = w.rows()
     np.testing.assert_allclose(w.mean, rows.mean(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(w.cov(), np.cov(rows, rowvar=False), rtol=1e-6, atol=1e-6 * np.abs(np.cov(rows, rowvar=False)).max())
+    np.testing.assert_allclose(
+        w.cov(), np.cov(rows, rowvar=False), rtol=1e-6, atol=1e-6 * np.abs(np.cov(rows, rowvar=False)).max()
+    )
     assert worst <= 1e-6, worst
     assert top.hits > 0  # the warm-started solver was really used
 
@@ -188,7 +193,9 @@ def test_constant_near_constant_and_nan_columns_raise_no_alarm():
 def feed_tracked(det, cols, x, deltas, start=0):
     out = []
     for i, v in enumerate(x):
-        row = Row("s", start + i, float(start + i), cols, np.asarray(v, dtype=float), deltas=np.asarray(deltas, dtype=float))
+        row = Row(
+            "s", start + i, float(start + i), cols, np.asarray(v, dtype=float), deltas=np.asarray(deltas, dtype=float)
+        )
         if a := det.update(row):
             out.append(a)
     return out

@@ -34,8 +34,12 @@ def test_plot_writes_a_png_with_the_attack_flagged(recording, tmp_path):
     import matplotlib.image
 
     out = tmp_path / "spe.png"
-    proc = subprocess.run(["atomwatch", "plot", str(recording), "--detector", "pca-spe", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["atomwatch", "plot", str(recording), "--detector", "pca-spe", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     img = matplotlib.image.imread(out)
     assert img.shape[0] > 300 and img.shape[1] > 800
@@ -46,8 +50,8 @@ def test_plot_writes_a_png_with_the_attack_flagged(recording, tmp_path):
 def test_series_gives_score_and_threshold_per_row(recording):
     from atomwatch.cli.plot import series
     from atomwatch.detectors import find_factory
-    from atomwatch.trace_rows import trace_rows
     from atomwatch.pluginmanager import get_plugin_manager
+    from atomwatch.trace_rows import trace_rows
     from atomwatch.traces import read_trace
 
     det = find_factory(get_plugin_manager(), "pca-spe").create("offline", {})
@@ -60,6 +64,9 @@ def test_series_gives_score_and_threshold_per_row(recording):
 
 
 def test_plot_errors_are_clear(tmp_path):
-    proc = subprocess.run(["atomwatch", "plot", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.png")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["atomwatch", "plot", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.png")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "nope.csv: no such file" in proc.stderr

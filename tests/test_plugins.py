@@ -13,16 +13,23 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 import atomwatch
 from atomwatch.pluginmanager import PluginManager, get_plugin_manager, hook_docs
-from conftest import ROOT
 
 
 def test_every_hook_is_documented():
     docs = hook_docs(PluginManager())
-    assert {"register_collectors", "register_agent_commands", "register_detectors", "anomaly_detected",
-            "alarm_opened", "alarm_updated", "verdict_given"} <= set(docs)
+    assert {
+        "register_collectors",
+        "register_agent_commands",
+        "register_detectors",
+        "anomaly_detected",
+        "alarm_opened",
+        "alarm_updated",
+        "verdict_given",
+    } <= set(docs)
     for name, doc in docs.items():
         assert len(doc.split()) >= 12, f"hook {name} is not documented"
 
@@ -122,8 +129,13 @@ def test_optional_hooks_are_allowed(tmp_path, monkeypatch):
 def test_a_misspelt_hook_stops_the_command_with_one_line(tmp_path):
     (tmp_path / "typo.py").write_text(MISSPELT)
     env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="")
-    proc = subprocess.run([sys.executable, "-m", "atomwatch", "plugins", "--plugins-dir", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "atomwatch", "plugins", "--plugins-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -186,10 +198,22 @@ class FakeHandle:
 
         self.options, self.answers, self.sent, self.trail = options, answers, [], []
         self.status = {"row": 0, "ts": 0.0, "detectors": {}}
-        self.alarm = Alarm(id=1, scope="s/h", detector="pca-spe", state="open", opened_at=0.0, updated_at=0.0,
-                           closed_at=None, first_row=0, last_row=0, level=1, score=9.0, threshold=1.0,
-                           blame=[{"column": "vm1/CPUUtilization", "vm_uuid": "u1", "vm_name": "vm1",
-                                   "metric": "CPUUtilization"}], rows=[])
+        self.alarm = Alarm(
+            id=1,
+            scope="s/h",
+            detector="pca-spe",
+            state="open",
+            opened_at=0.0,
+            updated_at=0.0,
+            closed_at=None,
+            first_row=0,
+            last_row=0,
+            level=1,
+            score=9.0,
+            threshold=1.0,
+            blame=[{"column": "vm1/CPUUtilization", "vm_uuid": "u1", "vm_name": "vm1", "metric": "CPUUtilization"}],
+            rows=[],
+        )
 
     async def send_command(self, site, host, command, params=None, timeout=60.0, on_progress=None):
         self.sent.append((site, host, command, dict(params or {})))
@@ -229,12 +253,15 @@ def test_orchestrator_works_through_the_handle_only():
 
     tree = ast.parse(open(orch.__file__).read())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
-        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
     assert not [m for m in imported if m and m.startswith("atomwatch.controller")], imported
 
     suspect = {"pid": 42, "name": "cryptominer", "start_time": 5.0}
-    handle = FakeHandle({"orchestrate": {"rate_limit": 0, "watch_interval": 0.01, "watch_timeout": 5, "settle_rows": 2}},
-                        {"introspect": {"summary": "1 suspect", "suspects": [suspect]}, "terminate": {"verified": True}})
+    handle = FakeHandle(
+        {"orchestrate": {"rate_limit": 0, "watch_interval": 0.01, "watch_timeout": 5, "settle_rows": 2}},
+        {"introspect": {"summary": "1 suspect", "suspects": [suspect]}, "terminate": {"verified": True}},
+    )
 
     async def scenario():
         await orch.alarm_opened(alarm=handle.alarm, handle=handle)
@@ -242,16 +269,19 @@ def test_orchestrator_works_through_the_handle_only():
         assert handle.alarm.findings[0]["kind"] == "introspection"
         assert orch.verdict_given(alarm=handle.alarm, verdict="normal", actor="op", params={}, handle=handle) is None
         handle.alarm.state = "malicious"
-        watch = asyncio.ensure_future(orch.verdict_given(alarm=handle.alarm, verdict="malicious", actor="op",
-                                                         params={"pid": 42}, handle=handle))
+        watch = asyncio.ensure_future(
+            orch.verdict_given(alarm=handle.alarm, verdict="malicious", actor="op", params={"pid": 42}, handle=handle)
+        )
         for row in (1, 2, 3):  # the score back under its threshold for settle_rows rows
             await asyncio.sleep(0.05)
             handle.status = {"row": row, "ts": 0.0, "detectors": {"pca-spe": {"spe": 0.5, "q_alpha": 1.0}}}
         await asyncio.wait_for(watch, 5)
 
     asyncio.run(scenario())
-    assert handle.sent[1][2:] == ("terminate", {"vm": "u1", "vm_name": "vm1", "pid": 42, "name": "cryptominer",
-                                                "start_time": 5.0, "group": False})
+    assert handle.sent[1][2:] == (
+        "terminate",
+        {"vm": "u1", "vm_name": "vm1", "pid": 42, "name": "cryptominer", "start_time": 5.0, "group": False},
+    )
     assert handle.alarm.state == "closed" and handle.alarm.resolution == "terminated"
     assert ("op", "termination requested") in handle.trail
 
@@ -291,15 +321,18 @@ def installed_readme_plugin(tmp_path_factory):
 
 
 def test_readme_plugin_installs_and_is_listed(installed_readme_plugin):
-    out = subprocess.run(["atomwatch", "plugins", "--json"], env=installed_readme_plugin, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["atomwatch", "plugins", "--json"], env=installed_readme_plugin, capture_output=True, text=True, check=True
+    )
     plugins = {p["name"]: p for p in json.loads(out.stdout)["plugins"]}
     assert plugins["threshold"]["hooks"] == ["register_detectors"]
     assert "atomwatch-threshold" in plugins["threshold"]["source"]
 
 
 def test_readme_plugin_runs_live_through_a_real_broker(installed_readme_plugin, mosquitto, tmp_path):
-    from atomwatch.traces import write_trace
     import numpy as np
+
+    from atomwatch.traces import write_trace
 
     trace = tmp_path / "t.csv"
     values = np.full((40, 2), 10.0)
@@ -308,9 +341,30 @@ def test_readme_plugin_runs_live_through_a_real_broker(installed_readme_plugin, 
     # only the replay collector: a hypervisor's libvirt guests would add their own anomalies
     env = dict(installed_readme_plugin, ATOMWATCH_LOAD_PLUGINS="replay,threshold", ATOMWATCH_DB=":memory:")
     proc = subprocess.run(
-        ["atomwatch", "up", "--broker", mosquitto.url, "--site", "readme", "--trace", str(trace), "--tick", "0.1",
-         "--duration", "15", "--http", "off", "--detector", "threshold", "--set", "threshold.limit=80"],
-        env=env, capture_output=True, text=True, timeout=60,
+        [
+            "atomwatch",
+            "up",
+            "--broker",
+            mosquitto.url,
+            "--site",
+            "readme",
+            "--trace",
+            str(trace),
+            "--tick",
+            "0.1",
+            "--duration",
+            "15",
+            "--http",
+            "off",
+            "--detector",
+            "threshold",
+            "--set",
+            "threshold.limit=80",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     anomalies = [line for line in proc.stderr.splitlines() if "anomaly: threshold" in line]
@@ -319,7 +373,7 @@ def test_readme_plugin_runs_live_through_a_real_broker(installed_readme_plugin, 
     assert not bad, bad[:3]
 
 
-SUBCOMMAND_PLUGIN = '''
+SUBCOMMAND_PLUGIN = """
 import atomwatch
 
 
@@ -336,7 +390,7 @@ def run(args, context):
 def register_commands():
     return [atomwatch.Subcommand("hello", "say hello", add_arguments, run),
             atomwatch.Subcommand("detect", "a second 'detect'", add_arguments, run)]
-'''
+"""
 
 
 def test_a_plugin_adds_a_subcommand_and_cannot_replace_a_built_in(tmp_path: Path, monkeypatch, capsys) -> None:

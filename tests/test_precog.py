@@ -19,8 +19,8 @@ import pytest
 
 from atomwatch.config import ConfigError
 from atomwatch.pluginmanager import get_plugin_manager
-from atomwatch.types import Row, SeriesKey
 from atomwatch.plugins import precog
+from atomwatch.types import Row, SeriesKey
 from tests.conftest import DATA
 from tests.test_precog_reference import alibaba, sample_trace
 
@@ -73,8 +73,16 @@ def test_bad_options_are_refused_with_a_message_naming_them(options, words):
 
 
 def test_options_reach_the_reference_parameters():
-    d = factory("precog-reference").create("s", {"req_trend_duration": "8h", "critical_time": "3d", "min_value": 35,
-                                                  "metrics": "Mem, MemoryUtilization", "use_max_values_as_filter": "false"})
+    d = factory("precog-reference").create(
+        "s",
+        {
+            "req_trend_duration": "8h",
+            "critical_time": "3d",
+            "min_value": 35,
+            "metrics": "Mem, MemoryUtilization",
+            "use_max_values_as_filter": "false",
+        },
+    )
     p = d.settings.params
     assert (p.min_trend, p.critical, p.min_value, p.max_filter) == (8 * 3600, 3 * 86400, 35.0, False)
     assert d.settings.metrics == ("Mem", MEM)
@@ -92,7 +100,9 @@ def test_rows_mode_and_seconds_mode_decide_alike():
     opts = {"metrics": "*", "fit_rows": 375, "min_value": 30}
     by_rows = _trace_decisions(factory("precog-reference").create("s", opts), np.arange(v.size), v, key)
     by_secs = _trace_decisions(factory("precog-reference").create("s", opts), np.arange(v.size) * 600.0 + 1.7e9, v, key)
-    by_step = _trace_decisions(factory("precog-reference").create("s", {**opts, "step": "10min"}), np.arange(v.size), v, key)
+    by_step = _trace_decisions(
+        factory("precog-reference").create("s", {**opts, "step": "10min"}), np.arange(v.size), v, key
+    )
     assert by_rows and by_rows == by_secs == by_step
     other = _trace_decisions(factory("precog-reference").create("s", {**opts, "step": 420}), np.arange(v.size), v, key)
     assert other != by_rows  # the step really is used
@@ -161,20 +171,71 @@ def test_anomaly_names_vm_trend_and_time_to_limit():
 
 def test_detect_cli_runs_the_plugin_on_a_sample_trace():
     path = str(DATA / "precog" / "test1.csv")
-    out = subprocess.run([sys.executable, "-m", "atomwatch", "detect", path, "--detector", "precog",
-                          "--set", "precog.metrics=*", "--json"], capture_output=True, text=True, timeout=300, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atomwatch",
+            "detect",
+            path,
+            "--detector",
+            "precog",
+            "--set",
+            "precog.metrics=*",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["rows"] == 1000
     path6 = str(DATA / "precog" / "test6.csv")
-    out = subprocess.run([sys.executable, "-m", "atomwatch", "detect", path6, "--detector", "precog-reference",
-                          "--set", "precog-reference.metrics=*", "--set", "precog-reference.fit_rows=375",
-                          "--set", "precog-reference.min_value=30", "--json"], capture_output=True, text=True, timeout=300, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atomwatch",
+            "detect",
+            path6,
+            "--detector",
+            "precog-reference",
+            "--set",
+            "precog-reference.metrics=*",
+            "--set",
+            "precog-reference.fit_rows=375",
+            "--set",
+            "precog-reference.min_value=30",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     anomalies = json.loads(out.stdout)["anomalies"]
     assert anomalies and all(a["blame"][0]["r2"] > 0.8 for a in anomalies)
-    bad = subprocess.run([sys.executable, "-m", "atomwatch", "detect", path, "--detector", "precog",
-                          "--set", "precog.metrics=*", "--set", "precog.fit_rows=x"], capture_output=True, text=True,
-                         timeout=300, check=False)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atomwatch",
+            "detect",
+            path,
+            "--detector",
+            "precog",
+            "--set",
+            "precog.metrics=*",
+            "--set",
+            "precog.fit_rows=x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert bad.returncode == 2 and "fit_rows" in bad.stderr
 
 
@@ -230,8 +291,13 @@ def test_default_reports_injected_leak_before_90_percent(machine):
 # ----------------------------------------------------------------------------- lab recordings
 
 LAB_SCALE = {  # the lab's workloads last minutes, not days: the same algorithm on a finer clock
-    "resampling_time_resolution": "5s", "smoothing_window": "15s", "req_trend_duration": "30s",
-    "min_separation_duration": "30s", "critical_time": "10min", "min_value": 0, "fit_duration": "60s",
+    "resampling_time_resolution": "5s",
+    "smoothing_window": "15s",
+    "req_trend_duration": "30s",
+    "min_separation_duration": "30s",
+    "critical_time": "10min",
+    "min_value": 0,
+    "fit_duration": "60s",
 }
 
 
@@ -241,7 +307,10 @@ def _lab_recordings(name: str) -> list:
     from pathlib import Path
 
     found = []
-    for root in (Path(__file__).resolve().parent / "data", Path(__file__).resolve().parent.parent / "atomwatch" / "data"):
+    for root in (
+        Path(__file__).resolve().parent / "data",
+        Path(__file__).resolve().parent.parent / "atomwatch" / "data",
+    ):
         found += sorted(root.glob(f"*{name}*.csv")) + sorted(p for p in root.glob(f"*{name}*") if p.is_dir())
     return [p for p in found if not p.name.endswith(".labels.csv")]
 
@@ -310,11 +379,11 @@ def test_accept_normal_refits_on_the_accepted_rows():
     before = det.columns[key].model
     assert before.trends == []
     start_row = int(out[0].blame[0].details["window_start"] / 600)
-    det.accept_normal(rows[start_row: i + 1])
+    det.accept_normal(rows[start_row : i + 1])
     after = det.columns[key].model
     assert after is not before and len(after.trends) == 1
     assert after.max_slope > 0
-    assert not any(det.update(r) for r in rows[i + 1: i + 6])
+    assert not any(det.update(r) for r in rows[i + 1 : i + 6])
 
 
 def test_max_history_bounds_the_online_series():

@@ -23,8 +23,8 @@ import pytest
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 
-from atomwatch.traces import read_trace
 from atomwatch.plugins.precog import core
+from atomwatch.traces import read_trace
 from tests.conftest import DATA
 
 PRECOG = Path(DATA) / "precog"
@@ -57,7 +57,7 @@ def ref_pre_process(t, v):
         j = i
         while j > 0 and times[j - 1] > ti - SMOOTH:
             j -= 1
-        smoothed.append(statistics.median(resampled[j: i + 1]))
+        smoothed.append(statistics.median(resampled[j : i + 1]))
     return times, smoothed
 
 
@@ -87,7 +87,7 @@ def ref_detect_trend(times, x, a, b):
     if times[b] - times[a] < MIN_WINDOW:
         return None
     xs = np.array([[-math.floor((times[b] - times[i]) / 60)] for i in range(a, b + 1)], dtype=float)
-    ys = np.array(x[a: b + 1])
+    ys = np.array(x[a : b + 1])
     lr = LinearRegression().fit(xs, ys)
     r2 = r2_score(ys, lr.predict(xs))
     if not r2 > R2:
@@ -110,7 +110,13 @@ def ref_fit(t, v):
             tr = ref_detect_trend(times, x, cps[i], cps[j])
             if tr and best is None and tr["slope"] > 0:  # noqa: SIM114 - verbatim from the description
                 best = tr
-            elif tr and best and tr["r2"] >= best["r2"] and tr["duration"] >= best["duration"] and tr["slope"] >= best["slope"]:
+            elif (
+                tr
+                and best
+                and tr["r2"] >= best["r2"]
+                and tr["duration"] >= best["duration"]
+                and tr["slope"] >= best["slope"]
+            ):
                 best = tr
         if best and best["exit"] <= CRITICAL and times[best["stop"]] < times[-1]:
             max_dur = max(max_dur, best["duration"])
@@ -142,7 +148,7 @@ def ref_predict(t, v, model, min_value):
                     best, found = tr, True
     if not found:
         return False, None, x, cps
-    last = x[cps[len(cps) - 2]:]
+    last = x[cps[len(cps) - 2] :]
     for value in sorted(last, reverse=True)[:TOP_N]:
         if value < 95 and value < model["train_ref"]:
             return False, None, x, cps
@@ -190,8 +196,9 @@ def _compare(t, v, n_fit, params, prefixes_every=None, samples=None):
             s, cps = online.snapshot()
             snapshots[i] = (decisions[-1], s, cps)
     for i, (decision, s, cps) in snapshots.items():
-        want_alarm, want_window, x, want_cps = ref_predict(t[n_fit: n_fit + i + 1], v[n_fit: n_fit + i + 1], ref_model,
-                                                           params.min_value)
+        want_alarm, want_window, x, want_cps = ref_predict(
+            t[n_fit : n_fit + i + 1], v[n_fit : n_fit + i + 1], ref_model, params.min_value
+        )
         assert np.array_equal(s, np.array(x)), f"smoothed series differs at prefix {i}"
         assert cps == want_cps, f"change points differ at prefix {i}"
         assert decision == (want_alarm, want_window), f"decision differs at prefix {i}"
@@ -214,7 +221,7 @@ def test_sample_traces_include_leak_decisions():
         params = core.PrecogParams(min_value=30.0)
         model = core.fit(t[: len(t) // 4], v[: len(t) // 4], params)
         online = core.OnlineSeries(params)
-        for ti, vi in zip(t[len(t) // 4:], v[len(t) // 4:]):
+        for ti, vi in zip(t[len(t) // 4 :], v[len(t) // 4 :]):
             online.add(float(ti), float(vi))
             positives += online.evaluate(model).alarm
     assert 0 < positives
@@ -240,8 +247,13 @@ def test_batch_predict_equals_online_on_a_prefix():
         online.add(float(t[i]), float(v[i]))
         d = online.evaluate(model)
         if i % 5 == 0:
-            b = core.predict(t[375: i + 1], v[375: i + 1], model, params)
-            assert (d.alarm, d.trend and (d.trend.start, d.trend.stop)) == (b.alarm, b.trend and (b.trend.start, b.trend.stop)) or not d.alarm and not b.alarm
+            b = core.predict(t[375 : i + 1], v[375 : i + 1], model, params)
+            assert (
+                (d.alarm, d.trend and (d.trend.start, d.trend.stop))
+                == (b.alarm, b.trend and (b.trend.start, b.trend.stop))
+                or not d.alarm
+                and not b.alarm
+            )
             agree += 1
     assert agree > 100
 
@@ -256,6 +268,7 @@ def test_median_and_mad_of_sorted_union_match_numpy():
             everything = np.r_[main, extra]
             med = core._median_of(lambda lo, hi, a=main: a[lo:hi], main.size, extra)
             assert med == np.median(everything)
-            mad = core._median_of(lambda lo, hi, a=main, m=med: core._dist_window(a, m, lo, hi), main.size,
-                                  [abs(x - med) for x in extra])
+            mad = core._median_of(
+                lambda lo, hi, a=main, m=med: core._dist_window(a, m, lo, hi), main.size, [abs(x - med) for x in extra]
+            )
             assert mad == np.median(np.abs(everything - med))

@@ -17,7 +17,11 @@ def test_version():
 def test_up_runs_the_whole_pipeline_on_the_embedded_broker():
     env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay", ATOMWATCH_DB=":memory:")  # the replay collector only
     proc = subprocess.run(
-        ["atomwatch", "-v", "up", "--duration", "8", "--tick", "0.2", "--http", "off"], env=env, capture_output=True, text=True, timeout=90
+        ["atomwatch", "-v", "up", "--duration", "8", "--tick", "0.2", "--http", "off"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stderr
@@ -38,8 +42,9 @@ def test_up_with_every_plugin_reports_unconfigured_detectors_without_errors():
     detectors (no trained model) are said to be not configured, once, at INFO — no ERROR."""
     env = dict(os.environ, ATOMWATCH_DB=":memory:")
     env.pop("ATOMWATCH_LOAD_PLUGINS", None)
-    proc = subprocess.run(["atomwatch", "up", "--duration", "6", "--http", "off"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        ["atomwatch", "up", "--duration", "6", "--http", "off"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stderr
     assert " ERROR " not in log, log[-3000:]
@@ -51,7 +56,10 @@ def test_up_with_every_plugin_reports_unconfigured_detectors_without_errors():
 def test_bad_option_is_a_clear_error():
     proc = subprocess.run(
         ["atomwatch", "up", "--duration", "2", "--http", "off", "--set", "replay.speed=-1"],
-        env=dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay"), capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay"),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "replay.speed must be > 0, got -1" in proc.stderr

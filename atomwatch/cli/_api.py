@@ -14,7 +14,9 @@ DEFAULT = "http://127.0.0.1:8470"
 
 
 def add_controller_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--controller", metavar="URL", help=f"the controller's HTTP API (default: $ATOMWATCH_CONTROLLER or {DEFAULT})")
+    p.add_argument(
+        "--controller", metavar="URL", help=f"the controller's HTTP API (default: $ATOMWATCH_CONTROLLER or {DEFAULT})"
+    )
     p.add_argument("--json", action="store_true", help="print the API's JSON")
 
 

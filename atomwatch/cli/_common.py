@@ -25,7 +25,11 @@ def add_plugin_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_session_arguments(p: argparse.ArgumentParser, tick: float) -> None:
-    p.add_argument("--broker", metavar="URL", help="MQTT broker, mqtt://host:port (default: $ATOMWATCH_BROKER or mqtt://127.0.0.1:1883)")
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        help="MQTT broker, mqtt://host:port (default: $ATOMWATCH_BROKER or mqtt://127.0.0.1:1883)",
+    )
     p.add_argument("--site", help="site name: the topic level above hosts (default: default)")
     p.add_argument("--tick", type=float, help=f"seconds between ticks (default {tick:g})")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")

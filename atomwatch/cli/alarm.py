@@ -12,8 +12,13 @@ from ._api import ApiError, add_controller_argument, call, fail
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", type=int, help="the alarm's number")
-    p.add_argument("--rows", nargs="?", const="*", metavar="PLUGIN",
-                   help="also print the Volatility rows of the findings (all plugins, or one, e.g. linux.sockstat)")
+    p.add_argument(
+        "--rows",
+        nargs="?",
+        const="*",
+        metavar="PLUGIN",
+        help="also print the Volatility rows of the findings (all plugins, or one, e.g. linux.sockstat)",
+    )
     add_controller_argument(p)
 
 
@@ -48,7 +53,9 @@ def show(a: dict[str, Any], rows: str | None = None) -> None:
     for f in a.get("findings", []):
         print(f"  finding ({f.get('kind', '?')} by {f.get('by', '?')}): {f.get('summary', '')}")
         for s in f.get("suspects", [])[:10]:
-            print(f"    suspect pid {s.get('pid')} {s.get('name', '')!s:<20} score {s.get('score', '')}  {'; '.join(s.get('evidence', []))}")
+            print(
+                f"    suspect pid {s.get('pid')} {s.get('name', '')!s:<20} score {s.get('score', '')}  {'; '.join(s.get('evidence', []))}"
+            )
         if rows:
             for plugin, plugin_rows in (f.get("rows") or {}).items():
                 if rows in ("*", plugin):

@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     for a in alarms:
         blamed = ", ".join(f"{b['column']} {b.get('direction', '')}".strip() for b in a["blame"][:4])
         opened = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["opened_at"]))
-        print(f"#{a['id']:<5} {a['state']:<9} {opened}  {a['scope']:<24} {a['detector']:<10} level {a['level']:<4}"
-              f" score {a['score']:.4g} > {a['threshold']:.4g}  {blamed}")
+        print(
+            f"#{a['id']:<5} {a['state']:<9} {opened}  {a['scope']:<24} {a['detector']:<10} level {a['level']:<4}"
+            f" score {a['score']:.4g} > {a['threshold']:.4g}  {blamed}"
+        )
     return 0

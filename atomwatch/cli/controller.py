@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_controller_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="alarms file (default: $ATOMWATCH_DB or ~/.local/state/atomwatch/alarms.sqlite)")
     p.add_argument("--http", metavar="HOST:PORT", help="HTTP API and /metrics (default 127.0.0.1:8470; 'off' for none)")
-    p.add_argument("--mu", type=float, help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents")
+    p.add_argument(
+        "--mu", type=float, help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents"
+    )
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):

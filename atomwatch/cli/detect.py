@@ -20,19 +20,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atomwatch.config import ConfigError, load_file, parse_deltas, parse_value
-from atomwatch.evaluation import evaluate
+from atomwatch.config import ConfigError, add_replay_delta_argument, load_file, parse_deltas, parse_value
 from atomwatch.detectors import DetectionRun, DetectorError, UnknownDetector, find_factory
-from atomwatch.trace_rows import detect_trace
+from atomwatch.evaluation import evaluate
 from atomwatch.pluginmanager import get_plugin_manager
+from atomwatch.trace_rows import detect_trace
 from atomwatch.traces import TraceError, read_labels, read_trace, resolve
-
-from atomwatch.config import add_replay_delta_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", metavar="DATA", help="a CSV trace (.csv or .csv.gz) or a recording folder (values.csv, labels.csv)")
-    parser.add_argument("--detector", default="pca-spe", metavar="NAME", help="detector plugin to run (default pca-spe)")
+    parser.add_argument(
+        "data", metavar="DATA", help="a CSV trace (.csv or .csv.gz) or a recording folder (values.csv, labels.csv)"
+    )
+    parser.add_argument(
+        "--detector", default="pca-spe", metavar="NAME", help="detector plugin to run (default pca-spe)"
+    )
     parser.add_argument(
         "--set",
         dest="settings",
@@ -43,8 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file whose [plugins.DETECTOR] table gives options")
     parser.add_argument("--plugins-dir", metavar="DIR", help="also load every *.py plugin file of DIR")
-    parser.add_argument("--labels", metavar="FILE", help="labels CSV (a 'label' column, 0/1 per row); default: the recording's labels.csv")
-    parser.add_argument("--scope", default=None, help="scope name given to the detector (default: the data file's name)")
+    parser.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="labels CSV (a 'label' column, 0/1 per row); default: the recording's labels.csv",
+    )
+    parser.add_argument(
+        "--scope", default=None, help="scope name given to the detector (default: the data file's name)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_replay_delta_argument(parser, "the detector sees the controller's copies and their Δ, as live")
 
@@ -98,7 +106,10 @@ def _print_table(run: DetectionRun, evaluation: dict[str, Any] | None, data: str
     if run.anomalies:
         print(f"{'row':>7}  {'score':>12}  {'threshold':>12}  blame")
         for a in run.anomalies:
-            blame = ", ".join(f"{b.column.column} {'↑' if b.direction == 'up' else '↓'}{b.score:.1f}σ" for b in a.blame) or "-"
+            blame = (
+                ", ".join(f"{b.column.column} {'↑' if b.direction == 'up' else '↓'}{b.score:.1f}σ" for b in a.blame)
+                or "-"
+            )
             print(f"{a.index:>7}  {a.score:>12.6g}  {a.threshold:>12.6g}  {blame}")
     if evaluation is not None:
         print(

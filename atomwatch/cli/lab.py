@@ -27,8 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     u = sub.add_parser("up", help="create the lab network and boot the guests")
     u.add_argument("--guests", type=int, default=3, help="number of guests (default 3)")
-    u.add_argument("--nice", type=int, default=-10,
-                   help="nice value of the guests' QEMU threads (default -10: host load stays out of the guests)")
+    u.add_argument(
+        "--nice",
+        type=int,
+        default=-10,
+        help="nice value of the guests' QEMU threads (default -10: host load stays out of the guests)",
+    )
     common(u)
 
     d = sub.add_parser("down", help="remove every guest, link, namespace and process the lab made")
@@ -42,8 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
     r.add_argument("--out", type=Path, required=True, help="output folder")
     r.add_argument("--tick", type=float, default=2.0, help="seconds between rows (default 2)")
-    r.add_argument("--day", type=int, default=None, metavar="SECONDS",
-                   help="length of the normal work's compressed day (default: the whole run)")
+    r.add_argument(
+        "--day",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="length of the normal work's compressed day (default: the whole run)",
+    )
     common(r)
 
     sc = sub.add_parser("scenarios", help="list the scenarios")
@@ -130,8 +139,13 @@ def _dispatch(cmd: str, args: argparse.Namespace) -> int:
         from atomwatch.lab.record import record
 
         summary = record(
-            scenarios.get(args.scenario), args.minutes, args.out, tick=args.tick, workdir=_workdir(args), uri=args.uri,
-            day_seconds=args.day
+            scenarios.get(args.scenario),
+            args.minutes,
+            args.out,
+            tick=args.tick,
+            workdir=_workdir(args),
+            uri=args.uri,
+            day_seconds=args.day,
         )
         print(json.dumps(summary, indent=2))
         return 0
@@ -175,8 +189,17 @@ def _run_scenario(args: argparse.Namespace) -> int:
     driver = ScenarioDriver(scenario, args.minutes, testbed.guest_domains(conn, scenario.guests))
     driver.setup()
     command = "agent" if args.broker else "up"
-    argv = [command, "--tick", str(args.tick), "--duration", str(args.minutes * 60.0),
-            "--set", f"libvirt.uri={args.uri}", "--set", f"libvirt.domains=^{PREFIX}-guest\\d+$"]
+    argv = [
+        command,
+        "--tick",
+        str(args.tick),
+        "--duration",
+        str(args.minutes * 60.0),
+        "--set",
+        f"libvirt.uri={args.uri}",
+        "--set",
+        f"libvirt.domains=^{PREFIX}-guest\\d+$",
+    ]
     if command == "up":
         argv.append("--no-replay")
     else:

@@ -81,12 +81,30 @@ def run(args: argparse.Namespace) -> int:
     fig, ax = plt.subplots(figsize=(11, 4.2), dpi=110)
     if labels is not None:
         on = labels.label.astype(bool)
-        ax.fill_between(x, 0, 1, where=on, transform=ax.get_xaxis_transform(), color="tab:orange", alpha=0.15,
-                        step="mid", label="labelled anomaly")
+        ax.fill_between(
+            x,
+            0,
+            1,
+            where=on,
+            transform=ax.get_xaxis_transform(),
+            color="tab:orange",
+            alpha=0.15,
+            step="mid",
+            label="labelled anomaly",
+        )
     ax.plot(x, scores, color="tab:blue", lw=0.9, label="score (SPE)" if args.detector == "pca-spe" else "score")
-    ax.plot(x, thresholds, color="black", lw=1.0, ls="--", label="threshold (Q_α)" if args.detector == "pca-spe" else "threshold")
+    ax.plot(
+        x,
+        thresholds,
+        color="black",
+        lw=1.0,
+        ls="--",
+        label="threshold (Q_α)" if args.detector == "pca-spe" else "threshold",
+    )
     if abnormal:
-        ax.scatter(abnormal, scores[abnormal], color="tab:red", s=12, zorder=3, label=f"abnormal ({len(abnormal)} rows)")
+        ax.scatter(
+            abnormal, scores[abnormal], color="tab:red", s=12, zorder=3, label=f"abnormal ({len(abnormal)} rows)"
+        )
     if np.nanmin(np.concatenate([scores, thresholds]), initial=np.inf) > 0:
         ax.set_yscale("log")
     ax.set_xlabel("row (tick)")

@@ -35,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", help="CSV trace or recording folder to replay (default: the bundled lab recording)")
     p.add_argument("--speed", type=float, default=1.0, help="trace rows per tick (default 1)")
     p.add_argument("--no-replay", action="store_true", help="replay nothing; run only the live collectors")
-    p.add_argument("--detector", dest="detectors", action="append", metavar="NAME", help="run only this detector (repeatable)")
+    p.add_argument(
+        "--detector", dest="detectors", action="append", metavar="NAME", help="run only this detector (repeatable)"
+    )
     p.add_argument("--delta", action="append", metavar="[METRIC=]VALUE", help="tracking error Δ (see atomwatch agent)")
     p.add_argument("--gamma", type=float, help=argparse.SUPPRESS)
     controller_cmd.add_controller_options(p)

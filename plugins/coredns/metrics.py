@@ -109,7 +109,10 @@ _FWD_REQUESTS = (
 )
 _FWD_RESPONSES = ("coredns_forward_responses_total", "coredns_forward_response_rcode_count_total")
 #: upstream duration histograms whose _count has an rcode label (1.8+ forward, 1.11+ proxy)
-_FWD_DURATION_COUNTS = ("coredns_forward_request_duration_seconds_count", "coredns_proxy_request_duration_seconds_count")
+_FWD_DURATION_COUNTS = (
+    "coredns_forward_request_duration_seconds_count",
+    "coredns_proxy_request_duration_seconds_count",
+)
 _FWD_HEALTH_FAILURES = (
     "coredns_forward_healthcheck_failures_total",
     "coredns_forward_healthcheck_failure_count_total",
@@ -394,4 +397,3 @@ def totals(text: str, source: str = "exposition") -> Counters:
     """The absolute counters of one exposition text (for inspection and tests)."""
     scrape = parse_exposition(text, source)
     return aggregate(scrape.samples, scrape.names)
-

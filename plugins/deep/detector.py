@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -50,6 +51,7 @@ class DeepOptions:
 
     model: str | None = None  # the model folder (needed: without it the detector is not configured)
     top: Annotated[int, Range(ge=1)] = 3  # columns blamed
+
 
 _cache: dict[tuple[str, float], Any] = {}
 _cache_lock = threading.Lock()
@@ -128,15 +130,37 @@ class DeepDetector:
             explained = self.model.explain(win)[: self.top]
         for j, contribution, direction in explained:
             key = self._row_keys.get(j) or self._model_keys[j]
-            blame.append(Blame(column=key, direction=direction, score=contribution,
-                               details={"attribution": "reconstruction-error" if self.model.KIND == "ae" else "occlusion"}))
+            blame.append(
+                Blame(
+                    column=key,
+                    direction=direction,
+                    score=contribution,
+                    details={"attribution": "reconstruction-error" if self.model.KIND == "ae" else "occlusion"},
+                )
+            )
         extra = {k: float(v[0]) for k, v in details.items() if k != "score" and np.ndim(v) == 1}
-        return Anomaly(detector=self.name, scope=row.scope, index=row.index, ts=row.ts, score=score, threshold=threshold,
-                       blame=blame, details={"model": self.model_path, "window": self.model.window, **extra})
+        return Anomaly(
+            detector=self.name,
+            scope=row.scope,
+            index=row.index,
+            ts=row.ts,
+            score=score,
+            threshold=threshold,
+            blame=blame,
+            details={"model": self.model_path, "window": self.model.window, **extra},
+        )
 
     def status(self) -> dict[str, Any]:
-        return {"model": self.model_path, "kind": self.model.KIND, "window": self.model.window, "filled": len(self.window),
-                "score": self.last_score, "threshold": self.model.threshold, "scored": self.scored, "flagged": self.flagged}
+        return {
+            "model": self.model_path,
+            "kind": self.model.KIND,
+            "window": self.model.window,
+            "filled": len(self.window),
+            "score": self.last_score,
+            "threshold": self.model.threshold,
+            "scored": self.scored,
+            "flagged": self.flagged,
+        }
 
 
 class DeepFactory:
@@ -148,10 +172,14 @@ class DeepFactory:
         opts = atomwatch.parse_options(self.name, DeepOptions, options)
         path, top = opts.model, opts.top
         if not path:
-            raise atomwatch.NotConfigured(f"{self.name}: needs the option model=PATH (a model folder written by 'atomwatch train --model {self.name}')")
+            raise atomwatch.NotConfigured(
+                f"{self.name}: needs the option model=PATH (a model folder written by 'atomwatch train --model {self.name}')"
+            )
         model = _load(str(path))
         if model.KIND != self.name:
-            raise atomwatch.ConfigError(f"{self.name}.model={path!r} is a {model.KIND!r} model; use detector {model.KIND!r} or a {self.name!r} model")
+            raise atomwatch.ConfigError(
+                f"{self.name}.model={path!r} is a {model.KIND!r} model; use detector {model.KIND!r} or a {self.name!r} model"
+            )
         if model.threshold is None:
             raise atomwatch.ConfigError(f"{self.name}.model={path!r} has no threshold (not trained)")
         return DeepDetector(self.name, scope, model, str(path), top)

@@ -27,36 +27,62 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from atomwatch.config import ConfigError, parse_deltas, parse_value
+from atomwatch.config import ConfigError, add_replay_delta_argument, parse_deltas, parse_value
 from atomwatch.evaluation import point_adjust, scores
-
-from atomwatch.config import add_replay_delta_argument
 
 ONLINE_DETECTORS = ("pca-spe", "precog")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="MODEL|DATA", help="model folders (with model.json) and labelled recordings")
-    parser.add_argument("--holdout-class", action="append", default=None, metavar="C",
-                        help="class used only for testing (repeatable; default: the model's own held-out classes)")
-    parser.add_argument("--no-holdout", action="store_true",
-                        help="ignore the model's held-out classes: test windows = the last 15 %% of each recording only")
-    parser.add_argument("--whole", action="store_true",
-                        help="test on every window (every row with --compare) of the recordings, no split: for recordings the models never trained on")
+    parser.add_argument(
+        "paths", nargs="+", metavar="MODEL|DATA", help="model folders (with model.json) and labelled recordings"
+    )
+    parser.add_argument(
+        "--holdout-class",
+        action="append",
+        default=None,
+        metavar="C",
+        help="class used only for testing (repeatable; default: the model's own held-out classes)",
+    )
+    parser.add_argument(
+        "--no-holdout",
+        action="store_true",
+        help="ignore the model's held-out classes: test windows = the last 15 %% of each recording only",
+    )
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="test on every window (every row with --compare) of the recordings, no split: for recordings the models never trained on",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--compare", action="store_true", help="compare the models and the online detectors on the same rows")
-    parser.add_argument("--detector", action="append", default=None, metavar="NAME",
-                        help="online detector to include in --compare (repeatable; default pca-spe and precog)")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="DETECTOR.KEY=VALUE",
-                        help="an option of an online detector in --compare, e.g. --set pca-spe.t=360")
+    parser.add_argument(
+        "--compare", action="store_true", help="compare the models and the online detectors on the same rows"
+    )
+    parser.add_argument(
+        "--detector",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="online detector to include in --compare (repeatable; default pca-spe and precog)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="DETECTOR.KEY=VALUE",
+        help="an option of an online detector in --compare, e.g. --set pca-spe.t=360",
+    )
     parser.add_argument("--out", metavar="FILE", help="with --compare: also write the table to FILE (Markdown)")
-    add_replay_delta_argument(parser, "every model and detector sees the controller's copies "
-                                      "(and, with --compare, their Δ), as live")
+    add_replay_delta_argument(
+        parser, "every model and detector sees the controller's copies (and, with --compare, their Δ), as live"
+    )
 
 
 def _fail(msg: str) -> int:
@@ -88,12 +114,20 @@ def evaluate_pieces(y: np.ndarray, flags: np.ndarray, pieces: np.ndarray) -> dic
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
         segs += len(starts)
         detected += sum(1 for s, e in zip(starts, ends) if flags[m][s:e].any())
-    return {"points": int(len(y)), "positives": int(y.sum()), "flagged": int(flags.sum()), "segments": segs,
-            "segments_detected": detected, "point_wise": scores(y, flags), "point_adjusted": scores(y, adjusted)}
+    return {
+        "points": int(len(y)),
+        "positives": int(y.sum()),
+        "flagged": int(flags.sum()),
+        "segments": segs,
+        "segments_detected": detected,
+        "point_wise": scores(y, flags),
+        "point_adjusted": scores(y, adjusted),
+    }
 
 
-def breakdown(y: np.ndarray, flags: np.ndarray, klass: np.ndarray, piece: np.ndarray, row: np.ndarray,
-              held: Sequence[str]) -> dict[str, Any]:
+def breakdown(
+    y: np.ndarray, flags: np.ndarray, klass: np.ndarray, piece: np.ndarray, row: np.ndarray, held: Sequence[str]
+) -> dict[str, Any]:
     """Scores for all points, the seen classes, the held-out classes and every class."""
     klass = np.array([str(k) for k in klass], dtype=object)
     held_set = set(held)
@@ -120,8 +154,10 @@ def breakdown(y: np.ndarray, flags: np.ndarray, klass: np.ndarray, piece: np.nda
 
 def _line(label: str, e: dict[str, Any]) -> str:
     pw, pa = e["point_wise"], e["point_adjusted"]
-    return (f"{label:<28}{pw['precision']:>7.3f}{pw['recall']:>7.3f}{pw['f1']:>7.3f}   {pa['precision']:>7.3f}{pa['recall']:>7.3f}"
-            f"{pa['f1']:>7.3f}   {str(pw['confusion_matrix']):<22}{e['segments_detected']:>4}/{e['segments']}")
+    return (
+        f"{label:<28}{pw['precision']:>7.3f}{pw['recall']:>7.3f}{pw['f1']:>7.3f}   {pa['precision']:>7.3f}{pa['recall']:>7.3f}"
+        f"{pa['f1']:>7.3f}   {str(pw['confusion_matrix']):<22}{e['segments_detected']:>4}/{e['segments']}"
+    )
 
 
 def print_breakdown(title: str, b: dict[str, Any]) -> None:
@@ -144,8 +180,13 @@ def print_breakdown(title: str, b: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- model evaluation
 
 
-def evaluate_model(model_path: str, data: Sequence[str], holdout: Sequence[str] | None, whole: bool = False,
-                   deltas: dict[str, float] | None = None) -> dict[str, Any]:
+def evaluate_model(
+    model_path: str,
+    data: Sequence[str],
+    holdout: Sequence[str] | None,
+    whole: bool = False,
+    deltas: dict[str, float] | None = None,
+) -> dict[str, Any]:
     from atomwatch.plugins.deep.models import load_model, read_meta
     from atomwatch.plugins.deep.windows import build_dataset, whole_windows
 
@@ -158,9 +199,19 @@ def evaluate_model(model_path: str, data: Sequence[str], holdout: Sequence[str] 
     model = load_model(model_path)
     flags = model.predict(test)
     result = breakdown(test.y, flags, test.klass, test.piece, test.row, held)
-    return {"model": str(model_path), "kind": meta["kind"], "window": meta["window"], "threshold": model.threshold,
-            "threshold_rule": model.threshold_rule, "holdout": held, "test_windows": len(test), "whole": whole,
-            "deltas": deltas, "trained_deltas": (meta.get("info") or {}).get("deltas"), **result}
+    return {
+        "model": str(model_path),
+        "kind": meta["kind"],
+        "window": meta["window"],
+        "threshold": model.threshold,
+        "threshold_rule": model.threshold_rule,
+        "holdout": held,
+        "test_windows": len(test),
+        "whole": whole,
+        "deltas": deltas,
+        "trained_deltas": (meta.get("info") or {}).get("deltas"),
+        **result,
+    }
 
 
 # --------------------------------------------------------------------------- comparison
@@ -195,17 +246,28 @@ def _options(settings: list[str], name: str) -> dict[str, Any]:
     return out
 
 
-def compare(models: Sequence[str], data: Sequence[str], holdout: Sequence[str] | None, online: Sequence[str],
-            settings: list[str], whole: bool = False, deltas: dict[str, float] | None = None) -> dict[str, Any]:
+def compare(
+    models: Sequence[str],
+    data: Sequence[str],
+    holdout: Sequence[str] | None,
+    online: Sequence[str],
+    settings: list[str],
+    whole: bool = False,
+    deltas: dict[str, float] | None = None,
+) -> dict[str, Any]:
     from atomwatch.detectors import DetectorError, UnknownDetector, find_factory, run_detector
-    from atomwatch.trace_rows import trace_rows
     from atomwatch.pluginmanager import get_plugin_manager
-    from atomwatch.traces import read_labels, read_trace
     from atomwatch.plugins.deep.models import read_meta
     from atomwatch.plugins.deep.windows import _labels_path
+    from atomwatch.trace_rows import trace_rows
+    from atomwatch.traces import read_labels, read_trace
 
     metas = {m: read_meta(m) for m in models}
-    held = list(holdout) if holdout is not None else sorted({c for m in metas.values() for c in (m.get("info") or {}).get("holdout") or []})
+    held = (
+        list(holdout)
+        if holdout is not None
+        else sorted({c for m in metas.values() for c in (m.get("info") or {}).get("holdout") or []})
+    )
     reach = max([int(m["window"]) for m in metas.values()] + [1])
     pm = get_plugin_manager()
     try:
@@ -215,7 +277,8 @@ def compare(models: Sequence[str], data: Sequence[str], holdout: Sequence[str] |
 
         pm.register_plugin(deep_plugin, "deep", "atomwatch.plugins.deep")
     entries: list[tuple[str, str, dict[str, Any], int]] = [
-        (f"{metas[m]['kind']} ({Path(m).name})", metas[m]["kind"], {"model": str(m)}, int(metas[m]["window"])) for m in models
+        (f"{metas[m]['kind']} ({Path(m).name})", metas[m]["kind"], {"model": str(m)}, int(metas[m]["window"]))
+        for m in models
     ] + [(name, name, _options(settings, name), 0) for name in online]
     recs = []
     for path in data:
@@ -248,15 +311,18 @@ def compare(models: Sequence[str], data: Sequence[str], holdout: Sequence[str] |
         except (UnknownDetector, DetectorError, ValueError, OSError) as e:
             out["detectors"][label] = {"error": f"{type(e).__name__}: {e}"}
             continue
-        out["detectors"][label] = breakdown(np.concatenate(ys), np.concatenate(fs), np.concatenate(ks), np.concatenate(ps),
-                                            np.concatenate(rs), held)
+        out["detectors"][label] = breakdown(
+            np.concatenate(ys), np.concatenate(fs), np.concatenate(ks), np.concatenate(ps), np.concatenate(rs), held
+        )
     return out
 
 
 def compare_table(result: dict[str, Any]) -> str:
     """One Markdown table: a row per detector and class group."""
-    lines = ["| detector | rows | point-wise P | R | F1 | point-adjusted P | R | F1 | confusion [[tn fp] [fn tp]] (pw) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| detector | rows | point-wise P | R | F1 | point-adjusted P | R | F1 | confusion [[tn fp] [fn tp]] (pw) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for det, b in result["detectors"].items():
         if "error" in b:
             lines.append(f"| {det} | — | not run: {b['error']} | | | | | | |")
@@ -267,11 +333,15 @@ def compare_table(result: dict[str, Any]) -> str:
         groups += [(f"{c}{' (held out)' if e['held_out'] else ''}", e) for c, e in b["classes"].items()]
         for g, e in groups:
             if "point_wise" not in e:
-                lines.append(f"| {det} | {g} (benign, label 0) | {e['flagged']}/{e['windows']} rows flagged | | | | | | |")
+                lines.append(
+                    f"| {det} | {g} (benign, label 0) | {e['flagged']}/{e['windows']} rows flagged | | | | | | |"
+                )
                 continue
             pw, pa = e["point_wise"], e["point_adjusted"]
-            lines.append(f"| {det} | {g} | {pw['precision']:.3f} | {pw['recall']:.3f} | {pw['f1']:.3f} | {pa['precision']:.3f} | "
-                         f"{pa['recall']:.3f} | {pa['f1']:.3f} | {pw['confusion_matrix']} |")
+            lines.append(
+                f"| {det} | {g} | {pw['precision']:.3f} | {pw['recall']:.3f} | {pw['f1']:.3f} | {pa['precision']:.3f} | "
+                f"{pa['recall']:.3f} | {pa['f1']:.3f} | {pw['confusion_matrix']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -315,6 +385,9 @@ def run(args: argparse.Namespace, context: Any = None) -> int:
         what = "windows (whole recordings)" if r["whole"] else "test windows"
         if r["deltas"]:
             what += " tracked at Δ " + ", ".join(f"{k}={v:g}" for k, v in r["deltas"].items())
-        print_breakdown(f"{r['kind']} model {r['model']} (window {r['window']}, threshold {r['threshold']:.6g} by rule "
-                        f"{r['threshold_rule']}) on {r['test_windows']} {what}{held}", r)
+        print_breakdown(
+            f"{r['kind']} model {r['model']} (window {r['window']}, threshold {r['threshold']:.6g} by rule "
+            f"{r['threshold_rule']}) on {r['test_windows']} {what}{held}",
+            r,
+        )
     return 0

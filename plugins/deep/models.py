@@ -17,14 +17,14 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import numpy as np  # noqa: E402
-
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from .windows import Dataset, Scaler, WindowSet  # noqa: E402
 
@@ -77,8 +77,16 @@ class DeepModel:
     DEFAULT_RULE = "fixed"
     NEEDS_BOTH_CLASSES = True
 
-    def __init__(self, window: int = 16, columns: Sequence[str] = (), filters: int = 16, latent: int = 8,
-                 seed: int = 0, threshold_rule: str | None = None, score_kind: str = "latent") -> None:
+    def __init__(
+        self,
+        window: int = 16,
+        columns: Sequence[str] = (),
+        filters: int = 16,
+        latent: int = 8,
+        seed: int = 0,
+        threshold_rule: str | None = None,
+        score_kind: str = "latent",
+    ) -> None:
         if window < 3:
             raise ModelError(f"window size must be ≥ 3, got {window}")
         if filters < 1 or latent < 1:
@@ -87,7 +95,9 @@ class DeepModel:
         if rule not in THRESHOLD_RULES[self.KIND]:
             raise ModelError(f"{self.KIND}: threshold rule {rule!r} unknown; choose from {THRESHOLD_RULES[self.KIND]}")
         if score_kind not in ("latent", "reconstruction") or (score_kind != "latent" and self.KIND != "ae"):
-            raise ModelError(f"{self.KIND}: score {score_kind!r} unknown (the autoencoder scores 'latent' or 'reconstruction')")
+            raise ModelError(
+                f"{self.KIND}: score {score_kind!r} unknown (the autoencoder scores 'latent' or 'reconstruction')"
+            )
         self.score_kind = score_kind
         self.window = int(window)
         self.columns = list(columns)
@@ -126,8 +136,15 @@ class DeepModel:
         except Exception as e:
             raise ModelError(f"{folder / WEIGHTS_FILE}: cannot load weights ({type(e).__name__}: {e})") from None
 
-    def train(self, number_of_iterations: int, batch_size: int, data: WindowSet | Dataset,
-              validation: WindowSet | None = None, verbose: int = 1, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    def train(
+        self,
+        number_of_iterations: int,
+        batch_size: int,
+        data: WindowSet | Dataset,
+        validation: WindowSet | None = None,
+        verbose: int = 1,
+        callbacks: Sequence[Any] = (),
+    ) -> dict[str, Any]:
         """Train for ``number_of_iterations`` epochs on ``data`` (a :class:`Dataset` — its train
         and validation parts — or training :class:`WindowSet`), then set the latent means and the
         threshold from the training and validation windows. Returns the training record."""
@@ -157,10 +174,14 @@ class DeepModel:
         seconds = time.perf_counter() - start
         self._calibrate(data, validation)
         record = {
-            "epochs": number_of_iterations, "batch_size": batch_size, "seconds": round(seconds, 3),
-            "seconds_per_epoch": round(seconds / number_of_iterations, 4), "train_windows": len(data),
+            "epochs": number_of_iterations,
+            "batch_size": batch_size,
+            "seconds": round(seconds, 3),
+            "seconds_per_epoch": round(seconds / number_of_iterations, 4),
+            "train_windows": len(data),
             "val_windows": len(validation) if validation is not None else 0,
-            "loss": [float(v) for v in history.get("loss", [])], "val_loss": [float(v) for v in history.get("val_loss", [])],
+            "loss": [float(v) for v in history.get("loss", [])],
+            "val_loss": [float(v) for v in history.get("val_loss", [])],
         }
         self.info.setdefault("trainings", []).append(record)
         return record
@@ -233,10 +254,21 @@ class DeepModel:
         if self.scaler is None or self.threshold is None:
             raise ModelError("only a trained model can be saved (no scaler or threshold yet)")
         return {
-            "format_version": FORMAT_VERSION, "kind": self.KIND, "window": self.window, "columns": self.columns,
-            "filters": self.filters, "latent": self.latent, "seed": self.seed, "threshold": self.threshold,
-            "threshold_rule": self.threshold_rule, "score": self.score_kind, "scaler": self.scaler.to_json(), "latent_means": self.latent_means,
-            "keras": keras.__version__, "backend": keras.backend.backend(), "info": self.info,
+            "format_version": FORMAT_VERSION,
+            "kind": self.KIND,
+            "window": self.window,
+            "columns": self.columns,
+            "filters": self.filters,
+            "latent": self.latent,
+            "seed": self.seed,
+            "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
+            "score": self.score_kind,
+            "scaler": self.scaler.to_json(),
+            "latent_means": self.latent_means,
+            "keras": keras.__version__,
+            "backend": keras.backend.backend(),
+            "info": self.info,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -279,8 +311,15 @@ class DeepModel:
     def _build(self) -> None:
         raise NotImplementedError
 
-    def _fit(self, epochs: int, batch_size: int, data: WindowSet, validation: WindowSet | None, verbose: int,
-             callbacks: list[Any]) -> dict[str, list[float]]:
+    def _fit(
+        self,
+        epochs: int,
+        batch_size: int,
+        data: WindowSet,
+        validation: WindowSet | None,
+        verbose: int,
+        callbacks: list[Any],
+    ) -> dict[str, list[float]]:
         raise NotImplementedError
 
     def _calibrate(self, data: WindowSet, validation: WindowSet | None) -> None:
@@ -291,7 +330,9 @@ class DeepModel:
 
     def _val_f1_threshold(self, validation: WindowSet | None) -> float:
         if validation is None or not len(validation) or not validation.y.any():
-            raise ModelError(f"{self.KIND}: threshold rule 'val-f1' needs anomalous validation windows, the validation part has none")
+            raise ModelError(
+                f"{self.KIND}: threshold rule 'val-f1' needs anomalous validation windows, the validation part has none"
+            )
         return best_f1_threshold(self.score(validation), validation.y)
 
 
@@ -326,8 +367,16 @@ class AutoencoderModel(DeepModel):
         if validation is not None and (validation.y == 0).any():
             zv = self.scale(validation.x[validation.y == 0])
             val = (zv, zv)
-        h = self.net.fit(z, z, epochs=epochs, batch_size=batch_size, validation_data=val, verbose=verbose,  # type: ignore[union-attr]
-                         callbacks=callbacks, shuffle=True)
+        h = self.net.fit(
+            z,
+            z,
+            epochs=epochs,
+            batch_size=batch_size,
+            validation_data=val,
+            verbose=verbose,  # type: ignore[union-attr]
+            callbacks=callbacks,
+            shuffle=True,
+        )
         return h.history
 
     def _calibrate(self, data, validation):
@@ -343,7 +392,9 @@ class AutoencoderModel(DeepModel):
                 self.threshold = float(self.score(part.subset(part.y == 1)).min())
                 self.info["threshold_from"] = f"lowest {self.score_kind} score of the {name} anomalous windows"
                 return
-        raise ModelError("ae: threshold rule 'lowest' needs anomalous windows in validation or training, there are none")
+        raise ModelError(
+            "ae: threshold rule 'lowest' needs anomalous windows in validation or training, there are none"
+        )
 
     def _details(self, outputs, z):
         latent, recon = outputs[0].astype(np.float64), outputs[1].astype(np.float64)
@@ -351,8 +402,12 @@ class AutoencoderModel(DeepModel):
         dist = np.linalg.norm(latent - mean, axis=1) if len(latent) else np.zeros(0)
         err = (recon - z.astype(np.float64)) ** 2
         recon_err = err.mean(axis=(1, 2)) if len(err) else np.zeros(0)
-        return {"score": dist if self.score_kind == "latent" else recon_err, "latent_distance": dist,
-                "reconstruction_error": recon_err, "column_error": err.mean(axis=1) if len(err) else np.zeros((0, z.shape[2]))}
+        return {
+            "score": dist if self.score_kind == "latent" else recon_err,
+            "latent_distance": dist,
+            "reconstruction_error": recon_err,
+            "column_error": err.mean(axis=1) if len(err) else np.zeros((0, z.shape[2])),
+        }
 
     def _contributions(self, z):
         """Per-column reconstruction error of the window (mean over its rows)."""
@@ -379,9 +434,22 @@ class ClassifierModel(DeepModel):
         y = data.y.astype(np.float32)
         pos = float(y.mean())
         weights = {0: 0.5 / (1 - pos), 1: 0.5 / pos}
-        val = (self.scale(validation.x), validation.y.astype(np.float32)) if validation is not None and len(validation) else None
-        h = self.net.fit(z, y, epochs=epochs, batch_size=batch_size, validation_data=val, verbose=verbose,  # type: ignore[union-attr]
-                         callbacks=callbacks, class_weight=weights, shuffle=True)
+        val = (
+            (self.scale(validation.x), validation.y.astype(np.float32))
+            if validation is not None and len(validation)
+            else None
+        )
+        h = self.net.fit(
+            z,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            validation_data=val,
+            verbose=verbose,  # type: ignore[union-attr]
+            callbacks=callbacks,
+            class_weight=weights,
+            shuffle=True,
+        )
         return h.history
 
     def _calibrate(self, data, validation):
@@ -423,7 +491,9 @@ class SiameseModel(DeepModel):
         self.net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=contrastive)
         self.scorer = encoder
 
-    def _pairs(self, y: np.ndarray, rng: np.random.Generator, per_window: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _pairs(
+        self, y: np.ndarray, rng: np.random.Generator, per_window: int = 2
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Index pairs, half same-class and half different-class, ``per_window`` per window."""
         idx = {0: np.flatnonzero(y == 0), 1: np.flatnonzero(y == 1)}
         left = np.repeat(np.arange(len(y)), per_window)
@@ -447,13 +517,24 @@ class SiameseModel(DeepModel):
             zv = self.scale(validation.x)
             vl, vr, vs = self._pairs(validation.y, rng, 1)
             val = ([zv[vl], zv[vr]], vs)
-        h = self.net.fit([z[li], z[ri]], same, epochs=epochs, batch_size=batch_size, validation_data=val,  # type: ignore[union-attr]
-                         verbose=verbose, callbacks=callbacks, shuffle=True)
+        h = self.net.fit(
+            [z[li], z[ri]],
+            same,
+            epochs=epochs,
+            batch_size=batch_size,
+            validation_data=val,  # type: ignore[union-attr]
+            verbose=verbose,
+            callbacks=callbacks,
+            shuffle=True,
+        )
         return h.history
 
     def _calibrate(self, data, validation):
         emb = self._run(self.scale(data.x))[0].astype(np.float64)
-        self.latent_means = {"normal": emb[data.y == 0].mean(axis=0).tolist(), "anomalous": emb[data.y == 1].mean(axis=0).tolist()}
+        self.latent_means = {
+            "normal": emb[data.y == 0].mean(axis=0).tolist(),
+            "anomalous": emb[data.y == 1].mean(axis=0).tolist(),
+        }
         if self.threshold_rule == "val-f1":
             self.threshold = self._val_f1_threshold(validation)
             self.info["threshold_from"] = "validation F1"
@@ -484,7 +565,9 @@ def _model_folder(path: str | Path) -> Path:
     if p.is_file() and p.name == META_FILE:
         p = p.parent
     if not p.is_dir() or not (p / META_FILE).exists():
-        raise ModelError(f"{path}: not a model folder (expected {META_FILE} and {WEIGHTS_FILE} inside; write one with 'atomwatch train')")
+        raise ModelError(
+            f"{path}: not a model folder (expected {META_FILE} and {WEIGHTS_FILE} inside; write one with 'atomwatch train')"
+        )
     return p
 
 
@@ -499,7 +582,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{folder / META_FILE}: not a JSON object")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise ModelError(f"{folder / META_FILE}: format version {version!r}, this atomwatch reads version {FORMAT_VERSION}")
+        raise ModelError(
+            f"{folder / META_FILE}: format version {version!r}, this atomwatch reads version {FORMAT_VERSION}"
+        )
     missing = [k for k in ("kind", "window", "columns", "filters", "latent", "scaler") if k not in meta]
     if missing:
         raise ModelError(f"{folder / META_FILE}: missing {missing}")

@@ -41,12 +41,23 @@ from atomwatch.config import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model folder written by 'atomwatch train'")
-    parser.add_argument("data", nargs="*", metavar="DATA", help="labelled recordings to train and test on beside the verdicts")
-    parser.add_argument("--db", metavar="ALARMS.sqlite", help="alarms file (default: $ATOMWATCH_DB or ~/.local/state/atomwatch/alarms.sqlite)")
+    parser.add_argument(
+        "data", nargs="*", metavar="DATA", help="labelled recordings to train and test on beside the verdicts"
+    )
+    parser.add_argument(
+        "--db",
+        metavar="ALARMS.sqlite",
+        help="alarms file (default: $ATOMWATCH_DB or ~/.local/state/atomwatch/alarms.sqlite)",
+    )
     parser.add_argument("--detector", metavar="NAME", help="use only alarms raised by this detector")
-    parser.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default: as many as the model's first training)")
-    parser.add_argument("--fine-tune", action="store_true",
-                        help="start from the current weights instead of fresh ones (fast, but a saturated classifier may not move)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, metavar="N", help="epochs (default: as many as the model's first training)"
+    )
+    parser.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="start from the current weights instead of fresh ones (fast, but a saturated classifier may not move)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="batch size (default 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -59,15 +70,17 @@ def _fail(msg: str) -> int:
 
 def operator_windows(alarms: list[Any], columns: list[str], window: int) -> tuple[Any, dict[str, int]]:
     """The verdict alarms as a WindowSet (pieces = alarms, in opening order) and counts."""
-    from atomwatch.series import SeriesKey
     from atomwatch.plugins.deep.windows import WindowSet, fifo_windows
+    from atomwatch.series import SeriesKey
 
     position = {c: k for k, c in enumerate(columns)}
     sets, counts = [], {"normal": 0, "malicious": 0, "skipped": 0}
     for piece, alarm in enumerate(sorted(alarms, key=lambda a: (a.opened_at, a.id))):
         if alarm.verdict not in ("normal", "malicious"):
             continue
-        rows = sorted((r for r in alarm.rows if r.get("columns") and r.get("values") is not None), key=lambda r: r.get("index", 0))
+        rows = sorted(
+            (r for r in alarm.rows if r.get("columns") and r.get("values") is not None), key=lambda r: r.get("index", 0)
+        )
         matrix = []
         for r in rows:
             x = np.full(len(columns), np.nan)
@@ -89,8 +102,17 @@ def operator_windows(alarms: list[Any], columns: list[str], window: int) -> tupl
         x = fifo_windows(m, window)
         label = 1 if alarm.verdict == "malicious" else 0
         n = len(x)
-        sets.append(WindowSet(x, np.full(n, label, np.int64), np.full(n, f"operator-{alarm.verdict}", dtype=object),
-                              np.full(n, piece), np.arange(n) + window - 1, np.full(n, f"alarm:{alarm.id}", dtype=object), columns))
+        sets.append(
+            WindowSet(
+                x,
+                np.full(n, label, np.int64),
+                np.full(n, f"operator-{alarm.verdict}", dtype=object),
+                np.full(n, piece),
+                np.arange(n) + window - 1,
+                np.full(n, f"alarm:{alarm.id}", dtype=object),
+                columns,
+            )
+        )
         counts[alarm.verdict] += 1
     return WindowSet.concat(sets, window, columns), counts
 
@@ -125,16 +147,21 @@ def run(args: argparse.Namespace, context: SubcommandContext) -> int:
         return _fail(str(e))
     db = args.db or "the controller's alarms file"
     try:
-        alarms = [a for a in context.read_alarms(args.db) if a.verdict in ("normal", "malicious")
-                  and (not args.detector or a.detector == args.detector)]
+        alarms = [
+            a
+            for a in context.read_alarms(args.db)
+            if a.verdict in ("normal", "malicious") and (not args.detector or a.detector == args.detector)
+        ]
     except ConfigError as e:
         return _fail(str(e))
     window, columns = int(meta["window"]), list(meta["columns"])
     holdout = list((meta.get("info") or {}).get("holdout") or [])
     ops, counts = operator_windows(alarms, columns, window)
     if not len(ops):
-        return _fail(f"{db}: no alarm with a verdict holds rows of the model's columns "
-                     f"({counts['skipped']} verdict alarms had none); nothing to retrain from")
+        return _fail(
+            f"{db}: no alarm with a verdict holds rows of the model's columns "
+            f"({counts['skipped']} verdict alarms had none); nothing to retrain from"
+        )
     o_train, o_val, o_test = _split(ops, window, columns)
     try:
         if args.data:
@@ -159,21 +186,36 @@ def run(args: argparse.Namespace, context: SubcommandContext) -> int:
     epochs = args.epochs or int(((old.info.get("trainings") or [{}])[0]).get("epochs", 10))
     try:
         with contextlib.redirect_stdout(sys.stderr):  # progress bars on stderr, the result on stdout
-            record = new.train(epochs, args.batch_size, train, validation=val if len(val) else None,
-                               verbose=0 if args.quiet else 1)
+            record = new.train(
+                epochs, args.batch_size, train, validation=val if len(val) else None, verbose=0 if args.quiet else 1
+            )
     except ModelError as e:
         return _fail(f"cannot retrain {meta['kind']} from these windows: {e}")
-    result: dict[str, Any] = {"model": args.model, "kind": meta["kind"], "verdict_alarms": counts, "operator_windows": len(ops),
-                              "train_windows": len(train), "val_windows": len(val), "test_windows": len(test),
-                              "epochs": epochs, "fine_tune": args.fine_tune, "seconds_per_epoch": record["seconds_per_epoch"]}
+    result: dict[str, Any] = {
+        "model": args.model,
+        "kind": meta["kind"],
+        "verdict_alarms": counts,
+        "operator_windows": len(ops),
+        "train_windows": len(train),
+        "val_windows": len(val),
+        "test_windows": len(test),
+        "epochs": epochs,
+        "fine_tune": args.fine_tune,
+        "seconds_per_epoch": record["seconds_per_epoch"],
+    }
     if not len(test):
         result.update(replaced=False, reason="no held-out test windows to compare on; the old model is kept")
     else:
         e_old = evaluate_pieces(test.y, old.predict(test), test.piece)
         e_new = evaluate_pieces(test.y, new.predict(test), test.piece)
         q_old, q_new = quality(e_old), quality(e_new)
-        result.update(old=e_old, new=e_new, measure="point-wise F1" if e_old["positives"] else "normal windows passed",
-                      old_quality=q_old, new_quality=q_new)
+        result.update(
+            old=e_old,
+            new=e_new,
+            measure="point-wise F1" if e_old["positives"] else "normal windows passed",
+            old_quality=q_old,
+            new_quality=q_new,
+        )
         if q_new >= q_old:
             new.info.setdefault("retrained_from", []).append({"alarms": counts, "data": list(args.data)})
             previous = Path(str(args.model).rstrip("/") + ".previous")
@@ -181,16 +223,23 @@ def run(args: argparse.Namespace, context: SubcommandContext) -> int:
                 shutil.rmtree(previous)
             shutil.copytree(args.model, previous)
             new.save(args.model)
-            result.update(replaced=True, previous=str(previous),
-                          reason=f"new model scores {q_new:.3f} ≥ old {q_old:.3f} ({result['measure']}) on {len(test)} test windows")
+            result.update(
+                replaced=True,
+                previous=str(previous),
+                reason=f"new model scores {q_new:.3f} ≥ old {q_old:.3f} ({result['measure']}) on {len(test)} test windows",
+            )
         else:
-            result.update(replaced=False,
-                          reason=f"new model scores {q_new:.3f} < old {q_old:.3f} ({result['measure']}) on {len(test)} test windows; "
-                                 f"{args.model} left unchanged")
+            result.update(
+                replaced=False,
+                reason=f"new model scores {q_new:.3f} < old {q_old:.3f} ({result['measure']}) on {len(test)} test windows; "
+                f"{args.model} left unchanged",
+            )
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"retrain {meta['kind']} {args.model}: {counts['normal']} normal and {counts['malicious']} malicious verdict alarms "
-              f"→ {len(ops)} operator windows; {len(train)} training / {len(val)} validation / {len(test)} test windows")
+        print(
+            f"retrain {meta['kind']} {args.model}: {counts['normal']} normal and {counts['malicious']} malicious verdict alarms "
+            f"→ {len(ops)} operator windows; {len(train)} training / {len(val)} validation / {len(test)} test windows"
+        )
         print(("replaced: " if result["replaced"] else "kept the old model: ") + result["reason"])
     return 0

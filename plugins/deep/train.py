@@ -29,7 +29,9 @@ KINDS = ("ae", "cnn", "siamese")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="+", metavar="DATA", help="labelled recordings (folders with values.csv + labels.csv)")
+    parser.add_argument(
+        "data", nargs="+", metavar="DATA", help="labelled recordings (folders with values.csv + labels.csv)"
+    )
     parser.add_argument("--model", required=True, choices=KINDS, help="which model to train")
     parser.add_argument("--out", required=True, metavar="MODEL", help="model folder to write")
     parser.add_argument("--window", type=int, default=16, metavar="W", help="rows per window (default 16)")
@@ -38,19 +40,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filters", type=int, default=16, help="convolution filters (default 16)")
     parser.add_argument("--latent", type=int, default=8, help="latent size (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--holdout-class", action="append", default=[], metavar="C", help="anomaly class kept out of training and validation (repeatable)")
-    parser.add_argument("--threshold-rule", default=None, metavar="RULE",
-                        help="ae: lowest (default, the proposal's) or val-f1; cnn/siamese: fixed (default) or val-f1")
-    parser.add_argument("--ae-score", choices=("latent", "reconstruction"), default="latent",
-                        help="ae: score by latent distance from the normal mean (default, the proposal's) or by reconstruction error")
+    parser.add_argument(
+        "--holdout-class",
+        action="append",
+        default=[],
+        metavar="C",
+        help="anomaly class kept out of training and validation (repeatable)",
+    )
+    parser.add_argument(
+        "--threshold-rule",
+        default=None,
+        metavar="RULE",
+        help="ae: lowest (default, the proposal's) or val-f1; cnn/siamese: fixed (default) or val-f1",
+    )
+    parser.add_argument(
+        "--ae-score",
+        choices=("latent", "reconstruction"),
+        default="latent",
+        help="ae: score by latent distance from the normal mean (default, the proposal's) or by reconstruction error",
+    )
     parser.add_argument("--tensorboard", metavar="DIR", help="write a Keras TensorBoard log to DIR (needs tensorflow)")
-    parser.add_argument("--search", action="store_true", help="keras-tuner search over window, filters and latent size first")
+    parser.add_argument(
+        "--search", action="store_true", help="keras-tuner search over window, filters and latent size first"
+    )
     parser.add_argument("--max-trials", type=int, default=6, help="trials of --search (default 6)")
     parser.add_argument("--search-epochs", type=int, default=None, help="epochs per search trial (default: --epochs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    add_replay_delta_argument(parser, "the model learns what the controller sees from agents tracking at "
-                                      "that Δ, and keeps the Δ in its file")
+    add_replay_delta_argument(
+        parser, "the model learns what the controller sees from agents tracking at that Δ, and keeps the Δ in its file"
+    )
 
 
 def _fail(msg: str) -> int:
@@ -71,8 +90,10 @@ def _check(args: argparse.Namespace) -> str | None:
     if args.window < 3:
         return f"--window must be ≥ 3, got {args.window}"
     if args.tensorboard and importlib.util.find_spec("tensorflow") is None:
-        return ("--tensorboard needs the 'tensorflow' package (Keras writes TensorBoard logs through tf.summary), "
-                "which is not installed; install it (pip install tensorflow-cpu) or drop --tensorboard")
+        return (
+            "--tensorboard needs the 'tensorflow' package (Keras writes TensorBoard logs through tf.summary), "
+            "which is not installed; install it (pip install tensorflow-cpu) or drop --tensorboard"
+        )
     return None
 
 
@@ -97,8 +118,16 @@ def search(args: argparse.Namespace, verbose: int) -> tuple[dict[str, int], list
             filters = hp.Choice("filters", [8, 16, 32])
             latent = hp.Choice("latent", [4, 8, 16])
             d = dataset(window)
-            model = new_model(args.model, window=window, columns=d.columns, filters=filters, latent=latent,
-                              seed=args.seed, threshold_rule=args.threshold_rule, **_score_kw(args))
+            model = new_model(
+                args.model,
+                window=window,
+                columns=d.columns,
+                filters=filters,
+                latent=latent,
+                seed=args.seed,
+                threshold_rule=args.threshold_rule,
+                **_score_kw(args),
+            )
             self.current = model
             from atomwatch.plugins.deep.windows import Scaler
 
@@ -115,12 +144,22 @@ def search(args: argparse.Namespace, verbose: int) -> tuple[dict[str, int], list
             except ModelError:
                 f1 = 0.0
             if verbose:
-                print(f"  trial window={hp.get('window')} filters={hp.get('filters')} latent={hp.get('latent')}: val F1 {f1:.3f}", file=sys.stderr)
+                print(
+                    f"  trial window={hp.get('window')} filters={hp.get('filters')} latent={hp.get('latent')}: val F1 {f1:.3f}",
+                    file=sys.stderr,
+                )
             return {"val_f1": float(f1)}
 
     with tempfile.TemporaryDirectory(prefix="atomwatch-search-") as tmp:
-        tuner = kt.RandomSearch(Hyper(), objective=kt.Objective("val_f1", "max"), max_trials=args.max_trials,
-                                seed=args.seed, directory=tmp, project_name="search", overwrite=True)
+        tuner = kt.RandomSearch(
+            Hyper(),
+            objective=kt.Objective("val_f1", "max"),
+            max_trials=args.max_trials,
+            seed=args.seed,
+            directory=tmp,
+            project_name="search",
+            overwrite=True,
+        )
         tuner.search(verbose=0)  # keras-tuner's own per-trial display off: we print one table
         table = []
         for trial in tuner.oracle.get_best_trials(num_trials=args.max_trials):
@@ -148,10 +187,12 @@ def run(args: argparse.Namespace, context: Any = None) -> int:
         d = build_dataset(args.data, args.window, holdout=args.holdout_class, deltas=args.deltas)
     except (WindowError, ValueError, ConfigError) as e:
         return _fail(str(e))
-    from atomwatch.plugins.deep.models import ModelError, THRESHOLD_RULES, new_model
+    from atomwatch.plugins.deep.models import THRESHOLD_RULES, ModelError, new_model
 
     if args.threshold_rule and args.threshold_rule not in THRESHOLD_RULES[args.model]:
-        return _fail(f"--threshold-rule {args.threshold_rule!r} is not one of {THRESHOLD_RULES[args.model]} for --model {args.model}")
+        return _fail(
+            f"--threshold-rule {args.threshold_rule!r} is not one of {THRESHOLD_RULES[args.model]} for --model {args.model}"
+        )
     verbose = 0 if args.quiet else 1
     table: list[dict[str, Any]] = []
     hp = {"window": args.window, "filters": args.filters, "latent": args.latent}
@@ -163,8 +204,16 @@ def run(args: argparse.Namespace, context: Any = None) -> int:
             print_search_table(table)
             if hp["window"] != args.window:
                 d = build_dataset(args.data, hp["window"], holdout=args.holdout_class, deltas=args.deltas)
-        model = new_model(args.model, window=hp["window"], columns=d.columns, filters=hp["filters"], latent=hp["latent"],
-                          seed=args.seed, threshold_rule=args.threshold_rule, **_score_kw(args))
+        model = new_model(
+            args.model,
+            window=hp["window"],
+            columns=d.columns,
+            filters=hp["filters"],
+            latent=hp["latent"],
+            seed=args.seed,
+            threshold_rule=args.threshold_rule,
+            **_score_kw(args),
+        )
         callbacks = []
         if args.tensorboard:
             import keras
@@ -172,19 +221,38 @@ def run(args: argparse.Namespace, context: Any = None) -> int:
             callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))
         with contextlib.redirect_stdout(sys.stderr):  # progress bars on stderr, results on stdout
             record = model.train(args.epochs, args.batch_size, d, verbose=verbose, callbacks=callbacks)
-        model.info.update({"data": [str(Path(p)) for p in args.data], "holdout": d.holdout, "deltas": args.deltas,
-                           "split": "70/15/15 by time per recording", "search": table or None})
+        model.info.update(
+            {
+                "data": [str(Path(p)) for p in args.data],
+                "holdout": d.holdout,
+                "deltas": args.deltas,
+                "split": "70/15/15 by time per recording",
+                "search": table or None,
+            }
+        )
         out = model.save(args.out)
     except ModelError as e:
         return _fail(str(e))
-    result = {"model": str(out), "kind": args.model, **hp, "threshold": model.threshold, "threshold_rule": model.threshold_rule,
-              "threshold_from": model.info.get("threshold_from"), "train_windows": len(d.train), "val_windows": len(d.val),
-              "test_windows": len(d.test), "holdout": d.holdout, "seconds_per_epoch": record["seconds_per_epoch"],
-              "final_loss": record["loss"][-1] if record["loss"] else None}
+    result = {
+        "model": str(out),
+        "kind": args.model,
+        **hp,
+        "threshold": model.threshold,
+        "threshold_rule": model.threshold_rule,
+        "threshold_from": model.info.get("threshold_from"),
+        "train_windows": len(d.train),
+        "val_windows": len(d.val),
+        "test_windows": len(d.test),
+        "holdout": d.holdout,
+        "seconds_per_epoch": record["seconds_per_epoch"],
+        "final_loss": record["loss"][-1] if record["loss"] else None,
+    }
     if args.json:
         print(json.dumps({**result, "search": table}))
     else:
-        print(f"{args.model} model written to {out}: window {hp['window']}, filters {hp['filters']}, latent {hp['latent']}, "
-              f"{len(d.train)} training / {len(d.val)} validation windows, {record['seconds_per_epoch']:.2f} s per epoch")
+        print(
+            f"{args.model} model written to {out}: window {hp['window']}, filters {hp['filters']}, latent {hp['latent']}, "
+            f"{len(d.train)} training / {len(d.val)} validation windows, {record['seconds_per_epoch']:.2f} s per epoch"
+        )
         print(f"threshold {model.threshold:.6g} ({model.info.get('threshold_from')})")
     return 0

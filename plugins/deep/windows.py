@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -78,16 +78,31 @@ class WindowSet:
         return int(self.y.shape[0])
 
     @classmethod
-    def empty(cls, window: int, columns: Sequence[str]) -> "WindowSet":
+    def empty(cls, window: int, columns: Sequence[str]) -> WindowSet:
         c = len(columns)
-        return cls(np.zeros((0, window, c)), np.zeros(0, np.int64), np.array([], dtype=object), np.zeros(0, np.int64),
-                   np.zeros(0, np.int64), np.array([], dtype=object), list(columns))
+        return cls(
+            np.zeros((0, window, c)),
+            np.zeros(0, np.int64),
+            np.array([], dtype=object),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.array([], dtype=object),
+            list(columns),
+        )
 
-    def subset(self, mask: np.ndarray) -> "WindowSet":
-        return WindowSet(self.x[mask], self.y[mask], self.klass[mask], self.piece[mask], self.row[mask], self.source[mask], self.columns)
+    def subset(self, mask: np.ndarray) -> WindowSet:
+        return WindowSet(
+            self.x[mask],
+            self.y[mask],
+            self.klass[mask],
+            self.piece[mask],
+            self.row[mask],
+            self.source[mask],
+            self.columns,
+        )
 
     @staticmethod
-    def concat(sets: Sequence["WindowSet"], window: int, columns: Sequence[str]) -> "WindowSet":
+    def concat(sets: Sequence[WindowSet], window: int, columns: Sequence[str]) -> WindowSet:
         sets = [s for s in sets if len(s)]
         if not sets:
             return WindowSet.empty(window, columns)
@@ -97,15 +112,22 @@ class WindowSet:
             pieces.append(s.piece + offset)
             offset += int(s.piece.max()) + 1 if len(s) else 0
         return WindowSet(
-            np.concatenate([s.x for s in sets]), np.concatenate([s.y for s in sets]), np.concatenate([s.klass for s in sets]),
-            np.concatenate(pieces), np.concatenate([s.row for s in sets]), np.concatenate([s.source for s in sets]), list(columns),
+            np.concatenate([s.x for s in sets]),
+            np.concatenate([s.y for s in sets]),
+            np.concatenate([s.klass for s in sets]),
+            np.concatenate(pieces),
+            np.concatenate([s.row for s in sets]),
+            np.concatenate([s.source for s in sets]),
+            list(columns),
         )
 
     def classes(self) -> list[str]:
         return sorted({str(k) for k in self.klass[self.y == 1]})
 
 
-def load_recording(path: str | Path, columns: Sequence[str] | None = None, deltas: Mapping[str, float] | None = None) -> Recording:
+def load_recording(
+    path: str | Path, columns: Sequence[str] | None = None, deltas: Mapping[str, float] | None = None
+) -> Recording:
     """A recording folder (values.csv + labels.csv) or a trace with a ``<name>.labels.csv`` beside
     it, aligned to ``columns`` (default: the trace's own columns). With ``deltas`` (metric → Δ,
     ``"*"`` for the others) the values are the controller's copies under ATOM's tracking, what a
@@ -113,8 +135,8 @@ def load_recording(path: str | Path, columns: Sequence[str] | None = None, delta
     p = Path(path)
     trace = read_trace(p)
     if deltas is not None:
-        from atomwatch.trace_rows import tracked_values
         from atomwatch.series import SeriesKey
+        from atomwatch.trace_rows import tracked_values
 
         copies, _ = tracked_values([SeriesKey.from_column(c) for c in trace.columns], trace.values, deltas)
         trace = dataclasses.replace(trace, values=copies)
@@ -142,13 +164,22 @@ def recording_of(trace: Trace, labels: Labels, columns: Sequence[str] | None = N
     cols = list(trace.columns) if columns is None else list(columns)
     missing = [c for c in cols if c not in set(trace.columns)]
     if len(missing) == len(cols):
-        raise WindowError(f"{trace.path}: none of the model's {len(cols)} columns is in this trace (model: {cols[:3]}…, "
-                          f"trace: {list(trace.columns)[:3]}…); columns are matched by name <vm>/<metric>")
+        raise WindowError(
+            f"{trace.path}: none of the model's {len(cols)} columns is in this trace (model: {cols[:3]}…, "
+            f"trace: {list(trace.columns)[:3]}…); columns are matched by name <vm>/<metric>"
+        )
     if missing:
-        log.warning("%s: %d of the model's %d columns are missing (%s…); they take the training mean",
-                    trace.path, len(missing), len(cols), ", ".join(missing[:3]))
+        log.warning(
+            "%s: %d of the model's %d columns are missing (%s…); they take the training mean",
+            trace.path,
+            len(missing),
+            len(cols),
+            ", ".join(missing[:3]),
+        )
     values = align_columns(trace.columns, trace.values, cols)
-    return Recording(trace.path, cols, values, labels.label.astype(np.int64), np.array(labels.klass, dtype=object), trace.timestamps)
+    return Recording(
+        trace.path, cols, values, labels.label.astype(np.int64), np.array(labels.klass, dtype=object), trace.timestamps
+    )
 
 
 def align_columns(have: Sequence[str], values: np.ndarray, want: Sequence[str]) -> np.ndarray:
@@ -184,7 +215,9 @@ def _windows_of_range(rec: Recording, lo: int, hi: int, window: int, piece: int)
     x = fifo_windows(rec.values[lo:hi], window)
     n = x.shape[0]
     last = np.arange(lo + window - 1, lo + window - 1 + n)
-    return WindowSet(x, rec.label[last], rec.klass[last], np.full(n, piece), last, np.full(n, rec.path, dtype=object), rec.columns)
+    return WindowSet(
+        x, rec.label[last], rec.klass[last], np.full(n, piece), last, np.full(n, rec.path, dtype=object), rec.columns
+    )
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -211,8 +244,13 @@ class Dataset:
         return self.train.x[self.train.y == 0, -1, :]
 
 
-def build_dataset(paths: Iterable[str | Path], window: int, columns: Sequence[str] | None = None,
-                  holdout: Sequence[str] = (), deltas: Mapping[str, float] | None = None) -> Dataset:
+def build_dataset(
+    paths: Iterable[str | Path],
+    window: int,
+    columns: Sequence[str] | None = None,
+    holdout: Sequence[str] = (),
+    deltas: Mapping[str, float] | None = None,
+) -> Dataset:
     """Windows of every recording, split 70/15/15 by time within each recording; held-out classes
     only in the test set. ``columns`` defaults to the first recording's columns; ``deltas`` as in
     :func:`load_recording`."""
@@ -234,7 +272,9 @@ def build_dataset(paths: Iterable[str | Path], window: int, columns: Sequence[st
     known = {str(k) for r in recs for k in r.klass}
     unknown = sorted(held - known)
     if unknown:
-        raise WindowError(f"--holdout-class {unknown}: no such class in the recordings (classes: {sorted(known - {'normal'})})")
+        raise WindowError(
+            f"--holdout-class {unknown}: no such class in the recordings (classes: {sorted(known - {'normal'})})"
+        )
     parts: dict[str, list[WindowSet]] = {k: [] for k in PARTS}
     held_sets: list[WindowSet] = []
     piece = 0
@@ -248,7 +288,9 @@ def build_dataset(paths: Iterable[str | Path], window: int, columns: Sequence[st
             if not len(ws):
                 continue
             # a window touches a held-out row if any of its W rows is held out
-            touched = np.array([is_held[r - window + 1 : r + 1].any() for r in ws.row]) if held else np.zeros(len(ws), bool)
+            touched = (
+                np.array([is_held[r - window + 1 : r + 1].any() for r in ws.row]) if held else np.zeros(len(ws), bool)
+            )
             if name == "test":
                 parts["test"].append(ws)
                 continue
@@ -271,12 +313,20 @@ def build_dataset(paths: Iterable[str | Path], window: int, columns: Sequence[st
     heldout_mask = np.zeros(len(test), bool)
     heldout_mask[n_test_main:] = True
     heldout_mask |= rows_held
-    return Dataset(window, cols, sorted(held), WindowSet.concat(parts["train"], window, cols),
-                   WindowSet.concat(parts["val"], window, cols), test, heldout_mask)
+    return Dataset(
+        window,
+        cols,
+        sorted(held),
+        WindowSet.concat(parts["train"], window, cols),
+        WindowSet.concat(parts["val"], window, cols),
+        test,
+        heldout_mask,
+    )
 
 
-def whole_windows(paths: Iterable[str | Path], window: int, columns: Sequence[str],
-                  deltas: Mapping[str, float] | None = None) -> WindowSet:
+def whole_windows(
+    paths: Iterable[str | Path], window: int, columns: Sequence[str], deltas: Mapping[str, float] | None = None
+) -> WindowSet:
     """Every window of every recording, one piece per recording — to test a model on recordings
     it never trained on (no split); ``deltas`` as in :func:`load_recording`."""
     sets = []
@@ -299,7 +349,7 @@ class Scaler:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, rows: np.ndarray, min_std: float = 1e-6) -> "Scaler":
+    def fit(cls, rows: np.ndarray, min_std: float = 1e-6) -> Scaler:
         if rows.shape[0] == 0:
             raise WindowError("no normal training rows to fit the scaler on")
         with np.errstate(all="ignore"):
@@ -319,5 +369,5 @@ class Scaler:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
 
     @classmethod
-    def from_json(cls, d: dict[str, list[float]]) -> "Scaler":
+    def from_json(cls, d: dict[str, list[float]]) -> Scaler:
         return cls(np.array(d["mean"], dtype=np.float64), np.array(d["std"], dtype=np.float64))

@@ -56,8 +56,9 @@ Behaviour where the paper is silent (the options are the fields of :class:`PcaSp
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
@@ -84,11 +85,17 @@ class PcaSpeOptions:
     min_rows: int | None = None  # rows before detecting (default max(30, 2·d), at most t)
     min_std: Annotated[float, Range(gt=0)] = 1e-6  # absolute std floor when standardising
     rel_std: Annotated[float, Range(ge=0)] = 1e-3  # std floor as a fraction of |avg_j|
-    delta_noise: Annotated[float, Range(ge=0)] = 1.0  # a column's noise level as a multiple of its tracking error Δ (0: ignore Δ)
-    confirm: Annotated[int, Range(ge=1)] = 1  # consecutive abnormal rows before anomalies are reported (rows join A from the first)
+    delta_noise: Annotated[float, Range(ge=0)] = (
+        1.0  # a column's noise level as a multiple of its tracking error Δ (0: ignore Δ)
+    )
+    confirm: Annotated[int, Range(ge=1)] = (
+        1  # consecutive abnormal rows before anomalies are reported (rows join A from the first)
+    )
     stale_limit: Annotated[int, Range(ge=1)] = 6  # consecutive NaN rows after which a column counts as gone
     refresh_every: Annotated[int, Range(ge=1)] = 720  # exact recomputation of the window statistics every N updates
-    solver: Literal["subspace", "eigh"] = "subspace"  # "subspace" (warm-started top-k, verified, eigh fallback) or "eigh" (full, every fit)
+    solver: Literal["subspace", "eigh"] = (
+        "subspace"  # "subspace" (warm-started top-k, verified, eigh fallback) or "eigh" (full, every fit)
+    )
     full_every: Annotated[int, Range(ge=1)] = 100  # with solver=subspace, a full eigh at least every N fits
 
     def __post_init__(self) -> None:
@@ -96,7 +103,7 @@ class PcaSpeOptions:
             raise atomwatch.OptionError("min_rows", self.min_rows, f"in [3, t={self.t}]")
 
     @classmethod
-    def parse(cls, options: Mapping[str, Any] | None) -> "PcaSpeOptions":
+    def parse(cls, options: Mapping[str, Any] | None) -> PcaSpeOptions:
         return atomwatch.parse_options(NAME, cls, options)
 
     def rows_needed(self, d: int) -> int:
@@ -106,7 +113,9 @@ class PcaSpeOptions:
 class _Window:
     """The window M of one column set, with its current model (fitted lazily)."""
 
-    def __init__(self, columns: tuple[SeriesKey, ...], opts: PcaSpeOptions, stats: pm.WindowStats | None = None) -> None:
+    def __init__(
+        self, columns: tuple[SeriesKey, ...], opts: PcaSpeOptions, stats: pm.WindowStats | None = None
+    ) -> None:
         self.columns = columns
         self.index = {c: j for j, c in enumerate(columns)}
         self.opts = opts
@@ -138,7 +147,7 @@ class _Window:
         base = pm.std_floor(self.stats.mean, self.opts.min_std, self.opts.rel_std)
         return np.fmax(base, self.opts.delta_noise * np.where(self.deltas > 0, self.deltas, np.nan))
 
-    def model(self) -> "_Model":
+    def model(self) -> _Model:
         if self._fit is None:
             s = self.stats
             m, scale = s.comoment, 1.0 / max(s.n - 1, 1)  # the covariance is m·scale
@@ -149,8 +158,15 @@ class _Window:
                 sub = m if not len(quiet) else m.take(active, 0).take(active, 1)
                 mean = s.mean if not len(quiet) else s.mean[active]
                 fit = pm.fit(
-                    s.n, mean, sub, cpv=self.opts.cpv, alpha=self.opts.alpha,
-                    min_std=self.opts.min_std, rel_std=self.opts.rel_std, top=self.top, cov_scale=scale,
+                    s.n,
+                    mean,
+                    sub,
+                    cpv=self.opts.cpv,
+                    alpha=self.opts.alpha,
+                    min_std=self.opts.min_std,
+                    rel_std=self.opts.rel_std,
+                    top=self.top,
+                    cov_scale=scale,
                 )
             if len(quiet):
                 rows = s.rows()[:, quiet]
@@ -160,7 +176,7 @@ class _Window:
             self._fit = _Model(fit, active, q)
         return self._fit
 
-    def restricted(self, columns: tuple[SeriesKey, ...]) -> "_Window":
+    def restricted(self, columns: tuple[SeriesKey, ...]) -> _Window:
         keep = np.array([self.index[c] for c in columns], dtype=np.intp)
         return _Window(columns, self.opts, self.stats.restricted(keep) if self.stats.n else None)
 
@@ -209,7 +225,9 @@ class PcaSpeDetector:
     def update(self, row: Row) -> Anomaly | None:
         values = np.asarray(row.values, dtype=np.float64).reshape(-1)
         if len(values) != len(row.columns):
-            raise ValueError(f"{NAME} scope {self.scope!r} row {row.index}: {len(values)} values for {len(row.columns)} columns")
+            raise ValueError(
+                f"{NAME} scope {self.scope!r} row {row.index}: {len(values)} values for {len(row.columns)} columns"
+            )
         self.rows_seen += 1
         self.last_index = row.index
         cols = self._effective_columns(row.columns, values)
@@ -224,7 +242,9 @@ class PcaSpeDetector:
         if row.deltas is not None and self.opts.delta_noise > 0:
             deltas = np.asarray(row.deltas, dtype=np.float64).reshape(-1)
             if len(deltas) != len(row.columns):
-                raise ValueError(f"{NAME} scope {self.scope!r} row {row.index}: {len(deltas)} deltas for {len(row.columns)} columns")
+                raise ValueError(
+                    f"{NAME} scope {self.scope!r} row {row.index}: {len(deltas)} deltas for {len(row.columns)} columns"
+                )
             win.set_deltas(deltas[at])  # (a pending window gets its Δ once it is the window)
         result = self._score(row, win, z)
         if self.pending is not None and result is None and self.run_length == 0:
@@ -307,7 +327,9 @@ class PcaSpeDetector:
 
     # -- results ------------------------------------------------------------------------------
 
-    def _anomaly(self, row: Row, win: _Window, model: _Model, x: np.ndarray | None, spe: float, stale: list[SeriesKey]) -> Anomaly:
+    def _anomaly(
+        self, row: Row, win: _Window, model: _Model, x: np.ndarray | None, spe: float, stale: list[SeriesKey]
+    ) -> Anomaly:
         a = np.array(self.a_rows)
         blame: list[Blame] = []
         findings: list[pm.ColumnFinding] = []
@@ -336,8 +358,12 @@ class PcaSpeDetector:
                     column=win.columns[j],
                     direction="up" if worst > 0 else "down",
                     score=abs(worst),
-                    details={"rule": "quiet column left its band", "band": [float(low[i]), float(high[i])],
-                             "noise": float(quiet.noise[i]), "value": float(z_last) if math.isfinite(z_last := a[-1, j]) else None},
+                    details={
+                        "rule": "quiet column left its band",
+                        "band": [float(low[i]), float(high[i])],
+                        "noise": float(quiet.noise[i]),
+                        "value": float(z_last) if math.isfinite(z_last := a[-1, j]) else None,
+                    },
                 )
             )
         blame.sort(key=lambda b: -b.score)
@@ -357,7 +383,9 @@ class PcaSpeDetector:
             "window_rows": win.stats.n,
             "stale_columns": [c.column for c in stale],
             "candidates": [
-                {"column": win.columns[model.active[f.index]].column, "rd": f.rd, "stddev": f.stddev} for f in findings if not f.abnormal
+                {"column": win.columns[model.active[f.index]].column, "rd": f.rd, "stddev": f.stddev}
+                for f in findings
+                if not f.abnormal
             ][:5],
         }
         if fit is not None and x is not None:
@@ -475,7 +503,9 @@ class PcaSpeDetector:
 
 class PcaSpeFactory:
     name = NAME
-    description = "ATOM's PCA monitoring: SPE against the Jackson–Mudholkar Q_α (Box's χ² where h₀ ≤ 0), 3-step identification"
+    description = (
+        "ATOM's PCA monitoring: SPE against the Jackson–Mudholkar Q_α (Box's χ² where h₀ ≤ 0), 3-step identification"
+    )
 
     def create(self, scope: str, options: Mapping[str, Any] | None = None) -> PcaSpeDetector:
         detector = PcaSpeDetector(scope, options)

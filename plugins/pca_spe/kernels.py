@@ -16,7 +16,8 @@ import math
 import os
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.linalg import blas
@@ -280,7 +281,9 @@ else:
 if JIT:
 
     @_kernel
-    def window_replace(comoment: np.ndarray, mean: np.ndarray, buf: np.ndarray, slot: int, new: np.ndarray, n: int) -> None:
+    def window_replace(
+        comoment: np.ndarray, mean: np.ndarray, buf: np.ndarray, slot: int, new: np.ndarray, n: int
+    ) -> None:
         """Replace the row ``buf[slot]`` of a full window of ``n`` rows by ``new``, in place: the
         row, the mean, and the co-moment Σ (x − mean)(x − mean)ᵀ by one rank-two update (one
         pass over it)."""
@@ -302,7 +305,9 @@ if JIT:
 
 else:
 
-    def window_replace(comoment: np.ndarray, mean: np.ndarray, buf: np.ndarray, slot: int, new: np.ndarray, n: int) -> None:
+    def window_replace(
+        comoment: np.ndarray, mean: np.ndarray, buf: np.ndarray, slot: int, new: np.ndarray, n: int
+    ) -> None:
         """Replace the row ``buf[slot]`` of a full window of ``n`` rows by ``new``, in place: the
         row, the mean, and the co-moment Σ (x − mean)(x − mean)ᵀ by two rank-one updates."""
         d_old = buf[slot] - mean
@@ -389,8 +394,16 @@ def residual_power_sums(c: np.ndarray, p1: np.ndarray, cnorm: float) -> tuple[fl
 
 @_kernel
 def verify(
-    c: np.ndarray, u: np.ndarray, w: np.ndarray, cu: np.ndarray, total: float, cpv: float, f2: float, f3: float,
-    tol: float, theta_tol: float,
+    c: np.ndarray,
+    u: np.ndarray,
+    w: np.ndarray,
+    cu: np.ndarray,
+    total: float,
+    cpv: float,
+    f2: float,
+    f3: float,
+    tol: float,
+    theta_tol: float,
 ) -> tuple[int, float, float, float, float, float, float, float]:
     """The bounds of one Ritz step (w descending, C·u = cu), see :class:`atomwatch.plugins.pca_spe.model.TopEigen`.
 
@@ -471,7 +484,9 @@ def jackson_mudholkar(t1: float, t2: float, t3: float, c: float) -> tuple[float,
 
 
 @_kernel
-def jackson_mudholkar_spread(q: float, t1: float, t2: float, t3: float, e1: float, e2: float, e3: float, c: float) -> float:
+def jackson_mudholkar_spread(
+    q: float, t1: float, t2: float, t3: float, e1: float, e2: float, e3: float, c: float
+) -> float:
     """Σ_j |Q(θ + e_j) − Q(θ)| over the three θ error bounds, ``q`` being Q(θ); NaN where the
     formula does not apply at any of the three points."""
     q1, _ = jackson_mudholkar(t1 + e1, t2, t3, c)
@@ -515,11 +530,30 @@ def verified_jackson_mudholkar(
 
 @_kernel
 def fit_step(
-    m: np.ndarray, scale: float, mean: np.ndarray, min_std: float, rel_std: float, u: np.ndarray, cpv: float,
-    tol: float, theta_tol: float, iters: int, c: float, q_tol: float, floor: float,
+    m: np.ndarray,
+    scale: float,
+    mean: np.ndarray,
+    min_std: float,
+    rel_std: float,
+    u: np.ndarray,
+    cpv: float,
+    tol: float,
+    theta_tol: float,
+    iters: int,
+    c: float,
+    q_tol: float,
+    floor: float,
 ) -> tuple[
-    np.ndarray, np.ndarray, np.ndarray, float,
-    tuple[int, float, float, float, float, float, float, float], np.ndarray, np.ndarray, int, float, float,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    float,
+    tuple[int, float, float, float, float, float, float, float],
+    np.ndarray,
+    np.ndarray,
+    int,
+    float,
+    float,
 ]:
     """One warm fit in one call: cov(Y) (:func:`standardised`), its trace, the solver's step
     from ``u`` (:func:`subspace_step`) and, when the step is accepted, the verified Q_α
@@ -534,7 +568,16 @@ def fit_step(
     status, q, h0 = 0, math.nan, math.nan
     if verdict[0] > 0:
         status, q, h0 = verified_jackson_mudholkar(
-            verdict[1], verdict[2], verdict[3], verdict[4], verdict[5], verdict[6], total, c, q_tol, floor * max(total, 1.0)
+            verdict[1],
+            verdict[2],
+            verdict[3],
+            verdict[4],
+            verdict[5],
+            verdict[6],
+            total,
+            c,
+            q_tol,
+            floor * max(total, 1.0),
         )
     return corr, std, raw, total, verdict, v, w, status, q, h0
 

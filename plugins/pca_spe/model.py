@@ -102,7 +102,7 @@ class WindowStats:
         """Sample covariance (ddof = 1) of the window."""
         return self.comoment / max(self.n - 1, 1)
 
-    def restricted(self, keep: np.ndarray, capacity: int | None = None) -> "WindowStats":
+    def restricted(self, keep: np.ndarray, capacity: int | None = None) -> WindowStats:
         """A new window over the columns ``keep`` (indices) holding the same rows, exact."""
         out = WindowStats(len(keep), capacity or self.capacity)
         rows = self.rows()[-out.capacity :, keep]
@@ -170,7 +170,9 @@ def _normal_quantile(p: float) -> float:
     return float(special.ndtri(p))
 
 
-def q_alpha(theta: tuple[float, float, float], alpha: float, method: Method | None = None) -> tuple[float, Method, float]:
+def q_alpha(
+    theta: tuple[float, float, float], alpha: float, method: Method | None = None
+) -> tuple[float, Method, float]:
     """Q_α for residual eigenvalue power sums θ = (θ₁, θ₂, θ₃): (threshold, method, h₀).
 
     Jackson & Mudholkar (1979) as the paper writes it; where h₀ ≤ 0, or the bracket is not
@@ -307,7 +309,7 @@ def fit(
     alpha: float = 0.002,
     min_std: float = 1e-6,
     rel_std: float = 1e-3,
-    top: "TopEigen | None" = None,
+    top: TopEigen | None = None,
     cov_scale: float = 1.0,
 ) -> PcaFit:
     """The PCA model of a window given its size, column means and sample covariance
@@ -321,8 +323,19 @@ def fit(
     if top is not None and top.ready(cov.shape[0]):
         try:
             corr, std, raw, total, verdict, u, w, status, q, h0 = kernels.current().fit_step(
-                cov, float(cov_scale), mean, float(min_std), float(rel_std), top.u, cpv, top.tol, top.theta_tol,
-                top.iters, _normal_quantile(1.0 - alpha), top.q_tol, RESIDUAL_EPS,
+                cov,
+                float(cov_scale),
+                mean,
+                float(min_std),
+                float(rel_std),
+                top.u,
+                cpv,
+                top.tol,
+                top.theta_tol,
+                top.iters,
+                _normal_quantile(1.0 - alpha),
+                top.q_tol,
+                RESIDUAL_EPS,
             )
         except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):  # not finite: the full eigh decides
             verdict, status = (0,), 0
@@ -337,7 +350,9 @@ def fit(
                 thr = _verified_threshold(theta, top.theta_err, total, alpha, top.q_tol)
             if thr is not None:
                 q, method, h0 = thr
-                return PcaFit(n, mean.copy(), std, raw, corr, k, p1, lam1, total, theta, q, method, h0, alpha, None, "subspace")
+                return PcaFit(
+                    n, mean.copy(), std, raw, corr, k, p1, lam1, total, theta, q, method, h0, alpha, None, "subspace"
+                )
             top.fallbacks += 1
     if corr is None:
         corr, std, raw = standardised_cov(mean, cov, min_std, rel_std, cov_scale)
@@ -350,7 +365,24 @@ def fit(
     q, method, h0 = _threshold(theta, total, alpha)
     if top is not None:
         top.seed(vec, lam, k)
-    return PcaFit(n, mean.copy(), std, raw, corr, k, vec[:, :k].copy(), lam[:k].copy(), total, theta, q, method, h0, alpha, lam, "eigh")
+    return PcaFit(
+        n,
+        mean.copy(),
+        std,
+        raw,
+        corr,
+        k,
+        vec[:, :k].copy(),
+        lam[:k].copy(),
+        total,
+        theta,
+        q,
+        method,
+        h0,
+        alpha,
+        lam,
+        "eigh",
+    )
 
 
 def _verified_threshold(
@@ -405,6 +437,7 @@ def fit_window(rows: np.ndarray, **kw) -> PcaFit:
 
 # --------------------------------------------------------------------------- warm-started top-k
 
+
 class TopEigen:
     """Top eigenpairs of a slowly changing symmetric PSD matrix C (the window's cov(Y)),
     warm-started from the last tick, every accepted result verified a posteriori.
@@ -457,9 +490,13 @@ class TopEigen:
         max_block: int = 16,
     ) -> None:
         if not (0 < tol < 1 and 0 < q_tol < 1 and 0 < theta_tol < 1):
-            raise ValueError(f"TopEigen tolerances must be in (0, 1), got tol={tol}, q_tol={q_tol}, theta_tol={theta_tol}")
+            raise ValueError(
+                f"TopEigen tolerances must be in (0, 1), got tol={tol}, q_tol={q_tol}, theta_tol={theta_tol}"
+            )
         if iters < 1 or full_every < 1 or extra < 0 or max_block < 1:
-            raise ValueError(f"TopEigen needs iters ≥ 1, full_every ≥ 1, extra ≥ 0, max_block ≥ 1, got {iters}, {full_every}, {extra}, {max_block}")
+            raise ValueError(
+                f"TopEigen needs iters ≥ 1, full_every ≥ 1, extra ≥ 0, max_block ≥ 1, got {iters}, {full_every}, {extra}, {max_block}"
+            )
         self.extra = extra
         self.iters = iters
         self.tol = tol
@@ -521,7 +558,9 @@ class TopEigen:
         self.theta_err = (e1, e2, e3)
         return k, np.ascontiguousarray(u[:, :k]), w[:k].copy(), (t1, t2, t3)
 
-    def solve(self, c: np.ndarray, total: float, cpv: float) -> tuple[int, np.ndarray, np.ndarray, tuple[float, float, float]] | None:
+    def solve(
+        self, c: np.ndarray, total: float, cpv: float
+    ) -> tuple[int, np.ndarray, np.ndarray, tuple[float, float, float]] | None:
         """(k, P₁, λ₁..λ_k, θ) or None when the caller must do a full decomposition
         (:func:`fit` makes the same step fused with the standardisation and the threshold)."""
         if not self.ready(c.shape[0]):
@@ -665,7 +704,9 @@ def solve_delta(model: PcaFit, mu: float, *, iterations: int = 80) -> DeltaSolut
     if not (0.0 < mu < 1.0):
         raise ValueError(f"mu must be in (0, 1), got {mu!r}")
     if model.method == "degenerate":
-        raise ValueError("the model has no residual subspace (constant or perfectly correlated columns): Δ cannot be derived from μ")
+        raise ValueError(
+            "the model has no residual subspace (constant or perfectly correlated columns): Δ cannot be derived from μ"
+        )
     resid = residual_spectrum(model)
     lam_mean = model.total / model.d
     lo, hi = 0.0, max(lam_mean, 1e-12)

@@ -67,8 +67,12 @@ class PrecogParams:
     def __post_init__(self) -> None:
         if not self.resample >= 1:
             raise ValueError(f"resampling_time_resolution: {self.resample:g} s must be at least 1 s")
-        for name, value in (("smoothing_window", self.smoothing), ("req_trend_duration", self.min_trend),
-                            ("min_separation_duration", self.min_separation), ("critical_time", self.critical)):
+        for name, value in (
+            ("smoothing_window", self.smoothing),
+            ("req_trend_duration", self.min_trend),
+            ("min_separation_duration", self.min_separation),
+            ("critical_time", self.critical),
+        ):
             if not value > 0:
                 raise ValueError(f"{name}: {value:g} s must be positive")
         if not 0 < self.r2 < 1:
@@ -131,7 +135,7 @@ def rolling_median(r: np.ndarray, w: int) -> np.ndarray:
     for k in range(head):
         out[k] = np.median(r[: k + 1])
     if n >= w:
-        out[w - 1:] = np.median(np.lib.stride_tricks.sliding_window_view(r, w), axis=1)
+        out[w - 1 :] = np.median(np.lib.stride_tricks.sliding_window_view(r, w), axis=1)
     return out
 
 
@@ -251,13 +255,13 @@ class PrefixSums:
         y = values.astype(np.longdouble) - np.longdouble(self.offset)
         k = np.arange(self.n, self.n + m, dtype=np.longdouble)
         a = self.n
-        self._y[a + 1: a + m + 1] = self._y[a] + np.cumsum(y)
-        self._yy[a + 1: a + m + 1] = self._yy[a] + np.cumsum(y * y)
-        self._ky[a + 1: a + m + 1] = self._ky[a] + np.cumsum(k * y)
+        self._y[a + 1 : a + m + 1] = self._y[a] + np.cumsum(y)
+        self._yy[a + 1 : a + m + 1] = self._yy[a] + np.cumsum(y * y)
+        self._ky[a + 1 : a + m + 1] = self._ky[a] + np.cumsum(k * y)
         prev = np.empty(m)
         prev[0] = values[0] if self.last is None else self.last
         prev[1:] = values[:-1]
-        self._chg[a + 1: a + m + 1] = self._chg[a] + np.cumsum(values != prev)
+        self._chg[a + 1 : a + m + 1] = self._chg[a] + np.cumsum(values != prev)
         self.last = float(values[-1])
         self.n += m
 
@@ -266,12 +270,17 @@ class PrefixSums:
         ``starts[i]..end-1`` (``end`` <= n, a number or one per start)."""
         e = np.broadcast_to(np.asarray(end, np.int64), np.shape(starts))
         inner = np.minimum(np.asarray(starts) + 1, e)
-        return (self._y[e] - self._y[starts], self._yy[e] - self._yy[starts], self._ky[e] - self._ky[starts],
-                self._chg[e] - self._chg[inner])
+        return (
+            self._y[e] - self._y[starts],
+            self._yy[e] - self._yy[starts],
+            self._ky[e] - self._ky[starts],
+            self._chg[e] - self._chg[inner],
+        )
 
 
-def regress(starts: np.ndarray, stop: int, sums: PrefixSums, tail: np.ndarray, p: PrecogParams,
-            values: SeriesView) -> tuple[np.ndarray, np.ndarray]:
+def regress(
+    starts: np.ndarray, stop: int, sums: PrefixSums, tail: np.ndarray, p: PrecogParams, values: SeriesView
+) -> tuple[np.ndarray, np.ndarray]:
     """Slope (%/min) and R² of every window ``starts[i]..stop`` (inclusive) at once.
 
     Positions below ``sums.n`` come from the prefix sums, the rest from ``tail`` (the values at
@@ -311,9 +320,17 @@ def regress(starts: np.ndarray, stop: int, sums: PrefixSums, tail: np.ndarray, p
     return window_stats(starts, np.full(starts.size, stop), sy, syy, sky, chg, p, values, off)
 
 
-def window_stats(starts: np.ndarray, stops: np.ndarray, sy: np.ndarray, syy: np.ndarray, sky: np.ndarray,
-                 chg: np.ndarray, p: PrecogParams, values: SeriesView,
-                 offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def window_stats(
+    starts: np.ndarray,
+    stops: np.ndarray,
+    sy: np.ndarray,
+    syy: np.ndarray,
+    sky: np.ndarray,
+    chg: np.ndarray,
+    p: PrecogParams,
+    values: SeriesView,
+    offset: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Slope, R² and the fitted value at the window's end from window sums (y less ``offset``,
     x = position). All-equal windows (no step inside) get slope 0 and R² 1, as a least-squares fit and ``r2_score`` give; windows whose R² lands
     within 1e-9 of the threshold are recomputed directly from their values."""
@@ -359,7 +376,7 @@ class SeriesView:
 
     def window(self, a: int, b: int) -> np.ndarray:
         f = self.final.size
-        return np.concatenate((self.final[a: min(b + 1, f)], self.tail[max(a - f, 0): b + 1 - f]))
+        return np.concatenate((self.final[a : min(b + 1, f)], self.tail[max(a - f, 0) : b + 1 - f]))
 
 
 # --------------------------------------------------------------------------- fit and predict
@@ -377,12 +394,19 @@ class Model:
     envelope: RiseEnvelope | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"trends": len(self.trends), "max_training_slope": self.max_slope,
-                               "max_training_duration_s": self.max_duration, "train_ref": self.train_ref,
-                               "history_bins": int(self.history.size)}
+        out: dict[str, Any] = {
+            "trends": len(self.trends),
+            "max_training_slope": self.max_slope,
+            "max_training_duration_s": self.max_duration,
+            "train_ref": self.train_ref,
+            "history_bins": int(self.history.size),
+        }
         if self.envelope is not None:
-            out.update(guard_level=self.envelope.level, guard_noise=self.envelope.noise,
-                       guard_allowance=self.envelope.allowance)
+            out.update(
+                guard_level=self.envelope.level,
+                guard_noise=self.envelope.noise,
+                guard_allowance=self.envelope.allowance,
+            )
         return out
 
 
@@ -394,7 +418,7 @@ def fit(t: np.ndarray, v: np.ndarray, p: PrecogParams, envelope: bool = False) -
     if n == 0:
         return model
     if p.max_filter:
-        top = np.sort(s)[-p.top_n:]
+        top = np.sort(s)[-p.top_n :]
         model.train_ref = float(np.median(top))
     if envelope:
         model.envelope = RiseEnvelope.learn(s)
@@ -438,9 +462,19 @@ class Decision:
     n: int = 0
 
 
-def decide(s_last: float, n: int, cps: list[int], slope: np.ndarray, r2: np.ndarray, ends: np.ndarray,
-           starts: np.ndarray, model: Model, p: PrecogParams, segment_top: np.ndarray,
-           guard: RiseEnvelope | None = None) -> Decision:
+def decide(
+    s_last: float,
+    n: int,
+    cps: list[int],
+    slope: np.ndarray,
+    r2: np.ndarray,
+    ends: np.ndarray,
+    starts: np.ndarray,
+    model: Model,
+    p: PrecogParams,
+    segment_top: np.ndarray,
+    guard: RiseEnvelope | None = None,
+) -> Decision:
     """The reference's window loop over precomputed window statistics (``starts`` = ``cps[:-1]``).
 
     ``segment_top`` are the values of the final change-point segment (for the max filter).
@@ -461,8 +495,9 @@ def decide(s_last: float, n: int, cps: list[int], slope: np.ndarray, r2: np.ndar
         if ex > p.critical:
             continue
         dur = (stop - a) * p.resample
-        if guard is not None and not guard.exceeded(float(ends[idx]) - sl * (stop - a) * p.minutes_per_bin,
-                                                     float(ends[idx]), stop - a, s_last):
+        if guard is not None and not guard.exceeded(
+            float(ends[idx]) - sl * (stop - a) * p.minutes_per_bin, float(ends[idx]), stop - a, s_last
+        ):
             rejected_by_guard = True
             continue
         tr = Trend(a, stop, sl, float(r2[idx]), s_last, ex)
@@ -475,14 +510,13 @@ def decide(s_last: float, n: int, cps: list[int], slope: np.ndarray, r2: np.ndar
     if best is None:
         return Decision(False, None, "envelope" if rejected_by_guard else "no-trend", cps, n)
     if p.max_filter:
-        top = np.sort(segment_top)[-p.top_n:]
+        top = np.sort(segment_top)[-p.top_n :]
         if top.size and float(top[0]) < p.max_filter_value and float(top[0]) < model.train_ref:
             return Decision(False, best, "max-filter", cps, n)
     return Decision(True, best, "", cps, n)
 
 
-def predict(t: np.ndarray, v: np.ndarray, model: Model, p: PrecogParams,
-            guard: RiseEnvelope | None = None) -> Decision:
+def predict(t: np.ndarray, v: np.ndarray, model: Model, p: PrecogParams, guard: RiseEnvelope | None = None) -> Decision:
     """The full recomputation of the reference's ``predict`` on a whole series (the baseline)."""
     v = np.asarray(v, np.float64)
     ok = ~np.isnan(v)
@@ -497,7 +531,7 @@ def predict(t: np.ndarray, v: np.ndarray, model: Model, p: PrecogParams,
     sums = PrefixSums(n)
     sums.extend(s)
     slope, r2, ends = regress(starts, n - 1, sums, np.zeros(0), p, SeriesView(s, np.zeros(0)))
-    seg = s[cps[-2]:] if len(cps) >= 2 else s[-1:]
+    seg = s[cps[-2] :] if len(cps) >= 2 else s[-1:]
     return decide(float(s[-1]), n, cps, slope, r2, ends, starts, model, p, seg, guard)
 
 
@@ -692,13 +726,13 @@ class OnlineSeries:
     def _smooth_tail(self, r_tail: np.ndarray) -> np.ndarray:
         w = self.p.smooth_bins
         f = self.f
-        ctx = np.concatenate((self._r_buf[max(0, f - (w - 1)): f], r_tail))
+        ctx = np.concatenate((self._r_buf[max(0, f - (w - 1)) : f], r_tail))
         base = max(0, f - (w - 1))
         out = np.empty(r_tail.size)
         for j in range(r_tail.size):
             k = f + j
             lo = max(0, k - w + 1)
-            out[j] = np.median(ctx[lo - base: k - base + 1])
+            out[j] = np.median(ctx[lo - base : k - base + 1])
         return out
 
     def _grow(self, need: int) -> None:
@@ -717,8 +751,8 @@ class OnlineSeries:
         s_new = self._smooth_tail(r_new)
         f0 = self.f
         self._grow(f0 + r_new.size)
-        self._r_buf[f0: f0 + r_new.size] = r_new
-        self._s_buf[f0: f0 + s_new.size] = s_new
+        self._r_buf[f0 : f0 + r_new.size] = r_new
+        self._s_buf[f0 : f0 + s_new.size] = s_new
         self.f = f0 + r_new.size
         self.r = self._r_buf[: self.f]
         self.s = self._s_buf[: self.f]
@@ -806,8 +840,10 @@ class OnlineSeries:
                 lo = mid + 1
         new_right = m - lo
         changed: list[int] = []
-        for a, b in ((min(self.n_left, new_left), max(self.n_left, new_left)),
-                     (m - max(self.n_right, new_right), m - min(self.n_right, new_right))):
+        for a, b in (
+            (min(self.n_left, new_left), max(self.n_left, new_left)),
+            (m - max(self.n_right, new_right), m - min(self.n_right, new_right)),
+        ):
             for rank in range(a, b):
                 q = int(pos[rank])
                 want = rank < new_left or rank >= m - new_right
@@ -828,7 +864,7 @@ class OnlineSeries:
         if not self.chain:
             chain = [0]
         start = chain[-1]
-        flagged_pos = np.flatnonzero(self.flag[start + 1: self.f - 1]) + start + 1
+        flagged_pos = np.flatnonzero(self.flag[start + 1 : self.f - 1]) + start + 1
         self.chain = thin_sorted(flagged_pos, self.p.sep_bins, chain)
 
     def trimmed(self, keep_bins: int) -> OnlineSeries:

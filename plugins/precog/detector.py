@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS = ("MemoryUtilization",)
 DEFAULT_ROW_STEP = 600.0  # seconds per row when Row.ts counts rows (the reference's sample data)
 
+
 @atomwatch.declare_options("precog", "precog-reference")
 @dataclass(frozen=True)
 class PrecogOptions:
@@ -68,8 +69,9 @@ class PrecogOptions:
         if not self.metrics:
             raise atomwatch.OptionError("metrics", self.metrics, "at least one metric name (or * for every column)")
         if self.max_history and self.max_history < 2 * self.critical_time:
-            raise atomwatch.OptionError("max_history", self.max_history,
-                                        f"0 or at least twice critical_time ({2 * self.critical_time:g} s)")
+            raise atomwatch.OptionError(
+                "max_history", self.max_history, f"0 or at least twice critical_time ({2 * self.critical_time:g} s)"
+            )
 
 
 @dataclass
@@ -88,9 +90,17 @@ def parse_options(options: Mapping[str, Any], detector: str) -> Settings:
     """Validate ``--set <detector>.KEY=VALUE`` options; unknown keys and bad values are errors."""
     o = atomwatch.parse_options(detector, PrecogOptions, options)
     params = core.PrecogParams(
-        resample=o.resampling_time_resolution, smoothing=o.smoothing_window, min_trend=o.req_trend_duration,
-        r2=o.req_trend_r2, limit=o.limit, critical=o.critical_time, min_value=o.min_value,
-        min_separation=o.min_separation_duration, top_n=o.top_max_n_values, max_filter=o.use_max_values_as_filter)
+        resample=o.resampling_time_resolution,
+        smoothing=o.smoothing_window,
+        min_trend=o.req_trend_duration,
+        r2=o.req_trend_r2,
+        limit=o.limit,
+        critical=o.critical_time,
+        min_value=o.min_value,
+        min_separation=o.min_separation_duration,
+        top_n=o.top_max_n_values,
+        max_filter=o.use_max_values_as_filter,
+    )
     metrics = None if "*" in o.metrics else o.metrics
     step = None if o.step == "auto" else float(o.step)
     return Settings(params, metrics, step, o.fit_duration, o.fit_rows, o.max_history, o.forget, o.margin)
@@ -264,8 +274,16 @@ class PrecogDetector:
             details["limit_at_iso"] = _iso(stop_s + exit_s)
         score = p.critical / exit_s if exit_s > 0 else math.inf
         blame = Blame(column=state.key, direction="up", score=score, details=dict(details))
-        return Anomaly(detector=self.name, scope=self.scope, index=row.index, ts=row.ts, score=score,
-                       threshold=1.0, blame=[blame], details={"vm": state.key.vm_name, **details})
+        return Anomaly(
+            detector=self.name,
+            scope=self.scope,
+            index=row.index,
+            ts=row.ts,
+            score=score,
+            threshold=1.0,
+            blame=[blame],
+            details={"vm": state.key.vm_name, **details},
+        )
 
     def status(self) -> dict[str, Any]:
         cols = {}
@@ -320,8 +338,8 @@ class PrecogFactory:
         self.improved = improved
         self.description = (
             "Precog memory-leak warning on MemoryUtilization, guarded against daily rhythm, GC sawtooth and refills"
-            if improved else
-            "Precog memory-leak warning on MemoryUtilization, exactly as the reference implementation computes it"
+            if improved
+            else "Precog memory-leak warning on MemoryUtilization, exactly as the reference implementation computes it"
         )
 
     def create(self, scope: str, options: Mapping[str, Any]) -> PrecogDetector:
