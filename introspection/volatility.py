@@ -137,6 +137,10 @@ class Analysis:
         }
 
 
+#: the worker's file, run by path (see :func:`_run_worker`)
+WORKER = str(Path(__file__).resolve().with_name("worker.py"))
+
+
 def _run_worker(
     image: Path, plugins: list[str], cfg: VolatilityConfig, progress: Progress | None, deadline: float
 ) -> dict[str, Any]:
@@ -151,7 +155,10 @@ def _run_worker(
         "validate_isf": cfg.validate_isf,
     }
     proc = subprocess.Popen(
-        [cfg.python, "-m", "atomwatch.introspection.worker"],
+        # The worker needs only the standard library and Volatility: run its file, not the module,
+        # so the atomwatch package (numpy, pluggy …) is not imported into a process whose address
+        # space is capped (``-P``: the script's own folder is not put on sys.path either).
+        [cfg.python, "-P", WORKER],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""The Volatility 3 worker: ``python -m atomwatch.introspection.worker`` — one memory image, several plugins.
+"""The Volatility 3 worker, run by its file path (``python -P worker.py``) — one memory image, several plugins.
 
 Reads one JSON request on stdin::
 
