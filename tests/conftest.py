@@ -18,6 +18,8 @@ import pytest
 
 # Controllers started by tests keep their alarms in memory unless a test says otherwise.
 os.environ.setdefault("ATOMWATCH_DB", ":memory:")
+# ... and their local state (the HTTP API's local tokens file) in a temporary folder, never the user's.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="atomwatch-state-")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
