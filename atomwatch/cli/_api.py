@@ -34,8 +34,8 @@ def add_controller_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--token-file",
         metavar="FILE",
-        help="a file holding just the API token (default: $ATOMWATCH_API_TOKEN, else this user's "
-        "~/.local/state/atomwatch/api-tokens)",
+        help="a file holding just the API token, used when $ATOMWATCH_API_TOKEN is not set "
+        "(default: the first token of this user's ~/.local/state/atomwatch/api-tokens)",
     )
     p.add_argument(
         "--ca", metavar="FILE", help="PEM CA certificate(s) to verify an https:// controller ($ATOMWATCH_API_CA)"
