@@ -269,7 +269,15 @@ class Controller:
         if address is not None:
             from .api import ApiServer
 
-            self.http = ApiServer(self, address)
+            if self.config.http_exposed_insecurely:
+                log.warning(
+                    "--http-insecure: the HTTP API listens on %s without TLS and a tokens file: tokens and "
+                    "tenants' alarms cross the network in clear text. Add --http-cert/--http-key and --http-tokens.",
+                    self.config.http,
+                )
+            self.http = ApiServer(
+                self, address, tokens=self.config.http_tokens, cert=self.config.http_cert, key=self.config.http_key
+            )
             self.http.start()
         conn = asyncio.create_task(self._connection_loop(), name="controller-connection")
         ticks = asyncio.create_task(self._tick_loop(), name="controller-ticks")

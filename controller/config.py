@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,16 @@ def default_db() -> str:
         return os.environ["ATOMWATCH_DB"]
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return str(state / "atomwatch" / "alarms.sqlite")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost``; any other name counts as exposed (it is not resolved)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -35,6 +46,14 @@ class ControllerConfig:
     #: HTTP API and /metrics, "HOST:PORT" (None: no HTTP server; the command line's default is
     #: 127.0.0.1:8470)
     http: str | None = None
+    #: the API's bearer tokens (``NAME TOKEN`` per line, :mod:`atomwatch.apitokens`); None: the
+    #: local user's file, created on first start
+    http_tokens: str | None = None
+    #: PEM certificate (chain) and private key: serve HTTPS (TLS >= 1.2)
+    http_cert: str | None = None
+    http_key: str | None = None
+    #: listen on a non-loopback address without TLS and a tokens file all the same (a warning)
+    http_insecure: bool = False
     #: ATOM's user deviation μ: when set, tracking errors Δ are derived from each scope's model
     #: and pushed to its agent with ``set-delta`` every ``mu_every`` rows
     mu: float | None = None
@@ -53,15 +72,43 @@ class ControllerConfig:
         if self.mu is not None and not 0 < self.mu < 1:
             raise ConfigError(f"--mu must be a deviation between 0 and 1, got {self.mu}")
         self.http_address()
+        if bool(self.http_cert) != bool(self.http_key):
+            raise ConfigError("--http-cert and --http-key go together: give both (or neither, for plain HTTP)")
+        if self.http and not self.http_loopback() and not (self.http_cert and self.http_tokens):
+            missing = " and ".join(
+                what
+                for what, ok in (
+                    ("--http-cert FILE --http-key FILE (TLS)", self.http_cert),
+                    ("--http-tokens FILE", self.http_tokens),
+                )
+                if not ok
+            )
+            if not self.http_insecure:
+                raise ConfigError(
+                    f"--http {self.http}: listening beyond loopback needs TLS and a tokens file; add {missing} "
+                    "(atomwatch secure init writes both), listen on 127.0.0.1, or add --http-insecure to accept the risk"
+                )
 
     def http_address(self) -> tuple[str, int] | None:
         if not self.http:
             return None
         host, sep, port = self.http.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         try:
             return (host or "127.0.0.1", int(port))
         except ValueError:
             raise ConfigError(f"--http {self.http!r}: expected HOST:PORT") from None
+
+    def http_loopback(self) -> bool:
+        """Whether the API listens on loopback only (127.0.0.0/8, ::1, localhost)."""
+        address = self.http_address()
+        if address is None:
+            return True
+        return is_loopback(address[0])
+
+    @property
+    def http_exposed_insecurely(self) -> bool:
+        return bool(self.http) and not self.http_loopback() and not (self.http_cert and self.http_tokens)
 
     def plugin_options(self, name: str) -> dict[str, Any]:
         return dict(self.options.get(name, {}))

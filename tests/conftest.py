@@ -6,6 +6,7 @@ libvirt, no QEMU, no Volatility) into a failure, so CI cannot pass by skipping.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -18,6 +19,9 @@ import pytest
 
 # Controllers started by tests keep their alarms in memory unless a test says otherwise.
 os.environ.setdefault("ATOMWATCH_DB", ":memory:")
+# ... and their local state (the HTTP API's local tokens file) in a temporary folder, never the user's.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="atomwatch-state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

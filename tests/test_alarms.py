@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import urllib.error
 import urllib.request
@@ -131,14 +132,22 @@ class SpikyPlugin:
         return [SpikyFactory()]
 
 
+#: the API token of the operator of these tests (named ops-alice in the tokens file)
+TOKEN = "ops-alice-" + "t" * 32
+
+
 def get(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
         return r.read()
 
 
 def post(url, body):
     req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -163,6 +172,11 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
     pipe.controller.detectors = DetectorSet(detector_factories(pipe.controller.pm), {})
     port = free_port()
     pipe.controller.config.http = f"127.0.0.1:{port}"
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text(f"ops-alice {TOKEN}\n")
+    tokens.chmod(0o600)
+    pipe.controller.config.http_tokens = str(tokens)
+    env = {**os.environ, "ATOMWATCH_API_TOKEN": TOKEN}
     base = f"http://127.0.0.1:{port}"
     await pipe.start()
     try:
@@ -178,7 +192,7 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
 
         # the operator's CLI against the live API
         cli = ["atomwatch", "alarms", "--controller", base]
-        out = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, check=True)
+        out = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, check=True, env=env)
         assert f"#{alarm_id}" in out.stdout and "vm2/CPUUtilization up" in out.stdout
         pipe.controller.add_findings(
             alarm_id,
@@ -201,6 +215,7 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
             capture_output=True,
             text=True,
             check=True,
+            env=env,
         )
         assert "opened" in out.stdout and "audit:" in out.stdout
         assert "suspect pid 42 cryptominer" in out.stdout and "new since the baseline" in out.stdout
@@ -208,29 +223,34 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
         api = json.loads(await asyncio.to_thread(get, f"{base}/api/alarms/{alarm_id}"))
         assert api["findings"][0]["rows"]["linux.pslist"][1]["COMM"] == "cryptominer"
         bad = await asyncio.to_thread(
-            subprocess.run, ["atomwatch", "alarm", "999", "--controller", base], capture_output=True, text=True
+            subprocess.run, ["atomwatch", "alarm", "999", "--controller", base], capture_output=True, text=True, env=env
         )
         assert bad.returncode == 1 and "no alarm 999" in bad.stderr
 
         status, body = await asyncio.to_thread(post, f"{base}/api/alarms/{alarm_id}/verdict", {"verdict": "sure"})
-        assert status == 400 and "actor" in body["error"]
+        assert status == 400 and "verdict" in body["error"]
         out = await asyncio.to_thread(
             subprocess.run,
             ["atomwatch", "verdict", str(alarm_id), "normal", "--actor", "ops-alice", "--controller", base],
             capture_output=True,
             text=True,
             check=True,
+            env=env,
         )
         assert "closed (workload-change)" in out.stdout
         status, body = await asyncio.to_thread(
             post, f"{base}/api/alarms/{alarm_id}/verdict", {"verdict": "malicious", "actor": "x"}
         )
+        assert status == 400 and "'ops-alice'" in body["error"], "the actor is the token's name, not the body's"
+        status, body = await asyncio.to_thread(post, f"{base}/api/alarms/{alarm_id}/verdict", {"verdict": "malicious"})
         assert status == 409
 
         det = pipe.controller.detectors.instances[(f"{site}/hv1", "spiky")]
         assert det.folded and det.limit > 80, "the alarm's rows were folded into the model"
         trail = [e["action"] for e in pipe.controller.alarms.audit(alarm_id)]
         assert trail[0] == "opened" and "verdict normal" in trail and "model refit" in trail
+        actors = [e["actor"] for e in pipe.controller.alarms.audit(alarm_id) if e["action"] == "verdict normal"]
+        assert actors == ["ops-alice"], "the token's name is the actor"
         n_alarms = len(pipe.controller.alarms.list())
         await asyncio.sleep(1.0)
         assert len(pipe.controller.alarms.list()) == n_alarms, "the same workload no longer alarms"

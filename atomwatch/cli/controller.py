@@ -28,6 +28,20 @@ def add_controller_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="alarms file (default: $ATOMWATCH_DB or ~/.local/state/atomwatch/alarms.sqlite)")
     p.add_argument("--http", metavar="HOST:PORT", help="HTTP API and /metrics (default 127.0.0.1:8470; 'off' for none)")
     p.add_argument(
+        "--http-tokens",
+        metavar="FILE",
+        help="the API's bearer tokens, 'NAME TOKEN' per line, chmod 600 "
+        "(default: ~/.local/state/atomwatch/api-tokens, created with one token for this user)",
+    )
+    p.add_argument("--http-cert", metavar="FILE", help="PEM certificate (chain): serve the API over HTTPS")
+    p.add_argument("--http-key", metavar="FILE", help="PEM private key of --http-cert")
+    p.add_argument(
+        "--http-insecure",
+        action="store_true",
+        default=None,
+        help="listen on a non-loopback --http without TLS and a tokens file all the same (not recommended)",
+    )
+    p.add_argument(
         "--mu", type=float, help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents"
     )
 
@@ -51,6 +65,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         kwargs["db"] = db
     http = pick(args, file_config, "http", "127.0.0.1:8470")
     kwargs["http"] = None if http == "off" else http
+    for name in ("http_tokens", "http_cert", "http_key"):
+        kwargs[name] = pick(args, file_config, name, None)
+    kwargs["http_insecure"] = bool(pick(args, file_config, "http_insecure", False))
     kwargs.update(overrides)
     return ControllerConfig(**kwargs)
 
