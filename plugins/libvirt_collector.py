@@ -1,40 +1,12 @@
 """libvirt collector: the per-VM CloudWatch metrics of every running domain of a hypervisor.
 
-One ``getAllDomainStats`` call per tick reads every running domain (state, CPU, vCPU, balloon,
-interface and block groups; with ``VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT`` so a domain whose
-job lock is held is reported without waiting). Rates come from the difference of two samples of
-the counters over the wall time between them:
-
-=====================  =======  =========================================================
-metric                 unit     from
-=====================  =======  =========================================================
-CPUUtilization         %        Σ ``vcpu.N.time`` / (vCPUs × wall); ``cpu.time`` when the
-                                vCPU times are missing. 100 = every vCPU busy (capped there:
-                                the counters' 10 ms granularity can overshoot it).
-NetworkIn, NetworkOut  bytes/s  Σ ``net.N.rx.bytes`` / ``net.N.tx.bytes`` (libvirt reports
-                                tap counters from the guest's side: rx = into the VM)
-DiskReadOps/WriteOps   ops/s    Σ ``block.N.rd.reqs`` / ``block.N.wr.reqs``
-DiskReadBytes/Write…   bytes/s  Σ ``block.N.rd.bytes`` / ``block.N.wr.bytes``
-MemoryUtilization      %        (``balloon.available`` − ``balloon.usable``) / available.
-                                ``usable`` is the guest's MemAvailable, so page cache the
-                                guest could drop does not count as used (``unused`` =
-                                MemFree would count it). Falls back to ``unused`` when the
-                                guest reports no ``usable``; stale without balloon stats.
-=====================  =======  =========================================================
-
-Never invented: a value is ``None`` (stale) when its stat group or a counter is missing (e.g.
-skipped under the no-wait flag while the domain's job lock is held; the next rate then spans
-both intervals from the last good counter), on a domain's first tick (a rate needs two samples),
-after a counter went backwards (the domain restarted), and for every known series when libvirt
-cannot be reached (the connection is reopened at the next tick) or overruns the time budget. A
-domain that is no longer running leaves the reading (the agent reports it gone); when it runs
-again its first tick is stale again.
-
-Options (``--set libvirt.KEY=VALUE``, the fields of :class:`LibvirtOptions`): ``enabled`` (default true), ``uri`` (default
-``qemu:///system``), ``budget`` (seconds one tick's stats call may take; default 80 % of the
-agent's budget), ``domains`` (a regular expression; only matching domain names are collected),
-``delta_cpu`` / ``delta_memory`` (Δ in %), ``delta_network`` / ``delta_disk_bytes`` (bytes/s),
-``delta_disk_ops`` (ops/s).
+What lives here: one ``getAllDomainStats`` call per tick (with the no-wait flag, so a domain
+whose job lock is held never stalls the tick), the rates of CPU, network in/out, disk read/write
+ops and bytes from two samples of the counters, memory from the balloon stats, and the plugin's
+options (:class:`LibvirtOptions`). A value is never invented: it is ``None`` (stale) when a stat
+group or counter is missing, on a domain's first tick, after a counter went backwards, and when
+libvirt cannot be reached or overruns the budget. What does not: tracking and publishing (the
+agent). The metric table with each formula, and the staleness rules: ``docs/libvirt.md``.
 """
 
 from __future__ import annotations

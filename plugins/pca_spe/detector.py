@@ -1,56 +1,12 @@
-"""The ``pca-spe`` detector plugin: ATOM's PCA monitoring with SPE and Q_α, one instance per scope.
+"""The ``pca-spe`` detector: ATOM's PCA monitoring with SPE and Q_α, one instance per scope.
 
-What lives here: option parsing, the detector's life over a stream of rows (warm-up, the normal
-window M, the abnormal rows A, column-set changes, stale cells), the mapping of identification
-results to :class:`atomwatch.Blame`, the operator's *normal* verdict (``accept_normal``),
-``status()`` and ``deltas_from_mu``. The formulas themselves are in :mod:`atomwatch.plugins.pca_spe.model`.
-
-Behaviour where the paper is silent (the options are the fields of :class:`PcaSpeOptions`):
-
-* **Warm-up.** Until the window holds ``min_rows`` rows (default ``max(30, 2·d)``, at most ``t``)
-  every finite row joins M and nothing is flagged.
-* **A.** An abnormal row joins A (raw) and the model is not touched. A is the run of consecutive
-  abnormal rows (its last ``t`` rows, as the paper's A spans at most the window; ``run_length``
-  counts the whole run): the first normal row after it closes the episode (A is kept as the *last
-  episode* for a later verdict, and a new A starts empty). ``accept_normal(rows)`` folds the given
-  rows (or, with none given, the current A, else the last episode) into M, oldest rows leaving,
-  clears A and refits at once.
-* **Stale cells (NaN).** A NaN cell is scored at the value that fits the model best given the
-  row's known cells (least SPE), so a stale cell never raises an alarm by itself; such a row never
-  joins M, and may join A. A column NaN for ``stale_limit`` consecutive rows is treated as gone
-  (as if it had left the row), and comes back like a new column.
-* **Quiet columns (constant, or moving only within tracking noise).** A column's noise level is
-  max(``min_std``, ``rel_std``·|avg_j|, ``delta_noise``·Δ_j), Δ_j being its tracking error from
-  its agent's birth (rows from CSV traces carry none). A column whose window std is below its
-  noise level is *quiet*: it is kept out of the PCA (it carries no correlation, and scaled by its
-  own tiny std the first step of its copy — a disk-ops copy 1.00 → 1.03 with Δ = 2, memory
-  moving half a percent with Δ = 1 % when a process exits — scored ~10⁵–10⁶ against a Q_α of
-  ~10 on the lab) and watched on its own: a row is abnormal when a quiet column's value leaves
-  the window's [min, max] widened by twice its noise level (the copy is within Δ of the truth,
-  so outside that band the truth has certainly left the range it kept over the whole window);
-  such columns are blamed directly. SPE and Q_α are over the other (*active*) columns; with
-  none, only the quiet rule judges.
-* **Column-set changes.** Columns that leave: the window is rebuilt exactly over the remaining
-  columns from its stored rows, detection continues at once. Columns that appear: the current
-  model keeps scoring its columns while a second window over the new set fills with the rows
-  the current model finds normal; it takes over when it has ``min_rows`` rows (the new columns
-  have no history to carry over). Either way A and the last episode are dropped (their rows no
-  longer match the model's columns).
-* **Threshold.** Jackson–Mudholkar when h₀ > 0 and its bracket is positive, else Box's g·χ²_h;
-  with no residual variance at all (e.g. one column, or all columns constant) the model is
-  ``degenerate`` and flags nothing. Q_α lets through α of normal rows by design (one row in 500
-  at the default 0.2 %); ``confirm=N`` reports anomalies only from the N-th consecutive abnormal
-  row on (the rows before still join A and count in the blame), which cuts lone false alarms.
-* **Cost.** The window's mean and co-moment matrix follow each row with one rank-two update
-  (new row in, oldest out), recomputed exactly every ``refresh_every`` updates (the measured
-  drift without any refresh is ~1e-14 after 200 000 updates); the model is refitted at the first
-  score after the window changed. By default (``solver=subspace``) the top-k eigenpairs come
-  from last tick's, by one filtered Rayleigh–Ritz step whose result is accepted only under
-  a-posteriori bounds that keep SPE and Q_α within 1e-8 of a full decomposition; anything else
-  (no eigengap at k, a changed column set, every ``full_every`` fits) is a full ``eigh``
-  (``solver=eigh`` always). ``benchmarks/pca.py`` measures both against refitting the window.
-* **Calls.** ``update``, ``accept_normal``, ``status`` and ``deltas_from_mu`` of one instance must
-  not run concurrently (the controller serialises them per scope).
+What lives here: the options (:class:`PcaSpeOptions`), the detector's life over a stream of rows
+(warm-up, the normal window M, the abnormal rows A, column-set changes, stale cells, quiet
+columns), the mapping of identification results to :class:`atomwatch.Blame`, the operator's
+*normal* verdict (``accept_normal``), ``status()`` and ``deltas_from_mu``. What does not: the
+formulas (:mod:`.model`) and the per-tick kernels (:mod:`.kernels`). What it does where the paper
+is silent (warm-up, A, stale cells, quiet columns, column changes, threshold, cost):
+``docs/pca.md``.
 """
 
 from __future__ import annotations
