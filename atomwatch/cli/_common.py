@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from atomwatch.config import load_file, plugin_options
+from atomwatch.config import PASSWORD_ENV, BrokerAddress, load_file, plugin_options
 from atomwatch.options import check_options
 from atomwatch.pluginmanager import PluginManager, get_plugin_manager
 
@@ -28,11 +28,40 @@ def add_session_arguments(p: argparse.ArgumentParser, tick: float) -> None:
     p.add_argument(
         "--broker",
         metavar="URL",
-        help="MQTT broker, mqtt://host:port (default: $ATOMWATCH_BROKER or mqtt://127.0.0.1:1883)",
+        help="MQTT broker, mqtt://host:port or mqtts://host:port (TLS, port 8883 by default) "
+        "(default: $ATOMWATCH_BROKER or mqtt://127.0.0.1:1883)",
     )
+    add_broker_tls_arguments(p)
     p.add_argument("--site", help="site name: the topic level above hosts (default: default)")
     p.add_argument("--tick", type=float, help=f"seconds between ticks (default {tick:g})")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+
+
+def add_broker_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """The TLS files and credentials of ``--broker`` (also TOML keys ``broker_ca``, … of ``--config``)."""
+    p.add_argument(
+        "--broker-ca", metavar="FILE", help="mqtts://: the CA certificate (PEM) the broker's must be signed by"
+    )
+    p.add_argument("--broker-cert", metavar="FILE", help="mqtts://: this client's certificate (PEM): its identity")
+    p.add_argument("--broker-key", metavar="FILE", help="mqtts://: the private key (PEM) of --broker-cert")
+    p.add_argument("--broker-username", metavar="NAME", help="the broker username (or mqtt[s]://NAME@host)")
+    p.add_argument(
+        "--broker-password-file",
+        metavar="FILE",
+        help=f"read the broker password from FILE (else ${PASSWORD_ENV}; never on the command line)",
+    )
+
+
+def broker_address(args: argparse.Namespace, file_config: dict[str, Any], url: str) -> BrokerAddress:
+    """``url`` with the ``--broker-*`` options (command line, else the config file)."""
+    return BrokerAddress.parse(
+        url,
+        ca=pick(args, file_config, "broker_ca", None),
+        cert=pick(args, file_config, "broker_cert", None),
+        key=pick(args, file_config, "broker_key", None),
+        username=pick(args, file_config, "broker_username", None),
+        password_file=pick(args, file_config, "broker_password_file", None),
+    )
 
 
 def plugin_manager(args: argparse.Namespace, plugin_opts: dict[str, dict[str, Any]] | None = None) -> PluginManager:
