@@ -60,6 +60,11 @@ def describe_failure(broker: BrokerAddress, error: aiomqtt.MqttError, detail: st
             f"TLS handshake failed ({text}): check that the broker's certificate is signed by {ca} and names "
             f"{broker.host!r}, and that the broker accepts --broker-cert {broker.cert or '(none given)'}"
         )
+    if broker.tls and "timed out" in lowered:
+        return (
+            f"no answer to CONNECT ({text}): over TLS, a broker refusing this client's certificate looks like this; "
+            f"check that --broker-cert {broker.cert or '(none given)'} is signed by the broker's CA"
+        )
     return text
 
 
@@ -114,10 +119,12 @@ async def stay_connected(
                 if stopping.is_set():
                     break
                 failure = describe_failure(broker, e, paho_errors.message)
-                if failure != last_failure and failure != str(e):
-                    log.error("broker %s: %s; retrying with growing pauses (up to %g s)", broker, failure, MAX_BACKOFF)
-                else:
+                if failure == str(e):  # not a refusal: the broker is away, the network down …
                     log.warning("broker %s: %s; reconnecting in %.1f s", broker, e, backoff)
+                elif failure != last_failure:
+                    log.error("broker %s: %s; retrying with growing pauses (up to %g s)", broker, failure, MAX_BACKOFF)
+                else:  # the same refusal again: said in full above
+                    log.warning("broker %s: %s again; retrying in %.1f s", broker, failure.split(" (")[0], backoff)
                 last_failure = failure
             finally:
                 on_disconnect()

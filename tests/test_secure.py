@@ -302,6 +302,11 @@ def test_a_refused_handshake_is_said_in_words():
     )
     assert text.startswith("TLS handshake failed") and "CERTIFICATE_REQUIRED" in text and "/x/ca.crt" in text
     assert "refused the credentials" in describe_failure(a, aiomqtt.MqttCodeError(5, "Not authorized"))
+    assert "refusing this client's certificate" in describe_failure(a, aiomqtt.MqttError("Operation timed out"))
+    plain = BrokerAddress("broker", 1883)
+    assert (
+        describe_failure(plain, aiomqtt.MqttError("[Errno 111] Connection refused")) == "[Errno 111] Connection refused"
+    )
 
 
 # ----------------------------------------------------------------------------- on a real Mosquitto
@@ -455,3 +460,23 @@ def test_secure_init_command_line(tmp_path, capsys):
     readme = (root / "README.md").read_text()
     assert "mqtts://mqtt.example:8884" in readme and "ca.key" in readme
     assert cli_main(["secure", "init", str(tmp_path / "t"), "--site", "eu1", "--broker-ip", "nope"]) == 2
+
+
+async def test_an_agent_refused_by_the_broker_says_why_without_tracebacks(secured, caplog):
+    pm = PluginManager()
+    pm.register(Plugin(), name="test-collectors")
+    agent = Agent(AgentConfig(broker=secured.address(None), site=SITE, host="hv1", tick=0.1), pm)
+    task = asyncio.create_task(agent.run())
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(r.levelname == "ERROR" for r in caplog.records):
+            await asyncio.sleep(0.2)
+    finally:
+        agent.stop()
+        await task
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("atomwatch")]
+    assert errors, "the refusal is logged as an error"
+    text = errors[0].getMessage()
+    assert "TLS handshake failed" in text or "refusing this client's certificate" in text, text
+    assert not agent.connected.is_set()
+    assert all(r.exc_info is None for r in caplog.records), "no traceback"
