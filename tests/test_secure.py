@@ -12,6 +12,7 @@ import os
 import pwd
 import ssl
 import stat
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from atomwatch.controller.app import Controller
 from atomwatch.controller.config import ControllerConfig
 from atomwatch.mqtt import describe_failure
 from atomwatch.pluginmanager import PluginManager
-from tests.conftest import Mosquitto, require
+from tests.conftest import Mosquitto, free_port, require, wait_port
 
 SITE = "sec"
 HOSTS = ["hv1", "hv2"]
@@ -480,3 +481,88 @@ async def test_an_agent_refused_by_the_broker_says_why_without_tracebacks(secure
     assert "TLS handshake failed" in text or "refusing this client's certificate" in text, text
     assert not agent.connected.is_set()
     assert all(r.exc_info is None for r in caplog.records), "no traceback"
+
+
+async def test_the_password_file_alternative_over_tls(secured):
+    """docs/security-transport.md's alternative: usernames and passwords instead of client
+    certificates, over the same TLS listener and the same ACL (``%u`` is the MQTT username)."""
+    tmp_path = secured.root / "password-alternative"  # where mosquitto's own user can read
+    tmp_path.mkdir()
+    passwd = tmp_path / "passwd"
+    for user, password in (("hv1", "pw-hv1"), ("controller", "pw-ctl")):
+        create = ["-c"] if user == "hv1" else []
+        subprocess.run(["mosquitto_passwd", *create, "-b", str(passwd), user, password], check=True)
+    if os.geteuid() == 0:
+        with contextlib.suppress(KeyError):
+            user = pwd.getpwnam("mosquitto")
+            os.chown(passwd, user.pw_uid, user.pw_gid)
+    written = (secured.root / "broker" / "mosquitto.conf").read_text()
+    port = free_port()
+    conf = written.replace("listener 8883\n", f"listener {port} 127.0.0.1\n").replace(
+        "require_certificate true\nuse_identity_as_username true\n", f"password_file {passwd}\n"
+    )
+    assert f"password_file {passwd}" in conf
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    proc = subprocess.Popen(
+        ["/usr/sbin/mosquitto", "-c", str(tmp_path / "mosquitto.conf")],
+        stdout=(tmp_path / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_port(port)
+        url = f"mqtts://127.0.0.1:{port}"
+        ca = str(secured.root / "ca.crt")
+        (tmp_path / "hv1-password").write_text("pw-hv1\n")
+        hv1 = BrokerAddress.parse(f"mqtts://hv1@127.0.0.1:{port}", ca=ca, password_file=str(tmp_path / "hv1-password"))
+        ctl = BrokerAddress.parse(url, ca=ca, username="controller", environ={PASSWORD_ENV: "pw-ctl"})
+
+        def client(a: BrokerAddress) -> aiomqtt.Client:
+            return aiomqtt.Client(
+                a.host, a.port, username=a.username, password=a.password, tls_context=a.ssl_context(), timeout=5
+            )
+
+        async with client(ctl) as watcher, client(hv1) as agent:
+            await watcher.subscribe(protocol.agent_filters(SITE)[1], qos=1)
+            own, forged = data_payload(1), data_payload(666)
+            await agent.publish(protocol.data_topic(SITE, "hv2"), forged, qos=1)
+            await agent.publish(protocol.data_topic(SITE, "hv1"), own, qos=1)
+            got = await received(watcher, QUIET)
+        assert payloads(got) == [own], "the same ACL holds with usernames"
+        wrong = BrokerAddress.parse(url, ca=ca, username="hv1", environ={PASSWORD_ENV: "guess"})
+        with pytest.raises(aiomqtt.MqttError) as e:
+            async with client(wrong):
+                pass
+        assert "refused the credentials of user 'hv1'" in describe_failure(wrong, e.value)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_the_broker_options_come_from_the_command_line_or_the_config_file(tmp_path, monkeypatch):
+    from atomwatch.cli import agent as agent_cmd
+    from atomwatch.cli import build_parser
+    from atomwatch.cli import controller as controller_cmd
+
+    root = tmp_path / "site"
+    pki.init(root, pki.Site("eu1", ["hv1"]))
+    hv1, ctl = root / "agents/hv1", root / "controller"
+    args = build_parser("agent").parse_args(
+        ["agent", "--broker", "mqtts://b.example", "--broker-ca", str(hv1 / "ca.crt")]
+        + ["--broker-cert", str(hv1 / "client.crt"), "--broker-key", str(hv1 / "client.key")]
+    )
+    config = agent_cmd.build_config(args, {}, {})
+    assert (config.broker.tls, config.broker.port, config.broker.cert) == (True, 8883, str(hv1 / "client.crt"))
+    (tmp_path / "pw").write_text("secret\n")
+    file_config = {
+        "broker": "mqtts://b.example:8884",
+        "broker_ca": str(ctl / "ca.crt"),
+        "broker_cert": str(ctl / "client.crt"),
+        "broker_key": str(ctl / "client.key"),
+        "broker_username": "controller",
+        "broker_password_file": str(tmp_path / "pw"),
+    }
+    args = build_parser("controller").parse_args(["controller"])
+    monkeypatch.delenv("ATOMWATCH_BROKER", raising=False)
+    config = controller_cmd.build_config(args, file_config, {})
+    b = config.broker
+    assert (b.port, b.key, b.username, b.password) == (8884, str(ctl / "client.key"), "controller", "secret")
