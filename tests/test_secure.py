@@ -538,7 +538,7 @@ async def test_the_password_file_alternative_over_tls(secured):
         proc.wait(5)
 
 
-def test_the_broker_options_come_from_the_command_line_or_the_config_file(tmp_path, monkeypatch):
+def test_the_broker_options_come_from_the_command_line_or_the_config_file(tmp_path, monkeypatch, caplog):
     from atomwatch.cli import agent as agent_cmd
     from atomwatch.cli import build_parser
     from atomwatch.cli import controller as controller_cmd
@@ -550,8 +550,11 @@ def test_the_broker_options_come_from_the_command_line_or_the_config_file(tmp_pa
         ["agent", "--broker", "mqtts://b.example", "--broker-ca", str(hv1 / "ca.crt")]
         + ["--broker-cert", str(hv1 / "client.crt"), "--broker-key", str(hv1 / "client.key")]
     )
-    config = agent_cmd.build_config(args, {}, {})
+    config = agent_cmd.build_config(args, {}, {}, host="hv1")
     assert (config.broker.tls, config.broker.port, config.broker.cert) == (True, 8883, str(hv1 / "client.crt"))
+    assert "names" not in caplog.text
+    agent_cmd.build_config(args, {}, {}, host="hv2")  # hv1's certificate for host hv2: the ACL would drop all
+    assert "names 'hv1' but this agent's --host is 'hv2'" in caplog.text
     (tmp_path / "pw").write_text("secret\n")
     file_config = {
         "broker": "mqtts://b.example:8884",

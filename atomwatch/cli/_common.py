@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from atomwatch.config import PASSWORD_ENV, BrokerAddress, load_file, plugin_options
 from atomwatch.options import check_options
 from atomwatch.pluginmanager import PluginManager, get_plugin_manager
+
+log = logging.getLogger(__name__)
 
 
 def add_plugin_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,6 +66,31 @@ def broker_address(args: argparse.Namespace, file_config: dict[str, Any], url: s
         username=pick(args, file_config, "broker_username", None),
         password_file=pick(args, file_config, "broker_password_file", None),
     )
+
+
+def warn_identity(broker: BrokerAddress, expected: str, role: str) -> None:
+    """Log a warning when the client certificate's CN is not ``expected``: a broker set up by
+    ``atomwatch secure init`` takes the CN as the identity, and would silently drop what this
+    process publishes under another name."""
+    if not broker.cert:
+        return
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(broker.cert).read_bytes())
+        names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except (OSError, ValueError):
+        return  # BrokerAddress has checked the file; a chain file it accepted is not ours to judge
+    if names and names[0] != expected:
+        log.warning(
+            "--broker-cert %s names %r but this %s is %r: a broker whose ACL uses the certificate's name "
+            "(atomwatch secure init) will drop what it publishes",
+            broker.cert,
+            names[0],
+            role,
+            expected,
+        )
 
 
 def plugin_manager(args: argparse.Namespace, plugin_opts: dict[str, dict[str, Any]] | None = None) -> PluginManager:

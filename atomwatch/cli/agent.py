@@ -6,7 +6,15 @@ import argparse
 import asyncio
 import os
 
-from ._common import add_plugin_arguments, add_session_arguments, broker_address, options, pick, plugin_manager
+from ._common import (
+    add_plugin_arguments,
+    add_session_arguments,
+    broker_address,
+    options,
+    pick,
+    plugin_manager,
+    warn_identity,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +48,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     if host:
         kwargs["host"] = host
     kwargs.update(overrides)
-    return AgentConfig(**kwargs)
+    config = AgentConfig(**kwargs)
+    warn_identity(config.broker, config.host, "agent's --host")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

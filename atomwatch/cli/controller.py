@@ -6,7 +6,17 @@ import argparse
 import asyncio
 import os
 
-from ._common import add_plugin_arguments, add_session_arguments, broker_address, options, pick, plugin_manager
+from atomwatch.protocol import CONTROLLER_HOST
+
+from ._common import (
+    add_plugin_arguments,
+    add_session_arguments,
+    broker_address,
+    options,
+    pick,
+    plugin_manager,
+    warn_identity,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +60,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     http = pick(args, file_config, "http", "127.0.0.1:8470")
     kwargs["http"] = None if http == "off" else http
     kwargs.update(overrides)
-    return ControllerConfig(**kwargs)
+    config = ControllerConfig(**kwargs)
+    warn_identity(config.broker, CONTROLLER_HOST, "controller's identity")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
