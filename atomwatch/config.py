@@ -66,14 +66,14 @@ class BrokerAddress:
         now, so a wrong one stops the command before it connects."""
         environ = os.environ if environ is None else environ
         u = urlparse(url if "://" in url else f"mqtt://{url}")
-        if u.scheme not in _SCHEMES:
-            raise ConfigError(f"--broker {url!r}: scheme must be mqtt:// or mqtts://, got {u.scheme}://")
-        tls, default_port = _SCHEMES[u.scheme]
         if u.password is not None:
             raise ConfigError(
                 f"--broker {_redact(url)}: a password in the URL is refused (it would show in the process list and "
                 f"the shell history); put it in a file given with --broker-password-file, or in ${PASSWORD_ENV}"
             )
+        if u.scheme not in _SCHEMES:
+            raise ConfigError(f"--broker {url!r}: scheme must be mqtt:// or mqtts://, got {u.scheme}://")
+        tls, default_port = _SCHEMES[u.scheme]
         if not u.hostname:
             raise ConfigError(f"--broker {url!r}: no host name")
         try:
