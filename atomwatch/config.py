@@ -9,40 +9,172 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import ssl
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the text names it."""
 
 
+#: the environment variable a broker password may come from (else ``--broker-password-file``)
+PASSWORD_ENV = "ATOMWATCH_BROKER_PASSWORD"
+
+_SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883), "ssl": (True, 8883)}
+
+
 @dataclass(frozen=True)
 class BrokerAddress:
+    """Where the broker is and who we are to it.
+
+    ``mqtt://host[:1883]`` is plain TCP; ``mqtts://host[:8883]`` is TLS (1.2 or later, the broker's
+    certificate checked against ``ca`` (else the system's CAs) and its host name), with an
+    optional client certificate ``cert``/``key``. A username may stand in the URL or come from
+    ``--broker-username``; a password never comes from the command line (it would show in ``ps``
+    and the shell history): it is read from ``--broker-password-file`` or ``$ATOMWATCH_BROKER_PASSWORD``.
+    """
+
     host: str
     port: int
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """``mqtt://[user:pass@]host[:port]`` (port 1883 by default)."""
+    def parse(
+        cls,
+        url: str,
+        *,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        username: str | None = None,
+        password_file: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> BrokerAddress:
+        """``mqtt://[user@]host[:port]`` (port 1883) or ``mqtts://[user@]host[:port]`` (port 8883),
+        with the TLS files and credentials of the ``--broker-*`` options. The files are checked
+        now, so a wrong one stops the command before it connects."""
+        environ = os.environ if environ is None else environ
         u = urlparse(url if "://" in url else f"mqtt://{url}")
-        if u.scheme not in ("mqtt", "tcp"):
-            raise ConfigError(f"--broker {url!r}: scheme must be mqtt://, got {u.scheme}://")
+        if u.password is not None:
+            raise ConfigError(
+                f"--broker {_redact(url)}: a password in the URL is refused (it would show in the process list and "
+                f"the shell history); put it in a file given with --broker-password-file, or in ${PASSWORD_ENV}"
+            )
+        if u.scheme not in _SCHEMES:
+            raise ConfigError(f"--broker {url!r}: scheme must be mqtt:// or mqtts://, got {u.scheme}://")
+        tls, default_port = _SCHEMES[u.scheme]
         if not u.hostname:
             raise ConfigError(f"--broker {url!r}: no host name")
         try:
-            port = u.port or 1883
+            port = u.port or default_port
         except ValueError:
             raise ConfigError(f"--broker {url!r}: the port is not a number in 1-65535") from None
-        return cls(u.hostname, port, u.username, u.password)
+        if not tls and (ca or cert or key):
+            given = ", ".join(f for f, v in (("--broker-ca", ca), ("--broker-cert", cert), ("--broker-key", key)) if v)
+            raise ConfigError(f"{given} given but --broker {url!r} is plain MQTT: use mqtts://{u.hostname}:8883")
+        if key and not cert:
+            raise ConfigError(f"--broker-key {key} given without --broker-cert: the key needs its certificate")
+        url_user = unquote(u.username) if u.username else None
+        if username and url_user and username != url_user:
+            raise ConfigError(f"--broker-username {username!r} and the URL's user {url_user!r} differ: give one")
+        user = username or url_user
+        password = _read_password(password_file, environ)
+        if password is not None and not user:
+            raise ConfigError(
+                "a broker password was given (--broker-password-file or $" + PASSWORD_ENV + ") but no username: "
+                "add --broker-username NAME or mqtts://NAME@host"
+            )
+        address = cls(u.hostname, port, user, password, tls, ca, cert, key)
+        address.ssl_context()  # check the files now
+        return address
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS settings to connect with (None for plain MQTT); :class:`ConfigError` names the
+        file that is missing, unreadable, not PEM or whose key does not match its certificate."""
+        if not self.tls:
+            return None
+        if self.ca:
+            _check_pem("--broker-ca", self.ca, "CERTIFICATE", "a PEM CA certificate")
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
+        except (ssl.SSLError, ValueError) as e:
+            raise ConfigError(f"--broker-ca {self.ca}: not a CA certificate the ssl module can load ({e})") from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if self.cert:
+            _check_pem("--broker-cert", self.cert, "CERTIFICATE", "a PEM certificate")
+            key_flag, key_file = ("--broker-key", self.key) if self.key else ("--broker-cert", self.cert)
+            _check_pem(key_flag, key_file, "PRIVATE KEY", "a PEM private key (or give --broker-key)")
+            if "ENCRYPTED" in Path(key_file).read_text(errors="replace"):
+                raise ConfigError(
+                    f"{key_flag} {key_file}: the private key is encrypted; give it unencrypted (mode 0600)"
+                )
+            try:
+                ctx.load_cert_chain(self.cert, self.key, password=_no_password)
+            except ssl.SSLError as e:
+                if "KEY_VALUES_MISMATCH" in str(e) or e.reason == "KEY_VALUES_MISMATCH":
+                    raise ConfigError(
+                        f"--broker-key {key_file} does not match the certificate --broker-cert {self.cert}"
+                    ) from None
+                raise ConfigError(
+                    f"--broker-cert {self.cert} / {key_flag} {key_file}: cannot be loaded ({e.reason or e})"
+                ) from None
+        return ctx
 
     def __str__(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def _redact(url: str) -> str:
+    u = urlparse(url)
+    netloc = u.netloc.rpartition("@")[2]
+    return f"{u.scheme}://{u.username or ''}:***@{netloc}"
+
+
+def _no_password() -> str:
+    raise ConfigError("the broker client key is encrypted; give it unencrypted (mode 0600)")
+
+
+def _read_password(path: str | None, environ: Mapping[str, str]) -> str | None:
+    if path:
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"--broker-password-file {path}: no such file") from None
+        except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--broker-password-file {path}: cannot be read ({e.strerror or e})") from None
+        password = text.rstrip("\r\n")
+        if not password:
+            raise ConfigError(f"--broker-password-file {path}: the file is empty")
+        return password
+    return environ.get(PASSWORD_ENV) or None
+
+
+def _check_pem(flag: str, path: str, marker: str, what: str) -> None:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{flag} {path}: is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(f"{flag} {path}: cannot be read (permission denied)") from None
+    if b"-----BEGIN " not in data or marker.encode() + b"-----" not in data:
+        raise ConfigError(f"{flag} {path}: not {what} (no '-----BEGIN ...{marker}-----' block)")
 
 
 def parse_value(text: str) -> Any:

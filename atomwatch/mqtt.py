@@ -36,6 +36,38 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
             pass
 
 
+#: CONNACK return codes of MQTT 3.1.1 that mean "not you" rather than "not now"
+_REFUSED = {4: "bad user name or password", 5: "not authorized"}
+
+
+def describe_failure(broker: BrokerAddress, error: aiomqtt.MqttError, detail: str | None = None) -> str:
+    """What a connection failure means for the operator: a TLS handshake or a credentials refusal
+    said in words (with what to check), anything else as aiomqtt put it. ``detail`` is the MQTT
+    library's last logged error, which names a TLS alert when aiomqtt only saw a timeout."""
+    text = str(error)
+    if detail and detail not in text:
+        text = f"{text}; {detail}"
+    rc = getattr(error, "rc", None)
+    code = getattr(rc, "value", rc)
+    if code in _REFUSED or "not authori" in text.lower() or "bad user name" in text.lower():
+        who = f"user {broker.username!r}" if broker.username else "this client"
+        cert = f" and the identity of --broker-cert {broker.cert}" if broker.cert else ""
+        return f"the broker refused the credentials of {who} ({text}): check the username, password{cert}"
+    lowered = text.lower()
+    if broker.tls and any(w in lowered for w in ("ssl", "tls", "certificate", "handshake", "eof occurred")):
+        ca = f"--broker-ca {broker.ca}" if broker.ca else "the system's CAs"
+        return (
+            f"TLS handshake failed ({text}): check that the broker's certificate is signed by {ca} and names "
+            f"{broker.host!r}, and that the broker accepts --broker-cert {broker.cert or '(none given)'}"
+        )
+    if broker.tls and "timed out" in lowered:
+        return (
+            f"no answer to CONNECT ({text}): over TLS, a broker refusing this client's certificate looks like this; "
+            f"check that --broker-cert {broker.cert or '(none given)'} is signed by the broker's CA"
+        )
+    return text
+
+
 async def stay_connected(
     broker: BrokerAddress,
     *,
@@ -49,30 +81,66 @@ async def stay_connected(
     log: logging.Logger,
 ) -> None:
     """Connect, run ``on_connect`` then ``on_message`` for every message, and on any connection
-    failure call ``on_disconnect`` and try again after a growing pause, until ``stopping``."""
+    failure call ``on_disconnect`` and try again after a growing pause, until ``stopping``.
+
+    A failure is logged as one line, without a traceback; a TLS or credentials refusal is said in
+    words once (an error), and the same refusal again only as a short warning."""
     backoff = INITIAL_BACKOFF
-    while not stopping.is_set():
-        try:
-            async with aiomqtt.Client(
-                broker.host,
-                broker.port,
-                username=broker.username,
-                password=broker.password,
-                identifier=identifier,
-                will=will(),
-                keepalive=keepalive,
-                max_queued_outgoing_messages=10000,
-            ) as client:
-                await on_connect(client)
-                backoff = INITIAL_BACKOFF
-                async for message in client.messages:
-                    await on_message(message)
-        except aiomqtt.MqttError as e:
-            if stopping.is_set():
+    tls_context = broker.ssl_context()
+    last_failure = None
+    # paho reports a refused TLS handshake only in its log ("failed to receive on socket: [SSL: …]")
+    # while aiomqtt raises a bare timeout: keep paho's last error to say what happened
+    paho_errors = _LastError()
+    paho_log = logging.getLogger(f"{log.name}.paho")
+    paho_log.propagate = False
+    paho_log.addHandler(paho_errors)
+    try:
+        while not stopping.is_set():
+            paho_errors.message = None
+            try:
+                async with aiomqtt.Client(
+                    broker.host,
+                    broker.port,
+                    username=broker.username,
+                    password=broker.password,
+                    tls_context=tls_context,
+                    logger=paho_log,
+                    identifier=identifier,
+                    will=will(),
+                    keepalive=keepalive,
+                    max_queued_outgoing_messages=10000,
+                ) as client:
+                    await on_connect(client)
+                    backoff = INITIAL_BACKOFF
+                    last_failure = None
+                    async for message in client.messages:
+                        await on_message(message)
+            except aiomqtt.MqttError as e:
+                if stopping.is_set():
+                    break
+                failure = describe_failure(broker, e, paho_errors.message)
+                if failure == str(e):  # not a refusal: the broker is away, the network down …
+                    log.warning("broker %s: %s; reconnecting in %.1f s", broker, e, backoff)
+                elif failure != last_failure:
+                    log.error("broker %s: %s; retrying with growing pauses (up to %g s)", broker, failure, MAX_BACKOFF)
+                else:  # the same refusal again: said in full above
+                    log.warning("broker %s: %s again; retrying in %.1f s", broker, failure.split(" (")[0], backoff)
+                last_failure = failure
+            finally:
+                on_disconnect()
+            if await wait_or_timeout(stopping, backoff * (0.5 + random.random())):
                 break
-            log.warning("broker %s: %s; reconnecting in %.1f s", broker, e, backoff)
-        finally:
-            on_disconnect()
-        if await wait_or_timeout(stopping, backoff * (0.5 + random.random())):
-            break
-        backoff = min(backoff * 2, MAX_BACKOFF)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+    finally:
+        paho_log.removeHandler(paho_errors)
+
+
+class _LastError(logging.Handler):
+    """Keeps the last error the MQTT library logged."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.message: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = record.getMessage()

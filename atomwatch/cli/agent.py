@@ -6,9 +6,15 @@ import argparse
 import asyncio
 import os
 
-from atomwatch.config import BrokerAddress
-
-from ._common import add_plugin_arguments, add_session_arguments, options, pick, plugin_manager
+from ._common import (
+    add_plugin_arguments,
+    add_session_arguments,
+    broker_address,
+    options,
+    pick,
+    plugin_manager,
+    warn_identity,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +36,7 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
 
     broker = pick(args, file_config, "broker", os.environ.get("ATOMWATCH_BROKER", "mqtt://127.0.0.1:1883"))
     kwargs = dict(
-        broker=BrokerAddress.parse(overrides.pop("broker", broker)),
+        broker=broker_address(args, file_config, overrides.pop("broker", broker)),
         site=pick(args, file_config, "site", "default"),
         tick=float(pick(args, file_config, "tick", 10.0)),
         deltas=parse_deltas(getattr(args, "delta", None) or file_config.get("delta")),
@@ -42,7 +48,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     if host:
         kwargs["host"] = host
     kwargs.update(overrides)
-    return AgentConfig(**kwargs)
+    config = AgentConfig(**kwargs)
+    warn_identity(config.broker, config.host, "agent's --host")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

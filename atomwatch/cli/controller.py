@@ -6,9 +6,17 @@ import argparse
 import asyncio
 import os
 
-from atomwatch.config import BrokerAddress
+from atomwatch.protocol import CONTROLLER_HOST
 
-from ._common import add_plugin_arguments, add_session_arguments, options, pick, plugin_manager
+from ._common import (
+    add_plugin_arguments,
+    add_session_arguments,
+    broker_address,
+    options,
+    pick,
+    plugin_manager,
+    warn_identity,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,7 +60,7 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     broker = pick(args, file_config, "broker", os.environ.get("ATOMWATCH_BROKER", "mqtt://127.0.0.1:1883"))
     site = pick(args, file_config, "site", "default")
     kwargs = dict(
-        broker=BrokerAddress.parse(overrides.pop("broker", broker)),
+        broker=broker_address(args, file_config, overrides.pop("broker", broker)),
         sites=[s for s in str(site).split(",") if s],
         tick=float(pick(args, file_config, "tick", 10.0)),
         detectors=list(getattr(args, "detectors", None) or file_config.get("detectors") or []),
@@ -69,7 +77,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         kwargs[name] = pick(args, file_config, name, None)
     kwargs["http_insecure"] = bool(pick(args, file_config, "http_insecure", False))
     kwargs.update(overrides)
-    return ControllerConfig(**kwargs)
+    config = ControllerConfig(**kwargs)
+    warn_identity(config.broker, CONTROLLER_HOST, "controller's identity")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

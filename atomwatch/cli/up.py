@@ -13,13 +13,17 @@ import asyncio
 import logging
 from importlib import resources
 
+from atomwatch.config import ConfigError
+
 from . import agent as agent_cmd
 from . import controller as controller_cmd
-from ._common import add_plugin_arguments, options, plugin_manager
+from ._common import add_broker_tls_arguments, add_plugin_arguments, options, pick, plugin_manager
 
 log = logging.getLogger(__name__)
 
 BUNDLED_TRACE = "lab-cryptominer.csv"
+#: the ``--broker-*`` options, which only an external ``--broker`` can use
+TLS_OPTIONS = ("broker_ca", "broker_cert", "broker_key", "broker_username", "broker_password_file")
 
 
 def bundled_trace() -> str:
@@ -27,7 +31,10 @@ def bundled_trace() -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", metavar="URL", help="use this MQTT broker instead of the embedded one")
+    p.add_argument(
+        "--broker", metavar="URL", help="use this MQTT broker (mqtt:// or mqtts://) instead of the embedded one"
+    )
+    add_broker_tls_arguments(p)
     p.add_argument("--site", help="site name (default: default)")
     p.add_argument("--host", help="the local agent's host name (default: this machine's)")
     p.add_argument("--tick", type=float, default=1.0, help="seconds between ticks (default 1)")
@@ -59,6 +66,9 @@ async def _up(args: argparse.Namespace) -> None:
     broker = None
     url = args.broker or file_config.get("broker")
     if not url:
+        given = [f"--{n.replace('_', '-')}" for n in TLS_OPTIONS if pick(args, file_config, n, None)]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --broker: the embedded broker is plain MQTT on 127.0.0.1")
         broker = EmbeddedBroker()
         await broker.start()
         url = broker.url
