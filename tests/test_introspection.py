@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CONTROLLER_KEY, SIGNING_KEY
 
 from tests.conftest import LAB_ASSETS, have_module, require
 
@@ -394,9 +395,19 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
         },
     }
     broker = BrokerAddress.parse(mosquitto.url)
-    agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=1.0, options=opts), pm)
+    agent = Agent(
+        AgentConfig(broker=broker, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=1.0, options=opts), pm
+    )
     controller = Controller(
-        ControllerConfig(broker=broker, sites=[site], tick=1.0, detectors=["cpu-limit"], options=opts, db=":memory:"),
+        ControllerConfig(
+            broker=broker,
+            signing_key=SIGNING_KEY,
+            sites=[site],
+            tick=1.0,
+            detectors=["cpu-limit"],
+            options=opts,
+            db=":memory:",
+        ),
         pm,
     )
 
@@ -673,9 +684,14 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
 
     async def run(orch_opts, scenario):
         opts = {"introspection": intro, "orchestrate": orch_opts}
-        agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=5.0, options=opts), pm)
+        agent = Agent(
+            AgentConfig(broker=broker, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=5.0, options=opts), pm
+        )
         controller = Controller(
-            ControllerConfig(broker=broker, sites=[site], tick=5.0, options=opts, db=":memory:"), pm
+            ControllerConfig(
+                broker=broker, signing_key=SIGNING_KEY, sites=[site], tick=5.0, options=opts, db=":memory:"
+            ),
+            pm,
         )
         tasks = [asyncio.create_task(controller.run()), asyncio.create_task(agent.run())]
         try:
