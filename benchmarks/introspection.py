@@ -84,6 +84,9 @@ async def closed_loop(work: Path, dom, port: int) -> dict:
             "baseline_dir": str(work / "baselines"),
             "dump_dir": str(work / "dumps"),
             "timeout": 300,
+            # the hypervisor owner's consent: the benchmark terminates and introspects repeatedly
+            "terminate": "on",
+            "introspect_min_interval": "0s",
         },
         "orchestrate": {"rate_limit": 0, "watch_timeout": 0.5},
     }
