@@ -121,6 +121,14 @@ def _read(path: Path, what: str) -> bytes:
         raise KeyFileError(f"{what} {path}: cannot be read ({e.strerror})") from None
 
 
+def _kind(key: Any) -> str:
+    name = type(key).__name__.lstrip("_")
+    for prefix in ("RSA", "EC", "DSA", "DH", "Ed448", "X25519", "X448"):
+        if name.startswith(prefix):
+            return f"{'a' if prefix in ('DSA', 'DH') else 'an'} {prefix} key"
+    return f"a key of type {name}"
+
+
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """The controller's command-signing key: an unencrypted PKCS#8 PEM Ed25519 key that only its
     owner may read (a group- or world-readable file is refused)."""
@@ -142,7 +150,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     except Exception as e:  # cryptography's UnsupportedAlgorithm and the like
         raise KeyFileError(f"{what} {path}: cannot be loaded ({type(e).__name__}: {e})") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{what} {path}: a {type(key).__name__.lstrip('_')}, expected an Ed25519 private key")
+        raise KeyFileError(f"{what} {path}: {_kind(key)}, expected an Ed25519 private key")
     return key
 
 
@@ -158,7 +166,7 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     except Exception as e:
         raise KeyFileError(f"{what} {path}: cannot be loaded ({type(e).__name__}: {e})") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{what} {path}: a {type(key).__name__.lstrip('_')}, expected an Ed25519 public key")
+        raise KeyFileError(f"{what} {path}: {_kind(key)}, expected an Ed25519 public key")
     return key
 
 
@@ -245,15 +253,17 @@ class Verifier:
                 f"refused: {what}: this agent has no controller public key, so it runs no command; "
                 "give one with --controller-key FILE (controller_key in the config file, or ATOMWATCH_CONTROLLER_KEY)",
             )
-        if cmd.sig is None or cmd.raw is None:
+        if cmd.sig is None:
             raise Refused("unsigned", f"refused: {what}: unsigned command")
+        # as received; a command built in this process is checked as it would go on the wire
+        raw = cmd.raw if cmd.raw is not None else json.loads(protocol.encode(cmd))
         key = self.keys.get(cmd.kid or "")
         candidates = [key] if key is not None else list(self.keys.values())
         try:
             signature = base64.b64decode(cmd.sig, validate=True)
         except (binascii.Error, ValueError):
             raise Refused("bad-signature", f"refused: {what}: signature is not base64") from None
-        data = canonical_bytes(cmd.raw)
+        data = canonical_bytes(raw)
         for k in candidates:
             try:
                 k.verify(signature, data)
