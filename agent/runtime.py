@@ -375,7 +375,7 @@ class Agent:
             conn.cancel()
             await asyncio.gather(conn, return_exceptions=True)
             self.sampler.close()
-            log.info("agent stopped after %d ticks: %s", self.ticks, self.stats)
+            log.info("agent stopped after %d ticks: %s, commands refused %s", self.ticks, self.stats, self.refused)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -601,3 +601,41 @@ def test_replay_cache_is_bounded_and_forgets_what_can_no_longer_be_accepted():
     later = now + 95  # past expiry (60) + skew (30): the old entries go, new commands run again
     verifier.check(signer.sign(command("rebirth"), "s", "h", now=later), now=later)
     assert len(verifier.seen) == 1
+
+
+def test_command_line_takes_keys_from_flags_config_file_and_environment(tmp_path, monkeypatch, capsys):
+    from atomwatch.cli import agent as agent_cmd
+    from atomwatch.cli import build_parser, main
+    from atomwatch.cli import controller as controller_cmd
+
+    key_path, pub_path = tmp_path / "controller" / "command-signing.key", tmp_path / "agents/hv1/command-signing.pub"
+    signing.write_key_pair(key_path, pub_path)
+    new_pub = tmp_path / "new.pub"
+    signing.write_key_pair(tmp_path / "new.key", new_pub)
+    monkeypatch.delenv("ATOMWATCH_CONTROLLER_KEY", raising=False)
+    monkeypatch.delenv("ATOMWATCH_SIGNING_KEY", raising=False)
+
+    def agent_config(argv, file_config=None):
+        args = build_parser("agent").parse_args(["agent", "--broker", "mqtt://127.0.0.1:1", "--host", "hv1", *argv])
+        return agent_cmd.build_config(args, file_config or {}, {})
+
+    assert agent_config([]).controller_keys == []
+    assert len(agent_config(["--controller-key", str(pub_path), "--controller-key", str(new_pub)]).controller_keys) == 2
+    assert len(agent_config([], {"controller_key": [str(pub_path), str(new_pub)]}).controller_keys) == 2
+    monkeypatch.setenv("ATOMWATCH_CONTROLLER_KEY", f"{pub_path},{new_pub}")
+    cfg = agent_config(["--command-skew", "5", "--command-lifetime", "20"])
+    assert len(cfg.controller_keys) == 2 and (cfg.command_skew, cfg.command_lifetime) == (5.0, 20.0)
+
+    args = build_parser("controller").parse_args(["controller", "--broker", "mqtt://127.0.0.1:1"])
+    assert controller_cmd.build_config(args, {}, {}).signing_key is None
+    assert controller_cmd.build_config(args, {"signing_key": str(key_path)}, {}).signing_key is not None
+    monkeypatch.setenv("ATOMWATCH_SIGNING_KEY", str(key_path))
+    assert controller_cmd.build_config(args, {}, {}).signing_key is not None
+
+    os.chmod(key_path, 0o644)
+    assert main(["controller", "--broker", "mqtt://127.0.0.1:1", "--signing-key", str(key_path)]) == 2
+    assert (
+        f"atomwatch controller: command-signing key {key_path}: readable by group or others" in capsys.readouterr().err
+    )
+    assert main(["agent", "--broker", "mqtt://127.0.0.1:1", "--controller-key", str(tmp_path / "none.pub")]) == 2
+    assert f"controller public key {tmp_path / 'none.pub'}: no such file" in capsys.readouterr().err
