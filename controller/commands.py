@@ -137,7 +137,10 @@ class AgentCommands:
             if client is None:
                 return
             cmd = self.command(site, host, "rebirth", {}, 30.0)
-            self.unawaited[cmd.id] = (site, host, time.monotonic() + 60.0)
+            now = time.monotonic()
+            for rid in [r for r, (_, _, deadline) in self.unawaited.items() if deadline < now]:
+                del self.unawaited[rid]
+            self.unawaited[cmd.id] = (site, host, now + 60.0)
             await client.publish(protocol.cmd_topic(site, host, cmd.id), protocol.encode(cmd), qos=1)
 
         self.spawn(ask(), f"rebirth request to {site}/{host}")
