@@ -6,6 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from atomwatch import signing
 from atomwatch.config import BrokerAddress, ConfigError
 from atomwatch.protocol import CONTROLLER_HOST, ProtocolError, check_name
 
@@ -25,6 +26,13 @@ class AgentConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: stop after this many seconds (None: run until signalled)
     duration: float | None = None
+    #: the controller's command-signing public key(s) (Ed25519PublicKey, or a list of them during
+    #: a key rotation); None: every command is refused (``--controller-key FILE``)
+    controller_key: Any = None
+    #: a signed command is refused once ``expires`` + skew has passed, or dated more than skew
+    #: seconds ahead; one valid for longer than lifetime + skew is refused too
+    command_lifetime: float = signing.DEFAULT_LIFETIME
+    command_skew: float = signing.DEFAULT_SKEW
 
     def __post_init__(self) -> None:
         try:
@@ -36,9 +44,23 @@ class AgentConfig:
             raise ConfigError(f"host name {CONTROLLER_HOST!r} is reserved for the controller's state topic")
         if not self.tick > 0:
             raise ConfigError(f"--tick must be > 0 seconds, got {self.tick}")
+        if not self.command_lifetime > 0 or not self.command_skew >= 0:
+            raise ConfigError(
+                f"command lifetime must be > 0 and skew ≥ 0 seconds, got {self.command_lifetime}, {self.command_skew}"
+            )
+        for key in self.controller_keys:
+            if not isinstance(key, signing.Ed25519PublicKey):
+                raise ConfigError(f"controller_key must be an Ed25519 public key, got {type(key).__name__}")
         for metric, d in self.deltas.items():
             if not d >= 0:
                 raise ConfigError(f"Δ for {metric!r} must be ≥ 0, got {d}")
+
+    @property
+    def controller_keys(self) -> list[Any]:
+        k = self.controller_key
+        if k is None:
+            return []
+        return list(k) if isinstance(k, (list, tuple)) else [k]
 
     @property
     def budget(self) -> float:

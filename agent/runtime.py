@@ -21,7 +21,7 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
-from atomwatch import __version__, protocol
+from atomwatch import __version__, protocol, signing
 from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.pluginmanager import call_safely
 from atomwatch.series import SeriesKey
@@ -80,7 +80,24 @@ class Agent:
         self.stopping = asyncio.Event()
         self.ticks = 0
         self.listeners: list[TickListener] = []
-        self.stats = {"births": 0, "data": 0, "values_sent": 0, "samples": 0, "bad_commands": 0, "publish_failed": 0}
+        self.stats = {
+            "births": 0,
+            "data": 0,
+            "values_sent": 0,
+            "samples": 0,
+            "bad_commands": 0,
+            "publish_failed": 0,
+            "commands_refused": 0,
+        }
+        #: refused commands by reason (unsigned, bad-signature, wrong-addressee, expired, future, replayed, no-key)
+        self.refused: dict[str, int] = {}
+        self.verifier = signing.Verifier(
+            config.controller_keys,
+            config.site,
+            config.host,
+            lifetime=config.command_lifetime,
+            skew=config.command_skew,
+        )
         self.connected = asyncio.Event()
 
     # ------------------------------------------------------------------ Δ
@@ -256,11 +273,19 @@ class Agent:
                 await self.publish_birth()
             self._controller_online = msg.online
         elif isinstance(msg, protocol.Command):
-            log.info("command %s (%s)", msg.command, msg.id)
 
             async def reply(r: protocol.Reply, request_id: str = msg.id) -> None:
                 await self._publish(protocol.reply_topic(self.config.site, self.config.host, request_id), r, qos=1)
 
+            try:
+                self.verifier.check(msg)
+            except signing.Refused as e:
+                self.stats["commands_refused"] += 1
+                self.refused[e.reason] = self.refused.get(e.reason, 0) + 1
+                log.warning("command refused (%s) on %s: %s", e.reason, topic, e)
+                await reply(protocol.Reply(id=msg.id, status="error", ts=time.time(), error=str(e)))
+                return
+            log.info("command %s (%s), signed by key %s", msg.command, msg.id, msg.kid)
             self.commands.start(msg, reply)
 
     # ------------------------------------------------------------------ loops
@@ -321,6 +346,12 @@ class Agent:
 
     async def run(self) -> None:
         """Run until :meth:`stop`, SIGINT/SIGTERM or ``config.duration``."""
+        if not self.config.controller_keys:
+            log.warning(
+                "no controller public key: every command (introspect, terminate, set-delta, rebirth) will be "
+                "refused; give one with --controller-key FILE (controller_key in the config file, or "
+                "ATOMWATCH_CONTROLLER_KEY)"
+            )
         stop_on_signals(self.stop)
         conn = asyncio.create_task(self._connection_loop(), name="agent-connection")
         ticks = asyncio.create_task(self._tick_loop(), name="agent-ticks")
@@ -344,7 +375,7 @@ class Agent:
             conn.cancel()
             await asyncio.gather(conn, return_exceptions=True)
             self.sampler.close()
-            log.info("agent stopped after %d ticks: %s", self.ticks, self.stats)
+            log.info("agent stopped after %d ticks: %s, commands refused %s", self.ticks, self.stats, self.refused)
 
     def stop(self) -> None:
         self.stopping.set()

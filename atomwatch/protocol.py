@@ -12,6 +12,8 @@ Topics, under ``atomwatch/v1/<site>/<host>/``::
                                      explicit stale and gone aliases
     death           QoS 1            the agent's last will; also published on a clean stop
     cmd/<id>        QoS 1            controller -> agent: rebirth, set-delta, introspect, terminate …
+                                     signed (Ed25519, :mod:`atomwatch.signing`): site, host,
+                                     expires, nonce, kid and sig beside id, command, params, ts
     reply/<id>      QoS 1            agent -> controller: accepted, progress, ok or error
 
 and ``atomwatch/v1/<site>/controller/state`` (retained): the controller online or offline.
@@ -163,7 +165,16 @@ class Command:
     params: dict[str, Any]
     ts: float
     timeout: float | None = None
+    # signed commands (atomwatch.signing): the addressee, expiry, nonce, key id and signature
+    site: str | None = None
+    host: str | None = None
+    expires: float | None = None
+    nonce: str | None = None
+    kid: str | None = None
+    sig: str | None = None
     type: str = field(default="cmd", init=False)
+    #: the JSON object as received (decode sets it): what a signature is checked against
+    raw: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 REPLY_STATUSES = ("accepted", "progress", "ok", "error")
@@ -191,6 +202,10 @@ Message = Birth | Data | Death | Command | Reply | State
 
 
 # --------------------------------------------------------------------------- encoding
+
+
+#: a command's optional fields, present only when it is signed
+_SIGNED_FIELDS = ("site", "host", "expires", "nonce", "kid", "sig")
 
 
 def _num(v: float | None) -> float | None:
@@ -232,6 +247,9 @@ def encode(msg: Message) -> bytes:
         body.update(session=msg.session, ts=msg.ts, reason=msg.reason)
     elif isinstance(msg, Command):
         body.update(id=msg.id, command=msg.command, params=msg.params, ts=msg.ts, timeout=msg.timeout)
+        for name in _SIGNED_FIELDS:
+            if getattr(msg, name) is not None:
+                body[name] = getattr(msg, name)
     elif isinstance(msg, Reply):
         body.update(id=msg.id, status=msg.status, ts=msg.ts, result=msg.result, error=msg.error)
     elif isinstance(msg, State):
@@ -385,7 +403,10 @@ def decode(topic: str, payload: bytes | str) -> tuple[Topic, Message]:
             params=f.dict("params"),
             ts=f.num("ts"),
             timeout=f.num("timeout", optional=True),
+            expires=f.num("expires", optional=True),
+            **{k: (f.str(k) if obj.get(k) is not None else None) for k in ("site", "host", "nonce", "kid", "sig")},
         )
+        msg.raw = obj
         if msg.id != t.request_id:
             raise ProtocolError(f"{where}: field 'id' {msg.id!r} differs from the topic's request id {t.request_id!r}")
     elif t.kind == "reply":

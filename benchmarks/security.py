@@ -1,15 +1,20 @@
-"""Benchmark of what securing a site costs: data messages per second through Mosquitto over TLS
-(client certificates, as ``atomwatch secure init`` configures it) against plain TCP, in one run.
+"""What securing a site costs, in one run: TLS throughput through Mosquitto, and signing commands.
 
-One Mosquitto on loopback with two listeners, a plain one and a TLS one (certificates made with
-:mod:`atomwatch.pki` in a temporary folder). For each listener in turn, a publisher sends
-``--messages`` QoS-1 data messages of a realistic payload (built with :mod:`atomwatch.protocol`:
-``--values`` tracked values, as one hypervisor's tick) while a subscriber on the same listener
-counts them; the rate is messages received over the time from the first publish to the last
-message received. ``--rounds`` alternates plain and TLS and keeps the best of each. Bounded by
-``--timeout`` seconds per round. Prints one JSON object; the ``"transport"`` key holds the figures.
+``"transport"``: data messages per second through Mosquitto over TLS (client certificates, as
+``atomwatch secure init`` configures it) against plain TCP. One Mosquitto on loopback with two
+listeners, a plain one and a TLS one (certificates made with :mod:`atomwatch.pki` in a temporary
+folder). For each listener in turn, a publisher sends ``--messages`` QoS-1 data messages of a
+realistic payload (``--values`` tracked values, as one hypervisor's tick) while a subscriber on
+the same listener counts them; the rate is messages received over the time from the first publish
+to the last message received. ``--rounds`` alternates plain and TLS and keeps the best of each,
+bounded by ``--timeout`` seconds per round.
 
-    python -m benchmarks.security [--messages 20000] [--values 40] [--rounds 3]
+``"commands"``: the median time (µs, over ``--repeat`` runs of ``--calls`` calls) to sign a
+command on the controller (:meth:`atomwatch.signing.Signer.sign`), to verify it on the agent
+(:meth:`atomwatch.signing.Verifier.check`: canonical bytes, signature, addressee, dates, replay
+cache), and as the baseline the JSON encoding of the same command, with the ratios.
+
+    python -m benchmarks.security [--messages 20000] [--values 40] [--rounds 3] [--calls 2000]
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import aiomqtt
 
 from atomwatch import pki, protocol
 from atomwatch.config import BrokerAddress
-from benchmarks._common import emit, machine
+from benchmarks._common import emit, machine, seconds_per_call
 
 SITE = "bench"
 #: publishes in flight at once (each awaits its PUBACK)
@@ -195,15 +201,73 @@ def mosquitto_version() -> str:
     return first.split("version")[-1].strip() if "version" in first else "?"
 
 
+def commands(calls: int = 2000, repeat: int = 7) -> dict:
+    from atomwatch import protocol, signing
+
+    key, public = signing.generate_key_pair()
+    signer = signing.Signer(key)
+    site, host = "bench", "hv1"
+    # a realistic terminate: the process identity and its authorization inside the parameters
+    params = {
+        "vm": "4c4c4544-0042-3510-8052-b4c04f4e3132",
+        "vm_name": "guest1",
+        "pid": 4242,
+        "name": "cryptominer",
+        "start_time": 1234.56,
+        "group": False,
+        "alarm": 17,
+        "authorization": {"by": "verdict", "verdict": "malicious", "actor": "operator", "at": time.time()},
+    }
+
+    def new() -> protocol.Command:
+        return protocol.Command(
+            id=uuid.uuid4().hex[:16], command="terminate", params=params, ts=time.time(), timeout=60
+        )
+
+    unsigned = new()
+    encode = seconds_per_call(lambda: protocol.encode(unsigned), calls, repeat)
+    new_cost = seconds_per_call(new, calls, repeat)
+    sign = seconds_per_call(lambda: signer.sign(new(), site, host), calls, repeat)
+
+    # verification of distinct messages (each (id, nonce) once: the replay cache admits them all)
+    wire = []
+    for _ in range(calls * repeat):
+        cmd = signer.sign(new(), site, host)
+        wire.append(protocol.decode(protocol.cmd_topic(site, host, cmd.id), protocol.encode(cmd))[1])
+    verifier = signing.Verifier([public], site, host, cache_size=len(wire) + 1)
+    it = iter(wire)
+    verify = seconds_per_call(lambda: verifier.check(next(it)), calls, repeat)
+
+    sign_us = (sign["median"] - new_cost["median"]) * 1e6
+    verify_us = verify["median"] * 1e6
+    json_us = encode["median"] * 1e6
+    return {
+        "calls": calls,
+        "repeat": repeat,
+        "payload_bytes_unsigned": len(protocol.encode(unsigned)),
+        "payload_bytes_signed": len(protocol.encode(signer.sign(new(), site, host))),
+        "sign_us": round(sign_us, 2),
+        "verify_us": round(verify_us, 2),
+        "json_encode_us": round(json_us, 2),
+        "sign_over_json_encode": round(sign_us / json_us, 1),
+        "verify_over_json_encode": round(verify_us / json_us, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000, help="QoS-1 messages per round (default 20000)")
     parser.add_argument("--values", type=int, default=40, help="tracked values per data message (default 40)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of plain then TLS; the best is kept (default 3)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per round at most (default 60)")
+    parser.add_argument("--calls", type=int, default=2000, help="sign/verify calls per timed run (default 2000)")
+    parser.add_argument("--repeat", type=int, default=7, help="sign/verify timed runs; the median is kept (default 7)")
     args = parser.parse_args(argv)
+    if args.calls < 1 or args.repeat < 1:
+        parser.error("--calls and --repeat must be ≥ 1")
+    signed = commands(args.calls, args.repeat)
     transport = asyncio.run(measure(args.messages, args.values, args.rounds, args.timeout))
-    emit({"benchmark": "security", "machine": machine(), "transport": transport})
+    emit({"benchmark": "security", "machine": machine(), "commands": signed, "transport": transport})
     return 0
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiomqtt
 
-from atomwatch import protocol
+from atomwatch import protocol, signing
 from atomwatch.alarm import Alarm
 from atomwatch.config import ConfigError
 from atomwatch.detectors import detector_factories
@@ -56,7 +56,8 @@ class Controller:
         self.pm = pm
         self.client: aiomqtt.Client | None = None
         self.tasks: set[asyncio.Task] = set()
-        self.commands = AgentCommands(lambda: self.client, self.spawn)
+        signer = signing.Signer(config.signing_key, config.command_lifetime) if config.signing_key else None
+        self.commands = AgentCommands(lambda: self.client, self.spawn, signer, drop=lambda r, d: self.ingest.drop(r, d))
         self.ingest = Ingest(request_rebirth=self.commands.rebirth_soon)
         self.ingest.replies.append(self.commands.on_reply)
         self.scope_rows = ScopeRows()
@@ -265,6 +266,13 @@ class Controller:
         if self.config.duration:
             loop.call_later(self.config.duration, self.stop)
         self.loop = loop
+        if self.commands.signer is None:
+            log.warning(
+                "no command-signing key: commands to agents go unsigned and every agent refuses them; "
+                "give one with --signing-key FILE (signing_key in the config file, or ATOMWATCH_SIGNING_KEY)"
+            )
+        else:
+            log.info("commands to agents are signed with key %s", self.commands.signer.kid)
         address = self.config.http_address()
         if address is not None:
             from .api import ApiServer

@@ -1,8 +1,11 @@
 """Commands to agents: send one and await its final reply, match replies, ask for rebirths.
 
-What lives here: :class:`AgentCommands` — publishes ``cmd/<id>`` messages on the controller's
-MQTT connection, routes each ``reply/<id>`` to the command waiting for it (progress replies to
-its callback) and sends the rebirth requests ingest asks for. What does not: the MQTT session
+What lives here: :class:`AgentCommands` — signs (:class:`atomwatch.signing.Signer`) and publishes
+``cmd/<id>`` messages on the controller's MQTT connection, routes each ``reply/<id>`` to the
+command waiting for it (progress replies to its callback) and sends the rebirth requests ingest
+asks for. A reply is accepted only on the reply topic of the site and host its command went to
+and only for an outstanding request id; any other is counted (``drop(reason, detail)``: ingest's
+``dropped`` counters, ``reply-unknown-request`` / ``reply-wrong-host``) and dropped. What does not: the MQTT session
 itself (:mod:`atomwatch.controller.app`), which commands an agent knows (the agent's plugins),
 and what the controller does with a result (orchestrator plugins, :mod:`.delta_push`).
 """
@@ -18,7 +21,7 @@ from typing import Any
 
 import aiomqtt
 
-from atomwatch import protocol
+from atomwatch import protocol, signing
 from atomwatch.handles import CommandFailed, Progress
 
 log = logging.getLogger(__name__)
@@ -36,10 +39,26 @@ class AgentCommands:
         self,
         client: Callable[[], aiomqtt.Client | None],
         spawn: Callable[[Awaitable[Any], str], Any],
+        signer: signing.Signer | None = None,
+        drop: Callable[[str, str], None] | None = None,
     ) -> None:
         self.client = client
         self.spawn = spawn
-        self.pending: dict[str, tuple[asyncio.Future, Progress | None]] = {}
+        self.signer = signer
+        self.drop = drop or (lambda reason, detail: None)
+        #: request id → (future, progress callback, site, host)
+        self.pending: dict[str, tuple[asyncio.Future, Progress | None, str, str]] = {}
+        #: rebirth requests: request id → (site, host, monotonic deadline); their replies are expected, not awaited
+        self.unawaited: dict[str, tuple[str, str, float]] = {}
+
+    def command(self, site: str, host: str, command: str, params: dict[str, Any], timeout: float) -> protocol.Command:
+        """A new command to ``site``/``host``, signed when the controller has a signing key."""
+        cmd = protocol.Command(
+            id=uuid.uuid4().hex[:16], command=command, params=params, ts=time.time(), timeout=timeout
+        )
+        if self.signer is not None:
+            self.signer.sign(cmd, site, host)
+        return cmd
 
     async def send(
         self,
@@ -55,10 +74,10 @@ class AgentCommands:
         client = self.client()
         if client is None:
             raise CommandFailed(f"{command} to {site}/{host}: the controller is not connected to the broker")
-        request_id = uuid.uuid4().hex[:16]
+        cmd = self.command(site, host, command, params or {}, timeout)
+        request_id = cmd.id
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = (fut, on_progress)
-        cmd = protocol.Command(id=request_id, command=command, params=params or {}, ts=time.time(), timeout=timeout)
+        self.pending[request_id] = (fut, on_progress, site, host)
         try:
             await client.publish(protocol.cmd_topic(site, host, request_id), protocol.encode(cmd), qos=1)
             reply: protocol.Reply = await asyncio.wait_for(fut, timeout + 5.0)
@@ -74,11 +93,33 @@ class AgentCommands:
 
     def on_reply(self, topic: protocol.Topic, reply: protocol.Reply) -> None:
         """Ingest's reply listener: the final reply ends the waiting command, progress goes to
-        its callback; replies nobody waits for are ignored."""
+        its callback. A reply for no outstanding request, or from another host than the one the
+        command went to, is counted and dropped."""
         entry = self.pending.get(reply.id)
         if entry is None:
+            now = time.monotonic()
+            for rid in [r for r, (_, _, deadline) in self.unawaited.items() if deadline < now]:
+                del self.unawaited[rid]
+            expected = self.unawaited.get(reply.id)
+            if expected is not None and expected[:2] == (topic.site, topic.host):
+                if reply.status in ("ok", "error"):
+                    self.unawaited.pop(reply.id, None)
+                    if reply.status == "error":
+                        log.warning("rebirth request to %s/%s failed: %s", topic.site, topic.host, reply.error)
+                return
+            self.drop(
+                "reply-unknown-request",
+                f"reply on {protocol.reply_topic(topic.site, topic.host, reply.id)}: no outstanding command {reply.id}",
+            )
             return
-        fut, on_progress = entry
+        fut, on_progress, site, host = entry
+        if (topic.site, topic.host) != (site, host):
+            self.drop(
+                "reply-wrong-host",
+                f"reply on {protocol.reply_topic(topic.site, topic.host, reply.id)}: command {reply.id} went to "
+                f"{site}/{host}",
+            )
+            return
         if reply.status in ("ok", "error"):
             if not fut.done():
                 fut.set_result(reply)
@@ -95,7 +136,11 @@ class AgentCommands:
             client = self.client()
             if client is None:
                 return
-            cmd = protocol.Command(id=uuid.uuid4().hex[:16], command="rebirth", params={}, ts=time.time(), timeout=30.0)
+            cmd = self.command(site, host, "rebirth", {}, 30.0)
+            now = time.monotonic()
+            for rid in [r for r, (_, _, deadline) in self.unawaited.items() if deadline < now]:
+                del self.unawaited[rid]
+            self.unawaited[cmd.id] = (site, host, now + 60.0)
             await client.publish(protocol.cmd_topic(site, host, cmd.id), protocol.encode(cmd), qos=1)
 
         self.spawn(ask(), f"rebirth request to {site}/{host}")

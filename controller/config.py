@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atomwatch import signing
 from atomwatch.config import BrokerAddress, ConfigError
 from atomwatch.protocol import ProtocolError, check_name
 
@@ -60,6 +61,11 @@ class ControllerConfig:
     mu_every: int = 60
     #: anomalies of one (scope, detector) within this many rows extend the same alarm
     merge_gap: int = 3
+    #: the command-signing private key (Ed25519PrivateKey); None: commands go unsigned and every
+    #: agent refuses them (``--signing-key FILE``)
+    signing_key: Any = None
+    #: seconds a signed command may wait to be accepted by its agent
+    command_lifetime: float = signing.DEFAULT_LIFETIME
 
     def __post_init__(self) -> None:
         try:
@@ -71,6 +77,10 @@ class ControllerConfig:
             raise ConfigError(f"--tick must be > 0 seconds, got {self.tick}")
         if self.mu is not None and not 0 < self.mu < 1:
             raise ConfigError(f"--mu must be a deviation between 0 and 1, got {self.mu}")
+        if self.signing_key is not None and not isinstance(self.signing_key, signing.Ed25519PrivateKey):
+            raise ConfigError(f"signing_key must be an Ed25519 private key, got {type(self.signing_key).__name__}")
+        if not self.command_lifetime > 0:
+            raise ConfigError(f"command lifetime must be > 0 seconds, got {self.command_lifetime}")
         self.http_address()
         if bool(self.http_cert) != bool(self.http_key):
             raise ConfigError("--http-cert and --http-key go together: give both (or neither, for plain HTTP)")

@@ -87,6 +87,10 @@ class Ingest:
         if n == 1 or n % 100 == 0:
             log.warning("dropped message (%s, %d so far): %s", reason, n, detail)
 
+    def drop(self, reason: str, detail: str) -> None:
+        """Count and drop a message another part judged (a reply nobody asked for …)."""
+        self._drop(reason, detail)
+
     def _resync(self, state: HostState, why: str) -> None:
         state.synced = False
         now = time.monotonic()

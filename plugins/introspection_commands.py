@@ -9,8 +9,18 @@ The result holds the suspects with their evidence, the Volatility rows per plugi
 the dump summary (with whether the guest had to be resumed) and timings.
 
 ``terminate`` params: ``vm``, ``pid``, ``name``, ``start_time`` (s since guest boot, as the
-finding saw it), optional ``signal`` (default 9). Refused — an error reply starting with
-``refused:`` — unless PID, name and start time still match; ``ok`` only once the process is gone.
+finding saw it), ``alarm`` (the alarm id), ``authorization`` (what allowed it: ``{"by": "verdict",
+"actor": …, "at": time}`` or ``{"by": "policy", "policy": name}``), optional ``signal`` (default 9).
+Refused — an error reply starting with ``refused:`` — without alarm, authorization or process
+identity, unless the hypervisor owner consents (below), or unless PID, name and start time still
+match; ``ok`` only once the process is gone.
+
+The hypervisor owner's consent (this agent's options, not the controller's): ``terminate`` is
+``off`` (default: refused, the refusal names ``--set introspection.terminate=on``), ``dry-run``
+(nothing is killed: the reply is ``ok`` with ``dry_run: true`` and the target) or ``on``;
+``never_kill`` lists process names never killed (default init, systemd, sshd, qemu-ga);
+``introspect_min_interval`` (default 60 s) is the least time between two introspections of one
+guest. Every accepted or refused introspect or terminate is logged at WARNING (``audit:``).
 
 Every failure is an error reply naming it: VM gone, dump failed, no symbol table for the
 kernel's banner, Volatility failed or timed out, guest agent failed.
@@ -22,7 +32,8 @@ a given path that is not a directory is a misconfiguration, an absent built-in d
 makes ``introspect`` refuse, before any dump, until one exists), ``cache``
 (Volatility cache dir), ``timeout`` (s, default 120), ``memory_mib`` (worker address-space
 limit, default 3072), ``dump_dir``, ``keep_dumps`` (retention, default false), ``baseline_dir``,
-``concurrency`` (introspections at once, default 1: each holds ~0.5 GB).
+``concurrency`` (introspections at once, default 1: each holds ~0.5 GB), ``terminate``,
+``never_kill``, ``introspect_min_interval`` (the consent above).
 
 Entry point (pyproject.toml, group ``atomwatch``):
 ``introspection-commands = "atomwatch.plugins.introspection_commands"``.
@@ -32,10 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import atomwatch
 from atomwatch import Duration, Range
@@ -65,6 +77,66 @@ class IntrospectionOptions:
     keep_dumps: bool | None = None
     baseline_dir: str | None = None
     concurrency: Annotated[int, Range(ge=1)] = 1
+    # the hypervisor owner's consent
+    terminate: Literal["off", "dry-run", "on"] = "off"
+    never_kill: tuple[str, ...] = ("init", "systemd", "sshd", "qemu-ga")
+    introspect_min_interval: Annotated[float, Duration, Range(ge=0)] = 60.0
+
+
+def _audit(command: str, accepted: bool, params: dict[str, Any], why: str) -> None:
+    """The agent's own audit line for a destructive command: who asked, for what, and why it was
+    accepted or refused."""
+    auth = params.get("authorization")
+    if isinstance(auth, dict) and auth.get("by") == "verdict":
+        who = f"verdict of {auth.get('actor')!s} at {auth.get('at')!s}"
+    elif isinstance(auth, dict) and auth.get("by") == "policy":
+        who = f"policy {auth.get('policy')!s}"
+    else:
+        who = "the controller"
+    target = {k: params.get(k) for k in ("vm", "vm_name", "pid", "name", "start_time", "metrics") if k in params}
+    log.warning(
+        "audit: %s %s (alarm %s, asked by %s) target %s: %s",
+        command,
+        "ACCEPTED" if accepted else "REFUSED",
+        params.get("alarm"),
+        who,
+        target,
+        why,
+    )
+
+
+def _authorization(params: dict[str, Any]) -> str:
+    """Why this terminate may run (for the audit line), or CommandError for a request without
+    alarm id, authorization or the process identity."""
+    missing = []
+    alarm = params.get("alarm")
+    if isinstance(alarm, bool) or not isinstance(alarm, int):
+        missing.append("'alarm' (the alarm id)")
+    auth = params.get("authorization")
+    if not isinstance(auth, dict):
+        missing.append("'authorization' (a verdict with actor and time, or a policy with its name)")
+    elif auth.get("by") == "verdict":
+        if not isinstance(auth.get("actor"), str) or not auth["actor"]:
+            missing.append("'authorization.actor'")
+        at = auth.get("at")
+        if isinstance(at, bool) or not isinstance(at, (int, float)):
+            missing.append("'authorization.at' (the verdict's time)")
+    elif auth.get("by") == "policy":
+        if not isinstance(auth.get("policy"), str) or not auth["policy"]:
+            missing.append("'authorization.policy' (its name)")
+    else:
+        missing.append("'authorization.by' ('verdict' or 'policy')")
+    pid = params.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        missing.append("'pid'")
+    if not isinstance(params.get("name"), str) or not params.get("name"):
+        missing.append("'name'")
+    st = params.get("start_time")
+    if isinstance(st, bool) or not isinstance(st, (int, float)):
+        missing.append("'start_time'")
+    if missing:
+        raise CommandError(f"refused: terminate without {', '.join(missing)}")
+    return "verdict" if auth["by"] == "verdict" else "policy"
 
 
 def _vm_param(params: dict[str, Any], command: str) -> str:
@@ -95,6 +167,11 @@ class IntrospectionCommands:
         self.cfg = IntrospectionConfig(**kw)
         self.slots = asyncio.Semaphore(options.concurrency)
         self._conn: Any = None
+        self.terminate_mode = options.terminate
+        self.never_kill = frozenset(options.never_kill)
+        self.min_interval = options.introspect_min_interval
+        #: guest (as named in a request, UUID and name once known) → monotonic time of its last introspection
+        self.last_introspection: dict[str, float] = {}
 
     def conn(self) -> Any:
         from atomwatch.introspection.acquire import AcquireError, import_libvirt
@@ -149,6 +226,20 @@ class IntrospectionCommands:
                 f"introspect: no symbol directory on this agent ({', '.join(DEFAULT_SYMBOL_DIRS)} does not exist): "
                 "give one with --set introspection.symbols=DIR or ATOMWATCH_SYMBOLS"
             )
+        guests = {g for g in (vm, params.get("vm_uuid"), params.get("vm_name")) if isinstance(g, str) and g}
+        now = time.monotonic()
+        last = max((self.last_introspection.get(g, -float("inf")) for g in guests), default=-float("inf"))
+        if now - last < self.min_interval:
+            wait = self.min_interval - (now - last)
+            why = (
+                f"refused: introspect: {vm} was introspected {now - last:.0f} s ago; this agent allows one every "
+                f"{self.min_interval:g} s (--set introspection.introspect_min_interval): next allowed in {wait:.0f} s"
+            )
+            _audit("introspect", False, params, why)
+            raise CommandError(why)
+        for g in guests:
+            self.last_introspection[g] = now
+        _audit("introspect", True, params, "memory dump and Volatility analysis")
         if params.get("timeout") is not None:
             try:
                 t = float(params["timeout"])
@@ -160,7 +251,7 @@ class IntrospectionCommands:
         async with self.slots:
             try:
                 conn = await asyncio.to_thread(self.conn)
-                return await self._threaded(
+                result = await self._threaded(
                     pipeline.introspect,
                     progress,
                     conn,
@@ -170,6 +261,10 @@ class IntrospectionCommands:
                     plugins,
                     baseline=bool(params.get("baseline")),
                 )
+                for g in (result.get("vm_uuid"), result.get("vm_name")) if isinstance(result, dict) else ():
+                    if isinstance(g, str) and g:
+                        self.last_introspection[g] = now
+                return result
             except DomainGone as e:
                 raise CommandError(f"introspect: VM gone: {e}") from None
             except AcquireError as e:
@@ -197,6 +292,29 @@ class IntrospectionCommands:
         group = params.get("group", False)
         if not isinstance(group, bool):
             raise CommandError(f"terminate: 'group' must be true or false, got {group!r}")
+        try:
+            allowed_by = _authorization(params)
+        except CommandError as e:
+            _audit("terminate", False, params, str(e))
+            raise
+        if self.terminate_mode == "off":
+            why = (
+                "refused: terminate is off on this agent (the hypervisor owner's consent); "
+                "enable it with --set introspection.terminate=on (or dry-run)"
+            )
+            _audit("terminate", False, params, why)
+            raise CommandError(why)
+        if name in self.never_kill:
+            why = f"refused: terminate: {name!r} is in this agent's never_kill list (--set introspection.never_kill)"
+            _audit("terminate", False, params, why)
+            raise CommandError(why)
+        target = {"vm": vm, "pid": pid, "name": name, "start_time": start, "signal": signal, "group": group}
+        if self.terminate_mode == "dry-run":
+            _audit(
+                "terminate", True, params, f"dry run (introspection.terminate=dry-run): nothing killed; {allowed_by}"
+            )
+            return {"dry_run": True, "target": target, "verified": "dry run: nothing killed"}
+        _audit("terminate", True, params, f"allowed by {allowed_by}")
 
         def work() -> dict[str, Any]:
             dom = lookup(self.conn(), vm)

@@ -9,8 +9,11 @@ Through the public hooks only:
   e.g. "no symbol table for banner …").
 * ``verdict_given`` *malicious* → sends ``terminate`` for the suspect the operator picked
   (``params["pid"]``) or the top suspect, with the PID, name and start time the finding saw; the
-  agent refuses if they no longer match (PID reuse) and the alarm says why (a finding
-  ``kind: termination-refused``). After a verified termination the scope is watched until SPE is
+  agent refuses if they no longer match (PID reuse), or if its owner has not consented
+  (``introspection.terminate`` off, a ``never_kill`` name), and the alarm says why (a finding
+  ``kind: termination-refused`` with the agent's reason; ``termination-dry-run`` when the agent
+  only says what it would kill). The alarm id and what allowed the termination (the verdict with
+  its actor and time, or the policy) go inside the signed parameters. After a verified termination the scope is watched until SPE is
   back under Q_α for ``settle_rows`` rows (``handle.scope_status``), then the alarm is closed
   with resolution ``terminated``.
 * An explicit policy may terminate without a verdict: only when the alarm's detector is in
@@ -221,7 +224,17 @@ class Orchestrator:
                 {"detector": alarm.detector, "process": top.get("name"), "pid": top.get("pid")},
                 actor="policy",
             )
-            await self.terminate(alarm_id, None, actor="policy")
+            await self.terminate(
+                alarm_id,
+                None,
+                actor="policy",
+                authorization={
+                    "by": "policy",
+                    "policy": "auto_terminate",
+                    "detector": alarm.detector,
+                    "process": top.get("name"),
+                },
+            )
 
     async def on_verdict(self, alarm: Alarm, verdict: str, actor: str, params: dict[str, Any]) -> None:
         if verdict != "malicious":
@@ -231,9 +244,12 @@ class Orchestrator:
             self.note(alarm.id, "termination waits for the introspection in progress", actor=ACTOR)
             await asyncio.wait([pending])
         pid = params.get("pid")
-        await self.terminate(alarm.id, pid, actor=actor)
+        authorization = {"by": "verdict", "verdict": verdict, "actor": actor, "at": time.time()}
+        await self.terminate(alarm.id, pid, actor=actor, authorization=authorization)
 
-    async def terminate(self, alarm_id: int, pid: Any, actor: str) -> bool:
+    async def terminate(self, alarm_id: int, pid: Any, actor: str, authorization: dict[str, Any]) -> bool:
+        """Send ``terminate`` for the suspect ``pid`` (None: the top suspect) with the alarm id and
+        ``authorization`` (what allowed it, checked by the agent) inside the signed parameters."""
         alarm = self.handle.get_alarm(alarm_id)
         finding = self.latest_introspection(alarm_id)
         if finding is None or not finding.get("suspects"):
@@ -269,6 +285,8 @@ class Orchestrator:
             "start_time": target.get("start_time"),
             # a suspect whose new descendants were folded into it goes with its process group
             "group": bool((target.get("facts") or {}).get("descendants")),
+            "alarm": alarm_id,
+            "authorization": authorization,
         }
         if self.opts.dry_run:
             self.note(alarm_id, "dry run: would terminate", params, actor=actor)
@@ -289,6 +307,20 @@ class Orchestrator:
                     "summary": text,
                     "error": text,
                     "target": params,
+                },
+            )
+            return False
+        if result.get("dry_run"):
+            # the hypervisor owner runs terminate as dry-run: nothing was killed, the alarm stays open
+            self.handle.add_findings(
+                alarm_id,
+                ACTOR,
+                {
+                    "kind": "termination-dry-run",
+                    "summary": f"the agent would terminate {target['name']} (pid {target['pid']}) in "
+                    f"{finding.get('vm_name')}; it runs terminate as dry-run, nothing was killed",
+                    "target": params,
+                    "result": result,
                 },
             )
             return False

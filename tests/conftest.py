@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from atomwatch import signing
+
 # Controllers started by tests keep their alarms in memory unless a test says otherwise.
 os.environ.setdefault("ATOMWATCH_DB", ":memory:")
 # ... and their local state (the HTTP API's local tokens file) in a temporary folder, never the user's.
@@ -31,6 +33,17 @@ DATA = SHARED / "data"
 LAB_ASSETS = SHARED / "lab"
 # the guest kernel's Volatility symbol table, for every introspection the tests start
 os.environ.setdefault("ATOMWATCH_SYMBOLS", str(LAB_ASSETS / "symbols"))
+
+
+# The command-signing key pair of the whole test session: every controller a test builds signs with
+# SIGNING_KEY, every agent trusts CONTROLLER_KEY (agents refuse unsigned commands).
+SIGNING_KEY, CONTROLLER_KEY = signing.generate_key_pair()
+
+
+@pytest.fixture(scope="session")
+def command_keys():
+    """(the controllers' private key, the agents' public key) of this session."""
+    return SIGNING_KEY, CONTROLLER_KEY
 
 
 def require(condition: bool, why: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import DATA
+from conftest import CONTROLLER_KEY, DATA, SIGNING_KEY
 
 from atomwatch import protocol
 from atomwatch.agent.config import AgentConfig
@@ -117,9 +117,22 @@ def live_pipeline(
     """An agent (host ``hv1``) and a controller with these built-in plugins and options."""
     pm = plugin_manager(*plugins)
     broker = BrokerAddress.parse(broker_url)
-    agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=agent_tick, options=options), pm)
+    agent = Agent(
+        AgentConfig(
+            broker=broker, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=agent_tick, options=options
+        ),
+        pm,
+    )
     controller = Controller(
-        ControllerConfig(broker=broker, sites=[site], tick=controller_tick, detectors=detectors, options=options), pm
+        ControllerConfig(
+            broker=broker,
+            signing_key=SIGNING_KEY,
+            sites=[site],
+            tick=controller_tick,
+            detectors=detectors,
+            options=options,
+        ),
+        pm,
     )
     return Pipeline(agent, controller)
 

@@ -8,6 +8,7 @@ import math
 import time
 
 import pytest
+from conftest import CONTROLLER_KEY, SIGNING_KEY
 
 import atomwatch
 from atomwatch import CommandFailed
@@ -74,8 +75,11 @@ async def start(mosquitto, site, *collectors, tick=0.05):
     pm = PluginManager()
     pm.register(Plugin(*collectors), name="test-collectors")
     broker = BrokerAddress.parse(mosquitto.url)
-    agent = Agent(AgentConfig(broker=broker, site=site, host="hv", tick=tick, collect_budget=0.1), pm)
-    controller = Controller(ControllerConfig(broker=broker, sites=[site], tick=0.1), pm)
+    agent = Agent(
+        AgentConfig(broker=broker, controller_key=CONTROLLER_KEY, site=site, host="hv", tick=tick, collect_budget=0.1),
+        pm,
+    )
+    controller = Controller(ControllerConfig(broker=broker, signing_key=SIGNING_KEY, sites=[site], tick=0.1), pm)
     tasks = [asyncio.create_task(agent.run()), asyncio.create_task(controller.run())]
     await asyncio.wait_for(agent.connected.wait(), 10)
     await asyncio.wait_for(controller.connected.wait(), 10)

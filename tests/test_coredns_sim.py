@@ -10,6 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import CONTROLLER_KEY, SIGNING_KEY
 
 from atomwatch.lab.coredns_sim import (
     CLASSES,
@@ -241,9 +242,15 @@ async def test_end_to_end_agent_scrapes_the_simulator_and_pca_spe_flags_attacks(
     pm.load_entry_points(allow="coredns,pca-spe")
     broker = BrokerAddress.parse(mosquitto.url)
     opts = {"coredns": {"endpoints": f"dns1={server.url}", "timeout": 0.2, "retries": 0}}
-    agent = Agent(AgentConfig(broker=broker, site=site, host="dnshost", tick=tick, options=opts), pm)
+    agent = Agent(
+        AgentConfig(broker=broker, controller_key=CONTROLLER_KEY, site=site, host="dnshost", tick=tick, options=opts),
+        pm,
+    )
     controller = Controller(
-        ControllerConfig(broker=broker, sites=[site], tick=tick, detectors=["pca-spe"], options=opts), pm
+        ControllerConfig(
+            broker=broker, signing_key=SIGNING_KEY, sites=[site], tick=tick, detectors=["pca-spe"], options=opts
+        ),
+        pm,
     )
     found: list[tuple[float, object]] = []
     rows: list[float] = []

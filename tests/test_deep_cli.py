@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CONTROLLER_KEY, SIGNING_KEY
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 pytest.importorskip("keras")
@@ -358,9 +359,14 @@ async def test_live_cnn_flags_injected_anomalies_through_the_real_pipeline(
     pm.register_plugin(deep_plugin, "deep", "atomwatch.plugins.deep")  # not (yet) an entry point of the distribution
     opts = {"replay": {"trace": str(live), "delta_rel": 0.01}, "cnn": {"model": str(cnn_model)}}
     broker = BrokerAddress.parse(mosquitto.url)
-    agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=0.05, options=opts), pm)
+    agent = Agent(
+        AgentConfig(broker=broker, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=0.05, options=opts), pm
+    )
     controller = Controller(
-        ControllerConfig(broker=broker, sites=[site], tick=0.05, detectors=["cnn"], options=opts), pm
+        ControllerConfig(
+            broker=broker, signing_key=SIGNING_KEY, sites=[site], tick=0.05, detectors=["cnn"], options=opts
+        ),
+        pm,
     )
     found: list[Anomaly] = []
     controller.anomaly_listeners.append(found.append)

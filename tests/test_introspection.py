@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CONTROLLER_KEY, SIGNING_KEY
 
 from tests.conftest import LAB_ASSETS, have_module, require
 
@@ -173,7 +174,8 @@ def test_volatility_worker_limits_and_agent_command_errors(guest):
         broker=BrokerAddress.parse("mqtt://127.0.0.1:1"),
         site="s",
         host="h",
-        options={"introspection": {"symbols": str(SYMBOLS)}},
+        # the owner consents to terminate and protects no name, so the guest agent's own pid-1 check is reached
+        options={"introspection": {"symbols": str(SYMBOLS), "terminate": "on", "never_kill": []}},
     )
     handlers = register_agent_commands(config)
     sent: list = []
@@ -188,7 +190,19 @@ def test_volatility_worker_limits_and_agent_command_errors(guest):
     with pytest.raises(CommandError, match="linux.malfind: not allowed here"):
         asyncio.run(handlers["introspect"]({"vm": dom.name(), "metrics": [], "plugins": ["linux.malfind"]}, progress))
     with pytest.raises(CommandError, match="refused: pid 1: not a process that may be terminated"):
-        asyncio.run(handlers["terminate"]({"vm": dom.name(), "pid": 1, "name": "init", "start_time": 0.1}, progress))
+        asyncio.run(
+            handlers["terminate"](
+                {
+                    "vm": dom.name(),
+                    "pid": 1,
+                    "name": "init",
+                    "start_time": 0.1,
+                    "alarm": 1,
+                    "authorization": {"by": "verdict", "actor": "test", "at": time.time()},
+                },
+                progress,
+            )
+        )
     bad = register_agent_commands(
         AgentConfig(
             broker=BrokerAddress.parse("mqtt://127.0.0.1:1"),
@@ -382,6 +396,9 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
             "baseline_dir": str(work / "baselines"),
             "dump_dir": str(work / "dumps"),
             "timeout": 240,
+            # the owner's consent: this test terminates, and introspects the guest again at once
+            "terminate": "on",
+            "introspect_min_interval": "0s",
         },
         # a guest burning its only vCPU under TCG on a loaded 2-core host answers its guest agent
         # slowly: the agent's process listing before a kill has taken over a minute there
@@ -394,9 +411,19 @@ def test_closed_loop_alarm_findings_verdict_reuse_refused_then_terminated_and_cl
         },
     }
     broker = BrokerAddress.parse(mosquitto.url)
-    agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=1.0, options=opts), pm)
+    agent = Agent(
+        AgentConfig(broker=broker, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=1.0, options=opts), pm
+    )
     controller = Controller(
-        ControllerConfig(broker=broker, sites=[site], tick=1.0, detectors=["cpu-limit"], options=opts, db=":memory:"),
+        ControllerConfig(
+            broker=broker,
+            signing_key=SIGNING_KEY,
+            sites=[site],
+            tick=1.0,
+            detectors=["cpu-limit"],
+            options=opts,
+            db=":memory:",
+        ),
         pm,
     )
 
@@ -657,6 +684,8 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
         "cache": str(work / "volcache-symbols"),
         "baseline_dir": str(work / "baselines"),
         "dump_dir": str(work / "dumps"),
+        "terminate": "on",
+        "introspect_min_interval": "0s",
     }
     policy = {
         "auto_terminate_detectors": ["cpu-test"],
@@ -673,9 +702,14 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
 
     async def run(orch_opts, scenario):
         opts = {"introspection": intro, "orchestrate": orch_opts}
-        agent = Agent(AgentConfig(broker=broker, site=site, host="hv1", tick=5.0, options=opts), pm)
+        agent = Agent(
+            AgentConfig(broker=broker, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=5.0, options=opts), pm
+        )
         controller = Controller(
-            ControllerConfig(broker=broker, sites=[site], tick=5.0, options=opts, db=":memory:"), pm
+            ControllerConfig(
+                broker=broker, signing_key=SIGNING_KEY, sites=[site], tick=5.0, options=opts, db=":memory:"
+            ),
+            pm,
         )
         tasks = [asyncio.create_task(controller.run()), asyncio.create_task(agent.run())]
         try:

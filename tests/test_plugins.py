@@ -278,10 +278,14 @@ def test_orchestrator_works_through_the_handle_only():
         await asyncio.wait_for(watch, 5)
 
     asyncio.run(scenario())
-    assert handle.sent[1][2:] == (
+    command, params = handle.sent[1][2:]
+    authorization = params.pop("authorization")
+    assert (command, params) == (
         "terminate",
-        {"vm": "u1", "vm_name": "vm1", "pid": 42, "name": "cryptominer", "start_time": 5.0, "group": False},
+        {"vm": "u1", "vm_name": "vm1", "pid": 42, "name": "cryptominer", "start_time": 5.0, "group": False, "alarm": 1},
     )
+    # what allowed it travels inside the (signed) parameters: the verdict, its actor and time
+    assert authorization["by"] == "verdict" and authorization["actor"] == "op" and authorization["at"] > 0
     assert handle.alarm.state == "closed" and handle.alarm.resolution == "terminated"
     assert ("op", "termination requested") in handle.trail
 

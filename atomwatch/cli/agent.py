@@ -28,6 +28,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="tracking error Δ, in the metric's unit, for one metric or (without METRIC=) every metric",
     )
     p.add_argument("--gamma", type=float, help="resolution that ends a tracking round (default: float resolution)")
+    add_key_arguments(p)
+
+
+def add_key_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--controller-key",
+        action="append",
+        metavar="FILE",
+        help="the controller's command-signing public key (PEM), e.g. DIR/agents/HOST/command-signing.pub; "
+        "repeatable during a key rotation (default: $ATOMWATCH_CONTROLLER_KEY; none: every command is refused)",
+    )
+    p.add_argument(
+        "--command-lifetime",
+        type=float,
+        metavar="SECONDS",
+        help="refuse a signed command valid for longer than this (+ skew) (default 60)",
+    )
+    p.add_argument(
+        "--command-skew",
+        type=float,
+        metavar="SECONDS",
+        help="clock difference allowed with the controller when checking a command's dates (default 30)",
+    )
+
+
+def controller_keys(args: argparse.Namespace, file_config: dict) -> list:
+    """The trusted public keys: --controller-key, else the config file's controller_key (a path or a
+    list), else $ATOMWATCH_CONTROLLER_KEY (paths separated by ','); empty if none is given."""
+    from atomwatch import signing
+
+    paths = getattr(args, "controller_key", None) or file_config.get("controller_key")
+    if not paths:
+        paths = os.environ.get("ATOMWATCH_CONTROLLER_KEY") or []
+    if isinstance(paths, str):
+        paths = [paths]
+    return [k for p in paths for k in signing.load_public_keys(p)]
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
@@ -47,6 +83,12 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     host = pick(args, file_config, "host", None)
     if host:
         kwargs["host"] = host
+    for name in ("command_lifetime", "command_skew"):
+        value = pick(args, file_config, name, None)
+        if value is not None:
+            kwargs[name] = float(value)
+    if "controller_key" not in overrides:
+        kwargs["controller_key"] = controller_keys(args, file_config) or None
     kwargs.update(overrides)
     config = AgentConfig(**kwargs)
     warn_identity(config.broker, config.host, "agent's --host")

@@ -30,6 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run only this detector (repeatable; default: every detector loaded)",
     )
     add_controller_options(p)
+    p.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        help="the command-signing private key (PKCS#8 PEM, mode 0600), e.g. DIR/controller/command-signing.key "
+        "(default: $ATOMWATCH_SIGNING_KEY; none: commands go unsigned and agents refuse them)",
+    )
+    p.add_argument(
+        "--command-lifetime", type=float, metavar="SECONDS", help="how long a command stays valid (default 60)"
+    )
 
 
 def add_controller_options(p: argparse.ArgumentParser) -> None:
@@ -76,6 +85,15 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     for name in ("http_tokens", "http_cert", "http_key"):
         kwargs[name] = pick(args, file_config, name, None)
     kwargs["http_insecure"] = bool(pick(args, file_config, "http_insecure", False))
+    lifetime = pick(args, file_config, "command_lifetime", None)
+    if lifetime is not None:
+        kwargs["command_lifetime"] = float(lifetime)
+    if "signing_key" not in overrides:
+        path = pick(args, file_config, "signing_key", None) or os.environ.get("ATOMWATCH_SIGNING_KEY")
+        if path:
+            from atomwatch import signing
+
+            kwargs["signing_key"] = signing.load_private_key(path)
     kwargs.update(overrides)
     config = ControllerConfig(**kwargs)
     warn_identity(config.broker, CONTROLLER_HOST, "controller's identity")

@@ -199,6 +199,9 @@ def _run_scenario(args: argparse.Namespace) -> int:
         f"libvirt.uri={args.uri}",
         "--set",
         f"libvirt.domains=^{PREFIX}-guest\\d+$",
+        # the lab's guests are ours: consent to terminating their processes
+        "--set",
+        "introspection.terminate=on",
     ]
     if command == "up":
         argv.append("--no-replay")

@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _up(args: argparse.Namespace) -> None:
+    from atomwatch import signing
     from atomwatch.agent.runtime import Agent
     from atomwatch.broker import EmbeddedBroker
     from atomwatch.controller.app import Controller
@@ -72,9 +73,16 @@ async def _up(args: argparse.Namespace) -> None:
         broker = EmbeddedBroker()
         await broker.start()
         url = broker.url
+    # one process, one run: a fresh command-signing pair in memory, the private half for the
+    # controller, the public half for the local agent (nothing to configure, nothing on disk)
+    signing_key, controller_key = signing.generate_key_pair()
     try:
-        controller = Controller(controller_cmd.build_config(args, file_config, plugin_opts, broker=url), pm)
-        agent = Agent(agent_cmd.build_config(args, file_config, plugin_opts, broker=url), pm)
+        controller = Controller(
+            controller_cmd.build_config(args, file_config, plugin_opts, broker=url, signing_key=signing_key), pm
+        )
+        agent = Agent(
+            agent_cmd.build_config(args, file_config, plugin_opts, broker=url, controller_key=controller_key), pm
+        )
         tasks = [asyncio.create_task(controller.run()), asyncio.create_task(agent.run())]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         agent.stop()
