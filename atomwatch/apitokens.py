@@ -127,7 +127,7 @@ def ensure_local_tokens(path: Path | None = None) -> Path:
         raise ConfigError(f"cannot create the API tokens file {path} ({e.strerror})") from None
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(
-            "# atomwatch HTTP API tokens: NAME TOKEN per line (see docs/security-api.md).\n"
+            "# atomwatch HTTP API tokens: NAME TOKEN per line (see docs/security.md).\n"
             "# Created for the local user; atomwatch alarms/alarm/verdict read it by default.\n"
             f"{local_user_name()} {new_token()}\n"
         )

@@ -9,7 +9,7 @@ Routes (JSON unless said otherwise)::
     GET  /api/scopes                      every scope with its detectors' score/threshold  token
     GET  /metrics                         Prometheus text format                        open
 
-Security (``docs/security-api.md``): every route but ``/api/health`` and ``/metrics`` needs
+Security (``docs/security.md``): every route but ``/api/health`` and ``/metrics`` needs
 ``Authorization: Bearer TOKEN`` with a token of the tokens file (:mod:`atomwatch.apitokens`,
 re-read when it changes; by default the local user's file); the token's name is the verdict's
 actor (a body ``actor`` that differs is refused). A verdict must be ``Content-Type:

@@ -485,7 +485,7 @@ async def test_an_agent_refused_by_the_broker_says_why_without_tracebacks(secure
 
 
 async def test_the_password_file_alternative_over_tls(secured):
-    """docs/security-transport.md's alternative: usernames and passwords instead of client
+    """docs/security.md's alternative: usernames and passwords instead of client
     certificates, over the same TLS listener and the same ACL (``%u`` is the MQTT username)."""
     tmp_path = secured.root / "password-alternative"  # where mosquitto's own user can read
     tmp_path.mkdir()

@@ -1,5 +1,5 @@
 """``atomwatch secure init / add-host``: the CA, certificates, keys, Mosquitto configuration and
-ACL of a secured site (see ``docs/security-transport.md``)."""
+ACL of a secured site (see ``docs/security.md``)."""
 
 from __future__ import annotations
 
