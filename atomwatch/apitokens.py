@@ -24,11 +24,11 @@ import logging
 import os
 import re
 import secrets
-import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import files
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,20 +46,7 @@ def default_tokens_path() -> Path:
 
 def check_private(path: Path, what: str = "--http-tokens") -> os.stat_result:
     """The file's stat; ConfigError when it is missing, not a regular file, or open to group/others."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path}: no such file") from None
-    except OSError as e:
-        raise ConfigError(f"{what} {path}: cannot read it ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{what} {path}: not a regular file")
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"{what} {path}: readable or writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"it holds secrets: chmod 600 {path}"
-        )
-    return st
+    return files.check_private(path, what)
 
 
 def parse_tokens(text: str, path: Path | str) -> list[tuple[str, str]]:

@@ -164,15 +164,9 @@ def _read_password(path: str | None, environ: Mapping[str, str]) -> str | None:
 
 
 def _check_pem(flag: str, path: str, marker: str, what: str) -> None:
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{flag} {path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{flag} {path}: is a directory, not a file") from None
-    except PermissionError:
-        raise ConfigError(f"{flag} {path}: cannot be read (permission denied)") from None
+    from .files import read_file  # (files imports ConfigError from here)
+
+    data = read_file(path, flag)
     if b"-----BEGIN " not in data or marker.encode() + b"-----" not in data:
         raise ConfigError(f"{flag} {path}: not {what} (no '-----BEGIN ...{marker}-----' block)")
 

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import secrets
-import stat
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import protocol
 from .config import ConfigError
+from .files import check_private, read_file
 
 #: the file names of the documented layout under ``atomwatch secure init DIR``
 CONTROLLER_KEY_FILE = "controller/command-signing.key"
@@ -109,16 +109,7 @@ def write_key_pair(private_path: str | Path, public_path: str | Path) -> Ed25519
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"{what} {path}: no such file") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"{what} {path}: is a directory, not a PEM file") from None
-    except PermissionError:
-        raise KeyFileError(f"{what} {path}: not readable by this user (permission denied)") from None
-    except OSError as e:
-        raise KeyFileError(f"{what} {path}: cannot be read ({e.strerror})") from None
+    return read_file(path, what, KeyFileError)
 
 
 def _kind(key: Any) -> str:
@@ -135,12 +126,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     path = Path(path)
     what = "command-signing key"
     data = _read(path, what)
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"{what} {path}: readable by group or others (mode {stat.S_IMODE(mode):04o}); "
-            f"a private key must be 0600: chmod 600 {path}"
-        )
+    check_private(path, what, KeyFileError)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from conftest import CONTROLLER_KEY, SIGNING_KEY, Mosquitto, free_port, require, wait_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -33,7 +34,6 @@ from atomwatch.controller.app import Controller
 from atomwatch.controller.config import ControllerConfig
 from atomwatch.mqtt import describe_failure
 from atomwatch.pluginmanager import PluginManager
-from tests.conftest import Mosquitto, free_port, require, wait_port
 
 SITE = "sec"
 HOSTS = ["hv1", "hv2"]
@@ -337,8 +337,12 @@ class Plugin:
 async def test_the_agent_and_the_controller_work_over_tls_with_their_certificates(secured):
     pm = PluginManager()
     pm.register(Plugin(), name="test-collectors")
-    agent = Agent(AgentConfig(broker=secured.address("hv1"), site=SITE, host="hv1", tick=0.05), pm)
-    controller = Controller(ControllerConfig(broker=secured.address("controller"), sites=[SITE], tick=0.1), pm)
+    agent = Agent(
+        AgentConfig(broker=secured.address("hv1"), site=SITE, host="hv1", tick=0.05, controller_key=CONTROLLER_KEY), pm
+    )
+    controller = Controller(
+        ControllerConfig(broker=secured.address("controller"), sites=[SITE], tick=0.1, signing_key=SIGNING_KEY), pm
+    )
     rows = []
     controller.row_listeners.append(rows.append)
     tasks = [asyncio.create_task(agent.run()), asyncio.create_task(controller.run())]
