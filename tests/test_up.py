@@ -65,3 +65,34 @@ def test_bad_option_is_a_clear_error():
     assert "replay.speed must be > 0, got -1" in proc.stderr
     proc = subprocess.run(["atomwatch", "agent", "--broker", "http://x"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "scheme must be mqtt://" in proc.stderr
+
+
+async def test_the_embedded_broker_admits_only_the_runs_own_password():
+    """``atomwatch up``'s broker (real amqtt on loopback) with a per-run user: another local user
+    without the password, with a wrong one, or anonymous, cannot connect; the password file of
+    hashes lives in a private folder that is gone after stop."""
+    import aiomqtt
+
+    from atomwatch.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(users={"atomwatch": "the-runs-own-password"})
+    await broker.start()
+    folder = broker._private
+    try:
+        assert folder is not None and (folder.stat().st_mode & 0o077) == 0
+        assert "the-runs-own-password" not in (folder / "passwords").read_text()
+        async with aiomqtt.Client(
+            "127.0.0.1", broker.port, username="atomwatch", password="the-runs-own-password"
+        ) as c:
+            await c.publish("atomwatch/v1/t/hv/data", b"{}", qos=1)
+        for username, password in (("atomwatch", "a guess"), (None, None), ("mallory", "the-runs-own-password")):
+            try:
+                async with aiomqtt.Client("127.0.0.1", broker.port, username=username, password=password, timeout=5):
+                    pass
+            except aiomqtt.MqttError as e:
+                assert "Not authorized" in str(e) or "135" in str(e), e
+            else:
+                raise AssertionError(f"{username!r} / {password!r} was admitted")
+    finally:
+        await broker.stop()
+    assert not folder.exists()

@@ -1,6 +1,7 @@
 """``atomwatch up``: broker, controller and a local agent in one process, nothing to configure.
 
-With no ``--broker`` an embedded amqtt broker is started on 127.0.0.1 (a free port). The agent
+With no ``--broker`` an embedded amqtt broker is started on 127.0.0.1 (a free port) that admits
+only this run's controller and agent (a password made for the run, held in memory). The agent
 replays the bundled lab recording (three guests, one ``cryptominer`` attack) through the replay
 collector unless ``--trace`` names another trace or ``--no-replay`` is given; every other
 collector that can run here (libvirt, CoreDNS with endpoints set) runs as well.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
+from dataclasses import replace
 from importlib import resources
 
 from atomwatch.config import ConfigError
@@ -70,19 +73,25 @@ async def _up(args: argparse.Namespace) -> None:
         given = [f"--{n.replace('_', '-')}" for n in TLS_OPTIONS if pick(args, file_config, n, None)]
         if given:
             raise ConfigError(f"{', '.join(given)} need --broker: the embedded broker is plain MQTT on 127.0.0.1")
-        broker = EmbeddedBroker()
+        # a password made for this run only, held in memory: no other local user can reach the broker
+        credentials = ("atomwatch", secrets.token_urlsafe(24))
+        broker = EmbeddedBroker(users=dict([credentials]))
         await broker.start()
         url = broker.url
     # one process, one run: a fresh command-signing pair in memory, the private half for the
     # controller, the public half for the local agent (nothing to configure, nothing on disk)
     signing_key, controller_key = signing.generate_key_pair()
     try:
-        controller = Controller(
-            controller_cmd.build_config(args, file_config, plugin_opts, broker=url, signing_key=signing_key), pm
+        controller_config = controller_cmd.build_config(
+            args, file_config, plugin_opts, broker=url, signing_key=signing_key
         )
-        agent = Agent(
-            agent_cmd.build_config(args, file_config, plugin_opts, broker=url, controller_key=controller_key), pm
-        )
+        agent_config = agent_cmd.build_config(args, file_config, plugin_opts, broker=url, controller_key=controller_key)
+        if broker is not None:
+            username, password = credentials
+            controller_config.broker = replace(controller_config.broker, username=username, password=password)
+            agent_config.broker = replace(agent_config.broker, username=username, password=password)
+        controller = Controller(controller_config, pm)
+        agent = Agent(agent_config, pm)
         tasks = [asyncio.create_task(controller.run()), asyncio.create_task(agent.run())]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         agent.stop()
