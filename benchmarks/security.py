@@ -38,6 +38,7 @@ from pathlib import Path
 import aiomqtt
 
 from atomwatch import pki, protocol
+from atomwatch.broker import free_port
 from atomwatch.config import BrokerAddress
 from benchmarks._common import emit, machine, seconds_per_call
 
@@ -47,12 +48,6 @@ WINDOW = 200
 #: aiomqtt warns about every window of pending publishes, which is the point here
 QUIET_LOG = logging.getLogger("benchmarks.security.mqtt")
 QUIET_LOG.setLevel(logging.ERROR)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
