@@ -13,7 +13,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .apitokens import new_token
 from .config import ConfigError
 from .protocol import CONTROLLER_HOST, ROOT, ProtocolError, check_name
 
@@ -324,7 +324,7 @@ def init(root: Path, spec: Site, force: bool = False) -> list[Path]:
     _client(controller, ca_key, ca_cert, CONTROLLER_HOST)
     signing = ed25519.Ed25519PrivateKey.generate()
     write(controller / "command-signing.key", key_pem(signing), private=True)
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     write(
         controller / "api-tokens",
         f"# atomwatch controller HTTP API tokens: one per line, NAME TOKEN; '#' starts a comment\noperator {token}\n",
