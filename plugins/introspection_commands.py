@@ -357,7 +357,8 @@ def register_agent_commands(config: Any) -> dict[str, Any] | None:
     if not cmds.cfg.volatility.symbol_dirs:
         log.info(
             "introspection: no symbol directory (%s does not exist): 'introspect' will refuse until one is given "
-            "(--set introspection.symbols=DIR or ATOMWATCH_SYMBOLS); 'terminate' works",
+            "(--set introspection.symbols=DIR or ATOMWATCH_SYMBOLS); 'terminate' does not need one (terminate=%s)",
             ", ".join(DEFAULT_SYMBOL_DIRS),
+            options.terminate,
         )
     return {"introspect": cmds.introspect, "terminate": cmds.terminate}
