@@ -34,18 +34,9 @@ from typing import Any
 
 import numpy as np
 
-import atomwatch
-
 Z_FACTOR = 0.6745  # modified z-score factor (hard-coded in the reference)
 Z_THRESHOLD = 3.5  # modified z-score threshold (hard-coded in the reference)
 _NEAR = 1e-9  # relative closeness at which a window's statistics are recomputed directly
-
-
-def parse_duration(value: Any, name: str) -> float:
-    """Seconds from a number (seconds) or a pandas-style text such as ``5min``, ``1h``, ``7d``, as
-    the reference writes its parameters: atomwatch's one duration rule
-    (:func:`atomwatch.parse_duration`); a :class:`~atomwatch.ConfigError` naming ``name`` otherwise."""
-    return atomwatch.parse_duration(value, name)
 
 
 @dataclass(frozen=True)
