@@ -7,7 +7,9 @@ libvirt, no QEMU, no Volatility) into a failure, so CI cannot pass by skipping.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -133,6 +135,64 @@ def mosquitto_private(tmp_path):
     broker = _mosquitto(tmp_path)
     yield broker
     broker.stop()
+
+
+class SecureMosquitto(Mosquitto):
+    """Mosquitto with the configuration ``atomwatch secure init`` wrote; only the listener line
+    changes (a free port, loopback only)."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.root = root
+        written = (root / "broker" / "mosquitto.conf").read_text()
+        assert "listener 8883\n" in written
+        self.conf = root / "broker" / "mosquitto-test.conf"
+        self.conf.write_text(written.replace("listener 8883\n", f"listener {self.port} 127.0.0.1\n"))
+        self.log = root / "mosquitto.log"
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+    def address(self, who: str | None):
+        """The broker as ``who`` (a host, ``controller``, or None: no client certificate) sees it."""
+        from atomwatch.config import BrokerAddress
+
+        if who is None:
+            return BrokerAddress.parse(self.url, ca=str(self.root / "ca.crt"))
+        d = self.root / ("controller" if who == "controller" else f"agents/{who}")
+        return BrokerAddress.parse(
+            self.url, ca=str(d / "ca.crt"), cert=str(d / "client.crt"), key=str(d / "client.key")
+        )
+
+    def client(self, who: str | None, **kw):
+        import aiomqtt
+
+        if "tls_context" not in kw:
+            kw["tls_context"] = self.address(who).ssl_context()
+        return aiomqtt.Client("127.0.0.1", self.port, identifier=f"{who}-{time.monotonic_ns()}", timeout=5, **kw)
+
+
+@contextlib.contextmanager
+def secured_site(site: str, hosts: list[str]):
+    """A site made by ``secure init`` (in a temporary folder) and its Mosquitto, running."""
+    from atomwatch import pki
+
+    require(Path("/usr/sbin/mosquitto").exists(), "mosquitto is not installed")
+    with tempfile.TemporaryDirectory(prefix="atomwatch-secure-") as d:
+        root = Path(d)
+        root.chmod(0o755)  # mosquitto drops root for its own user, which must reach broker/
+        pki.init(root, pki.Site(site, hosts))
+        if os.geteuid() == 0:  # as the README says: the broker's key belongs to the user mosquitto runs as
+            with contextlib.suppress(KeyError):
+                user = pwd.getpwnam("mosquitto")
+                os.chown(root / "broker" / "server.key", user.pw_uid, user.pw_gid)
+        broker = SecureMosquitto(root)
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from conftest import CONTROLLER_KEY, DATA, SIGNING_KEY
 
-from atomwatch import protocol
+from atomwatch import protocol, signing
 from atomwatch.agent.config import AgentConfig
 from atomwatch.agent.runtime import Agent
 from atomwatch.config import BrokerAddress
@@ -86,6 +86,8 @@ class Pipeline:
     #: every message the controller applied: (kind, session, seq or None, host alive, synced)
     events: list[tuple] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    #: the ``secure init`` site's broker (conftest's SecureMosquitto) when the pipeline runs secured
+    secured: Any = None
 
     async def start(self) -> None:
         self.tasks = [asyncio.create_task(self.controller.run()), asyncio.create_task(self.agent.run())]
@@ -113,28 +115,46 @@ def live_pipeline(
     detectors: list[str],
     agent_tick: float,
     controller_tick: float,
+    secured=None,
+    **controller_config: Any,
 ) -> Pipeline:
-    """An agent (host ``hv1``) and a controller with these built-in plugins and options."""
+    """An agent (host ``hv1``) and a controller with these built-in plugins and options.
+
+    With ``secured`` (conftest's ``SecureMosquitto`` of a ``secure init`` site), each connects over
+    TLS with its own certificate and the site's command-signing keys; ``controller_config`` adds
+    ControllerConfig fields (e.g. the HTTP API)."""
     pm = plugin_manager(*plugins)
-    broker = BrokerAddress.parse(broker_url)
+    if secured is None:
+        agent_broker = controller_broker = BrokerAddress.parse(broker_url)
+        signing_key, controller_key = SIGNING_KEY, CONTROLLER_KEY
+    else:
+        agent_broker, controller_broker = secured.address("hv1"), secured.address("controller")
+        signing_key = signing.load_private_key(secured.root / "controller" / "command-signing.key")
+        controller_key = signing.load_public_key(secured.root / "agents" / "hv1" / "command-signing.pub")
     agent = Agent(
         AgentConfig(
-            broker=broker, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=agent_tick, options=options
+            broker=agent_broker,
+            controller_key=controller_key,
+            site=site,
+            host="hv1",
+            tick=agent_tick,
+            options=options,
         ),
         pm,
     )
     controller = Controller(
         ControllerConfig(
-            broker=broker,
-            signing_key=SIGNING_KEY,
+            broker=controller_broker,
+            signing_key=signing_key,
             sites=[site],
             tick=controller_tick,
             detectors=detectors,
             options=options,
+            **controller_config,
         ),
         pm,
     )
-    return Pipeline(agent, controller)
+    return Pipeline(agent, controller, secured=secured)
 
 
 def detector_status(controller: Controller, scope: str, detector: str) -> dict[str, Any]:

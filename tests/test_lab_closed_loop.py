@@ -1,7 +1,9 @@
-"""ATOM's whole loop on real guests: detect → explain → act.
+"""ATOM's whole loop on real guests: detect → explain → act, through a secured site.
 
 Three TCG guests with normal work; the real agent (libvirt collector, introspection commands)
-and controller (PCA-SPE, the orchestrator) talk through a real Mosquitto. A healthy baseline
+and controller (PCA-SPE, the orchestrator) talk through a real Mosquitto configured by ``atomwatch
+secure init`` (TLS, client certificates, the per-host ACL), with the site's command-signing keys;
+the operator gives verdicts with ``atomwatch verdict`` over the HTTPS API and the site's token. A healthy baseline
 introspection of each guest is taken first. Then ``cryptominer`` starts in guest 2: an alarm
 blames guest 2's CPU, the orchestrator dumps guest 2's memory and runs Volatility 3 with the
 shared symbol table, ``cryptominer`` is the top suspect, the operator's *malicious* verdict
@@ -13,9 +15,11 @@ up to its verified termination.
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 
 import pytest
-from conftest import LAB_ASSETS, have_module, require
+from conftest import LAB_ASSETS, free_port, have_module, require, secured_site
 from pipeline import LAB_DELTAS, Pipeline, detector_status, live_pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
@@ -53,7 +57,7 @@ async def attack_and_respond(pipe: Pipeline, scope: str, dom, workload: str, met
     top = finding["suspects"][0]
     assert top["name"] == workload, [(s["name"], s.get("score")) for s in finding["suspects"][:5]]
 
-    await controller.give_verdict(alarm.id, "malicious", "test-operator")
+    await operator_verdict(pipe, alarm.id)
 
     def terminated() -> bool:
         return any(f.get("kind") == "termination" for f in controller.alarms.get(alarm.id).findings)
@@ -73,12 +77,39 @@ async def attack_and_respond(pipe: Pipeline, scope: str, dom, workload: str, met
         ) from None
     closed = controller.alarms.get(alarm.id)
     assert closed.resolution == "terminated", closed.to_dict()
-    actions = [e["action"] for e in controller.alarms.audit(alarm.id)]
-    assert "verdict malicious" in actions and "closed" in actions, actions
+    trail = [(e["actor"], e["action"]) for e in controller.alarms.audit(alarm.id)]
+    assert ("operator", "verdict malicious") in trail and "closed" in {a for _, a in trail}, trail
     return closed, finding
 
 
-async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, site, tmp_path):
+async def operator_verdict(pipe: Pipeline, alarm_id: int) -> None:
+    """``atomwatch verdict ID malicious`` as the operator runs it: HTTPS, verified against the site's
+    CA, with the token ``secure init`` wrote for the operator (its name, ``operator``, is the actor)."""
+    root = pipe.secured.root
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "atomwatch",
+        "verdict",
+        str(alarm_id),
+        "malicious",
+        "--controller",
+        f"https://127.0.0.1:{pipe.controller.http.server.server_address[1]}",
+        "--ca",
+        str(root / "ca.crt"),
+        "--token-file",
+        str(root / "controller" / "api-token"),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    answer = json.loads(out)
+    assert answer["verdict"] == "malicious" and answer["id"] == alarm_id, answer
+
+
+async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, site, tmp_path):
     require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3)")
     require((LAB_ASSETS / "symbols" / "linux").is_dir(), "the guest kernel's symbol table is missing")
     from atomwatch.lab import scenarios
@@ -101,14 +132,28 @@ async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, si
         },
         "orchestrate": {"settle_rows": 3, "watch_interval": 1.0},
     }
+    try:
+        with secured_site(site, ["hv1"]) as broker:
+            await closed_loop(broker, site, options, doms)
+    finally:
+        await asyncio.to_thread(driver.finish)
+
+
+async def closed_loop(broker, site: str, options: dict, doms: list) -> None:
+    controller_dir = broker.root / "controller"
     pipe = live_pipeline(
-        mosquitto.url,
+        broker.url,
         site,
         ("libvirt", "introspection-commands", "pca-spe", "orchestrate"),
         options,
         ["pca-spe"],
         TICK,
         TICK,
+        secured=broker,
+        http=f"127.0.0.1:{free_port()}",
+        http_tokens=str(controller_dir / "api-tokens"),
+        http_cert=str(controller_dir / "api.crt"),
+        http_key=str(controller_dir / "api.key"),
     )
     controller = pipe.controller
     scope = f"{site}/hv1"
@@ -136,6 +181,8 @@ async def test_cryptominer_and_ddos_bot_are_found_and_stopped(lab, mosquitto, si
         )
         evidence = " ".join(finding["suspects"][0].get("evidence", []))
         assert "socket" in evidence.lower(), evidence
+        # every command (baselines, introspections, terminations) reached the agent signed, fresh and addressed to it
+        assert pipe.agent.refused == {}, f"the agent refused commands of its own controller: {pipe.agent.refused}"
+        assert pipe.agent.stats["commands_refused"] == 0
     finally:
         await pipe.stop()
-        await asyncio.to_thread(driver.finish)

@@ -13,13 +13,11 @@ import pwd
 import ssl
 import stat
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import aiomqtt
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY, Mosquitto, free_port, require, wait_port
+from conftest import CONTROLLER_KEY, SIGNING_KEY, free_port, secured_site, wait_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -44,53 +42,10 @@ QUIET = 1.5
 # ----------------------------------------------------------------------------- the secured broker
 
 
-class SecureMosquitto(Mosquitto):
-    """Mosquitto with the configuration ``secure init`` wrote; only the listener line changes
-    (a free port, loopback only)."""
-
-    def __init__(self, root: Path):
-        super().__init__(root)
-        self.root = root
-        written = (root / "broker" / "mosquitto.conf").read_text()
-        assert "listener 8883\n" in written
-        self.conf = root / "broker" / "mosquitto-test.conf"
-        self.conf.write_text(written.replace("listener 8883\n", f"listener {self.port} 127.0.0.1\n"))
-        self.log = root / "mosquitto.log"
-
-    @property
-    def url(self) -> str:
-        return f"mqtts://127.0.0.1:{self.port}"
-
-    def address(self, who: str | None) -> BrokerAddress:
-        """The broker as ``who`` (a host, ``controller``, or None: no client certificate) sees it."""
-        if who is None:
-            return BrokerAddress.parse(self.url, ca=str(self.root / "ca.crt"))
-        d = self.root / ("controller" if who == "controller" else f"agents/{who}")
-        return BrokerAddress.parse(
-            self.url, ca=str(d / "ca.crt"), cert=str(d / "client.crt"), key=str(d / "client.key")
-        )
-
-    def client(self, who: str | None, **kw) -> aiomqtt.Client:
-        if "tls_context" not in kw:
-            kw["tls_context"] = self.address(who).ssl_context()
-        return aiomqtt.Client("127.0.0.1", self.port, identifier=f"{who}-{time.monotonic_ns()}", timeout=5, **kw)
-
-
 @pytest.fixture(scope="module")
 def secured():
-    require(Path("/usr/sbin/mosquitto").exists(), "mosquitto is not installed")
-    with tempfile.TemporaryDirectory(prefix="atomwatch-secure-") as d:
-        root = Path(d)
-        root.chmod(0o755)  # mosquitto drops root for its own user, which must reach broker/
-        pki.init(root, pki.Site(SITE, HOSTS))
-        if os.geteuid() == 0:  # as the README says: the broker's key belongs to the user mosquitto runs as
-            with contextlib.suppress(KeyError):
-                user = pwd.getpwnam("mosquitto")
-                os.chown(root / "broker" / "server.key", user.pw_uid, user.pw_gid)
-        broker = SecureMosquitto(root)
-        broker.start()
+    with secured_site(SITE, HOSTS) as broker:
         yield broker
-        broker.stop()
 
 
 async def received(client: aiomqtt.Client, seconds: float) -> list[aiomqtt.Message]:
