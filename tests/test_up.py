@@ -6,6 +6,8 @@ import os
 import re
 import subprocess
 
+from conftest import have_module, require
+
 import atomwatch
 
 
@@ -96,3 +98,43 @@ async def test_the_embedded_broker_admits_only_the_runs_own_password():
     finally:
         await broker.stop()
     assert not folder.exists()
+
+
+def _warm_up_children(cache_dir: str) -> list[int]:
+    """PIDs of kernel-compiling child processes started with this numba cache folder."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"warm_up()" in cmdline and f"NUMBA_CACHE_DIR={cache_dir}".encode() in environ:
+            found.append(int(pid))
+    return found
+
+
+def test_up_exits_cleanly_while_the_kernels_still_compile(tmp_path):
+    """Issue 15: with an empty numba cache the PCA kernels compile for tens of seconds; a short
+    ``atomwatch up`` ends meanwhile. It must exit 0 every time (it crashed in LLVM at teardown)
+    and leave no compiling child behind."""
+    require(have_module("numba"), "numba is not installed (the 'fast' extra)")
+    for run in range(10):
+        cache = tmp_path / f"numba-{run}"
+        cache.mkdir()
+        env = dict(os.environ, ATOMWATCH_DB=":memory:", NUMBA_CACHE_DIR=str(cache))
+        env.pop("ATOMWATCH_LOAD_PLUGINS", None)
+        env.pop("ATOMWATCH_NO_JIT", None)
+        proc = subprocess.run(
+            ["atomwatch", "up", "--duration", "5", "--http", "off"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert proc.returncode == 0, f"run {run}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+        assert "controller stopped" in proc.stderr, proc.stderr[-3000:]
+        assert "compiling the PCA kernels in child process" in proc.stderr, "the run ended before pca-spe started"
+        assert _warm_up_children(str(cache)) == [], f"run {run}: a compiling child outlived atomwatch up"

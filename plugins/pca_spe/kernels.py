@@ -10,12 +10,15 @@ when to use the solver, the threshold's choice, the model (:mod:`.model`). Detai
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import math
 import os
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -638,18 +641,80 @@ def current() -> Any:
 
 
 def warm_up_in_background() -> None:
-    """Start :func:`warm_up` in a daemon thread, once per process; until it is done
-    :func:`current` hands out the plain kernels."""
+    """Compile the kernels without holding anything up, once per process; until they are ready
+    :func:`current` hands out the plain kernels.
+
+    numba compiles in a child process (``python -c "…; kernels.warm_up()"``) that fills numba's
+    on-disk cache; this process then only loads the cached machine code (about a
+    second). A process that ends meanwhile kills the child and waits for that short load alone:
+    interpreter teardown during an in-process LLVM compile crashed (SIGSEGV, SIGABRT) in 2 of 5
+    short runs, and joining a ~20 s compile would hold every short run's exit."""
     global _warm_thread
     with _compile_lock:
         if JIT and _warm_thread is None and not _compiled.is_set():
-            _warm_thread = threading.Thread(target=_warm_up_logged, name="atomwatch-kernels-warm-up", daemon=True)
+            _warm_thread = threading.Thread(target=_warm_up_via_child, name="atomwatch-kernels-warm-up", daemon=True)
             _warm_thread.start()
+            atexit.register(_stop_warm_up)
 
 
-def _warm_up_logged() -> None:
+_exiting = threading.Event()
+_child: subprocess.Popen | None = None
+
+
+def _warm_up_via_child() -> None:
+    global _child
+    started = time.perf_counter()
     try:
-        log.info("PCA kernels compiled or loaded from numba's cache in %.1f s", warm_up())
+        with _compile_lock:
+            if _exiting.is_set():
+                return
+            _child = subprocess.Popen(
+                [sys.executable, "-c", f"import {__name__} as k; k.warm_up()"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            log.info("compiling the PCA kernels in child process %d; the plain kernels serve meanwhile", _child.pid)
+        _, err = _child.communicate()
+        if _child.returncode != 0 and not _exiting.is_set():
+            # numba's cache may be unusable here (no writable cache folder): compile in-process
+            log.info("compiling the PCA kernels in a child process failed (%s): compiling here", _tail(err))
+    except OSError as e:
+        log.info("cannot start a child process to compile the PCA kernels (%s): compiling here", e)
+    if _exiting.is_set():
+        return
+    _warm_up_logged(time.perf_counter() - started)
+
+
+def _tail(err: bytes) -> str:
+    lines = err.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"exit status {_child.returncode if _child else '?'}"
+
+
+def _stop_warm_up() -> None:
+    """At exit: stop the compiling child; wait for an in-process load of the cached kernels (the
+    only LLVM work this process does), so the interpreter never tears down under it."""
+    _exiting.set()
+    with _compile_lock:
+        child = _child
+    if child is not None and child.poll() is None:
+        child.kill()
+    thread = _warm_thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(120)
+
+
+def _warm_up_logged(child_seconds: float = 0.0) -> None:
+    try:
+        loaded = warm_up()
+        if child_seconds:
+            log.info(
+                "PCA kernels compiled in a child process and loaded in %.1f s (loading: %.1f s)",
+                child_seconds + loaded,
+                loaded,
+            )
+        else:
+            log.info("PCA kernels compiled or loaded from numba's cache in %.1f s", loaded)
     except Exception:  # the plain kernels serve instead
         _failed.set()
         log.exception("compiling the PCA kernels failed: the plain numpy kernels serve instead")
@@ -657,8 +722,6 @@ def _warm_up_logged() -> None:
 
 def warm_up() -> float:
     """Compile (or load from numba's cache) every kernel now; the seconds it took (0 without numba)."""
-    import time
-
     if not JIT:
         return 0.0
     t0 = time.perf_counter()
