@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -387,3 +388,13 @@ async def test_live_cnn_flags_injected_anomalies_through_the_real_pipeline(
     top = {a.blame[0].column.column for a in found}
     assert top & {"vm1/DiskWriteOps", "vm1/CPUUtilization"}, top
     assert len(found) <= 60  # two anomalies of 12 rows in 120, not every row
+
+
+def test_progress_is_a_plain_line_per_epoch_when_stdout_is_not_a_terminal(monkeypatch) -> None:
+    import io
+
+    from atomwatch.plugins.deep.train import progress_verbosity
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a log file or a pipe
+    assert progress_verbosity(quiet=False) == 2  # Keras: one line per epoch, no bar escape codes
+    assert progress_verbosity(quiet=True) == 0

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common(s)
 
     r = sub.add_parser("record", help="run a scenario and write a labelled recording")
-    r.add_argument("--scenario", required=True, help="scenario name (see --list)")
+    r.add_argument("--scenario", required=True, help="scenario name (`atomwatch lab scenarios` lists them)")
     r.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
     r.add_argument("--out", type=Path, required=True, help="output folder")
     r.add_argument("--tick", type=float, default=2.0, help="seconds between rows (default 2)")

@@ -37,6 +37,7 @@ import numpy as np
 
 from atomwatch import SubcommandContext
 from atomwatch.config import ConfigError
+from atomwatch.plugins.deep.train import progress_verbosity
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,7 +188,11 @@ def run(args: argparse.Namespace, context: SubcommandContext) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # progress bars on stderr, the result on stdout
             record = new.train(
-                epochs, args.batch_size, train, validation=val if len(val) else None, verbose=0 if args.quiet else 1
+                epochs,
+                args.batch_size,
+                train,
+                validation=val if len(val) else None,
+                verbose=progress_verbosity(args.quiet),
             )
     except ModelError as e:
         return _fail(f"cannot retrain {meta['kind']} from these windows: {e}")

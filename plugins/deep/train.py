@@ -25,6 +25,15 @@ from typing import Any
 
 from atomwatch.config import add_replay_delta_argument
 
+
+def progress_verbosity(quiet: bool) -> int:
+    """Keras' ``verbose``: none with ``--quiet``, a progress bar on a terminal, else one plain
+    line per epoch (a bar's escape codes would fill a log file)."""
+    if quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 KINDS = ("ae", "cnn", "siamese")
 
 
@@ -193,7 +202,7 @@ def run(args: argparse.Namespace, context: Any = None) -> int:
         return _fail(
             f"--threshold-rule {args.threshold_rule!r} is not one of {THRESHOLD_RULES[args.model]} for --model {args.model}"
         )
-    verbose = 0 if args.quiet else 1
+    verbose = progress_verbosity(args.quiet)
     table: list[dict[str, Any]] = []
     hp = {"window": args.window, "filters": args.filters, "latent": args.latent}
     try:
