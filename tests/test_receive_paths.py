@@ -380,3 +380,52 @@ def test_the_options_and_their_refusals(mosquitto):
             AgentConfig(broker=broker, host="hv", **bad)
     with pytest.raises(ConfigError, match="--max-reply-size 2048 is below --max-message-size 4096"):
         ControllerConfig(broker=broker, max_message_size=4096, max_reply_size=2048)
+
+
+def test_the_command_line_and_config_file_give_the_options(tmp_path):
+    from atomwatch.cli import agent as agent_cmd
+    from atomwatch.cli import build_parser
+    from atomwatch.cli import controller as controller_cmd
+
+    def agent(argv, file_config=None):
+        args = build_parser("agent").parse_args(["agent", "--broker", "mqtt://127.0.0.1:1", "--host", "hv1", *argv])
+        return agent_cmd.build_config(args, file_config or {}, {})
+
+    def controller(argv, file_config=None):
+        args = build_parser("controller").parse_args(["controller", "--broker", "mqtt://127.0.0.1:1", *argv])
+        return controller_cmd.build_config(args, file_config or {}, {})
+
+    assert agent([]).max_message_size == 512 * 1024 and agent([]).metrics_address() is None
+    config = agent(["--max-message-size", "64KiB", "--metrics", "9471"])
+    assert config.max_message_size == 65536 and config.metrics_address() == ("127.0.0.1", 9471)
+    config = agent([], {"max_message_size": 4096, "metrics": "0.0.0.0:9471"})
+    assert config.max_message_size == 4096 and config.metrics_address() == ("0.0.0.0", 9471)
+    config = controller(["--max-message-size", "1M", "--max-reply-size", "32MiB"])
+    assert (config.max_message_size, config.max_reply_size) == (1 << 20, 32 << 20)
+    assert controller([], {"max_message_size": 2048}).max_message_size == 2048
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["agent", "--max-message-size", "12"], "--max-message-size '12': must be at least 1024 bytes"),
+        (["agent", "--metrics", "127.0.0.1:x"], "--metrics '127.0.0.1:x': expected [HOST:]PORT"),
+        (["controller", "--max-message-size", "big"], "--max-message-size 'big': expected a number of bytes"),
+    ],
+)
+def test_a_bad_size_or_address_is_one_line_and_exit_2(argv, says, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "atomwatch", *argv, "--broker", "mqtt://127.0.0.1:1", "--duration", "1"],
+        cwd=tmp_path,
+        env={**os.environ, "ATOMWATCH_LOAD_PLUGINS": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"atomwatch {argv[0]}: {says}")
+    assert "Traceback" not in proc.stderr
