@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atomwatch import signing
-from atomwatch.config import BrokerAddress, ConfigError
-from atomwatch.protocol import CONTROLLER_HOST, ProtocolError, check_name
+from atomwatch.config import BrokerAddress, ConfigError, parse_size
+from atomwatch.protocol import CONTROLLER_HOST, MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, ProtocolError, check_name
 
 
 @dataclass
@@ -33,6 +33,11 @@ class AgentConfig:
     #: seconds ahead; one valid for longer than lifetime + skew is refused too
     command_lifetime: float = signing.DEFAULT_LIFETIME
     command_skew: float = signing.DEFAULT_SKEW
+    #: the largest MQTT payload decoded (commands, the controller's state), in bytes; a larger one
+    #: is counted (too-large) and dropped
+    max_message_size: int = MAX_MESSAGE_SIZE
+    #: the Prometheus endpoint, "[HOST:]PORT" (a bare port listens on 127.0.0.1); None: none
+    metrics: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -54,6 +59,23 @@ class AgentConfig:
         for metric, d in self.deltas.items():
             if not d >= 0:
                 raise ConfigError(f"Δ for {metric!r} must be ≥ 0, got {d}")
+        self.max_message_size = parse_size(self.max_message_size, "--max-message-size", MIN_MESSAGE_SIZE)
+        self.metrics_address()
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where ``--metrics`` listens: (host, port), or None when off."""
+        if self.metrics is None or self.metrics == "off":
+            return None
+        text = str(self.metrics)
+        host, sep, port = text.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            number = int(port)
+        except ValueError:
+            number = -1
+        if not 0 <= number <= 65535 or (sep and not host):
+            raise ConfigError(f"--metrics {text!r}: expected [HOST:]PORT, e.g. 9471 or 127.0.0.1:9471")
+        return (host or "127.0.0.1", number)
 
     @property
     def controller_keys(self) -> list[Any]:

@@ -8,6 +8,10 @@ current tracked values let the controller start over in one message.
 
 Sampling and tracking go on while the broker is unreachable; on reconnection the birth carries
 the tracker's values, so the controller is right again from the first tick after it.
+
+No received message ends the session: one that does not decode (``--max-message-size`` included)
+is counted by reason and dropped, an unexpected exception while handling one is counted (logged
+once per kind) and the next message handled; the counts are on ``--metrics`` (:mod:`.metrics`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +27,7 @@ import aiomqtt
 import numpy as np
 
 from atomwatch import __version__, protocol, signing
-from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
+from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.pluginmanager import call_safely
 from atomwatch.series import SeriesKey
 from atomwatch.tracking import AtomTracker
@@ -91,6 +96,11 @@ class Agent:
         }
         #: refused commands by reason (unsigned, bad-signature, wrong-addressee, expired, future, replayed, no-key)
         self.refused: dict[str, int] = {}
+        #: received messages dropped by reason (invalid, too-large, too-deep)
+        self.dropped: Counter[str] = Counter()
+        #: unexpected exceptions on the receive path, by (where, type)
+        self.faults = Faults(log)
+        self.metrics_server = None
         self.verifier = signing.Verifier(
             config.controller_keys,
             config.site,
@@ -257,13 +267,25 @@ class Agent:
         return {"applied": len(updates), "from": "next round of each series"}
 
     async def _handle_message(self, message: aiomqtt.Message) -> None:
+        """Handle one received message; never raises (but for a lost connection)."""
         topic = str(message.topic)
         try:
-            t, msg = protocol.decode(topic, message.payload)
+            t, msg = protocol.decode(topic, message.payload, self.config.max_message_size)
         except protocol.ProtocolError as e:
             self.stats["bad_commands"] += 1
-            log.warning("dropped: %s", e)
+            self.dropped[e.reason] += 1
+            n = self.dropped[e.reason]
+            if n == 1 or n % 100 == 0:  # a flood must not fill the disk
+                log.warning("dropped message (%s, %d so far): %s", e.reason, n, e)
             return
+        try:
+            await self._apply(message, topic, msg)
+        except aiomqtt.MqttError:
+            raise
+        except Exception as e:
+            self.faults.note(f"handling a {t.kind} message", e)
+
+    async def _apply(self, message: aiomqtt.Message, topic: str, msg: protocol.Message) -> None:
         if isinstance(msg, protocol.State):
             # A retained state arrives on every subscription; a live "online" means a controller
             # (re)started and has not seen this agent's birth, except the one retained for it.
@@ -342,6 +364,7 @@ class Agent:
             on_message=self._handle_message,
             on_disconnect=on_disconnect,
             log=log,
+            faults=self.faults,
         )
 
     async def run(self) -> None:
@@ -352,6 +375,12 @@ class Agent:
                 "refused; give one with --controller-key FILE (controller_key in the config file, or "
                 "ATOMWATCH_CONTROLLER_KEY)"
             )
+        metrics = self.config.metrics_address()
+        if metrics is not None:
+            from .metrics import MetricsServer
+
+            self.metrics_server = MetricsServer(self, metrics)
+            self.metrics_server.start()
         stop_on_signals(self.stop)
         conn = asyncio.create_task(self._connection_loop(), name="agent-connection")
         ticks = asyncio.create_task(self._tick_loop(), name="agent-ticks")
@@ -375,7 +404,16 @@ class Agent:
             conn.cancel()
             await asyncio.gather(conn, return_exceptions=True)
             self.sampler.close()
-            log.info("agent stopped after %d ticks: %s, commands refused %s", self.ticks, self.stats, self.refused)
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
+            log.info(
+                "agent stopped after %d ticks: %s, commands refused %s, messages dropped %s, unexpected errors %s",
+                self.ticks,
+                self.stats,
+                self.refused,
+                dict(self.dropped),
+                {f"{where}: {kind}": n for (where, kind), n in self.faults.counts.items()},
+            )
 
     def stop(self) -> None:
         self.stopping.set()

@@ -8,8 +8,10 @@ line are parsed as JSON when they parse (numbers, true/false, lists), else kept 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
+import re
 import ssl
 import tomllib
 from collections.abc import Mapping
@@ -205,6 +207,35 @@ def plugin_options(file_config: dict[str, Any], settings: list[str] | None) -> d
             raise ConfigError(f"--set {item!r}: expected PLUGIN.OPTION=VALUE")
         out.setdefault(plugin, {})[option] = parse_value(value)
     return out
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib)\s*$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
+
+
+def parse_size(value: Any, option: str, minimum: int = 0) -> int:
+    """A byte count (an integer, or text like ``512KiB``, ``16M``; K and M are binary) of at least
+    ``minimum``; :class:`ConfigError` naming ``option`` otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        m = _SIZE.match(value) if isinstance(value, str) else None
+        if m is None:
+            raise ConfigError(f"{option} {value!r}: expected a number of bytes, e.g. 524288 or 512KiB")
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if size < minimum:
+        raise ConfigError(f"{option} {value!r}: must be at least {minimum} bytes")
+    return size
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost``; any other name counts as exposed (it is not resolved)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_deltas(items: list[str] | None) -> dict[str, float]:

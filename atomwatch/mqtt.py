@@ -1,5 +1,11 @@
 """MQTT plumbing the agent and the controller share: one connection kept up with exponential
-backoff (with jitter, so a fleet does not reconnect in lock step), and stopping on signals."""
+backoff (with jitter, so a fleet does not reconnect in lock step), stopping on signals, and
+:class:`Faults`, the count of unexpected exceptions on the receive paths.
+
+A message handler that raises does not end the session: the exception is counted and the next
+message handled. If the session ends for any reason (the broker gone, or an exception nothing
+expected), :func:`stay_connected` says so in the log and reconnects after a pause; only
+``stopping`` ends it."""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import asyncio
 import logging
 import random
 import signal
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -34,6 +42,30 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
+
+
+class Faults:
+    """Unexpected exceptions on the receive paths (a bug, or an input nothing foresaw), counted
+    by (where, exception type). The first of each kind is logged with its traceback; the same
+    kind again is only counted (``counts``, exported as ``atomwatch_unexpected_errors``), so a
+    flood of one bad message cannot fill the disk."""
+
+    def __init__(self, log: logging.Logger):
+        self.log = log
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def note(self, where: str, error: BaseException) -> None:
+        kind = (where, type(error).__name__)
+        self.counts[kind] += 1
+        if self.counts[kind] == 1:
+            self.log.error(
+                "unexpected %s in %s: %s (kept going; this kind is logged once, then counted in "
+                "atomwatch_unexpected_errors)",
+                kind[1],
+                where,
+                error,
+                exc_info=error,
+            )
 
 
 #: CONNACK return codes of MQTT 3.1.1 that mean "not you" rather than "not now"
@@ -79,13 +111,20 @@ async def stay_connected(
     on_message: Callable[[aiomqtt.Message], Awaitable[None]],
     on_disconnect: Callable[[], None],
     log: logging.Logger,
+    faults: Faults | None = None,
 ) -> None:
-    """Connect, run ``on_connect`` then ``on_message`` for every message, and on any connection
-    failure call ``on_disconnect`` and try again after a growing pause, until ``stopping``.
+    """Connect, run ``on_connect`` then ``on_message`` for every message, and whenever the session
+    ends call ``on_disconnect`` and try again after a growing pause, until ``stopping``.
 
-    A failure is logged as one line, without a traceback; a TLS or credentials refusal is said in
-    words once (an error), and the same refusal again only as a short warning."""
+    An exception of ``on_message`` other than :class:`aiomqtt.MqttError` (which means the
+    connection is gone) is counted in ``faults`` and the next message handled. A connection
+    failure is logged as one line, without a traceback; a TLS or credentials refusal is said in
+    words once (an error), and the same refusal again only as a short warning. A session ended by
+    anything else (an exception of ``on_connect``, of the MQTT library, the message stream ending)
+    is logged as an error naming it, and reconnected like a failure."""
+    faults = faults if faults is not None else Faults(log)
     backoff = INITIAL_BACKOFF
+    streak = 0  # sessions in a row ended by something unexpected
     tls_context = broker.ssl_context()
     last_failure = None
     # paho reports a refused TLS handshake only in its log ("failed to receive on socket: [SSL: …]")
@@ -97,6 +136,7 @@ async def stay_connected(
     try:
         while not stopping.is_set():
             paho_errors.message = None
+            started = time.monotonic()
             try:
                 async with aiomqtt.Client(
                     broker.host,
@@ -114,7 +154,14 @@ async def stay_connected(
                     backoff = INITIAL_BACKOFF
                     last_failure = None
                     async for message in client.messages:
-                        await on_message(message)
+                        try:
+                            await on_message(message)
+                        except aiomqtt.MqttError:
+                            raise
+                        except Exception as e:  # one message must not end the session
+                            faults.note("on_message", e)
+                    if not stopping.is_set():
+                        raise _StreamEnded("the broker's message stream ended without an error")
             except aiomqtt.MqttError as e:
                 if stopping.is_set():
                     break
@@ -126,6 +173,21 @@ async def stay_connected(
                 else:  # the same refusal again: said in full above
                     log.warning("broker %s: %s again; retrying in %.1f s", broker, failure.split(" (")[0], backoff)
                 last_failure = failure
+            except Exception as e:
+                if stopping.is_set():
+                    break
+                # a session that keeps ending right after connecting backs off like a failure
+                streak = 1 if time.monotonic() - started > MAX_BACKOFF else streak + 1
+                backoff = max(backoff, min(MAX_BACKOFF, INITIAL_BACKOFF * 2**streak))
+                if not isinstance(e, _StreamEnded):
+                    faults.note("the MQTT session", e)
+                log.error(
+                    "broker %s: the MQTT session ended on an unexpected %s (%s); reconnecting in %.1f s",
+                    broker,
+                    type(e).__name__,
+                    e,
+                    backoff,
+                )
             finally:
                 on_disconnect()
             if await wait_or_timeout(stopping, backoff * (0.5 + random.random())):
@@ -133,6 +195,10 @@ async def stay_connected(
             backoff = min(backoff * 2, MAX_BACKOFF)
     finally:
         paho_log.removeHandler(paho_errors)
+
+
+class _StreamEnded(Exception):
+    """The message iterator ended while nobody asked to stop."""
 
 
 class _LastError(logging.Handler):

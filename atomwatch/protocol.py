@@ -19,7 +19,13 @@ Topics, under ``atomwatch/v1/<site>/<host>/``::
 and ``atomwatch/v1/<site>/controller/state`` (retained): the controller online or offline.
 
 :func:`decode` turns (topic, payload) into a typed message or raises :class:`ProtocolError`
-naming the topic, the field and what is wrong; receivers count and drop such messages.
+naming the topic, the field and what is wrong; receivers count and drop such messages. It is
+total: for any topic string and any bytes it returns a message or raises ProtocolError, nothing
+else. It refuses, before parsing, a payload above ``max_size`` bytes (an option of each side,
+default :data:`MAX_MESSAGE_SIZE`) or nesting arrays/objects deeper than :data:`MAX_DEPTH`; and
+after parsing one holding a number that is not finite (``NaN``, ``Infinity``, ``1e400``), an
+integer outside 64 bits, or a lone UTF-16 surrogate. The limits and how they were sized:
+``docs/design.md`` (protocol limits).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +45,42 @@ CONTROLLER_HOST = "controller"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
+#: the largest payload decoded by default (bytes; ``--max-message-size``). A birth of 1,000 series
+#: with 36-character UUIDs, 34-character VM names and full-precision values weighs 200,856 bytes
+#: (benchmarks/protocol.py prints it); 512 KiB leaves 2.6 times that.
+MAX_MESSAGE_SIZE = 512 * 1024
+#: the largest reply the controller decodes for a command it is waiting for (``--max-reply-size``):
+#: an introspection's result carries Volatility's rows, megabytes on a busy guest
+MAX_REPLY_SIZE = 16 * 1024 * 1024
+#: the smallest size limit accepted: below it the protocol's own small messages would not pass
+MIN_MESSAGE_SIZE = 1024
+#: the deepest nesting of JSON arrays and objects decoded (the protocol's messages need 3, a
+#: reply's result about 5)
+MAX_DEPTH = 32
+#: every integer in a payload fits in 64 bits, signed or unsigned (kernel addresses in
+#: introspection rows reach 2**64 - 1)
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
 
 class ProtocolError(ValueError):
-    """A message that does not follow the protocol. The text names the topic and the field."""
+    """A message that does not follow the protocol. The text names the topic and the field;
+    ``reason`` says which kind of refusal it is (``invalid``, ``too-large``, ``too-deep``), for
+    the receivers' drop counters."""
+
+    def __init__(self, message: str, reason: str = "invalid"):
+        super().__init__(message)
+        self.reason = reason
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 80
+_SHOW.maxlist = _SHOW.maxdict = _SHOW.maxtuple = 6
+_SHOW.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """A short repr of a received value for an error text (never the whole of a large one)."""
+    return _SHOW.repr(value)
 
 
 # --------------------------------------------------------------------------- topics
@@ -100,18 +140,26 @@ class Topic:
 
 
 def parse_topic(topic: str) -> Topic:
-    parts = topic.split("/")
+    if not isinstance(topic, str):
+        raise ProtocolError(f"topic must be a string, got {type(topic).__name__}")
+    parts = topic.split("/", 6)
+    shown = _show(topic)
     if len(parts) < 5 or "/".join(parts[:2]) != ROOT:
-        raise ProtocolError(f"topic {topic!r} is not under {ROOT}/<site>/<host>/")
+        raise ProtocolError(f"topic {shown} is not under {ROOT}/<site>/<host>/")
     site, host, kind = parts[2], parts[3], parts[4]
+    for what, name in (("site", site), ("host", host)):
+        if not _NAME.match(name):
+            raise ProtocolError(f"topic {shown}: {what} name {_show(name)} is not valid")
     if kind in ("cmd", "reply"):
         if len(parts) != 6 or not parts[5]:
-            raise ProtocolError(f"topic {topic!r}: {kind} needs a request id as its last level")
+            raise ProtocolError(f"topic {shown}: {kind} needs a request id as its last level")
+        if not _NAME.match(parts[5]):
+            raise ProtocolError(f"topic {shown}: request id {_show(parts[5])} is not valid")
         return Topic(site, host, kind, parts[5])
     if len(parts) != 5 or kind not in ("birth", "data", "death", "state"):
-        raise ProtocolError(f"topic {topic!r}: unknown message kind {kind!r}")
+        raise ProtocolError(f"topic {shown}: unknown message kind {_show(kind)}")
     if kind == "state" and host != CONTROLLER_HOST:
-        raise ProtocolError(f"topic {topic!r}: state is published only by the controller")
+        raise ProtocolError(f"topic {shown}: state is published only by the controller")
     return Topic(site, host, kind)
 
 
@@ -268,8 +316,8 @@ class _Fields:
         self.where, self.obj = where, obj
 
     def _fail(self, name: str, what: str) -> ProtocolError:
-        got = self.obj.get(name, "<missing>")
-        return ProtocolError(f"{self.where}: field {name!r} must be {what}, got {got!r}"[:500])
+        got = _show(self.obj[name]) if name in self.obj else "<missing>"
+        return ProtocolError(f"{self.where}: field {name!r} must be {what}, got {got}")
 
     def int(self, name: str, minimum: int | None = 0) -> int:
         v = self.obj.get(name)
@@ -320,34 +368,195 @@ def _aliases(f: _Fields, name: str) -> list[int]:
     out = f.list(name, optional=True)
     for a in out:
         if isinstance(a, bool) or not isinstance(a, int) or a < 0:
-            raise ProtocolError(f"{f.where}: field {name!r} must hold alias integers ≥ 0, got {a!r}")
+            raise ProtocolError(f"{f.where}: field {name!r} must hold alias integers ≥ 0, got {_show(a)}")
     return out
 
 
-def decode(topic: str, payload: bytes | str) -> tuple[Topic, Message]:
-    """Parse and validate one message. Raises :class:`ProtocolError` with a precise reason."""
-    t = parse_topic(topic)
-    where = f"{t.kind} on {topic}"
-    if isinstance(payload, (bytes, bytearray)):
-        if len(payload) > 16 * 1024 * 1024:
-            raise ProtocolError(f"{where}: payload of {len(payload)} bytes exceeds 16 MiB")
-        try:
-            payload = bytes(payload).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ProtocolError(f"{where}: payload is not UTF-8 ({e.reason} at byte {e.start})") from None
+# --------------------------------------------------------------------------- parsing, bounded
+
+# every byte but brackets and quotes, and a JSON escape (a backslash and the byte after it)
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')
+_ESCAPE = re.compile(rb"\\.", re.S)
+_PAIR = re.compile(rb"\[\]|\{\}")
+_OPEN_RUN = re.compile(rb"[\[{]{%d}" % (MAX_DEPTH + 1))
+# digits → "0", "e"/"E" → "e", "+"/"-" → "+", every other byte → " ": the shape of the numbers
+_NUMBER_SHAPES = bytes(
+    ord("0") if c in b"0123456789" else ord("e") if c in b"eE" else ord("+") if c in b"+-" else ord(" ")
+    for c in range(256)
+)
+# the JSON escape of a UTF-16 surrogate (paired or not: json.loads joins the pairs)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON text ``data`` nests arrays/objects more than ``limit`` deep, found without
+    recursion (json recurses once per level). Escapes and strings are cut out (with no escape
+    left, every ``"`` starts or ends a string), then the innermost ``[]``/``{}`` pairs are removed
+    round after round: a balanced text empties in as many rounds as it is deep. What stays is
+    unmatched, and json stops at its first closer after an opener: a run of more than ``limit``
+    openers (looked for every round) is what would take it deep. Cost: a few C-speed passes over
+    the payload, then at most ``limit`` + 1 over its brackets."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    if b"\\" in data:
+        data = _ESCAPE.sub(b"", data)
+    quotes_and_brackets = data.translate(None, _NOT_STRUCTURE)
+    # strings without a bracket are now "": dropping those pairs leaves the structure, unless a
+    # string held brackets (a quote is left): then cut every string out
+    brackets = quotes_and_brackets.replace(b'""', b"")
+    if b'"' in brackets:
+        brackets = b"".join(quotes_and_brackets.split(b'"')[::2])
+    for _ in range(limit + 1):
+        if _OPEN_RUN.search(brackets):
+            return True
+        inner = _PAIR.sub(b"", brackets)
+        if len(inner) == len(brackets):
+            return False
+        brackets = inner
+    return True  # still removing pairs after limit + 1 rounds
+
+
+class _Bad:
+    """What a number parse hook returns instead of a number the protocol refuses."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str):
+        self.what = what
+
+
+def _find(value: Any, hit: Any, path: str = "") -> str | None:
+    """The path (``series[3].delta``) of the first value or key where ``hit(v)`` is true."""
+    if hit(value):
+        return path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if hit(k):
+                return sub
+            found = _find(v, hit, sub)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find(v, hit, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _lone_surrogate(v: Any) -> bool:
+    if not isinstance(v, str) or v.isascii():
+        return False
     try:
-        obj = json.loads(payload)
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _load(where: str, payload: Any, max_size: int, size_option: str) -> Any:
+    """The JSON value of a payload, within the limits; :class:`ProtocolError` otherwise."""
+    if isinstance(payload, str):
+        if len(payload) <= max_size:
+            payload = payload.encode("utf-8", "surrogatepass")
+    elif isinstance(payload, (bytearray, memoryview)):
+        payload = bytes(payload)
+    elif not isinstance(payload, bytes):
+        raise ProtocolError(f"{where}: payload must be bytes, got {type(payload).__name__}")
+    if len(payload) > max_size:
+        raise ProtocolError(
+            f"{where}: payload of {len(payload)} bytes exceeds the limit of {max_size} bytes "
+            f"(raise it with {size_option})",
+            reason="too-large",
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"{where}: payload is not UTF-8 ({e.reason} at byte {e.start})") from None
+    if _too_deep(payload):
+        raise ProtocolError(f"{where}: payload nests arrays/objects deeper than {MAX_DEPTH} levels", reason="too-deep")
+    bad: list[_Bad] = []
+
+    def parse_constant(name: str) -> _Bad:
+        bad.append(_Bad(name))
+        return bad[-1]
+
+    try:
+        if _plain_numbers(payload):
+            obj = json.loads(text, parse_constant=parse_constant)
+        else:
+            obj = _load_numbers(text, bad, parse_constant)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"{where}: payload is not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:  # _too_deep makes this unreachable; kept so that it stays a refusal
+        raise ProtocolError(f"{where}: payload nests too deep", reason="too-deep") from None
+    if bad:
+        path = _find(obj, lambda v: isinstance(v, _Bad))
+        field = f"field {_show(path)}" if path else "the payload"
+        raise ProtocolError(
+            f"{where}: {field} holds {bad[0].what}: numbers must be finite and integers within [-2**63, 2**64)"
+        )
+    if _SURROGATE_ESCAPE.search(text):
+        path = _find(obj, _lone_surrogate)
+        if path is not None:
+            field = f"field {_show(path)}" if path else "the payload"
+            raise ProtocolError(f"{where}: {field} holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
+    return obj
+
+
+def _plain_numbers(data: bytes) -> bool:
+    """True when no number of JSON text ``data`` can be out of range: no run of 19 digits (every
+    integer within ±10**18) and no exponent of 3 digits (with mantissa runs under 19 digits, every
+    float below 1e118). Hex and names may look like numbers here: they only take the slow path."""
+    shapes = data.translate(_NUMBER_SHAPES)
+    return b"0" * 19 not in shapes and b"e000" not in shapes and b"e+000" not in shapes
+
+
+def _load_numbers(text: str, bad: list[_Bad], parse_constant: Any) -> Any:
+    """json.loads checking every number: one out of range becomes a :class:`_Bad` (so that the
+    error can name its field) and is added to ``bad``."""
+
+    def parse_int(digits: str) -> int | _Bad:
+        if len(digits.lstrip("-")) <= 20:  # (no int-str conversion of a huge number: it is quadratic)
+            n = int(digits)
+            if INT_MIN <= n <= INT_MAX:
+                return n
+            bad.append(_Bad(f"the integer {digits}"))
+        else:
+            bad.append(_Bad(f"an integer of {len(digits.lstrip('-'))} digits"))
+        return bad[-1]
+
+    def parse_float(digits: str) -> float | _Bad:
+        v = float(digits)
+        if math.isfinite(v):
+            return v
+        bad.append(_Bad(f"{_show(digits)}, beyond the float range"))
+        return bad[-1]
+
+    return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
+
+
+def decode(
+    topic: str, payload: bytes | str, max_size: int = MAX_MESSAGE_SIZE, size_option: str = "--max-message-size"
+) -> tuple[Topic, Message]:
+    """Parse and validate one message. Raises :class:`ProtocolError` with a precise reason, and
+    nothing else, whatever ``topic`` and ``payload`` hold. ``max_size``: the largest payload
+    accepted, in bytes; ``size_option`` is what the refusal tells the operator to raise."""
+    t = parse_topic(topic)
+    where = f"{t.kind} on {topic}"
+    obj = _load(where, payload, max_size, size_option)
     f = _Fields(where, obj)
     if obj.get("v") != VERSION:
-        raise ProtocolError(f"{where}: protocol version {obj.get('v')!r} is not supported (this side speaks {VERSION})")
+        raise ProtocolError(
+            f"{where}: protocol version {_show(obj.get('v'))} is not supported (this side speaks {VERSION})"
+        )
     mtype = obj.get("type")
     expected = {"birth": "birth", "data": "data", "death": "death", "cmd": "cmd", "reply": "reply", "state": "state"}[
         t.kind
     ]
     if mtype != expected:
-        raise ProtocolError(f"{where}: field 'type' must be {expected!r}, got {mtype!r}")
+        raise ProtocolError(f"{where}: field 'type' must be {expected!r}, got {_show(mtype)}")
     msg: Message
     if t.kind == "birth":
         series = []
@@ -384,7 +593,7 @@ def decode(topic: str, payload: bytes | str) -> tuple[Topic, Message]:
                 or not isinstance(pair[1], (int, float))
                 or not math.isfinite(pair[1])
             ):
-                raise ProtocolError(f"{where}: values[{i}] must be [alias ≥ 0, finite number], got {pair!r}"[:500])
+                raise ProtocolError(f"{where}: values[{i}] must be [alias ≥ 0, finite number], got {_show(pair)}")
             values.append((pair[0], float(pair[1])))
         msg = Data(
             session=f.int("session"),
@@ -408,17 +617,23 @@ def decode(topic: str, payload: bytes | str) -> tuple[Topic, Message]:
         )
         msg.raw = obj
         if msg.id != t.request_id:
-            raise ProtocolError(f"{where}: field 'id' {msg.id!r} differs from the topic's request id {t.request_id!r}")
+            raise ProtocolError(
+                f"{where}: field 'id' {_show(msg.id)} differs from the topic's request id {t.request_id!r}"
+            )
     elif t.kind == "reply":
         status = f.str("status")
         if status not in REPLY_STATUSES:
-            raise ProtocolError(f"{where}: field 'status' must be one of {', '.join(REPLY_STATUSES)}, got {status!r}")
+            raise ProtocolError(
+                f"{where}: field 'status' must be one of {', '.join(REPLY_STATUSES)}, got {_show(status)}"
+            )
         error = obj.get("error")
         if error is not None and not isinstance(error, str):
-            raise ProtocolError(f"{where}: field 'error' must be a string or null, got {error!r}")
+            raise ProtocolError(f"{where}: field 'error' must be a string or null, got {_show(error)}")
         msg = Reply(id=f.str("id"), status=status, ts=f.num("ts"), result=f.dict("result"), error=error)
         if msg.id != t.request_id:
-            raise ProtocolError(f"{where}: field 'id' {msg.id!r} differs from the topic's request id {t.request_id!r}")
+            raise ProtocolError(
+                f"{where}: field 'id' {_show(msg.id)} differs from the topic's request id {t.request_id!r}"
+            )
     else:
         msg = State(
             online=f.bool("online"), ts=f.num("ts", optional=True), controller=f.str("controller", optional=True)

@@ -30,7 +30,7 @@ from atomwatch.alarm import Alarm
 from atomwatch.config import ConfigError
 from atomwatch.detectors import detector_factories
 from atomwatch.handles import CommandFailed, Progress, ScopeStatus
-from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
+from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.pluginmanager import PluginManager, call_safely
 from atomwatch.types import Anomaly, Row
 
@@ -58,7 +58,15 @@ class Controller:
         self.tasks: set[asyncio.Task] = set()
         signer = signing.Signer(config.signing_key, config.command_lifetime) if config.signing_key else None
         self.commands = AgentCommands(lambda: self.client, self.spawn, signer, drop=lambda r, d: self.ingest.drop(r, d))
-        self.ingest = Ingest(request_rebirth=self.commands.rebirth_soon)
+        #: unexpected exceptions on the receive paths, by (where, type): atomwatch_unexpected_errors
+        self.faults = Faults(log)
+        self.ingest = Ingest(
+            request_rebirth=self.commands.rebirth_soon,
+            faults=self.faults,
+            max_message_size=config.max_message_size,
+            max_reply_size=config.max_reply_size,
+            awaits_reply=self.commands.awaits,
+        )
         self.ingest.replies.append(self.commands.on_reply)
         self.scope_rows = ScopeRows()
         factories = detector_factories(pm)
@@ -258,6 +266,7 @@ class Controller:
             on_message=on_message,
             on_disconnect=on_disconnect,
             log=log,
+            faults=self.faults,
         )
 
     async def run(self) -> None:
@@ -312,10 +321,11 @@ class Controller:
                 self.http.stop()
             self.alarms.shutdown()
             log.info(
-                "controller stopped: %d rows, messages %s, dropped %s",
+                "controller stopped: %d rows, messages %s, dropped %s, unexpected errors %s",
                 self.rows_handled,
                 dict(self.ingest.messages),
                 dict(self.ingest.dropped),
+                {f"{where}: {kind}": n for (where, kind), n in self.faults.counts.items()},
             )
 
     def stop(self) -> None:

@@ -91,6 +91,12 @@ class AgentCommands:
             raise CommandFailed(f"{command} on {site}/{host} failed: {reply.error}")
         return reply.result
 
+    def awaits(self, topic: protocol.Topic) -> bool:
+        """Whether ``topic`` is the reply topic of a command sent to its site and host and still
+        waiting for its final reply (ingest lets such a reply be larger: ``--max-reply-size``)."""
+        entry = self.pending.get(topic.request_id or "")
+        return entry is not None and topic.kind == "reply" and entry[2:] == (topic.site, topic.host)
+
     def on_reply(self, topic: protocol.Topic, reply: protocol.Reply) -> None:
         """Ingest's reply listener: the final reply ends the waiting command, progress goes to
         its callback. A reply for no outstanding request, or from another host than the one the

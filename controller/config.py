@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from atomwatch import signing
-from atomwatch.config import BrokerAddress, ConfigError
-from atomwatch.protocol import ProtocolError, check_name
+from atomwatch.config import BrokerAddress, ConfigError, is_loopback, parse_size
+from atomwatch.protocol import MAX_MESSAGE_SIZE, MAX_REPLY_SIZE, MIN_MESSAGE_SIZE, ProtocolError, check_name
 
 
 def default_db() -> str:
@@ -19,16 +18,6 @@ def default_db() -> str:
         return os.environ["ATOMWATCH_DB"]
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return str(state / "atomwatch" / "alarms.sqlite")
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and ``localhost``; any other name counts as exposed (it is not resolved)."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -66,6 +55,10 @@ class ControllerConfig:
     signing_key: Any = None
     #: seconds a signed command may wait to be accepted by its agent
     command_lifetime: float = signing.DEFAULT_LIFETIME
+    #: the largest MQTT payload decoded, in bytes; a larger one is counted (too-large) and dropped
+    max_message_size: int = MAX_MESSAGE_SIZE
+    #: the largest reply decoded for a command the controller is waiting for (introspection results)
+    max_reply_size: int = MAX_REPLY_SIZE
 
     def __post_init__(self) -> None:
         try:
@@ -81,6 +74,13 @@ class ControllerConfig:
             raise ConfigError(f"signing_key must be an Ed25519 private key, got {type(self.signing_key).__name__}")
         if not self.command_lifetime > 0:
             raise ConfigError(f"command lifetime must be > 0 seconds, got {self.command_lifetime}")
+        self.max_message_size = parse_size(self.max_message_size, "--max-message-size", MIN_MESSAGE_SIZE)
+        self.max_reply_size = parse_size(self.max_reply_size, "--max-reply-size", MIN_MESSAGE_SIZE)
+        if self.max_reply_size < self.max_message_size:
+            raise ConfigError(
+                f"--max-reply-size {self.max_reply_size} is below --max-message-size {self.max_message_size}: "
+                "a reply the controller waits for may be as large as any other message; raise --max-reply-size"
+            )
         self.http_address()
         if bool(self.http_cert) != bool(self.http_key):
             raise ConfigError("--http-cert and --http-key go together: give both (or neither, for plain HTTP)")

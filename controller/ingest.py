@@ -5,7 +5,12 @@ applies its values (silence means "within Δ of the last value"), its stale mark
 unknown until a new one arrives) and gone markers (the series left the table). A sequence gap,
 an unknown alias or data from an unknown session marks the host's values unknown and asks for a
 rebirth (rate-limited). A death marks every series of the host stale. Bad payloads are counted
-by reason and dropped; nothing here raises on input.
+by reason and dropped (``invalid``, ``too-large``, ``too-deep`` …); nothing here raises on input:
+an unexpected exception (a bug) is counted in the controller's :class:`~atomwatch.mqtt.Faults`,
+logged once per kind, and the message dropped as ``internal``.
+
+A payload above ``max_message_size`` is refused before it is parsed, except a reply to a command
+the controller is waiting for (``awaits_reply``), which may weigh up to ``max_reply_size``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from atomwatch import protocol
+from atomwatch.mqtt import Faults
 from atomwatch.series import SeriesKey
 
 log = logging.getLogger(__name__)
@@ -64,9 +70,21 @@ Listener = Callable[[HostState, protocol.Message], None]
 
 
 class Ingest:
-    def __init__(self, request_rebirth: Callable[[str, str], None] | None = None):
+    def __init__(
+        self,
+        request_rebirth: Callable[[str, str], None] | None = None,
+        *,
+        faults: Faults | None = None,
+        max_message_size: int = protocol.MAX_MESSAGE_SIZE,
+        max_reply_size: int = protocol.MAX_REPLY_SIZE,
+        awaits_reply: Callable[[protocol.Topic], bool] | None = None,
+    ):
         self.hosts: dict[tuple[str, str], HostState] = {}
         self.request_rebirth = request_rebirth or (lambda site, host: None)
+        self.faults = faults if faults is not None else Faults(log)
+        self.max_message_size = max_message_size
+        self.max_reply_size = max_reply_size
+        self.awaits_reply = awaits_reply or (lambda topic: False)
         self.dropped: Counter[str] = Counter()
         self.messages: Counter[str] = Counter()
         self.values_ingested = 0
@@ -99,19 +117,33 @@ class Ingest:
             log.info("%s: %s; asking for a rebirth", state.scope, why)
             self.request_rebirth(state.site, state.host)
 
+    def _limit(self, topic: str, payload: bytes) -> tuple[int, str]:
+        """The size limit of one message, and the option that sets it."""
+        if "/reply/" in topic and isinstance(payload, (bytes, bytearray)) and len(payload) > self.max_message_size:
+            try:
+                if self.awaits_reply(protocol.parse_topic(topic)):
+                    return self.max_reply_size, "--max-reply-size"
+            except protocol.ProtocolError:
+                pass
+        return self.max_message_size, "--max-message-size"
+
     def handle(self, topic: str, payload: bytes) -> None:
-        """Apply one MQTT message. Never raises on bad input."""
+        """Apply one MQTT message. Never raises."""
         try:
-            t, msg = protocol.decode(topic, payload)
+            t, msg = protocol.decode(topic, payload, *self._limit(topic, payload))
         except protocol.ProtocolError as e:
-            self._drop("invalid", str(e))
+            self._drop(e.reason, str(e))
+            return
+        except Exception as e:  # decode is total: this is a bug, which must not stop ingest
+            self.faults.note("decode", e)
+            self._drop("internal", f"{topic}: {type(e).__name__}: {e}")
             return
         self.messages[t.kind] += 1
         try:
             self._apply(t, msg)
         except Exception as e:  # a bug here must not stop ingest
-            log.exception("failed to apply %s", topic)
-            self._drop("internal", f"{topic}: {e}")
+            self.faults.note(f"ingest of a {t.kind} message", e)
+            self._drop("internal", f"{topic}: {type(e).__name__}: {e}")
 
     def _apply(self, t: protocol.Topic, msg: protocol.Message) -> None:
         if isinstance(msg, protocol.Reply):

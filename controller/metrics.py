@@ -1,7 +1,9 @@
 """The controller's own Prometheus metrics, read from its state at scrape time.
 
 Per scope and detector: the last score and threshold (for PCA-SPE, SPE and Q_α); alarms by state;
-messages ingested by kind, values ingested, messages dropped by reason; rows handed to detectors.
+messages ingested by kind, values ingested, messages dropped by reason; rows handed to detectors;
+whether the broker is connected (``atomwatch_connected``, 1/0) and the unexpected exceptions of
+the receive paths by where and type (``atomwatch_unexpected_errors``).
 
 What lives here: the collector and :func:`render_metrics`, reading a :class:`MetricsSource` (the
 few parts of the controller they need, not the controller). What does not: serving them (the
@@ -10,6 +12,7 @@ HTTP API, :mod:`.api`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -17,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from atomwatch.handles import ScopeStatus
+from atomwatch.mqtt import Faults
 
 from .alarms import AlarmStore
 from .ingest import Ingest
@@ -29,6 +33,8 @@ class MetricsSource(Protocol):
     alarms: AlarmStore
     ingest: Ingest
     rows_handled: int
+    connected: asyncio.Event
+    faults: Faults
 
 
 class _ControllerCollector:
@@ -37,6 +43,10 @@ class _ControllerCollector:
 
     def collect(self):
         c = self.c
+        yield GaugeMetricFamily(
+            "atomwatch_connected", "1 while connected to the MQTT broker, else 0", value=int(c.connected.is_set())
+        )
+        yield unexpected_errors(c.faults)
         score = GaugeMetricFamily(
             "atomwatch_detector_score",
             "Last score of a detector on a scope (PCA-SPE: SPE)",
@@ -79,6 +89,18 @@ class _ControllerCollector:
         for (site, host), h in list(c.ingest.hosts.items()):
             hosts.add_metric([f"{site}/{host}", "1" if h.alive else "0"], len(h.keys))
         yield hosts
+
+
+def unexpected_errors(faults: Faults) -> CounterMetricFamily:
+    """The counts of a :class:`Faults`."""
+    family = CounterMetricFamily(
+        "atomwatch_unexpected_errors",
+        "Unexpected exceptions on a receive path, by where and exception type (the first of each is logged)",
+        labels=["where", "type"],
+    )
+    for (where, kind), n in list(faults.counts.items()):
+        family.add_metric([where, kind], n)
+    return family
 
 
 def render_metrics(controller: MetricsSource) -> bytes:

@@ -116,3 +116,107 @@ def test_non_finite_values_cannot_be_encoded():
     # a birth's unknown value travels as null
     birth = protocol.Birth(1, "x", 1.0, 0.0, [protocol.SeriesInfo(0, KEY, 1.0, float("nan"))])
     assert json.loads(protocol.encode(birth))["series"][0]["value"] is None
+
+
+# ----------------------------------------------------------------------------- limits (issue 14)
+
+DEATH = "atomwatch/v1/s/h/death"
+
+
+def death_with(ts: bytes) -> bytes:
+    return b'{"v": 1, "type": "death", "session": 1, "ts": ' + ts + b"}"
+
+
+@pytest.mark.parametrize(
+    "ts, expected",
+    [
+        (b"4" * 400, "field 'ts' holds an integer of 400 digits"),
+        (b"-" + b"4" * 5000, "field 'ts' holds an integer of 5000 digits"),  # past Python's int-str limit
+        (b"18446744073709551616", "field 'ts' holds the integer 18446744073709551616"),
+        (b"-9223372036854775809", "field 'ts' holds the integer -9223372036854775809"),
+        (b"1e400", "field 'ts' holds '1e400', beyond the float range"),
+        (b"NaN", "field 'ts' holds NaN"),
+        (b"-Infinity", "field 'ts' holds -Infinity"),
+        (b'[1, {"x": [Infinity]}]', "field 'ts[1].x[0]' holds Infinity"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_naming_the_field(ts, expected):
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.decode(DEATH, death_with(ts))
+    assert expected in str(err.value) and "integers within [-2**63, 2**64)" in str(err.value)
+    assert err.value.reason == "invalid"
+
+
+def test_numbers_at_the_edges_of_the_range_are_kept():
+    for ts, value in [(b"18446744073709551615", 2.0**64), (b"-9223372036854775808", -(2.0**63)), (b"1e308", 1e308)]:
+        assert protocol.decode(DEATH, death_with(ts))[1].ts == value
+    # a huge integer anywhere refuses the message, naming where: here inside a command's params
+    cmd = b'{"v": 1, "type": "cmd", "id": "r1", "command": "x", "ts": 0, "params": {"a": [0, 1' + b"0" * 30 + b"]}}"
+    with pytest.raises(protocol.ProtocolError, match=r"field 'params.a\[1\]' holds an integer of 31 digits"):
+        protocol.decode("atomwatch/v1/s/h/cmd/r1", cmd)
+
+
+@pytest.mark.parametrize("depth", [33, 100, 100_000])
+def test_deep_nesting_is_refused_before_parsing(depth):
+    for payload in (b"[" * depth + b"]" * depth, b"[" * depth, death_with(b'{"a":' * depth + b"1" + b"}" * depth)):
+        with pytest.raises(protocol.ProtocolError, match=r"nests arrays/objects deeper than 32 levels") as err:
+            protocol.decode(DEATH, payload, max_size=1 << 24)
+        assert err.value.reason == "too-deep"
+
+
+def test_nesting_up_to_the_limit_and_brackets_in_strings_pass():
+    params = json.loads("[" * 30 + "]" * 30)
+    cmd = protocol.Command("r1", "x", {"p": params, "s": "[[[[" * 50 + '"\\'}, 0.0)
+    _, back = protocol.decode("atomwatch/v1/s/h/cmd/r1", protocol.encode(cmd))
+    assert back.params == cmd.params
+
+
+def test_the_size_limit_names_its_option():
+    payload = death_with(b"1" + b" " * 600_000)
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.decode(DEATH, payload)
+    assert err.value.reason == "too-large"
+    assert f"payload of {len(payload)} bytes exceeds the limit of {protocol.MAX_MESSAGE_SIZE} bytes" in str(err.value)
+    assert "--max-message-size" in str(err.value)
+    assert protocol.decode(DEATH, payload, max_size=len(payload))[1].ts == 1.0
+    with pytest.raises(protocol.ProtocolError, match="raise it with --max-reply-size"):
+        protocol.decode(DEATH, payload, max_size=1000, size_option="--max-reply-size")
+
+
+def test_a_1000_series_birth_fits_the_default_limit_with_headroom():
+    series = [
+        protocol.SeriesInfo(
+            a, SeriesKey(f"{a:08d}-d8f1-6adf-91b7-584a2265b1f5", f"prod-eu-west-1a-web-{a:04d}", m, "%"), 0.1, 1e9 / 7
+        )
+        for a, m in enumerate(["CPUUtilization", "NetworkIn", "DiskWriteBytes", "MemoryUtilization"] * 250)
+    ]
+    payload = protocol.encode(protocol.Birth(1712345678901, "0.4.0", 10.0, 1712345678.25, series, 123456))
+    assert 2 * len(payload) < protocol.MAX_MESSAGE_SIZE
+    assert len(protocol.decode("atomwatch/v1/s/h/birth", payload)[1].series) == 1000
+
+
+def test_lone_surrogates_and_odd_payloads_are_refused():
+    with pytest.raises(protocol.ProtocolError, match="field 'reason' holds a lone UTF-16 surrogate"):
+        protocol.decode(DEATH, b'{"v": 1, "type": "death", "session": 1, "reason": "ab\\udc80"}')
+    # a pair is a character
+    assert (
+        protocol.decode(DEATH, b'{"v": 1, "type": "death", "session": 1, "reason": "\\ud83d\\ude00"}')[1].reason == "😀"
+    )
+    with pytest.raises(protocol.ProtocolError, match="payload must be bytes, got int"):
+        protocol.decode(DEATH, 5)
+    with pytest.raises(protocol.ProtocolError, match="topic must be a string, got bytes"):
+        protocol.decode(DEATH.encode(), b"{}")
+
+
+@pytest.mark.parametrize(
+    "topic, expected",
+    [
+        ("atomwatch/v1/s//data", "host name '' is not valid"),
+        ("atomwatch/v1/s p/h/data", "site name 's p' is not valid"),
+        ("atomwatch/v1/s/h/reply/a b", "request id 'a b' is not valid"),
+        ("atomwatch/v1/s/h/reply/a/b", "reply needs a request id as its last level"),
+    ],
+)
+def test_topic_levels_are_names(topic, expected):
+    with pytest.raises(protocol.ProtocolError, match=expected):
+        protocol.decode(topic, b"{}")

@@ -41,6 +41,16 @@ def add_session_arguments(p: argparse.ArgumentParser, tick: float) -> None:
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
 
 
+def add_message_size_argument(p: argparse.ArgumentParser) -> None:
+    """``--max-message-size``: the controller's and the agent's (``max_message_size`` in a config file)."""
+    p.add_argument(
+        "--max-message-size",
+        metavar="BYTES",
+        help="refuse, before parsing, an MQTT payload larger than this, e.g. 524288 or 512KiB (default 512KiB, "
+        "2.6 times a birth of 1,000 series)",
+    )
+
+
 def add_broker_tls_arguments(p: argparse.ArgumentParser) -> None:
     """The TLS files and credentials of ``--broker`` (also TOML keys ``broker_ca``, … of ``--config``)."""
     p.add_argument(

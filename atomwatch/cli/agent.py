@@ -7,6 +7,7 @@ import asyncio
 import os
 
 from ._common import (
+    add_message_size_argument,
     add_plugin_arguments,
     add_session_arguments,
     broker_address,
@@ -29,6 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gamma", type=float, help="resolution that ends a tracking round (default: float resolution)")
     add_key_arguments(p)
+    add_message_size_argument(p)
+    p.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics (GET /metrics, plain HTTP) on this address; a bare PORT listens on "
+        "127.0.0.1 (default: off)",
+    )
 
 
 def add_key_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,6 +95,10 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         value = pick(args, file_config, name, None)
         if value is not None:
             kwargs[name] = float(value)
+    for name in ("max_message_size", "metrics"):
+        value = pick(args, file_config, name, None)
+        if value is not None:
+            kwargs[name] = value
     if "controller_key" not in overrides:
         kwargs["controller_key"] = controller_keys(args, file_config) or None
     kwargs.update(overrides)

@@ -9,6 +9,7 @@ import os
 from atomwatch.protocol import CONTROLLER_HOST
 
 from ._common import (
+    add_message_size_argument,
     add_plugin_arguments,
     add_session_arguments,
     broker_address,
@@ -61,6 +62,13 @@ def add_controller_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mu", type=float, help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents"
     )
+    add_message_size_argument(p)
+    p.add_argument(
+        "--max-reply-size",
+        metavar="BYTES",
+        help="the largest reply decoded for a command the controller waits for, e.g. an introspection's "
+        "result (default 16MiB)",
+    )
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
@@ -85,6 +93,10 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     for name in ("http_tokens", "http_cert", "http_key"):
         kwargs[name] = pick(args, file_config, name, None)
     kwargs["http_insecure"] = bool(pick(args, file_config, "http_insecure", False))
+    for name in ("max_message_size", "max_reply_size"):
+        value = pick(args, file_config, name, None)
+        if value is not None:
+            kwargs[name] = value
     lifetime = pick(args, file_config, "command_lifetime", None)
     if lifetime is not None:
         kwargs["command_lifetime"] = float(lifetime)
