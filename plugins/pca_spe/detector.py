@@ -12,6 +12,7 @@ is silent (warm-up, A, stale cells, quiet columns, column changes, threshold, co
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -154,6 +155,58 @@ class _Model:
         return self.fit.spe(x), self.fit.q_alpha, x
 
 
+class _Episode:
+    """A: the current run of consecutive abnormal rows (its last ``cap`` rows, raw, in the
+    window's column order, with their row indices), and what identification and the quiet rule
+    need over it, kept for one model as rows join and leave (:meth:`fold`): a row costs the
+    same at the 1st and the 700th row of an episode (``docs/pca.md``, *Cost*)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.rows: deque[np.ndarray] = deque()
+        self.index: deque[int] = deque()
+        self.run_length = 0  # consecutive abnormal rows so far (A keeps the last cap of them)
+        self._first = 0  # sequence number of rows[0] (a row's number counts the rows of the run before it)
+        self._folded = 0  # rows numbered below this are in the sums
+        self._model: _Model | None = None  # the model the sums are for
+        self.ident: pm.RunningIdentification | None = None  # (None when the model has no PCA)
+        self.quiet: pm.RunningQuietExcess | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def append(self, index: int, z: np.ndarray) -> None:
+        self.rows.append(z)
+        self.index.append(index)
+        self.run_length += 1
+        if len(self.rows) > self.cap:  # the paper's A spans at most the last t instants
+            old = self.rows.popleft()
+            self.index.popleft()
+            if self._first < self._folded and self._model is not None:
+                if self.ident is not None:
+                    self.ident.remove(old[self._model.active])
+                if self.quiet is not None:
+                    self.quiet.remove(self._first)
+            self._first += 1
+
+    def fold(self, model: _Model) -> None:
+        """Bring the sums up to date with every row of A under ``model``; a model other than
+        the one they were kept for (the window's noise levels changed mid-episode) starts them
+        again from A's rows."""
+        if model is not self._model:
+            self._model = model
+            self.ident = pm.RunningIdentification(model.fit) if model.fit is not None else None
+            self.quiet = pm.RunningQuietExcess(model.quiet)
+            self._folded = self._first
+        end = self._first + len(self.rows)
+        for seq in range(self._folded, end):
+            z = self.rows[seq - end]  # (counted from the end: the rows not yet folded are the newest)
+            if self.ident is not None:
+                self.ident.add(z[model.active])
+            self.quiet.add(seq, z)
+        self._folded = end
+
+
 class PcaSpeDetector:
     """One scope's PCA-SPE detector (see the module docstring for its behaviour)."""
 
@@ -164,9 +217,7 @@ class PcaSpeDetector:
         self.opts = PcaSpeOptions.parse(options)
         self.win: _Window | None = None
         self.pending: _Window | None = None  # a new column set warming up
-        self.a_rows: list[np.ndarray] = []  # A (raw, columns of self.win): at most t rows
-        self.a_index: list[int] = []  # their row indices
-        self.run_length = 0  # consecutive abnormal rows so far (A keeps the last t of them)
+        self.episode = _Episode(self.opts.t)  # A (raw, columns of self.win): at most t rows
         self.last_episode: tuple[tuple[SeriesKey, ...], list[np.ndarray]] | None = None
         self.nan_run: dict[SeriesKey, int] = {}
         self.last_spe: float | None = None
@@ -203,7 +254,7 @@ class PcaSpeDetector:
                 )
             win.set_deltas(deltas[at])  # (a pending window gets its Δ once it is the window)
         result = self._score(row, win, z)
-        if self.pending is not None and result is None and self.run_length == 0:
+        if self.pending is not None and result is None and self.episode.run_length == 0:
             # a new column set warms up on the rows the current model finds normal
             zp = values[[lookup[c] for c in self.pending.columns]]
             if np.isfinite(zp).all():
@@ -223,18 +274,15 @@ class PcaSpeDetector:
         breach = model.quiet.breaches(z)
         self.last_spe, self.last_q = spe, q
         if spe > q or breach.any():
-            self.a_rows.append(z.copy())
-            self.a_index.append(row.index)
-            self.run_length += 1
-            if len(self.a_rows) > self.opts.t:  # the paper's A spans at most the last t instants
-                del self.a_rows[0], self.a_index[0]
-            if self.run_length < self.opts.confirm:
+            self.episode.append(row.index, z.copy())
+            self._fold_episode(model)
+            if self.episode.run_length < self.opts.confirm:
                 return None
             self.anomalies += 1
             return self._anomaly(row, win, model, x, spe, [c for c, ok in zip(win.columns, finite) if not ok])
-        if self.a_rows:
-            self.last_episode = (win.columns, self.a_rows)
-            self.a_rows, self.a_index, self.run_length = [], [], 0
+        if len(self.episode):
+            self.last_episode = (win.columns, list(self.episode.rows))
+            self.episode = _Episode(self.opts.t)
         if finite.all():
             win.add(z)
         return None
@@ -261,7 +309,7 @@ class PcaSpeDetector:
         if not set(self.win.columns) <= present:
             kept = tuple(c for c in self.win.columns if c in present)
             self.column_changes += 1
-            self.a_rows, self.a_index, self.last_episode, self.run_length = [], [], None, 0
+            self.episode, self.last_episode = _Episode(self.opts.t), None
             if kept:
                 self.win = self.win.restricted(kept)
             else:
@@ -279,20 +327,25 @@ class PcaSpeDetector:
     def _switch_to_pending(self) -> None:
         assert self.pending is not None
         self.win, self.pending = self.pending, None
-        self.a_rows, self.a_index, self.last_episode, self.run_length = [], [], None, 0
+        self.episode, self.last_episode = _Episode(self.opts.t), None
+
+    def _fold_episode(self, model: _Model) -> None:
+        """Keep A's sums (identification, quiet columns) up to date with the row just added."""
+        self.episode.fold(model)
 
     # -- results ------------------------------------------------------------------------------
 
     def _anomaly(
         self, row: Row, win: _Window, model: _Model, x: np.ndarray | None, spe: float, stale: list[SeriesKey]
     ) -> Anomaly:
-        a = np.array(self.a_rows)
+        ep = self.episode
         blame: list[Blame] = []
         findings: list[pm.ColumnFinding] = []
         fit = model.fit
         over = fit is not None and spe > fit.q_alpha  # (a row may be abnormal by the quiet rule alone)
         if over:
-            findings = pm.identify(fit, a[:, model.active], self.opts.b1, self.opts.b2)
+            assert ep.ident is not None  # (folded under this model by _score)
+            findings = ep.ident.findings(self.opts.b1, self.opts.b2)
             blame = [
                 Blame(
                     column=win.columns[model.active[f.index]],
@@ -305,10 +358,10 @@ class PcaSpeDetector:
             ]
         quiet = model.quiet
         low, high = quiet.band
-        excess = np.array([quiet.excess(r) for r in a])  # rows of A × quiet columns
-        for i in np.flatnonzero(np.abs(excess).max(axis=0, initial=0.0) > 0):  # (A holds this row: never empty)
+        assert ep.quiet is not None
+        z = ep.rows[-1]  # this row
+        for i, worst in ep.quiet.worst():  # each quiet column furthest out of its band over A
             j = int(quiet.index[i])
-            worst = float(excess[np.argmax(np.abs(excess[:, i])), i])
             blame.append(
                 Blame(
                     column=win.columns[j],
@@ -318,12 +371,12 @@ class PcaSpeDetector:
                         "rule": "quiet column left its band",
                         "band": [float(low[i]), float(high[i])],
                         "noise": float(quiet.noise[i]),
-                        "value": float(z_last) if math.isfinite(z_last := a[-1, j]) else None,
+                        "value": float(z_last) if math.isfinite(z_last := z[j]) else None,
                     },
                 )
             )
         blame.sort(key=lambda b: -b.score)
-        breached = excess[-1] != 0  # the last row's quiet columns out of their band
+        breached = ep.quiet.last != 0  # this row's quiet columns out of their band
         details: dict[str, Any] = {
             # what made this row abnormal: SPE over Q_α, a quiet column out of its band, or both
             "trigger": "+".join(w for w, on in (("spe", over), ("quiet", bool(breached.any()))) if on),
@@ -333,9 +386,9 @@ class PcaSpeDetector:
             "h0": None if fit is None or math.isnan(fit.h0) else fit.h0,
             "quiet_columns": len(quiet.index),
             "quiet_breaches": [win.columns[int(j)].column for j in quiet.index[breached]],
-            "rows_in_A": len(self.a_rows),
-            "first_row_of_A": self.a_index[0],
-            "run_length": self.run_length,
+            "rows_in_A": len(ep),
+            "first_row_of_A": ep.index[0],
+            "run_length": ep.run_length,
             "window_rows": win.stats.n,
             "stale_columns": [c.column for c in stale],
             "candidates": [
@@ -380,13 +433,13 @@ class PcaSpeDetector:
                 z = vals[[lookup[c] for c in win.columns]]
                 if np.isfinite(z).all():
                     batch.append(z)
-        elif self.a_rows:
-            batch = [z for z in self.a_rows if np.isfinite(z).all()]
+        elif len(self.episode):
+            batch = [z for z in self.episode.rows if np.isfinite(z).all()]
         elif self.last_episode and self.last_episode[0] == win.columns:
             batch = [z for z in self.last_episode[1] if np.isfinite(z).all()]
         for z in batch:
             win.add(z)
-        self.a_rows, self.a_index, self.last_episode, self.run_length = [], [], None, 0
+        self.episode, self.last_episode = _Episode(self.opts.t), None
         if win.top is not None:
             win.top.u = None  # the window moved by many rows: start from a full decomposition
         win.stats.refresh()
@@ -424,8 +477,8 @@ class PcaSpeDetector:
             "window_rows": win.stats.n if win else 0,
             "rows_needed": win.need if win else None,
             "spe": self.last_spe,
-            "rows_in_A": len(self.a_rows),
-            "run_length": self.run_length,
+            "rows_in_A": len(self.episode),
+            "run_length": self.episode.run_length,
             "anomalies": self.anomalies,
             "column_changes": self.column_changes,
             "pending_columns": [c.column for c in self.pending.columns] if self.pending else None,

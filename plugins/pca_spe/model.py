@@ -11,12 +11,15 @@ What lives here:
   scaled χ² where h₀ ≤ 0); :func:`fit_window` is the same from the raw rows (the batch reference);
 * :class:`QuietColumns` — the columns that held still over the window (std below their noise
   level, e.g. the tracking error Δ): kept out of the PCA and watched on their own against the
-  window's range widened by twice the noise level;
+  window's range widened by twice the noise level; :class:`RunningQuietExcess`, how far each
+  left its band over the abnormal rows A, kept as rows join and leave A;
 * :class:`TopEigen` — the top eigenpairs the sliding window needs per tick, from last tick's by
   one C⁴ filter step and Rayleigh–Ritz; every answer carries a-posteriori bounds (subspace angle,
   k, θ, and in :func:`fit` Q_α) and a full ``eigh`` replaces it wherever they fail (the step's
   arithmetic is in :mod:`atomwatch.plugins.pca_spe.kernels`, compiled by numba when it is installed);
-* :func:`identify` — the three identification steps (rd_j, stddev_j, meandiff_j);
+* :func:`identify` — the three identification steps (rd_j, stddev_j, meandiff_j) over A, and
+  :class:`RunningIdentification`, the same from A's sums kept as rows join and leave it (a row
+  costs the same whatever the episode's length);
 * :func:`deltas_from_mu` — each column's tracking error Δ_i from the user's deviation μ on
   detection accuracy (derivation in ``docs/delta-from-mu.md``).
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -154,6 +158,51 @@ class QuietColumns:
         with np.errstate(invalid="ignore"):
             out = np.where(v > high, (v - high) / self.noise, np.where(v < low, (v - low) / self.noise, 0.0))
         return np.nan_to_num(out)
+
+
+class RunningQuietExcess:
+    """Per quiet column, the row of A where it was furthest out of its band: the largest
+    |:meth:`QuietColumns.excess`| over the rows A holds (the earliest on ties), kept as rows
+    join A (``add``, with a sequence number) and leave it oldest first (``remove``).
+
+    Each column keeps a queue of (sequence number, excess) whose |excess| does not increase
+    from front to back: a new value drops the smaller ones behind it (they can never be the
+    largest again while it is in A), the front is the largest, and it leaves with its row. Only
+    out-of-band values enter, so a row costs O(1) per quiet column it breaches, amortised,
+    whatever A's length.
+    """
+
+    def __init__(self, quiet: QuietColumns) -> None:
+        self.quiet = quiet
+        self._queues: dict[int, deque[tuple[int, float]]] = {}  # quiet column position → queue
+        self.last = np.zeros(len(quiet.index))  # the excess of the row added last
+
+    def add(self, seq: int, z: np.ndarray) -> np.ndarray:
+        """Fold in row ``seq`` of A (full window width); returns its excess per quiet column."""
+        e = self.quiet.excess(z)
+        for i in np.flatnonzero(e).tolist():
+            v = float(e[i])
+            q = self._queues.get(i)
+            if q is None:
+                q = self._queues[i] = deque()
+            while q and abs(q[-1][1]) < abs(v):
+                q.pop()
+            q.append((seq, v))
+        self.last = e
+        return e
+
+    def remove(self, seq: int) -> None:
+        """Row ``seq`` (the oldest added and not removed) leaves A."""
+        for i in [i for i, q in self._queues.items() if q[0][0] == seq]:
+            q = self._queues[i]
+            q.popleft()
+            if not q:
+                del self._queues[i]
+
+    def worst(self) -> list[tuple[int, float]]:
+        """(quiet column position, its signed excess furthest out) for every quiet column out
+        of its band in some row of A, by position."""
+        return [(i, self._queues[i][0][1]) for i in sorted(self._queues)]
 
 
 def split_quiet(std: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -603,21 +652,44 @@ def identify(model: PcaFit, a_raw: np.ndarray, b1: float = 2.0, b2: float = 3.0)
        of mean_i a_ij − avg_j.
 
     Returns the findings of every column that passed step 1, abnormal ones first by stddev.
+    This is the batch form (one pass over A); :class:`RunningIdentification` keeps the same
+    sums as rows join and leave A.
     """
     a_raw = np.atleast_2d(np.asarray(a_raw, dtype=np.float64))
     b = model.standardise(a_raw)
     b = np.array([model.fill_missing(r) for r in b]) if not np.isfinite(b).all() else b
     br = model.residual(b)
-    a = (br * br).mean(axis=0)
+    finite = np.isfinite(a_raw)
+    safe = np.where(finite, a_raw, 0.0)
+    return _findings(
+        model,
+        (br * br).mean(axis=0),
+        finite.sum(axis=0),
+        safe.sum(axis=0),
+        (np.abs(safe - model.mean) * finite).sum(axis=0),
+        b1,
+        b2,
+    )
+
+
+def _findings(
+    model: PcaFit,
+    a: np.ndarray,
+    known: np.ndarray,
+    colsum: np.ndarray,
+    devsum: np.ndarray,
+    b1: float,
+    b2: float,
+) -> list[ColumnFinding]:
+    """The three steps from A's sums per column: a_j (mean squared residual), the count of
+    known cells, their sum, and the sum of their distances |a_ij − avg_j|."""
     y = (model.n - 1) / model.n * model.resid_diag()
     tiny = 1e-12
     rd = (a - y) / np.maximum(y, tiny)
     out: list[ColumnFinding] = []
-    known = np.isfinite(a_raw).sum(axis=0)
-    safe = np.where(np.isfinite(a_raw), a_raw, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):  # a column unknown in every row of A: NaN
-        colmean = safe.sum(axis=0) / known
-        dev = (np.abs(safe - model.mean) * np.isfinite(a_raw)).sum(axis=0) / known / model.std
+        colmean = colsum / known
+        dev = devsum / known / model.std
     for j in np.flatnonzero(rd >= b1):
         sd = float(dev[j]) if np.isfinite(dev[j]) else None
         diff = float(colmean[j] - model.mean[j]) if np.isfinite(colmean[j]) else 0.0
@@ -634,6 +706,68 @@ def identify(model: PcaFit, a_raw: np.ndarray, b1: float = 2.0, b2: float = 3.0)
         )
     out.sort(key=lambda f: (not f.abnormal, -(f.stddev or 0.0), -f.rd))
     return out
+
+
+class RunningIdentification:
+    """The sums :func:`identify` needs over the abnormal rows A, for one model, kept up to date
+    as rows join A (``add``) and leave it (``remove``, the oldest when A is full): per column
+    Σ x̃_ij² (the squared residual of the standardised row, stale cells filled as in
+    :meth:`PcaFit.fill_missing`), the count of known cells, Σ a_ij and Σ |a_ij − avg_j| over them.
+
+    A row costs O(d·k) to add or remove whatever A's length, where :func:`identify` costs
+    O(m·d·k) per call. The float sums are compensated (Neumaier), so that a long episode's
+    adds and removes leave them within a few units of rounding of the exact sums over the rows
+    A holds now: :meth:`findings` agrees with :func:`identify` over the same rows to ~10⁻¹³
+    (relative; the stale-cell and residual arithmetic is the same per row).
+    """
+
+    def __init__(self, model: PcaFit) -> None:
+        self.model = model
+        self.m = 0
+        self.known = np.zeros(model.d, dtype=np.int64)
+        self._sum = np.zeros((3, model.d))  # Σ x̃², Σ a (known cells), Σ |a − avg| (known cells)
+        self._err = np.zeros((3, model.d))  # their compensations (what rounding dropped)
+
+    def _terms(self, a_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fit = self.model
+        finite = np.isfinite(a_raw)
+        b = fit.standardise(a_raw)
+        if not np.isfinite(b).all():
+            b = fit.fill_missing(b)
+        r = fit.residual(b)
+        terms = np.empty((3, fit.d))
+        np.multiply(r, r, out=terms[0])
+        np.copyto(terms[1], np.where(finite, a_raw, 0.0))
+        np.multiply(np.abs(terms[1] - fit.mean), finite, out=terms[2])
+        return terms, finite
+
+    def _accumulate(self, terms: np.ndarray) -> None:
+        s = self._sum
+        t = s + terms
+        # Neumaier: the low-order bits of the larger operand that the rounded sum t dropped
+        self._err += np.where(np.abs(s) >= np.abs(terms), (s - t) + terms, (terms - t) + s)
+        self._sum = t
+
+    def add(self, a_raw: np.ndarray) -> None:
+        """Fold in one row of A (raw, the model's columns; NaN = unknown cell)."""
+        terms, finite = self._terms(np.asarray(a_raw, dtype=np.float64))
+        self._accumulate(terms)
+        self.known += finite
+        self.m += 1
+
+    def remove(self, a_raw: np.ndarray) -> None:
+        """Take out a row added before (the same values: its terms are recomputed)."""
+        terms, finite = self._terms(np.asarray(a_raw, dtype=np.float64))
+        self._accumulate(-terms)
+        self.known -= finite
+        self.m -= 1
+
+    def findings(self, b1: float = 2.0, b2: float = 3.0) -> list[ColumnFinding]:
+        """:func:`identify` over the rows added and not removed (at least one)."""
+        if self.m < 1:
+            raise ValueError("identification needs at least one row of A")
+        total = self._sum + self._err
+        return _findings(self.model, total[0] / self.m, self.known, total[1], total[2], b1, b2)
 
 
 # --------------------------------------------------------------------------- Δ from μ
