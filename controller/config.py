@@ -12,6 +12,17 @@ from atomwatch import signing
 from atomwatch.config import BrokerAddress, ConfigError
 from atomwatch.protocol import ProtocolError, check_name
 
+#: Defaults of the resource limits (``docs/limits.md`` says why each is what it is).
+#: A birth announcing more series is refused whole: 500 VMs × 8 metrics; ingest keeps ~0.5 kB a series.
+MAX_SERIES_PER_HOST = 4000
+#: columns a scope hands its detectors (beyond: cut, said once): 300 VMs × 8 metrics; pca-spe
+#: holds ~16 bytes × d² per scope (≈ 90 MB at 2,400 columns).
+MAX_COLUMNS_PER_SCOPE = 2400
+#: commands awaiting their final reply, on the whole controller and to one host (each holds a task
+#: and a future until its reply or timeout; agents carry out a host's commands a few at a time)
+MAX_PENDING_COMMANDS = 4096
+MAX_PENDING_COMMANDS_PER_HOST = 32
+
 
 def default_db() -> str:
     """``$ATOMWATCH_DB``, else ``$XDG_STATE_HOME/atomwatch/alarms.sqlite`` (~/.local/state)."""
@@ -29,6 +40,10 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: the limit fields of :class:`ControllerConfig` (each also ``--max-…`` and a config-file key)
+LIMITS = ("max_series_per_host", "max_columns_per_scope", "max_pending_commands", "max_pending_commands_per_host")
 
 
 @dataclass
@@ -66,6 +81,14 @@ class ControllerConfig:
     signing_key: Any = None
     #: seconds a signed command may wait to be accepted by its agent
     command_lifetime: float = signing.DEFAULT_LIFETIME
+    #: the resource limits: a birth announcing more series than ``max_series_per_host`` is refused
+    #: (the host's stored state kept); a scope hands at most ``max_columns_per_scope`` columns to its
+    #: detectors; at most ``max_pending_commands`` commands (``max_pending_commands_per_host`` to one
+    #: host) wait for their reply at once
+    max_series_per_host: int = MAX_SERIES_PER_HOST
+    max_columns_per_scope: int = MAX_COLUMNS_PER_SCOPE
+    max_pending_commands: int = MAX_PENDING_COMMANDS
+    max_pending_commands_per_host: int = MAX_PENDING_COMMANDS_PER_HOST
 
     def __post_init__(self) -> None:
         try:
@@ -81,6 +104,10 @@ class ControllerConfig:
             raise ConfigError(f"signing_key must be an Ed25519 private key, got {type(self.signing_key).__name__}")
         if not self.command_lifetime > 0:
             raise ConfigError(f"command lifetime must be > 0 seconds, got {self.command_lifetime}")
+        for name in LIMITS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number ≥ 1, got {value!r}")
         self.http_address()
         if bool(self.http_cert) != bool(self.http_key):
             raise ConfigError("--http-cert and --http-key go together: give both (or neither, for plain HTTP)")

@@ -61,6 +61,24 @@ def add_controller_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mu", type=float, help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents"
     )
+    add_limit_arguments(p)
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """The controller's resource limits (docs/limits.md); also keys of the ``--config`` file."""
+    from atomwatch.controller import config as c
+
+    for flag, default, what in (
+        ("--max-series-per-host", c.MAX_SERIES_PER_HOST, "refuse a birth announcing more series than this"),
+        ("--max-columns-per-scope", c.MAX_COLUMNS_PER_SCOPE, "hand a scope's detectors at most this many columns"),
+        ("--max-pending-commands", c.MAX_PENDING_COMMANDS, "commands awaiting their reply at once, in all"),
+        (
+            "--max-pending-commands-per-host",
+            c.MAX_PENDING_COMMANDS_PER_HOST,
+            "commands awaiting their reply at once, to one host",
+        ),
+    ):
+        p.add_argument(flag, type=int, metavar="N", help=f"{what} (default {default})")
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
@@ -85,6 +103,12 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     for name in ("http_tokens", "http_cert", "http_key"):
         kwargs[name] = pick(args, file_config, name, None)
     kwargs["http_insecure"] = bool(pick(args, file_config, "http_insecure", False))
+    from atomwatch.controller.config import LIMITS
+
+    for name in LIMITS:
+        value = pick(args, file_config, name, None)
+        if value is not None:
+            kwargs[name] = value
     lifetime = pick(args, file_config, "command_lifetime", None)
     if lifetime is not None:
         kwargs["command_lifetime"] = float(lifetime)
