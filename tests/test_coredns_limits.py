@@ -159,7 +159,7 @@ def test_parse_exposition_limits_stop_reading_early():
 
 def test_limit_options_defaults_and_refusals():
     opts = parse_options("coredns", CorednsOptions, {"endpoints": "127.0.0.1:9153"})
-    assert (opts.max_bytes, opts.max_samples, opts.parse_timeout) == (MAX_BYTES, 10_000, 2.0)
+    assert (opts.max_bytes, opts.max_samples, opts.parse_timeout) == (MAX_BYTES, 5000, 2.0)
     assert MAX_BYTES == 4 << 20
     opts = parse_options("coredns", CorednsOptions, {"max_bytes": "65536", "max_samples": 50, "parse_timeout": "500ms"})
     assert (opts.max_bytes, opts.max_samples, opts.parse_timeout) == (65536, 50, 0.5)
