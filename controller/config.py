@@ -16,7 +16,7 @@ from atomwatch.protocol import ProtocolError, check_name
 #: A birth announcing more series is refused whole: 500 VMs × 8 metrics; ingest keeps ~0.5 kB a series.
 MAX_SERIES_PER_HOST = 4000
 #: columns a scope hands its detectors (beyond: cut, said once): 300 VMs × 8 metrics; pca-spe
-#: holds ~16 bytes × d² per scope (≈ 90 MB at 2,400 columns).
+#: holds 10–20 bytes × d² per scope (≈ 60 MB at 2,400 columns).
 MAX_COLUMNS_PER_SCOPE = 2400
 #: commands awaiting their final reply, on the whole controller and to one host (each holds a task
 #: and a future until its reply or timeout; agents carry out a host's commands a few at a time)
