@@ -57,7 +57,14 @@ class Controller:
         self.client: aiomqtt.Client | None = None
         self.tasks: set[asyncio.Task] = set()
         signer = signing.Signer(config.signing_key, config.command_lifetime) if config.signing_key else None
-        self.commands = AgentCommands(lambda: self.client, self.spawn, signer, drop=lambda r, d: self.ingest.drop(r, d))
+        self.commands = AgentCommands(
+            lambda: self.client,
+            self.spawn,
+            signer,
+            drop=lambda r, d: self.ingest.drop(r, d),
+            max_pending=config.max_pending_commands,
+            max_pending_per_host=config.max_pending_commands_per_host,
+        )
         #: unexpected exceptions on the receive paths, by (where, type): atomwatch_unexpected_errors
         self.faults = Faults(log)
         self.ingest = Ingest(
@@ -66,9 +73,10 @@ class Controller:
             max_message_size=config.max_message_size,
             max_reply_size=config.max_reply_size,
             awaits_reply=self.commands.awaits,
+            max_series=config.max_series_per_host,
         )
         self.ingest.replies.append(self.commands.on_reply)
-        self.scope_rows = ScopeRows()
+        self.scope_rows = ScopeRows(max_columns=config.max_columns_per_scope)
         factories = detector_factories(pm)
         if config.detectors:
             unknown = [d for d in config.detectors if d not in factories]

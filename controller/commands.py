@@ -8,6 +8,10 @@ and only for an outstanding request id; any other is counted (``drop(reason, det
 ``dropped`` counters, ``reply-unknown-request`` / ``reply-wrong-host``) and dropped. What does not: the MQTT session
 itself (:mod:`atomwatch.controller.app`), which commands an agent knows (the agent's plugins),
 and what the controller does with a result (orchestrator plugins, :mod:`.delta_push`).
+
+At most ``max_pending`` commands wait for their reply at once, ``max_pending_per_host`` of them
+to one host (``--max-pending-commands``, ``--max-pending-commands-per-host``): one more is refused
+at once with a :class:`CommandFailed` naming the option, and counted (:attr:`AgentCommands.refused`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +28,8 @@ import aiomqtt
 
 from atomwatch import protocol, signing
 from atomwatch.handles import CommandFailed, Progress
+
+from .config import MAX_PENDING_COMMANDS, MAX_PENDING_COMMANDS_PER_HOST
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +48,16 @@ class AgentCommands:
         spawn: Callable[[Awaitable[Any], str], Any],
         signer: signing.Signer | None = None,
         drop: Callable[[str, str], None] | None = None,
+        max_pending: int = MAX_PENDING_COMMANDS,
+        max_pending_per_host: int = MAX_PENDING_COMMANDS_PER_HOST,
     ) -> None:
         self.client = client
+        self.max_pending = max_pending
+        self.max_pending_per_host = max_pending_per_host
+        #: commands refused by a limit, by the limit's option name
+        self.refused: Counter[str] = Counter()
+        #: (site, host) → commands to it waiting for their reply
+        self.pending_per_host: Counter[tuple[str, str]] = Counter()
         self.spawn = spawn
         self.signer = signer
         self.drop = drop or (lambda reason, detail: None)
@@ -74,10 +89,12 @@ class AgentCommands:
         client = self.client()
         if client is None:
             raise CommandFailed(f"{command} to {site}/{host}: the controller is not connected to the broker")
+        self._check_limits(site, host, command)
         cmd = self.command(site, host, command, params or {}, timeout)
         request_id = cmd.id
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self.pending[request_id] = (fut, on_progress, site, host)
+        self.pending_per_host[(site, host)] += 1
         try:
             await client.publish(protocol.cmd_topic(site, host, request_id), protocol.encode(cmd), qos=1)
             reply: protocol.Reply = await asyncio.wait_for(fut, timeout + 5.0)
@@ -87,6 +104,9 @@ class AgentCommands:
             raise CommandFailed(f"{command} to {site}/{host}: not sent ({e})") from None
         finally:
             self.pending.pop(request_id, None)
+            self.pending_per_host[(site, host)] -= 1
+            if self.pending_per_host[(site, host)] <= 0:
+                del self.pending_per_host[(site, host)]
         if reply.status == "error":
             raise CommandFailed(f"{command} on {site}/{host} failed: {reply.error}")
         return reply.result
@@ -96,6 +116,26 @@ class AgentCommands:
         waiting for its final reply (ingest lets such a reply be larger: ``--max-reply-size``)."""
         entry = self.pending.get(topic.request_id or "")
         return entry is not None and topic.kind == "reply" and entry[2:] == (topic.site, topic.host)
+
+    def _check_limits(self, site: str, host: str, command: str) -> None:
+        """Refuse one more command when the controller or ``site``/``host`` has as many waiting for
+        their reply as its limit allows (CommandFailed naming the option)."""
+        waiting = self.pending_per_host[(site, host)]
+        if waiting >= self.max_pending_per_host:
+            option, limit, what = "max_pending_commands_per_host", self.max_pending_per_host, f"to {site}/{host}"
+        elif len(self.pending) >= self.max_pending:
+            option, limit, what = "max_pending_commands", self.max_pending, "on this controller"
+        else:
+            return
+        self.refused[option] += 1
+        n = self.refused[option]
+        message = (
+            f"{command} to {site}/{host}: refused, {limit} commands {what} are already waiting for their reply "
+            f"({option} = {limit}; raise --{option.replace('_', '-')} or wait for their replies)"
+        )
+        if n == 1 or n % 100 == 0:
+            log.warning("%s (%d refused so far)", message, n)
+        raise CommandFailed(message)
 
     def on_reply(self, topic: protocol.Topic, reply: protocol.Reply) -> None:
         """Ingest's reply listener: the final reply ends the waiting command, progress goes to

@@ -11,6 +11,17 @@ from atomwatch import signing
 from atomwatch.config import BrokerAddress, ConfigError, is_loopback, parse_size
 from atomwatch.protocol import MAX_MESSAGE_SIZE, MAX_REPLY_SIZE, MIN_MESSAGE_SIZE, ProtocolError, check_name
 
+#: Defaults of the resource limits (``docs/limits.md`` says why each is what it is).
+#: A birth announcing more series is refused whole: 500 VMs × 8 metrics; ingest keeps ~0.5 kB a series.
+MAX_SERIES_PER_HOST = 4000
+#: columns a scope hands its detectors (beyond: cut, said once): 300 VMs × 8 metrics; pca-spe
+#: holds 10–20 bytes × d² per scope (≈ 60 MB at 2,400 columns).
+MAX_COLUMNS_PER_SCOPE = 2400
+#: commands awaiting their final reply, on the whole controller and to one host (each holds a task
+#: and a future until its reply or timeout; agents carry out a host's commands a few at a time)
+MAX_PENDING_COMMANDS = 4096
+MAX_PENDING_COMMANDS_PER_HOST = 32
+
 
 def default_db() -> str:
     """``$ATOMWATCH_DB``, else ``$XDG_STATE_HOME/atomwatch/alarms.sqlite`` (~/.local/state)."""
@@ -18,6 +29,10 @@ def default_db() -> str:
         return os.environ["ATOMWATCH_DB"]
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return str(state / "atomwatch" / "alarms.sqlite")
+
+
+#: the limit fields of :class:`ControllerConfig` (each also ``--max-…`` and a config-file key)
+LIMITS = ("max_series_per_host", "max_columns_per_scope", "max_pending_commands", "max_pending_commands_per_host")
 
 
 @dataclass
@@ -59,6 +74,14 @@ class ControllerConfig:
     max_message_size: int = MAX_MESSAGE_SIZE
     #: the largest reply decoded for a command the controller is waiting for (introspection results)
     max_reply_size: int = MAX_REPLY_SIZE
+    #: the resource limits: a birth announcing more series than ``max_series_per_host`` is refused
+    #: (the host's stored state kept); a scope hands at most ``max_columns_per_scope`` columns to its
+    #: detectors; at most ``max_pending_commands`` commands (``max_pending_commands_per_host`` to one
+    #: host) wait for their reply at once
+    max_series_per_host: int = MAX_SERIES_PER_HOST
+    max_columns_per_scope: int = MAX_COLUMNS_PER_SCOPE
+    max_pending_commands: int = MAX_PENDING_COMMANDS
+    max_pending_commands_per_host: int = MAX_PENDING_COMMANDS_PER_HOST
 
     def __post_init__(self) -> None:
         try:
@@ -81,6 +104,10 @@ class ControllerConfig:
                 f"--max-reply-size {self.max_reply_size} is below --max-message-size {self.max_message_size}: "
                 "a reply the controller waits for may be as large as any other message; raise --max-reply-size"
             )
+        for name in LIMITS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number ≥ 1, got {value!r}")
         self.http_address()
         if bool(self.http_cert) != bool(self.http_key):
             raise ConfigError("--http-cert and --http-key go together: give both (or neither, for plain HTTP)")

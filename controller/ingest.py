@@ -11,6 +11,11 @@ logged once per kind, and the message dropped as ``internal``.
 
 A payload above ``max_message_size`` is refused before it is parsed, except a reply to a command
 the controller is waiting for (``awaits_reply``), which may weigh up to ``max_reply_size``.
+
+A birth announcing more series than ``max_series`` (the controller's ``--max-series-per-host``) is
+refused whole before anything of it is stored: the host keeps what it had, the refusal is said once
+per host and session and counted (``too-many-series``), and that session's data is dropped
+(``refused-session``) until a birth within the limit comes (asked for every few minutes).
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ from atomwatch import protocol
 from atomwatch.mqtt import Faults
 from atomwatch.series import SeriesKey
 
+from .config import MAX_SERIES_PER_HOST
+
 log = logging.getLogger(__name__)
 
 #: seconds between two rebirth requests to one host while waiting for its birth
 REBIRTH_INTERVAL = 2.0
+#: seconds between two rebirth requests to a host whose birth was refused as too large (the same
+#: birth would come back at once; asking now and then notices a table that has shrunk)
+REFUSED_REBIRTH_INTERVAL = 300.0
 
 
 @dataclass
@@ -49,6 +59,8 @@ class HostState:
     alive: bool = False
     synced: bool = False  # False after a gap until the next birth
     rebirth_asked: float = 0.0
+    #: the session whose birth was refused as too large (its data is dropped), None when none
+    refused_session: int | None = None
 
     @property
     def scope(self) -> str:
@@ -78,8 +90,11 @@ class Ingest:
         max_message_size: int = protocol.MAX_MESSAGE_SIZE,
         max_reply_size: int = protocol.MAX_REPLY_SIZE,
         awaits_reply: Callable[[protocol.Topic], bool] | None = None,
+        max_series: int = MAX_SERIES_PER_HOST,
     ):
         self.hosts: dict[tuple[str, str], HostState] = {}
+        #: the most series one host's birth may announce (``--max-series-per-host``)
+        self.max_series = max_series
         self.request_rebirth = request_rebirth or (lambda site, host: None)
         self.faults = faults if faults is not None else Faults(log)
         self.max_message_size = max_message_size
@@ -127,6 +142,23 @@ class Ingest:
                 pass
         return self.max_message_size, "--max-message-size"
 
+    def _refuse_birth(self, state: HostState, msg: protocol.Birth) -> None:
+        """Refuse a birth with more than ``max_series`` series: nothing of it is stored."""
+        self.dropped["too-many-series"] += 1
+        if state.refused_session != msg.session:
+            state.refused_session = msg.session
+            state.rebirth_asked = time.monotonic()  # the next request waits REFUSED_REBIRTH_INTERVAL
+            log.warning(
+                "%s: birth of session %d announces %d series, more than max_series_per_host = %d: refused whole, "
+                "and this session's data is dropped; the host's %d stored series are kept. Raise "
+                "--max-series-per-host (max_series_per_host in the config file) to accept it.",
+                state.scope,
+                msg.session,
+                len(msg.series),
+                self.max_series,
+                len(state.keys),
+            )
+
     def handle(self, topic: str, payload: bytes) -> None:
         """Apply one MQTT message. Never raises."""
         try:
@@ -153,11 +185,26 @@ class Ingest:
         if isinstance(msg, (protocol.Command, protocol.State)):
             return
         state = self.host(t.site, t.host)
+        if isinstance(msg, protocol.Birth) and len(msg.series) > self.max_series:
+            self._refuse_birth(state, msg)
+            return
+        if isinstance(msg, protocol.Data) and msg.session == state.refused_session:
+            # no last_seen: a host whose every message is refused leaves the live set, and its
+            # stored values are not handed to the detectors as if they were current
+            self.dropped["refused-session"] += 1
+            now = time.monotonic()
+            if now - state.rebirth_asked >= REFUSED_REBIRTH_INTERVAL:
+                state.rebirth_asked = now
+                self.request_rebirth(state.site, state.host)
+            return
         state.last_seen = time.time()
         if isinstance(msg, protocol.Birth):
             if state.session is not None and msg.session < state.session:
                 self._drop("old-birth", f"{state.scope}: birth of session {msg.session} older than {state.session}")
                 return
+            if state.refused_session is not None:
+                log.info("%s: birth of session %d within the series limit: accepted again", state.scope, msg.session)
+                state.refused_session = None
             state.session = msg.session
             state.seq = msg.seq - 1
             state.tick = msg.tick

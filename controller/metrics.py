@@ -3,7 +3,8 @@
 Per scope and detector: the last score and threshold (for PCA-SPE, SPE and Q_α); alarms by state;
 messages ingested by kind, values ingested, messages dropped by reason; rows handed to detectors;
 whether the broker is connected (``atomwatch_connected``, 1/0) and the unexpected exceptions of
-the receive paths by where and type (``atomwatch_unexpected_errors``).
+the receive paths by where and type (``atomwatch_unexpected_errors``);
+refusals by resource limit and the columns a scope leaves out of its rows (``docs/limits.md``).
 
 What lives here: the collector and :func:`render_metrics`, reading a :class:`MetricsSource` (the
 few parts of the controller they need, not the controller). What does not: serving them (the
@@ -23,7 +24,9 @@ from atomwatch.handles import ScopeStatus
 from atomwatch.mqtt import Faults
 
 from .alarms import AlarmStore
+from .commands import AgentCommands
 from .ingest import Ingest
+from .scopes import ScopeRows
 
 
 class MetricsSource(Protocol):
@@ -35,6 +38,8 @@ class MetricsSource(Protocol):
     rows_handled: int
     connected: asyncio.Event
     faults: Faults
+    scope_rows: ScopeRows
+    commands: AgentCommands
 
 
 class _ControllerCollector:
@@ -89,6 +94,30 @@ class _ControllerCollector:
         for (site, host), h in list(c.ingest.hosts.items()):
             hosts.add_metric([f"{site}/{host}", "1" if h.alive else "0"], len(h.keys))
         yield hosts
+        yield from _limits(c)
+
+
+def _limits(c: MetricsSource):
+    """What the resource limits refused (docs/limits.md), by the option that sets the limit."""
+    refusals = CounterMetricFamily(
+        "atomwatch_limit_refusals",
+        "Things refused or cut by a resource limit, by the option: births (max_series_per_host), rows cut "
+        "(max_columns_per_scope), commands (max_pending_commands, max_pending_commands_per_host)",
+        labels=["limit"],
+    )
+    refusals.add_metric(["max_series_per_host"], c.ingest.dropped.get("too-many-series", 0))
+    refusals.add_metric(["max_columns_per_scope"], sum(list(c.scope_rows.capped_rows.values())))
+    for option in ("max_pending_commands", "max_pending_commands_per_host"):
+        refusals.add_metric([option], c.commands.refused.get(option, 0))
+    yield refusals
+    left_out = GaugeMetricFamily(
+        "atomwatch_scope_columns_left_out",
+        "Columns left out of a scope's last row by max_columns_per_scope",
+        labels=["scope"],
+    )
+    for scope, n in list(c.scope_rows.left_out.items()):
+        left_out.add_metric([scope], n)
+    yield left_out
 
 
 def unexpected_errors(faults: Faults) -> CounterMetricFamily:

@@ -216,7 +216,10 @@ def test_live_rates_match_the_served_counters(manual_server):
         )
         assert 0.7 < r2["CacheHitRatio"] < 0.9
         assert r2["LatencyP99"] > r2["LatencyP50"] > 0
-        assert set(col.status()["dns1"]) == {"url", "version", "down"} and col.status()["dns1"]["version"] == "1.11.1"
+        assert (
+            set(col.status()["dns1"]) == {"url", "version", "down", "refused"}
+            and col.status()["dns1"]["version"] == "1.11.1"
+        )
     finally:
         col.close()
 

@@ -5,6 +5,10 @@ subcommands plugins add through the ``register_commands`` hook (the deep plugin'
 Each built-in module has ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only
 when its subcommand runs. This package sits on top of every layer and may import any of them;
 nothing imports it but ``python -m atomwatch`` and the console script.
+
+Output to a closed pipe (``atomwatch detect … | head -2``) ends every subcommand quietly with exit
+status 141 (128 + SIGPIPE, what the shell reports for a writer whose reader went away), handled
+once here in :func:`main`, not per subcommand.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import sys
 from pathlib import Path
 
@@ -22,6 +27,9 @@ from atomwatch.config import ConfigError
 from atomwatch.subcommands import Subcommand
 
 log = logging.getLogger(__name__)
+
+#: the exit status when stdout's reader went away: 128 + SIGPIPE, as the shell reports it
+CLOSED_PIPE_STATUS = 141
 
 #: built-in subcommand → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -96,7 +104,45 @@ class _Context:
             store.shutdown()
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has gone away."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    try:
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except OSError:
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit finds nothing to
+    fail on (else it prints 'Exception ignored … BrokenPipeError')."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; its exit status. Output to a closed pipe ends it quietly (141)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        return status
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket or another pipe of the subcommand broke: that is its own error
+    _silence_stdout()
+    return CLOSED_PIPE_STATUS
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Find the subcommand first so that only its module is imported; plugins are loaded only for
     # a subcommand that is not built in, or to list theirs in the help.

@@ -69,6 +69,24 @@ def add_controller_options(p: argparse.ArgumentParser) -> None:
         help="the largest reply decoded for a command the controller waits for, e.g. an introspection's "
         "result (default 16MiB)",
     )
+    add_limit_arguments(p)
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """The controller's resource limits (docs/limits.md); also keys of the ``--config`` file."""
+    from atomwatch.controller import config as c
+
+    for flag, default, what in (
+        ("--max-series-per-host", c.MAX_SERIES_PER_HOST, "refuse a birth announcing more series than this"),
+        ("--max-columns-per-scope", c.MAX_COLUMNS_PER_SCOPE, "hand a scope's detectors at most this many columns"),
+        ("--max-pending-commands", c.MAX_PENDING_COMMANDS, "commands awaiting their reply at once, in all"),
+        (
+            "--max-pending-commands-per-host",
+            c.MAX_PENDING_COMMANDS_PER_HOST,
+            "commands awaiting their reply at once, to one host",
+        ),
+    ):
+        p.add_argument(flag, type=int, metavar="N", help=f"{what} (default {default})")
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
@@ -93,7 +111,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     for name in ("http_tokens", "http_cert", "http_key"):
         kwargs[name] = pick(args, file_config, name, None)
     kwargs["http_insecure"] = bool(pick(args, file_config, "http_insecure", False))
-    for name in ("max_message_size", "max_reply_size"):
+    from atomwatch.controller.config import LIMITS
+
+    for name in ("max_message_size", "max_reply_size", *LIMITS):
         value = pick(args, file_config, name, None)
         if value is not None:
             kwargs[name] = value

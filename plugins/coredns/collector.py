@@ -19,16 +19,25 @@ Options (``--set coredns.KEY=VALUE`` or ``[plugins.coredns]``; the fields of :cl
 ``timeout``    seconds per HTTP attempt (default 2)
 ``retries``    extra attempts after a failed one, within the budget (default 1)
 ``budget``     seconds the whole tick's scrape may take (default: the agent's collect budget)
+``max_bytes``  the most an answer may weigh; reading stops there (default 4 MiB)
+``max_samples`` the most CoreDNS sample lines taken from one answer (default 5,000)
+``parse_timeout`` seconds parsing one answer may take (default 2)
+
+Each limit abandons that scrape (its series stale, the reason naming the server and the option,
+logged once per outage, counted in :meth:`CorednsCollector.status`); the next tick scrapes again.
+Why these defaults: ``docs/limits.md``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import http.client
 import logging
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -40,17 +49,33 @@ from atomwatch.config import ConfigError
 from atomwatch.series import SeriesKey
 from atomwatch.types import Reading
 
-from .metrics import METRICS, InstanceDeriver, Step, stale
+from .metrics import METRICS, ExpositionLimitError, InstanceDeriver, Scrape, Step, parse_exposition, stale
 
 log = logging.getLogger(__name__)
 
-#: the most a /metrics answer may weigh (a CoreDNS with many zones is a few hundred kB)
-MAX_BYTES = 32 * 1024 * 1024
+#: default of ``max_bytes``: the largest real exposition at hand (CoreDNS 1.6.9, 3 servers × zones)
+#: is 16 kB; 4 MiB leaves room for ~100 server blocks × zones in 1.11's longer names
+MAX_BYTES = 4 * 1024 * 1024
+#: default of ``max_samples``: sample lines the derivation reads (156 in that text; ~130 per server
+#: block × zone in 1.11); parsing costs ~0.1–0.15 ms a line
+MAX_SAMPLES = 5000
+#: default of ``parse_timeout``: that text parses in ~12 ms, 5,000 sample lines in ~0.7 s
+PARSE_TIMEOUT = 2.0
+#: bytes read from the socket at a time
+READ_CHUNK = 64 * 1024
 USER_AGENT = f"atomwatch-coredns/{atomwatch.__version__}"
 
 
 class ScrapeError(Exception):
     """One endpoint could not be read this tick; the text says which and why."""
+
+
+class LimitError(ScrapeError):
+    """A scrape abandoned at a limit (``option`` names it); not retried within the tick."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 @dataclass
@@ -82,6 +107,9 @@ class CorednsOptions:
     retries: Annotated[int, Range(ge=0)] = 1
     #: None: the agent's collect budget
     budget: Annotated[float, Duration, Range(ge=0.001)] | None = None
+    max_bytes: Annotated[int, Range(ge=1024)] = MAX_BYTES
+    max_samples: Annotated[int, Range(ge=1)] = MAX_SAMPLES
+    parse_timeout: Annotated[float, Duration, Range(ge=0.001)] = PARSE_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.names and len(self.names) != len(self.endpoints):
@@ -142,7 +170,15 @@ class CorednsCollector:
         timeout: float = 2.0,
         retries: int = 1,
         budget: float = 5.0,
+        max_bytes: int = MAX_BYTES,
+        max_samples: int = MAX_SAMPLES,
+        parse_timeout: float = PARSE_TIMEOUT,
     ) -> None:
+        self.max_bytes = int(max_bytes)
+        self.max_samples = int(max_samples)
+        self.parse_timeout = float(parse_timeout)
+        #: scrapes abandoned at a limit: (endpoint name, option) → count
+        self.refused: Counter[tuple[str, str]] = Counter()
         self.endpoints = [e if isinstance(e, Endpoint) else parse_endpoint(e) for e in endpoints]
         if not self.endpoints:
             raise ConfigError("coredns.endpoints: no endpoint given")
@@ -150,7 +186,7 @@ class CorednsCollector:
         self.retries = int(retries)
         self.budget = float(budget)
         self._pool = cf.ThreadPoolExecutor(max_workers=max(2, 2 * len(self.endpoints)), thread_name_prefix="coredns")
-        self._inflight: dict[str, cf.Future[tuple[str, float]]] = {}
+        self._inflight: dict[str, cf.Future[tuple[Scrape, float]]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -162,11 +198,47 @@ class CorednsCollector:
         if not eps:
             raise ConfigError("coredns.endpoints: no endpoint given")
         budget = options.budget if options.budget is not None else default_budget
-        return cls(eps, timeout=options.timeout, retries=options.retries, budget=budget)
+        return cls(
+            eps,
+            timeout=options.timeout,
+            retries=options.retries,
+            budget=budget,
+            max_bytes=options.max_bytes,
+            max_samples=options.max_samples,
+            parse_timeout=options.parse_timeout,
+        )
 
     # -- one HTTP scrape, in a worker thread ----------------------------------------------
 
-    def _fetch(self, ep: Endpoint, deadline: float) -> tuple[str, float]:
+    def _limit(self, ep: Endpoint, option: str, what: str) -> LimitError:
+        self.refused[(ep.name, option)] += 1
+        value = getattr(self, option)
+        shown = f"{value:g} s" if isinstance(value, float) else str(value)
+        return LimitError(
+            option,
+            f"CoreDNS {ep.name} ({ep.url}): {what}; scrape abandoned at coredns.{option} = {shown} "
+            f"(raise it with --set coredns.{option}=… if this server's exposition is really that large)",
+        )
+
+    def _read(self, ep: Endpoint, resp: Any, deadline: float) -> bytes:
+        """The body, read in chunks: stops at ``max_bytes`` or the tick's deadline."""
+        length = resp.headers.get("Content-Length")
+        if length and length.strip().isdigit() and int(length) > self.max_bytes:
+            raise self._limit(ep, "max_bytes", f"the answer announces {int(length)} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise ScrapeError(f"{ep.url}: the answer was still coming after the {self.budget:g} s budget")
+            chunk = resp.read1(READ_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise self._limit(ep, "max_bytes", f"the answer is larger than {self.max_bytes} bytes")
+            chunks.append(chunk)
+
+    def _download(self, ep: Endpoint, deadline: float) -> tuple[bytes, float]:
         last = "no attempt made"
         for attempt in range(self.retries + 1):
             remaining = deadline - time.monotonic()
@@ -177,25 +249,40 @@ class CorednsCollector:
                 with urllib.request.urlopen(req, timeout=min(self.timeout, remaining)) as resp:
                     if resp.status != 200:
                         raise ScrapeError(f"{ep.url}: HTTP {resp.status}")
-                    body = resp.read(MAX_BYTES + 1)
-                t = time.monotonic()
-                if len(body) > MAX_BYTES:
-                    raise ScrapeError(f"{ep.url}: answer larger than {MAX_BYTES} bytes")
-                return body.decode("utf-8", errors="replace"), t
+                    body = self._read(ep, resp, deadline)
+                return body, time.monotonic()
+            except LimitError:
+                raise  # the same answer would come back: not retried
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code} {e.reason}"
-            except (urllib.error.URLError, OSError, ScrapeError) as e:
+            except (urllib.error.URLError, OSError, ScrapeError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
                 last = f"{type(e).__name__}: {reason}"
             if attempt < self.retries:
                 time.sleep(min(0.05 * (attempt + 1), max(0.0, deadline - time.monotonic())))
         raise ScrapeError(f"{ep.url}: {last}")
 
+    def _fetch(self, ep: Endpoint, deadline: float) -> tuple[Scrape, float]:
+        """Download and parse one endpoint (in a worker thread: parsing is the costly part)."""
+        body, t = self._download(ep, deadline)
+        text = body.decode("utf-8", errors="replace")
+        del body
+        parse_deadline = min(time.monotonic() + self.parse_timeout, deadline)
+        try:
+            scrape = parse_exposition(text, ep.url, max_samples=self.max_samples, deadline=parse_deadline)
+        except ExpositionLimitError as e:
+            if e.limit == "samples":
+                raise self._limit(ep, "max_samples", f"more than {self.max_samples} CoreDNS sample lines") from None
+            if parse_deadline < deadline:
+                raise self._limit(ep, "parse_timeout", f"parsing took longer than {self.parse_timeout:g} s") from None
+            raise ScrapeError(f"{ep.url}: parsing was still going at the end of the {self.budget:g} s budget") from None
+        return scrape, t
+
     # -- the tick ---------------------------------------------------------------------------
 
     def collect(self) -> Reading:
         deadline = time.monotonic() + self.budget
-        futures: dict[str, cf.Future[tuple[str, float]] | None] = {}
+        futures: dict[str, cf.Future[tuple[Scrape, float]] | None] = {}
         with self._lock:
             for ep in self.endpoints:
                 busy = self._inflight.get(ep.url)
@@ -211,7 +298,7 @@ class CorednsCollector:
         deltas: dict[SeriesKey, float] = {}
         for ep in self.endpoints:
             fut = futures[ep.url]
-            text: str | None = None
+            text: Scrape | None = None
             t = time.monotonic()
             reason = ""
             if fut is None:
@@ -250,7 +337,12 @@ class CorednsCollector:
 
     def status(self) -> dict[str, Any]:
         return {
-            ep.name: {"url": ep.url, "version": ep.deriver.version, "down": ep.down_reason or None}
+            ep.name: {
+                "url": ep.url,
+                "version": ep.deriver.version,
+                "down": ep.down_reason or None,
+                "refused": {opt: n for (name, opt), n in sorted(self.refused.items()) if name == ep.name},
+            }
             for ep in self.endpoints
         }
 

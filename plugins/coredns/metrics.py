@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -78,6 +79,21 @@ class ExpositionError(ValueError):
     """A /metrics text that cannot be read as Prometheus text exposition."""
 
 
+class ExpositionLimitError(ExpositionError):
+    """A text the limits of :func:`parse_exposition` stopped reading: ``limit`` is ``"samples"``
+    (more CoreDNS sample lines than ``max_samples``) or ``"time"`` (past the ``deadline``)."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+#: sample lines handed to the Prometheus parser at once (the deadline is checked between chunks)
+PARSE_CHUNK = 256
+#: text lines filtered between two deadline checks
+FILTER_CHUNK = 4096
+
+
 @dataclass
 class Scrape:
     """One parsed exposition: every numeric sample, and the CoreDNS version if it says."""
@@ -133,29 +149,61 @@ _NAME = re.compile(r"[ \t]*([a-zA-Z_:][a-zA-Z0-9_:]*)")
 def relevant_lines(text: str) -> str:
     """The sample lines of ``text`` whose metric name is in :data:`RELEVANT` (comments dropped:
     samples are classified by their own name, so ``# TYPE`` lines are not needed)."""
-    keep = []
-    for line in text.splitlines():
+    return "\n".join(_relevant(text, "text")) + "\n"
+
+
+def _relevant(
+    text: str, source: str, max_samples: int | None = None, deadline: float | None = None, start: float = 0.0
+) -> list[str]:
+    keep: list[str] = []
+    for i, line in enumerate(text.splitlines()):
+        if deadline is not None and i % FILTER_CHUNK == FILTER_CHUNK - 1 and time.monotonic() > deadline:
+            raise ExpositionLimitError(
+                "time", f"{source}: reading stopped after {time.monotonic() - start:.2f} s at line {i + 1}"
+            )
         m = _NAME.match(line)
         if m and m.group(1) in RELEVANT:
             keep.append(line)
-    return "\n".join(keep) + "\n"
+            if max_samples is not None and len(keep) > max_samples:
+                raise ExpositionLimitError(
+                    "samples",
+                    f"{source}: more than {max_samples} CoreDNS sample lines (reading stopped at line {i + 1})",
+                )
+    return keep
 
 
-def parse_exposition(text: str, source: str = "exposition") -> Scrape:
+def parse_exposition(
+    text: str, source: str = "exposition", *, max_samples: int | None = None, deadline: float | None = None
+) -> Scrape:
     """Every finite CoreDNS sample of ``text`` the derivation reads; ``source`` names the text in
-    the error message."""
+    the error message.
+
+    Limits, each an :class:`ExpositionLimitError` that stops reading at once: more than
+    ``max_samples`` sample lines the derivation reads (counted before parsing), or the clock
+    (``time.monotonic()``) past ``deadline`` (checked between chunks of :data:`PARSE_CHUNK` lines)."""
+    start = time.monotonic()
     samples: dict[RawKey, float] = {}
     version: str | None = None
+    lines = _relevant(text, source, max_samples, deadline, start)
     try:
-        for family in text_string_to_metric_families(relevant_lines(text)):
-            for s in family.samples:
-                if s.name == "coredns_build_info":
-                    version = s.labels.get("version") or version
-                    continue
-                value = float(s.value)
-                if not math.isfinite(value):
-                    continue
-                samples[(s.name, tuple(sorted(s.labels.items())))] = value
+        for at in range(0, len(lines), PARSE_CHUNK):
+            if at and deadline is not None and time.monotonic() > deadline:
+                raise ExpositionLimitError(
+                    "time",
+                    f"{source}: parsing stopped after {time.monotonic() - start:.2f} s, {at} of {len(lines)} "
+                    "sample lines read",
+                )
+            for family in text_string_to_metric_families("\n".join(lines[at : at + PARSE_CHUNK]) + "\n"):
+                for s in family.samples:
+                    if s.name == "coredns_build_info":
+                        version = s.labels.get("version") or version
+                        continue
+                    value = float(s.value)
+                    if not math.isfinite(value):
+                        continue
+                    samples[(s.name, tuple(sorted(s.labels.items())))] = value
+    except ExpositionLimitError:
+        raise
     except Exception as e:  # noqa: BLE001 — the parser raises ValueError mostly; any failure is the text's fault
         raise ExpositionError(f"{source}: not Prometheus text exposition ({e})") from None
     if not samples and version is None:
