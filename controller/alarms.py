@@ -447,6 +447,8 @@ class AlarmStore:
     def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` on the reading connection; AlarmStoreUnavailable when it cannot."""
         with self._read_lock:
+            if self._closed and self._rdb is None:
+                raise AlarmStoreUnavailable(f"the alarms store {self.path} is shut down")
             for attempt in (1, 2):  # a second time on a new connection (the file may have changed)
                 try:
                     db = self._reader()

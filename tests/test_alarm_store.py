@@ -534,3 +534,30 @@ def test_the_tick_records_in_memory_and_hooks_get_the_alarm_id_while_the_file_is
         "introspection requested",
         "findings",
     ]
+
+
+def test_pages_damaged_while_running_keep_anomalies_in_memory_and_metrics_answering(tmp_path, caplog):
+    path = tmp_path / "alarms.sqlite"
+    store = AlarmStore(path)
+    try:
+        for i in range(60):
+            first, _ = store.record(anomaly(i), WIDE, values(i, len(WIDE)))
+        assert store.flush()
+        db = sqlite3.connect(path)  # the pages into the file itself, then damage them
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        damage(path)
+        for i in range(60, 90):
+            store.record(anomaly(i), WIDE, values(i, len(WIDE)))
+        wait_until(lambda: not store.status()["ok"], 10, "the store to find the damage")
+        assert "damaged" in store.status()["problem"] and store.status()["pending"] == 30
+        assert store.get(first.id).level == 90, "the alarm goes on in memory"
+        with api_for(store, tmp_path) as url:
+            m = metrics(url)
+        assert m["atomwatch_alarm_store_ok"] == 0 and m["atomwatch_alarm_store_pending"] == 30
+        assert m['atomwatch_alarms{state="open"}'] == 1
+        assert len([r for r in caplog.records if "cannot be written" in r.getMessage()]) == 1
+    finally:
+        store.shutdown(timeout=0.5)
+    with pytest.raises(ConfigError, match="is damaged"):
+        AlarmStore(path)
