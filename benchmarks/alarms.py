@@ -14,7 +14,7 @@ the first ``record`` to the last row written (``flush``); ``per_tick_ms`` gives,
 lengths, the time of one ``record`` followed by ``flush`` (the tick and its write, like the
 baseline's synchronous ``record``) and of ``record`` alone (what the event loop pays).
 
-    python -m benchmarks.alarms [--rows 2000] [--columns 320] [--samples 2] [--full-baseline]
+    python -m benchmarks.alarms [--rows 2000] [--columns 320] [--samples 3] [--full-baseline]
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--columns", type=int, default=320)
-    p.add_argument("--samples", type=int, default=2, help="ticks timed per length (median)")
+    p.add_argument("--samples", type=int, default=3, help="ticks timed per length (median)")
     p.add_argument("--lengths", default="1,250,500,1000,1500,2000", help="alarm lengths the per-tick cost is timed at")
     p.add_argument("--full-baseline", action="store_true", help="run the baseline for all rows (hours)")
     args = p.parse_args(argv)
