@@ -33,7 +33,7 @@ hookimpl = pluggy.HookimplMarker("atomwatch")
 #: Marker for hook specifications (used by :mod:`atomwatch.hookspecs`).
 hookspec = pluggy.HookspecMarker("atomwatch")
 
-from .alarm import Alarm, AlarmError, AlarmNotFound, AlarmStateError  # noqa: E402
+from .alarm import Alarm, AlarmError, AlarmNotFound, AlarmStateError, AlarmStoreUnavailable  # noqa: E402
 from .config import ConfigError  # noqa: E402
 from .handles import CommandFailed, ControllerHandle, ScopeStatus  # noqa: E402
 from .options import (  # noqa: E402
@@ -81,6 +81,7 @@ __all__ = [
     "AlarmError",
     "AlarmNotFound",
     "AlarmStateError",
+    "AlarmStoreUnavailable",
     "CommandFailed",
     "ConfigError",
     "ControllerHandle",

@@ -1,8 +1,8 @@
 """The alarm record: what an operator sees and decides on, as the controller hands it to plugins.
 
-What lives here: the :class:`Alarm` dataclass (one row of the alarms store with its blame, rows
+What lives here: the :class:`Alarm` dataclass (one alarm of the alarms store with its blame, rows
 and findings), the states and verdicts it may have, and the errors an operation on an alarm
-raises (:class:`AlarmError` and its two kinds). They are core so that orchestrator plugins can
+raises (:class:`AlarmError` and its three kinds). They are core so that orchestrator plugins can
 read alarms and catch those errors with nothing but ``import atomwatch``.
 
 What does not: the SQLite store that keeps alarms and their audit trail, opens, extends and
@@ -31,11 +31,16 @@ class AlarmStateError(AlarmError):
     """The alarm is not in a state that allows the operation."""
 
 
+class AlarmStoreUnavailable(AlarmError):
+    """The alarms file cannot be read right now (damaged, unreadable); the message says why."""
+
+
 @dataclass
 class Alarm:
     """One alarm of one (scope, detector): ``state`` is one of :data:`STATES`; ``blame`` holds one
     dict per blamed column (``column``, ``vm_uuid``, ``vm_name``, ``metric``, ``score``, ``rows``
-    …), ``rows`` the abnormal rows (ATOM's A), ``findings`` what orchestrators attached."""
+    …), ``rows`` the abnormal rows kept (ATOM's A: the first and the latest ones of a long alarm,
+    ``rows_dropped`` counts the others), ``findings`` what orchestrators attached."""
 
     id: int
     scope: str
@@ -54,6 +59,7 @@ class Alarm:
     verdict: str | None = None
     resolution: str | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)
+    rows_dropped: int = 0
 
     @property
     def site(self) -> str:

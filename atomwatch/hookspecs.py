@@ -78,7 +78,8 @@ def alarm_opened(alarm: Alarm, handle: ControllerHandle) -> Awaitable[object] | 
     """Called when an anomaly opens a new alarm. Orchestrators start their work here, e.g. ask
     the agent for an introspection.
 
-    :param alarm: the new alarm, as stored (state ``open``, one abnormal row).
+    :param alarm: the new alarm, as recorded (state ``open``, one abnormal row; the store writes it
+        to its file in the background).
     :param handle: what the plugin may do with the controller (one handle per controller).
     """
 

@@ -4,9 +4,10 @@ An anomaly opens an alarm for its (scope, detector); further anomalies of the sa
 ``merge_gap`` rows extend it (its *level* is the number of abnormal rows, ATOM's A) — while it is
 open, and also once judged malicious, while the orchestrators act on it: the anomaly going on
 until the guilty process is stopped is the same episode, not a new alarm to introspect and
-judge. The alarm keeps those rows (columns and values), the blamed columns, the latest score
-and threshold, and the findings orchestrators attach. Every change is written to the alarm's
-audit trail with time and actor, in the same transaction as the change itself.
+judge. The alarm keeps those rows (columns and values; of a long alarm the first and the latest
+``max_rows``, counting the others), the blamed columns, the latest score and threshold, and the
+findings orchestrators attach. Every change is written to the alarm's audit trail with time and
+actor, in the same transaction as the change itself.
 
 States::
 
@@ -17,72 +18,79 @@ States::
 Orchestrators may also move an alarm to ``closed`` themselves (e.g. after a verified termination
 once the score is back under the threshold).
 
-What lives here: the store (:class:`AlarmStore`). What does not: the alarm record and the errors
-its operations raise (:mod:`atomwatch.alarm`, core, so plugins see them; re-exported here), and
-what the controller does on a verdict (:mod:`atomwatch.controller.verdicts`).
+Changes are made in memory, where every open and malicious alarm lives, and return at once (an
+alarm's id is handed out by the store); one writer thread writes them to the file, a batch per
+transaction, retrying while the file is locked, read-only or full (anomalies wait in memory,
+bounded by ``pending_max``). Reads merge the file with what is not written yet. The reasons and
+the failure modes: ``docs/alarms.md``.
+
+What lives here: the store (:class:`AlarmStore`). What does not: the file's layout, versions and
+migrations (:mod:`.alarm_schema`), the alarm record and the errors its operations raise
+(:mod:`atomwatch.alarm`, core, so plugins see them; re-exported here), and what the controller
+does on a verdict (:mod:`atomwatch.controller.verdicts`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
-from atomwatch.alarm import STATES, VERDICTS, Alarm, AlarmError, AlarmNotFound, AlarmStateError
+import numpy as np
+
+from atomwatch.alarm import (
+    STATES,
+    VERDICTS,
+    Alarm,
+    AlarmError,
+    AlarmNotFound,
+    AlarmStateError,
+    AlarmStoreUnavailable,
+)
+from atomwatch.config import ConfigError
 from atomwatch.series import SeriesKey
 from atomwatch.types import Anomaly
 
-__all__ = ["STATES", "VERDICTS", "Alarm", "AlarmError", "AlarmNotFound", "AlarmStateError", "AlarmStore"]
+from . import alarm_schema as schema
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS alarms (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    scope TEXT NOT NULL,
-    detector TEXT NOT NULL,
-    state TEXT NOT NULL,
-    opened_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    closed_at REAL,
-    first_row INTEGER NOT NULL,
-    last_row INTEGER NOT NULL,
-    level INTEGER NOT NULL,
-    score REAL NOT NULL,
-    threshold REAL NOT NULL,
-    blame TEXT NOT NULL,
-    rows TEXT NOT NULL,
-    verdict TEXT,
-    resolution TEXT,
-    findings TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS alarms_state ON alarms(state);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    alarm_id INTEGER NOT NULL REFERENCES alarms(id),
-    ts REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    details TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_alarm ON audit(alarm_id);
-"""
+__all__ = [
+    "STATES",
+    "VERDICTS",
+    "Alarm",
+    "AlarmError",
+    "AlarmNotFound",
+    "AlarmStateError",
+    "AlarmStore",
+    "AlarmStoreUnavailable",
+]
 
+log = logging.getLogger(__name__)
 
-def _row_record(anomaly: Anomaly, columns: tuple[SeriesKey, ...] | None, values: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "index": anomaly.index,
-        "ts": anomaly.ts,
-        "score": anomaly.score,
-        "threshold": anomaly.threshold,
-    }
-    if columns is not None and values is not None:
-        rec["columns"] = [[c.vm_uuid, c.vm_name, c.metric, c.unit] for c in columns]
-        rec["values"] = [None if v != v else float(v) for v in values]
-    return rec
+#: rows kept per alarm by default: more than PCA-SPE's default window (720 rows), so a normal
+#: verdict can refill the whole window from one alarm; 2.5 MB of values at 320 columns
+MAX_ROWS = 1000
+#: closed alarms are deleted this long after closing by default (seconds; 0: never)
+RETENTION = 30 * 86400.0
+#: anomalies kept in memory by default while the file cannot be written
+PENDING_MAX = 10_000
+#: how long SQLite itself waits for a lock held by another connection (milliseconds)
+BUSY_MS = 50
+#: the writer's waits between attempts while the file cannot be written (seconds)
+RETRY_FIRST, RETRY_MAX = 0.05, 5.0
+#: how often closed alarms past their retention are looked for (seconds)
+PRUNE_EVERY = 3600.0
+
+_LIVE = ("open", "malicious")
+_T = TypeVar("_T")
 
 
 def _merge_blame(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,166 +104,602 @@ def _merge_blame(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[d
     return sorted(by_col.values(), key=lambda b: (-b.get("rows", 1), -abs(b.get("score", 0.0))))
 
 
+class _StoredAlarm(Alarm):
+    """An :class:`Alarm` whose ``rows`` are read on first use (a long alarm's rows are the bulk of
+    it and most readers never look at them). Otherwise the same record."""
+
+    def __init__(self, *args: Any, loader: Callable[[], list[dict[str, Any]]] | None = None, **kwargs: Any):
+        self._loader = loader
+        self._rows: list[dict[str, Any]] | None = None
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def rows(self) -> list[dict[str, Any]]:
+        if self._rows is None:
+            loader, self._loader = self._loader, None
+            self._rows = loader() if loader is not None else []
+        return self._rows
+
+    @rows.setter
+    def rows(self, value: list[dict[str, Any]] | None) -> None:
+        self._rows = value
+
+
+@dataclass
+class _Row:
+    """An abnormal row not written yet."""
+
+    seq: int
+    index: int
+    ts: float
+    score: float
+    threshold: float
+    columns: tuple[SeriesKey, ...] | None
+    values: np.ndarray | None
+
+
+@dataclass
+class _Entry:
+    """An alarm held in memory: every open or malicious one, and any other until its changes
+    are written. ``alarm`` is the truth (its ``rows`` unused)."""
+
+    alarm: Alarm
+    stored: bool
+    dirty: set[str] = field(default_factory=set)
+    rows: list[_Row] = field(default_factory=list)
+    #: seqs of rows lost while the file could not be written (so the cap does not count them twice)
+    lost: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Batch:
+    """What one write transaction takes from memory."""
+
+    inserts: list[tuple[int, dict[str, Any]]]
+    updates: list[tuple[int, dict[str, Any]]]
+    rows: list[tuple[int, list[_Row]]]
+    audit: list[tuple[int, int, float, str, str, dict[str, Any]]]
+    dirty: dict[int, set[str]]
+    touched: set[int]
+    recorded: int
+
+    def __bool__(self) -> bool:
+        return bool(self.inserts or self.updates or self.rows or self.audit or self.touched)
+
+
+def _error_kind(e: BaseException) -> str:
+    """What an SQLite error means for the store: locked, read-only, full, damaged, unopenable, …"""
+    code = (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF
+    if isinstance(e, schema.SchemaError):
+        return "newer"
+    return {
+        sqlite3.SQLITE_BUSY: "locked",
+        sqlite3.SQLITE_LOCKED: "locked",
+        sqlite3.SQLITE_READONLY: "read-only",
+        sqlite3.SQLITE_FULL: "full",
+        sqlite3.SQLITE_CORRUPT: "damaged",
+        sqlite3.SQLITE_NOTADB: "damaged",
+        sqlite3.SQLITE_CANTOPEN: "cannot open",
+        sqlite3.SQLITE_IOERR: "I/O error",
+        sqlite3.SQLITE_PERM: "read-only",
+    }.get(code, "error")
+
+
+_ADVICE = {
+    "locked": "another process holds its write lock",
+    "read-only": "the file or its folder cannot be written: make it writable",
+    "full": "the disk is full: free space",
+    "damaged": "the file is damaged: stop the controller, move the file aside and start again",
+    "cannot open": "cannot open or create it: check the folder exists and is writable",
+    "I/O error": "the disk reports I/O errors",
+}
+
+
 class AlarmStore:
-    """Thread-safe (one lock) access to the alarms file."""
+    """Alarms in memory and in one SQLite file (``":memory:"``: for the process' life only).
 
-    def __init__(self, path: str | Path, merge_gap: int = 3):
+    ``max_rows``: abnormal rows kept per alarm (the first tenth and the latest nine tenths);
+    ``retention``: seconds a closed alarm is kept (0: forever); ``pending_max``: anomalies kept
+    in memory while the file cannot be written; ``readonly``: only read (no writer, no lock: a
+    tool reading a running controller's file). Thread-safe; no method waits for the disk except
+    the reads of what is only on it (closed alarms, rows, the audit trail), :meth:`flush` and
+    :meth:`shutdown`. Raises :class:`ConfigError` when the file is damaged, of a newer
+    atomwatch, unreadable or used by another controller."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        merge_gap: int = 3,
+        max_rows: int = MAX_ROWS,
+        retention: float = RETENTION,
+        pending_max: int = PENDING_MAX,
+        readonly: bool = False,
+    ):
+        if max_rows < 10:
+            raise ConfigError(f"--alarm-rows must be at least 10, got {max_rows}")
+        if retention < 0:
+            raise ConfigError(f"--alarm-retention must be 0 (keep forever) or more days, got {retention / 86400:g}")
+        if pending_max < 1:
+            raise ConfigError(f"--alarm-pending must be at least 1, got {pending_max}")
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.memory = self.path == ":memory:"
         self.merge_gap = merge_gap
-        self.lock = threading.RLock()
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(_SCHEMA)
+        self.max_rows = max_rows
+        self.head = max(1, max_rows // 10)
+        self.tail = max_rows - self.head
+        self.retention = retention
+        self.pending_max = pending_max
+        self.readonly = readonly
 
-    def shutdown(self) -> None:
-        with self.lock:
-            self.db.close()
+        self._lock = threading.Lock()
+        self._flushed = threading.Condition(self._lock)
+        self._mem: dict[int, _Entry] = {}
+        #: the latest open or malicious alarm of each (scope, detector)
+        self._live: dict[tuple[str, str], int] = {}
+        self._counts = {s: 0 for s in STATES}
+        self._touched: set[int] = set()
+        self._audit: list[tuple[int, int, float, str, str, dict[str, Any]]] = []
+        self._pending_rows = 0
+        self._recorded = 0  # anomalies recorded …
+        self._written = 0  # … and written
+        self.rows_lost = 0  # rows dropped in memory: the file could not be written and memory was full
+        self.audit_lost = 0
+        self._next_id = 1
+        self._next_audit = 1
+        self._closed = False
 
-    @contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One write transaction (the caller holds the lock)."""
-        self.db.execute("BEGIN IMMEDIATE")
+        #: the writer's state (its thread only, but for ``_ok``/``_problem`` read by status())
+        self._db: sqlite3.Connection | None = None
+        self._sets = schema.ColumnSets()
+        self._ok = True
+        self._problem: str | None = None
+        self._problem_kind: str | None = None
+        self._since: float | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._next_prune = 0.0
+        self._stopping = False
+        self._wake = threading.Event()
+
+        #: the reader (API threads, plugins, tools): its own connection, one at a time
+        self._read_lock = threading.Lock()
+        self._rdb: sqlite3.Connection | None = None
+        self._rdb_version = schema.SCHEMA_VERSION
+        self._set_lists: dict[int, list[list[str]]] = {}
+        self._lockfile: int | None = None
+
+        self._start()
+        self._thread: threading.Thread | None = None
+        if not readonly:
+            self._thread = threading.Thread(target=self._writer, name="alarm-store", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ start
+
+    def _start(self) -> None:
+        if self.memory:
+            db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            schema.prepare(db, self.head, self.tail)
+            self._db = self._rdb = db
+            return
+        where = Path(self.path)
+        if where.is_dir():
+            raise ConfigError(f"--db {self.path}: is a folder; give the alarms file's path")
+        if not self.readonly:
+            try:
+                where.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # said below, when the file cannot be opened
+            self._take_lock()
+        existed = where.exists()
         try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
+            if not self.readonly:
+                try:
+                    self._db = self._connect()
+                except sqlite3.Error as e:
+                    if _error_kind(e) in ("damaged", "newer"):
+                        raise
+                    self._failed(e)
+            reader = self._reader()
+            if reader is None:
+                if existed:
+                    raise ConfigError(
+                        f"--db {self.path}: cannot read it ({self._problem or 'unable to open'}); "
+                        "make it readable by this user, or move it aside to start with no alarms"
+                    )
+            else:
+                damage = schema.quick_check(reader)
+                if damage:
+                    lines = [x for d in damage for x in d.splitlines() if not x.startswith("***")]
+                    raise ConfigError(self._damaged_message("; ".join(lines[:2]) + ("; …" if len(lines) > 2 else "")))
+                self._load(reader)
+        except ConfigError:
+            self._close_connections()
             raise
-        self.db.execute("COMMIT")
+        except schema.SchemaError as e:
+            self._close_connections()
+            raise ConfigError(f"--db {self.path}: {e}; run that atomwatch, or give this one another --db") from None
+        except sqlite3.Error as e:
+            self._close_connections()
+            if _error_kind(e) == "damaged":
+                raise ConfigError(self._damaged_message(str(e))) from None
+            raise ConfigError(f"--db {self.path}: cannot read it ({e})") from None
+
+    def _damaged_message(self, why: str) -> str:
+        return (
+            f"--db {self.path}: the alarms file is damaged ({why}). Move it aside "
+            f"(mv {self.path} {self.path}.damaged) and start again with a new, empty file; "
+            f"'sqlite3 {self.path}.damaged .recover' may save what is left of it"
+        )
+
+    def _take_lock(self) -> None:
+        """One controller per file (the store hands out alarm ids itself)."""
+        lock_path = self.path + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return  # a read-only folder: nothing can write the file now, the writer says so
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(
+                f"--db {self.path}: another controller{f' (pid {holder})' if holder else ''} uses this alarms "
+                "file; give each controller its own --db"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lockfile = fd
+
+    def _connect(self) -> sqlite3.Connection:
+        """The writer's connection, the file brought to the current layout."""
+        db = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            # WAL with NORMAL: a power cut may lose the last commits, never damages the file
+            db.execute("PRAGMA synchronous = NORMAL")
+            schema.prepare(db, self.head, self.tail)
+        except BaseException:
+            db.close()
+            raise
+        self._sets.clear()
+        return db
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """The reading connection (the caller holds ``_read_lock`` or is starting), opened on
+        demand: read-write if it can, else read-only, else (read-only media, where SQLite cannot
+        make its shared-memory file) immutable; None when the file cannot be opened."""
+        if self._rdb is not None:
+            return self._rdb
+        if self.memory:
+            return None
+        if not Path(self.path).exists():
+            return None
+        uri = "file:" + quote(os.path.abspath(self.path))
+        for suffix in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                db = sqlite3.connect(uri + suffix, uri=True, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA busy_timeout = 200")
+                version = schema.file_version(db)
+            except sqlite3.Error as e:
+                if _error_kind(e) == "damaged":
+                    raise
+                self._problem = self._problem or str(e)
+                continue
+            if version > schema.SCHEMA_VERSION:
+                db.close()
+                raise schema.SchemaError(
+                    f"its layout is version {version}, written by a newer atomwatch "
+                    f"(this one knows up to {schema.SCHEMA_VERSION})"
+                )
+            self._rdb, self._rdb_version = db, version
+            return db
+        return None
+
+    def _header_sql(self) -> str:
+        """(under ``_read_lock``) an alarm's columns as the file being read has them."""
+        v1 = self._rdb_version < 2
+        cols = ", ".join("0 AS rows_dropped" if c == "rows_dropped" and v1 else c for c in schema.HEADER)
+        return f"SELECT id, {cols} FROM alarms"
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        """Ids to hand out, counts by state, every open and malicious alarm into memory."""
+        if schema.file_version(db) == 0:
+            return
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'alarms'").fetchone()
+        top = db.execute("SELECT MAX(id) FROM alarms").fetchone()[0]
+        self._next_id = max(seq[0] if seq else 0, top or 0) + 1
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+        top = db.execute("SELECT MAX(id) FROM audit").fetchone()[0]
+        self._next_audit = max(seq[0] if seq else 0, top or 0) + 1
+        for state, n in db.execute("SELECT state, COUNT(*) FROM alarms GROUP BY state"):
+            self._counts[state] = n
+        if self.readonly:
+            return
+        for r in db.execute(self._header_sql() + " WHERE state IN ('open', 'malicious') ORDER BY id"):
+            alarm = self._alarm_of_row(r)
+            self._mem[alarm.id] = _Entry(alarm, stored=True)
+            self._live[(alarm.scope, alarm.detector)] = alarm.id
+
+    # ------------------------------------------------------------------ building records
+
+    @staticmethod
+    def _alarm_of_row(r: tuple) -> Alarm:
+        d = dict(zip(("id", *schema.HEADER), r))
+        d["blame"] = json.loads(d["blame"])
+        d["findings"] = json.loads(d["findings"])
+        return Alarm(rows=[], **d)
+
+    def _public(self, a: Alarm) -> Alarm:
+        """A copy for callers (the caller holds ``_lock`` if ``a`` lives in memory), rows read
+        when first used: those up to its level as of now."""
+        fields = {k: getattr(a, k) for k in a.__dataclass_fields__ if k != "rows"}
+        fields["blame"] = list(a.blame)
+        fields["findings"] = list(a.findings)
+        alarm_id, level = a.id, a.level
+        return _StoredAlarm(rows=None, loader=lambda: self._rows_of(alarm_id, level), **fields)
 
     # ------------------------------------------------------------------ reading
 
-    def _alarm(self, r: sqlite3.Row) -> Alarm:
-        return Alarm(
-            id=r["id"],
-            scope=r["scope"],
-            detector=r["detector"],
-            state=r["state"],
-            opened_at=r["opened_at"],
-            updated_at=r["updated_at"],
-            closed_at=r["closed_at"],
-            first_row=r["first_row"],
-            last_row=r["last_row"],
-            level=r["level"],
-            score=r["score"],
-            threshold=r["threshold"],
-            blame=json.loads(r["blame"]),
-            rows=json.loads(r["rows"]),
-            verdict=r["verdict"],
-            resolution=r["resolution"],
-            findings=json.loads(r["findings"]),
-        )
+    def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` on the reading connection; AlarmStoreUnavailable when it cannot."""
+        with self._read_lock:
+            if self._closed and self._rdb is None:
+                raise AlarmStoreUnavailable(f"the alarms store {self.path} is shut down")
+            for attempt in (1, 2):  # a second time on a new connection (the file may have changed)
+                try:
+                    db = self._reader()
+                    if db is None:
+                        raise AlarmStoreUnavailable(f"the alarms file {self.path} cannot be opened")
+                    return fn(db)
+                except schema.SchemaError as e:
+                    raise AlarmStoreUnavailable(f"the alarms file {self.path}: {e}") from None
+                except sqlite3.Error as e:
+                    self._drop_reader()
+                    if attempt == 2 or self.memory:
+                        kind = _error_kind(e)
+                        advice = _ADVICE.get(kind, "")
+                        raise AlarmStoreUnavailable(
+                            f"the alarms file {self.path} cannot be read ({e}){': ' + advice if advice else ''}"
+                        ) from None
+            raise AssertionError("unreachable")
+
+    def _drop_reader(self) -> None:
+        """(the caller holds ``_read_lock``) the next read opens a new connection."""
+        if not self.memory and self._rdb is not None:
+            self._rdb.close()
+            self._rdb = None
+            self._set_lists.clear()
+
+    def _stored_header(self, alarm_id: int) -> Alarm | None:
+        if self.memory or self._reader_exists():
+            row = self._read(lambda db: db.execute(self._header_sql() + " WHERE id = ?", (alarm_id,)).fetchone())
+            return None if row is None else self._alarm_of_row(row)
+        return None
+
+    def _reader_exists(self) -> bool:
+        return self._rdb is not None or Path(self.path).exists()
 
     def get(self, alarm_id: int) -> Alarm:
-        with self.lock:
-            r = self.db.execute("SELECT * FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
-        if r is None:
+        """The alarm as it is now (its rows are read when first used)."""
+        with self._lock:
+            e = self._mem.get(alarm_id)
+            if e is not None:
+                return self._public(e.alarm)
+        alarm = self._stored_header(alarm_id)
+        if alarm is None:
+            with self._lock:  # written and evicted meanwhile? then it is in the file
+                e = self._mem.get(alarm_id)
+                if e is not None:
+                    return self._public(e.alarm)
             raise AlarmNotFound(f"no alarm {alarm_id}")
-        return self._alarm(r)
+        return self._public(alarm)
 
-    def list(self, state: str | None = None, scope: str | None = None, limit: int = 200) -> list[Alarm]:
-        q, args = "SELECT * FROM alarms WHERE 1=1", []
-        if state:
-            if state not in STATES:
-                raise AlarmError(f"state {state!r} is not one of {', '.join(STATES)}")
-            q += " AND state = ?"
-            args.append(state)
-        if scope:
-            q += " AND scope = ?"
-            args.append(scope)
-        q += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        with self.lock:
-            return [self._alarm(r) for r in self.db.execute(q, args).fetchall()]
+    def _rows_of(self, alarm_id: int, level: int) -> list[dict[str, Any]]:
+        """The rows kept of the alarm at ``level``: the file's and those not written yet."""
+        with self._lock:
+            e = self._mem.get(alarm_id)
+            pending = list(e.rows) if e is not None else []
+        by_seq: dict[int, dict[str, Any]] = {}
+        if self.memory or self._reader_exists():
+            by_seq.update(self._read(lambda db: self._stored_rows(db, alarm_id, level)))
+        for r in pending:
+            cols = None if r.columns is None else [[c.vm_uuid, c.vm_name, c.metric, c.unit] for c in r.columns]
+            vals = None if r.values is None else [None if v != v else v for v in r.values.tolist()]
+            by_seq[r.seq] = schema.row_record(r.index, r.ts, r.score, r.threshold, cols, vals)
+        head, cut = schema.kept_seqs(level, self.head, self.tail)
+        return [by_seq[s] for s in sorted(by_seq) if s < level and (s < head or s >= cut)]
 
-    def audit(self, alarm_id: int) -> list[dict[str, Any]]:
-        with self.lock:
-            rows = self.db.execute(
-                "SELECT ts, actor, action, details FROM audit WHERE alarm_id = ? ORDER BY id", (alarm_id,)
-            ).fetchall()
-        return [
-            {"ts": r["ts"], "actor": r["actor"], "action": r["action"], "details": json.loads(r["details"])}
-            for r in rows
-        ]
-
-    def counts(self) -> dict[str, int]:
-        with self.lock:
-            rows = self.db.execute("SELECT state, COUNT(*) AS n FROM alarms GROUP BY state").fetchall()
-        out = {s: 0 for s in STATES}
-        out.update({r["state"]: r["n"] for r in rows})
+    def _stored_rows(self, db: sqlite3.Connection, alarm_id: int, level: int) -> list[tuple[int, dict[str, Any]]]:
+        """(under ``_read_lock``) (seq, row) of the alarm's rows in the file."""
+        if self._rdb_version < 2:  # a file not migrated yet (read-only): rows in one JSON array
+            found = db.execute("SELECT rows FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
+            return list(enumerate(json.loads(found[0]) if found else []))
+        out = []
+        rows = db.execute(
+            'SELECT seq, row, ts, score, threshold, column_set, "values" FROM alarm_rows'
+            " WHERE alarm_id = ? AND seq < ? ORDER BY seq",
+            (alarm_id, level),
+        ).fetchall()
+        for seq, index, ts, score, threshold, set_id, blob in rows:
+            cols = None
+            if set_id is not None:
+                cols = self._set_lists.get(set_id)
+                if cols is None:
+                    (text,) = db.execute("SELECT columns FROM column_sets WHERE id = ?", (set_id,)).fetchone()
+                    cols = self._set_lists[set_id] = json.loads(text)
+                cols = [list(c) for c in cols]
+            vals = None if blob is None else schema.unpack_values(blob)
+            out.append((seq, schema.row_record(index, ts, score, threshold, cols, vals)))
         return out
 
-    # ------------------------------------------------------------------ writing
+    def list(
+        self, state: str | None = None, scope: str | None = None, limit: int = 200, load_rows: bool = False
+    ) -> list[Alarm]:
+        """Alarms, newest first. Their rows are read when first used, or now with ``load_rows``
+        (for a caller that closes the store before using them)."""
+        if state and state not in STATES:
+            raise AlarmError(f"state {state!r} is not one of {', '.join(STATES)}")
+
+        def wanted(a: Alarm) -> bool:
+            return (not state or a.state == state) and (not scope or a.scope == scope)
+
+        with self._lock:
+            in_memory = {i: self._public(e.alarm) for i, e in self._mem.items()}
+        found = [a for a in in_memory.values() if wanted(a)]
+        if self.memory or self._reader_exists():
+            where, args = "WHERE 1=1", []
+            if state:
+                where += " AND state = ?"
+                args.append(state)
+            if scope:
+                where += " AND scope = ?"
+                args.append(scope)
+            args.append(limit + len(in_memory))
+            sql = " ".join((where, "ORDER BY id DESC LIMIT ?"))
+            rows = self._read(lambda db: db.execute(f"{self._header_sql()} {sql}", args).fetchall())
+            found += [self._public(self._alarm_of_row(r)) for r in rows if r[0] not in in_memory]
+        found.sort(key=lambda a: -a.id)
+        found = found[:limit]
+        if load_rows:
+            for a in found:
+                a.rows  # noqa: B018 (read now)
+        return found
+
+    def audit(self, alarm_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            pending = {e[0]: e for e in self._audit if e[1] == alarm_id}
+        stored: list[tuple] = []
+        if self.memory or self._reader_exists():
+            stored = self._read(
+                lambda db: db.execute(
+                    "SELECT id, ts, actor, action, details FROM audit WHERE alarm_id = ? ORDER BY id", (alarm_id,)
+                ).fetchall()
+            )
+        out = {
+            i: {"ts": ts, "actor": actor, "action": action, "details": json.loads(d)}
+            for i, ts, actor, action, d in stored
+        }
+        for i, (_, _, ts, actor, action, details) in pending.items():
+            out[i] = {
+                "ts": ts,
+                "actor": actor,
+                "action": action,
+                "details": json.loads(json.dumps(details, default=str)),
+            }
+        return [out[i] for i in sorted(out)]
+
+    def counts(self) -> dict[str, int]:
+        """Alarms by state (from memory: never waits for the file)."""
+        with self._lock:
+            return dict(self._counts)
+
+    def status(self) -> dict[str, Any]:
+        """Whether the file takes writes, why not, since when, and what waits in memory."""
+        with self._lock:
+            return {
+                "ok": self._ok,
+                "problem": self._problem if not self._ok else None,
+                "since": self._since if not self._ok else None,
+                "pending": self._recorded - self._written,
+                "rows_lost": self.rows_lost,
+            }
+
+    # ------------------------------------------------------------------ changing (memory, then the writer)
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise AlarmError(f"the alarms store {self.path} was opened read-only")
+        if self._closed:
+            raise AlarmStoreUnavailable(f"the alarms store {self.path} is shut down")
 
     def _log(self, alarm_id: int, actor: str, action: str, details: dict[str, Any], ts: float) -> None:
-        self.db.execute(
-            "INSERT INTO audit (alarm_id, ts, actor, action, details) VALUES (?, ?, ?, ?, ?)",
-            (alarm_id, ts, actor, action, json.dumps(details, default=str)),
-        )
+        """Queue an audit entry (the caller holds ``_lock``)."""
+        if action == "extended" and len(self._audit) >= self.pending_max:
+            self.audit_lost += 1  # the alarm's level and rows tell the same
+            return
+        self._audit.append((self._next_audit, alarm_id, ts, actor, action, details))
+        self._next_audit += 1
+
+    def _keep_row(self, e: _Entry, seq: int, anomaly: Anomaly, columns: Any, values: Any) -> None:
+        """Queue the row of ``seq`` and count what the cap drops (the caller holds ``_lock``)."""
+        a = e.alarm
+        if self._pending_rows >= self.pending_max:
+            self.rows_lost += 1
+            e.lost.add(seq)
+            a.rows_dropped += 1
+        else:
+            e.rows.append(_Row(seq, anomaly.index, anomaly.ts, anomaly.score, anomaly.threshold, columns, values))
+            self._pending_rows += 1
+        leaving = seq - self.tail  # the row that leaves the latest rows kept as this one comes
+        if leaving >= self.head:
+            if leaving in e.lost:
+                e.lost.discard(leaving)
+            else:
+                a.rows_dropped += 1
+            if len(e.rows) > 2 * self.max_rows:  # the file is away: drop in memory what it would drop
+                head, cut = schema.kept_seqs(a.level, self.head, self.tail)
+                kept = [r for r in e.rows if r.seq < head or r.seq >= cut]
+                self._pending_rows -= len(e.rows) - len(kept)
+                e.rows = kept
 
     def record(
         self, anomaly: Anomaly, columns: tuple[SeriesKey, ...] | None = None, values: Any = None
     ) -> tuple[Alarm, bool]:
         """Open an alarm for this anomaly, or extend the open one of its (scope, detector).
-        Returns (alarm, opened)."""
+        Returns (alarm, opened) at once: the writer thread writes it."""
         now = time.time()
         blame = [b.to_dict() for b in anomaly.blame]
-        row = _row_record(anomaly, columns, values)
-        with self.lock, self._tx():
-            r = self.db.execute(
-                "SELECT * FROM alarms WHERE scope = ? AND detector = ? AND state IN ('open', 'malicious')"
-                " ORDER BY id DESC LIMIT 1",
-                (anomaly.scope, anomaly.detector),
-            ).fetchone()
-            if r is not None and 0 <= anomaly.index - r["last_row"] <= self.merge_gap:
-                alarm = self._alarm(r)
-                alarm.rows.append(row)
-                alarm.level += 1
-                alarm.blame = _merge_blame(alarm.blame, blame)
-                self.db.execute(
-                    "UPDATE alarms SET updated_at = ?, last_row = ?, level = ?, score = ?, threshold = ?, blame = ?,"
-                    " rows = ? WHERE id = ?",
-                    (
-                        now,
-                        anomaly.index,
-                        alarm.level,
-                        anomaly.score,
-                        anomaly.threshold,
-                        json.dumps(alarm.blame, default=str),
-                        json.dumps(alarm.rows),
-                        alarm.id,
-                    ),
-                )
+        cols, vals = None, None
+        if columns is not None and values is not None:
+            cols, vals = tuple(columns), np.array(values, dtype=np.float64)
+        with self._lock:
+            self._check_writable()
+            key = (anomaly.scope, anomaly.detector)
+            e = self._mem.get(self._live.get(key, -1))
+            if e is not None and 0 <= anomaly.index - e.alarm.last_row <= self.merge_gap:
+                a = e.alarm
+                seq = a.level
+                a.level += 1
+                a.updated_at, a.last_row = now, anomaly.index
+                a.score, a.threshold = anomaly.score, anomaly.threshold
+                a.blame = _merge_blame(a.blame, blame)
+                e.dirty |= {"updated_at", "last_row", "level", "score", "threshold", "blame", "rows_dropped"}
                 self._log(
-                    alarm.id,
+                    a.id,
                     anomaly.detector,
                     "extended",
-                    {"row": anomaly.index, "score": anomaly.score, "level": alarm.level},
+                    {"row": anomaly.index, "score": anomaly.score, "level": a.level},
                     now,
                 )
-                alarm_id, opened = alarm.id, False
+                opened = False
             else:
-                cur = self.db.execute(
-                    "INSERT INTO alarms (scope, detector, state, opened_at, updated_at, first_row, last_row, level,"
-                    " score, threshold, blame, rows) VALUES (?, ?, 'open', ?, ?, ?, ?, 1, ?, ?, ?, ?)",
-                    (
-                        anomaly.scope,
-                        anomaly.detector,
-                        now,
-                        now,
-                        anomaly.index,
-                        anomaly.index,
-                        anomaly.score,
-                        anomaly.threshold,
-                        json.dumps(_merge_blame([], blame), default=str),
-                        json.dumps([row]),
-                    ),
+                a = Alarm(
+                    id=self._next_id,
+                    scope=anomaly.scope,
+                    detector=anomaly.detector,
+                    state="open",
+                    opened_at=now,
+                    updated_at=now,
+                    closed_at=None,
+                    first_row=anomaly.index,
+                    last_row=anomaly.index,
+                    level=1,
+                    score=anomaly.score,
+                    threshold=anomaly.threshold,
+                    blame=_merge_blame([], blame),
+                    rows=[],
                 )
-                alarm_id, opened = int(cur.lastrowid), True
+                self._next_id += 1
+                seq = 0
+                e = self._mem[a.id] = _Entry(a, stored=False)
+                self._live[key] = a.id
+                self._counts["open"] += 1
                 self._log(
-                    alarm_id,
+                    a.id,
                     anomaly.detector,
                     "opened",
                     {
@@ -267,64 +711,424 @@ class AlarmStore:
                     },
                     now,
                 )
-        return self.get(alarm_id), opened
+                opened = True
+            self._keep_row(e, seq, anomaly, cols, vals)
+            self._touched.add(a.id)
+            self._recorded += 1
+            out = self._public(a)
+        self._wake.set()
+        return out, opened
+
+    def _entry(self, alarm_id: int) -> _Entry:
+        """The alarm's memory entry, brought in from the file when it is not there."""
+        with self._lock:
+            e = self._mem.get(alarm_id)
+            if e is not None:
+                return e
+        alarm = self._stored_header(alarm_id)
+        with self._lock:
+            e = self._mem.get(alarm_id)
+            if e is not None:
+                return e
+            if alarm is None:
+                raise AlarmNotFound(f"no alarm {alarm_id}")
+            e = self._mem[alarm_id] = _Entry(alarm, stored=True)
+            self._touched.add(alarm_id)  # leaves memory once written
+            return e
+
+    def _set_state(self, e: _Entry, state: str) -> None:
+        """(the caller holds ``_lock``)"""
+        a = e.alarm
+        self._counts[a.state] -= 1
+        self._counts[state] += 1
+        a.state = state
+        if state == "closed":
+            key = (a.scope, a.detector)
+            if self._live.get(key) == a.id:
+                del self._live[key]
+                others = [
+                    i
+                    for i, x in self._mem.items()
+                    if (x.alarm.scope, x.alarm.detector) == key and x.alarm.state in _LIVE
+                ]
+                if others:
+                    self._live[key] = max(others)
+
+    def _changed(self, e: _Entry, fields: Iterable[str]) -> Alarm:
+        """(the caller holds ``_lock``) mark, wake the writer after the lock is left, copy."""
+        e.dirty.update(fields)
+        self._touched.add(e.alarm.id)
+        self._wake.set()
+        return self._public(e.alarm)
 
     def verdict(self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None) -> Alarm:
         if verdict not in VERDICTS:
             raise AlarmError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
         if not actor:
             raise AlarmError("a verdict needs an actor (who gives it)")
+        self._check_writable()
         now = time.time()
-        with self.lock:
-            alarm = self.get(alarm_id)
-            if alarm.state != "open" and not (alarm.state == "malicious" and verdict == "malicious"):
-                raise AlarmStateError(f"alarm {alarm_id} is {alarm.state}: a verdict is given only on an open alarm")
-            with self._tx():
-                if verdict == "normal":
-                    self.db.execute(
-                        "UPDATE alarms SET state = 'closed', verdict = 'normal', resolution = 'workload-change',"
-                        " updated_at = ?, closed_at = ? WHERE id = ?",
-                        (now, now, alarm_id),
-                    )
-                else:
-                    self.db.execute(
-                        "UPDATE alarms SET state = 'malicious', verdict = 'malicious', updated_at = ? WHERE id = ?",
-                        (now, alarm_id),
-                    )
-                self._log(alarm_id, actor, f"verdict {verdict}", dict(params or {}), now)
-            return self.get(alarm_id)
+        e = self._entry(alarm_id)
+        with self._lock:
+            a = e.alarm
+            if a.state != "open" and not (a.state == "malicious" and verdict == "malicious"):
+                raise AlarmStateError(f"alarm {alarm_id} is {a.state}: a verdict is given only on an open alarm")
+            a.verdict, a.updated_at = verdict, now
+            if verdict == "normal":
+                a.resolution, a.closed_at = "workload-change", now
+                self._set_state(e, "closed")
+            else:
+                self._set_state(e, "malicious")
+            self._log(alarm_id, actor, f"verdict {verdict}", dict(params or {}), now)
+            return self._changed(e, ("state", "verdict", "resolution", "updated_at", "closed_at"))
 
     def add_findings(self, alarm_id: int, actor: str, finding: dict[str, Any]) -> Alarm:
+        self._check_writable()
         now = time.time()
-        with self.lock:
-            alarm = self.get(alarm_id)
-            alarm.findings.append(dict(finding, ts=now, by=actor))
-            with self._tx():
-                self.db.execute(
-                    "UPDATE alarms SET findings = ?, updated_at = ? WHERE id = ?",
-                    (json.dumps(alarm.findings, default=str), now, alarm_id),
-                )
-                self._log(
-                    alarm_id, actor, "findings", {"kind": finding.get("kind"), "summary": finding.get("summary")}, now
-                )
-            return alarm
+        e = self._entry(alarm_id)
+        with self._lock:
+            a = e.alarm
+            a.findings = [*a.findings, dict(finding, ts=now, by=actor)]
+            a.updated_at = now
+            self._log(
+                alarm_id, actor, "findings", {"kind": finding.get("kind"), "summary": finding.get("summary")}, now
+            )
+            return self._changed(e, ("findings", "updated_at"))
 
     def note(self, alarm_id: int, actor: str, action: str, details: dict[str, Any] | None = None) -> None:
         """Write an action to the audit trail without changing the alarm."""
-        with self.lock:
-            self.get(alarm_id)
+        self._check_writable()
+        with self._lock:
+            known = alarm_id in self._mem
+        if not known and self._stored_header(alarm_id) is None:
+            raise AlarmNotFound(f"no alarm {alarm_id}")
+        with self._lock:
             self._log(alarm_id, actor, action, dict(details or {}), time.time())
+        self._wake.set()
 
     def close(self, alarm_id: int, actor: str, resolution: str, details: dict[str, Any] | None = None) -> Alarm:
+        self._check_writable()
         now = time.time()
-        with self.lock:
-            alarm = self.get(alarm_id)
-            if alarm.state == "closed":
+        e = self._entry(alarm_id)
+        with self._lock:
+            a = e.alarm
+            if a.state == "closed":
                 raise AlarmStateError(f"alarm {alarm_id} is already closed")
-            with self._tx():
-                self.db.execute(
-                    "UPDATE alarms SET state = 'closed', resolution = ?, updated_at = ?, closed_at = ? WHERE id = ?",
-                    (resolution, now, now, alarm_id),
+            a.resolution, a.updated_at, a.closed_at = resolution, now, now
+            self._set_state(e, "closed")
+            self._log(alarm_id, actor, "closed", dict(details or {}, resolution=resolution), now)
+            return self._changed(e, ("state", "resolution", "updated_at", "closed_at"))
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _take(self) -> _Batch:
+        """What is not written yet (under ``_lock``; the values are not copied, they are never
+        changed in place: each change makes new lists)."""
+        with self._lock:
+            inserts, updates, rows, dirty = [], [], [], {}
+            for alarm_id in self._touched:
+                e = self._mem.get(alarm_id)
+                if e is None:
+                    continue
+                a = e.alarm
+                if not e.stored:
+                    inserts.append((alarm_id, {c: getattr(a, c) for c in schema.HEADER}))
+                elif e.dirty:
+                    updates.append((alarm_id, {c: getattr(a, c) for c in e.dirty}))
+                dirty[alarm_id] = e.dirty
+                e.dirty = set()
+                if e.rows:
+                    rows.append((alarm_id, list(e.rows)))
+            return _Batch(inserts, updates, rows, list(self._audit), dirty, set(self._touched), self._recorded)
+
+    def _give_back(self, batch: _Batch) -> None:
+        """A write failed: what it took is still to write."""
+        with self._lock:
+            for alarm_id, fields in batch.dirty.items():
+                e = self._mem.get(alarm_id)
+                if e is not None:
+                    e.dirty |= fields
+            self._touched |= batch.touched
+
+    def _write(self, db: sqlite3.Connection, batch: _Batch) -> None:
+        def enc(col: str, v: Any) -> Any:
+            return json.dumps(v, default=str) if col in ("blame", "findings") else v
+
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for alarm_id, values in batch.inserts:
+                cols = ", ".join(values)
+                db.execute(
+                    f"INSERT INTO alarms (id, {cols}) VALUES (?{', ?' * len(values)})",
+                    (alarm_id, *(enc(c, v) for c, v in values.items())),
                 )
-                self._log(alarm_id, actor, "closed", dict(details or {}, resolution=resolution), now)
-            return self.get(alarm_id)
+            for alarm_id, values in batch.updates:
+                sets = ", ".join(f"{c} = ?" for c in values)
+                db.execute(
+                    f"UPDATE alarms SET {sets} WHERE id = ?", (*(enc(c, v) for c, v in values.items()), alarm_id)
+                )
+            for alarm_id, rows in batch.rows:
+                params = []
+                for r in rows:
+                    set_id = None if r.columns is None else self._sets.id_of(db, r.columns)
+                    blob = None if r.values is None else schema.pack_values(r.values)
+                    params.append((alarm_id, r.seq, r.index, r.ts, r.score, r.threshold, set_id, blob))
+                db.executemany(schema.INSERT_ROW, params)
+                _, cut = schema.kept_seqs(rows[-1].seq + 1, self.head, self.tail)
+                if cut > self.head:
+                    db.execute(
+                        "DELETE FROM alarm_rows WHERE alarm_id = ? AND seq >= ? AND seq < ?", (alarm_id, self.head, cut)
+                    )
+            db.executemany(
+                "INSERT INTO audit (id, alarm_id, ts, actor, action, details) VALUES (?, ?, ?, ?, ?, ?)",
+                [(i, a, ts, actor, action, json.dumps(d, default=str)) for i, a, ts, actor, action, d in batch.audit],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            self._sets.rollback()
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._sets.commit()
+
+    def _done(self, batch: _Batch) -> None:
+        """The batch is in the file: forget it, and alarms with nothing more to write leave memory."""
+        with self._lock:
+            for alarm_id, _ in batch.inserts:
+                e = self._mem.get(alarm_id)
+                if e is not None:
+                    e.stored = True
+            for alarm_id, rows in batch.rows:
+                e = self._mem.get(alarm_id)
+                if e is not None:
+                    last = rows[-1].seq
+                    before = len(e.rows)
+                    e.rows = [r for r in e.rows if r.seq > last]
+                    self._pending_rows -= before - len(e.rows)
+            del self._audit[: len(batch.audit)]
+            self._touched -= {i for i in batch.touched if not (i in self._mem and self._mem[i].dirty)}
+            for alarm_id in batch.touched:
+                e = self._mem.get(alarm_id)
+                if (
+                    e is not None
+                    and e.alarm.state == "closed"
+                    and not e.dirty
+                    and not e.rows
+                    and alarm_id not in self._touched
+                ):
+                    del self._mem[alarm_id]
+            self._written = batch.recorded
+            self._flushed.notify_all()
+
+    def _idle(self) -> bool:
+        """(the caller holds ``_lock``)"""
+        return not self._touched and not self._audit
+
+    def _failed(self, e: BaseException) -> None:
+        """A write or an open failed: say so once per outage (a lock held briefly by another
+        process is said only when it lasts), then retry later."""
+        kind = _error_kind(e)
+        if kind in ("cannot open", "error") and not self._writable():
+            kind = "read-only"  # SQLite says it cannot open (e.g. its WAL files) where it may not write
+        self._failures += 1
+        wait = min(RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 10))
+        self._retry_at = time.monotonic() + wait
+        if kind != "locked" and self._db is not None and not self.memory:
+            self._db.close()
+            self._db = None
+        if kind == "locked" and self._failures < 4:
+            return
+        with self._lock:
+            was_ok, old_kind = self._ok, self._problem_kind
+            self._ok = False
+            self._problem = f"{e}" + (f" ({kind}: {_ADVICE[kind]})" if kind in _ADVICE else "")
+            self._problem_kind = kind
+            if was_ok:
+                self._since = time.time()
+            pending = self._recorded - self._written
+        if was_ok or old_kind != kind:
+            log.error(
+                "alarms file %s cannot be written: %s. Anomalies are kept in memory (up to %d rows; %d waiting) "
+                "and written when it can be again",
+                self.path,
+                self._problem,
+                self.pending_max,
+                pending,
+            )
+
+    def _writable(self) -> bool:
+        """Whether this process may write the file (or create it in its folder)."""
+        where = Path(self.path)
+        return os.access(where if where.exists() else where.parent, os.W_OK)
+
+    def _recovered(self, written: int) -> None:
+        self._failures = 0
+        with self._lock:
+            was_ok = self._ok
+            self._ok, self._problem, self._problem_kind, self._since = True, None, None, None
+        if not was_ok:
+            with self._read_lock:  # a reader opened while the file was read-only may be immutable
+                self._drop_reader()
+            log.warning("alarms file %s takes writes again: %d anomalies kept meanwhile written", self.path, written)
+
+    def _writer(self) -> None:
+        deadline: float | None = None
+        while True:
+            if self._stopping and deadline is None:
+                deadline = time.monotonic() + self._stop_timeout
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if now < self._retry_at:
+                self._wake.clear()
+                self._wake.wait(min(self._retry_at, deadline or self._retry_at) - now)
+                continue
+            with self._lock:
+                idle = self._idle()
+            if idle and self._stopping:
+                break
+            if idle and not (self._ok and now >= self._next_prune and self.retention > 0):
+                self._wake.wait(1.0 if self._stopping else min(30.0, max(0.01, self._next_prune - now)))
+                self._wake.clear()
+                continue
+            self._wake.clear()
+            try:
+                if self._db is None:
+                    self._db = self._connect()
+                    with self._read_lock:  # the file may be another, or migrated, since it was read
+                        self._drop_reader()
+                batch = self._take()
+                try:
+                    if batch:
+                        self._lock_memory_db(self._write, self._db, batch)
+                except BaseException:
+                    self._give_back(batch)
+                    raise
+                written = batch.recorded - self._written
+                self._done(batch)
+                if not self._ok or self._failures:
+                    self._recovered(written)
+                if self.retention > 0 and time.monotonic() >= self._next_prune and not self._stopping:
+                    self._prune(self._db)
+            except sqlite3.Error as e:
+                self._failed(e)
+            except schema.SchemaError as e:
+                self._failed(e)
+            except Exception:  # never let the writer die
+                log.exception("alarms file %s: the writer failed", self.path)
+                self._retry_at = time.monotonic() + RETRY_MAX
+        with self._lock:
+            left = self._recorded - self._written
+            unwritten = not self._idle()
+        if unwritten:
+            log.error(
+                "alarms file %s: %d anomalies (and their audit entries) could not be written before stopping: %s",
+                self.path,
+                left,
+                self._problem or "time ran out",
+            )
+
+    def _lock_memory_db(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """A ``:memory:`` store has one connection: the writer and the readers take turns."""
+        if self.memory:
+            with self._read_lock:
+                return fn(*args)
+        return fn(*args)
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        """Delete closed alarms past their retention (rows, audit trail and all), a few hundred per
+        transaction, and column lists no row uses any more."""
+        self._next_prune = time.monotonic() + PRUNE_EVERY
+        cutoff = time.time() - self.retention
+        total = 0
+        while not self._stopping:
+            with self._lock:
+                held = set(self._mem)
+            old = self._lock_memory_db(_select_old, db, cutoff)
+            ids = [i for (i,) in old if i not in held]
+            if not ids:
+                break
+            self._lock_memory_db(_delete_alarms, db, ids)
+            total += len(ids)
+            with self._lock:
+                self._counts["closed"] -= len(ids)
+            if len(ids) < 500:
+                break
+        if total:
+            self._lock_memory_db(
+                db.execute,
+                "DELETE FROM column_sets WHERE id NOT IN"
+                " (SELECT DISTINCT column_set FROM alarm_rows WHERE column_set IS NOT NULL)",
+            )
+            self._sets.clear()
+            with self._read_lock:
+                self._set_lists.clear()
+            log.info(
+                "alarms file %s: %d closed alarms older than %g days deleted", self.path, total, self.retention / 86400
+            )
+
+    # ------------------------------------------------------------------ flushing and stopping
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait (not on an event loop) until every change is written; False when time ran out."""
+        if self.readonly:
+            return True
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._lock:
+            while not self._idle():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._flushed.wait(min(left, 0.1))
+                self._wake.set()
+            return True
+
+    _stop_timeout = 5.0
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Write what is pending (for up to ``timeout`` seconds; what is left is said and lost),
+        then close the file. Waits: call it off the event loop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_timeout = timeout
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout + 2 * RETRY_MAX)
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        with self._read_lock:
+            # the reader first: the last connection to close folds the WAL into the file, and a
+            # read-only one cannot
+            for db in {id(d): d for d in (self._rdb, self._db) if d is not None}.values():
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self._db = self._rdb = None
+        if self._lockfile is not None:
+            os.close(self._lockfile)
+            self._lockfile = None
+
+
+def _select_old(db: sqlite3.Connection, cutoff: float) -> list[tuple[int]]:
+    return db.execute(
+        "SELECT id FROM alarms WHERE state = 'closed' AND closed_at < ? ORDER BY closed_at LIMIT 500", (cutoff,)
+    ).fetchall()
+
+
+def _delete_alarms(db: sqlite3.Connection, ids: list[int]) -> None:
+    """Closed alarms with their rows and audit trail, in one transaction."""
+    marks = ", ".join("?" * len(ids))
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for table, col in (("alarm_rows", "alarm_id"), ("audit", "alarm_id"), ("alarms", "id")):
+            db.execute(f"DELETE FROM {table} WHERE {col} IN ({marks})", ids)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise

@@ -20,7 +20,8 @@ carries ``X-Content-Type-Options: nosniff`` and ``Cache-Control: no-store``.
 
 Errors answer ``{"error": "…"}`` with 400 (bad request), 401 (no or wrong token, with
 ``WWW-Authenticate: Bearer``), 403, 404 (unknown alarm or route), 409 (a verdict on an alarm that
-is not open), 413, 415, or 503 (the tokens file became unusable: every request is refused).
+is not open), 413, 415, or 503 (the tokens file became unusable: every request is refused; or the
+alarms file cannot be read).
 
 What lives here: the routes, the checks and the server thread, serving an :class:`ApiBackend`
 (the few parts of the controller they need, not the controller). What does not: the tokens
@@ -47,7 +48,7 @@ from atomwatch.alarm import Alarm
 from atomwatch.apitokens import TokenFile, ensure_local_tokens
 from atomwatch.config import ConfigError
 
-from .alarms import AlarmError, AlarmNotFound, AlarmStateError
+from .alarms import AlarmError, AlarmNotFound, AlarmStateError, AlarmStoreUnavailable
 from .config import is_loopback
 from .metrics import MetricsSource, render_metrics
 
@@ -280,12 +281,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _status(e: AlarmError) -> int:
+    if isinstance(e, AlarmStoreUnavailable):
+        return 503
     return 404 if isinstance(e, AlarmNotFound) else 409 if isinstance(e, AlarmStateError) else 400
 
 
 def summary(alarm: Any) -> dict[str, Any]:
-    d = alarm.to_dict()
-    d.pop("rows")
+    """The alarm without its rows (which are not even read) and with its number of findings."""
+    d = {k: getattr(alarm, k) for k in alarm.__dataclass_fields__ if k != "rows"}
     d["findings"] = len(alarm.findings)
     return d
 

@@ -86,7 +86,13 @@ class Controller:
                 )
             factories = {d: factories[d] for d in config.detectors}
         self.detectors = DetectorSet(factories, config.options)
-        self.alarms = AlarmStore(config.db, merge_gap=config.merge_gap)
+        self.alarms = AlarmStore(
+            config.db,
+            merge_gap=config.merge_gap,
+            max_rows=config.alarm_rows,
+            retention=config.alarm_retention * 86400.0,
+            pending_max=config.alarm_pending,
+        )
         #: the last status of every detector of every scope (written after each tick)
         self.scope_status: dict[str, ScopeStatus] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -207,7 +213,7 @@ class Controller:
                 listener(anomaly)
             self.dispatch("anomaly_detected", anomaly=anomaly)
             row = by_scope.get(anomaly.scope)
-            try:
+            try:  # in memory, at once: the store's writer thread writes it
                 alarm, opened = self.alarms.record(anomaly, row.columns if row else None, row.values if row else None)
             except Exception:
                 log.exception("could not record the anomaly of %s on %s", anomaly.detector, anomaly.scope)
@@ -327,7 +333,7 @@ class Controller:
             self.executor.shutdown(wait=False, cancel_futures=True)
             if self.http is not None:
                 self.http.stop()
-            self.alarms.shutdown()
+            await asyncio.to_thread(self.alarms.shutdown)
             log.info(
                 "controller stopped: %d rows, messages %s, dropped %s, unexpected errors %s",
                 self.rows_handled,

@@ -65,6 +65,12 @@ class ControllerConfig:
     mu_every: int = 60
     #: anomalies of one (scope, detector) within this many rows extend the same alarm
     merge_gap: int = 3
+    #: abnormal rows kept per alarm: the first tenth (the onset) and the latest nine tenths
+    alarm_rows: int = 1000
+    #: days a closed alarm is kept (0: forever)
+    alarm_retention: float = 30.0
+    #: anomalies kept in memory while the alarms file cannot be written
+    alarm_pending: int = 10_000
     #: the command-signing private key (Ed25519PrivateKey); None: commands go unsigned and every
     #: agent refuses them (``--signing-key FILE``)
     signing_key: Any = None
@@ -108,6 +114,12 @@ class ControllerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a whole number ≥ 1, got {value!r}")
+        if not self.alarm_rows >= 10:
+            raise ConfigError(f"--alarm-rows must be at least 10 (rows kept per alarm), got {self.alarm_rows}")
+        if not self.alarm_retention >= 0:
+            raise ConfigError(f"--alarm-retention must be 0 (keep forever) or more days, got {self.alarm_retention}")
+        if not self.alarm_pending >= 1:
+            raise ConfigError(f"--alarm-pending must be at least 1 anomaly, got {self.alarm_pending}")
         self.http_address()
         if bool(self.http_cert) != bool(self.http_key):
             raise ConfigError("--http-cert and --http-key go together: give both (or neither, for plain HTTP)")

@@ -1,10 +1,12 @@
 """The controller's own Prometheus metrics, read from its state at scrape time.
 
 Per scope and detector: the last score and threshold (for PCA-SPE, SPE and Q_α); alarms by state;
-messages ingested by kind, values ingested, messages dropped by reason; rows handed to detectors;
-whether the broker is connected (``atomwatch_connected``, 1/0) and the unexpected exceptions of
-the receive paths by where and type (``atomwatch_unexpected_errors``);
-refusals by resource limit and the columns a scope leaves out of its rows (``docs/limits.md``).
+whether the alarms file takes writes, anomalies waiting in memory for it and rows lost; messages
+ingested by kind, values ingested, messages dropped by reason; rows handed to detectors; whether
+the broker is connected (``atomwatch_connected``, 1/0) and the unexpected exceptions of the
+receive paths by where and type (``atomwatch_unexpected_errors``); refusals by resource limit and
+the columns a scope leaves out of its rows (``docs/limits.md``). Nothing here reads the alarms
+file: /metrics answers whatever state it is in.
 
 What lives here: the collector and :func:`render_metrics`, reading a :class:`MetricsSource` (the
 few parts of the controller they need, not the controller). What does not: serving them (the
@@ -76,6 +78,20 @@ class _ControllerCollector:
         for state, n in c.alarms.counts().items():
             alarms.add_metric([state], n)
         yield alarms
+        store = c.alarms.status()
+        yield GaugeMetricFamily(
+            "atomwatch_alarm_store_ok", "1 while the alarms file takes writes, else 0", value=1 if store["ok"] else 0
+        )
+        yield GaugeMetricFamily(
+            "atomwatch_alarm_store_pending",
+            "Anomalies recorded in memory and not written to the alarms file yet",
+            value=store["pending"],
+        )
+        yield CounterMetricFamily(
+            "atomwatch_alarm_rows_lost",
+            "Abnormal rows dropped in memory while the alarms file could not be written",
+            value=store["rows_lost"],
+        )
         msgs = CounterMetricFamily("atomwatch_messages_ingested", "MQTT messages ingested, by kind", labels=["kind"])
         for kind, n in list(c.ingest.messages.items()):
             msgs.add_metric([kind], n)

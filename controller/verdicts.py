@@ -68,15 +68,15 @@ class Verdicts:
         if verdict == "normal":
             det = self.detectors().instances.get((alarm.scope, alarm.detector))
             if det is not None and hasattr(det, "accept_normal"):
-                rows = alarm_rows(alarm)
+
+                def fold() -> int:  # the alarm's rows are read from the file here, off the event loop
+                    rows = alarm_rows(alarm)
+                    folded = det.accept_normal(rows)
+                    return folded if isinstance(folded, int) else len(rows)
+
                 try:
-                    folded = await asyncio.get_running_loop().run_in_executor(self.executor, det.accept_normal, rows)
-                    self.alarms.note(
-                        alarm.id,
-                        "controller",
-                        "model refit",
-                        {"rows_folded": folded if isinstance(folded, int) else len(rows)},
-                    )
+                    folded = await asyncio.get_running_loop().run_in_executor(self.executor, fold)
+                    self.alarms.note(alarm.id, "controller", "model refit", {"rows_folded": folded})
                 except Exception as e:
                     log.exception("accept_normal of %s on %s failed", alarm.detector, alarm.scope)
                     self.alarms.note(

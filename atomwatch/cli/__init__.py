@@ -97,9 +97,9 @@ class _Context:
         path = db or default_db()
         if path != ":memory:" and not Path(path).exists():
             raise ConfigError(f"--db {path}: no such alarms file")
-        store = AlarmStore(path)
+        store = AlarmStore(path, readonly=True)
         try:
-            return store.list(limit=1_000_000)
+            return store.list(limit=1_000_000, load_rows=True)
         finally:
             store.shutdown()
 

@@ -43,6 +43,8 @@ def show(a: dict[str, Any], rows: str | None = None) -> None:
     print(f"alarm #{a['id']}  {a['state']}" + (f" ({a['resolution']})" if a.get("resolution") else ""))
     print(f"  scope     {a['scope']}   detector {a['detector']}")
     print(f"  opened    {_t(a['opened_at'])}   rows {a['first_row']}–{a['last_row']}   level {a['level']}")
+    if a.get("rows_dropped"):
+        print(f"  kept      the first and the latest rows; {a['rows_dropped']} rows between them dropped")
     print(f"  score     {a['score']:.6g}   threshold {a['threshold']:.6g}")
     if a.get("verdict"):
         print(f"  verdict   {a['verdict']}")

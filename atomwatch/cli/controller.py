@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 
+from atomwatch.config import ConfigError
 from atomwatch.protocol import CONTROLLER_HOST
 
 from ._common import (
@@ -44,6 +45,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_controller_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="alarms file (default: $ATOMWATCH_DB or ~/.local/state/atomwatch/alarms.sqlite)")
+    p.add_argument(
+        "--alarm-rows",
+        type=int,
+        metavar="N",
+        help="abnormal rows kept per alarm: the first tenth and the latest (default 1000)",
+    )
+    p.add_argument(
+        "--alarm-retention", type=float, metavar="DAYS", help="keep closed alarms this long (default 30; 0: forever)"
+    )
+    p.add_argument(
+        "--alarm-pending",
+        type=int,
+        metavar="N",
+        help="anomalies kept in memory while the alarms file cannot be written (default 10000)",
+    )
     p.add_argument("--http", metavar="HOST:PORT", help="HTTP API and /metrics (default 127.0.0.1:8470; 'off' for none)")
     p.add_argument(
         "--http-tokens",
@@ -106,6 +122,13 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     db = pick(args, file_config, "db", None)
     if db:
         kwargs["db"] = db
+    for name, kind in (("alarm_rows", int), ("alarm_retention", float), ("alarm_pending", int)):
+        value = pick(args, file_config, name, None)
+        if value is not None:
+            try:
+                kwargs[name] = kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} = {value!r}: expected a number") from None
     http = pick(args, file_config, "http", "127.0.0.1:8470")
     kwargs["http"] = None if http == "off" else http
     for name in ("http_tokens", "http_cert", "http_key"):
