@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import acquire, plugins_choice, suspects
-from .volatility import VolatilityConfig, analyse
+from .volatility import Cancel, VolatilityConfig, analyse
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -30,8 +30,10 @@ class IntrospectionConfig:
     volatility: VolatilityConfig = field(default_factory=VolatilityConfig)
     #: where private dump directories are made (None: the system temp dir)
     dump_dir: Path | None = None
-    #: keep dumps after analysis (retention); off by default
+    #: keep dumps after a successful analysis (retention); off by default
     keep_dumps: bool = False
+    #: free space asked beyond the guest's memory before a dump (bytes)
+    dump_margin: int = acquire.DEFAULT_MARGIN
     baseline_dir: Path = field(
         default_factory=lambda: (
             Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "atomwatch" / "baselines"
@@ -87,18 +89,28 @@ def introspect(
     plugins: list[str] | None = None,
     progress: Progress | None = None,
     baseline: bool = False,
+    cancel: Cancel | None = None,
 ) -> dict[str, Any]:
-    """Introspect VM ``vm`` (UUID or name). Raises ``acquire.AcquireError`` (``DomainGone``),
-    ``volatility.VolatilityError`` (``NoSymbols``, ``VolatilityTimeout``) or ``ValueError``."""
+    """Introspect VM ``vm`` (UUID or name); ``cancel`` stops it from another thread (the worker is
+    killed, the dump deleted). Raises ``acquire.AcquireError`` (``DomainGone``, ``NoSpace``),
+    ``volatility.VolatilityError`` (``NoSymbols``, ``VolatilityTimeout``, ``Cancelled``) or ``ValueError``."""
     say = progress or (lambda _m: None)
     chosen = choose_plugins(list(metrics), plugins, cfg)
     t0 = time.monotonic()
     say({"stage": "dump", "vm": vm})
-    dump = acquire.dump_memory(conn, vm, cfg.dump_dir, keep=cfg.keep_dumps)
-    say({"stage": "dumped", "seconds": round(dump.seconds, 3), "bytes": dump.size, "notes": dump.notes})
-    with dump:
+    if cancel is not None:
+        cancel.check()
+    dump = acquire.dump_memory(conn, vm, cfg.dump_dir, keep=cfg.keep_dumps, margin=cfg.dump_margin)
+    with dump:  # deleted on any failure, the worker's included (killed, timed out, crashed)
+        if cancel is not None:
+            cancel.check()
+        say({"stage": "dumped", "seconds": round(dump.seconds, 3), "bytes": dump.size, "notes": dump.notes})
         analysis = analyse(
-            dump.path, chosen, cfg.volatility, progress=lambda m: say(dict(m, stage="volatility-" + m.get("stage", "")))
+            dump.path,
+            chosen,
+            cfg.volatility,
+            progress=lambda m: say(dict(m, stage="volatility-" + m.get("stage", ""))),
+            cancel=cancel,
         )
     result: dict[str, Any] = {
         "vm_uuid": dump.vm_uuid,

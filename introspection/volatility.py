@@ -1,11 +1,16 @@
 """Volatility 3 runs: a worker subprocess per memory image, with a wall-clock and memory limit.
 
-:func:`analyse` starts ``python -m atomwatch.introspection.worker`` (see :mod:`atomwatch.introspection.worker`), hands
+:func:`analyse` starts the worker (:mod:`atomwatch.introspection.worker`, run by its file path), hands
 it the image, the plugins and the symbol and cache directories, relays its progress, and kills it
 when it overruns ``timeout``. The worker builds the context and layer stack once and runs every
 plugin on it; ``one_image=False`` runs one worker per plugin instead (the baseline the benchmark
 compares with). Errors come back as :class:`VolatilityError` subclasses whose text an operator can
 act on — :class:`NoSymbols` names the kernel banner that has no symbol table.
+
+A worker never outlives its agent: it runs in its own session and process group (killed whole on
+timeout or :class:`Cancel`), and asks the kernel for SIGKILL when the thread that started it dies
+(``PR_SET_PDEATHSIG``, set in the worker; that thread waits for the worker to end, so it only dies
+with the agent). Its memory limit is ``RLIMIT_DATA``, set in the worker (docs/introspection.md).
 
 What does not live here: acquiring the image (:mod:`atomwatch.introspection.acquire`), the choice of
 plugins (:mod:`atomwatch.introspection.plugins_choice`), the interpretation of rows
@@ -14,7 +19,9 @@ plugins (:mod:`atomwatch.introspection.plugins_choice`), the interpretation of r
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -28,13 +35,19 @@ from typing import Any
 
 from atomwatch.options import parse_bool
 
+log = logging.getLogger(__name__)
+
 #: where symbol tables (ISF) are looked for unless configured: ``$ATOMWATCH_SYMBOLS`` (a path list)
 #: or /var/lib/atomwatch/symbols
 DEFAULT_SYMBOL_DIRS = tuple(
     p for p in (os.environ.get("ATOMWATCH_SYMBOLS") or "/var/lib/atomwatch/symbols").split(os.pathsep) if p
 )
 DEFAULT_TIMEOUT = 120.0
-DEFAULT_MEMORY_LIMIT = 3 << 30  # address space; a run holds about 0.5 GB resident
+#: the worker's RLIMIT_DATA (heap and other private writable memory; a read-only mapping of the
+#: image does not count). Measured on the lab's 256 MiB guest: peak data 423 MiB, peak RSS 435 MiB
+#: (pslist, sockstat, lsof, ip.Addr; the CPU set 336/319 MiB); about 4.8× that, for guests with
+#: many more processes and sockets (docs/introspection.md)
+DEFAULT_MEMORY_LIMIT = 2 << 30
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -53,6 +66,53 @@ class NoSymbols(VolatilityError):
 
 class VolatilityTimeout(VolatilityError):
     """The worker overran its wall-clock limit and was killed."""
+
+
+class Cancelled(VolatilityError):
+    """The run was cancelled (the agent stops, or the command timed out); its worker was killed."""
+
+
+class Cancel:
+    """Cancels one introspection from another thread: kills the process group of every worker it
+    started, and any worker started after :meth:`cancel` is killed at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.cancelled = False
+        self.why = "cancelled"
+
+    def cancel(self, why: str = "cancelled") -> None:
+        with self._lock:
+            self.cancelled, self.why = True, why
+            procs = list(self._procs)
+        for p in procs:
+            if p.poll() is None:
+                log.warning("stopping Volatility worker %d: %s", p.pid, why)
+            _kill_group(p)
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            late = self.cancelled
+        if late:
+            _kill_group(proc)
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def check(self) -> None:
+        """:class:`Cancelled` if cancelled."""
+        if self.cancelled:
+            raise Cancelled(self.why)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker leads its own group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -142,7 +202,12 @@ WORKER = str(Path(__file__).resolve().with_name("worker.py"))
 
 
 def _run_worker(
-    image: Path, plugins: list[str], cfg: VolatilityConfig, progress: Progress | None, deadline: float
+    image: Path,
+    plugins: list[str],
+    cfg: VolatilityConfig,
+    progress: Progress | None,
+    deadline: float,
+    cancel: Cancel | None = None,
 ) -> dict[str, Any]:
     cache = cfg.cache()
     os.makedirs(cache, mode=0o700, exist_ok=True)
@@ -154,17 +219,49 @@ def _run_worker(
         "memory_limit": cfg.memory_limit,
         "validate_isf": cfg.validate_isf,
     }
+    if cancel is not None:
+        cancel.check()
     proc = subprocess.Popen(
         # The worker needs only the standard library and Volatility: run its file, not the module,
-        # so the atomwatch package (numpy, pluggy …) is not imported into a process whose address
-        # space is capped (``-P``: the script's own folder is not put on sys.path either).
-        [cfg.python, "-P", WORKER],
+        # so the atomwatch package (numpy, pluggy …) is not imported into a process whose memory
+        # is capped (``-P``: the script's own folder is not put on sys.path either). Its argument
+        # is this process's PID: the worker asks for SIGKILL when its parent dies, then checks
+        # that the parent is still this one (it may have died before the request was made).
+        # Its own session: a timeout or a cancel kills its group; a signal meant for the agent's
+        # terminal group does not reach it (the agent stops it itself).
+        [cfg.python, "-P", WORKER, str(os.getpid())],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
         text=True,
     )
+    if cancel is not None:
+        cancel.add(proc)
+    try:
+        return _talk_to_worker(proc, request, plugins, cfg, progress, deadline, cancel)
+    finally:
+        if proc.poll() is None:  # whatever went wrong here, the worker does not stay behind
+            _kill_group(proc)
+            proc.wait()
+        if cancel is not None:
+            cancel.discard(proc)
+
+
+def _talk_to_worker(
+    proc: subprocess.Popen,
+    request: dict[str, Any],
+    plugins: list[str],
+    cfg: VolatilityConfig,
+    progress: Progress | None,
+    deadline: float,
+    cancel: Cancel | None,
+) -> dict[str, Any]:
+    if progress is not None:
+        try:
+            progress({"event": "progress", "stage": "started", "pid": proc.pid, "plugins": list(plugins)})
+        except Exception:
+            pass
     final: dict[str, Any] | None = None
     stderr_tail: list[str] = []
 
@@ -195,21 +292,25 @@ def _run_worker(
     for t in readers:
         t.start()
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(request))
-    proc.stdin.close()
+    try:
+        proc.stdin.write(json.dumps(request))
+        proc.stdin.close()
+    except BrokenPipeError:  # the worker died at once (cancelled, or its parent check): said below
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
     try:
         proc.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(proc)
         proc.wait()
         raise VolatilityTimeout(
-            f"Volatility ({', '.join(plugins)}) overran its {cfg.timeout:g} s limit and was killed"
+            f"Volatility ({', '.join(plugins)}) overran its {cfg.timeout:g} s limit and was killed "
+            "(the limit is introspection.timeout)"
         ) from None
     for t in readers:
         t.join(5)
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled(f"Volatility ({', '.join(plugins)}) was stopped: {cancel.why}")
     if final is None:
         why = "".join(stderr_tail).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         if proc.returncode and proc.returncode < 0:
@@ -228,10 +329,12 @@ def analyse(
     cfg: VolatilityConfig | None = None,
     progress: Progress | None = None,
     one_image: bool = True,
+    cancel: Cancel | None = None,
 ) -> Analysis:
     """Run ``plugins`` over the memory image; one worker for all (``one_image``) or one each.
+    ``cancel``: a :class:`Cancel` another thread may use to stop the run (its workers are killed).
 
-    Raises :class:`NoSymbols`, :class:`VolatilityTimeout` or :class:`VolatilityError`."""
+    Raises :class:`NoSymbols`, :class:`VolatilityTimeout`, :class:`Cancelled` or :class:`VolatilityError`."""
     cfg = cfg or VolatilityConfig()
     if not plugins:
         raise ValueError("no Volatility plugin to run")
@@ -243,7 +346,7 @@ def analyse(
     batches = [list(plugins)] if one_image else [[p] for p in plugins]
     merged: dict[str, Any] = {"banner": None, "plugins": {}, "tasks": [], "timings": {}}
     for batch in batches:
-        res = _run_worker(image, batch, cfg, progress, deadline)
+        res = _run_worker(image, batch, cfg, progress, deadline, cancel)
         merged["banner"] = merged["banner"] or res.get("banner")
         merged["plugins"].update(res.get("plugins", {}))
         merged["tasks"] = merged["tasks"] or res.get("tasks", [])

@@ -16,8 +16,10 @@ Also reported, per task, the boot-relative start time and the CPU time (``tasks`
 ``task_struct``: the start time identifies a process across PID reuse, the CPU time ranks suspects.
 
 What does not live here: starting this process, its time limit, reading its output
-(:mod:`atomwatch.introspection.volatility`). Runs only as a child process: it sets its own memory limit and
-blocks ``jsonschema`` (with it the first load of an ISF takes ~80 s instead of ~8 s).
+(:mod:`atomwatch.introspection.volatility`). Runs only as a child process, ``worker.py PARENT_PID``: it
+first asks the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``) and exits if its parent
+is already not ``PARENT_PID``; it sets its own memory limit (``RLIMIT_DATA``) and blocks ``jsonschema``
+(with it the first load of an ISF takes ~80 s instead of ~8 s).
 """
 
 from __future__ import annotations
@@ -162,16 +164,23 @@ class SharedJson:
     def __init__(self) -> None:
         self.cache: dict[str, Any] = {}
         self.hits = 0
+        #: MemoryErrors met loading a table: Volatility's stacker swallows them and reports only
+        #: that the kernel's requirements are unsatisfied, which would read as "no symbols"
+        self.memory_errors = 0
 
     def load(self, fp: Any, **kw: Any) -> Any:
         import hashlib
 
-        text = fp.read()
-        key = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
-        if key in self.cache:
-            self.hits += 1
-            return self.cache[key]
-        obj = self.cache[key] = json.loads(text, **kw)
+        try:
+            text = fp.read()
+            key = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+            if key in self.cache:
+                self.hits += 1
+                return self.cache[key]
+            obj = self.cache[key] = json.loads(text, **kw)
+        except MemoryError:
+            self.memory_errors += 1
+            raise
         return obj
 
     def __getattr__(self, name: str) -> Any:
@@ -210,7 +219,7 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         schemas.validate = lambda *_a, **_k: True  # trusted, operator-supplied ISF files
     from volatility3.framework.symbols import intermed
 
-    intermed.json = SharedJson()  # type: ignore[assignment]
+    shared_json = intermed.json = SharedJson()  # type: ignore[assignment]
     framework.require_interface_version(2, 0, 0)
     framework.import_files(volatility3.plugins, True)
     classes = resolve_plugins(list(req["plugins"]))
@@ -239,8 +248,10 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
             )
         except exceptions.UnsatisfiedException as e:
             if kernel_cfg is None:
-                banner = find_banner(image)
                 unsatisfied = ", ".join(sorted(e.unsatisfied))
+                if shared_json.memory_errors:
+                    raise MemoryError(f"loading the symbol table ({unsatisfied})") from None
+                banner = find_banner(image)
                 if banner is None:
                     return {
                         "event": "error",
@@ -273,6 +284,12 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
                 forget_resolved_types(ctx)
                 rows = grid_rows(plugin.run())
             results[name] = {"rows": rows}
+        except MemoryError:  # its objects are freed now: the next plugin may fit
+            limit = int(req.get("memory_limit") or 0) >> 20
+            results[name] = {
+                "error": f"ran out of the memory limit ({limit} MiB, introspection.memory_mib)",
+                "rows": [],
+            }
         except Exception as e:  # one plugin failing must not lose the others
             results[name] = {"error": f"{type(e).__name__}: {e}", "rows": []}
         timings[name] = round(time.monotonic() - t1, 3)
@@ -298,23 +315,51 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main() -> int:
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the thread that started it dies; exit now if that already happened
+    (the request is made after the fork: a parent dead in between would not be noticed)."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):  # no prctl: the agent's process group kill is all there is
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if os.getppid() != parent:
+        os._exit(3)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        try:
+            die_with_parent(int(argv[1]))
+        except (ValueError, OSError) as e:
+            emit({"event": "error", "kind": "bad-request", "message": f"worker parent {argv[1]!r}: {e}"})
+            return 2
     try:
         req = json.loads(sys.stdin.read())
         limit = int(req.get("memory_limit") or 0)
         if limit > 0:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            # heap and private writable mappings; not address space: a read-only mapping of a
+            # large image (find_banner) and glibc's reserved arenas would count there
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     except Exception as e:
         emit({"event": "error", "kind": "bad-request", "message": f"worker request: {type(e).__name__}: {e}"})
         return 2
     try:
         emit(run(req))
-    except MemoryError:
+    except MemoryError as e:
         emit(
             {
                 "event": "error",
                 "kind": "memory",
-                "message": f"Volatility ran out of its memory limit ({req.get('memory_limit', 0) >> 20} MiB)",
+                "message": f"Volatility ran out of its memory limit ({req.get('memory_limit', 0) >> 20} MiB, "
+                f"introspection.memory_mib){': ' + str(e) if str(e) else ''}",
             }
         )
         return 1
@@ -335,7 +380,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    code = main(sys.argv)
     sys.stdout.flush()
     # skip the interpreter's teardown: freeing the symbol table's millions of objects takes seconds
     os._exit(code)

@@ -22,16 +22,23 @@ The hypervisor owner's consent (this agent's options, not the controller's): ``t
 ``introspect_min_interval`` (default 60 s) is the least time between two introspections of one
 guest. Every accepted or refused introspect or terminate is logged at WARNING (``audit:``).
 
-Every failure is an error reply naming it: VM gone, dump failed, no symbol table for the
-kernel's banner, Volatility failed or timed out, guest agent failed.
+Every failure is an error reply naming it: VM gone (before, during or right after its dump), not
+enough free space for the dump (naming the directory, the space needed and available), dump
+failed, no symbol table for the kernel's banner, Volatility failed, ran out of memory or timed
+out, guest agent failed. Nothing stays behind: the dump is deleted on every failure, the
+Volatility worker is killed when the command is cancelled (agent stopping, command timeout) and
+dies with the agent (see :mod:`atomwatch.introspection.volatility`), and the dumps a killed agent
+left are swept when the agent starts (logged at WARNING).
 
 Options (``--set introspection.KEY=VALUE``, the fields of :class:`IntrospectionOptions`): ``enabled``
 (default true), ``uri`` (libvirt, default ``qemu:///system``),
 ``symbols`` (symbol directory, ``;`` for several; default ``$ATOMWATCH_SYMBOLS`` or ``/var/lib/atomwatch/symbols``;
 a given path that is not a directory is a misconfiguration, an absent built-in default only
 makes ``introspect`` refuse, before any dump, until one exists), ``cache``
-(Volatility cache dir), ``timeout`` (s, default 120), ``memory_mib`` (worker address-space
-limit, default 3072), ``dump_dir``, ``keep_dumps`` (retention, default false), ``baseline_dir``,
+(Volatility cache dir), ``timeout`` (s, the worker's wall-clock limit, default 120), ``memory_mib``
+(the worker's data-segment limit, RLIMIT_DATA, default 2048), ``dump_dir`` (default: the system temp
+dir), ``dump_margin_mib`` (free space asked beyond the guest's memory before a dump, default 512),
+``keep_dumps`` (retention of successfully analysed dumps, default false), ``baseline_dir``,
 ``concurrency`` (introspections at once, default 1: each holds ~0.5 GB), ``terminate``,
 ``never_kill``, ``introspect_min_interval`` (the consent above).
 
@@ -74,6 +81,7 @@ class IntrospectionOptions:
     memory_mib: Annotated[float, Range(gt=0)] | None = None
     validate_isf: bool | None = None
     dump_dir: str | None = None
+    dump_margin_mib: Annotated[float, Range(ge=0)] | None = None
     keep_dumps: bool | None = None
     baseline_dir: str | None = None
     concurrency: Annotated[int, Range(ge=1)] = 1
@@ -162,6 +170,8 @@ class IntrospectionCommands:
             kw["dump_dir"] = Path(options.dump_dir)
         if options.keep_dumps is not None:
             kw["keep_dumps"] = options.keep_dumps
+        if options.dump_margin_mib is not None:
+            kw["dump_margin"] = int(options.dump_margin_mib * (1 << 20))
         if options.baseline_dir:
             kw["baseline_dir"] = Path(options.baseline_dir)
         self.cfg = IntrospectionConfig(**kw)
@@ -172,6 +182,12 @@ class IntrospectionCommands:
         self.min_interval = options.introspect_min_interval
         #: guest (as named in a request, UUID and name once known) → monotonic time of its last introspection
         self.last_introspection: dict[str, float] = {}
+
+    def sweep_dumps(self) -> list[tuple[Path, int]]:
+        """Delete the dumps an agent killed mid-introspection left in the dump directory (at start)."""
+        from atomwatch.introspection.acquire import sweep
+
+        return sweep(self.cfg.dump_dir)
 
     def conn(self) -> Any:
         from atomwatch.introspection.acquire import AcquireError, import_libvirt
@@ -206,8 +222,9 @@ class IntrospectionCommands:
         from dataclasses import replace
 
         from atomwatch.introspection import pipeline
-        from atomwatch.introspection.acquire import AcquireError, DomainGone
+        from atomwatch.introspection.acquire import AcquireError, DomainGone, NoSpace
         from atomwatch.introspection.volatility import (
+            Cancel,
             NoSymbols,
             VolatilityError,
             VolatilityTimeout,
@@ -249,6 +266,7 @@ class IntrospectionCommands:
         if self.slots.locked():
             await progress({"stage": "queued", "why": "another introspection runs on this agent"})
         async with self.slots:
+            cancel = Cancel()
             try:
                 conn = await asyncio.to_thread(self.conn)
                 result = await self._threaded(
@@ -260,13 +278,21 @@ class IntrospectionCommands:
                     cfg,
                     plugins,
                     baseline=bool(params.get("baseline")),
+                    cancel=cancel,
                 )
                 for g in (result.get("vm_uuid"), result.get("vm_name")) if isinstance(result, dict) else ():
                     if isinstance(g, str) and g:
                         self.last_introspection[g] = now
                 return result
+            except asyncio.CancelledError:
+                # the agent stops or the command timed out: the thread goes on, so stop its worker
+                # (the thread then deletes the dump and ends)
+                cancel.cancel("the introspect command was cancelled (agent stopping or command timeout)")
+                raise
             except DomainGone as e:
                 raise CommandError(f"introspect: VM gone: {e}") from None
+            except NoSpace as e:
+                raise CommandError(f"introspect: no space for the dump: {e}") from None
             except AcquireError as e:
                 raise CommandError(f"introspect: dump failed: {e}") from None
             except NoSymbols as e:
@@ -354,6 +380,7 @@ def register_agent_commands(config: Any) -> dict[str, Any] | None:
             raise CommandError(why)
 
         return {"introspect": refuse, "terminate": refuse}
+    cmds.sweep_dumps()  # the agent starts: whatever dump a killed agent left is no one's now
     if not cmds.cfg.volatility.symbol_dirs:
         log.info(
             "introspection: no symbol directory (%s does not exist): 'introspect' will refuse until one is given "
