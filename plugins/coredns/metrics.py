@@ -13,8 +13,6 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from prometheus_client.parser import text_string_to_metric_families
-
 # --------------------------------------------------------------------------- the fixed series set
 
 #: qtypes with a series of their own; every other type (CNAME, NS, HTTPS …) goes to ``Other``.
@@ -146,6 +144,8 @@ def parse_exposition(text: str, source: str = "exposition") -> Scrape:
     the error message."""
     samples: dict[RawKey, float] = {}
     version: str | None = None
+    from prometheus_client.parser import text_string_to_metric_families  # here: not when the plugin loads
+
     try:
         for family in text_string_to_metric_families(relevant_lines(text)):
             for s in family.samples:
