@@ -521,7 +521,10 @@ def describe_options(cls: type) -> list[dict[str, Any]]:
     possibly empty), ``default`` (None when the option has none, ``required`` then True) and
     ``help`` (the field's comment in the plugin's source, possibly empty). ``atomwatch plugins``
     prints it."""
-    hints = typing.get_type_hints(cls, include_extras=True)
+    try:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except Exception:  # noqa: BLE001 — an annotation that does not resolve: show it as written
+        hints = {f.name: f.type for f in dataclasses.fields(cls)}
     comments = _comments(cls)
     out = []
     for f in dataclasses.fields(cls):
