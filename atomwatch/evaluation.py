@@ -1,7 +1,7 @@
 """Scoring a detector's flags against labels: point-wise and point-adjusted metrics.
 
 What lives here: functions over two 0/1 arrays of equal length (``y_true`` labels, ``y_pred``
-flags), computed with scikit-learn — :func:`segments` (the true anomalous segments),
+flags), computed with numpy alone — :func:`segments` (the true anomalous segments),
 :func:`point_adjust` (the standard time-series adjustment: if any point of a true anomalous
 segment is flagged, every point of that segment counts as flagged; flags outside segments are
 left as they are), :func:`scores` (precision, recall, F1, confusion matrix, counts) and
@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def _binary(name: str, y: Any) -> np.ndarray:
@@ -62,11 +61,16 @@ def scores(y_true: Any, y_pred: Any) -> dict[str, Any]:
     """Precision, recall and F1 of the positive class (0 where undefined), the confusion matrix
     ``[[tn, fp], [fn, tp]]`` and its four counts."""
     t, p = _pair(y_true, y_pred)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        t, p, labels=[1], average="binary", pos_label=1, zero_division=0
-    )
-    cm = confusion_matrix(t, p, labels=[0, 1])
-    tn, fp, fn, tp = (int(v) for v in cm.ravel())
+    # the counts scikit-learn's confusion_matrix(labels=[0, 1]) and precision_recall_fscore_support
+    # (average="binary", zero_division=0) start from; tests/test_detect_cli.py compares the two
+    tp = int(np.count_nonzero(t & p))
+    fp = int(np.count_nonzero(p)) - tp
+    fn = int(np.count_nonzero(t)) - tp
+    tn = int(t.size) - tp - fp - fn
+    cm = np.array([[tn, fp], [fn, tp]])
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return {
         "precision": float(precision),
         "recall": float(recall),

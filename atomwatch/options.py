@@ -5,7 +5,8 @@ What lives here: :func:`parse_options`, which turns the plain dict a plugin is h
 own frozen dataclass of options; the markers its fields are annotated with (:data:`Duration`,
 :class:`Range`, :class:`Check`); the value rules (:func:`parse_bool`, :func:`parse_duration`);
 :class:`OptionError` for a plugin's own post-checks; and a registry (:func:`declare_options`,
-:func:`check_options`) so a command can refuse bad options before anything starts.
+:func:`check_options`) so a command can refuse bad options before anything starts; and
+:func:`describe_options`, what ``atomwatch plugins`` prints of each option.
 
 What does not: where options come from and how they are merged (:mod:`atomwatch.config`, which
 also holds :class:`~atomwatch.config.ConfigError`), and what any option means (the plugins).
@@ -74,6 +75,7 @@ __all__ = [
     "Range",
     "check_options",
     "declare_options",
+    "describe_options",
     "parse_bool",
     "parse_duration",
     "parse_options",
@@ -447,3 +449,102 @@ def check_options(options: Mapping[str, Mapping[str, Any]]) -> None:
         cls = _DECLARED.get(name)
         if cls is not None:
             parse_options(name, cls, table)
+
+
+# --------------------------------------------------------------------------- describing options
+
+
+def _rules(tp: Any) -> str:
+    """The bounds and checks of an annotated field, as text (``≥ 3``, ``a regular expression``)."""
+    out = []
+    for arg in (tp, *typing.get_args(tp)):
+        if typing.get_origin(arg) is typing.Annotated:
+            for m in typing.get_args(arg)[1:]:
+                if isinstance(m, Range):
+                    out.append(m.describe())
+                elif isinstance(m, Check):
+                    out.append(m.expected)
+    return ", ".join(out)
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the source of ``cls``: the ``#:`` lines just above it and the
+    comment at the end of its line(s). Empty when the source cannot be read."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+        tree = ast.parse(source)
+        comments: dict[int, str] = {
+            tok.start[0]: tok.string
+            for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+            if tok.type == tokenize.COMMENT
+        }
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        return {}
+    lines = source.splitlines()
+    out: dict[str, str] = {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node in body:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        above: list[str] = []
+        n = node.lineno - 1
+        while n >= 1 and lines[n - 1].strip().startswith("#:"):
+            above.insert(0, lines[n - 1].strip()[2:].strip())
+            n -= 1
+        after = [
+            comments[n].lstrip("#").strip()
+            for n in range(node.lineno, (node.end_lineno or node.lineno) + 1)
+            if n in comments and not comments[n].startswith("#:")
+        ]
+        text = " ".join(t for t in above + after if t and not t.startswith("noqa"))
+        if text:
+            out[node.target.id] = text
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A default as JSON can hold it (tuples as lists)."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def describe_options(cls: type) -> list[dict[str, Any]]:
+    """One entry per option of a declared options dataclass, in declaration order: ``name``,
+    ``type`` (what a value must be, as the error messages say it), ``rules`` (bounds and checks,
+    possibly empty), ``default`` (None when the option has none, ``required`` then True) and
+    ``help`` (the field's comment in the plugin's source, possibly empty). ``atomwatch plugins``
+    prints it."""
+    try:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except Exception:  # noqa: BLE001 — an annotation that does not resolve: show it as written
+        hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    comments = _comments(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        out.append(
+            {
+                "name": f.name,
+                "type": _describe(hints[f.name]),
+                "rules": _rules(hints[f.name]),
+                "default": _plain(default),
+                "required": required,
+                "help": comments.get(f.name, ""),
+            }
+        )
+    return out

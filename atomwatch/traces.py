@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
+from .lazy import lazy_import
+
+# numpy loads on first use: plugins import this module when they load, and `atomwatch --help` loads them
+np = lazy_import("numpy", globals(), "np")
 
 
 class TraceError(ValueError):

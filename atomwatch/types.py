@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .series import SeriesKey
+
+if TYPE_CHECKING:  # numpy is imported by the code that builds rows, not by ``import atomwatch``
+    import numpy as np
 
 # --------------------------------------------------------------------------- agent side
 

@@ -62,6 +62,15 @@ DELTA_OPTIONS = {
 }
 
 
+#: how to get libvirt-python on a Debian hypervisor (README, "Hypervisor install", says the same)
+INSTALL_HINT = (
+    "sudo apt-get install gcc pkg-config libvirt-dev python3-dev python3-venv, then install atomwatch with "
+    "its agent extra (pip install '.[agent]' in its checkout); or sudo apt-get install python3-libvirt "
+    "and run atomwatch from a virtual environment made with python3 -m venv --system-site-packages "
+    "(README: Hypervisor install)"
+)
+
+
 class LibvirtUnavailable(RuntimeError):
     """libvirt-python is missing or the URI does not connect; the text says which."""
 
@@ -189,7 +198,7 @@ class LibvirtCollector:
         try:
             import libvirt  # type: ignore[import-not-found]
         except ImportError:
-            raise LibvirtUnavailable("the libvirt Python module is missing (pip install libvirt-python)") from None
+            raise LibvirtUnavailable(f"the libvirt Python module is missing: {INSTALL_HINT}") from None
         self.libvirt = libvirt
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         self.uri = uri

@@ -20,12 +20,13 @@ import threading
 from dataclasses import dataclass
 from typing import Annotated
 
-import numpy as np
-
 import atomwatch
 from atomwatch import Range
 from atomwatch.config import ConfigError
+from atomwatch.lazy import lazy_import
 from atomwatch.traces import TraceError, read_trace
+
+np = lazy_import("numpy", globals(), "np")  # on first use: `atomwatch --help` loads this plugin
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, have_module, require
 from pipeline import lab_delta_args
 
 from atomwatch import evaluation as ev
@@ -200,6 +200,29 @@ def test_point_adjust_marks_whole_segments():
     assert r["segments_detected"] == 1 and r["segments"] == 3
     none = ev.evaluate(np.zeros(5, int), np.zeros(5, int))
     assert none["point_wise"]["f1"] == 0.0 and none["point_wise"]["tn"] == 5
+
+
+def test_scores_match_scikit_learn():
+    """evaluation.scores counts with numpy; scikit-learn (a test tool, not a dependency) gives the
+    same precision, recall, F1 and confusion matrix, edge cases included."""
+    require(have_module("sklearn"), "scikit-learn is not installed (pip install 'atomwatch[test]')")
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    rng = np.random.default_rng(7)
+    cases = [
+        (np.zeros(6, int), np.zeros(6, int)),
+        (np.ones(4, int), np.zeros(4, int)),
+        (np.zeros(4, int), np.ones(4, int)),
+    ]
+    cases += [(np.ones(5, int), np.ones(5, int))]
+    cases += [(rng.random(n) < q, rng.random(n) < r) for n in (1, 7, 50, 500) for q in (0.1, 0.5) for r in (0.05, 0.6)]
+    for t, p in cases:
+        got = ev.scores(t, p)
+        want = precision_recall_fscore_support(t, p, labels=[1], average="binary", pos_label=1, zero_division=0)
+        assert [got["precision"], got["recall"], got["f1"]] == pytest.approx(list(want[:3]), rel=1e-12, abs=0)
+        assert got["confusion_matrix"] == confusion_matrix(t, p, labels=[0, 1]).tolist()
+    # no points at all (scikit-learn refuses them): every count and score is 0
+    assert ev.scores([], []) == dict(ev.scores([0], [0]), tn=0, confusion_matrix=[[0, 0], [0, 0]])
 
 
 def test_evaluation_rejects_bad_input():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -187,3 +188,68 @@ def test_a_fresh_venv_has_atomwatch_agent_and_no_bare_agent(wheel, tmp_path):
         assert origin is not None, f"{name} is not installed"
         assert Path(origin).resolve().is_relative_to(site), f"{name} comes from {origin}, not the venv"
     assert seen["plugins"] and all(v.startswith("atomwatch.plugins.") for v in seen["plugins"])
+
+
+# --------------------------------------------------------------------------- installs by role
+
+
+def _project() -> dict:
+    import tomllib
+
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        return tomllib.load(fh)["project"]
+
+
+def test_extras_by_role_and_all_without_test_tools():
+    extras = _project()["optional-dependencies"]
+    assert {"agent", "controller", "ml", "introspection", "plot", "fast", "all", "test"} <= set(extras)
+    (everything,) = extras["all"]
+    named = set(everything.removeprefix("atomwatch[").removesuffix("]").split(","))
+    assert named == set(extras) - {"all", "test"}, "'all' is every production extra and nothing else"
+    test_tools = {"pytest", "hypothesis", "ruff", "scikit-learn"}
+    for name, requirements in extras.items():
+        if name != "test":
+            leaked = {r for r in requirements for tool in test_tools if r.startswith(tool)}
+            assert not leaked, f"extra {name!r} installs test tools {leaked}"
+    setup = (REPO / ".ci" / "setup").read_text()
+    assert "pip install -q -e '.[all,test]'" in setup, "CI installs the production extras and the test tools"
+
+
+def test_the_core_install_has_no_heavy_or_compiled_from_source_dependency():
+    names = {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0].lower() for r in _project()["dependencies"]}
+    assert not names & {"scikit-learn", "libvirt-python", "keras", "jax", "numba", "volatility3", "matplotlib"}
+
+
+#: what a --help must not import: the heavy optional parts (seconds to import, or absent)
+HEAVY = ("sklearn", "keras", "jax", "numba", "libvirt", "volatility3", "matplotlib", "tensorflow", "scipy")
+
+_HELP_PROBE = r"""
+import contextlib, io, json, sys
+from atomwatch.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    try:
+        main(sys.argv[1:])
+    except SystemExit as e:
+        code = e.code
+print(json.dumps({"code": code, "help": out.getvalue(), "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["detect", "--help"], ["agent", "--help"], ["controller", "--help"], ["train", "--help"]],
+    ids=" ".join,
+)
+def test_help_imports_nothing_heavy(argv):
+    """`atomwatch --help` loads every plugin (to list their subcommands), `detect --help` only its
+    module: neither may pull in scikit-learn, Keras, JAX, numba, libvirt, Volatility or scipy (their
+    time is what `benchmarks/startup.py` measures)."""
+    done = subprocess.run([sys.executable, "-c", _HELP_PROBE, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["code"] == 0 and "usage: atomwatch" in seen["help"]
+    assert not set(HEAVY) & set(seen["modules"]), (
+        f"atomwatch {' '.join(argv)} imported {set(HEAVY) & set(seen['modules'])}"
+    )
+    if argv == ["--help"]:
+        assert "train" in seen["help"] and "config" in seen["help"]  # plugin and built-in subcommands listed

@@ -417,3 +417,69 @@ def test_the_core_command_line_names_no_model() -> None:
 
     assert not {"train", "evaluate", "retrain"} & set(COMMANDS)
     assert {"train", "evaluate", "retrain"} <= set(plugin_subcommands())
+
+
+def test_plugins_command_lists_every_detector_collector_and_orchestrator_with_options(tmp_path):
+    """`atomwatch plugins` names each plugin's kind, the detectors it registers (deep's ae, cnn and
+    siamese and precog-reference included) and every option it declares, with type and default;
+    a plugin file of --plugins-dir is listed the same way."""
+    (tmp_path / "limits.py").write_text(
+        "from dataclasses import dataclass\nfrom typing import Annotated\nimport atomwatch\n\n"
+        "@atomwatch.declare_options('limits')\n@dataclass(frozen=True)\nclass Options:\n"
+        "    #: the highest value that is normal\n    ceiling: Annotated[float, atomwatch.Range(gt=0)] = 90.0\n"
+        "    every: Annotated[float, atomwatch.Duration] = 60.0  # how often to look\n\n"
+        "class Factory:\n    name = 'limits'\n    description = 'flags values over a ceiling'\n"
+        "    def create(self, scope, options):\n        return None\n\n"
+        "@atomwatch.hookimpl\ndef register_detectors():\n    return [Factory()]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ATOMWATCH_LOAD_PLUGINS"}
+    run = [sys.executable, "-m", "atomwatch", "plugins", "--plugins-dir", str(tmp_path)]
+    done = subprocess.run([*run, "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    plugins = {p["name"]: p for p in json.loads(done.stdout)["plugins"]}
+    detectors = {d["name"]: d["description"] for p in plugins.values() for d in p["detectors"]}
+    assert {"pca-spe", "precog", "precog-reference", "ae", "cnn", "siamese", "limits"} <= set(detectors)
+    assert all(detectors.values()), "every detector has its one-line description"
+    kinds = {name: p["kinds"] for name, p in plugins.items()}
+    assert kinds["libvirt"] == kinds["coredns"] == kinds["replay"] == ["collector"]
+    assert kinds["orchestrate"] == ["orchestrator"] and kinds["introspection-commands"] == ["agent commands"]
+    assert kinds["deep"] == ["detector", "subcommands"]
+    assert [c["name"] for c in plugins["deep"]["subcommands"]] == ["train", "evaluate", "retrain"]
+
+    def option(plugin: str, table: str, name: str) -> dict:
+        (found,) = [o for o in plugins[plugin]["options"][table] if o["name"] == name]
+        return found
+
+    assert set(plugins["deep"]["options"]) == {"ae", "cnn", "siamese"}
+    assert set(plugins["precog"]["options"]) == {"precog", "precog-reference"}
+    alpha = option("pca-spe", "pca-spe", "alpha")
+    assert (alpha["default"], alpha["type"], alpha["rules"]) == (0.002, "a number", "in (0, 0.5)")
+    assert alpha["help"] == "false-alarm rate of Q_α"
+    assert option("libvirt", "libvirt", "uri")["default"] == "qemu:///system"
+    assert option("orchestrate", "orchestrate", "rate_limit")["default"] == 300.0
+    assert option("introspection-commands", "introspection", "never_kill")["default"] == [
+        "init",
+        "systemd",
+        "sshd",
+        "qemu-ga",
+    ]
+    ceiling, every = plugins["limits"]["options"]["limits"]
+    assert (ceiling["name"], ceiling["default"], ceiling["rules"], ceiling["help"]) == (
+        "ceiling",
+        90.0,
+        "> 0",
+        "the highest value that is normal",
+    )
+    assert every["type"].startswith("a duration") and every["help"] == "how often to look"
+
+    text = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0, text.stderr
+    for line in (
+        "detector precog-reference: ",
+        "detector siamese: ",
+        "options [plugins.pca-spe] (--set pca-spe.OPTION=VALUE):",
+        "alpha = 0.002  [number, in (0, 0.5)]  false-alarm rate of Q_α",
+        "options [plugins.cnn]: the same as [plugins.ae]",
+        "ceiling = 90.0  [number, > 0]  the highest value that is normal",
+    ):
+        assert line in text.stdout, line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 
 from ._common import (
     add_message_size_argument,
@@ -113,5 +114,16 @@ def run(args: argparse.Namespace) -> int:
     file_config, plugin_opts = options(args)
     config = build_config(args, file_config, plugin_opts)
     agent = Agent(config, plugin_manager(args, plugin_opts))
+    if not agent.sampler.slots:
+        from atomwatch.plugins.libvirt_collector import INSTALL_HINT
+
+        print(
+            "atomwatch agent: no collector can run here, so this agent would send nothing; the warnings above say "
+            "why each one did not start. The libvirt collector needs libvirt-python (" + INSTALL_HINT + ") and a "
+            "libvirt it can reach (option libvirt.uri, default qemu:///system); the CoreDNS collector needs "
+            "--set coredns.endpoints=URL; --set replay.trace=FILE replays a recording instead.",
+            file=sys.stderr,
+        )
+        return 1
     asyncio.run(agent.run())
     return 0

@@ -18,14 +18,12 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atomwatch.config import ConfigError, add_replay_delta_argument, load_file, parse_deltas, parse_value
-from atomwatch.detectors import DetectionRun, DetectorError, UnknownDetector, find_factory
-from atomwatch.evaluation import evaluate
-from atomwatch.pluginmanager import get_plugin_manager
-from atomwatch.trace_rows import detect_trace
-from atomwatch.traces import TraceError, read_labels, read_trace, resolve
+
+if TYPE_CHECKING:  # the rest (numpy with it) is imported by run(): ``detect --help`` stays quick
+    from atomwatch.detectors import DetectionRun
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +121,12 @@ def _print_table(run: DetectionRun, evaluation: dict[str, Any] | None, data: str
 
 
 def run(args: argparse.Namespace) -> int:
+    from atomwatch.detectors import DetectorError, UnknownDetector, find_factory
+    from atomwatch.evaluation import evaluate
+    from atomwatch.pluginmanager import get_plugin_manager
+    from atomwatch.trace_rows import detect_trace
+    from atomwatch.traces import TraceError, read_labels, read_trace, resolve
+
     def fail(msg: str, code: int = 2) -> int:
         print(f"atomwatch detect: {msg}", file=sys.stderr)
         return code

@@ -14,8 +14,6 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client.parser import text_string_to_metric_families
-
 # --------------------------------------------------------------------------- the fixed series set
 
 #: qtypes with a series of their own; every other type (CNAME, NS, HTTPS …) goes to ``Other``.
@@ -184,6 +182,8 @@ def parse_exposition(
     start = time.monotonic()
     samples: dict[RawKey, float] = {}
     version: str | None = None
+    from prometheus_client.parser import text_string_to_metric_families  # here: not when the plugin loads
+
     lines = _relevant(text, source, max_samples, deadline, start)
     try:
         for at in range(0, len(lines), PARSE_CHUNK):

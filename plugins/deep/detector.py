@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-
 import atomwatch
 from atomwatch import Anomaly, Blame, Range, Row, SeriesKey
+from atomwatch.lazy import lazy_import
+
+# numpy loads on first use, not when the plugin loads (every command that lists plugins imports this)
+np = lazy_import("numpy", globals(), "np")
 
 DETECTORS = {
     "ae": "convolutional autoencoder: L2 distance of the window's latent vector from the normal mean (option model=PATH)",

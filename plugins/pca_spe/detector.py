@@ -17,13 +17,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import numpy as np
-
 import atomwatch
 from atomwatch import Anomaly, Blame, Range, Row, SeriesKey
+from atomwatch.lazy import lazy_import
 
-from . import kernels
-from . import model as pm
+# numpy loads on first use, not when the plugin loads (every command that lists plugins imports this)
+np = lazy_import("numpy", globals(), "np")
+
+# numba (the kernels) and scipy (the model's formulas) load when a detector first needs them, not
+# when the plugin loads: every command that lists plugins imports this module
+kernels = lazy_import(f"{__package__}.kernels", globals(), "kernels")
+pm = lazy_import(f"{__package__}.model", globals(), "pm")
 
 NAME = "pca-spe"
 

@@ -32,7 +32,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from atomwatch.lazy import lazy_import
+
+# numpy loads on first use, not when the plugin loads (every command that lists plugins imports this)
+np = lazy_import("numpy", globals(), "np")
 
 Z_FACTOR = 0.6745  # modified z-score factor (hard-coded in the reference)
 Z_THRESHOLD = 3.5  # modified z-score threshold (hard-coded in the reference)

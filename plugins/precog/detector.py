@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import numpy as np
-
 import atomwatch
 from atomwatch import Duration, Range
+from atomwatch.lazy import lazy_import
 from atomwatch.types import Anomaly, Blame, Row, SeriesKey
 
 from . import core
+
+# numpy loads on first use, not when the plugin loads (every command that lists plugins imports this)
+np = lazy_import("numpy", globals(), "np")
 
 log = logging.getLogger(__name__)
 
