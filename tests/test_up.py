@@ -138,3 +138,20 @@ def test_up_exits_cleanly_while_the_kernels_still_compile(tmp_path):
         assert "controller stopped" in proc.stderr, proc.stderr[-3000:]
         assert "compiling the PCA kernels in child process" in proc.stderr, "the run ended before pca-spe started"
         assert _warm_up_children(str(cache)) == [], f"run {run}: a compiling child outlived atomwatch up"
+
+
+def test_log_level_option(tmp_path):
+    """``--log-level`` before or after the subcommand; ``error`` keeps the INFO and WARNING lines out."""
+    env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="replay", ATOMWATCH_DB=":memory:")
+    for argv in (["--log-level", "error", "up"], ["up", "--log-level", "error"]):
+        proc = subprocess.run(
+            ["atomwatch", *argv, "--duration", "2", "--http", "off"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stderr == "", proc.stderr[-2000:]
+    proc = subprocess.run(["atomwatch", "--log-level", "loud", "alarms"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "invalid choice: 'loud'" in proc.stderr
