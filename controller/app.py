@@ -1,10 +1,10 @@
 """The controller process: the MQTT session and the detection tick, and the object tying the parts.
 
-Every ``config.tick`` seconds each live host scope yields one row of its rebuilt values; the rows
-go to the detectors in a worker thread, and every anomaly goes to the ``anomaly_detected`` hook
-(and, once the alarms store is configured, opens or extends an alarm). The controller announces
-itself on the retained ``state`` topic (its last will says offline), so agents re-birth when it
-comes back.
+Every ``config.tick`` seconds each live host scope yields one row of its rebuilt values; the
+rows go to the detectors in a worker thread, and every anomaly goes to the ``anomaly_detected``
+hook (and, once the alarms store is configured, opens or extends an alarm; the log gets one line
+per alarm event, :mod:`.alarm_log`, and the anomalies of single rows only at DEBUG). The controller announces itself on the
+retained ``state`` topic (its last will says offline), so agents re-birth when it comes back.
 
 What does not live here (:class:`Controller` keeps its methods, which delegate): commands to
 agents and their replies (:mod:`.commands`), verdicts, findings and closing alarms
@@ -34,6 +34,7 @@ from atomwatch.mqtt import stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.pluginmanager import PluginManager, call_safely
 from atomwatch.types import Anomaly, Row
 
+from .alarm_log import AlarmLog
 from .alarms import AlarmStore
 from .commands import AgentCommands
 from .config import ControllerConfig
@@ -78,7 +79,10 @@ class Controller:
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
-        self.verdicts = Verdicts(self.alarms, lambda: self.detectors, self.executor, self.dispatch)
+        self.alarm_log = AlarmLog(config.alarm_log_every)
+        self.verdicts = Verdicts(
+            self.alarms, lambda: self.detectors, self.executor, self.dispatch, alarm_log=self.alarm_log
+        )
         self.deltas = DeltaPush(self.ingest.hosts, lambda: self.detectors, self.executor, self.commands.send)
         #: what event hooks get instead of the controller (one per controller)
         self.handle = PluginHandle(
@@ -178,7 +182,8 @@ class Controller:
         by_scope = {row.scope: row for row in rows}
         anomalies = await asyncio.get_running_loop().run_in_executor(self.executor, self._detect, rows)
         for anomaly in anomalies:
-            log.warning(
+            # one line per abnormal row at DEBUG; the operator's lines are the alarm events (AlarmLog)
+            log.debug(
                 "anomaly: %s on %s row %d, score %.4g > %.4g; blames %s",
                 anomaly.detector,
                 anomaly.scope,
@@ -197,9 +202,10 @@ class Controller:
                 log.exception("could not record the anomaly of %s on %s", anomaly.detector, anomaly.scope)
                 continue
             if opened:
-                log.warning("alarm %d opened: %s on %s", alarm.id, anomaly.detector, anomaly.scope)
+                self.alarm_log.opened(alarm)
                 self.dispatch("alarm_opened", alarm=alarm)
             else:
+                self.alarm_log.extended(alarm)
                 self.dispatch("alarm_updated", alarm=alarm, change="extended")
         if self.config.mu is not None:
             for row in rows:

@@ -61,6 +61,8 @@ class ControllerConfig:
     mu_every: int = 60
     #: anomalies of one (scope, detector) within this many rows extend the same alarm
     merge_gap: int = 3
+    #: seconds at least between two "alarm N extended" log lines of one alarm (0: every extension)
+    alarm_log_every: float = 300.0
     #: the command-signing private key (Ed25519PrivateKey); None: commands go unsigned and every
     #: agent refuses them (``--signing-key FILE``)
     signing_key: Any = None
@@ -79,6 +81,8 @@ class ControllerConfig:
             raise ConfigError(f"--mu must be a deviation between 0 and 1, got {self.mu}")
         if self.signing_key is not None and not isinstance(self.signing_key, signing.Ed25519PrivateKey):
             raise ConfigError(f"signing_key must be an Ed25519 private key, got {type(self.signing_key).__name__}")
+        if not self.alarm_log_every >= 0:
+            raise ConfigError(f"--alarm-log-every must be ≥ 0 seconds, got {self.alarm_log_every}")
         if not self.command_lifetime > 0:
             raise ConfigError(f"command lifetime must be > 0 seconds, got {self.command_lifetime}")
         self.http_address()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 
+from atomwatch.options import parse_duration
 from atomwatch.protocol import CONTROLLER_HOST
 
 from ._common import (
@@ -61,6 +62,12 @@ def add_controller_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mu", type=float, help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents"
     )
+    p.add_argument(
+        "--alarm-log-every",
+        metavar="DURATION",
+        help="at most one 'alarm N extended' log line per alarm this often: seconds or e.g. 5min, 0 for every "
+        "abnormal row (default 5min); opened, verdict and closed are always logged",
+    )
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
@@ -85,6 +92,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     for name in ("http_tokens", "http_cert", "http_key"):
         kwargs[name] = pick(args, file_config, name, None)
     kwargs["http_insecure"] = bool(pick(args, file_config, "http_insecure", False))
+    every = pick(args, file_config, "alarm_log_every", None)
+    if every is not None:
+        kwargs["alarm_log_every"] = parse_duration(every, "alarm_log_every")
     lifetime = pick(args, file_config, "command_lifetime", None)
     if lifetime is not None:
         kwargs["command_lifetime"] = float(lifetime)
