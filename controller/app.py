@@ -1,9 +1,11 @@
 """The controller process: the MQTT session and the detection tick, and the object tying the parts.
 
-Every ``config.tick`` seconds each live host scope yields one row of its rebuilt values; the
-rows go to the detectors in a worker thread, and every anomaly goes to the ``anomaly_detected``
-hook (and, once the alarms store is configured, opens or extends an alarm; the log gets one line
-per alarm event, :mod:`.alarm_log`, and the anomalies of single rows only at DEBUG). The controller announces itself on the
+Every ``config.tick`` seconds each live host scope yields one row of its rebuilt values (or, with
+``config.rows = "data"``, one row as each data message of the host leaves them: one per agent
+tick, whatever the phase of the two clocks); the rows go to the detectors in a worker thread,
+and every anomaly goes to the ``anomaly_detected`` hook (and, once the alarms store is
+configured, opens or extends an alarm; the log gets one line per alarm event, :mod:`.alarm_log`,
+and the anomalies of single rows only at DEBUG). The controller announces itself on the
 retained ``state`` topic (its last will says offline), so agents re-birth when it comes back.
 
 What does not live here (:class:`Controller` keeps its methods, which delegate): commands to
@@ -47,6 +49,9 @@ from .verdicts import Verdicts, alarm_rows
 
 log = logging.getLogger(__name__)
 
+#: rows = "data": rows taken while this many still wait for detection are skipped (and counted)
+MAX_PENDING_ROWS = 100
+
 # re-exported: older code imports these from here
 __all__ = ["Controller", "CommandFailed", "Progress", "alarm_rows"]
 
@@ -89,6 +94,11 @@ class Controller:
             self.commands, self.alarms, self.verdicts, self.scope_status, lambda name: self.config.plugin_options(name)
         )
         self.rows_handled = 0
+        #: rows = "data": rows taken and not yet through detection; rows skipped for that
+        self.rows_pending = 0
+        self.rows_skipped = 0
+        if config.rows == "data":
+            self.ingest.listeners.append(self._row_on_data)
         #: test and embedding hooks: called with each row / each anomaly
         self.row_listeners: list[Callable[[Row], None]] = []
         self.anomaly_listeners: list[Callable[[Anomaly], None]] = []
@@ -163,6 +173,9 @@ class Controller:
         return found
 
     async def tick(self) -> None:
+        """One row of every live host's rebuilt values to the detectors (``rows = "tick"``)."""
+        if self.config.rows != "tick":
+            return
         now = time.time()
         rows = []
         for state in list(self.ingest.hosts.values()):
@@ -171,6 +184,38 @@ class Controller:
             row = self.scope_rows.row(state, now)
             if row is not None:
                 rows.append(row)
+        await self.handle_rows(rows)
+
+    def _row_on_data(self, state: HostState, msg: protocol.Message) -> None:
+        """Ingest listener of ``rows = "data"``: the host's row as this data message left it, to
+        the detectors in arrival order (the snapshot is taken now; detection runs FIFO)."""
+        if not isinstance(msg, protocol.Data) or not state.synced:
+            return
+        if self.rows_pending >= MAX_PENDING_ROWS:
+            self.rows_skipped += 1
+            if self.rows_skipped == 1 or self.rows_skipped % 1000 == 0:
+                log.warning(
+                    "detection is %d rows behind: the row of %s is skipped (%d so far)",
+                    self.rows_pending,
+                    state.scope,
+                    self.rows_skipped,
+                )
+            return
+        row = self.scope_rows.row(state, time.time())
+        if row is None:
+            return
+        self.rows_pending += 1
+
+        async def handle() -> None:
+            try:
+                await self.handle_rows([row])
+            finally:
+                self.rows_pending -= 1
+
+        self.spawn(handle(), f"row {row.index} of {row.scope}")
+
+    async def handle_rows(self, rows: list[Row]) -> None:
+        """Hand ``rows`` to the detectors; open or extend alarms for their anomalies."""
         if not rows:
             return
         for row in rows:

@@ -63,6 +63,12 @@ def add_controller_options(p: argparse.ArgumentParser) -> None:
         "--mu", type=float, help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents"
     )
     p.add_argument(
+        "--rows",
+        choices=("tick", "data"),
+        help="when a host's row goes to the detectors: every --tick (the controller samples its copies), or as "
+        "each data message of the host arrives, one row per agent tick (default tick; atomwatch up: data)",
+    )
+    p.add_argument(
         "--alarm-log-every",
         metavar="DURATION",
         help="at most one 'alarm N extended' log line per alarm this often: seconds or e.g. 5min, 0 for every "
@@ -92,6 +98,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     for name in ("http_tokens", "http_cert", "http_key"):
         kwargs[name] = pick(args, file_config, name, None)
     kwargs["http_insecure"] = bool(pick(args, file_config, "http_insecure", False))
+    rows = pick(args, file_config, "rows", None)
+    if rows is not None:
+        kwargs["rows"] = rows
     every = pick(args, file_config, "alarm_log_every", None)
     if every is not None:
         kwargs["alarm_log_every"] = parse_duration(every, "alarm_log_every")
