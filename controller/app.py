@@ -1,10 +1,12 @@
 """The controller process: the MQTT session and the detection tick, and the object tying the parts.
 
-Every ``config.tick`` seconds each live host scope yields one row of its rebuilt values; the rows
-go to the detectors in a worker thread, and every anomaly goes to the ``anomaly_detected`` hook
-(and, once the alarms store is configured, opens or extends an alarm). The controller announces
-itself on the retained ``state`` topic (its last will says offline), so agents re-birth when it
-comes back.
+Every ``config.tick`` seconds each live host scope yields one row of its rebuilt values (or, with
+``config.rows = "data"``, one row as each data message of the host leaves them: one per agent
+tick, whatever the phase of the two clocks); the rows go to the detectors in a worker thread,
+and every anomaly goes to the ``anomaly_detected`` hook (and, once the alarms store is
+configured, opens or extends an alarm; the log gets one line per alarm event, :mod:`.alarm_log`,
+and the anomalies of single rows only at DEBUG). The controller announces itself on the
+retained ``state`` topic (its last will says offline), so agents re-birth when it comes back.
 
 What does not live here (:class:`Controller` keeps its methods, which delegate): commands to
 agents and their replies (:mod:`.commands`), verdicts, findings and closing alarms
@@ -34,6 +36,7 @@ from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, wait_or_time
 from atomwatch.pluginmanager import PluginManager, call_safely
 from atomwatch.types import Anomaly, Row
 
+from .alarm_log import AlarmLog
 from .alarms import AlarmStore
 from .commands import AgentCommands
 from .config import ControllerConfig
@@ -45,6 +48,9 @@ from .scopes import ScopeRows
 from .verdicts import Verdicts, alarm_rows
 
 log = logging.getLogger(__name__)
+
+#: rows = "data": rows taken while this many still wait for detection are skipped (and counted)
+MAX_PENDING_ROWS = 100
 
 # re-exported: older code imports these from here
 __all__ = ["Controller", "CommandFailed", "Progress", "alarm_rows"]
@@ -100,13 +106,21 @@ class Controller:
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
-        self.verdicts = Verdicts(self.alarms, lambda: self.detectors, self.executor, self.dispatch)
+        self.alarm_log = AlarmLog(config.alarm_log_every)
+        self.verdicts = Verdicts(
+            self.alarms, lambda: self.detectors, self.executor, self.dispatch, alarm_log=self.alarm_log
+        )
         self.deltas = DeltaPush(self.ingest.hosts, lambda: self.detectors, self.executor, self.commands.send)
         #: what event hooks get instead of the controller (one per controller)
         self.handle = PluginHandle(
             self.commands, self.alarms, self.verdicts, self.scope_status, lambda name: self.config.plugin_options(name)
         )
         self.rows_handled = 0
+        #: rows = "data": rows taken and not yet through detection; rows skipped for that
+        self.rows_pending = 0
+        self.rows_skipped = 0
+        if config.rows == "data":
+            self.ingest.listeners.append(self._row_on_data)
         #: test and embedding hooks: called with each row / each anomaly
         self.row_listeners: list[Callable[[Row], None]] = []
         self.anomaly_listeners: list[Callable[[Anomaly], None]] = []
@@ -181,6 +195,9 @@ class Controller:
         return found
 
     async def tick(self) -> None:
+        """One row of every live host's rebuilt values to the detectors (``rows = "tick"``)."""
+        if self.config.rows != "tick":
+            return
         now = time.time()
         rows = []
         for state in list(self.ingest.hosts.values()):
@@ -189,6 +206,38 @@ class Controller:
             row = self.scope_rows.row(state, now)
             if row is not None:
                 rows.append(row)
+        await self.handle_rows(rows)
+
+    def _row_on_data(self, state: HostState, msg: protocol.Message) -> None:
+        """Ingest listener of ``rows = "data"``: the host's row as this data message left it, to
+        the detectors in arrival order (the snapshot is taken now; detection runs FIFO)."""
+        if not isinstance(msg, protocol.Data) or not state.synced:
+            return
+        if self.rows_pending >= MAX_PENDING_ROWS:
+            self.rows_skipped += 1
+            if self.rows_skipped == 1 or self.rows_skipped % 1000 == 0:
+                log.warning(
+                    "detection is %d rows behind: the row of %s is skipped (%d so far)",
+                    self.rows_pending,
+                    state.scope,
+                    self.rows_skipped,
+                )
+            return
+        row = self.scope_rows.row(state, time.time())
+        if row is None:
+            return
+        self.rows_pending += 1
+
+        async def handle() -> None:
+            try:
+                await self.handle_rows([row])
+            finally:
+                self.rows_pending -= 1
+
+        self.spawn(handle(), f"row {row.index} of {row.scope}")
+
+    async def handle_rows(self, rows: list[Row]) -> None:
+        """Hand ``rows`` to the detectors; open or extend alarms for their anomalies."""
         if not rows:
             return
         for row in rows:
@@ -200,7 +249,8 @@ class Controller:
         by_scope = {row.scope: row for row in rows}
         anomalies = await asyncio.get_running_loop().run_in_executor(self.executor, self._detect, rows)
         for anomaly in anomalies:
-            log.warning(
+            # one line per abnormal row at DEBUG; the operator's lines are the alarm events (AlarmLog)
+            log.debug(
                 "anomaly: %s on %s row %d, score %.4g > %.4g; blames %s",
                 anomaly.detector,
                 anomaly.scope,
@@ -219,9 +269,10 @@ class Controller:
                 log.exception("could not record the anomaly of %s on %s", anomaly.detector, anomaly.scope)
                 continue
             if opened:
-                log.warning("alarm %d opened: %s on %s", alarm.id, anomaly.detector, anomaly.scope)
+                self.alarm_log.opened(alarm)
                 self.dispatch("alarm_opened", alarm=alarm)
             else:
+                self.alarm_log.extended(alarm)
                 self.dispatch("alarm_updated", alarm=alarm, change="extended")
         if self.config.mu is not None:
             for row in rows:

@@ -41,6 +41,10 @@ class ControllerConfig:
     sites: list[str] = field(default_factory=lambda: ["default"])
     #: seconds between two rows handed to the detectors
     tick: float = 10.0
+    #: "tick": every ``tick`` seconds a row of each live host's rebuilt values (the controller
+    #: samples its copies, ATOM's monitor); "data": a row of a host each time its data message
+    #: arrives, one per agent tick (``atomwatch up``: a replay's rows reach the detectors one for one)
+    rows: str = "tick"
     #: detector names to run on every scope (empty: every registered detector)
     detectors: list[str] = field(default_factory=list)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -71,6 +75,8 @@ class ControllerConfig:
     alarm_retention: float = 30.0
     #: anomalies kept in memory while the alarms file cannot be written
     alarm_pending: int = 10_000
+    #: seconds at least between two "alarm N extended" log lines of one alarm (0: every extension)
+    alarm_log_every: float = 300.0
     #: the command-signing private key (Ed25519PrivateKey); None: commands go unsigned and every
     #: agent refuses them (``--signing-key FILE``)
     signing_key: Any = None
@@ -101,6 +107,10 @@ class ControllerConfig:
             raise ConfigError(f"--mu must be a deviation between 0 and 1, got {self.mu}")
         if self.signing_key is not None and not isinstance(self.signing_key, signing.Ed25519PrivateKey):
             raise ConfigError(f"signing_key must be an Ed25519 private key, got {type(self.signing_key).__name__}")
+        if self.rows not in ("tick", "data"):
+            raise ConfigError(f"--rows must be tick or data, got {self.rows!r}")
+        if not self.alarm_log_every >= 0:
+            raise ConfigError(f"--alarm-log-every must be ≥ 0 seconds, got {self.alarm_log_every}")
         if not self.command_lifetime > 0:
             raise ConfigError(f"command lifetime must be > 0 seconds, got {self.command_lifetime}")
         self.max_message_size = parse_size(self.max_message_size, "--max-message-size", MIN_MESSAGE_SIZE)

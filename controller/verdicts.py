@@ -3,7 +3,8 @@ closing an alarm.
 
 What lives here: :class:`Verdicts` — ``give_verdict`` (on *normal* the alarm's rows, ATOM's A,
 are folded into the detector's normal model, which refits), ``add_findings`` and ``close_alarm``,
-each followed by the ``verdict_given`` / ``alarm_updated`` hooks — and :func:`alarm_rows`, an
+each followed by the ``verdict_given`` / ``alarm_updated`` hooks and a line of the alarm log
+(:mod:`.alarm_log`) — and :func:`alarm_rows`, an
 alarm's abnormal rows as detector rows. What does not: storing alarms (:mod:`.alarms`), opening
 and extending them from anomalies (the detection tick in :mod:`.app`), acting on a malicious
 verdict (orchestrator plugins).
@@ -23,6 +24,7 @@ from atomwatch.alarm import Alarm
 from atomwatch.series import SeriesKey
 from atomwatch.types import Row
 
+from .alarm_log import AlarmLog
 from .alarms import AlarmStore
 from .detection import DetectorSet
 
@@ -50,12 +52,18 @@ class Verdicts:
     detector's ``update``."""
 
     def __init__(
-        self, alarms: AlarmStore, detectors: Callable[[], DetectorSet], executor: Executor, dispatch: Dispatch
+        self,
+        alarms: AlarmStore,
+        detectors: Callable[[], DetectorSet],
+        executor: Executor,
+        dispatch: Dispatch,
+        alarm_log: AlarmLog | None = None,
     ) -> None:
         self.alarms = alarms
         self.detectors = detectors
         self.executor = executor
         self.dispatch = dispatch
+        self.alarm_log = alarm_log or AlarmLog()
 
     async def give_verdict(
         self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None
@@ -65,6 +73,7 @@ class Verdicts:
         the orchestrators through ``verdict_given``. Raises :class:`AlarmError`."""
         params = dict(params or {})
         alarm = self.alarms.verdict(alarm_id, verdict, actor, params)
+        self.alarm_log.verdict(alarm, verdict, actor)
         if verdict == "normal":
             det = self.detectors().instances.get((alarm.scope, alarm.detector))
             if det is not None and hasattr(det, "accept_normal"):
@@ -97,5 +106,6 @@ class Verdicts:
 
     def close_alarm(self, alarm_id: int, actor: str, resolution: str, details: dict[str, Any] | None = None) -> Alarm:
         alarm = self.alarms.close(alarm_id, actor, resolution, details)
+        self.alarm_log.closed(alarm, actor)
         self.dispatch("alarm_updated", alarm=alarm, change="closed")
         return alarm

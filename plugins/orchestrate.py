@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 NAME = "orchestrate"
 ACTOR = "orchestrate"
+#: audit notes that are also logged as warnings
+FAILURES = ("termination not possible", "still abnormal after termination")
 
 
 @atomwatch.declare_options(NAME)
@@ -113,6 +115,9 @@ class Orchestrator:
         self.inflight: dict[int, asyncio.Task] = {}
 
     def note(self, alarm_id: int, action: str, details: dict[str, Any] | None = None, actor: str = ACTOR) -> None:
+        if action in FAILURES:  # what the operator must hear of, not only find in the audit trail
+            why = (details or {}).get("why") or ", ".join(f"{k} {v}" for k, v in (details or {}).items())
+            log.warning("alarm %s: %s: %s", alarm_id, action, why)
         try:
             self.handle.note(alarm_id, actor, action, details or {})
         except Exception:
@@ -126,6 +131,7 @@ class Orchestrator:
         self.handled.add(alarm.id)
         vms = [v for v in alarm.blamed_vms() if v]
         if not vms:
+            log.info("alarm %s: introspection skipped: the alarm blames no VM", alarm.id)
             self.note(alarm.id, "introspection skipped", {"why": "the alarm blames no VM"})
             return
         vm = vms[0]
@@ -135,6 +141,13 @@ class Orchestrator:
         now = time.monotonic()
         last = self.last_vm.get(vm)
         if last is not None and now - last < self.opts.rate_limit:
+            log.info(
+                "alarm %s: introspection of %s skipped: introspected %.0f s ago (rate limit %g s per VM)",
+                alarm.id,
+                vm_name or vm,
+                now - last,
+                self.opts.rate_limit,
+            )
             self.note(
                 alarm.id,
                 "introspection skipped",
@@ -166,9 +179,19 @@ class Orchestrator:
                 "introspect",
                 params,
                 timeout=self.opts.introspect_timeout,
-                on_progress=lambda r: log.info("alarm %s introspection: %s", alarm.id, r.result),
+                on_progress=lambda r: _log_progress(alarm.id, "introspection", r),
             )
         except CommandFailed as e:
+            log.warning(
+                "alarm %s: introspection of %s failed: %s",
+                alarm.id,
+                vm_name or vm,
+                e,
+                extra={
+                    "event": "introspection-failed",
+                    "alarm": {"id": alarm.id, "vm": vm_name or vm, "error": str(e)},
+                },
+            )
             self.handle.add_findings(
                 alarm.id,
                 ACTOR,
@@ -183,6 +206,7 @@ class Orchestrator:
                 },
             )
             return None
+        log.info("alarm %s: introspection of %s done: %s", alarm.id, vm_name or vm, result.get("summary"))
         finding = {
             "kind": "introspection",
             "summary": result.get("summary"),
@@ -299,6 +323,9 @@ class Orchestrator:
         except CommandFailed as e:
             text = str(e)
             refused = "refused:" in text
+            log.warning(
+                "alarm %s: termination of %s (pid %s) not done: %s", alarm_id, target["name"], target["pid"], text
+            )
             self.handle.add_findings(
                 alarm_id,
                 ACTOR,
@@ -371,6 +398,17 @@ class Orchestrator:
             "still abnormal after termination",
             {"watched_s": self.opts.watch_timeout, "last_score": spe, "last_threshold": q, "measure": measure},
         )
+
+
+def _log_progress(alarm_id: int, what: str, reply: Any) -> None:
+    """One INFO line per progress step the agent reports (the bare "accepted" says nothing: DEBUG)."""
+    if reply.status == "accepted" or not reply.result:
+        log.debug("alarm %s: %s %s by the agent", alarm_id, what, reply.status)
+        return
+    info = dict(reply.result)
+    stage = info.pop("stage", None) or reply.status
+    rest = ", ".join(f"{k} {v}" for k, v in info.items())
+    log.info("alarm %s: %s %s%s", alarm_id, what, stage, f" ({rest})" if rest else "")
 
 
 _ORCHESTRATORS: weakref.WeakKeyDictionary[ControllerHandle, Orchestrator] = weakref.WeakKeyDictionary()

@@ -348,6 +348,8 @@ def test_readme_plugin_runs_live_through_a_real_broker(installed_readme_plugin, 
         [
             "atomwatch",
             "up",
+            "--log-level",
+            "debug",  # the anomaly of every row (the operator's log has one line per alarm)
             "--broker",
             mosquitto.url,
             "--site",

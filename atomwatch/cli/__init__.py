@@ -26,6 +26,8 @@ from atomwatch.alarm import Alarm
 from atomwatch.config import ConfigError
 from atomwatch.subcommands import Subcommand
 
+from . import _logging
+
 log = logging.getLogger(__name__)
 
 #: the exit status when stdout's reader went away: 128 + SIGPIPE, as the shell reports it
@@ -76,16 +78,48 @@ def build_parser(only: str | None = None, extra: dict[str, Subcommand] | None = 
     )
     parser.add_argument("--version", action="version", version=f"atomwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    _add_log_arguments(parser, argparse.SUPPRESS)
+    # the same two options after the subcommand too (``atomwatch controller --log-format json``)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_log_arguments(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         if name == only:
             importlib.import_module(module).add_arguments(p)
     for name, cmd in (extra or {}).items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, parents=[common])
         if name == only:
             cmd.add_arguments(p)
     return parser
+
+
+def _find_command(argv: list[str]) -> str | None:
+    """The first word of ``argv`` that is neither an option nor the value of one."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--log-level", "--log-format"):
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def _add_log_arguments(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument(
+        "--log-level",
+        choices=_logging.LEVELS,
+        default=default,
+        help="log this level and above (default: info for up, agent, controller and lab; warning for the others)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=_logging.FORMATS,
+        default=default,
+        help="text lines, or one JSON object per line (ts, level, logger, message, event fields) (default text)",
+    )
 
 
 class _Context:
@@ -147,7 +181,7 @@ def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Find the subcommand first so that only its module is imported; plugins are loaded only for
     # a subcommand that is not built in, or to list theirs in the help.
-    command = next((a for a in argv if not a.startswith("-")), None)
+    command = _find_command(argv)
     try:
         extra = plugin_subcommands() if command not in COMMANDS else {}
     except ConfigError as e:  # a plugin that cannot load as written
@@ -158,12 +192,7 @@ def _main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-        if args.command not in ("up", "agent", "controller", "lab")
-        else [logging.INFO, logging.DEBUG, logging.DEBUG][min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _logging.configure(args.command, args.verbose, getattr(args, "log_level", None), getattr(args, "log_format", None))
     try:
         if args.command in extra:
             return int(extra[args.command].run(args, _Context()) or 0)

@@ -7,6 +7,7 @@ import asyncio
 import os
 
 from atomwatch.config import ConfigError
+from atomwatch.options import parse_duration
 from atomwatch.protocol import CONTROLLER_HOST
 
 from ._common import (
@@ -103,6 +104,18 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
         ),
     ):
         p.add_argument(flag, type=int, metavar="N", help=f"{what} (default {default})")
+    p.add_argument(
+        "--rows",
+        choices=("tick", "data"),
+        help="when a host's row goes to the detectors: every --tick (the controller samples its copies), or as "
+        "each data message of the host arrives, one row per agent tick (default tick; atomwatch up: data)",
+    )
+    p.add_argument(
+        "--alarm-log-every",
+        metavar="DURATION",
+        help="at most one 'alarm N extended' log line per alarm this often: seconds or e.g. 5min, 0 for every "
+        "abnormal row (default 5min); opened, verdict and closed are always logged",
+    )
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
@@ -140,6 +153,12 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         value = pick(args, file_config, name, None)
         if value is not None:
             kwargs[name] = value
+    rows = pick(args, file_config, "rows", None)
+    if rows is not None:
+        kwargs["rows"] = rows
+    every = pick(args, file_config, "alarm_log_every", None)
+    if every is not None:
+        kwargs["alarm_log_every"] = parse_duration(every, "alarm_log_every")
     lifetime = pick(args, file_config, "command_lifetime", None)
     if lifetime is not None:
         kwargs["command_lifetime"] = float(lifetime)
