@@ -47,8 +47,10 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 #: the largest payload decoded by default (bytes; ``--max-message-size``). A birth of 1,000 series
 #: with 36-character UUIDs, 34-character VM names and full-precision values weighs 200,856 bytes
-#: (benchmarks/protocol.py prints it); 512 KiB leaves 2.6 times that.
-MAX_MESSAGE_SIZE = 512 * 1024
+#: (benchmarks/protocol.py prints it). 1 MiB is 5.2 times that: a birth of the controller's
+#: ``--max-series-per-host`` (4,000) such series, 0.8 MB, still passes, so that limit, not this
+#: one, is what refuses a host with too many series (with a message that says so).
+MAX_MESSAGE_SIZE = 1024 * 1024
 #: the largest reply the controller decodes for a command it is waiting for (``--max-reply-size``):
 #: an introspection's result carries Volatility's rows, megabytes on a busy guest
 MAX_REPLY_SIZE = 16 * 1024 * 1024

@@ -172,7 +172,7 @@ def test_nesting_up_to_the_limit_and_brackets_in_strings_pass():
 
 
 def test_the_size_limit_names_its_option():
-    payload = death_with(b"1" + b" " * 600_000)
+    payload = death_with(b"1" + b" " * (protocol.MAX_MESSAGE_SIZE + 1000))
     with pytest.raises(protocol.ProtocolError) as err:
         protocol.decode(DEATH, payload)
     assert err.value.reason == "too-large"

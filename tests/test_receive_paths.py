@@ -151,9 +151,9 @@ def cmd_payload(request_id: str, ts: bytes = b"1", params: bytes = b"{}") -> byt
 
 
 NESTED = b"[" * 100 + b"]" * 100
-#: over the default 512 KiB
-OVERSIZED_VALUES = b"[" + b",".join([b"[0, 1.5]"] * 80_000) + b"]"
-OVERSIZED_PARAMS = b'{"pad": "' + b"x" * 600_000 + b'"}'
+#: over the default --max-message-size
+OVERSIZED_VALUES = b"[" + b",".join([b"[0, 1.5]"] * (protocol.MAX_MESSAGE_SIZE // 8)) + b"]"
+OVERSIZED_PARAMS = b'{"pad": "' + b"x" * (protocol.MAX_MESSAGE_SIZE + 1000) + b'"}'
 
 CASES = {
     "400-digit ts": (data_payload(ts=HUGE), cmd_payload("bad1", ts=HUGE), "invalid", "field 'ts' holds an integer"),
@@ -395,7 +395,7 @@ def test_the_command_line_and_config_file_give_the_options(tmp_path):
         args = build_parser("controller").parse_args(["controller", "--broker", "mqtt://127.0.0.1:1", *argv])
         return controller_cmd.build_config(args, file_config or {}, {})
 
-    assert agent([]).max_message_size == 512 * 1024 and agent([]).metrics_address() is None
+    assert agent([]).max_message_size == 1024 * 1024 and agent([]).metrics_address() is None
     config = agent(["--max-message-size", "64KiB", "--metrics", "9471"])
     assert config.max_message_size == 65536 and config.metrics_address() == ("127.0.0.1", 9471)
     config = agent([], {"max_message_size": 4096, "metrics": "0.0.0.0:9471"})
