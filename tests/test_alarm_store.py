@@ -31,7 +31,10 @@ from conftest import free_port
 import atomwatch
 from atomwatch.config import ConfigError
 from atomwatch.controller.alarms import AlarmNotFound, AlarmStore
+from atomwatch.controller.commands import AgentCommands
 from atomwatch.controller.ingest import Ingest
+from atomwatch.controller.scopes import ScopeRows
+from atomwatch.mqtt import Faults
 from atomwatch.series import SeriesKey
 
 COLS = tuple(SeriesKey(f"u{i}", f"vm{i}", "CPUUtilization", "%") for i in range(8))
@@ -409,7 +412,15 @@ def api_for(store: AlarmStore, tmp_path: Path):
     tokens.write_text("ops " + "t" * 40 + "\n")
     tokens.chmod(0o600)
     backend = _Backend(
-        alarms=store, ingest=Ingest(), scope_status={}, rows_handled=0, connected=asyncio.Event(), loop=None
+        alarms=store,
+        ingest=Ingest(),
+        scope_status={},
+        rows_handled=0,
+        connected=asyncio.Event(),
+        loop=None,
+        faults=Faults(logging.getLogger("test-alarm-store")),
+        scope_rows=ScopeRows(),
+        commands=AgentCommands(lambda: None, lambda aw, name: None),
     )
     server = ApiServer(backend, ("127.0.0.1", free_port()), tokens=str(tokens))
     server.start()
