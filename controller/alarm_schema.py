@@ -8,7 +8,7 @@ per abnormal row, values packed as little-endian float64, the column list stored
 
 What lives here: :func:`file_version`, :func:`prepare` (create or migrate), :func:`quick_check`,
 the row codec and the SQL column lists. What does not: the store that reads and writes alarms
-(:mod:`.alarms`); the layout's reasons (``docs/alarms.md``).
+(:mod:`.alarms`, :mod:`.alarm_reads`, :mod:`.alarm_writer`); the layout's reasons (``docs/alarms.md``).
 """
 
 from __future__ import annotations

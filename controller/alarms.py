@@ -19,31 +19,28 @@ Orchestrators may also move an alarm to ``closed`` themselves (e.g. after a veri
 once the score is back under the threshold).
 
 Changes are made in memory, where every open and malicious alarm lives, and return at once (an
-alarm's id is handed out by the store); one writer thread writes them to the file, a batch per
-transaction, retrying while the file is locked, read-only or full (anomalies wait in memory,
-bounded by ``pending_max``). Reads merge the file with what is not written yet. The reasons and
-the failure modes: ``docs/alarms.md``.
+alarm's id is handed out by the store); one writer thread writes them to the file
+(:mod:`.alarm_writer`). Reads merge the file (:mod:`.alarm_reads`) with what is not written yet.
+The reasons and the failure modes: ``docs/alarms.md``.
 
-What lives here: the store (:class:`AlarmStore`). What does not: the file's layout, versions and
-migrations (:mod:`.alarm_schema`), the alarm record and the errors its operations raise
-(:mod:`atomwatch.alarm`, core, so plugins see them; re-exported here), and what the controller
-does on a verdict (:mod:`atomwatch.controller.verdicts`).
+What lives here: the store (:class:`AlarmStore`): opening the file, the alarms in memory and their
+changes, the reads callers make. What does not: the writer thread, the file reads, the records held
+in memory (:mod:`.alarm_entries`), the file's layout, versions and migrations (:mod:`.alarm_schema`),
+the alarm record and the errors its operations raise (:mod:`atomwatch.alarm`, core, so plugins see
+them; re-exported here), and what the controller does on a verdict (:mod:`atomwatch.controller.verdicts`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +58,10 @@ from atomwatch.series import SeriesKey
 from atomwatch.types import Anomaly
 
 from . import alarm_schema as schema
+from .alarm_entries import _Entry, _Row, _StoredAlarm
+from .alarm_errors import _error_kind
+from .alarm_reads import _FileReads
+from .alarm_writer import RETRY_MAX, _Writer
 
 __all__ = [
     "STATES",
@@ -73,8 +74,6 @@ __all__ = [
     "AlarmStoreUnavailable",
 ]
 
-log = logging.getLogger(__name__)
-
 #: rows kept per alarm by default: more than PCA-SPE's default window (720 rows), so a normal
 #: verdict can refill the whole window from one alarm; 2.5 MB of values at 320 columns
 MAX_ROWS = 1000
@@ -82,15 +81,8 @@ MAX_ROWS = 1000
 RETENTION = 30 * 86400.0
 #: anomalies kept in memory by default while the file cannot be written
 PENDING_MAX = 10_000
-#: how long SQLite itself waits for a lock held by another connection (milliseconds)
-BUSY_MS = 50
-#: the writer's waits between attempts while the file cannot be written (seconds)
-RETRY_FIRST, RETRY_MAX = 0.05, 5.0
-#: how often closed alarms past their retention are looked for (seconds)
-PRUNE_EVERY = 3600.0
 
 _LIVE = ("open", "malicious")
-_T = TypeVar("_T")
 
 
 def _merge_blame(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,98 +96,7 @@ def _merge_blame(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[d
     return sorted(by_col.values(), key=lambda b: (-b.get("rows", 1), -abs(b.get("score", 0.0))))
 
 
-class _StoredAlarm(Alarm):
-    """An :class:`Alarm` whose ``rows`` are read on first use (a long alarm's rows are the bulk of
-    it and most readers never look at them). Otherwise the same record."""
-
-    def __init__(self, *args: Any, loader: Callable[[], list[dict[str, Any]]] | None = None, **kwargs: Any):
-        self._loader = loader
-        self._rows: list[dict[str, Any]] | None = None
-        super().__init__(*args, **kwargs)
-
-    @property  # type: ignore[override]
-    def rows(self) -> list[dict[str, Any]]:
-        if self._rows is None:
-            loader, self._loader = self._loader, None
-            self._rows = loader() if loader is not None else []
-        return self._rows
-
-    @rows.setter
-    def rows(self, value: list[dict[str, Any]] | None) -> None:
-        self._rows = value
-
-
-@dataclass
-class _Row:
-    """An abnormal row not written yet."""
-
-    seq: int
-    index: int
-    ts: float
-    score: float
-    threshold: float
-    columns: tuple[SeriesKey, ...] | None
-    values: np.ndarray | None
-
-
-@dataclass
-class _Entry:
-    """An alarm held in memory: every open or malicious one, and any other until its changes
-    are written. ``alarm`` is the truth (its ``rows`` unused)."""
-
-    alarm: Alarm
-    stored: bool
-    dirty: set[str] = field(default_factory=set)
-    rows: list[_Row] = field(default_factory=list)
-    #: seqs of rows lost while the file could not be written (so the cap does not count them twice)
-    lost: set[int] = field(default_factory=set)
-
-
-@dataclass
-class _Batch:
-    """What one write transaction takes from memory."""
-
-    inserts: list[tuple[int, dict[str, Any]]]
-    updates: list[tuple[int, dict[str, Any]]]
-    rows: list[tuple[int, list[_Row]]]
-    audit: list[tuple[int, int, float, str, str, dict[str, Any]]]
-    dirty: dict[int, set[str]]
-    touched: set[int]
-    recorded: int
-
-    def __bool__(self) -> bool:
-        return bool(self.inserts or self.updates or self.rows or self.audit or self.touched)
-
-
-def _error_kind(e: BaseException) -> str:
-    """What an SQLite error means for the store: locked, read-only, full, damaged, unopenable, …"""
-    code = (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF
-    if isinstance(e, schema.SchemaError):
-        return "newer"
-    return {
-        sqlite3.SQLITE_BUSY: "locked",
-        sqlite3.SQLITE_LOCKED: "locked",
-        sqlite3.SQLITE_READONLY: "read-only",
-        sqlite3.SQLITE_FULL: "full",
-        sqlite3.SQLITE_CORRUPT: "damaged",
-        sqlite3.SQLITE_NOTADB: "damaged",
-        sqlite3.SQLITE_CANTOPEN: "cannot open",
-        sqlite3.SQLITE_IOERR: "I/O error",
-        sqlite3.SQLITE_PERM: "read-only",
-    }.get(code, "error")
-
-
-_ADVICE = {
-    "locked": "another process holds its write lock",
-    "read-only": "the file or its folder cannot be written: make it writable",
-    "full": "the disk is full: free space",
-    "damaged": "the file is damaged: stop the controller, move the file aside and start again",
-    "cannot open": "cannot open or create it: check the folder exists and is writable",
-    "I/O error": "the disk reports I/O errors",
-}
-
-
-class AlarmStore:
+class AlarmStore(_FileReads, _Writer):
     """Alarms in memory and in one SQLite file (``":memory:"``: for the process' life only).
 
     ``max_rows``: abnormal rows kept per alarm (the first tenth and the latest nine tenths);
@@ -247,32 +148,12 @@ class AlarmStore:
         self._next_id = 1
         self._next_audit = 1
         self._closed = False
-
-        #: the writer's state (its thread only, but for ``_ok``/``_problem`` read by status())
-        self._db: sqlite3.Connection | None = None
-        self._sets = schema.ColumnSets()
-        self._ok = True
-        self._problem: str | None = None
-        self._problem_kind: str | None = None
-        self._since: float | None = None
-        self._failures = 0
-        self._retry_at = 0.0
-        self._next_prune = 0.0
-        self._stopping = False
-        self._wake = threading.Event()
-
-        #: the reader (API threads, plugins, tools): its own connection, one at a time
-        self._read_lock = threading.Lock()
-        self._rdb: sqlite3.Connection | None = None
-        self._rdb_version = schema.SCHEMA_VERSION
-        self._set_lists: dict[int, list[list[str]]] = {}
         self._lockfile: int | None = None
+        self._init_writer()
+        self._init_reads()
 
         self._start()
-        self._thread: threading.Thread | None = None
-        if not readonly:
-            self._thread = threading.Thread(target=self._writer, name="alarm-store", daemon=True)
-            self._thread.start()
+        self._start_writer()
 
     # ------------------------------------------------------------------ start
 
@@ -352,59 +233,6 @@ class AlarmStore:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lockfile = fd
 
-    def _connect(self) -> sqlite3.Connection:
-        """The writer's connection, the file brought to the current layout."""
-        db = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                db.execute("PRAGMA journal_mode = WAL")
-            # WAL with NORMAL: a power cut may lose the last commits, never damages the file
-            db.execute("PRAGMA synchronous = NORMAL")
-            schema.prepare(db, self.head, self.tail)
-        except BaseException:
-            db.close()
-            raise
-        self._sets.clear()
-        return db
-
-    def _reader(self) -> sqlite3.Connection | None:
-        """The reading connection (the caller holds ``_read_lock`` or is starting), opened on
-        demand: read-write if it can, else read-only, else (read-only media, where SQLite cannot
-        make its shared-memory file) immutable; None when the file cannot be opened."""
-        if self._rdb is not None:
-            return self._rdb
-        if self.memory:
-            return None
-        if not Path(self.path).exists():
-            return None
-        uri = "file:" + quote(os.path.abspath(self.path))
-        for suffix in ("?mode=ro", "?mode=ro&immutable=1"):
-            try:
-                db = sqlite3.connect(uri + suffix, uri=True, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA busy_timeout = 200")
-                version = schema.file_version(db)
-            except sqlite3.Error as e:
-                if _error_kind(e) == "damaged":
-                    raise
-                self._problem = self._problem or str(e)
-                continue
-            if version > schema.SCHEMA_VERSION:
-                db.close()
-                raise schema.SchemaError(
-                    f"its layout is version {version}, written by a newer atomwatch "
-                    f"(this one knows up to {schema.SCHEMA_VERSION})"
-                )
-            self._rdb, self._rdb_version = db, version
-            return db
-        return None
-
-    def _header_sql(self) -> str:
-        """(under ``_read_lock``) an alarm's columns as the file being read has them."""
-        v1 = self._rdb_version < 2
-        cols = ", ".join("0 AS rows_dropped" if c == "rows_dropped" and v1 else c for c in schema.HEADER)
-        return f"SELECT id, {cols} FROM alarms"
-
     def _load(self, db: sqlite3.Connection) -> None:
         """Ids to hand out, counts by state, every open and malicious alarm into memory."""
         if schema.file_version(db) == 0:
@@ -424,14 +252,7 @@ class AlarmStore:
             self._mem[alarm.id] = _Entry(alarm, stored=True)
             self._live[(alarm.scope, alarm.detector)] = alarm.id
 
-    # ------------------------------------------------------------------ building records
-
-    @staticmethod
-    def _alarm_of_row(r: tuple) -> Alarm:
-        d = dict(zip(("id", *schema.HEADER), r))
-        d["blame"] = json.loads(d["blame"])
-        d["findings"] = json.loads(d["findings"])
-        return Alarm(rows=[], **d)
+    # ------------------------------------------------------------------ copies for callers
 
     def _public(self, a: Alarm) -> Alarm:
         """A copy for callers (the caller holds ``_lock`` if ``a`` lives in memory), rows read
@@ -442,46 +263,7 @@ class AlarmStore:
         alarm_id, level = a.id, a.level
         return _StoredAlarm(rows=None, loader=lambda: self._rows_of(alarm_id, level), **fields)
 
-    # ------------------------------------------------------------------ reading
-
-    def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``fn`` on the reading connection; AlarmStoreUnavailable when it cannot."""
-        with self._read_lock:
-            if self._closed and self._rdb is None:
-                raise AlarmStoreUnavailable(f"the alarms store {self.path} is shut down")
-            for attempt in (1, 2):  # a second time on a new connection (the file may have changed)
-                try:
-                    db = self._reader()
-                    if db is None:
-                        raise AlarmStoreUnavailable(f"the alarms file {self.path} cannot be opened")
-                    return fn(db)
-                except schema.SchemaError as e:
-                    raise AlarmStoreUnavailable(f"the alarms file {self.path}: {e}") from None
-                except sqlite3.Error as e:
-                    self._drop_reader()
-                    if attempt == 2 or self.memory:
-                        kind = _error_kind(e)
-                        advice = _ADVICE.get(kind, "")
-                        raise AlarmStoreUnavailable(
-                            f"the alarms file {self.path} cannot be read ({e}){': ' + advice if advice else ''}"
-                        ) from None
-            raise AssertionError("unreachable")
-
-    def _drop_reader(self) -> None:
-        """(the caller holds ``_read_lock``) the next read opens a new connection."""
-        if not self.memory and self._rdb is not None:
-            self._rdb.close()
-            self._rdb = None
-            self._set_lists.clear()
-
-    def _stored_header(self, alarm_id: int) -> Alarm | None:
-        if self.memory or self._reader_exists():
-            row = self._read(lambda db: db.execute(self._header_sql() + " WHERE id = ?", (alarm_id,)).fetchone())
-            return None if row is None else self._alarm_of_row(row)
-        return None
-
-    def _reader_exists(self) -> bool:
-        return self._rdb is not None or Path(self.path).exists()
+    # ------------------------------------------------------------------ reading (memory and the file)
 
     def get(self, alarm_id: int) -> Alarm:
         """The alarm as it is now (its rows are read when first used)."""
@@ -512,29 +294,6 @@ class AlarmStore:
             by_seq[r.seq] = schema.row_record(r.index, r.ts, r.score, r.threshold, cols, vals)
         head, cut = schema.kept_seqs(level, self.head, self.tail)
         return [by_seq[s] for s in sorted(by_seq) if s < level and (s < head or s >= cut)]
-
-    def _stored_rows(self, db: sqlite3.Connection, alarm_id: int, level: int) -> list[tuple[int, dict[str, Any]]]:
-        """(under ``_read_lock``) (seq, row) of the alarm's rows in the file."""
-        if self._rdb_version < 2:  # a file not migrated yet (read-only): rows in one JSON array
-            found = db.execute("SELECT rows FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
-            return list(enumerate(json.loads(found[0]) if found else []))
-        out = []
-        rows = db.execute(
-            'SELECT seq, row, ts, score, threshold, column_set, "values" FROM alarm_rows'
-            " WHERE alarm_id = ? AND seq < ? ORDER BY seq",
-            (alarm_id, level),
-        ).fetchall()
-        for seq, index, ts, score, threshold, set_id, blob in rows:
-            cols = None
-            if set_id is not None:
-                cols = self._set_lists.get(set_id)
-                if cols is None:
-                    (text,) = db.execute("SELECT columns FROM column_sets WHERE id = ?", (set_id,)).fetchone()
-                    cols = self._set_lists[set_id] = json.loads(text)
-                cols = [list(c) for c in cols]
-            vals = None if blob is None else schema.unpack_values(blob)
-            out.append((seq, schema.row_record(index, ts, score, threshold, cols, vals)))
-        return out
 
     def list(
         self, state: str | None = None, scope: str | None = None, limit: int = 200, load_rows: bool = False
@@ -819,254 +578,6 @@ class AlarmStore:
             self._log(alarm_id, actor, "closed", dict(details or {}, resolution=resolution), now)
             return self._changed(e, ("state", "resolution", "updated_at", "closed_at"))
 
-    # ------------------------------------------------------------------ the writer thread
-
-    def _take(self) -> _Batch:
-        """What is not written yet (under ``_lock``; the values are not copied, they are never
-        changed in place: each change makes new lists)."""
-        with self._lock:
-            inserts, updates, rows, dirty = [], [], [], {}
-            for alarm_id in self._touched:
-                e = self._mem.get(alarm_id)
-                if e is None:
-                    continue
-                a = e.alarm
-                if not e.stored:
-                    inserts.append((alarm_id, {c: getattr(a, c) for c in schema.HEADER}))
-                elif e.dirty:
-                    updates.append((alarm_id, {c: getattr(a, c) for c in e.dirty}))
-                dirty[alarm_id] = e.dirty
-                e.dirty = set()
-                if e.rows:
-                    rows.append((alarm_id, list(e.rows)))
-            return _Batch(inserts, updates, rows, list(self._audit), dirty, set(self._touched), self._recorded)
-
-    def _give_back(self, batch: _Batch) -> None:
-        """A write failed: what it took is still to write."""
-        with self._lock:
-            for alarm_id, fields in batch.dirty.items():
-                e = self._mem.get(alarm_id)
-                if e is not None:
-                    e.dirty |= fields
-            self._touched |= batch.touched
-
-    def _write(self, db: sqlite3.Connection, batch: _Batch) -> None:
-        def enc(col: str, v: Any) -> Any:
-            return json.dumps(v, default=str) if col in ("blame", "findings") else v
-
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for alarm_id, values in batch.inserts:
-                cols = ", ".join(values)
-                db.execute(
-                    f"INSERT INTO alarms (id, {cols}) VALUES (?{', ?' * len(values)})",
-                    (alarm_id, *(enc(c, v) for c, v in values.items())),
-                )
-            for alarm_id, values in batch.updates:
-                sets = ", ".join(f"{c} = ?" for c in values)
-                db.execute(
-                    f"UPDATE alarms SET {sets} WHERE id = ?", (*(enc(c, v) for c, v in values.items()), alarm_id)
-                )
-            for alarm_id, rows in batch.rows:
-                params = []
-                for r in rows:
-                    set_id = None if r.columns is None else self._sets.id_of(db, r.columns)
-                    blob = None if r.values is None else schema.pack_values(r.values)
-                    params.append((alarm_id, r.seq, r.index, r.ts, r.score, r.threshold, set_id, blob))
-                db.executemany(schema.INSERT_ROW, params)
-                _, cut = schema.kept_seqs(rows[-1].seq + 1, self.head, self.tail)
-                if cut > self.head:
-                    db.execute(
-                        "DELETE FROM alarm_rows WHERE alarm_id = ? AND seq >= ? AND seq < ?", (alarm_id, self.head, cut)
-                    )
-            db.executemany(
-                "INSERT INTO audit (id, alarm_id, ts, actor, action, details) VALUES (?, ?, ?, ?, ?, ?)",
-                [(i, a, ts, actor, action, json.dumps(d, default=str)) for i, a, ts, actor, action, d in batch.audit],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            self._sets.rollback()
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self._sets.commit()
-
-    def _done(self, batch: _Batch) -> None:
-        """The batch is in the file: forget it, and alarms with nothing more to write leave memory."""
-        with self._lock:
-            for alarm_id, _ in batch.inserts:
-                e = self._mem.get(alarm_id)
-                if e is not None:
-                    e.stored = True
-            for alarm_id, rows in batch.rows:
-                e = self._mem.get(alarm_id)
-                if e is not None:
-                    last = rows[-1].seq
-                    before = len(e.rows)
-                    e.rows = [r for r in e.rows if r.seq > last]
-                    self._pending_rows -= before - len(e.rows)
-            del self._audit[: len(batch.audit)]
-            self._touched -= {i for i in batch.touched if not (i in self._mem and self._mem[i].dirty)}
-            for alarm_id in batch.touched:
-                e = self._mem.get(alarm_id)
-                if (
-                    e is not None
-                    and e.alarm.state == "closed"
-                    and not e.dirty
-                    and not e.rows
-                    and alarm_id not in self._touched
-                ):
-                    del self._mem[alarm_id]
-            self._written = batch.recorded
-            self._flushed.notify_all()
-
-    def _idle(self) -> bool:
-        """(the caller holds ``_lock``)"""
-        return not self._touched and not self._audit
-
-    def _failed(self, e: BaseException) -> None:
-        """A write or an open failed: say so once per outage (a lock held briefly by another
-        process is said only when it lasts), then retry later."""
-        kind = _error_kind(e)
-        if kind in ("cannot open", "error") and not self._writable():
-            kind = "read-only"  # SQLite says it cannot open (e.g. its WAL files) where it may not write
-        self._failures += 1
-        wait = min(RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 10))
-        self._retry_at = time.monotonic() + wait
-        if kind != "locked" and self._db is not None and not self.memory:
-            self._db.close()
-            self._db = None
-        if kind == "locked" and self._failures < 4:
-            return
-        with self._lock:
-            was_ok, old_kind = self._ok, self._problem_kind
-            self._ok = False
-            self._problem = f"{e}" + (f" ({kind}: {_ADVICE[kind]})" if kind in _ADVICE else "")
-            self._problem_kind = kind
-            if was_ok:
-                self._since = time.time()
-            pending = self._recorded - self._written
-        if was_ok or old_kind != kind:
-            log.error(
-                "alarms file %s cannot be written: %s. Anomalies are kept in memory (up to %d rows; %d waiting) "
-                "and written when it can be again",
-                self.path,
-                self._problem,
-                self.pending_max,
-                pending,
-            )
-
-    def _writable(self) -> bool:
-        """Whether this process may write the file (or create it in its folder)."""
-        where = Path(self.path)
-        return os.access(where if where.exists() else where.parent, os.W_OK)
-
-    def _recovered(self, written: int) -> None:
-        self._failures = 0
-        with self._lock:
-            was_ok = self._ok
-            self._ok, self._problem, self._problem_kind, self._since = True, None, None, None
-        if not was_ok:
-            with self._read_lock:  # a reader opened while the file was read-only may be immutable
-                self._drop_reader()
-            log.warning("alarms file %s takes writes again: %d anomalies kept meanwhile written", self.path, written)
-
-    def _writer(self) -> None:
-        deadline: float | None = None
-        while True:
-            if self._stopping and deadline is None:
-                deadline = time.monotonic() + self._stop_timeout
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if now < self._retry_at:
-                self._wake.clear()
-                self._wake.wait(min(self._retry_at, deadline or self._retry_at) - now)
-                continue
-            with self._lock:
-                idle = self._idle()
-            if idle and self._stopping:
-                break
-            if idle and not (self._ok and now >= self._next_prune and self.retention > 0):
-                self._wake.wait(1.0 if self._stopping else min(30.0, max(0.01, self._next_prune - now)))
-                self._wake.clear()
-                continue
-            self._wake.clear()
-            try:
-                if self._db is None:
-                    self._db = self._connect()
-                    with self._read_lock:  # the file may be another, or migrated, since it was read
-                        self._drop_reader()
-                batch = self._take()
-                try:
-                    if batch:
-                        self._lock_memory_db(self._write, self._db, batch)
-                except BaseException:
-                    self._give_back(batch)
-                    raise
-                written = batch.recorded - self._written
-                self._done(batch)
-                if not self._ok or self._failures:
-                    self._recovered(written)
-                if self.retention > 0 and time.monotonic() >= self._next_prune and not self._stopping:
-                    self._prune(self._db)
-            except sqlite3.Error as e:
-                self._failed(e)
-            except schema.SchemaError as e:
-                self._failed(e)
-            except Exception:  # never let the writer die
-                log.exception("alarms file %s: the writer failed", self.path)
-                self._retry_at = time.monotonic() + RETRY_MAX
-        with self._lock:
-            left = self._recorded - self._written
-            unwritten = not self._idle()
-        if unwritten:
-            log.error(
-                "alarms file %s: %d anomalies (and their audit entries) could not be written before stopping: %s",
-                self.path,
-                left,
-                self._problem or "time ran out",
-            )
-
-    def _lock_memory_db(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """A ``:memory:`` store has one connection: the writer and the readers take turns."""
-        if self.memory:
-            with self._read_lock:
-                return fn(*args)
-        return fn(*args)
-
-    def _prune(self, db: sqlite3.Connection) -> None:
-        """Delete closed alarms past their retention (rows, audit trail and all), a few hundred per
-        transaction, and column lists no row uses any more."""
-        self._next_prune = time.monotonic() + PRUNE_EVERY
-        cutoff = time.time() - self.retention
-        total = 0
-        while not self._stopping:
-            with self._lock:
-                held = set(self._mem)
-            old = self._lock_memory_db(_select_old, db, cutoff)
-            ids = [i for (i,) in old if i not in held]
-            if not ids:
-                break
-            self._lock_memory_db(_delete_alarms, db, ids)
-            total += len(ids)
-            with self._lock:
-                self._counts["closed"] -= len(ids)
-            if len(ids) < 500:
-                break
-        if total:
-            self._lock_memory_db(
-                db.execute,
-                "DELETE FROM column_sets WHERE id NOT IN"
-                " (SELECT DISTINCT column_set FROM alarm_rows WHERE column_set IS NOT NULL)",
-            )
-            self._sets.clear()
-            with self._read_lock:
-                self._set_lists.clear()
-            log.info(
-                "alarms file %s: %d closed alarms older than %g days deleted", self.path, total, self.retention / 86400
-            )
-
     # ------------------------------------------------------------------ flushing and stopping
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -1083,8 +594,6 @@ class AlarmStore:
                 self._flushed.wait(min(left, 0.1))
                 self._wake.set()
             return True
-
-    _stop_timeout = 5.0
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Write what is pending (for up to ``timeout`` seconds; what is left is said and lost),
@@ -1112,23 +621,3 @@ class AlarmStore:
         if self._lockfile is not None:
             os.close(self._lockfile)
             self._lockfile = None
-
-
-def _select_old(db: sqlite3.Connection, cutoff: float) -> list[tuple[int]]:
-    return db.execute(
-        "SELECT id FROM alarms WHERE state = 'closed' AND closed_at < ? ORDER BY closed_at LIMIT 500", (cutoff,)
-    ).fetchall()
-
-
-def _delete_alarms(db: sqlite3.Connection, ids: list[int]) -> None:
-    """Closed alarms with their rows and audit trail, in one transaction."""
-    marks = ", ".join("?" * len(ids))
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for table, col in (("alarm_rows", "alarm_id"), ("audit", "alarm_id"), ("alarms", "id")):
-            db.execute(f"DELETE FROM {table} WHERE {col} IN ({marks})", ids)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
