@@ -380,7 +380,10 @@ class AgentProcess:
         self.argv += ["--host", "hv1", "--tick", "1", "--controller-key", str(key)]
         for k, v in settings.items():
             self.argv += ["--set", f"introspection.{k}={v}"]
-        self.env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="introspection-commands")
+        # a real hypervisor's agent: the libvirt collector (watching the private guests only) and the
+        # introspection commands (an agent with no collector that can run refuses to start)
+        self.argv += ["--set", "libvirt.domains=^awintro-"]
+        self.env = dict(os.environ, ATOMWATCH_LOAD_PLUGINS="libvirt,introspection-commands")
         self.proc: subprocess.Popen | None = None
         self.runs = 0
 
