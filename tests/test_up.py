@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -231,15 +230,14 @@ def recording_rows(record: dict) -> list[int]:
 
 
 def stored_alarms(db: Path) -> list[dict]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
+    """The alarms ``up`` left in its file, oldest first, read through the store itself."""
+    from atomwatch.controller.alarms import AlarmStore
+
+    store = AlarmStore(db, readonly=True)
     try:
-        return [
-            dict(r, blame=json.loads(r["blame"]), rows=json.loads(r["rows"]))
-            for r in con.execute("SELECT * FROM alarms ORDER BY id")
-        ]
+        return [a.to_dict() for a in sorted(store.list(load_rows=True), key=lambda a: a.id)]
     finally:
-        con.close()
+        store.shutdown()
 
 
 def test_readme_quick_start_shows_the_attack_in_a_core_install(core_venv, tmp_path):
