@@ -47,7 +47,7 @@ def add_message_size_argument(p: argparse.ArgumentParser) -> None:
         "--max-message-size",
         metavar="BYTES",
         help="refuse, before parsing, an MQTT payload larger than this, e.g. 524288 or 512KiB (default 1MiB, "
-        "2.6 times a birth of 1,000 series)",
+        "5.2 times a birth of 1,000 series)",
     )
 
 
