@@ -48,6 +48,24 @@ def command_keys():
     return SIGNING_KEY, CONTROLLER_KEY
 
 
+class Counting:
+    """A collector for tests: one series ``key`` whose value is 1, 2, 3 … one tick after another."""
+
+    name = "counting"
+
+    def __init__(self, key, delta: float = 0.0):
+        self.key, self.delta, self.n = key, delta, 0
+
+    def collect(self):
+        import atomwatch
+
+        self.n += 1
+        return atomwatch.Reading(values={self.key: float(self.n)}, deltas={self.key: self.delta})
+
+    def close(self):
+        pass
+
+
 def require(condition: bool, why: str) -> None:
     """Skip (or, under ATOMWATCH_REQUIRE_LAB=1, fail) when a real part is missing."""
     if condition:

@@ -8,7 +8,7 @@ import math
 import time
 
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY
+from conftest import CONTROLLER_KEY, SIGNING_KEY, Counting
 
 import atomwatch
 from atomwatch import CommandFailed
@@ -23,20 +23,6 @@ pytestmark = pytest.mark.asyncio
 
 GOOD = atomwatch.SeriesKey("u1", "vm1", "CPUUtilization", "%")
 FLAKY = atomwatch.SeriesKey("u2", "vm2", "CPUUtilization", "%")
-
-
-class Counting:
-    name = "counting"
-
-    def __init__(self):
-        self.n = 0
-
-    def collect(self):
-        self.n += 1
-        return atomwatch.Reading(values={GOOD: float(self.n)}, deltas={GOOD: 0.0})
-
-    def close(self):
-        pass
 
 
 class Flaky:
@@ -93,7 +79,7 @@ async def stop(agent, controller, tasks):
 
 
 async def test_a_failing_collector_makes_stale_series_and_never_stops_the_agent(mosquitto, site):
-    good, flaky = Counting(), Flaky()
+    good, flaky = Counting(GOOD), Flaky()
     agent, controller, tasks = await start(mosquitto, site, good, flaky)
     seen = []
     controller.row_listeners.append(lambda row: seen.append(dict(zip(row.columns, row.values))))
@@ -121,7 +107,7 @@ async def settled(read, quiet: float = 0.5, limit: float = 10.0):
 
 
 async def test_commands_get_replies(mosquitto, site):
-    good = Counting()
+    good = Counting(GOOD)
     agent, controller, tasks = await start(mosquitto, site, good)
     try:
         await asyncio.sleep(0.3)
@@ -151,7 +137,7 @@ async def test_commands_get_replies(mosquitto, site):
 
 
 async def test_set_delta_takes_effect_and_tracking_sends_less(mosquitto, site):
-    good = Counting()  # +1 per tick: with Δ = 0 every tick sends, with Δ = 10 far fewer
+    good = Counting(GOOD)  # +1 per tick: with Δ = 0 every tick sends, with Δ = 10 far fewer
     agent, controller, tasks = await start(mosquitto, site, good, tick=0.02)
     try:
         await asyncio.sleep(1.0)

@@ -17,7 +17,7 @@ import urllib.request
 import aiomqtt
 import aiomqtt.client
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY
+from conftest import CONTROLLER_KEY, SIGNING_KEY, Counting
 
 import atomwatch
 from atomwatch import protocol
@@ -33,26 +33,12 @@ KEY = SeriesKey("u1", "vm1", "CPUUtilization", "%")
 HUGE = b"4" * 400
 
 
-class Counting:
-    name = "counting"
-
-    def __init__(self):
-        self.n = 0
-
-    def collect(self):
-        self.n += 1
-        return atomwatch.Reading(values={KEY: float(self.n)}, deltas={KEY: 0.0})
-
-    def close(self):
-        pass
-
-
 class Plugin:
     """A collector, and an agent command ``big`` answering ``size`` bytes of result."""
 
     @atomwatch.hookimpl
     def register_collectors(self, config):
-        return [Counting()]
+        return [Counting(KEY)]
 
     @atomwatch.hookimpl
     def register_agent_commands(self, config):

@@ -17,7 +17,7 @@ import time
 
 import aiomqtt
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY, free_port, secured_site, wait_port
+from conftest import CONTROLLER_KEY, SIGNING_KEY, Counting, free_port, secured_site, wait_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -34,6 +34,8 @@ from atomwatch.mqtt import describe_failure
 from atomwatch.pluginmanager import PluginManager
 
 SITE = "sec"
+#: the series the test collector counts up
+COUNTED = atomwatch.SeriesKey("u1", "vm1", "CPUUtilization", "%")
 HOSTS = ["hv1", "hv2"]
 #: how long an attack's message is waited for before concluding the broker dropped it
 QUIET = 1.5
@@ -268,25 +270,10 @@ def test_a_refused_handshake_is_said_in_words():
 # ----------------------------------------------------------------------------- on a real Mosquitto
 
 
-class Counting:
-    name = "counting"
-    KEY = atomwatch.SeriesKey("u1", "vm1", "CPUUtilization", "%")
-
-    def __init__(self):
-        self.n = 0
-
-    def collect(self):
-        self.n += 1
-        return atomwatch.Reading(values={self.KEY: float(self.n)}, deltas={self.KEY: 0.0})
-
-    def close(self):
-        pass
-
-
 class Plugin:
     @atomwatch.hookimpl
     def register_collectors(self, config):
-        return [Counting()]
+        return [Counting(COUNTED)]
 
 
 async def test_the_agent_and_the_controller_work_over_tls_with_their_certificates(secured):

@@ -16,7 +16,7 @@ import uuid
 
 import aiomqtt
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY
+from conftest import CONTROLLER_KEY, SIGNING_KEY, Counting
 
 import atomwatch
 from atomwatch import CommandFailed, protocol, signing
@@ -31,26 +31,12 @@ CPU = atomwatch.SeriesKey("u1", "vm1", "CPUUtilization", "%")
 HOST = "hv"
 
 
-class Counting:
-    name = "counting"
-
-    def __init__(self):
-        self.n = 0
-
-    def collect(self):
-        self.n += 1
-        return atomwatch.Reading(values={CPU: float(self.n)}, deltas={CPU: 0.5})
-
-    def close(self):
-        pass
-
-
 class TestPlugin:
     """A collector, and a slow command that lets a stray client answer before the agent does."""
 
     @atomwatch.hookimpl
     def register_collectors(self, config):
-        return [Counting()]
+        return [Counting(CPU, 0.5)]
 
     @atomwatch.hookimpl
     def register_agent_commands(self, config):
