@@ -32,7 +32,7 @@ import numpy as np
 
 import atomwatch
 from atomwatch.alarm import Alarm
-from atomwatch.controller.alarms import AlarmStore
+from atomwatch.controller.alarms import AlarmStore, _merge_blame  # the blame merge is unchanged since then
 from atomwatch.series import SeriesKey
 from benchmarks._common import emit, machine
 
@@ -84,16 +84,6 @@ def _baseline_row_record(anomaly: atomwatch.Anomaly, columns: Any, values: Any) 
         rec["columns"] = [[c.vm_uuid, c.vm_name, c.metric, c.unit] for c in columns]
         rec["values"] = [None if v != v else float(v) for v in values]
     return rec
-
-
-def _baseline_merge_blame(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_col = {b["column"]: dict(b) for b in old}
-    for b in new:
-        prev = by_col.get(b["column"])
-        merged = dict(b)
-        merged["rows"] = (prev.get("rows", 1) if prev else 0) + 1
-        by_col[b["column"]] = merged
-    return sorted(by_col.values(), key=lambda b: (-b.get("rows", 1), -abs(b.get("score", 0.0))))
 
 
 class BaselineJsonRowsStore:
@@ -156,7 +146,7 @@ class BaselineJsonRowsStore:
                     alarm = self._alarm(r)
                     alarm.rows.append(row)
                     alarm.level += 1
-                    alarm.blame = _baseline_merge_blame(alarm.blame, blame)
+                    alarm.blame = _merge_blame(alarm.blame, blame)
                     self.db.execute(
                         "UPDATE alarms SET updated_at = ?, last_row = ?, level = ?, score = ?, threshold = ?,"
                         " blame = ?, rows = ? WHERE id = ?",
@@ -187,7 +177,7 @@ class BaselineJsonRowsStore:
                             anomaly.index,
                             anomaly.score,
                             anomaly.threshold,
-                            json.dumps(_baseline_merge_blame([], blame), default=str),
+                            json.dumps(_merge_blame([], blame), default=str),
                             json.dumps([row]),
                         ),
                     )
@@ -223,7 +213,7 @@ def baseline_tick_ms(folder: Path, length: int, cols: tuple[SeriesKey, ...], sam
     path = folder / f"baseline-{length}.sqlite"
     store = BaselineJsonRowsStore(str(path))
     rows = [_baseline_row_record(anomaly(i, cols), cols, rng.random(len(cols))) for i in range(length)]
-    blame = _baseline_merge_blame([], [b.to_dict() for b in anomaly(0, cols).blame])
+    blame = _merge_blame([], [b.to_dict() for b in anomaly(0, cols).blame])
     store.db.execute(
         "INSERT INTO alarms (scope, detector, state, opened_at, updated_at, first_row, last_row, level, score,"
         " threshold, blame, rows) VALUES ('bench/hv1', 'pca-spe', 'open', 0, 0, 0, ?, ?, 12, 5, ?, ?)",
