@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,12 @@ class AgentConfig:
     max_message_size: int = MAX_MESSAGE_SIZE
     #: the Prometheus endpoint, "[HOST:]PORT" (a bare port listens on 127.0.0.1); None: none
     metrics: str | None = None
+    #: store-and-forward while the broker is unreachable: at most this many ticks (0: none kept) …
+    backlog_frames: int = 8640
+    #: … and bytes of them (the oldest tick is dropped first, and counted)
+    backlog_bytes: int = 64 * 1024 * 1024
+    #: a folder where the backlog is also written, so an agent restart does not lose it (None: memory only)
+    backlog_dir: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -61,6 +68,13 @@ class AgentConfig:
                 raise ConfigError(f"Δ for {metric!r} must be ≥ 0, got {d}")
         self.max_message_size = parse_size(self.max_message_size, "--max-message-size", MIN_MESSAGE_SIZE)
         self.metrics_address()
+        if isinstance(self.backlog_frames, bool) or not isinstance(self.backlog_frames, int) or self.backlog_frames < 0:
+            raise ConfigError(f"--backlog-frames must be a whole number ≥ 0, got {self.backlog_frames!r}")
+        self.backlog_bytes = parse_size(self.backlog_bytes, "--backlog-bytes", 0)
+        if self.backlog_dir is not None:
+            self.backlog_dir = str(self.backlog_dir)
+            if not os.path.isdir(self.backlog_dir) or not os.access(self.backlog_dir, os.W_OK | os.X_OK):
+                raise ConfigError(f"--backlog-dir {self.backlog_dir!r} is not a folder this agent can write to")
 
     def metrics_address(self) -> tuple[str, int] | None:
         """Where ``--metrics`` listens: (host, port), or None when off."""

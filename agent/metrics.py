@@ -41,6 +41,7 @@ class MetricsSource(Protocol):
     refused: Mapping[str, int]
     dropped: Mapping[str, int]
     faults: Faults
+    backlog: Any
 
 
 def _by_label(name: str, text: str, label: str, counts: Mapping[Any, int]) -> CounterMetricFamily:
@@ -74,7 +75,21 @@ class _AgentCollector:
         published = CounterMetricFamily("atomwatch_messages_published", "Messages published, by kind", labels=["kind"])
         published.add_metric(["birth"], a.stats.get("births", 0))
         published.add_metric(["data"], a.stats.get("data", 0))
+        published.add_metric(["history"], a.stats.get("history", 0))
         yield published
+        b = a.backlog
+        yield GaugeMetricFamily(
+            "atomwatch_backlog_frames", "Ticks kept while the broker is unreachable, not sent yet", value=len(b)
+        )
+        yield GaugeMetricFamily("atomwatch_backlog_bytes", "Bytes the kept ticks are charged", value=b.bytes)
+        yield CounterMetricFamily(
+            "atomwatch_backlog_dropped_frames",
+            "Kept ticks dropped, oldest first, to stay within --backlog-frames/--backlog-bytes (samples lost)",
+            value=b.dropped,
+        )
+        yield CounterMetricFamily(
+            "atomwatch_backlog_sent_frames", "Kept ticks sent as history once the broker was back", value=b.frames_sent
+        )
         yield CounterMetricFamily(
             "atomwatch_publish_failed", "Publications that failed or timed out", value=a.stats.get("publish_failed", 0)
         )

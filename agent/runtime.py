@@ -6,8 +6,13 @@ carries only those (plus stale and gone markers). A new series, a (re)connection
 request or the controller coming online makes the agent publish a fresh ``birth`` whose table and
 current tracked values let the controller start over in one message.
 
-Sampling and tracking go on while the broker is unreachable; on reconnection the birth carries
-the tracker's values, so the controller is right again from the first tick after it.
+Sampling and tracking go on while the broker is unreachable or the controller's retained state
+says it is offline: each tick no controller can hear goes to the :class:`~.backlog.Backlog`
+(store-and-forward, as Sparkplug edge nodes do while their primary host is away). On
+reconnection the birth carries the tracker's values, so the controller is right again from the
+first tick after it, and says how many ticks are queued; they follow as ``history`` messages, oldest first, between the live ticks. On
+SIGTERM the agent sends what it can of its backlog within a few seconds, then keeps the rest in
+``--backlog-dir`` (when given) and publishes its death.
 
 No received message ends the session: one that does not decode (``--max-message-size`` included)
 is counted by reason and dropped, an unexpected exception while handling one is counted (logged
@@ -33,6 +38,7 @@ from atomwatch.series import SeriesKey
 from atomwatch.tracking import AtomTracker
 from atomwatch.types import CommandError, CommandHandler
 
+from .backlog import Backlog
 from .commands import CommandRunner
 from .config import AgentConfig
 from .sampling import Sampler
@@ -42,6 +48,9 @@ log = logging.getLogger(__name__)
 
 #: what a tick published: ("data", session, seq), ("birth", session, births so far) or None
 Published = tuple[str, int, int] | None
+#: seconds a stopping agent spends sending its backlog before it keeps the rest (file) or drops it
+STOP_FLUSH_SECONDS = 5.0
+
 #: called after every tick with (agent, true values in alias order, send mask, what was published)
 TickListener = Callable[["Agent", np.ndarray, np.ndarray, Published], None]
 
@@ -93,6 +102,7 @@ class Agent:
             "bad_commands": 0,
             "publish_failed": 0,
             "commands_refused": 0,
+            "history": 0,
         }
         #: refused commands by reason (unsigned, bad-signature, wrong-addressee, expired, future, replayed, no-key)
         self.refused: dict[str, int] = {}
@@ -109,6 +119,13 @@ class Agent:
             skew=config.command_skew,
         )
         self.connected = asyncio.Event()
+        path = None
+        if config.backlog_dir is not None:
+            from pathlib import Path
+
+            path = Path(config.backlog_dir) / f"{config.site}+{config.host}.backlog"
+        self.backlog = Backlog(config.backlog_frames, config.backlog_bytes, path=path)
+        self._flushing: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ Δ
 
@@ -158,21 +175,45 @@ class Agent:
         self.stats["samples"] += int(active.sum())
         values = [(int(a), float(self.tracker.g[a])) for a in np.flatnonzero(send & active)]
         msg_stale = [int(a) for a in np.flatnonzero(new_stale)]
-        published = await self._publish_tick(values, msg_stale, change.gone)
+        ts = time.time()
+        published = await self._publish_tick(ts, values, msg_stale, change.gone)
+        if published is None:
+            self._queue(protocol.Frame(ts, values, msg_stale, list(change.gone)))
         for listener in self.listeners:
             listener(self, f, send, published)
 
-    async def _publish_tick(self, values: list[tuple[int, float]], stale: list[int], gone: list[int]) -> Published:
+    def _queue(self, frame: protocol.Frame) -> None:
+        """Keep a tick that could not be published (store-and-forward), within the backlog's bounds."""
+        if self.config.backlog_frames == 0:
+            return
+        if not len(self.backlog):
+            log.info(
+                "no controller can hear this agent (broker unreachable or controller offline): ticks are kept to be "
+                "sent once it is back (--backlog-frames %d)",
+                self.config.backlog_frames,
+            )
+        table = {a: (self.table.keys[a], float(self.deltas[a])) for a in self.table.active_aliases()}
+        g = self.tracker.g
+        state = {a: float(g[a]) for a in table if not np.isnan(g[a])}
+        self.backlog.add(frame, table, state)
+
+    async def _publish_tick(
+        self, ts: float, values: list[tuple[int, float]], stale: list[int], gone: list[int]
+    ) -> Published:
         async with self.publish_lock:
             if self.client is None:
+                return None
+            if self._controller_online is False:
+                # no controller hears it (its state says offline): the tick is kept for when it is
+                # back; a birth still goes out, retained, for the controller to find the host by
+                if self.need_birth:
+                    await self._publish_birth_locked()
                 return None
             if self.need_birth:
                 if await self._publish_birth_locked():
                     return ("birth", self.session, self.stats["births"])
                 return None
-            msg = protocol.Data(
-                session=self.session, seq=self.seq, ts=time.time(), values=values, stale=stale, gone=gone
-            )
+            msg = protocol.Data(session=self.session, seq=self.seq, ts=ts, values=values, stale=stale, gone=gone)
             if await self._publish(protocol.data_topic(self.config.site, self.config.host), msg, qos=1):
                 self.seq += 1
                 self.stats["data"] += 1
@@ -193,14 +234,50 @@ class Agent:
                 )
             )
         birth = protocol.Birth(
-            session=self.session, agent=__version__, tick=self.config.tick, ts=time.time(), series=series, seq=self.seq
+            session=self.session,
+            agent=__version__,
+            tick=self.config.tick,
+            ts=time.time(),
+            series=series,
+            seq=self.seq,
+            backlog=len(self.backlog),
         )
         if await self._publish(protocol.birth_topic(self.config.site, self.config.host), birth, qos=1, retain=True):
             self.need_birth = False
             self.stats["births"] += 1
+            # the controller is right again from here: a later outage starts a new segment
+            self.backlog.close_segment()
             log.info("birth: session %d, %d series", self.session, len(series))
+            self._start_flush()
             return True
         return False
+
+    def _start_flush(self) -> None:
+        """Send the backlog in the background, if there is one and a controller is there to hear
+        it (its retained state says online: history is not stored by the broker)."""
+        if len(self.backlog) and self._controller_online and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.ensure_future(self._flush_backlog())
+
+    async def _flush_backlog(self, deadline: float | None = None) -> None:
+        """Send the backlog, oldest first, one history message at a time between the live ticks;
+        stop at the first failure (the next birth starts again) or at ``deadline`` (monotonic)."""
+        topic = protocol.history_topic(self.config.site, self.config.host)
+        started, frames = time.monotonic(), len(self.backlog)
+        log.info("sending %d ticks kept while no controller could hear them", frames)
+        while len(self.backlog) and (deadline is None or time.monotonic() < deadline):
+            async with self.publish_lock:
+                if self.client is None or self.need_birth or not self._controller_online:
+                    return
+                chunk = self.backlog.next_chunk(self.session, self.config.tick)
+                if chunk is None:
+                    return
+                if not await self._publish(topic, chunk, qos=1):
+                    return
+                self.backlog.sent(chunk)
+                self.stats["history"] += 1
+            await asyncio.sleep(0)
+        if not len(self.backlog):
+            log.info("backlog sent: %d ticks in %.2f s", frames, time.monotonic() - started)
 
     async def publish_birth(self) -> None:
         async with self.publish_lock:
@@ -289,11 +366,19 @@ class Agent:
         if isinstance(msg, protocol.State):
             # A retained state arrives on every subscription; a live "online" means a controller
             # (re)started and has not seen this agent's birth, except the one retained for it.
+            was, self._controller_online = self._controller_online, msg.online
             if msg.online and not message.retain:
                 log.info("controller %s came online: rebirth", msg.controller or "?")
                 self.need_birth = True
                 await self.publish_birth()
-            self._controller_online = msg.online
+            elif msg.online:
+                self._start_flush()
+            elif was is not False:
+                log.warning(
+                    "the controller (%s) is offline: ticks are kept (--backlog-frames %d) until it is back",
+                    msg.controller or "?",
+                    self.config.backlog_frames,
+                )
         elif isinstance(msg, protocol.Command):
 
             async def reply(r: protocol.Reply, request_id: str = msg.id) -> None:
@@ -392,6 +477,7 @@ class Agent:
             ticks.cancel()
             await asyncio.gather(ticks, return_exceptions=True)
             await self.commands.close()
+            await self._keep_backlog()
             client = self.client
             if client is not None:
                 try:
@@ -414,6 +500,27 @@ class Agent:
                 dict(self.dropped),
                 {f"{where}: {kind}": n for (where, kind), n in self.faults.counts.items()},
             )
+
+    async def _keep_backlog(self) -> None:
+        """At stop: send what of the backlog fits in a few seconds; keep the rest on disk (when a
+        file holds it) or say how many ticks are lost."""
+        if self._flushing is not None and not self._flushing.done():
+            self._flushing.cancel()
+            await asyncio.gather(self._flushing, return_exceptions=True)
+        if len(self.backlog) and self.client is not None and not self.need_birth:
+            try:
+                await self._flush_backlog(deadline=time.monotonic() + STOP_FLUSH_SECONDS)
+            except Exception as e:  # stopping must go on
+                log.warning("could not send the backlog at stop: %s", e)
+        if len(self.backlog):
+            if self.backlog.path is not None:
+                log.info("%d ticks of backlog kept in %s for the next start", len(self.backlog), self.backlog.path)
+            else:
+                log.warning(
+                    "%d ticks of backlog are lost at stop (give --backlog-dir to keep them across restarts)",
+                    len(self.backlog),
+                )
+        self.backlog.close()
 
     def stop(self) -> None:
         self.stopping.set()

@@ -2,6 +2,11 @@
 backoff (with jitter, so a fleet does not reconnect in lock step), stopping on signals, and
 :class:`Faults`, the count of unexpected exceptions on the receive paths.
 
+A broker that is away (connection refused, reset, timed out) is tried again at most
+:data:`AWAY_CAP` seconds apart, so both sides are back within about a second of its return; a
+broker that refuses this client (credentials, TLS) or a session that keeps ending on an unexpected
+error backs off up to :data:`MAX_BACKOFF`, since trying again soon cannot help.
+
 A message handler that raises does not end the session: the exception is counted and the next
 message handled. If the session ends for any reason (the broker gone, or an exception nothing
 expected), :func:`stay_connected` says so in the log and reconnects after a pause; only
@@ -22,6 +27,9 @@ import aiomqtt
 from .config import BrokerAddress
 
 INITIAL_BACKOFF = 0.2
+#: the longest pause between two tries while the broker is away (jittered down to half of it)
+AWAY_CAP = 1.0
+#: the longest pause after a refusal or an unexpected end of the session
 MAX_BACKOFF = 30.0
 
 
@@ -70,6 +78,8 @@ class Faults:
 
 #: CONNACK return codes of MQTT 3.1.1 that mean "not you" rather than "not now"
 _REFUSED = {4: "bad user name or password", 5: "not authorized"}
+#: how :func:`describe_failure` begins when the broker refuses this client (not merely away)
+_REFUSALS = ("the broker refused", "TLS handshake failed", "no answer to CONNECT")
 
 
 def describe_failure(broker: BrokerAddress, error: aiomqtt.MqttError, detail: str | None = None) -> str:
@@ -124,6 +134,8 @@ async def stay_connected(
     is logged as an error naming it, and reconnected like a failure."""
     faults = faults if faults is not None else Faults(log)
     backoff = INITIAL_BACKOFF
+    cap = AWAY_CAP
+    said_at = 0.0
     streak = 0  # sessions in a row ended by something unexpected
     tls_context = broker.ssl_context()
     last_failure = None
@@ -166,8 +178,13 @@ async def stay_connected(
                 if stopping.is_set():
                     break
                 failure = describe_failure(broker, e, paho_errors.message)
-                if failure == str(e):  # not a refusal: the broker is away, the network down …
-                    log.warning("broker %s: %s; reconnecting in %.1f s", broker, e, backoff)
+                away = not failure.startswith(_REFUSALS)
+                cap = AWAY_CAP if away else MAX_BACKOFF
+                if away:  # not a refusal: the broker is away, the network down …
+                    now = time.monotonic()
+                    if last_failure != failure or now - said_at >= 60:  # a long outage: once a minute
+                        said_at = now
+                        log.warning("broker %s: %s; trying again every second or less", broker, e)
                 elif failure != last_failure:
                     log.error("broker %s: %s; retrying with growing pauses (up to %g s)", broker, failure, MAX_BACKOFF)
                 else:  # the same refusal again: said in full above
@@ -178,6 +195,7 @@ async def stay_connected(
                     break
                 # a session that keeps ending right after connecting backs off like a failure
                 streak = 1 if time.monotonic() - started > MAX_BACKOFF else streak + 1
+                cap = MAX_BACKOFF
                 backoff = max(backoff, min(MAX_BACKOFF, INITIAL_BACKOFF * 2**streak))
                 if not isinstance(e, _StreamEnded):
                     faults.note("the MQTT session", e)
@@ -190,9 +208,10 @@ async def stay_connected(
                 )
             finally:
                 on_disconnect()
-            if await wait_or_timeout(stopping, backoff * (0.5 + random.random())):
+            pause = min(backoff, cap)
+            if await wait_or_timeout(stopping, pause * (0.5 + 0.5 * random.random())):
                 break
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            backoff = min(backoff * 2, cap)
     finally:
         paho_log.removeHandler(paho_errors)
 

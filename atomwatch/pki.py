@@ -228,6 +228,7 @@ def acl(site: str) -> str:
 # an agent publishes only its own birth, data, death (its last will) and command replies ...
 pattern write {base}/%u/birth
 pattern write {base}/%u/data
+pattern write {base}/%u/history
 pattern write {base}/%u/death
 pattern write {base}/%u/reply/+
 # ... and reads only the commands addressed to it and the controller's retained state.
@@ -241,6 +242,7 @@ topic write {base}/+/cmd/+
 topic readwrite {base}/{CONTROLLER_HOST}/state
 topic read {base}/+/birth
 topic read {base}/+/data
+topic read {base}/+/history
 topic read {base}/+/death
 topic read {base}/+/reply/+
 """

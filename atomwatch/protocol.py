@@ -10,6 +10,9 @@ Topics, under ``atomwatch/v1/<site>/<host>/``::
                                      the sequence number the next data message will carry
     data            QoS 1            session, seq, ts, the (alias, value) pairs the tracker sent,
                                      explicit stale and gone aliases
+    history         QoS 1            store-and-forward: ticks sampled while the broker was away,
+                                     sent after the birth that follows the reconnection (a series
+                                     table, then frames; the first frame holds every value)
     death           QoS 1            the agent's last will; also published on a clean stop
     cmd/<id>        QoS 1            controller -> agent: rebirth, set-delta, introspect, terminate …
                                      signed (Ed25519, :mod:`atomwatch.signing`): site, host,
@@ -111,6 +114,10 @@ def death_topic(site: str, host: str) -> str:
     return host_topic(site, host, "death")
 
 
+def history_topic(site: str, host: str) -> str:
+    return host_topic(site, host, "history")
+
+
 def cmd_topic(site: str, host: str, request_id: str) -> str:
     return host_topic(site, host, f"cmd/{request_id}")
 
@@ -128,6 +135,7 @@ def agent_filters(site: str) -> list[str]:
     return [
         f"{ROOT}/{site}/+/birth",
         f"{ROOT}/{site}/+/data",
+        f"{ROOT}/{site}/+/history",
         f"{ROOT}/{site}/+/death",
         f"{ROOT}/{site}/+/reply/+",
     ]
@@ -137,7 +145,7 @@ def agent_filters(site: str) -> list[str]:
 class Topic:
     site: str
     host: str
-    kind: str  # birth | data | death | cmd | reply | state
+    kind: str  # birth | data | history | death | cmd | reply | state
     request_id: str | None = None
 
 
@@ -158,7 +166,7 @@ def parse_topic(topic: str) -> Topic:
         if not _NAME.match(parts[5]):
             raise ProtocolError(f"topic {shown}: request id {_show(parts[5])} is not valid")
         return Topic(site, host, kind, parts[5])
-    if len(parts) != 5 or kind not in ("birth", "data", "death", "state"):
+    if len(parts) != 5 or kind not in ("birth", "data", "history", "death", "state"):
         raise ProtocolError(f"topic {shown}: unknown message kind {_show(kind)}")
     if kind == "state" and host != CONTROLLER_HOST:
         raise ProtocolError(f"topic {shown}: state is published only by the controller")
@@ -186,6 +194,8 @@ class Birth:
     ts: float
     series: list[SeriesInfo]
     seq: int = 0  # the seq of the next data message of this session
+    #: ticks the agent holds from a broker outage, to come as history messages after this birth
+    backlog: int = 0
     type: str = field(default="birth", init=False)
 
 
@@ -198,6 +208,36 @@ class Data:
     stale: list[int] = field(default_factory=list)
     gone: list[int] = field(default_factory=list)
     type: str = field(default="data", init=False)
+
+
+@dataclass
+class Frame:
+    """One tick of a history message: what a data message of that tick would have carried."""
+
+    ts: float
+    values: list[tuple[int, float]]
+    stale: list[int] = field(default_factory=list)
+    gone: list[int] = field(default_factory=list)
+
+
+@dataclass
+class History:
+    """Ticks an agent sampled while it could not publish (store-and-forward), in order.
+
+    ``segment`` names one run of frames of one agent process (its aliases belong to ``series``);
+    ``first`` is the index of ``frames[0]`` in the segment, so a repeated message is recognised;
+    ``frames[0].values`` holds every known value at that tick (the message stands alone), the
+    later frames only what the tracker sent; ``remaining`` counts the frames still to come after
+    this message (0: the backlog is sent)."""
+
+    session: int
+    segment: int
+    first: int
+    remaining: int
+    tick: float
+    series: list[SeriesInfo]
+    frames: list[Frame]
+    type: str = field(default="history", init=False)
 
 
 @dataclass
@@ -248,7 +288,7 @@ class State:
     type: str = field(default="state", init=False)
 
 
-Message = Birth | Data | Death | Command | Reply | State
+Message = Birth | Data | History | Death | Command | Reply | State
 
 
 # --------------------------------------------------------------------------- encoding
@@ -264,6 +304,20 @@ def _num(v: float | None) -> float | None:
     return float(v)
 
 
+def _series(s: SeriesInfo, value: bool = True) -> dict[str, Any]:
+    out = {
+        "alias": s.alias,
+        "vm_uuid": s.key.vm_uuid,
+        "vm_name": s.key.vm_name,
+        "metric": s.key.metric,
+        "unit": s.key.unit,
+        "delta": s.delta,
+    }
+    if value:
+        out["value"] = _num(s.value)
+    return out
+
+
 def encode(msg: Message) -> bytes:
     """The JSON payload of a message (compact; floats kept exactly by repr)."""
     body: dict[str, Any] = {"v": VERSION, "type": msg.type}
@@ -274,25 +328,26 @@ def encode(msg: Message) -> bytes:
             agent=msg.agent,
             tick=msg.tick,
             ts=msg.ts,
-            series=[
-                {
-                    "alias": s.alias,
-                    "vm_uuid": s.key.vm_uuid,
-                    "vm_name": s.key.vm_name,
-                    "metric": s.key.metric,
-                    "unit": s.key.unit,
-                    "delta": s.delta,
-                    "value": _num(s.value),
-                }
-                for s in msg.series
-            ],
+            series=[_series(s) for s in msg.series],
         )
+        if msg.backlog:
+            body["backlog"] = msg.backlog
     elif isinstance(msg, Data):
         body.update(session=msg.session, seq=msg.seq, ts=msg.ts, values=[[a, float(v)] for a, v in msg.values])
         if msg.stale:
             body["stale"] = list(msg.stale)
         if msg.gone:
             body["gone"] = list(msg.gone)
+    elif isinstance(msg, History):
+        body.update(
+            session=msg.session,
+            segment=msg.segment,
+            first=msg.first,
+            remaining=msg.remaining,
+            tick=msg.tick,
+            series=[_series(s, value=False) for s in msg.series],
+            frames=[[f.ts, [[a, float(v)] for a, v in f.values], list(f.stale), list(f.gone)] for f in msg.frames],
+        )
     elif isinstance(msg, Death):
         body.update(session=msg.session, ts=msg.ts, reason=msg.reason)
     elif isinstance(msg, Command):
@@ -364,6 +419,52 @@ class _Fields:
         if not isinstance(v, list):
             raise self._fail(name, "a list")
         return v
+
+
+def _pairs(items: list, where: str) -> list[tuple[int, float]]:
+    """``[[alias, value], …]`` checked: alias an integer ≥ 0, value a finite number."""
+    values = []
+    for i, pair in enumerate(items):
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or isinstance(pair[0], bool)
+            or not isinstance(pair[0], int)
+            or pair[0] < 0
+            or isinstance(pair[1], bool)
+            or not isinstance(pair[1], (int, float))
+            or not math.isfinite(pair[1])
+        ):
+            raise ProtocolError(f"{where}[{i}] must be [alias ≥ 0, finite number], got {_show(pair)}")
+        values.append((pair[0], float(pair[1])))
+    return values
+
+
+def _tick(f: _Fields) -> float:
+    tick = f.num("tick")
+    if tick <= 0:
+        raise ProtocolError(f"{f.where}: field 'tick' must be > 0, got {tick!r}")
+    return tick
+
+
+def _series_table(f: _Fields, where: str, with_values: bool) -> list[SeriesInfo]:
+    """A birth's (or a history message's) series table, each alias once."""
+    series = []
+    seen: set[int] = set()
+    for i, s in enumerate(f.list("series")):
+        sf = _Fields(f"{where} series[{i}]", s)
+        alias = sf.int("alias")
+        if alias in seen:
+            raise ProtocolError(f"{where}: alias {alias} appears twice in the series table")
+        seen.add(alias)
+        delta = sf.num("delta")
+        if delta < 0:
+            raise ProtocolError(f"{where} series[{i}]: field 'delta' must be ≥ 0, got {delta!r}")
+        key = SeriesKey(sf.str("vm_uuid"), sf.str("vm_name"), sf.str("metric"), sf.str("unit", optional=True))
+        if not key.metric:
+            raise ProtocolError(f"{where} series[{i}]: field 'metric' must not be empty")
+        series.append(SeriesInfo(alias, key, delta, sf.num("value", optional=True) if with_values else None))
+    return series
 
 
 def _aliases(f: _Fields, name: str) -> list[int]:
@@ -554,56 +655,57 @@ def decode(
             f"{where}: protocol version {_show(obj.get('v'))} is not supported (this side speaks {VERSION})"
         )
     mtype = obj.get("type")
-    expected = {"birth": "birth", "data": "data", "death": "death", "cmd": "cmd", "reply": "reply", "state": "state"}[
-        t.kind
-    ]
+    expected = t.kind
     if mtype != expected:
         raise ProtocolError(f"{where}: field 'type' must be {expected!r}, got {_show(mtype)}")
     msg: Message
     if t.kind == "birth":
-        series = []
-        seen: set[int] = set()
-        for i, s in enumerate(f.list("series")):
-            sf = _Fields(f"{where} series[{i}]", s)
-            alias = sf.int("alias")
-            if alias in seen:
-                raise ProtocolError(f"{where}: alias {alias} appears twice in the series table")
-            seen.add(alias)
-            delta = sf.num("delta")
-            if delta < 0:
-                raise ProtocolError(f"{where} series[{i}]: field 'delta' must be ≥ 0, got {delta!r}")
-            key = SeriesKey(sf.str("vm_uuid"), sf.str("vm_name"), sf.str("metric"), sf.str("unit", optional=True))
-            if not key.metric:
-                raise ProtocolError(f"{where} series[{i}]: field 'metric' must not be empty")
-            series.append(SeriesInfo(alias, key, delta, sf.num("value", optional=True)))
-        tick = f.num("tick")
-        if tick <= 0:
-            raise ProtocolError(f"{where}: field 'tick' must be > 0, got {tick!r}")
         msg = Birth(
-            session=f.int("session"), agent=f.str("agent"), tick=tick, ts=f.num("ts"), series=series, seq=f.int("seq")
+            session=f.int("session"),
+            agent=f.str("agent"),
+            tick=_tick(f),
+            ts=f.num("ts"),
+            series=_series_table(f, where, with_values=True),
+            seq=f.int("seq"),
+            backlog=f.int("backlog") if obj.get("backlog") is not None else 0,
         )
     elif t.kind == "data":
-        values = []
-        for i, pair in enumerate(f.list("values")):
-            if (
-                not isinstance(pair, list)
-                or len(pair) != 2
-                or isinstance(pair[0], bool)
-                or not isinstance(pair[0], int)
-                or pair[0] < 0
-                or isinstance(pair[1], bool)
-                or not isinstance(pair[1], (int, float))
-                or not math.isfinite(pair[1])
-            ):
-                raise ProtocolError(f"{where}: values[{i}] must be [alias ≥ 0, finite number], got {_show(pair)}")
-            values.append((pair[0], float(pair[1])))
         msg = Data(
             session=f.int("session"),
             seq=f.int("seq"),
             ts=f.num("ts"),
-            values=values,
+            values=_pairs(f.list("values"), f"{where}: values"),
             stale=_aliases(f, "stale"),
             gone=_aliases(f, "gone"),
+        )
+    elif t.kind == "history":
+        series = _series_table(f, where, with_values=False)
+        frames = []
+        for i, raw in enumerate(f.list("frames")):
+            at = f"{where}: frames[{i}]"
+            if not isinstance(raw, list) or len(raw) != 4:
+                raise ProtocolError(f"{at} must be [ts, values, stale, gone], got {_show(raw)}")
+            ff = _Fields(at, {"ts": raw[0], "values": raw[1], "stale": raw[2], "gone": raw[3]})
+            frames.append(
+                Frame(
+                    ff.num("ts"), _pairs(ff.list("values"), f"{at} values"), _aliases(ff, "stale"), _aliases(ff, "gone")
+                )
+            )
+        if not frames:
+            raise ProtocolError(f"{where}: field 'frames' must not be empty")
+        known = {s.alias for s in series}
+        for i, fr in enumerate(frames):
+            unknown = sorted(({a for a, _ in fr.values} | set(fr.stale) | set(fr.gone)) - known)
+            if unknown:
+                raise ProtocolError(f"{where}: frames[{i}] names aliases {unknown[:5]} missing from its series table")
+        msg = History(
+            session=f.int("session"),
+            segment=f.int("segment"),
+            first=f.int("first"),
+            remaining=f.int("remaining"),
+            tick=_tick(f),
+            series=series,
+            frames=frames,
         )
     elif t.kind == "death":
         msg = Death(session=f.int("session"), ts=f.num("ts", optional=True), reason=f.str("reason", optional=True))

@@ -88,6 +88,10 @@ class Row:
     ``deltas[j]``, when given, is column ``j``'s tracking error Δ as its agent announced it: the
     rebuilt value is within Δ of the truth, so a change smaller than Δ cannot be told from
     tracking noise. None when unknown (offline traces hold the collector's own values).
+
+    ``late`` is True for a row rebuilt from an agent's historical data (ticks it kept while the
+    broker was unreachable and sent once it was back): ``ts`` is then the agent's tick time, in
+    the past; it comes after the scope's rows before the outage and before those after it.
     """
 
     scope: str
@@ -96,6 +100,7 @@ class Row:
     columns: tuple[SeriesKey, ...]
     values: np.ndarray
     deltas: np.ndarray | None = None
+    late: bool = False
 
 
 @dataclass

@@ -68,10 +68,13 @@ class AlarmLog:
             for alarm_id, _ in sorted(self.last.items(), key=lambda kv: kv[1][0])[: len(self.last) - REMEMBERED]:
                 del self.last[alarm_id]
 
-    def opened(self, alarm: Alarm) -> None:
+    def opened(self, alarm: Alarm, late_by: float | None = None) -> None:
+        """``late_by``: seconds between the row's tick and its scoring, for a row of an agent's
+        outage sent afterwards (None: a live row)."""
         self._remember(alarm, self.clock())
+        late = "" if late_by is None else f" (late: a row of {late_by:.1f} s ago, kept by its agent during an outage)"
         log.warning(
-            "alarm %d opened: %s on %s at row %d, score %.4g > %.4g; blames %s",
+            "alarm %d opened: %s on %s at row %d, score %.4g > %.4g; blames %s%s",
             alarm.id,
             alarm.detector,
             alarm.scope,
@@ -79,7 +82,8 @@ class AlarmLog:
             alarm.score,
             alarm.threshold,
             blame_text(alarm.blame),
-            extra={"event": "alarm-opened", "alarm": _fields(alarm)},
+            late,
+            extra={"event": "alarm-opened", "alarm": _fields(alarm)} | ({"late_by": late_by} if late else {}),
         )
 
     def extended(self, alarm: Alarm) -> None:

@@ -431,7 +431,8 @@ class AlarmStore(_FileReads, _Writer):
                     a.id,
                     anomaly.detector,
                     "extended",
-                    {"row": anomaly.index, "score": anomaly.score, "level": a.level},
+                    {"row": anomaly.index, "score": anomaly.score, "level": a.level}
+                    | ({"late": True} if anomaly.details.get("late") else {}),
                     now,
                 )
                 opened = False

@@ -8,6 +8,12 @@ configured, opens or extends an alarm; the log gets one line per alarm event, :m
 and the anomalies of single rows only at DEBUG). The controller announces itself on the
 retained ``state`` topic (its last will says offline), so agents re-birth when it comes back.
 
+No row is made from values that may be wrong: a host whose last live message is older than
+:data:`FRESH_TICKS` of its ticks (plus :data:`FRESH_MARGIN`), whose agent died, or whose values
+the controller lost with the broker, has no row until fresh data comes. An agent's history (its
+ticks of an outage, :mod:`.history`) becomes late rows, scored in time order before the host's
+live rows, which wait meanwhile; an alarm a late row opens or extends says so.
+
 What does not live here (:class:`Controller` keeps its methods, which delegate): commands to
 agents and their replies (:mod:`.commands`), verdicts, findings and closing alarms
 (:mod:`.verdicts`), the μ → Δ push (:mod:`.delta_push`), what plugins are handed
@@ -43,6 +49,7 @@ from .config import ControllerConfig
 from .delta_push import DeltaPush
 from .detection import DetectorSet
 from .handle import PluginHandle
+from .history import History
 from .ingest import HostState, Ingest
 from .scopes import ScopeRows
 from .verdicts import Verdicts, alarm_rows
@@ -51,6 +58,10 @@ log = logging.getLogger(__name__)
 
 #: rows = "data": rows taken while this many still wait for detection are skipped (and counted)
 MAX_PENDING_ROWS = 100
+#: a host's values are current while its last live message is at most this many of its ticks old …
+FRESH_TICKS = 1.5
+#: … plus this many seconds (transport and scheduling)
+FRESH_MARGIN = 0.25
 
 # re-exported: older code imports these from here
 __all__ = ["Controller", "CommandFailed", "Progress", "alarm_rows"]
@@ -119,6 +130,12 @@ class Controller:
         #: rows = "data": rows taken and not yet through detection; rows skipped for that
         self.rows_pending = 0
         self.rows_skipped = 0
+        #: agents' historical data: late rows, and live rows held in line behind them
+        self.history = History()
+        self.rows_late = 0
+        #: the last batch of rows handed to the detectors (the next one waits for it)
+        self._rows_tail: asyncio.Task | None = None
+        self.ingest.listeners.append(self._on_host_message)
         if config.rows == "data":
             self.ingest.listeners.append(self._row_on_data)
         #: test and embedding hooks: called with each row / each anomaly
@@ -180,11 +197,12 @@ class Controller:
 
     # ------------------------------------------------------------------ detection tick
 
-    def _is_live(self, state: HostState, now: float) -> bool:
+    def _is_live(self, state: HostState, now: float | None = None) -> bool:
+        """Whether the host's values are current: an agent publishes every tick, so silence for
+        longer than :data:`FRESH_TICKS` of them means its values may have moved unseen."""
         if not state.alive or not state.synced:
             return False
-        # An agent publishes every tick; silence for three of its ticks means it is gone.
-        return now - state.last_seen <= 3 * max(state.tick, self.config.tick) + 1.0
+        return time.monotonic() - state.fresh_at <= FRESH_TICKS * state.tick + FRESH_MARGIN
 
     def _detect(self, rows: list[Row]) -> list[Anomaly]:
         found: list[Anomaly] = []
@@ -199,19 +217,65 @@ class Controller:
         if self.config.rows != "tick":
             return
         now = time.time()
+        for scope in self.history.timed_out():
+            self._release(scope)
         rows = []
         for state in list(self.ingest.hosts.values()):
-            if not self._is_live(state, now):
+            if not self._is_live(state):
+                continue
+            if self.history.holding(state.scope):
+                self.history.hold(state, now)
                 continue
             row = self.scope_rows.row(state, now)
             if row is not None:
                 rows.append(row)
-        await self.handle_rows(rows)
+        if rows:
+            await self._submit(rows, "the tick's rows")
+
+    def _submit(self, rows: list[Row], what: str) -> asyncio.Task:
+        """Hand ``rows`` to :meth:`handle_rows` after every batch submitted before them: late
+        rows, held rows and live rows reach the detectors in the order they were made."""
+        previous = self._rows_tail
+
+        async def in_turn() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            await self.handle_rows(rows)
+
+        task = self._rows_tail = self.spawn(in_turn(), what)
+        return task
+
+    def _on_host_message(self, state: HostState, msg: protocol.Message) -> None:
+        """Ingest listener: a live birth may announce a backlog (hold the host's rows); history
+        becomes late rows; the last history message, a death or a birth with no backlog release the
+        held rows after them."""
+        if isinstance(msg, protocol.History):
+            states = self.history.replay(state, msg)
+            rows = [r for s, ts in states if (r := self.scope_rows.row(s, ts, late=True)) is not None]
+            if rows:
+                self.rows_late += len(rows)
+                self._submit(rows, f"{len(rows)} late rows of {state.scope}")
+            if msg.remaining == 0:
+                self._release(state.scope)
+        elif isinstance(msg, protocol.Birth):
+            self._release(state.scope, self.history.on_birth(state, msg))
+        elif isinstance(msg, protocol.Death):
+            self._release(state.scope)
+
+    def _release(self, scope: str, held: list[tuple[HostState, float]] | None = None) -> None:
+        """The rows of ``scope`` held behind its history, to the detectors now (in order)."""
+        held = self.history.release(scope) if held is None else held
+        rows = [r for s, ts in held if (r := self.scope_rows.row(s, ts)) is not None]
+        if rows:
+            self._submit(rows, f"{len(rows)} held rows of {scope}")
 
     def _row_on_data(self, state: HostState, msg: protocol.Message) -> None:
         """Ingest listener of ``rows = "data"``: the host's row as this data message left it, to
         the detectors in arrival order (the snapshot is taken now; detection runs FIFO)."""
         if not isinstance(msg, protocol.Data) or not state.synced:
+            return
+        if self.history.holding(state.scope):
+            self.history.hold(state, time.time())
             return
         if self.rows_pending >= MAX_PENDING_ROWS:
             self.rows_skipped += 1
@@ -228,13 +292,13 @@ class Controller:
             return
         self.rows_pending += 1
 
-        async def handle() -> None:
-            try:
-                await self.handle_rows([row])
-            finally:
-                self.rows_pending -= 1
+        def handle(task: asyncio.Task) -> None:
+            self.rows_pending -= 1
 
-        self.spawn(handle(), f"row {row.index} of {row.scope}")
+        self._submit_one(row, handle)
+
+    def _submit_one(self, row: Row, done: Callable[[asyncio.Task], None]) -> None:
+        self._submit([row], f"row {row.index} of {row.scope}").add_done_callback(done)
 
     async def handle_rows(self, rows: list[Row]) -> None:
         """Hand ``rows`` to the detectors; open or extend alarms for their anomalies."""
@@ -246,9 +310,14 @@ class Controller:
             for listener in self.row_listeners:
                 listener(row)
         self.rows_handled += len(rows)
-        by_scope = {row.scope: row for row in rows}
+        by_row = {(row.scope, row.index): row for row in rows}
         anomalies = await asyncio.get_running_loop().run_in_executor(self.executor, self._detect, rows)
         for anomaly in anomalies:
+            row = by_row.get((anomaly.scope, anomaly.index))
+            if row is not None and row.late:
+                # scored after an outage: the alarm's trail and log line say so
+                anomaly.details["late"] = True
+                anomaly.details["late_by"] = round(max(0.0, time.time() - row.ts), 3)
             # one line per abnormal row at DEBUG; the operator's lines are the alarm events (AlarmLog)
             log.debug(
                 "anomaly: %s on %s row %d, score %.4g > %.4g; blames %s",
@@ -262,14 +331,13 @@ class Controller:
             for listener in self.anomaly_listeners:
                 listener(anomaly)
             self.dispatch("anomaly_detected", anomaly=anomaly)
-            row = by_scope.get(anomaly.scope)
             try:  # in memory, at once: the store's writer thread writes it
                 alarm, opened = self.alarms.record(anomaly, row.columns if row else None, row.values if row else None)
             except Exception:
                 log.exception("could not record the anomaly of %s on %s", anomaly.detector, anomaly.scope)
                 continue
             if opened:
-                self.alarm_log.opened(alarm)
+                self.alarm_log.opened(alarm, anomaly.details.get("late_by"))
                 self.dispatch("alarm_opened", alarm=alarm)
             else:
                 self.alarm_log.extended(alarm)
@@ -315,11 +383,13 @@ class Controller:
             log.info("connected to %s; watching site(s) %s", cfg.broker, ", ".join(cfg.sites))
 
         async def on_message(message: aiomqtt.Message) -> None:
-            self.ingest.handle(str(message.topic), message.payload)
+            self.ingest.handle(str(message.topic), message.payload, retained=bool(message.retain))
 
         def on_disconnect() -> None:
             self.client = None
             self.connected.clear()
+            # what arrives while away is lost to this side: no row until each host's live birth
+            self.ingest.lost_broker()
 
         await stay_connected(
             cfg.broker,

@@ -4,7 +4,12 @@ A birth replaces a host's series table and values. A data message of the current
 applies its values (silence means "within Δ of the last value"), its stale markers (the value is
 unknown until a new one arrives) and gone markers (the series left the table). A sequence gap,
 an unknown alias or data from an unknown session marks the host's values unknown and asks for a
-rebirth (rate-limited). A death marks every series of the host stale. Bad payloads are counted
+rebirth (rate-limited). A death marks every series of the host stale, and so does losing the
+broker (:meth:`Ingest.lost_broker`): rows resume with the next live birth. A *retained* birth (one
+the broker hands over on subscribing, of any age, perhaps of a dead agent) names the host's series
+but its values are not taken as live: the host waits for a live birth, which the controller's
+``online`` state asks every agent for. A ``history`` message goes to the listeners untouched (the
+host's live values are not its business: :mod:`.history`). Bad payloads are counted
 by reason and dropped (``invalid``, ``too-large``, ``too-deep`` …); nothing here raises on input:
 an unexpected exception (a bug) is counted in the controller's :class:`~atomwatch.mqtt.Faults`,
 logged once per kind, and the message dropped as ``internal``.
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,6 +66,10 @@ class HostState:
     rebirth_asked: float = 0.0
     #: the session whose birth was refused as too large (its data is dropped), None when none
     refused_session: int | None = None
+    #: when the last live birth or data message arrived (time.monotonic()); 0: none yet
+    fresh_at: float = 0.0
+    #: the ts of the latest data messages applied (a history frame with one of them came live)
+    recent_ts: deque[float] = field(default_factory=lambda: deque(maxlen=64))
 
     @property
     def scope(self) -> str:
@@ -159,8 +168,16 @@ class Ingest:
                 len(state.keys),
             )
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Apply one MQTT message. Never raises."""
+    def lost_broker(self) -> None:
+        """The controller's connection is gone: nothing it holds is known to be current."""
+        for state in self.hosts.values():
+            if state.synced or state.alive:
+                state.synced = state.alive = False
+                state.values.clear()
+
+    def handle(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """Apply one MQTT message (``retained``: the broker's stored copy, delivered on
+        subscribing). Never raises."""
         try:
             t, msg = protocol.decode(topic, payload, *self._limit(topic, payload))
         except protocol.ProtocolError as e:
@@ -172,12 +189,38 @@ class Ingest:
             return
         self.messages[t.kind] += 1
         try:
-            self._apply(t, msg)
+            self._apply(t, msg, retained)
         except Exception as e:  # a bug here must not stop ingest
             self.faults.note(f"ingest of a {t.kind} message", e)
             self._drop("internal", f"{topic}: {type(e).__name__}: {e}")
 
-    def _apply(self, t: protocol.Topic, msg: protocol.Message) -> None:
+    def _retained_birth(self, state: HostState, msg: protocol.Birth) -> None:
+        """Learn the host's series from a retained birth; its values wait for a live birth."""
+        if state.session is not None and msg.session < state.session:
+            self._drop(
+                "old-birth", f"{state.scope}: retained birth of session {msg.session} older than {state.session}"
+            )
+            return
+        if state.synced and state.session == msg.session:
+            return  # this very session is live here already
+        state.session = msg.session
+        state.seq = msg.seq - 1
+        state.tick = msg.tick
+        state.agent_version = msg.agent
+        state.keys = {s.alias: s.key for s in msg.series}
+        state.deltas = {s.alias: s.delta for s in msg.series}
+        state.values.clear()
+        state.synced = state.alive = False
+        self.messages["retained-birth"] += 1
+        log.info(
+            "%s: retained birth of session %d (%.0f s old, %d series): its values wait for a live birth",
+            state.scope,
+            msg.session,
+            max(0.0, time.time() - msg.ts),
+            len(msg.series),
+        )
+
+    def _apply(self, t: protocol.Topic, msg: protocol.Message, retained: bool = False) -> None:
         if isinstance(msg, protocol.Reply):
             for cb in self.replies:
                 cb(t, msg)
@@ -187,6 +230,13 @@ class Ingest:
         state = self.host(t.site, t.host)
         if isinstance(msg, protocol.Birth) and len(msg.series) > self.max_series:
             self._refuse_birth(state, msg)
+            return
+        if isinstance(msg, protocol.History):
+            for listener in self.listeners:
+                listener(state, msg)
+            return
+        if isinstance(msg, protocol.Birth) and retained:
+            self._retained_birth(state, msg)
             return
         if isinstance(msg, protocol.Data) and msg.session == state.refused_session:
             # no last_seen: a host whose every message is refused leaves the live set, and its
@@ -215,6 +265,7 @@ class Ingest:
             state.last_ts = msg.ts
             state.alive = True
             state.synced = True
+            state.fresh_at = time.monotonic()
             self.values_ingested += len(state.values)
             log.info("%s: birth, session %d, %d series", state.scope, msg.session, len(msg.series))
         elif isinstance(msg, protocol.Data):
@@ -253,6 +304,8 @@ class Ingest:
                 state.deltas.pop(a, None)
             state.last_ts = msg.ts
             state.alive = True
+            state.fresh_at = time.monotonic()
+            state.recent_ts.append(msg.ts)
             self.values_ingested += len(msg.values)
         elif isinstance(msg, protocol.Death):
             if state.session is not None and msg.session < state.session:

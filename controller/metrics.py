@@ -27,6 +27,7 @@ from atomwatch.mqtt import Faults
 
 from .alarms import AlarmStore
 from .commands import AgentCommands
+from .history import History
 from .ingest import Ingest
 from .scopes import ScopeRows
 
@@ -38,6 +39,8 @@ class MetricsSource(Protocol):
     alarms: AlarmStore
     ingest: Ingest
     rows_handled: int
+    rows_late: int
+    history: History
     connected: asyncio.Event
     faults: Faults
     scope_rows: ScopeRows
@@ -106,6 +109,22 @@ class _ControllerCollector:
             "atomwatch_values_ingested", "Tracked values received", value=c.ingest.values_ingested
         )
         yield CounterMetricFamily("atomwatch_rows", "Rows handed to detectors", value=c.rows_handled)
+        yield CounterMetricFamily(
+            "atomwatch_late_rows", "Rows rebuilt from agents' history (ticks of an outage)", value=c.rows_late
+        )
+        skipped = CounterMetricFamily(
+            "atomwatch_history_frames_skipped",
+            "History frames not made into rows: repeated, or their tick came live",
+            labels=["reason"],
+        )
+        for reason, n in list(c.history.skipped.items()):
+            skipped.add_metric([reason], n)
+        yield skipped
+        yield CounterMetricFamily(
+            "atomwatch_held_rows_dropped",
+            "Live rows dropped while waiting behind a host's history (more than 10,000 waiting)",
+            value=c.history.held_dropped,
+        )
         hosts = GaugeMetricFamily("atomwatch_series", "Series known per host", labels=["scope", "alive"])
         for (site, host), h in list(c.ingest.hosts.items()):
             hosts.add_metric([f"{site}/{host}", "1" if h.alive else "0"], len(h.keys))

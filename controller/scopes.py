@@ -53,7 +53,7 @@ class ScopeRows:
         #: scope → rows whose columns were cut to ``max_columns``
         self.capped_rows: Counter[str] = Counter()
 
-    def row(self, state: HostState, ts: float) -> Row | None:
+    def row(self, state: HostState, ts: float, late: bool = False) -> Row | None:
         snap = state.snapshot()
         if not snap:
             return None
@@ -67,7 +67,7 @@ class ScopeRows:
         deltas = np.fromiter((known.get(c, np.nan) for c in columns), dtype=np.float64, count=len(columns))
         index = self.counts.get(state.scope, 0)
         self.counts[state.scope] = index + 1
-        return Row(scope=state.scope, index=index, ts=ts, columns=columns, values=values, deltas=deltas)
+        return Row(scope=state.scope, index=index, ts=ts, columns=columns, values=values, deltas=deltas, late=late)
 
     def _cap(self, scope: str, columns: tuple[SeriesKey, ...]) -> tuple[SeriesKey, ...]:
         keep = cap_columns(columns, self.max_columns)

@@ -7,6 +7,7 @@ ingest records its rebuilt values after every message. Tests then compare the tw
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,3 +205,20 @@ def make_pipeline(
     agent.listeners.append(on_tick)
     controller.ingest.listeners.append(on_message)
     return pipe
+
+
+def assert_within_delta(record, rebuilt, where: str) -> None:
+    assert set(rebuilt) == set(record.truth), f"{where}: controller has other series than the agent"
+    for key, truth in record.truth.items():
+        got = rebuilt[key]
+        delta = record.deltas[key]
+        if math.isnan(truth):  # the agent could not read it this tick (e.g. over its time budget)
+            assert math.isnan(got), f"{where}: {key.column} stale at the agent, but the controller invented {got}"
+            continue
+        assert not math.isnan(got), f"{where}: {key.column} unknown at the controller"
+        # the controller holds exactly the tracker's value …
+        assert got == record.tracked[key], f"{where}: {key.column} controller {got} ≠ tracker {record.tracked[key]}"
+        # … and the tracker's value is within Δ of the truth (a few ulps of float rounding allowed)
+        assert abs(got - truth) <= delta * (1 + 1e-12) + 1e-12 * abs(truth), (
+            f"{where}: {key.column} |{got} − {truth}| > Δ = {delta}"
+        )

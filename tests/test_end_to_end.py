@@ -4,32 +4,14 @@ the values sent are exactly those the tracker chose, outages heal, bad payloads 
 from __future__ import annotations
 
 import asyncio
-import math
 
 import aiomqtt
 import pytest
-from pipeline import alibaba_trace, make_pipeline
+from pipeline import alibaba_trace, assert_within_delta, make_pipeline
 
 from atomwatch import protocol
 
 pytestmark = pytest.mark.asyncio
-
-
-def assert_within_delta(record, rebuilt, where: str) -> None:
-    assert set(rebuilt) == set(record.truth), f"{where}: controller has other series than the agent"
-    for key, truth in record.truth.items():
-        got = rebuilt[key]
-        delta = record.deltas[key]
-        if math.isnan(truth):  # the agent could not read it this tick (e.g. over its time budget)
-            assert math.isnan(got), f"{where}: {key.column} stale at the agent, but the controller invented {got}"
-            continue
-        assert not math.isnan(got), f"{where}: {key.column} unknown at the controller"
-        # the controller holds exactly the tracker's value …
-        assert got == record.tracked[key], f"{where}: {key.column} controller {got} ≠ tracker {record.tracked[key]}"
-        # … and the tracker's value is within Δ of the truth (a few ulps of float rounding allowed)
-        assert abs(got - truth) <= delta * (1 + 1e-12) + 1e-12 * abs(truth), (
-            f"{where}: {key.column} |{got} − {truth}| > Δ = {delta}"
-        )
 
 
 async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site, tmp_path):

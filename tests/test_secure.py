@@ -175,6 +175,7 @@ def test_acl_grants_agents_only_their_own_topics():
     assert lines == [
         "pattern write atomwatch/v1/eu1/%u/birth",
         "pattern write atomwatch/v1/eu1/%u/data",
+        "pattern write atomwatch/v1/eu1/%u/history",
         "pattern write atomwatch/v1/eu1/%u/death",
         "pattern write atomwatch/v1/eu1/%u/reply/+",
         "pattern read atomwatch/v1/eu1/%u/cmd/+",
@@ -184,6 +185,7 @@ def test_acl_grants_agents_only_their_own_topics():
         "topic readwrite atomwatch/v1/eu1/controller/state",
         "topic read atomwatch/v1/eu1/+/birth",
         "topic read atomwatch/v1/eu1/+/data",
+        "topic read atomwatch/v1/eu1/+/history",
         "topic read atomwatch/v1/eu1/+/death",
         "topic read atomwatch/v1/eu1/+/reply/+",
     ]

@@ -38,6 +38,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="serve Prometheus metrics (GET /metrics, plain HTTP) on this address; a bare PORT listens on "
         "127.0.0.1 (default: off)",
     )
+    p.add_argument(
+        "--backlog-frames",
+        type=int,
+        metavar="N",
+        help="while the broker is unreachable keep up to N ticks to send once it is back, oldest dropped first "
+        "(default 8640, a day of 10 s ticks; 0: keep none)",
+    )
+    p.add_argument(
+        "--backlog-bytes",
+        metavar="SIZE",
+        help="… and at most this much memory for them, e.g. 64MiB (default 64MiB)",
+    )
+    p.add_argument(
+        "--backlog-dir",
+        metavar="DIR",
+        help="also write the backlog to a file in DIR, so that an agent restarted during an outage still sends "
+        "it (default: memory only; the systemd unit uses its state directory)",
+    )
 
 
 def add_key_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,7 +114,7 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         value = pick(args, file_config, name, None)
         if value is not None:
             kwargs[name] = float(value)
-    for name in ("max_message_size", "metrics"):
+    for name in ("max_message_size", "metrics", "backlog_frames", "backlog_bytes", "backlog_dir"):
         value = pick(args, file_config, name, None)
         if value is not None:
             kwargs[name] = value

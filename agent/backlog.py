@@ -1,0 +1,335 @@
+"""Store-and-forward: the ticks an agent sampled while it could not publish, kept in order.
+
+What lives here: :class:`Backlog`, bounded by frames and bytes (the oldest tick is dropped first
+and counted), optionally kept in a file so an agent restart does not lose it, and cut into
+:class:`~atomwatch.protocol.History` messages once the broker is back. What does not: when a tick
+is queued or a chunk sent (:mod:`.runtime`), and what the controller does with it
+(:mod:`atomwatch.controller.history`).
+
+A *segment* is one run of frames of one agent process: its aliases belong to its own series
+table, so a backlog read back from the file after a restart keeps its meaning whatever the new
+process numbers its series. Each segment keeps the state before its oldest frame (``base``, every
+known value); dropping a frame folds it into ``base``, so what is left still rebuilds exactly.
+Every history message starts with the full state at its first frame and stands alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from atomwatch import protocol
+from atomwatch.series import SeriesKey
+
+log = logging.getLogger(__name__)
+
+#: defaults of ``--backlog-frames`` and ``--backlog-bytes``: a day of ten-second ticks, and what
+#: 64 MiB of memory holds (a frame costs ≈ 40 bytes + 24 per value sent)
+BACKLOG_FRAMES = 8640
+BACKLOG_BYTES = 64 * 1024 * 1024
+#: a history message's frames stop at this many bytes (well under the receivers' 1 MiB default)
+CHUNK_BYTES = 256 * 1024
+#: the file is rewritten (dropped and sent frames cut out) once this share of it is dead
+_REWRITE_SHARE = 0.25
+
+
+def frame_cost(frame: protocol.Frame) -> int:
+    """Bytes a frame is charged: about what it weighs encoded."""
+    return 40 + 24 * len(frame.values) + 8 * (len(frame.stale) + len(frame.gone))
+
+
+@dataclass
+class Segment:
+    id: int
+    #: alias → (key, Δ) of every alias any frame of the segment names
+    table: dict[int, tuple[SeriesKey, float]] = field(default_factory=dict)
+    #: the state before ``frames[0]``: alias → value (absent: stale or unknown)
+    base: dict[int, float] = field(default_factory=dict)
+    frames: deque[protocol.Frame] = field(default_factory=deque)
+    #: index of ``frames[0]`` in the segment (frames dropped or sent before it are counted)
+    first: int = 0
+
+    def fold(self) -> protocol.Frame:
+        """Take the oldest frame out, keeping its effect in ``base``."""
+        frame = self.frames.popleft()
+        apply_frame(self.base, frame)
+        self.first += 1
+        return frame
+
+
+def apply_frame(state: dict[int, float], frame: protocol.Frame) -> None:
+    for a, v in frame.values:
+        state[a] = v
+    for a in frame.stale:
+        state.pop(a, None)
+    for a in frame.gone:
+        state.pop(a, None)
+
+
+class Backlog:
+    """The ticks not yet published, oldest first, within ``max_frames`` and ``max_bytes``."""
+
+    def __init__(self, max_frames: int = BACKLOG_FRAMES, max_bytes: int = BACKLOG_BYTES, path: Path | None = None):
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.path = path
+        self.segments: deque[Segment] = deque()
+        self.frames = 0
+        self.bytes = 0
+        #: frames dropped to stay within the bounds (samples lost), and frames sent
+        self.dropped = 0
+        self.frames_sent = 0
+        self._open: Segment | None = None  # the segment this process appends to
+        self._file = None
+        self._dead_lines = 0
+        self._lines = 0
+        self._loading = False
+        if path is not None:
+            self._loading = True
+            try:
+                self._load()
+            finally:
+                self._loading = False
+
+    def __len__(self) -> int:
+        return self.frames
+
+    # ------------------------------------------------------------------ adding
+
+    def add(
+        self,
+        frame: protocol.Frame,
+        table: dict[int, tuple[SeriesKey, float]],
+        state: dict[int, float],
+    ) -> None:
+        """Queue one tick. ``table`` names (key, Δ) of the aliases the frame may use; ``state`` is
+        every value the tracker holds after this tick, the base of a new segment."""
+        seg = self._open
+        if seg is None:
+            seg = self._open = Segment(id=max(int(time.time() * 1000), self._last_id() + 1))
+            seg.base = dict(state)
+            self.segments.append(seg)
+            self._write({"segment": seg.id, "base": [[a, v] for a, v in state.items()]})
+        new = {a: table[a] for a in {*state, *(a for a, _ in frame.values)} if a in table and a not in seg.table}
+        if new:
+            seg.table.update(new)
+            self._write({"series": [_series_json(a, k, d) for a, (k, d) in sorted(new.items())]})
+        seg.frames.append(frame)
+        self.frames += 1
+        self.bytes += frame_cost(frame)
+        self._write({"frame": [frame.ts, [[a, v] for a, v in frame.values], frame.stale, frame.gone]})
+        self._bound()
+
+    def close_segment(self) -> None:
+        """The next frame starts a new segment (its base taken afresh from the tracker)."""
+        self._open = None
+
+    def _last_id(self) -> int:
+        return self.segments[-1].id if self.segments else 0
+
+    def _bound(self) -> None:
+        while self.frames > self.max_frames or (self.bytes > self.max_bytes and self.frames > 1):
+            seg = self.segments[0]
+            frame = seg.fold()
+            self.frames -= 1
+            self.bytes -= frame_cost(frame)
+            self.dropped += 1
+            self._dead_lines += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning(
+                    "backlog full (%d frames, %d bytes; --backlog-frames %d, --backlog-bytes %d): the oldest tick "
+                    "is dropped (%d so far)",
+                    self.frames + 1,
+                    self.bytes,
+                    self.max_frames,
+                    self.max_bytes,
+                    self.dropped,
+                )
+            if not seg.frames and seg is not self._open:
+                self.segments.popleft()
+        self._compact()
+
+    # ------------------------------------------------------------------ sending
+
+    def next_chunk(self, session: int, tick: float, max_bytes: int = CHUNK_BYTES) -> protocol.History | None:
+        """The oldest frames as one history message (not taken out: :meth:`sent` does that)."""
+        while self.segments and not self.segments[0].frames:
+            if self.segments[0] is self._open:
+                return None
+            self.segments.popleft()
+        if not self.segments:
+            return None
+        seg = self.segments[0]
+        state = dict(seg.base)
+        apply_frame(state, seg.frames[0])
+        first = seg.frames[0]
+        frames = [protocol.Frame(first.ts, sorted(state.items()), [], [])]
+        size = frame_cost(frames[0])
+        for frame in list(seg.frames)[1:]:
+            cost = frame_cost(frame)
+            if size + cost > max_bytes:
+                break
+            frames.append(frame)
+            size += cost
+        used = {a for f in frames for a in (*(a for a, _ in f.values), *f.stale, *f.gone)}
+        series = [protocol.SeriesInfo(a, seg.table[a][0], seg.table[a][1]) for a in sorted(used) if a in seg.table]
+        return protocol.History(
+            session=session,
+            segment=seg.id,
+            first=seg.first,
+            remaining=self.frames - len(frames),
+            tick=tick,
+            series=series,
+            frames=frames,
+        )
+
+    def sent(self, chunk: protocol.History) -> None:
+        """The broker took ``chunk``: its frames leave the backlog."""
+        seg = next((s for s in self.segments if s.id == chunk.segment), None)
+        if seg is None:
+            return
+        n = chunk.first + len(chunk.frames) - seg.first
+        for _ in range(max(0, min(n, len(seg.frames)))):
+            frame = seg.fold()
+            self.frames -= 1
+            self.bytes -= frame_cost(frame)
+            self.frames_sent += 1
+            self._dead_lines += 1
+        if not seg.frames and seg is not self._open:
+            self.segments.remove(seg)
+        if not self.frames:
+            self._rewrite()
+        else:
+            self._compact()
+
+    def _compact(self) -> None:
+        if self.path is not None and not self._loading and self._dead_lines > _REWRITE_SHARE * max(1, self._lines):
+            self._rewrite()
+
+    # ------------------------------------------------------------------ the file
+
+    def _write(self, record: dict) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+            self._file.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+            self._file.flush()
+            self._lines += 1
+        except (OSError, ValueError) as e:
+            log.error("backlog file %s: %s; the backlog is kept in memory only from now on", self.path, e)
+            self.path = None
+
+    def _rewrite(self) -> None:
+        """Write the file afresh from memory (atomically): what was dropped or sent goes."""
+        if self.path is None:
+            return
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._lines = self._dead_lines = 0
+        try:
+            if not self.frames:
+                self.path.unlink(missing_ok=True)
+                self._open = None  # the next outage starts a new segment
+                return
+            records = []
+            for seg in self.segments:
+                records.append({"segment": seg.id, "base": [[a, v] for a, v in seg.base.items()], "first": seg.first})
+                records.append({"series": [_series_json(a, k, d) for a, (k, d) in sorted(seg.table.items())]})
+                records.extend({"frame": [f.ts, [[a, v] for a, v in f.values], f.stale, f.gone]} for f in seg.frames)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as out:
+                for r in records:
+                    out.write(json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+            self._lines = len(records)
+        except (OSError, ValueError) as e:
+            log.error("backlog file %s: %s; the backlog is kept in memory only from now on", self.path, e)
+            self.path = None
+
+    def close(self) -> None:
+        """Flush the file to disk (the agent is stopping)."""
+        if self._file is not None:
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+            except OSError as e:
+                log.error("backlog file %s: %s", self.path, e)
+            self._file = None
+
+    def _load(self) -> None:
+        """Read the file a previous process left; a torn last line (a kill) ends it."""
+        assert self.path is not None
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.error("backlog file %s cannot be read (%s): starting with an empty backlog", self.path, e)
+            return
+        seg: Segment | None = None
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                seg = self._load_line(json.loads(line), seg)
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                log.warning("backlog file %s line %d is not readable (%s): the rest is dropped", self.path, number, e)
+                break
+        loaded = self.frames
+        self._rewrite()  # a clean file, the torn tail cut
+        if loaded:
+            log.info(
+                "backlog of %d ticks in %d segment(s) read from %s: sent once the broker is reachable",
+                loaded,
+                len(self.segments),
+                self.path,
+            )
+
+    def _load_line(self, record: dict, seg: Segment | None) -> Segment | None:
+        if "segment" in record:
+            seg = Segment(id=int(record["segment"]), first=int(record.get("first", 0)))
+            seg.base = {int(a): _finite(v) for a, v in record["base"]}
+            self.segments.append(seg)
+        elif seg is None:
+            raise ValueError("a record before the first segment")
+        elif "series" in record:
+            for s in record["series"]:
+                key = SeriesKey(str(s["vm_uuid"]), str(s["vm_name"]), str(s["metric"]), str(s.get("unit", "")))
+                seg.table[int(s["alias"])] = (key, _finite(s["delta"]))
+        else:
+            ts, values, stale, gone = record["frame"]
+            frame = protocol.Frame(
+                _finite(ts), [(int(a), _finite(v)) for a, v in values], [int(a) for a in stale], [int(a) for a in gone]
+            )
+            seg.frames.append(frame)
+            self.frames += 1
+            self.bytes += frame_cost(frame)
+            self._bound()
+        return seg
+
+
+def _finite(v: object) -> float:
+    f = float(v)  # type: ignore[arg-type]
+    if f != f or f in (float("inf"), float("-inf")):
+        raise ValueError(f"{v!r} is not a finite number")
+    return f
+
+
+def _series_json(alias: int, key: SeriesKey, delta: float) -> dict:
+    return {
+        "alias": alias,
+        "vm_uuid": key.vm_uuid,
+        "vm_name": key.vm_name,
+        "metric": key.metric,
+        "unit": key.unit,
+        "delta": delta,
+    }

@@ -1,0 +1,289 @@
+"""Faults with a real Mosquitto, in one event loop: a broker outage's ticks come back as late rows,
+exactly the tracker's values, in time order before the live rows; no row is made while the values
+are not current; a backlog kept on disk outlives its agent; a retained birth is not taken as live.
+(The same faults with real processes killed -9: tests/test_faults.py and benchmarks/faults.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import aiomqtt
+import pytest
+from conftest import CONTROLLER_KEY, SIGNING_KEY
+from pipeline import alibaba_trace, make_pipeline, plugin_manager
+
+import atomwatch
+from atomwatch import protocol
+from atomwatch.agent.config import AgentConfig
+from atomwatch.agent.runtime import Agent
+from atomwatch.config import BrokerAddress
+from atomwatch.controller.app import Controller
+from atomwatch.controller.config import ControllerConfig
+from atomwatch.pluginmanager import PluginManager
+from atomwatch.series import SeriesKey
+
+pytestmark = pytest.mark.asyncio
+
+
+def _as_dict(row) -> dict[SeriesKey, float]:
+    return dict(zip(row.columns, row.values.tolist(), strict=True))
+
+
+def _assert_row_is_tick(row, tracked: dict, truth: dict, deltas: dict, where: str) -> None:
+    got = _as_dict(row)
+    assert set(got) == set(tracked), f"{where}: other columns than the agent's"
+    for key, value in tracked.items():
+        if math.isnan(value):
+            assert math.isnan(got[key]), f"{where}: {key.column} was stale at the agent"
+            continue
+        assert got[key] == value, f"{where}: {key.column} {got[key]} ≠ the tracker's {value}"
+        assert abs(value - truth[key]) <= deltas[key] * (1 + 1e-12) + 1e-9, f"{where}: {key.column} off by more than Δ"
+
+
+async def test_a_broker_outage_comes_back_as_late_rows_in_order_and_no_row_is_made_meanwhile(
+    mosquitto_private, site, tmp_path
+):
+    broker = mosquitto_private
+    trace = alibaba_trace(tmp_path / "alibaba.csv", machines=3, rows=3000)
+    pipe = make_pipeline(broker.url, site, trace, agent_tick=0.05, controller_tick=0.05, delta_rel=0.02)
+    rows = []
+    pipe.controller.row_listeners.append(rows.append)
+    await pipe.start()
+    await pipe.wait_for(
+        lambda: sum(not r.late for r in rows) >= 10 and not len(pipe.agent.backlog), 30, "live rows before the outage"
+    )
+    # (ticks sampled before the first connection come as late rows too: the outage is what follows)
+    rows_before, kept_before = len(rows), sum(t.published is None for t in pipe.ticks)
+
+    broker.stop()
+    await pipe.wait_for(
+        lambda: not pipe.agent.connected.is_set() and not pipe.controller.connected.is_set(), 20, "the outage noticed"
+    )
+    noticed = len(rows)
+    await pipe.wait_for(lambda: len(pipe.agent.backlog) >= 30, 20, "ticks kept by the agent")
+    assert rows[noticed:] == [], "no row may be made from values the controller can no longer trust"
+    broker.start()
+    await pipe.wait_for(lambda: pipe.agent.connected.is_set() and pipe.controller.connected.is_set(), 20, "reconnect")
+
+    kept = [t for t in pipe.ticks if t.published is None][kept_before:]
+    skipped = pipe.controller.history.skipped
+    await pipe.wait_for(
+        lambda: (
+            sum(r.late for r in rows[rows_before:]) + skipped["sent-live"] >= len(kept) and len(pipe.agent.backlog) == 0
+        ),
+        30,
+        "the outage's ticks as late rows",
+    )
+    n_after = len(rows)
+    await pipe.wait_for(lambda: len(rows) >= n_after + 5, 20, "live rows after the outage")
+    await pipe.stop()
+
+    rows = rows[rows_before - 1 :]  # the last row before the outage, and all after
+    late = [r for r in rows if r.late]
+    assert skipped["repeated"] == 0
+    assert len(late) + skipped["sent-live"] == len(kept) >= 30
+    assert pipe.agent.backlog.dropped == 0 and pipe.agent.stats["history"] >= 1
+    # every kept tick rebuilt: exactly the tracker's values at that tick, within Δ of the truth
+    if skipped["sent-live"] == 0:
+        for n, (row, tick) in enumerate(zip(late, kept, strict=True)):
+            _assert_row_is_tick(row, tick.tracked, tick.truth, tick.deltas, f"late row {n}")
+    # in time order for the detectors: the rows before the outage, the outage, the rows after
+    first_late, last_late = rows.index(late[0]), rows.index(late[-1])
+    assert all(not r.late for r in rows[:first_late]) and all(r.late for r in rows[first_late : last_late + 1])
+    assert all(not r.late for r in rows[last_late + 1 :]) and len(rows) > last_late + 1
+    assert [r.index for r in rows] == list(range(rows[0].index, rows[0].index + len(rows))), "in the detectors' order"
+    assert all(a.ts < b.ts for a, b in zip(late, late[1:], strict=False))
+    assert late[0].ts > rows[first_late - 1].ts and late[-1].ts < rows[last_late + 1].ts
+
+
+class Spiking:
+    """A collector: CPU 50 % every tick, 99 % on the tick after ``spike`` is set."""
+
+    name = "spiking"
+    key = SeriesKey("uuid-1", "vm1", "CPUUtilization", "%")
+
+    def __init__(self):
+        self.spike = False
+
+    def collect(self):
+        value, self.spike = (99.0 if self.spike else 50.0), False
+        return atomwatch.Reading(values={self.key: value}, deltas={self.key: 0.0})
+
+    def close(self):
+        pass
+
+
+class Above90:
+    name = "above-90"
+
+    def update(self, row):
+        hot = [k for k, v in zip(row.columns, row.values, strict=True) if v > 90]
+        if hot:
+            blame = [atomwatch.Blame(k) for k in hot]
+            return atomwatch.Anomaly("above-90", row.scope, row.index, row.ts, 99.0, 90.0, blame)
+        return None
+
+
+class SpikePlugin:
+    def __init__(self, collector):
+        self.collector = collector
+
+    @atomwatch.hookimpl
+    def register_collectors(self, config):
+        return [self.collector]
+
+    @atomwatch.hookimpl
+    def register_detectors(self):
+        class Factory:
+            name = "above-90"
+            description = "test: a column above 90"
+
+            def create(self, scope, options):
+                return Above90()
+
+        return [Factory()]
+
+
+async def test_a_late_row_that_is_abnormal_opens_an_alarm_marked_late(mosquitto_private, site):
+    """A spike sampled during the outage is scored when it arrives, and the alarm says it is late."""
+    broker = mosquitto_private
+    collector = Spiking()
+    pm = PluginManager()
+    pm.register(SpikePlugin(collector), name="test-spike")
+    address = BrokerAddress.parse(broker.url)
+    agent = Agent(AgentConfig(broker=address, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=0.05), pm)
+    controller = Controller(
+        ControllerConfig(broker=address, signing_key=SIGNING_KEY, sites=[site], tick=0.05, detectors=["above-90"]), pm
+    )
+    rows = []
+    controller.row_listeners.append(rows.append)
+    tasks = [asyncio.create_task(controller.run()), asyncio.create_task(agent.run())]
+
+    async def until(predicate, what):
+        for _ in range(600):
+            if predicate():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    await until(lambda: len(rows) >= 5, "live rows")
+    broker.stop()
+    await until(lambda: not agent.connected.is_set() and len(agent.backlog) >= 5, "kept ticks")
+    collector.spike = True  # an abnormal tick while nobody hears it
+    await until(lambda: len(agent.backlog) >= 10, "kept ticks after the spike")
+    assert controller.alarms.list() == []
+    broker.start()
+    await until(lambda: controller.alarms.list(), "the alarm")
+    (alarm,) = controller.alarms.list()
+    opened = [e for e in controller.alarms.audit(alarm.id) if e["action"] == "opened"]
+    agent.stop()
+    controller.stop()
+    await asyncio.gather(*tasks)
+    late = [r for r in rows if r.late]
+    assert alarm.first_row in [r.index for r in late]
+    assert opened[0]["details"]["details"]["late"] is True and opened[0]["details"]["details"]["late_by"] > 0
+
+
+async def test_a_backlog_kept_on_disk_is_sent_by_the_restarted_agent(mosquitto_private, site, tmp_path):
+    broker = mosquitto_private
+    broker.stop()  # the agent starts while the broker is away, and is stopped before it returns
+    trace = alibaba_trace(tmp_path / "alibaba.csv", machines=2, rows=600)
+    backlog_dir = tmp_path / "state"
+    backlog_dir.mkdir()
+    pm = plugin_manager("replay")
+    opts = {"replay": {"trace": str(trace), "delta_rel": 0.02}}
+
+    def agent() -> Agent:
+        config = AgentConfig(
+            broker=BrokerAddress.parse(broker.url),
+            controller_key=CONTROLLER_KEY,
+            site=site,
+            host="hv1",
+            tick=0.05,
+            options=opts,
+            backlog_dir=str(backlog_dir),
+        )
+        return Agent(config, pm)
+
+    first = agent()
+    tracked = []
+    first.listeners.append(
+        lambda a, f, send, published: tracked.append(
+            {a.table.keys[i]: float(a.tracker.g[i]) for i in a.table.active_aliases()}
+        )
+    )
+    task = asyncio.create_task(first.run())
+    while len(tracked) < 20:
+        await asyncio.sleep(0.02)
+    first.stop()
+    await task
+    path = backlog_dir / f"{site}+hv1.backlog"
+    assert path.exists() and len(first.backlog) == len(tracked)
+
+    broker.start()
+    controller = Controller(
+        ControllerConfig(broker=BrokerAddress.parse(broker.url), signing_key=SIGNING_KEY, sites=[site], tick=0.05),
+        pm,
+    )
+    rows = []
+    controller.row_listeners.append(rows.append)
+    ctask = asyncio.create_task(controller.run())
+    await asyncio.wait_for(controller.connected.wait(), 10)
+    second = agent()
+    assert len(second.backlog) == len(tracked), "the restarted agent read the backlog back"
+    atask = asyncio.create_task(second.run())
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(r.late for r in rows) < len(tracked) or path.exists():
+        assert asyncio.get_running_loop().time() < deadline, f"{sum(r.late for r in rows)} late rows, file {path}"
+        await asyncio.sleep(0.05)
+    second.stop()
+    controller.stop()
+    await asyncio.gather(atask, ctask)
+    late = [r for r in rows if r.late]
+    # the first agent's ticks first (the second's own first ticks, before it connected, follow)
+    assert [_as_dict(r) for r in late[: len(tracked)]] == tracked
+
+
+async def test_a_retained_birth_is_not_taken_as_live_until_the_agent_answers(mosquitto, site):
+    """The birth of an agent that died long ago stays on the broker: its values must make no row."""
+    key = SeriesKey("uuid-1", "vm1", "CPUUtilization", "%")
+    old = protocol.Birth(
+        session=1, agent="test", tick=0.05, ts=1.0, series=[protocol.SeriesInfo(0, key, 0.5, 42.0)], seq=0
+    )
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"ghost-{site}") as ghost:
+        await ghost.publish(protocol.birth_topic(site, "ghost"), protocol.encode(old), qos=1, retain=True)
+    pm = plugin_manager()
+    controller = Controller(
+        ControllerConfig(broker=BrokerAddress.parse(mosquitto.url), signing_key=SIGNING_KEY, sites=[site], tick=0.05),
+        pm,
+    )
+    rows = []
+    controller.row_listeners.append(rows.append)
+    task = asyncio.create_task(controller.run())
+    try:
+        await asyncio.wait_for(controller.connected.wait(), 10)
+        for _ in range(100):
+            if controller.ingest.messages["retained-birth"]:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # ten controller ticks
+        state = controller.ingest.hosts[(site, "ghost")]
+        assert controller.ingest.messages["retained-birth"] == 1
+        assert state.keys == {0: key} and not state.synced and rows == []
+        # the agent answers with a live birth: rows start
+        live = protocol.Birth(
+            session=2, agent="test", tick=0.05, ts=1.0, series=[protocol.SeriesInfo(0, key, 0.5, 43.0)], seq=0
+        )
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"ghost-{site}") as ghost:
+            await ghost.publish(protocol.birth_topic(site, "ghost"), protocol.encode(live), qos=1, retain=True)
+            for _ in range(100):
+                if rows:
+                    break
+                await asyncio.sleep(0.01)
+        assert rows and _as_dict(rows[0]) == {key: 43.0}
+    finally:
+        controller.stop()
+        await task
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"ghost-{site}") as ghost:
+            await ghost.publish(protocol.birth_topic(site, "ghost"), b"", qos=1, retain=True)
