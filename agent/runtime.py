@@ -187,7 +187,9 @@ class Agent:
         if self.config.backlog_frames == 0:
             return
         if not len(self.backlog):
-            log.info(
+            # (at start, before the first connection, this is the rule, not news)
+            log.log(
+                logging.INFO if self.stats["births"] else logging.DEBUG,
                 "no controller can hear this agent (broker unreachable or controller offline): ticks are kept to be "
                 "sent once it is back (--backlog-frames %d)",
                 self.config.backlog_frames,

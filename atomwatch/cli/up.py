@@ -147,6 +147,8 @@ async def _up(args: argparse.Namespace) -> None:
                 log.info(
                     "%s runs with %s (atomwatch up's default; --set %s.KEY=VALUE to change)", plugin, given, plugin
                 )
+        # --duration stops the agent first (its death published, nothing kept for nobody), then the controller
+        controller_config.duration = None
         tasks = [asyncio.create_task(controller.run()), asyncio.create_task(agent.run())]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         agent.stop()
