@@ -40,10 +40,12 @@ class Key:
     type: Any = str
     parse: Callable[[Any, str], Any] | None = None
     expected: str = ""
+    #: the flag, when it is not ``--KEY-NAME`` (``--detector``, repeatable, for ``detectors``)
+    option: str = ""
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.option or "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:

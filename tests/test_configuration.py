@@ -306,3 +306,11 @@ def test_detect_and_track_take_the_same_deltas(tmp_path):
     tracked = atomwatch("detect", trace, "--json", "--set", "t=100", "--set", "min_rows=30", "--delta", "5%")
     assert plain.returncode == tracked.returncode == 0, plain.stderr + tracked.stderr
     assert json.loads(plain.stdout)["rows"] == json.loads(tracked.stdout)["rows"] == 400
+
+
+def test_the_docs_list_every_role_option_with_its_flag_and_variable():
+    from atomwatch.cli import agent, controller
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for key in (*agent.KEYS, *controller.KEYS):
+        assert f"| `{key.name}` | `{key.flag}` | `{key.env}` |" in text, key.name

@@ -22,12 +22,12 @@ from atomwatch.settings import Key, unknown_keys
 
 #: the broker and its TLS files and credentials (``--broker``, ``--broker-ca`` …; keys of both roles)
 BROKER_KEYS = (
-    Key("broker"),
-    Key("broker_ca"),
-    Key("broker_cert"),
-    Key("broker_key"),
-    Key("broker_username"),
-    Key("broker_password_file"),
+    Key("broker", expected="a URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+    Key("broker_ca", expected="a file (PEM)"),
+    Key("broker_cert", expected="a file (PEM)"),
+    Key("broker_key", expected="a file (PEM)"),
+    Key("broker_username", expected="a user name"),
+    Key("broker_password_file", expected="a file"),
 )
 #: a positive duration: seconds, or text such as "10s", "5min", "1h"
 POSITIVE_DURATION = Annotated[float, Duration, Range(gt=0)]

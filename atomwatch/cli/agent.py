@@ -44,9 +44,9 @@ def _deltas(value, where: str) -> dict:
 #: ``$ATOMWATCH_KEY_NAME`` (the flag wins over the variable, which wins over the file)
 KEYS = (
     *BROKER_KEYS,
-    Key("site"),
+    Key("site", expected="a site name"),
     *SESSION_KEYS,
-    Key("host"),
+    Key("host", expected="a host name"),
     Key(
         "delta",
         parse=_deltas,
@@ -54,11 +54,11 @@ KEYS = (
         "tracks online)",
     ),
     Key("gamma", Annotated[float, Range(ge=0)]),
-    Key("controller_key", tuple[str, ...]),
+    Key("controller_key", tuple[str, ...], expected="a file, or a list of files (comma-separated in the variable)"),
     Key("command_lifetime", POSITIVE_DURATION),
     Key("command_skew", DURATION),
     Key("max_message_size", parse=_size, expected="a number of bytes, e.g. 524288 or 512KiB"),
-    Key("metrics"),
+    Key("metrics", expected='"[HOST:]PORT", or "off"'),
 )
 
 

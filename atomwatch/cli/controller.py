@@ -61,17 +61,17 @@ _SIZE = "a number of bytes, e.g. 524288 or 512KiB"
 #: ``$ATOMWATCH_KEY_NAME`` (the flag wins over the variable, which wins over the file)
 KEYS = (
     *BROKER_KEYS,
-    Key("site", tuple[str, ...]),
+    Key("site", tuple[str, ...], expected="a site name, or several: a list or a comma-separated string"),
     *SESSION_KEYS,
-    Key("detectors", tuple[str, ...]),
-    Key("db"),
+    Key("detectors", tuple[str, ...], option="--detector"),
+    Key("db", expected='a file (SQLite), or ":memory:"'),
     Key("alarm_rows", Annotated[int, Range(ge=10)]),
     Key("alarm_retention", parse=_days, expected="a number of days (0: forever) or a duration such as '30d'"),
     Key("alarm_pending", _COUNT),
-    Key("http"),
-    Key("http_tokens"),
-    Key("http_cert"),
-    Key("http_key"),
+    Key("http", expected='"HOST:PORT", or "off"'),
+    Key("http_tokens", expected="a file"),
+    Key("http_cert", expected="a file (PEM)"),
+    Key("http_key", expected="a file (PEM)"),
     Key("http_insecure", bool),
     Key("mu", Annotated[float, Range(gt=0, lt=1)]),
     Key("max_message_size", parse=_size, expected=_SIZE),
@@ -82,7 +82,7 @@ KEYS = (
     Key("max_pending_commands_per_host", _COUNT),
     Key("rows", Literal["tick", "data"]),
     Key("alarm_log_every", DURATION),
-    Key("signing_key"),
+    Key("signing_key", expected="a file (PEM)"),
     Key("command_lifetime", POSITIVE_DURATION),
 )
 
