@@ -28,11 +28,19 @@ from typing import TYPE_CHECKING
 import atomwatch
 from atomwatch.alarm import Alarm
 from atomwatch.config import ConfigError
+from atomwatch.options import declared_options
 
 from . import agent as agent_cmd
 from . import controller as controller_cmd
 from ._api import DEFAULT as DEFAULT_API
-from ._common import add_broker_tls_arguments, add_plugin_arguments, options, plugin_manager, role_keys
+from ._common import (
+    add_broker_tls_arguments,
+    add_plugin_arguments,
+    options,
+    plugin_manager,
+    plugin_problems,
+    role_keys,
+)
 
 if TYPE_CHECKING:
     from atomwatch.agent.runtime import Agent
@@ -103,15 +111,21 @@ async def _up(args: argparse.Namespace) -> None:
     from atomwatch.controller.app import Controller
 
     file_config, plugin_opts = options(args, role_keys(), "up")
-    if not args.no_replay:
+    pm = plugin_manager(args)
+    # up's own defaults go to the plugins that are loaded (ATOMWATCH_LOAD_PLUGINS may leave some out)
+    declared = declared_options()
+    if not args.no_replay and "replay" in declared:
         replay = plugin_opts.setdefault("replay", {})
         replay.setdefault("trace", args.trace or bundled_trace())
         replay.setdefault("speed", args.speed)
         replay.setdefault("loop", True)
     for plugin, defaults in UP_DETECTOR_OPTIONS.items():
         for key, value in defaults.items():
-            plugin_opts.setdefault(plugin, {}).setdefault(key, value)
-    pm = plugin_manager(args, plugin_opts, file_config)
+            if plugin in declared:
+                plugin_opts.setdefault(plugin, {}).setdefault(key, value)
+    problems = plugin_problems(pm, plugin_opts, file_config, getattr(args, "config", None))
+    if problems:
+        raise ConfigError("\n".join(problems))
     broker = None
     url = _given(args, file_config, "broker")
     if not url:
