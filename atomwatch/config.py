@@ -1,8 +1,12 @@
 """Configuration shared by the agent and the controller: broker address and plugin options.
 
-Plugin options come from ``--set plugin.key=value`` (repeatable) or from the ``[plugins.NAME]``
-tables of a TOML file given with ``--config``; the command line wins. Values given on the command
-line are parsed as JSON when they parse (numbers, true/false, lists), else kept as strings.
+Plugin options come from ``--set PLUGIN.KEY=VALUE`` (repeatable, :func:`parse_settings`) or from
+the ``[plugins.NAME]`` tables of a TOML file given with ``--config``; the command line wins.
+Values given on the command line are parsed as JSON when they parse (numbers, true/false,
+lists), else kept as strings. ``--delta [METRIC=]VALUE[%]`` has one parser too
+(:func:`parse_deltas`). What does not live here: the role options' keys, types and precedence
+(:mod:`atomwatch.settings`), and the plugin options' value rules (:mod:`atomwatch.options`).
+``docs/configuration.md`` has the rules.
 """
 
 from __future__ import annotations
@@ -193,19 +197,65 @@ def load_file(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"--config {path!r}: not valid TOML ({e})") from None
 
 
-def plugin_options(file_config: dict[str, Any], settings: list[str] | None) -> dict[str, dict[str, Any]]:
-    """Merge the file's ``[plugins.*]`` tables with ``--set plugin.key=value`` items."""
+#: the grammar of ``--set``, as its errors and help say it
+SET_GRAMMAR = "PLUGIN.KEY=VALUE"
+
+
+def parse_settings(
+    items: list[str] | None, default_plugin: str | None = None, flag: str = "--set"
+) -> dict[str, dict[str, Any]]:
+    """``--set PLUGIN.KEY=VALUE`` items (repeatable) as {plugin: {key: value}}, in every command.
+
+    The text up to the first ``=`` is the key, the rest the value (parsed as JSON when it parses:
+    numbers, true/false, lists; else kept as text); the key's first ``.`` separates the plugin's
+    table name from its option. Commands that run one detector named by ``--detector`` (detect,
+    plot) pass it as ``default_plugin``: there ``KEY=VALUE`` alone means that detector's option.
+    A later item wins over an earlier one."""
     out: dict[str, dict[str, Any]] = {}
-    for name, table in (file_config.get("plugins") or {}).items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"config [plugins.{name}] must be a table")
-        out[name] = dict(table)
-    for item in settings or []:
+    for item in items or []:
         key, eq, value = item.partition("=")
-        plugin, dot, option = key.partition(".")
-        if not eq or not dot or not plugin or not option:
-            raise ConfigError(f"--set {item!r}: expected PLUGIN.OPTION=VALUE")
-        out.setdefault(plugin, {})[option] = parse_value(value)
+        plugin, dot, option = key.strip().partition(".")
+        if not eq:
+            raise ConfigError(f"{flag} {item!r}: expected {SET_GRAMMAR} (no '=')")
+        if not dot and default_plugin:
+            plugin, option = default_plugin, plugin
+        elif not dot:
+            raise ConfigError(
+                f"{flag} {item!r}: expected {SET_GRAMMAR}: name the plugin whose option it is, e.g. "
+                f"pca-spe.{plugin or 'KEY'}={value or 'VALUE'}"
+            )
+        if not plugin.strip() or not option.strip():
+            raise ConfigError(f"{flag} {item!r}: expected {SET_GRAMMAR} (an empty plugin or key)")
+        out.setdefault(plugin.strip(), {})[option.strip()] = parse_value(value)
+    return out
+
+
+def file_tables(file_config: Mapping[str, Any], path: str | None = None) -> dict[str, dict[str, Any]]:
+    """The ``[plugins.NAME]`` tables of a configuration file (copies)."""
+    where = f"{path}: " if path else ""
+    plugins = file_config.get("plugins") or {}
+    if not isinstance(plugins, dict):
+        raise ConfigError(f"{where}plugins = {plugins!r}: expected tables [plugins.NAME], one per plugin")
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in plugins.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"{where}plugins.{name} = {table!r}: expected a table [plugins.{name}] of the plugin's options"
+            )
+        out[name] = dict(table)
+    return out
+
+
+def plugin_options(
+    file_config: Mapping[str, Any],
+    settings: list[str] | None,
+    default_plugin: str | None = None,
+    path: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Merge the file's ``[plugins.*]`` tables with ``--set`` items (:func:`parse_settings`), which win."""
+    out = file_tables(file_config, path)
+    for plugin, values in parse_settings(settings, default_plugin).items():
+        out.setdefault(plugin, {}).update(values)
     return out
 
 
@@ -238,19 +288,93 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_deltas(items: list[str] | None) -> dict[str, float]:
-    """``--delta METRIC=VALUE`` or ``--delta VALUE`` (every metric)."""
-    out: dict[str, float] = {}
-    for item in items or []:
-        metric, eq, value = item.rpartition("=")
-        metric = metric if eq else "*"
-        try:
-            out[metric] = float(value)
-        except ValueError:
-            raise ConfigError(f"--delta {item!r}: {value!r} is not a number") from None
-        if not (out[metric] >= 0 and out[metric] != float("inf")):
-            raise ConfigError(f"--delta {item!r}: Δ must be a finite number ≥ 0")
+#: the grammar of ``--delta`` (and of the agent's ``delta`` key), as its errors and help say it
+DELTA_GRAMMAR = "[METRIC=]VALUE[%]"
+
+
+@dataclass(frozen=True)
+class Relative:
+    """A Δ given as ``P%``: ``fraction`` × the mean magnitude of each series it applies to (the
+    series' finite values), which only a command that has the whole series can resolve."""
+
+    fraction: float
+
+    def __str__(self) -> str:
+        return f"{self.fraction * 100:g}%"
+
+    def __format__(self, spec: str) -> str:  # f"{delta:g}" prints "5%"
+        return str(self)
+
+
+def plain_deltas(deltas: Mapping[str, float | Relative] | None) -> dict[str, float | str] | None:
+    """``deltas`` as JSON holds them: a :class:`Relative` Δ as its text (``"5%"``)."""
+    if deltas is None:
+        return None
+    return {k: str(v) if isinstance(v, Relative) else v for k, v in deltas.items()}
+
+
+def parse_deltas(
+    items: Any,
+    source: str = "--delta",
+    relative: bool = True,
+    relative_default: bool = False,
+) -> dict[str, float | Relative]:
+    """``--delta [METRIC=]VALUE[%]`` items as {metric: Δ}, ``"*"`` for a bare VALUE (every other
+    metric): the one grammar of every command's ``--delta``.
+
+    VALUE is a finite number ≥ 0 in the metric's unit, or ``P%``: P percent of each series' mean
+    magnitude (a :class:`Relative`; ``relative_default`` makes a bare number a fraction of it,
+    ``track --relative``). Commands that track online (agent, up) cannot know a series' mean in
+    advance and pass ``relative=False``: a percentage is refused there. ``items`` is a list of
+    such strings, one string (commas separate items, as in ``$ATOMWATCH_DELTA``), or a mapping
+    {METRIC: VALUE} (the configuration file's ``delta`` table); anything else is refused,
+    naming ``source``."""
+    if isinstance(items, Mapping):
+        pairs = [(str(k), v, f"{k}={v}") for k, v in items.items()]
+    elif isinstance(items, str):
+        pairs = [_delta_item(t.strip()) for t in items.split(",") if t.strip()]
+    elif isinstance(items, (list, tuple)) and all(isinstance(i, str) for i in items):
+        pairs = [_delta_item(t) for t in items]
+    else:
+        raise ConfigError(
+            f'{source} = {items!r}: expected a table of Δ by metric, e.g. {{ CPUUtilization = 2.0, "*" = 1.0 }}, '
+            f'or a list of {DELTA_GRAMMAR} as --delta takes them, e.g. ["CPUUtilization=2", "NetworkIn=1024"]'
+        )
+    out: dict[str, float | Relative] = {}
+    for metric, value, item in pairs:
+        out[metric or "*"] = _delta_value(value, item, source, relative, relative_default)
     return out
+
+
+def _delta_item(item: str) -> tuple[str, Any, str]:
+    metric, eq, value = item.rpartition("=")
+    return (metric.strip() if eq else "*", value, item)
+
+
+def _delta_value(value: Any, item: str, source: str, relative: bool, relative_default: bool) -> float | Relative:
+    text = value.strip() if isinstance(value, str) else value
+    percent = isinstance(text, str) and text.endswith("%")
+    if percent:
+        text = text[:-1].strip()
+    try:
+        if isinstance(text, bool):
+            raise ValueError
+        number = float(text)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{source} {item!r}: {value!r} is not a number (expected {DELTA_GRAMMAR}, e.g. CPUUtilization=2 or 5%)"
+        ) from None
+    if not (number >= 0 and number != float("inf")):
+        raise ConfigError(f"{source} {item!r}: Δ must be a finite number ≥ 0, got {value!r}")
+    if not (percent or relative_default):
+        return number
+    if not relative:
+        raise ConfigError(
+            f"{source} {item!r}: a Δ in percent of each series' mean needs the whole series, which only the "
+            "offline commands (track, detect, train, evaluate) have; give Δ in the metric's unit (e.g. "
+            "CPUUtilization=2), or let the controller derive it (--mu)"
+        )
+    return Relative(number / 100 if percent else number)
 
 
 def add_replay_delta_argument(p: argparse.ArgumentParser, effect: str) -> None:
@@ -260,7 +384,7 @@ def add_replay_delta_argument(p: argparse.ArgumentParser, effect: str) -> None:
         "--delta",
         action="append",
         default=None,
-        metavar="[METRIC=]VALUE",
+        metavar=DELTA_GRAMMAR,
         help="track the data with ATOM's rule at this Δ first, as an agent would send it "
-        f"(repeatable; a bare VALUE for every other metric): {effect}",
+        f"(repeatable; a bare VALUE for every other metric; P%% of each series' mean magnitude): {effect}",
     )

@@ -75,7 +75,10 @@ __all__ = [
     "Range",
     "check_options",
     "declare_options",
+    "convert",
     "describe_options",
+    "describe_type",
+    "did_you_mean",
     "parse_bool",
     "parse_duration",
     "parse_options",
@@ -378,13 +381,39 @@ def _convert(tp: Any, value: Any) -> Any:
 # --------------------------------------------------------------------------- a whole table
 
 
+def did_you_mean(words: str | list[str], known: Any) -> str:
+    """`` (did you mean 'tick'?)`` when a known name is close to one of ``words``, else ``""``."""
+    known = sorted(str(k) for k in known)
+    close = [
+        m for w in ([words] if isinstance(words, str) else words) for m in difflib.get_close_matches(w, known, 1, 0.6)
+    ]
+    return f" (did you mean {' / '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def _unknown(plugin: str, unknown: list[str], known: list[str]) -> ConfigError:
     listed = ", ".join(repr(k) for k in unknown)
     text = f"{plugin}: unknown option{'s' if len(unknown) > 1 else ''} {listed}; known: {', '.join(known)}"
-    close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1, cutoff=0.6)]
-    if close:
-        text += f" (did you mean {' / '.join(repr(c) for c in close)}?)"
-    return ConfigError(text)
+    return ConfigError(text + did_you_mean(unknown, known))
+
+
+def convert(tp: Any, value: Any, name: str) -> Any:
+    """``value`` as a field of type ``tp`` (any type :func:`parse_options` takes, markers
+    included), by the same rules; a :class:`ConfigError` naming ``name`` otherwise: ``NAME='x'
+    is not a duration such as 300, '5min' or '6h'`` or ``NAME must be > 0, got -1``. What the
+    role options of the agent and the controller are read with (:mod:`atomwatch.settings`)."""
+    try:
+        return _convert(tp, value)
+    except _Invalid as e:
+        raise ConfigError(f"{name}={value!r} is not {e}") from None
+    except _OutOfRange as e:
+        raise ConfigError(f"{name} must be {e}, got {value!r}") from None
+
+
+def describe_type(tp: Any) -> str:
+    """What a value of type ``tp`` must be, as the error messages word it (``a duration such as …``)."""
+    text = _describe(tp)
+    rules = _rules(tp)
+    return f"{text} ({rules})" if rules else text
 
 
 def parse_options(plugin: str, cls: type, raw: Mapping[str, Any] | None):

@@ -1,7 +1,11 @@
-"""The name of one tracked series: which VM (or DNS server), which metric, in which unit."""
+"""The name of one tracked series: which VM (or DNS server), which metric, in which unit.
+
+Also :func:`columns_seen`, how a detector that matched no column says which ones it saw.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 #: the unit of each metric atomwatch's collectors know (CloudWatch names for VM metrics)
@@ -45,3 +49,17 @@ class SeriesKey:
         if not sep:
             return cls(vm_uuid="", vm_name="", metric=column, unit=unit)
         return cls(vm_uuid=vm, vm_name=vm, metric=metric, unit=unit)
+
+
+def columns_seen(columns: Sequence[SeriesKey], wanted: Iterable[str] = (), shown: int = 5) -> str:
+    """A few of ``columns`` by name, for a detector that matched none of them to say what it saw:
+    ``vm1.MemoryUtilization, vm1.CPUUtilization (2 columns)``; when a name ends with one of the
+    ``wanted`` metrics without being ``VM/METRIC``, a hint that the separator is ``/``."""
+    names = [c.column for c in columns]
+    text = ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
+    text = f"{text or 'none'} ({len(names)} column{'s' if len(names) != 1 else ''})"
+    near = [c.column for c in columns for m in wanted if c.metric != m and c.column.endswith(m)]
+    if near:
+        text += f"; {near[0]!r} names the metric {next(m for m in wanted if near[0].endswith(m))!r} without "
+        text += "'/': a column is named VM/METRIC"
+    return text

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import Relative
 from .detectors import DetectionRun, run_detector
 from .series import SeriesKey
 from .traces import Trace
@@ -23,7 +24,9 @@ from .tracking import AtomTracker
 from .types import DetectorFactory, Row
 
 
-def trace_rows(trace: Trace, scope: str = "offline", deltas: Mapping[str, float] | None = None) -> Iterator[Row]:
+def trace_rows(
+    trace: Trace, scope: str = "offline", deltas: Mapping[str, float | Relative] | None = None
+) -> Iterator[Row]:
     """The rows of a trace as one scope's stream (the same column tuple object for every row).
 
     With ``deltas`` (metric name → Δ, ``"*"`` for every other metric; a metric with neither is
@@ -46,11 +49,12 @@ def trace_rows(trace: Trace, scope: str = "offline", deltas: Mapping[str, float]
 
 
 def tracked_values(
-    columns: Sequence[SeriesKey], values: np.ndarray, deltas: Mapping[str, float]
+    columns: Sequence[SeriesKey], values: np.ndarray, deltas: Mapping[str, float | Relative]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the controller's copies of ``values`` (rows × columns) under ATOM's tracking, each
-    column's Δ): ``deltas`` maps a metric name to its Δ, ``"*"`` any other metric (else 0)."""
-    delta = np.array([float(deltas.get(c.metric, deltas.get("*", 0.0))) for c in columns])
+    column's Δ): ``deltas`` maps a metric name to its Δ, ``"*"`` any other metric (else 0); a
+    :class:`~atomwatch.config.Relative` Δ (``--delta 5%``) is resolved by :func:`column_deltas`."""
+    delta = column_deltas(columns, values, deltas)
     bad = [c.column for c, d in zip(columns, delta) if not (d >= 0 and np.isfinite(d))]
     if bad:
         raise ValueError(f"Δ must be a finite number ≥ 0; not so for {', '.join(bad[:5])}")
@@ -60,6 +64,25 @@ def tracked_values(
         tracker.step(row)
         out[i] = tracker.g
     return out, delta
+
+
+def column_deltas(
+    columns: Sequence[SeriesKey], values: np.ndarray, deltas: Mapping[str, float | Relative]
+) -> np.ndarray:
+    """Each column's Δ: its metric's entry of ``deltas``, else ``"*"``'s, else 0; a
+    :class:`~atomwatch.config.Relative` one is its fraction of the column's mean magnitude over
+    ``values`` (rows × columns; 0 for a column with no finite value)."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.zeros(len(columns))
+    for j, c in enumerate(columns):
+        d = deltas.get(c.metric, deltas.get("*", 0.0))
+        if isinstance(d, Relative):
+            column = values[:, j] if values.ndim == 2 and values.shape[0] else np.zeros(0)
+            finite = column[np.isfinite(column)]
+            out[j] = d.fraction * abs(float(finite.mean())) if finite.size else 0.0
+        else:
+            out[j] = float(d)
+    return out
 
 
 def detect_trace(

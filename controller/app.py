@@ -39,6 +39,7 @@ from atomwatch.config import ConfigError
 from atomwatch.detectors import detector_factories
 from atomwatch.handles import CommandFailed, Progress, ScopeStatus
 from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, wait_or_timeout
+from atomwatch.options import did_you_mean
 from atomwatch.pluginmanager import PluginManager, call_safely
 from atomwatch.types import Anomaly, Row
 
@@ -99,7 +100,8 @@ class Controller:
             unknown = [d for d in config.detectors if d not in factories]
             if unknown:
                 raise ConfigError(
-                    f"--detector {', '.join(unknown)}: no such detector; loaded: {', '.join(sorted(factories)) or 'none'}"
+                    f"--detector {', '.join(unknown)}: no such detector{did_you_mean(unknown, factories)}; "
+                    f"loaded: {', '.join(sorted(factories)) or 'none'}"
                 )
             factories = {d: factories[d] for d in config.detectors}
         self.detectors = DetectorSet(factories, config.options)

@@ -294,7 +294,7 @@ def test_a_damaged_file_is_refused_at_start_with_what_to_do(tmp_path):
     assert "is damaged (file is not a database)" in result.stderr and f"mv {garbage} {garbage}.damaged" in result.stderr
 
     result = controller_cli(tmp_path / "fine.sqlite", "--alarm-rows", "3")
-    assert result.returncode == 2 and "--alarm-rows must be at least 10" in result.stderr
+    assert result.returncode == 2 and "--alarm-rows must be ≥ 10, got '3'" in result.stderr
 
 
 # --------------------------------------------------------------------------- locked by another process

@@ -297,6 +297,18 @@ def test_plugin_maps_columns_by_name_and_fills_missing_with_the_mean(trained, re
     assert det.status()["filled"] == W and det.status()["kind"] == "cnn"
 
 
+def test_plugin_says_once_when_no_column_is_the_models(trained, caplog) -> None:
+    det = _factory("ae").create("s", {"model": str(trained["ae"][1])})
+    cols = tuple(SeriesKey.from_column(c.replace("/", ".")) for c in COLUMNS)  # vm1.CPUUtilization, …
+    with caplog.at_level("WARNING"):
+        for i in range(3 * W):
+            det.update(Row("s", i, float(i), cols, np.zeros(len(cols))))
+    said = [
+        r.getMessage() for r in caplog.records if "none of the row's columns is one of the model's" in r.getMessage()
+    ]
+    assert len(said) == 1 and COLUMNS[0].replace("/", ".") in said[0] and COLUMNS[0] in said[0]
+
+
 def test_plugin_options_are_checked(trained) -> None:
     with pytest.raises(ValueError, match="model=PATH"):
         _factory("cnn").create("s", {})

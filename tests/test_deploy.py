@@ -189,7 +189,7 @@ def test_every_example_line_is_an_option_a_table_or_a_comment():
     "text, role, expected",
     [
         ("tick = [", "agent", "not valid TOML"),
-        ('tick = "5s"', "agent", "could not convert string to float"),
+        ('tick = "5x"', "agent", "bad.toml: tick='5x' is not a duration"),
         ("[plugins.pca-spe]\nalpha = 2", "controller", "pca-spe.alpha must be in (0, 0.5), got 2"),
         ("[plugins.libvirt]\nurl = 'qemu:///system'", "agent", "libvirt: unknown option 'url'"),
         ('controller_key = "/nonexistent/command-signing.pub"', "agent", "/nonexistent/command-signing.pub"),

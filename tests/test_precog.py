@@ -417,3 +417,36 @@ def test_default_ignores_a_clean_daily_rhythm_the_reference_alarms_on(amplitude,
     hits = run_both(t, v)
     assert hits["precog-reference"].size > 0
     assert hits["precog"].size == 0
+
+
+def test_matching_no_column_is_said_once_per_scope_naming_the_columns(tmp_path, caplog):
+    """Columns named ``vm1.MemoryUtilization`` (a dot, not VM/METRIC): precog watches nothing and
+    says so once, with the columns it saw, in ``atomwatch detect`` as in the controller."""
+    from atomwatch.traces import write_trace
+
+    path = tmp_path / "dots.csv"
+    values = np.column_stack([np.linspace(40, 90, 300), np.full(300, 5.0)])
+    write_trace(path, ["vm1.MemoryUtilization", "vm1.CPUUtilization"], values)
+    out = subprocess.run(
+        [sys.executable, "-m", "atomwatch", "detect", str(path), "--detector", "precog"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("watches nothing") == 1, out.stderr
+    assert "precog scope 'dots': no column's metric is MemoryUtilization (option precog.metrics)" in out.stderr
+    assert "vm1.MemoryUtilization, vm1.CPUUtilization (2 columns)" in out.stderr
+    assert "a column is named VM/METRIC" in out.stderr
+    # once per scope: a second scope says it again, a watched column says nothing
+    cols = tuple(SeriesKey.from_column(c) for c in ("vm1.MemoryUtilization", "vm1.CPUUtilization"))
+    with caplog.at_level("WARNING"):
+        for scope in ("a", "b"):
+            det = factory("precog").create(scope, {})
+            for i in range(50):
+                det.update(Row(scope, i, float(i), cols, np.array([50.0, 5.0])))
+        det = factory("precog").create("c", {})
+        det.update(Row("c", 0, 0.0, (VM1,), np.array([50.0])))
+    said = [r.getMessage() for r in caplog.records if "watches nothing" in r.getMessage()]
+    assert [m.split("'")[1] for m in said] == ["a", "b"]

@@ -89,8 +89,8 @@ def test_gamma_changes_atom_only(tmp_path: Path) -> None:
     [
         (["missing.csv", "--delta", "1"], "missing.csv: no such file"),
         (["{trace}", "--delta", "abc"], "'abc' is not a number"),
-        (["{trace}", "--delta", "-1"], "'-1' must be ≥ 0"),
-        (["{trace}", "--delta", "nan"], "'nan' must be a finite number"),
+        (["{trace}", "--delta", "-1"], "--delta '-1': Δ must be a finite number ≥ 0, got '-1'"),
+        (["{trace}", "--delta", "nan"], "--delta 'nan': Δ must be a finite number ≥ 0, got 'nan'"),
         (["{trace}", "--delta", "1", "--gamma", "5%"], "γ is a resolution"),
         (["{trace}"], "--delta"),
     ],

@@ -188,7 +188,15 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"atomwatch: {e}", file=sys.stderr)
         return 2
     parser = build_parser(command if command in COMMANDS or command in extra else None, extra)
+    tail: list[str] = []
+    if "--" in argv:  # the options after "--" go whole to a subcommand that takes them (config check)
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    if tail:
+        if not hasattr(args, "role_args"):
+            parser.error(f"unrecognized arguments: -- {' '.join(tail)}")
+        args.role_args = tail
     if not args.command:
         parser.print_help()
         return 2
@@ -197,8 +205,9 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command in extra:
             return int(extra[args.command].run(args, _Context()) or 0)
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
-    except ConfigError as e:
-        print(f"atomwatch {args.command}: {e}", file=sys.stderr)
+    except ConfigError as e:  # one line per problem (a configuration file may have several)
+        for line in str(e).splitlines() or [""]:
+            print(f"atomwatch {args.command}: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,16 +1,41 @@
-"""Arguments several subcommands share: broker, site, plugins, options, config file."""
+"""Arguments several subcommands share: broker, site, plugins, options, config file.
+
+Also the keys the agent and the controller share (:data:`BROKER_KEYS`, :data:`SESSION_KEYS`), and
+the checks of a configuration file every command taking ``--config`` runs: unknown keys and
+tables (:func:`options`), and the ``[plugins.NAME]`` tables against the loaded plugins
+(:func:`plugin_manager`). The rules: ``docs/configuration.md``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from atomwatch.config import PASSWORD_ENV, BrokerAddress, load_file, plugin_options
-from atomwatch.options import check_options
+from atomwatch.config import PASSWORD_ENV, BrokerAddress, ConfigError, file_tables, load_file, plugin_options
+from atomwatch.options import Duration, Range, declared_options, did_you_mean, parse_options
 from atomwatch.pluginmanager import PluginManager, get_plugin_manager
+from atomwatch.settings import Key, unknown_keys
+
+#: the broker and its TLS files and credentials (``--broker``, ``--broker-ca`` …; keys of both roles)
+BROKER_KEYS = (
+    Key("broker", expected="a URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+    Key("broker_ca", expected="a file (PEM)"),
+    Key("broker_cert", expected="a file (PEM)"),
+    Key("broker_key", expected="a file (PEM)"),
+    Key("broker_username", expected="a user name"),
+    Key("broker_password_file", expected="a file"),
+)
+#: a positive duration: seconds, or text such as "10s", "5min", "1h"
+POSITIVE_DURATION = Annotated[float, Duration, Range(gt=0)]
+DURATION = Annotated[float, Duration]
+#: the keys of add_session_arguments besides the broker's (``site`` differs: one for the agent,
+#: a list for the controller)
+SESSION_KEYS = (Key("tick", POSITIVE_DURATION), Key("duration", DURATION))
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +48,8 @@ def add_plugin_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PLUGIN.OPTION=VALUE",
-        help="an option of a plugin (repeatable), e.g. --set libvirt.uri=qemu:///system",
+        help="an option of a plugin (repeatable; it wins over the file's [plugins.PLUGIN] table), e.g. "
+        "--set libvirt.uri=qemu:///system",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file: top-level keys as the options, [plugins.NAME] tables")
 
@@ -37,8 +63,10 @@ def add_session_arguments(p: argparse.ArgumentParser, tick: float) -> None:
     )
     add_broker_tls_arguments(p)
     p.add_argument("--site", help="site name: the topic level above hosts (default: default)")
-    p.add_argument("--tick", type=float, help=f"seconds between ticks (default {tick:g})")
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument(
+        "--tick", metavar="DURATION", help=f"time between ticks: seconds, or e.g. 10s, 1min (default {tick:g})"
+    )
+    p.add_argument("--duration", metavar="DURATION", help="stop after this long: seconds, or e.g. 30s, 5min, 1h")
 
 
 def add_message_size_argument(p: argparse.ArgumentParser) -> None:
@@ -66,15 +94,15 @@ def add_broker_tls_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def broker_address(args: argparse.Namespace, file_config: dict[str, Any], url: str) -> BrokerAddress:
-    """``url`` with the ``--broker-*`` options (command line, else the config file)."""
+def broker_address(values: Mapping[str, Any], url: str) -> BrokerAddress:
+    """``url`` with the ``--broker-*`` options (resolved values of :data:`BROKER_KEYS`)."""
     return BrokerAddress.parse(
         url,
-        ca=pick(args, file_config, "broker_ca", None),
-        cert=pick(args, file_config, "broker_cert", None),
-        key=pick(args, file_config, "broker_key", None),
-        username=pick(args, file_config, "broker_username", None),
-        password_file=pick(args, file_config, "broker_password_file", None),
+        ca=values.get("broker_ca"),
+        cert=values.get("broker_cert"),
+        key=values.get("broker_key"),
+        username=values.get("broker_username"),
+        password_file=values.get("broker_password_file"),
     )
 
 
@@ -103,26 +131,105 @@ def warn_identity(broker: BrokerAddress, expected: str, role: str) -> None:
         )
 
 
-def plugin_manager(args: argparse.Namespace, plugin_opts: dict[str, dict[str, Any]] | None = None) -> PluginManager:
-    """The plugins; with ``plugin_opts``, every table of a plugin that declared its options is
-    checked now (:func:`atomwatch.check_options`), so a bad option stops the command before
-    anything starts instead of failing later inside a hook."""
-    dirs = args.plugins_dir or os.environ.get("ATOMWATCH_PLUGINS_DIR")
+def plugin_manager(
+    args: argparse.Namespace,
+    plugin_opts: dict[str, dict[str, Any]] | None = None,
+    file_config: Mapping[str, Any] | None = None,
+) -> PluginManager:
+    """The plugins; with ``plugin_opts``, every table is checked now against the loaded plugins
+    (:func:`plugin_problems`), so a bad option stops the command before anything starts instead
+    of failing later inside a hook."""
+    dirs = getattr(args, "plugins_dir", None) or os.environ.get("ATOMWATCH_PLUGINS_DIR")
     pm = get_plugin_manager(plugins_dir=dirs)
     if plugin_opts is not None:
-        check_options(plugin_opts)
+        problems = plugin_problems(pm, plugin_opts, file_config or {}, getattr(args, "config", None))
+        if problems:
+            raise ConfigError("\n".join(problems))
     return pm
 
 
-def options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(the config file's top-level values, the merged plugin options)."""
-    file_config = load_file(getattr(args, "config", None))
-    return file_config, plugin_options(file_config, getattr(args, "settings", []))
+def _unchecked_tables(pm: PluginManager) -> set[str]:
+    """Table names of loaded plugins that declared no options (theirs are read unchecked): the
+    plugin's name and its detectors' names."""
+    declared_by = {cls.__module__ for cls in declared_options().values()}
+    out: set[str] = set()
+    quiet: set[str] = set()
+    for name, plugin in pm.list_name_plugin():
+        module = getattr(plugin, "__name__", None) or type(plugin).__module__
+        if not any(m == module or m.startswith(module + ".") for m in declared_by):
+            out.add(name)
+            quiet.add(name)
+    if quiet:
+        from atomwatch.pluginmanager import call_safely
+
+        for plugin, factories in call_safely(pm, "register_detectors"):
+            if plugin in quiet:
+                out.update(n for f in factories or [] if isinstance(n := getattr(f, "name", None), str))
+    return out
 
 
-def pick(args: argparse.Namespace, file_config: dict[str, Any], name: str, default: Any) -> Any:
-    """A value from the command line, else the config file, else the default."""
-    value = getattr(args, name, None)
-    if value is not None:
-        return value
-    return file_config.get(name, default)
+def plugin_problems(
+    pm: PluginManager, plugin_opts: Mapping[str, Mapping[str, Any]], file_config: Mapping[str, Any], path: str | None
+) -> list[str]:
+    """One line per problem of the plugin tables: a table no loaded plugin reads (with the loaded
+    ones' names), and every option a plugin that declared its options refuses
+    (:func:`atomwatch.parse_options`). A problem of the file names it and the table."""
+    declared = declared_options()
+    try:
+        in_file = file_tables(file_config, path)
+    except ConfigError as e:
+        return [str(e)]
+    problems = []
+    unknown = [name for name in plugin_opts if name not in declared]
+    known = set(declared)
+    if unknown:
+        known |= _unchecked_tables(pm)
+    for name in unknown:
+        if name in known:
+            continue
+        where = f"{path}: [plugins.{name}]" if name in in_file else f"--set {name}.KEY=VALUE"
+        problems.append(
+            f"{where}: unknown plugin table {name!r}{did_you_mean(name, known)}; the loaded plugins' tables: "
+            + ", ".join(sorted(known))
+        )
+    for name, table in plugin_opts.items():
+        cls = declared.get(name)
+        if cls is None:
+            continue
+        if name in in_file:
+            try:
+                parse_options(name, cls, in_file[name])
+            except ConfigError as e:
+                problems.append(f"{path}: [plugins.{name}]: {e}")
+                continue
+        try:
+            parse_options(name, cls, table)
+        except ConfigError as e:
+            problems.append(str(e))
+    return problems
+
+
+def role_keys() -> tuple[Key, ...]:
+    """The options of both roles (what ``up``, ``detect`` and ``plot`` accept in a ``--config``
+    file: one file may serve them all)."""
+    from . import agent, controller
+
+    return tuple({k.name: k for k in (*agent.KEYS, *controller.KEYS)}.values())
+
+
+def options(
+    args: argparse.Namespace,
+    keys: Iterable[Key] | None = None,
+    role: str = "",
+    default_plugin: str | None = None,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the config file's top-level values, the merged plugin options). With ``keys`` (the
+    options the command reads from the file), a key or table of the file that is none of them is
+    refused, every one at once (:func:`atomwatch.settings.unknown_keys`)."""
+    path = getattr(args, "config", None)
+    file_config = load_file(path)
+    if keys is not None:
+        problems = unknown_keys(file_config, path, [k.name for k in keys], role)
+        if problems:
+            raise ConfigError("\n".join(problems))
+    return file_config, plugin_options(file_config, getattr(args, "settings", []), default_plugin, path)

@@ -1,21 +1,71 @@
-"""``atomwatch agent``: the process of one hypervisor."""
+"""``atomwatch agent``: the process of one hypervisor.
+
+Its options (:data:`KEYS`) come from the command line, then ``$ATOMWATCH_KEY_NAME``, then the
+``--config`` file, then the defaults of :class:`atomwatch.agent.config.AgentConfig`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
+from typing import Annotated
+
+from atomwatch.config import DELTA_GRAMMAR, parse_deltas, parse_size
+from atomwatch.options import Range
+from atomwatch.protocol import MIN_MESSAGE_SIZE
+from atomwatch.settings import Key
 
 from ._common import (
+    BROKER_KEYS,
+    DEFAULT_BROKER,
+    DURATION,
+    POSITIVE_DURATION,
+    SESSION_KEYS,
     add_message_size_argument,
     add_plugin_arguments,
     add_session_arguments,
     broker_address,
     options,
-    pick,
     plugin_manager,
     warn_identity,
+)
+
+
+def _size(value, where: str) -> int:
+    return parse_size(value, where, MIN_MESSAGE_SIZE)
+
+
+def _bytes(value, where: str) -> int:
+    return parse_size(value, where, 0)
+
+
+def _deltas(value, where: str) -> dict:
+    return parse_deltas(value, where, relative=False)
+
+
+#: the agent's options: a key of its configuration file each, also ``--KEY-NAME`` and
+#: ``$ATOMWATCH_KEY_NAME`` (the flag wins over the variable, which wins over the file)
+KEYS = (
+    *BROKER_KEYS,
+    Key("site", expected="a site name"),
+    *SESSION_KEYS,
+    Key("host", expected="a host name"),
+    Key(
+        "delta",
+        parse=_deltas,
+        expected=f'a table {{ METRIC = VALUE, "*" = VALUE }} or a list of "{DELTA_GRAMMAR}" (no %: the agent '
+        "tracks online)",
+    ),
+    Key("gamma", Annotated[float, Range(ge=0)]),
+    Key("controller_key", tuple[str, ...], expected="a file, or a list of files (comma-separated in the variable)"),
+    Key("command_lifetime", POSITIVE_DURATION),
+    Key("command_skew", DURATION),
+    Key("max_message_size", parse=_size, expected="a number of bytes, e.g. 524288 or 512KiB"),
+    Key("metrics", expected='"[HOST:]PORT", or "off"'),
+    Key("backlog_frames", Annotated[int, Range(ge=0)]),
+    Key("backlog_bytes", parse=_bytes, expected="a number of bytes, e.g. 67108864 or 64MiB"),
+    Key("backlog_dir", expected="a folder"),
 )
 
 
@@ -26,10 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--delta",
         action="append",
-        metavar="[METRIC=]VALUE",
-        help="tracking error Δ, in the metric's unit, for one metric or (without METRIC=) every metric",
+        metavar="[METRIC=]VALUE[%]",
+        help="tracking error Δ, in the metric's unit, for one metric or (without METRIC=) every metric (repeatable; "
+        "a P%% is refused here: it needs a series' mean, which an agent does not know in advance)",
     )
-    p.add_argument("--gamma", type=float, help="resolution that ends a tracking round (default: float resolution)")
+    p.add_argument("--gamma", help="resolution that ends a tracking round (default: float resolution)")
     add_key_arguments(p)
     add_message_size_argument(p)
     p.add_argument(
@@ -40,7 +91,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backlog-frames",
-        type=int,
         metavar="N",
         help="while the broker is unreachable keep up to N ticks to send once it is back, oldest dropped first "
         "(default 8640, a day of 10 s ticks; 0: keep none)",
@@ -68,58 +118,52 @@ def add_key_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--command-lifetime",
-        type=float,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="refuse a signed command valid for longer than this (+ skew) (default 60)",
     )
     p.add_argument(
         "--command-skew",
-        type=float,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="clock difference allowed with the controller when checking a command's dates (default 30)",
     )
 
 
-def controller_keys(args: argparse.Namespace, file_config: dict) -> list:
-    """The trusted public keys: --controller-key, else the config file's controller_key (a path or a
-    list), else $ATOMWATCH_CONTROLLER_KEY (paths separated by ','); empty if none is given."""
+def controller_keys(paths) -> list:
+    """The trusted public keys of ``paths`` (--controller-key, $ATOMWATCH_CONTROLLER_KEY with
+    paths separated by ',', or the file's controller_key: a path or a list); empty if none."""
     from atomwatch import signing
 
-    paths = getattr(args, "controller_key", None) or file_config.get("controller_key")
-    if not paths:
-        paths = os.environ.get("ATOMWATCH_CONTROLLER_KEY") or []
-    if isinstance(paths, str):
-        paths = [paths]
-    return [k for p in paths for k in signing.load_public_keys(p)]
+    return [k for p in paths or () for k in signing.load_public_keys(p)]
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
     from atomwatch.agent.config import AgentConfig
-    from atomwatch.config import parse_deltas
+    from atomwatch.settings import resolve
 
-    broker = pick(args, file_config, "broker", os.environ.get("ATOMWATCH_BROKER", "mqtt://127.0.0.1:1883"))
+    v = resolve(KEYS, args, file_config, getattr(args, "config", None))
     kwargs = dict(
-        broker=broker_address(args, file_config, overrides.pop("broker", broker)),
-        site=pick(args, file_config, "site", "default"),
-        tick=float(pick(args, file_config, "tick", 10.0)),
-        deltas=parse_deltas(getattr(args, "delta", None) or file_config.get("delta")),
-        gamma=float(pick(args, file_config, "gamma", 0.0)),
+        broker=broker_address(v, overrides.pop("broker", v.get("broker", DEFAULT_BROKER))),
+        site=v.get("site", "default"),
+        tick=v.get("tick", 10.0),
+        deltas=v.get("delta", {}),
+        gamma=v.get("gamma", 0.0),
         options=plugin_opts,
-        duration=pick(args, file_config, "duration", None),
+        duration=v.get("duration"),
     )
-    host = pick(args, file_config, "host", None)
-    if host:
-        kwargs["host"] = host
-    for name in ("command_lifetime", "command_skew"):
-        value = pick(args, file_config, name, None)
-        if value is not None:
-            kwargs[name] = float(value)
-    for name in ("max_message_size", "metrics", "backlog_frames", "backlog_bytes", "backlog_dir"):
-        value = pick(args, file_config, name, None)
-        if value is not None:
-            kwargs[name] = value
+    for name in (
+        "host",
+        "command_lifetime",
+        "command_skew",
+        "max_message_size",
+        "metrics",
+        "backlog_frames",
+        "backlog_bytes",
+        "backlog_dir",
+    ):
+        if v.get(name) is not None and v.get(name) != "":
+            kwargs[name] = v[name]
     if "controller_key" not in overrides:
-        kwargs["controller_key"] = controller_keys(args, file_config) or None
+        kwargs["controller_key"] = controller_keys(v.get("controller_key")) or None
     kwargs.update(overrides)
     config = AgentConfig(**kwargs)
     warn_identity(config.broker, config.host, "agent's --host")
@@ -129,9 +173,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
 def run(args: argparse.Namespace) -> int:
     from atomwatch.agent.runtime import Agent
 
-    file_config, plugin_opts = options(args)
+    file_config, plugin_opts = options(args, KEYS, "agent")
     config = build_config(args, file_config, plugin_opts)
-    agent = Agent(config, plugin_manager(args, plugin_opts))
+    agent = Agent(config, plugin_manager(args, plugin_opts, file_config))
     if not agent.sampler.slots:
         from atomwatch.plugins.libvirt_collector import INSTALL_HINT
 

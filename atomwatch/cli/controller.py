@@ -1,24 +1,89 @@
-"""``atomwatch controller``: watch one or more sites."""
+"""``atomwatch controller``: watch one or more sites.
+
+Its options (:data:`KEYS`) come from the command line, then ``$ATOMWATCH_KEY_NAME``, then the
+``--config`` file, then the defaults of :class:`atomwatch.controller.config.ControllerConfig`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+from typing import Annotated, Literal
 
-from atomwatch.config import ConfigError
-from atomwatch.options import parse_duration
-from atomwatch.protocol import CONTROLLER_HOST
+from atomwatch.config import ConfigError, parse_size
+from atomwatch.options import Range, parse_duration
+from atomwatch.protocol import CONTROLLER_HOST, MIN_MESSAGE_SIZE
+from atomwatch.settings import Key
 
 from ._common import (
+    BROKER_KEYS,
+    DEFAULT_BROKER,
+    DURATION,
+    POSITIVE_DURATION,
+    SESSION_KEYS,
     add_message_size_argument,
     add_plugin_arguments,
     add_session_arguments,
     broker_address,
     options,
-    pick,
     plugin_manager,
     warn_identity,
+)
+
+
+def _size(value, where: str) -> int:
+    return parse_size(value, where, MIN_MESSAGE_SIZE)
+
+
+def _days(value, where: str) -> float:
+    """A number of days, or a duration with its unit ('30d', '12h'), as days."""
+    expected = "a number of days or a duration such as '30d' or '12h'"
+    if isinstance(value, str) and value.strip() and not value.strip().replace(".", "", 1).isdigit():
+        try:
+            return parse_duration(value, where) / 86400
+        except ConfigError:
+            raise ConfigError(f"{where}={value!r} is not {expected}") from None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        days = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}={value!r} is not {expected}") from None
+    if not days >= 0 or days == float("inf"):
+        raise ConfigError(f"{where} must be 0 (keep forever) or a finite number of days, got {value!r}")
+    return days
+
+
+_COUNT = Annotated[int, Range(ge=1)]
+_SIZE = "a number of bytes, e.g. 524288 or 512KiB"
+
+#: the controller's options: a key of its configuration file each, also ``--KEY-NAME`` and
+#: ``$ATOMWATCH_KEY_NAME`` (the flag wins over the variable, which wins over the file)
+KEYS = (
+    *BROKER_KEYS,
+    Key("site", tuple[str, ...], expected="a site name, or several: a list or a comma-separated string"),
+    *SESSION_KEYS,
+    Key("detectors", tuple[str, ...], option="--detector"),
+    Key("db", expected='a file (SQLite), or ":memory:"'),
+    Key("alarm_rows", Annotated[int, Range(ge=10)]),
+    Key("alarm_retention", parse=_days, expected="a number of days (0: forever) or a duration such as '30d'"),
+    Key("alarm_pending", _COUNT),
+    Key("http", expected='"HOST:PORT", or "off"'),
+    Key("http_tokens", expected="a file"),
+    Key("http_cert", expected="a file (PEM)"),
+    Key("http_key", expected="a file (PEM)"),
+    Key("http_insecure", bool),
+    Key("mu", Annotated[float, Range(gt=0, lt=1)]),
+    Key("max_message_size", parse=_size, expected=_SIZE),
+    Key("max_reply_size", parse=_size, expected=_SIZE),
+    Key("max_series_per_host", _COUNT),
+    Key("max_columns_per_scope", _COUNT),
+    Key("max_pending_commands", _COUNT),
+    Key("max_pending_commands_per_host", _COUNT),
+    Key("rows", Literal["tick", "data"]),
+    Key("alarm_log_every", DURATION),
+    Key("signing_key", expected="a file (PEM)"),
+    Key("command_lifetime", POSITIVE_DURATION),
 )
 
 
@@ -39,25 +104,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the command-signing private key (PKCS#8 PEM, mode 0600), e.g. DIR/controller/command-signing.key "
         "(default: $ATOMWATCH_SIGNING_KEY; none: commands go unsigned and agents refuse them)",
     )
-    p.add_argument(
-        "--command-lifetime", type=float, metavar="SECONDS", help="how long a command stays valid (default 60)"
-    )
+    p.add_argument("--command-lifetime", metavar="DURATION", help="how long a command stays valid (default 60)")
 
 
 def add_controller_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="alarms file (default: $ATOMWATCH_DB or ~/.local/state/atomwatch/alarms.sqlite)")
     p.add_argument(
         "--alarm-rows",
-        type=int,
         metavar="N",
         help="abnormal rows kept per alarm: the first tenth and the latest (default 1000)",
     )
     p.add_argument(
-        "--alarm-retention", type=float, metavar="DAYS", help="keep closed alarms this long (default 30; 0: forever)"
+        "--alarm-retention",
+        metavar="DAYS",
+        help="keep closed alarms this long: days, or e.g. 12h, 2w (default 30; 0: forever)",
     )
     p.add_argument(
         "--alarm-pending",
-        type=int,
         metavar="N",
         help="anomalies kept in memory while the alarms file cannot be written (default 10000)",
     )
@@ -76,9 +139,7 @@ def add_controller_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="listen on a non-loopback --http without TLS and a tokens file all the same (not recommended)",
     )
-    p.add_argument(
-        "--mu", type=float, help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents"
-    )
+    p.add_argument("--mu", help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents")
     add_message_size_argument(p)
     p.add_argument(
         "--max-reply-size",
@@ -103,7 +164,7 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
             "commands awaiting their reply at once, to one host",
         ),
     ):
-        p.add_argument(flag, type=int, metavar="N", help=f"{what} (default {default})")
+        p.add_argument(flag, metavar="N", help=f"{what} (default {default})")
     p.add_argument(
         "--rows",
         choices=("tick", "data"),
@@ -119,55 +180,30 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict, **overrides):
-    from atomwatch.controller.config import ControllerConfig
+    from atomwatch.controller.config import LIMITS, ControllerConfig
+    from atomwatch.settings import resolve
 
-    broker = pick(args, file_config, "broker", os.environ.get("ATOMWATCH_BROKER", "mqtt://127.0.0.1:1883"))
-    site = pick(args, file_config, "site", "default")
+    v = resolve(KEYS, args, file_config, getattr(args, "config", None))
     kwargs = dict(
-        broker=broker_address(args, file_config, overrides.pop("broker", broker)),
-        sites=[s for s in str(site).split(",") if s],
-        tick=float(pick(args, file_config, "tick", 10.0)),
-        detectors=list(getattr(args, "detectors", None) or file_config.get("detectors") or []),
+        broker=broker_address(v, overrides.pop("broker", v.get("broker", DEFAULT_BROKER))),
+        sites=list(v.get("site") or ["default"]),
+        tick=v.get("tick", 10.0),
+        detectors=list(v.get("detectors") or []),
         options=plugin_opts,
-        duration=pick(args, file_config, "duration", None),
-        mu=pick(args, file_config, "mu", None),
+        duration=v.get("duration"),
+        mu=v.get("mu"),
     )
-    db = pick(args, file_config, "db", None)
-    if db:
-        kwargs["db"] = db
-    for name, kind in (("alarm_rows", int), ("alarm_retention", float), ("alarm_pending", int)):
-        value = pick(args, file_config, name, None)
-        if value is not None:
-            try:
-                kwargs[name] = kind(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name} = {value!r}: expected a number") from None
-    http = pick(args, file_config, "http", "127.0.0.1:8470")
+    http = v.get("http", "127.0.0.1:8470")
     kwargs["http"] = None if http == "off" else http
-    for name in ("http_tokens", "http_cert", "http_key"):
-        kwargs[name] = pick(args, file_config, name, None)
-    kwargs["http_insecure"] = bool(pick(args, file_config, "http_insecure", False))
-    from atomwatch.controller.config import LIMITS
+    kwargs["http_insecure"] = bool(v.get("http_insecure", False))
+    names = ("db", "alarm_rows", "alarm_retention", "alarm_pending", "http_tokens", "http_cert", "http_key")
+    for name in (*names, "max_message_size", "max_reply_size", *LIMITS, "rows", "alarm_log_every", "command_lifetime"):
+        if v.get(name) is not None and v.get(name) != "":
+            kwargs[name] = v[name]
+    if "signing_key" not in overrides and v.get("signing_key"):
+        from atomwatch import signing
 
-    for name in ("max_message_size", "max_reply_size", *LIMITS):
-        value = pick(args, file_config, name, None)
-        if value is not None:
-            kwargs[name] = value
-    rows = pick(args, file_config, "rows", None)
-    if rows is not None:
-        kwargs["rows"] = rows
-    every = pick(args, file_config, "alarm_log_every", None)
-    if every is not None:
-        kwargs["alarm_log_every"] = parse_duration(every, "alarm_log_every")
-    lifetime = pick(args, file_config, "command_lifetime", None)
-    if lifetime is not None:
-        kwargs["command_lifetime"] = float(lifetime)
-    if "signing_key" not in overrides:
-        path = pick(args, file_config, "signing_key", None) or os.environ.get("ATOMWATCH_SIGNING_KEY")
-        if path:
-            from atomwatch import signing
-
-            kwargs["signing_key"] = signing.load_private_key(path)
+        kwargs["signing_key"] = signing.load_private_key(v["signing_key"])
     kwargs.update(overrides)
     config = ControllerConfig(**kwargs)
     warn_identity(config.broker, CONTROLLER_HOST, "controller's identity")
@@ -177,7 +213,8 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
 def run(args: argparse.Namespace) -> int:
     from atomwatch.controller.app import Controller
 
-    file_config, plugin_opts = options(args)
-    controller = Controller(build_config(args, file_config, plugin_opts), plugin_manager(args, plugin_opts))
+    file_config, plugin_opts = options(args, KEYS, "controller")
+    config = build_config(args, file_config, plugin_opts)
+    controller = Controller(config, plugin_manager(args, plugin_opts, file_config))
     asyncio.run(controller.run())
     return 0

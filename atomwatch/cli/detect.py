@@ -2,7 +2,8 @@
 
 The detector is looked up by name among the detectors every loaded plugin registers (hook
 ``register_detectors``), created for one scope with the options given by ``--set KEY=VALUE``
-(or ``--set DETECTOR.KEY=VALUE``, or a ``[plugins.DETECTOR]`` table of ``--config``), and fed the
+(the ``--set PLUGIN.KEY=VALUE`` of every command, where a bare ``KEY=VALUE`` is the detector's, or
+a ``[plugins.DETECTOR]`` table of ``--config``, checked as the roles check theirs), and fed the
 trace row by row exactly as the controller feeds it (:mod:`atomwatch.detectors`). Rows are counted
 from 0 after the header. With ``--labels FILE`` (or the recording's ``labels.csv``) it also
 prints point-wise and point-adjusted precision, recall, F1 and the confusion matrix
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atomwatch.config import ConfigError, add_replay_delta_argument, load_file, parse_deltas, parse_value
+from atomwatch.config import ConfigError, add_replay_delta_argument, parse_deltas
 
 if TYPE_CHECKING:  # the rest (numpy with it) is imported by run(): ``detect --help`` stays quick
     from atomwatch.detectors import DetectionRun
@@ -38,10 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="settings",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="a detector option (repeatable), e.g. --set t=360 --set alpha=0.005; DETECTOR.KEY=VALUE works too",
+        metavar="[PLUGIN.]KEY=VALUE",
+        help="a plugin option (repeatable), PLUGIN.KEY=VALUE as in every command; a bare KEY=VALUE is the "
+        "detector's: --set t=360 is --set pca-spe.t=360",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML file whose [plugins.DETECTOR] table gives options")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file whose [plugins.DETECTOR] table gives options (a role's file will do)",
+    )
     parser.add_argument("--plugins-dir", metavar="DIR", help="also load every *.py plugin file of DIR")
     parser.add_argument(
         "--labels",
@@ -55,24 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_replay_delta_argument(parser, "the detector sees the controller's copies and their Δ, as live")
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    file_cfg = load_file(args.config)
-    table = (file_cfg.get("plugins") or {}).get(args.detector) or {}
-    if not isinstance(table, dict):
-        raise ConfigError(f"--config {args.config!r}: [plugins.{args.detector}] must be a table")
-    opts = dict(table)
-    for item in args.settings:
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (or {args.detector}.KEY=VALUE)")
-        plugin, dot, option = key.partition(".")
-        if dot:
-            if plugin != args.detector:
-                continue  # an option of another plugin: not this run's business
-            key = option
-        opts[key] = parse_value(value)
-    return opts
+def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the --config file, every plugin's options: its [plugins.NAME] tables and --set, where a
+    bare KEY=VALUE is the detector's)."""
+    from ._common import options, role_keys
+
+    return options(args, role_keys(), "detect", default_plugin=args.detector)
 
 
 def _finite(v: Any) -> Any:
@@ -142,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     except TraceError as e:
         return fail(str(e))
     try:
-        opts = _options(args)
+        file_config, plugin_opts = _options(args)
         deltas = parse_deltas(args.delta) if args.delta else None
     except ConfigError as e:
         return fail(str(e))
@@ -151,6 +145,14 @@ def run(args: argparse.Namespace) -> int:
         pm = get_plugin_manager(plugins_dir=plugins_dir)
     except FileNotFoundError as e:
         return fail(str(e))
+    from ._common import plugin_problems
+
+    problems = plugin_problems(pm, plugin_opts, file_config, args.config)
+    if problems:
+        for line in problems:
+            fail(line)
+        return 2
+    opts = plugin_opts.get(args.detector, {})
     try:
         factory = find_factory(pm, args.detector)
     except UnknownDetector as e:

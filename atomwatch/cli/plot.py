@@ -15,12 +15,12 @@ import sys
 
 import numpy as np
 
-from atomwatch.config import ConfigError, plugin_options
+from atomwatch.config import ConfigError
 from atomwatch.detectors import UnknownDetector, anomalies_of, find_factory
 from atomwatch.trace_rows import trace_rows
 from atomwatch.traces import TraceError, read_labels, read_trace, resolve
 
-from ._common import add_plugin_arguments, plugin_manager
+from ._common import add_plugin_arguments, options, plugin_manager, role_keys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,11 +70,13 @@ def run(args: argparse.Namespace) -> int:
         trace = read_trace(args.data)
         _, labels_path = resolve(args.data)
         labels = read_labels(args.labels or labels_path, rows=trace.rows) if (args.labels or labels_path) else None
-        factory = find_factory(plugin_manager(args), args.detector)
-        options = plugin_options({}, args.settings).get(args.detector, {})
-        detector = factory.create("offline", options)
+        file_config, plugin_opts = options(args, role_keys(), "plot", default_plugin=args.detector)
+        factory = find_factory(plugin_manager(args, plugin_opts, file_config), args.detector)
+        detector_options = plugin_opts.get(args.detector, {})
+        detector = factory.create("offline", detector_options)
     except (TraceError, UnknownDetector, ConfigError, ValueError) as e:
-        print(f"atomwatch plot: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"atomwatch plot: {line}", file=sys.stderr)
         return 2
     scores, thresholds, abnormal = series(detector, trace_rows(trace))
     x = np.arange(trace.rows)

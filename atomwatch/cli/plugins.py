@@ -13,7 +13,8 @@ import argparse
 import json
 from typing import Any
 
-from ._common import add_plugin_arguments, plugin_manager
+from ._common import add_plugin_arguments, plugin_manager, role_keys
+from ._common import options as file_options
 
 #: hook → what a plugin implementing it is
 KINDS = {
@@ -105,7 +106,8 @@ def _option_line(o: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    pm = plugin_manager(args)
+    file_config, plugin_opts = file_options(args, role_keys(), "plugins")  # --config and --set are checked
+    pm = plugin_manager(args, plugin_opts, file_config)
     if args.hooks:
         from atomwatch.pluginmanager import hook_docs
 

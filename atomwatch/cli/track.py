@@ -2,7 +2,9 @@
 
 Runs send-all, deadband, ATOM (:class:`atomwatch.tracking.AtomTracker`) and the offline optimum over
 every series of a trace and prints, per policy, the messages sent and the largest error the
-controller's copy had. ``--relative`` takes Δ as a fraction of each series' mean magnitude.
+controller's copy had. ``--delta`` has the grammar of every command (``[METRIC=]VALUE[%]``, repeatable;
+``P%`` is P percent of each series' mean magnitude); ``--relative`` makes a bare number such a
+fraction (0.05 = 5%).
 """
 
 from __future__ import annotations
@@ -15,28 +17,21 @@ from typing import Any
 
 import numpy as np
 
+from atomwatch.config import DELTA_GRAMMAR
+
 POLICIES = ("all", "deadband", "atom", "optimal")
 
 
-def _number(text: str) -> tuple[float, bool]:
-    """``D`` or ``D%`` → (value, given as a percentage)."""
-    t = text.strip()
-    percent = t.endswith("%")
-    try:
-        value = float(t[:-1] if percent else t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.5, or 5% with --relative)") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be ≥ 0")
-    return (value / 100 if percent else value), percent
-
-
 def _gamma(text: str) -> float:
-    value, percent = _number(text)
-    if percent:
+    t = text.strip()
+    if t.endswith("%"):
         raise argparse.ArgumentTypeError(f"{text!r}: γ is a resolution in the series' unit, not a percentage")
+    try:
+        value = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number ≥ 0")
     return value
 
 
@@ -45,12 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--delta",
         required=True,
-        type=_number,
-        metavar="D",
-        help="error bound Δ in each series' unit; with --relative a fraction of each series' "
-        "mean magnitude (0.05 or 5%%; a percentage implies --relative)",
+        action="append",
+        metavar=DELTA_GRAMMAR,
+        help="error bound Δ in each series' unit, for the series of METRIC or (a bare VALUE) every other one "
+        "(repeatable); P%% is P percent of each series' mean magnitude",
     )
-    parser.add_argument("--relative", action="store_true", help="Δ = D × |mean| of each series")
+    parser.add_argument(
+        "--relative",
+        action="store_true",
+        help="a bare number is a fraction of each series' mean magnitude (0.05 = 5%%)",
+    )
     parser.add_argument(
         "--gamma",
         type=_gamma,
@@ -63,14 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def series_delta(values: np.ndarray, d: float, relative: bool) -> np.ndarray:
     """Δ per series: ``d`` itself, or ``d × |mean|`` (0 for a series with no finite value)."""
-    n = values.shape[1]
-    if not relative:
-        return np.full(n, d)
-    finite = np.isfinite(values)
-    sums = np.where(finite, values, 0.0).sum(axis=0)
-    counts = finite.sum(axis=0)
-    mean = np.divide(sums, counts, out=np.zeros(n), where=counts > 0)
-    return d * np.abs(mean)
+    from atomwatch.config import Relative
+    from atomwatch.series import SeriesKey
+    from atomwatch.trace_rows import column_deltas
+
+    columns = [SeriesKey.from_column(f"s{j}") for j in range(values.shape[1])]
+    return column_deltas(columns, values, {"*": Relative(d) if relative else d})
 
 
 def compare(values: np.ndarray, delta: np.ndarray, gamma: float = 0.0) -> dict[str, dict[str, Any]]:
@@ -100,16 +97,19 @@ def compare(values: np.ndarray, delta: np.ndarray, gamma: float = 0.0) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
+    from atomwatch.config import Relative, parse_deltas, plain_deltas
+    from atomwatch.series import SeriesKey
+    from atomwatch.trace_rows import column_deltas
     from atomwatch.traces import TraceError, read_trace
 
-    d, percent = args.delta
-    relative = args.relative or percent
+    deltas = parse_deltas(args.delta, relative_default=args.relative)  # ConfigError: exit 2, one line
+    relative = any(isinstance(d, Relative) for d in deltas.values())
     try:
         trace = read_trace(args.trace)
     except TraceError as e:
         print(f"atomwatch track: {e}", file=sys.stderr)
         return 2
-    delta = series_delta(trace.values, d, relative)
+    delta = column_deltas([SeriesKey.from_column(c) for c in trace.columns], trace.values, deltas)
     policies = compare(trace.values, delta, args.gamma)
 
     if args.json:
@@ -119,13 +119,17 @@ def run(args: argparse.Namespace) -> int:
             "samples": trace.rows,
             "delta": delta.tolist(),
             "relative": relative,
+            "deltas": plain_deltas(deltas),
             "gamma": args.gamma,
             "policies": policies,
         }
         print(json.dumps(report))
         return 0
 
-    how = f"{d:g} × |mean| of each series" if relative else f"{d:g}"
+    how = ", ".join(
+        f"{'' if m == '*' else m + '='}{d:g}{' of |mean| of each series' if isinstance(d, Relative) else ''}"
+        for m, d in deltas.items()
+    )
     print(f"{trace.path}: {len(trace.columns)} series × {trace.rows} samples, Δ = {how}, γ = {args.gamma:g}")
     print(f"{'policy':<10} {'messages':>10} {'× optimal':>10} {'max error':>12}")
     for name in POLICIES:

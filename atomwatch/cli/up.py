@@ -28,11 +28,19 @@ from typing import TYPE_CHECKING
 import atomwatch
 from atomwatch.alarm import Alarm
 from atomwatch.config import ConfigError
+from atomwatch.options import declared_options
 
 from . import agent as agent_cmd
 from . import controller as controller_cmd
 from ._api import DEFAULT as DEFAULT_API
-from ._common import add_broker_tls_arguments, add_plugin_arguments, options, pick, plugin_manager
+from ._common import (
+    add_broker_tls_arguments,
+    add_plugin_arguments,
+    options,
+    plugin_manager,
+    plugin_problems,
+    role_keys,
+)
 
 if TYPE_CHECKING:
     from atomwatch.agent.runtime import Agent
@@ -56,6 +64,14 @@ UP_DETECTOR_OPTIONS = {"pca-spe": {"confirm": 3}}
 TLS_OPTIONS = ("broker_ca", "broker_cert", "broker_key", "broker_username", "broker_password_file")
 
 
+def _given(args: argparse.Namespace, file_config: dict, name: str):
+    """The value of option ``name`` a flag, ``$ATOMWATCH_…`` or the file gives (None: none does)."""
+    from atomwatch.settings import resolve
+
+    (key,) = [k for k in role_keys() if k.name == name]
+    return resolve([key], args, file_config, getattr(args, "config", None)).get(name)
+
+
 def bundled_trace() -> str:
     return str(resources.files("atomwatch") / "data" / BUNDLED_TRACE)
 
@@ -69,19 +85,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="the local agent's host name (default: this machine's)")
     p.add_argument(
         "--tick",
-        type=float,
+        metavar="DURATION",
         help=f"seconds between ticks (default {REPLAY_TICK:g} while the replay is the only collector: the "
         f"recording plays faster than recorded; else {LIVE_TICK:g})",
     )
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--duration", metavar="DURATION", help="stop after this long: seconds, or e.g. 30s, 5min")
     p.add_argument("--trace", help="CSV trace or recording folder to replay (default: the bundled lab recording)")
     p.add_argument("--speed", type=float, default=1.0, help="trace rows per tick (default 1)")
     p.add_argument("--no-replay", action="store_true", help="replay nothing; run only the live collectors")
     p.add_argument(
         "--detector", dest="detectors", action="append", metavar="NAME", help="run only this detector (repeatable)"
     )
-    p.add_argument("--delta", action="append", metavar="[METRIC=]VALUE", help="tracking error Δ (see atomwatch agent)")
-    p.add_argument("--gamma", type=float, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--delta", action="append", metavar="[METRIC=]VALUE[%]", help="tracking error Δ (see atomwatch agent)"
+    )
+    p.add_argument("--gamma", help=argparse.SUPPRESS)
     controller_cmd.add_controller_options(p)
     add_plugin_arguments(p)
 
@@ -92,20 +110,26 @@ async def _up(args: argparse.Namespace) -> None:
     from atomwatch.broker import EmbeddedBroker
     from atomwatch.controller.app import Controller
 
-    file_config, plugin_opts = options(args)
-    if not args.no_replay:
+    file_config, plugin_opts = options(args, role_keys(), "up")
+    pm = plugin_manager(args)
+    # up's own defaults go to the plugins that are loaded (ATOMWATCH_LOAD_PLUGINS may leave some out)
+    declared = declared_options()
+    if not args.no_replay and "replay" in declared:
         replay = plugin_opts.setdefault("replay", {})
         replay.setdefault("trace", args.trace or bundled_trace())
         replay.setdefault("speed", args.speed)
         replay.setdefault("loop", True)
     for plugin, defaults in UP_DETECTOR_OPTIONS.items():
         for key, value in defaults.items():
-            plugin_opts.setdefault(plugin, {}).setdefault(key, value)
-    pm = plugin_manager(args, plugin_opts)
+            if plugin in declared:
+                plugin_opts.setdefault(plugin, {}).setdefault(key, value)
+    problems = plugin_problems(pm, plugin_opts, file_config, getattr(args, "config", None))
+    if problems:
+        raise ConfigError("\n".join(problems))
     broker = None
-    url = args.broker or file_config.get("broker")
+    url = _given(args, file_config, "broker")
     if not url:
-        given = [f"--{n.replace('_', '-')}" for n in TLS_OPTIONS if pick(args, file_config, n, None)]
+        given = [f"--{n.replace('_', '-')}" for n in TLS_OPTIONS if _given(args, file_config, n)]
         if given:
             raise ConfigError(f"{', '.join(given)} need --broker: the embedded broker is plain MQTT on 127.0.0.1")
         # a password made for this run only, held in memory: no other local user can reach the broker
@@ -123,7 +147,7 @@ async def _up(args: argparse.Namespace) -> None:
             plugin_opts,
             broker=url,
             signing_key=signing_key,
-            rows=pick(args, file_config, "rows", "data"),
+            rows=_given(args, file_config, "rows") or "data",
         )
         agent_config = agent_cmd.build_config(args, file_config, plugin_opts, broker=url, controller_key=controller_key)
         if broker is not None:
@@ -166,9 +190,9 @@ def _choose_tick(args: argparse.Namespace, file_config: dict, agent: Agent) -> t
     """(the tick: --tick or the config file's, else REPLAY_TICK while the replay is the only
     collector, else LIVE_TICK; whether the replay is the only collector)."""
     replay_only = [getattr(slot.collector, "name", "?") for slot in agent.sampler.slots] == ["replay"]
-    given = pick(args, file_config, "tick", None)
+    given = _given(args, file_config, "tick")
     if given is not None:
-        return float(given), replay_only
+        return given, replay_only
     if replay_only:
         log.info(
             "tick %g s: the replay is the only collector, the recording plays %g× faster than one row a second "

@@ -25,6 +25,7 @@ event loop):
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -35,9 +36,12 @@ from typing import Annotated, Any
 import atomwatch
 from atomwatch import Anomaly, Blame, Range, Row, SeriesKey
 from atomwatch.lazy import lazy_import
+from atomwatch.series import columns_seen
 
 # numpy loads on first use, not when the plugin loads (every command that lists plugins imports this)
 np = lazy_import("numpy", globals(), "np")
+
+log = logging.getLogger(__name__)
 
 DETECTORS = {
     "ae": "convolutional autoencoder: L2 distance of the window's latent vector from the normal mean (option model=PATH)",
@@ -95,6 +99,7 @@ class DeepDetector:
         self._map: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._model_keys: list[SeriesKey] = [SeriesKey.from_column(c) for c in model.columns]
         self._row_keys: dict[int, SeriesKey] = {}
+        self._said_unmatched = False
         self.last_score: float | None = None
         self.scored = 0
         self.flagged = 0
@@ -107,6 +112,16 @@ class DeepDetector:
             self._map = (np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64))
             self._row_keys = {p[0]: columns[p[1]] for p in pairs}
             self._map_for = columns
+            if not pairs and columns and not self._said_unmatched:
+                self._said_unmatched = True  # once per scope: every row would say the same
+                log.warning(
+                    "%s scope %r: none of the row's columns is one of the model's (%s), so it scores only "
+                    "training means; the columns it saw: %s",
+                    self.name,
+                    self.scope,
+                    ", ".join(self.model.columns[:5]) + (", …" if len(self.model.columns) > 5 else ""),
+                    columns_seen(columns, {k.metric for k in self._model_keys}),
+                )
         return self._map
 
     def update(self, row: Row) -> Anomaly | None:

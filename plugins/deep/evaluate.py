@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from atomwatch.config import ConfigError, add_replay_delta_argument, parse_deltas, parse_value
+from atomwatch.config import ConfigError, add_replay_delta_argument, parse_deltas, parse_settings, plain_deltas
 from atomwatch.evaluation import point_adjust, scores
 
 ONLINE_DETECTORS = ("pca-spe", "precog")
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="settings",
         action="append",
         default=[],
-        metavar="DETECTOR.KEY=VALUE",
+        metavar="PLUGIN.KEY=VALUE",
         help="an option of an online detector in --compare, e.g. --set pca-spe.t=360",
     )
     parser.add_argument("--out", metavar="FILE", help="with --compare: also write the table to FILE (Markdown)")
@@ -208,7 +208,7 @@ def evaluate_model(
         "holdout": held,
         "test_windows": len(test),
         "whole": whole,
-        "deltas": deltas,
+        "deltas": plain_deltas(deltas),
         "trained_deltas": (meta.get("info") or {}).get("deltas"),
         **result,
     }
@@ -235,15 +235,8 @@ def _needed_rows(mask: np.ndarray, window: int) -> np.ndarray:
 
 
 def _options(settings: list[str], name: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in settings:
-        key, eq, value = item.partition("=")
-        det, dot, opt = key.strip().partition(".")
-        if not eq or not dot:
-            raise ConfigError(f"--set {item!r}: expected DETECTOR.KEY=VALUE")
-        if det == name:
-            out[opt] = parse_value(value)
-    return out
+    """Detector ``name``'s options among ``--set PLUGIN.KEY=VALUE`` (the grammar of every command)."""
+    return parse_settings(settings).get(name, {})
 
 
 def compare(
@@ -287,7 +280,12 @@ def compare(
         klass = np.array(labels.klass, dtype=object)
         mask = np.ones(trace.rows, bool) if whole else _eval_rows(trace.rows, klass, set(held), reach)
         recs.append((path, trace, labels, klass, mask))
-    out: dict[str, Any] = {"data": [str(p) for p in data], "holdout": held, "deltas": deltas, "detectors": {}}
+    out: dict[str, Any] = {
+        "data": [str(p) for p in data],
+        "holdout": held,
+        "deltas": plain_deltas(deltas),
+        "detectors": {},
+    }
     for label, name, options, window in entries:
         ys, fs, ks, ps, rs = [], [], [], [], []
         try:
@@ -363,6 +361,7 @@ def run(args: argparse.Namespace, context: Any = None) -> int:
         args.holdout_class = []
     try:
         deltas = parse_deltas(args.delta) if args.delta else None
+        parse_settings(args.settings)  # the grammar checked before any work
     except ConfigError as e:
         return _fail(str(e))
     try:

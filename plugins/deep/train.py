@@ -188,7 +188,7 @@ def run(args: argparse.Namespace, context: Any = None) -> int:
     problem = _check(args)
     if problem:
         return _fail(problem)
-    from atomwatch.config import ConfigError, parse_deltas
+    from atomwatch.config import ConfigError, parse_deltas, plain_deltas
     from atomwatch.plugins.deep.windows import WindowError, build_dataset
 
     try:  # check the data before the (slow) Keras import
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace, context: Any = None) -> int:
             {
                 "data": [str(Path(p)) for p in args.data],
                 "holdout": d.holdout,
-                "deltas": args.deltas,
+                "deltas": plain_deltas(args.deltas),
                 "split": "70/15/15 by time per recording",
                 "search": table or None,
             }

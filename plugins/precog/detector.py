@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 import atomwatch
 from atomwatch import Duration, Range
 from atomwatch.lazy import lazy_import
+from atomwatch.series import columns_seen
 from atomwatch.types import Anomaly, Blame, Row, SeriesKey
 
 from . import core
@@ -138,6 +139,7 @@ class PrecogDetector:
         self.errors = 0
         self._unit: float | None = settings.step  # seconds per Row.ts unit (rows mode)
         self._rows_mode: bool | None = None if settings.step is None else True
+        self._said_unwatched = False  # the "no column matches metrics" warning, once per scope
 
     # -- time --------------------------------------------------------------------------------
 
@@ -166,9 +168,11 @@ class PrecogDetector:
             return None
         t = self._seconds(row)
         out: list[Anomaly] = []
+        watched = False
         for j, key in enumerate(row.columns):
             if not self._watched(key):
                 continue
+            watched = True
             try:
                 v = float(row.values[j])
             except (TypeError, ValueError, IndexError):
@@ -187,6 +191,18 @@ class PrecogDetector:
                 continue
             if anomaly is not None:
                 out.append(anomaly)
+        if not watched and row.columns and not self._said_unwatched:
+            self._said_unwatched = True
+            metrics = self.settings.metrics or ()
+            log.warning(
+                "%s scope %r: no column's metric is %s (option %s.metrics), so it watches nothing; the columns "
+                "it saw: %s",
+                self.name,
+                self.scope,
+                " or ".join(metrics),
+                self.name,
+                columns_seen(row.columns, metrics),
+            )
         self._forget(t)
         return out or None
 
