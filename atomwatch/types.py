@@ -166,7 +166,10 @@ class DetectorFactory(Protocol):
 
     Optional methods a detector instance may have, which the controller uses when present:
     ``accept_normal(rows: list[Row])`` (the operator's *normal* verdict: fold these rows into the
-    model), ``status() -> dict`` (for the API and /metrics, e.g. current score and threshold).
+    model), ``reject(rows: list[Row])`` (the *malicious* verdict: keep these rows out of the model
+    for good), ``status() -> dict`` (for the API and /metrics, e.g. current score and threshold).
+    An anomaly's ``details["audit"]`` (``{"action": str, "details": dict}``), when present, is
+    written to its alarm's audit trail (e.g. a model that changed while the alarm waits).
     """
 
     name: str

@@ -67,7 +67,7 @@ def episode_rows(seed: int = 1, normal: int = 800, abnormal: int = 720) -> list[
 
 
 def per_row(cls: type[PcaSpeDetector], rows: list[Row], normal: int, reps: int) -> dict[str, float]:
-    det = cls("h", {})
+    det = cls("h", {"rebaseline_after": 0})
     for r in rows[:normal]:
         det.update(r)
     out: dict[str, float] = {}
@@ -116,7 +116,7 @@ def detect(rows: list[Row]) -> dict[str, float | int | bool]:
     out: dict[str, float | int | bool] = {"rows": len(rows)}
     flagged = {}
     for name, cls in (("running", PcaSpeDetector), ("recomputing", TodayDetector)):
-        det = cls("offline", {})
+        det = cls("offline", {"rebaseline_after": 0})
         t0 = time.perf_counter()
         flagged[name] = [r.index for r in rows if det.update(r) is not None]
         out[f"{name}_s"] = time.perf_counter() - t0

@@ -338,6 +338,12 @@ class Controller:
             except Exception:
                 log.exception("could not record the anomaly of %s on %s", anomaly.detector, anomaly.scope)
                 continue
+            audit = anomaly.details.get("audit") if isinstance(anomaly.details, dict) else None
+            if isinstance(audit, dict) and isinstance(audit.get("action"), str):
+                try:  # what the detector did about this alarm (e.g. re-baselined while it waits)
+                    self.alarms.note(alarm.id, anomaly.detector, audit["action"], audit.get("details") or {})
+                except Exception:
+                    log.exception("could not note %r on alarm %s", audit["action"], alarm.id)
             if opened:
                 self.alarm_log.opened(alarm, anomaly.details.get("late_by"))
                 self.dispatch("alarm_opened", alarm=alarm)

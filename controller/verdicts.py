@@ -95,6 +95,23 @@ class Verdicts:
                 self.alarms.note(
                     alarm.id, "controller", "model not refit", {"why": "the detector keeps no normal model"}
                 )
+        elif verdict == "malicious":
+            det = self.detectors().instances.get((alarm.scope, alarm.detector))
+            if det is not None and hasattr(det, "reject"):
+
+                def unlearn() -> int:  # rows the detector had learnt without a verdict leave its model
+                    removed = det.reject(alarm_rows(alarm))
+                    return removed if isinstance(removed, int) else 0
+
+                try:
+                    removed = await asyncio.get_running_loop().run_in_executor(self.executor, unlearn)
+                    if removed:
+                        self.alarms.note(alarm.id, "controller", "model restored", {"rows_removed": removed})
+                except Exception as e:
+                    log.exception("reject of %s on %s failed", alarm.detector, alarm.scope)
+                    self.alarms.note(
+                        alarm.id, "controller", "model restore failed", {"error": f"{type(e).__name__}: {e}"}
+                    )
         self.dispatch("verdict_given", alarm=alarm, verdict=verdict, actor=actor, params=params)
         self.dispatch("alarm_updated", alarm=alarm, change=f"verdict {verdict}")
         return alarm

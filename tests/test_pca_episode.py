@@ -264,7 +264,7 @@ def test_a_long_episode_on_lab_rows_matches_recomputing_over_A(kernels_path, mon
     _, xb = lab_rows("lab-normal-1s-b")
     rng = np.random.default_rng(5)
     fault = with_fault(cols, np.vstack([x[300:], xb[:200]]), x[:300], rng)
-    got = compare(as_rows(cols, np.vstack([x[:300], fault, xb[200:260]])), {"t": 300})
+    got = compare(as_rows(cols, np.vstack([x[:300], fault, xb[200:260]])), {"t": 300, "rebaseline_after": 0})
     at = {a.index: a for a in got}
     assert all(i in at for i in range(300, 1100))  # every faulty row abnormal: one episode of 800 rows or more
     long = at[1099]
@@ -291,7 +291,7 @@ def test_a_long_episode_on_a_generated_host_matches_recomputing_over_A(confirm):
     # stale cells in 60 rows: 40 that stay in A until it is full and they leave, 20 near the end
     cells = rng.choice(np.r_[820 * 24 : 860 * 24, 1500 * 24 : 1520 * 24], size=90, replace=False)
     x.flat[cells] = np.nan
-    got = compare(as_rows(cols, x), {"confirm": confirm})
+    got = compare(as_rows(cols, x), {"confirm": confirm, "rebaseline_after": 0})
     at = {a.index: a for a in got}
     assert all(i in at for i in range(800 + confirm - 1, 1650)) and at[1649].details["run_length"] >= 850
     assert at[1649].details["rows_in_A"] == 720 and all(i in at for i in range(1900 + confirm - 1, 1960))
@@ -309,7 +309,7 @@ def test_a_model_change_mid_episode_restarts_the_sums():
     big = small.copy()
     big[12] = 1000.0  # vm2's disk_w_ops: a tracking error far wider than its spread makes it quiet
     deltas = [small] * 1000 + [big] * 200 + [small] * 200
-    got = compare(as_rows(cols, x, deltas), {"t": 300})
+    got = compare(as_rows(cols, x, deltas), {"t": 300, "rebaseline_after": 0})
     assert max(episodes(got)) == 600
     by_run = {a.details["run_length"]: a for a in got}
     assert by_run[250].details["quiet_columns"] == by_run[150].details["quiet_columns"] + 1

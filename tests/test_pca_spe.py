@@ -1,5 +1,6 @@
 """The pca-spe detector: SPE and Q_α against the paper's formulas, Box's branch, the incremental
-window against a batch refit, constant/NaN/changing columns, and the operator's normal verdict."""
+window against a batch refit, constant/NaN/changing columns, the operator's normal verdict, and
+the unattended policy (re-baselining after an unanswered episode, undone by a malicious verdict)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import atomwatch
 from atomwatch import Row, SeriesKey
 from atomwatch.detectors import find_factory
 from atomwatch.pluginmanager import get_plugin_manager
@@ -312,7 +314,7 @@ def test_normal_verdict_folds_A_into_M_and_the_workload_stops_alarming():
 def test_without_the_verdict_the_same_workload_keeps_alarming():
     t, d, x = _shifted_workload()
     cols = keys([f"vm{j // 3}/m{j % 3}" for j in range(d)])
-    det = PcaSpeDetector("s", {"t": t, "alpha": QUIET})
+    det = PcaSpeDetector("s", {"t": t, "alpha": QUIET, "rebaseline_after": 0})  # the paper: wait for the verdict
     assert feed(det, cols, x[:400]) == []
     got = feed(det, cols, x[400:900], start=400)
     assert len(got) == 500
@@ -345,3 +347,61 @@ def test_registered_through_the_plugin_manager():
     det = factory.create("host-1", {"t": 50})
     assert det.name == "pca-spe" and det.status()["scope"] == "host-1"
     assert not math.isnan(det.opts.alpha)
+
+
+# --------------------------------------------------------------------------- unattended operation
+
+
+def test_an_unanswered_episode_is_learnt_after_rebaseline_after_rows_and_a_new_change_still_alarms():
+    t, d, x = _shifted_workload()
+    cols = keys([f"vm{j // 3}/m{j % 3}" for j in range(d)])
+    det = PcaSpeDetector("s", {"t": t, "alpha": QUIET, "rebaseline_after": 100})
+    assert feed(det, cols, x[:400]) == []
+    got = feed(det, cols, x[400:900], start=400)
+    # the shift alarms for exactly 100 rows, then its latest rows join M and the rest is normal
+    assert [a.index for a in got] == list(range(400, 500))
+    note = got[-1].details["audit"]
+    assert note["action"] == "model re-baselined"
+    assert note["details"]["episode_first_row"] == 400 and note["details"]["rows_learnt"] == 100
+    assert all("audit" not in a.details for a in got[:-1])
+    assert det.status()["rebaselines"] == 1 and det.status()["unattended_episodes"] == [400]
+    # a new change on top of the learnt workload is still caught and blamed
+    y = x[840:900].copy()  # rows of the learnt workload again, with one metric far off
+    y[:, 7] += 12 * x[400:900, 7].std()
+    new = feed(det, cols, y, start=900)
+    assert len(new) == 60 and new[-1].blame[0].column == cols[7]
+
+
+def test_a_malicious_verdict_restores_the_window_from_before_the_episode():
+    t, d, x = _shifted_workload()
+    cols = keys([f"vm{j // 3}/m{j % 3}" for j in range(d)])
+    det = PcaSpeDetector("s", {"t": t, "alpha": QUIET, "rebaseline_after": 100})
+    feed(det, cols, x[:400])
+    before = det.win.stats.rows().copy()
+    got = feed(det, cols, x[400:600], start=400)
+    assert len(got) == 100
+    alarm_rows = [Row("s", a.index, float(a.index), cols, x[a.index]) for a in got]
+    assert det.reject(alarm_rows) > 0
+    assert np.array_equal(det.win.stats.rows(), before)  # the episode's rows are out of M
+    assert det.status()["unattended_episodes"] == []
+    # the attack going on alarms again, and is not re-learnt while it lasts
+    again = feed(det, cols, x[600:900], start=600)
+    assert len(again) == 300 and all("audit" not in a.details for a in again)
+    # a verdict on an episode never learnt changes nothing
+    assert det.reject(alarm_rows) == 0
+
+
+def test_a_normal_verdict_on_a_learnt_episode_folds_nothing_twice():
+    t, d, x = _shifted_workload()
+    cols = keys([f"vm{j // 3}/m{j % 3}" for j in range(d)])
+    det = PcaSpeDetector("s", {"t": t, "alpha": QUIET, "rebaseline_after": 100})
+    feed(det, cols, x[:400])
+    got = feed(det, cols, x[400:600], start=400)
+    n = det.win.stats.n
+    assert det.accept_normal([Row("s", a.index, float(a.index), cols, x[a.index]) for a in got]) == 0
+    assert det.win.stats.n == n and det.status()["unattended_episodes"] == []
+
+
+def test_rebaseline_after_below_confirm_is_refused_naming_the_option():
+    with pytest.raises(atomwatch.OptionError, match="rebaseline_after"):
+        PcaSpeDetector("s", {"confirm": 5, "rebaseline_after": 2})

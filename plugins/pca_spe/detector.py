@@ -30,6 +30,7 @@ kernels = lazy_import(f"{__package__}.kernels", globals(), "kernels")
 pm = lazy_import(f"{__package__}.model", globals(), "pm")
 
 NAME = "pca-spe"
+UNATTENDED_KEPT = 8  # re-baselined episodes whose earlier window is kept for a malicious verdict
 
 
 @atomwatch.declare_options(NAME)
@@ -58,10 +59,17 @@ class PcaSpeOptions:
         "subspace"  # "subspace" (warm-started top-k, verified, eigh fallback) or "eigh" (full, every fit)
     )
     full_every: Annotated[int, Range(ge=1)] = 100  # with solver=subspace, a full eigh at least every N fits
+    rebaseline_after: Annotated[int, Range(ge=0)] = (
+        360  # abnormal rows of one episode with no verdict after which M is rebuilt from its latest rows (0: never)
+    )
 
     def __post_init__(self) -> None:
         if self.min_rows is not None and not 3 <= self.min_rows <= self.t:
             raise atomwatch.OptionError("min_rows", self.min_rows, f"in [3, t={self.t}]")
+        if 0 < self.rebaseline_after < max(self.confirm, 3):
+            raise atomwatch.OptionError(
+                "rebaseline_after", self.rebaseline_after, f"0 (never) or at least max(3, confirm={self.confirm})"
+            )
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> PcaSpeOptions:
@@ -170,6 +178,7 @@ class _Episode:
         self.rows: deque[np.ndarray] = deque()
         self.index: deque[int] = deque()
         self.run_length = 0  # consecutive abnormal rows so far (A keeps the last cap of them)
+        self.start: int | None = None  # the row index the run began at
         self._first = 0  # sequence number of rows[0] (a row's number counts the rows of the run before it)
         self._folded = 0  # rows numbered below this are in the sums
         self._model: _Model | None = None  # the model the sums are for
@@ -180,6 +189,8 @@ class _Episode:
         return len(self.rows)
 
     def append(self, index: int, z: np.ndarray) -> None:
+        if self.start is None:
+            self.start = index
         self.rows.append(z)
         self.index.append(index)
         self.run_length += 1
@@ -230,6 +241,11 @@ class PcaSpeDetector:
         self.rows_seen = 0
         self.anomalies = 0
         self.column_changes = 0
+        # the unattended policy (docs/pca.md): episodes learnt without a verdict, by their first
+        # row index, with the window as it was before (restored by a malicious verdict)
+        self.unattended: dict[int, _Window] = {}
+        self.rebaselines = 0
+        self.hold = False  # a malicious verdict stops re-baselining until a normal row is seen
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -283,7 +299,13 @@ class PcaSpeDetector:
             if self.episode.run_length < self.opts.confirm:
                 return None
             self.anomalies += 1
-            return self._anomaly(row, win, model, x, spe, [c for c, ok in zip(win.columns, finite) if not ok])
+            anomaly = self._anomaly(row, win, model, x, spe, [c for c, ok in zip(win.columns, finite) if not ok])
+            if self.episode.run_length == self.opts.rebaseline_after and not self.hold:
+                note = self._rebaseline(win)
+                if note is not None:
+                    anomaly.details["audit"] = note
+            return anomaly
+        self.hold = False
         if len(self.episode):
             self.last_episode = (win.columns, list(self.episode.rows))
             self.episode = _Episode(self.opts.t)
@@ -332,6 +354,37 @@ class PcaSpeDetector:
         assert self.pending is not None
         self.win, self.pending = self.pending, None
         self.episode, self.last_episode = _Episode(self.opts.t), None
+
+    def _rebaseline(self, win: _Window) -> dict[str, Any] | None:
+        """The unattended policy: the episode has gone ``rebaseline_after`` rows with no verdict,
+        so its latest ``rebaseline_after`` rows join M (the oldest rows leaving, as normal rows
+        would) and a *new* change is judged against the workload as it is now. The window as it
+        was is kept for a malicious verdict (:meth:`reject`); the alarm stays open. Returns the
+        audit note for the alarm."""
+        ep = self.episode
+        rows = [z for z in ep.rows if np.isfinite(z).all()][-self.opts.rebaseline_after :]
+        if not rows or ep.start is None:
+            return None
+        new = _Window(win.columns, self.opts, win.stats.restricted(np.arange(len(win.columns))))
+        new.deltas = win.deltas
+        for z in rows:
+            new.add(z)
+        new.stats.refresh()
+        self.unattended[ep.start] = win
+        while len(self.unattended) > UNATTENDED_KEPT:
+            del self.unattended[next(iter(self.unattended))]
+        self.win = new
+        self.rebaselines += 1
+        self.episode, self.last_episode = _Episode(self.opts.t), None
+        return {
+            "action": "model re-baselined",
+            "details": {
+                "why": f"{ep.run_length} abnormal rows without a verdict (rebaseline_after={self.opts.rebaseline_after})",
+                "episode_first_row": ep.start,
+                "rows_learnt": len(rows),
+                "undo": "a malicious verdict on this alarm restores the window as it was before the episode",
+            },
+        }
 
     def _fold_episode(self, model: _Model) -> None:
         """Keep A's sums (identification, quiet columns) up to date with the row just added."""
@@ -427,6 +480,11 @@ class PcaSpeDetector:
         win = self.win
         if win is None:
             return 0
+        learnt = self._unattended_in(rows)
+        if learnt:  # the episode is in M already (re-baselined): the verdict only confirms it
+            for start in learnt:
+                del self.unattended[start]
+            return 0
         batch: list[np.ndarray] = []
         if rows:
             for r in rows:
@@ -451,6 +509,43 @@ class PcaSpeDetector:
         if win.ready:
             win.model()
         return len(batch)
+
+    def _unattended_in(self, rows: Sequence[Row] | None) -> list[int]:
+        """The re-baselined episodes (first row indices) that ``rows`` cover; with no rows given,
+        the latest one."""
+        if not self.unattended:
+            return []
+        if not rows:
+            return [next(reversed(self.unattended))]
+        # (an alarm's first row is the episode's confirm-th: the rows before it were not reported)
+        lo, hi = min(r.index for r in rows) - (self.opts.confirm - 1), max(r.index for r in rows)
+        return [s for s in self.unattended if lo <= s <= hi]
+
+    def reject(self, rows: Sequence[Row] | None = None) -> int:
+        """The operator's *malicious* verdict on the alarm holding ``rows`` (default: the latest
+        re-baselined episode). An episode never learnt needs nothing: its rows never joined M. One
+        the unattended policy learnt is undone: M returns to the window as it was before that
+        episode (what was learnt since goes with it), and no re-baselining happens until a row is
+        normal again, so the same attack is not learnt anew. Returns how many rows left M."""
+        learnt = self._unattended_in(rows)
+        if not learnt or self.win is None:
+            return 0
+        first = min(learnt)
+        old = self.unattended[first]
+        starts = list(self.unattended)
+        for s in starts[starts.index(first) :]:
+            del self.unattended[s]
+        removed = self.win.stats.n
+        if old.columns == self.win.columns:
+            self.win = old
+            old._fit = None
+            if old.top is not None:
+                old.top.u = None
+        else:  # the column set changed since: start again over the current columns
+            self.win, self.pending = _Window(self.win.columns, self.opts), None
+        self.episode, self.last_episode = _Episode(self.opts.t), None
+        self.hold = True
+        return removed
 
     def model(self) -> pm.PcaFit | None:
         """The current PCA model over the active columns, or None while warming up (or when
@@ -485,6 +580,8 @@ class PcaSpeDetector:
             "run_length": self.episode.run_length,
             "anomalies": self.anomalies,
             "column_changes": self.column_changes,
+            "rebaselines": self.rebaselines,
+            "unattended_episodes": list(self.unattended),
             "pending_columns": [c.column for c in self.pending.columns] if self.pending else None,
             "pending_rows": self.pending.stats.n if self.pending else None,
         }
