@@ -1,19 +1,11 @@
-"""The fault harness's probe: a plugin file loaded by its agents and its controller (``--plugins-dir``).
+"""The fault harness's probe: a plugin file its agents and its controller load with ``--plugins-dir``.
 
-The harness (:mod:`benchmarks.fault_scenarios`) copies this file alone into a folder of its own and
-loads it in every process it starts, so the truth is written down outside the processes under test:
-
-* agent side, ``--set faultprobe.role=truth``: a collector of two series, ``clock`` (the agent's
-  ``time.time()`` at the tick) and ``counter`` (the tick number), both with Δ = 0 so every tick
-  sends their exact values; ``role=replay``: the real replay collector over ``faultprobe.trace``
-  from row ``faultprobe.start`` on, looping. Either way each reading is appended to
-  ``faultprobe.out`` (one JSON line: process, time, what was read) before the agent sees it;
-* controller side, detector ``faultprobe``: appends every row it is handed (scope, index, ts,
-  ``late``, values and Δ by column) to ``faultprobe.out``; the ``alarm_opened`` hook appends each
-  alarm the controller opens (id, opened_at, scope …). Each line is written whole at once, so a
-  kill -9 loses at most the line being written (the reader skips a torn one).
-
-What does not live here: running the processes and judging the records (:mod:`.fault_scenarios`).
+What lives here: agent side, the ``truth`` collector (``clock`` and ``counter``, Δ = 0) and the replay
+collector wrapped so the trace row of every tick is written down; controller side, detector
+``faultprobe``, which writes down every row it is handed, and an ``alarm_opened`` hook writing down every
+alarm opened. Each record is one JSON line appended to ``faultprobe.out`` in one ``write``. What does
+not: running the processes and judging the records (:mod:`benchmarks.fault_scenarios`,
+``docs/fault-harness.md``).
 """
 
 from __future__ import annotations

@@ -1,33 +1,11 @@
-"""The fault scenarios the fault benchmark and ``tests/test_faults.py`` share, and how they are judged.
+"""The fault scenarios ``python -m benchmarks.faults`` and ``tests/test_faults.py`` share, and their judge.
 
-One run (:func:`run_scenario`) starts, in a temporary folder, a real Mosquitto on a free loopback
-port, a real ``atomwatch controller`` and two real ``atomwatch agent`` processes (``python -m
-atomwatch``, each in a process group of its own): host ``truth`` runs the probe's clock-and-counter
-collector, host ``replay`` the replay collector over the bundled lab recording (its cryptominer
-attack: trace rows 90–239). Every process loads :mod:`benchmarks.fault_probe`, which writes down
-outside them what each agent read at each tick and every row and alarm the controller made. Then
-it applies one fault — the broker killed (-9) and restarted after an outage, both agents killed and
-restarted, or the controller killed and restarted right after it opened an alarm — lets the system
-settle, stops everything, and judges the records (:func:`analyse`):
-
-``samples_lost``       truth ticks whose exact clock value reached no controller row (live or late)
-``rows_from_stale_values``  rows made from values no longer fresh: a truth row whose clock copy is
-                       more than Δ (0) + one agent tick + ``MARGIN`` from the row's ts, or a replay
-                       row made while its agent read nothing in that window
-``values_off_by_more_than_delta``  replay cells farther than their Δ from every trace row the agent
-                       read in [ts − tick − MARGIN, ts] (+ MARGIN for late rows, whose ts is the tick's)
-``alarms_lost``        alarms the ``alarm_opened`` hook saw (id and opened_at) missing from the alarms
-                       file after the final stop; ``attack_runs_without_alarm``: attack runs (long
-                       enough to judge) without an alarm row of the replay scope in their time span
-``resume_s``           from the fault's end (broker listening again, process restarted) to the first
-                       live truth row that is fresh; ``rows_late``: rows marked ``late``
-
-Replay rows are lined up with trace rows through time: the probe writes the trace row of each tick
-with the agent's clock, the controller's rows carry the controller's clock, both the same machine's.
-The controller samples its copies four times per agent tick (``rows = "tick"``, the default mode,
-where stale rows come from), so that every agent tick shows in some row and a tick missing from all
-rows was never received. pca-spe runs with ``confirm = 12`` (three agent ticks) and without JIT
-(``ATOMWATCH_NO_JIT=1``: no compiling child to orphan or to compete for the CPU being timed).
+What lives here: :func:`run_scenario` (a real Mosquitto, ``atomwatch controller`` and two ``atomwatch
+agent`` processes, one fault — the broker killed and restarted, the agents or the controller killed -9
+and restarted — then a clean stop) and :func:`analyse` (samples lost, rows from stale values, values off
+by more than Δ, alarms lost, attacks without an alarm, seconds to live data, from the records the probe
+plugin :mod:`benchmarks.fault_probe` wrote outside the processes). What each figure means, why the ticks
+and Δ are what they are, and the figures before issue 15's fixes: ``docs/fault-harness.md``.
 """
 
 from __future__ import annotations
@@ -607,6 +585,7 @@ def analyse(
             stale_ts.append(row["ts"])
     truth = Truth(records.replay, trace)
     off_cells = off_rows = 0
+    replay_resumed = None
     for row in replay_rows:
         off = truth.off(row)
         if off is None:
@@ -614,6 +593,8 @@ def analyse(
         elif off:
             off_cells += off
             off_rows += 1
+        elif replay_resumed is None and not row["late"] and row["ts"] >= fault_end:
+            replay_resumed = row["ts"]
 
     # samples: every truth tick from the first one a row showed until a tick before the end
     delivered = {row["values"].get("probe/clock") for row in truth_rows}
@@ -663,6 +644,7 @@ def analyse(
         "attack_runs_without_alarm": without,
         "attack_runs_not_judged": unjudged,
         "resume_s": None if resumed is None or not faulted else round(resumed - fault_end, 3),
+        "replay_resume_s": None if replay_resumed is None or not faulted else round(replay_resumed - fault_end, 3),
         "fault_s": round(fault_end - fault_start, 3),
         "live_lag_s": {
             "median": round(lags[len(lags) // 2], 3) if lags else None,

@@ -9,7 +9,7 @@ runs without an alarm (the must-be-zero figures are listed under ``nonzero`` whe
 seconds from the fault's end to live data (``resume_s``, and in agent ticks), rows marked late, and
 the largest live lag as a ratio to the baseline's.
 
-    python -m benchmarks.faults [--scenario broker-5s ...] [--no-backlog]
+    python -m benchmarks.faults [--scenario broker-5s ...] [--no-backlog] [--keep DIR]
 
 Takes about four minutes (the 60 s outage alone some ninety seconds).
 """
@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from benchmarks._common import emit, machine
 from benchmarks.fault_scenarios import (
@@ -46,6 +47,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenario", action="append", choices=names, help="run only these (the baseline always runs)")
     p.add_argument("--no-backlog", action="store_true", help="do not give the agents --backlog-dir")
+    p.add_argument("--keep", metavar="DIR", help="keep each scenario's records and logs in DIR/NAME")
     args = p.parse_args()
     if mosquitto_binary() is None:
         sys.exit("benchmarks.faults: mosquitto is not installed (apt-get install mosquitto)")
@@ -54,10 +56,14 @@ def main() -> None:
     for scenario in chosen:
         start = time.monotonic()
         print(f"benchmarks.faults: {scenario.name} …", file=sys.stderr, flush=True)
-        figures = run_scenario(scenario, backlog=not args.no_backlog)
+        workdir = None
+        if args.keep:
+            workdir = Path(args.keep) / scenario.name
+            workdir.mkdir(parents=True)
+        figures = run_scenario(scenario, workdir=workdir, backlog=not args.no_backlog)
         figures["took_s"] = round(time.monotonic() - start, 1)
         figures["nonzero"] = {k: figures[k] for k in MUST_BE_ZERO if figures[k]}
-        if scenario.fault in ("broker",) and figures["samples_lost"]:
+        if scenario.fault == "broker" and figures["samples_lost"]:
             figures["nonzero"]["samples_lost"] = figures["samples_lost"]
         results[scenario.name] = figures
     base_lag = results["baseline"]["live_lag_s"]["max"]

@@ -52,6 +52,8 @@ def run(scenario: Scenario, tmp_path: Path) -> dict:
     figures = run_scenario(scenario, workdir=workdir)
     print(json.dumps(figures, indent=1))
     assert left_behind(workdir) == []
+    # after the fault, SIGTERM still stops every part cleanly
+    assert figures["exit_status"] == {"truth": 0, "replay": 0, "controller": 0}, json.dumps(figures, indent=1)
     return figures
 
 
