@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,17 @@ BACKLOG_BYTES = 64 * 1024 * 1024
 CHUNK_BYTES = 256 * 1024
 #: the file is rewritten (dropped and sent frames cut out) once this share of it is dead
 _REWRITE_SHARE = 0.25
+
+
+_last_segment = 0
+
+
+def _segment_id() -> int:
+    """A new segment's id: milliseconds since the epoch, strictly increasing in this process
+    (and, since a process starts later than the last ended, across restarts)."""
+    global _last_segment
+    _last_segment = max(int(time.time() * 1000), _last_segment + 1)
+    return _last_segment
 
 
 def frame_cost(frame: protocol.Frame) -> int:
@@ -74,7 +86,15 @@ def apply_frame(state: dict[int, float], frame: protocol.Frame) -> None:
 class Backlog:
     """The ticks not yet published, oldest first, within ``max_frames`` and ``max_bytes``."""
 
-    def __init__(self, max_frames: int = BACKLOG_FRAMES, max_bytes: int = BACKLOG_BYTES, path: Path | None = None):
+    def __init__(
+        self,
+        max_frames: int = BACKLOG_FRAMES,
+        max_bytes: int = BACKLOG_BYTES,
+        path: Path | None = None,
+        ring: bool = False,
+    ):
+        #: a ring (the agent's last published ticks) drops its oldest tick by design, silently
+        self.ring = ring
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.path = path
@@ -104,18 +124,24 @@ class Backlog:
     def add(
         self,
         frame: protocol.Frame,
-        table: dict[int, tuple[SeriesKey, float]],
-        state: dict[int, float],
+        table: Callable[[int], tuple[SeriesKey, float] | None],
+        state: Callable[[], dict[int, float]],
     ) -> None:
-        """Queue one tick. ``table`` names (key, Δ) of the aliases the frame may use; ``state`` is
-        every value the tracker holds after this tick, the base of a new segment."""
+        """Queue one tick. ``table(alias)`` is (key, Δ) of an alias (None: not a series any
+        more); ``state()`` every value the tracker holds after this tick, asked for only when the
+        tick starts a segment (its base)."""
         seg = self._open
+        named: Iterable[int] = (a for a, _ in frame.values)
         if seg is None:
-            seg = self._open = Segment(id=max(int(time.time() * 1000), self._last_id() + 1))
-            seg.base = dict(state)
+            seg = self._open = Segment(id=_segment_id())
+            seg.base = dict(state())
             self.segments.append(seg)
-            self._write({"segment": seg.id, "base": [[a, v] for a, v in state.items()]})
-        new = {a: table[a] for a in {*state, *(a for a, _ in frame.values)} if a in table and a not in seg.table}
+            self._write({"segment": seg.id, "base": [[a, v] for a, v in seg.base.items()]})
+            named = (*seg.base, *named)
+        new = {}
+        for a in named:
+            if a not in seg.table and a not in new and (entry := table(a)) is not None:
+                new[a] = entry
         if new:
             seg.table.update(new)
             self._write({"series": [_series_json(a, k, d) for a, (k, d) in sorted(new.items())]})
@@ -125,12 +151,32 @@ class Backlog:
         self._write({"frame": [frame.ts, [[a, v] for a, v in frame.values], frame.stale, frame.gone]})
         self._bound()
 
+    def take(self, other: Backlog) -> None:
+        """Append ``other``'s ticks (newer than this backlog's) and empty it; the next tick
+        added here starts a segment of its own."""
+        for seg in other.segments:
+            if not seg.frames:
+                continue
+            self.segments.append(seg)
+            self._write({"segment": seg.id, "base": [[a, v] for a, v in seg.base.items()], "first": seg.first})
+            self._write({"series": [_series_json(a, k, d) for a, (k, d) in sorted(seg.table.items())]})
+            for f in seg.frames:
+                self.frames += 1
+                self.bytes += frame_cost(f)
+                self._write({"frame": [f.ts, [[a, v] for a, v in f.values], f.stale, f.gone]})
+        other.clear()
+        self._open = None
+        self._bound()
+
+    def clear(self) -> None:
+        """Forget every tick (the memory-only ring of recently published ticks, after a birth)."""
+        self.segments.clear()
+        self.frames = self.bytes = 0
+        self._open = None
+
     def close_segment(self) -> None:
         """The next frame starts a new segment (its base taken afresh from the tracker)."""
         self._open = None
-
-    def _last_id(self) -> int:
-        return self.segments[-1].id if self.segments else 0
 
     def _bound(self) -> None:
         while self.frames > self.max_frames or (self.bytes > self.max_bytes and self.frames > 1):
@@ -140,7 +186,7 @@ class Backlog:
             self.bytes -= frame_cost(frame)
             self.dropped += 1
             self._dead_lines += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
+            if not self.ring and (self.dropped == 1 or self.dropped % 1000 == 0):
                 log.warning(
                     "backlog full (%d frames, %d bytes; --backlog-frames %d, --backlog-bytes %d): the oldest tick "
                     "is dropped (%d so far)",

@@ -6,8 +6,9 @@ carries only those (plus stale and gone markers). A new series, a (re)connection
 request or the controller coming online makes the agent publish a fresh ``birth`` whose table and
 current tracked values let the controller start over in one message.
 
-Sampling and tracking go on while the broker is unreachable or the controller's retained state
-says it is offline: each tick no controller can hear goes to the :class:`~.backlog.Backlog`
+Sampling and tracking go on while the broker is unreachable or no controller's state says online
+(its retained state, offline after its will, or none yet): each tick no controller is known to hear
+goes to the :class:`~.backlog.Backlog`
 (store-and-forward, as Sparkplug edge nodes do while their primary host is away). On
 reconnection the birth carries the tracker's values, so the controller is right again from the
 first tick after it, and says how many ticks are queued; they follow as ``history`` messages, oldest first, between the live ticks. On
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 Published = tuple[str, int, int] | None
 #: seconds a stopping agent spends sending its backlog before it keeps the rest (file) or drops it
 STOP_FLUSH_SECONDS = 5.0
+#: ticks published as data that go back into the backlog when the connection is lost: a broker
+#: killed after acknowledging them may not have passed them on (the controller skips those its
+#: last live row already held)
+RECENT_FRAMES = 8
 
 #: called after every tick with (agent, true values in alias order, send mask, what was published)
 TickListener = Callable[["Agent", np.ndarray, np.ndarray, Published], None]
@@ -125,6 +130,8 @@ class Agent:
 
             path = Path(config.backlog_dir) / f"{config.site}+{config.host}.backlog"
         self.backlog = Backlog(config.backlog_frames, config.backlog_bytes, path=path)
+        #: the last ticks published as data, sent again after an outage (see :meth:`tick`)
+        self._recent = Backlog(RECENT_FRAMES, ring=True)
         self._flushing: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ Δ
@@ -177,13 +184,31 @@ class Agent:
         msg_stale = [int(a) for a in np.flatnonzero(new_stale)]
         ts = time.time()
         published = await self._publish_tick(ts, values, msg_stale, change.gone)
+        frame = protocol.Frame(ts, values, msg_stale, list(change.gone))
         if published is None:
-            self._queue(protocol.Frame(ts, values, msg_stale, list(change.gone)))
+            self._queue(frame)
+        elif published[0] == "data" and self.config.backlog_frames:
+            # a broker that dies holding it loses a tick it acknowledged: the last few are sent
+            # again after an outage (the controller skips those it had)
+            self._recent.add(frame, self._series_of, self._tracked)
+        else:  # a birth: the controller is right from here
+            self._recent.clear()
         for listener in self.listeners:
             listener(self, f, send, published)
 
+    def _series_of(self, alias: int) -> tuple[SeriesKey, float] | None:
+        """(key, Δ) of an active alias, else None."""
+        if alias >= len(self.table) or not self.table.active[alias]:
+            return None
+        return self.table.keys[alias], float(self.deltas[alias])
+
+    def _tracked(self) -> dict[int, float]:
+        """Every value the tracker holds (the controller's copy), by alias."""
+        g = self.tracker.g
+        return {int(a): float(g[a]) for a in self.table.active_aliases() if not np.isnan(g[a])}
+
     def _queue(self, frame: protocol.Frame) -> None:
-        """Keep a tick that could not be published (store-and-forward), within the backlog's bounds."""
+        """Keep a tick no controller is known to hear (store-and-forward), within the backlog's bounds."""
         if self.config.backlog_frames == 0:
             return
         if not len(self.backlog):
@@ -194,10 +219,7 @@ class Agent:
                 "sent once it is back (--backlog-frames %d)",
                 self.config.backlog_frames,
             )
-        table = {a: (self.table.keys[a], float(self.deltas[a])) for a in self.table.active_aliases()}
-        g = self.tracker.g
-        state = {a: float(g[a]) for a in table if not np.isnan(g[a])}
-        self.backlog.add(frame, table, state)
+        self.backlog.add(frame, self._series_of, self._tracked)
 
     async def _publish_tick(
         self, ts: float, values: list[tuple[int, float]], stale: list[int], gone: list[int]
@@ -205,9 +227,10 @@ class Agent:
         async with self.publish_lock:
             if self.client is None:
                 return None
-            if self._controller_online is False:
-                # no controller hears it (its state says offline): the tick is kept for when it is
-                # back; a birth still goes out, retained, for the controller to find the host by
+            if self._controller_online is not True:
+                # no controller is known to hear it (its state says offline, or has not come since
+                # this connection began): the tick is kept for when one is; a birth still goes
+                # out, retained, for a controller to find the host by
                 if self.need_birth:
                     await self._publish_birth_locked()
                 return None
@@ -440,6 +463,8 @@ class Agent:
             self.client = None
             self.connected.clear()
             self.need_birth = True
+            if len(self._recent):
+                self.backlog.take(self._recent)
 
         await stay_connected(
             cfg.broker,

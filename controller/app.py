@@ -231,6 +231,7 @@ class Controller:
             row = self.scope_rows.row(state, now)
             if row is not None:
                 rows.append(row)
+                state.rowed_ts = max(state.rowed_ts, state.last_ts or 0.0)
         if rows:
             await self._submit(rows, "the tick's rows")
 
@@ -292,6 +293,7 @@ class Controller:
         row = self.scope_rows.row(state, time.time())
         if row is None:
             return
+        state.rowed_ts = max(state.rowed_ts, state.last_ts or 0.0)
         self.rows_pending += 1
 
         def handle(task: asyncio.Task) -> None:

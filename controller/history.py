@@ -1,8 +1,8 @@
 """Historical data: an agent's ticks of a broker outage, rebuilt in order and held in line with live rows.
 
 What lives here: :class:`History`, which turns a ``history`` message into the host's state at each
-of its frames (skipping frames already applied: a repeated message, or a tick whose live data did
-arrive), and keeps a host's live rows waiting while its announced backlog comes, so that its
+of its frames (skipping frames already applied: a repeated message, or a tick no later than the
+values the host's last live row was made from), and keeps a host's live rows waiting while its announced backlog comes, so that its
 detectors see rows in time order: before the outage, the outage (late), after it. What does not:
 making rows of those states (:mod:`.scopes`), scoring them (:mod:`.app`), the wire format
 (:mod:`atomwatch.protocol`).
@@ -143,7 +143,6 @@ class History:
         scratch.keys = {s.alias: s.key for s in msg.series}
         scratch.deltas = {s.alias: s.delta for s in msg.series}
         scratch.synced = scratch.alive = True
-        live = set(state.recent_ts)
         out = []
         for i, frame in enumerate(msg.frames):
             index = msg.first + i
@@ -160,7 +159,7 @@ class History:
                 scratch.deltas.pop(a, None)
             if index < done:
                 self.skipped["repeated"] += 1
-            elif frame.ts in live:
+            elif frame.ts <= state.rowed_ts:
                 self.skipped["sent-live"] += 1
             else:
                 out.append((frozen(scratch), frame.ts))

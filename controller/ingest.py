@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,8 +68,9 @@ class HostState:
     refused_session: int | None = None
     #: when the last live birth or data message arrived (time.monotonic()); 0: none yet
     fresh_at: float = 0.0
-    #: the ts of the latest data messages applied (a history frame with one of them came live)
-    recent_ts: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    #: the agent's ts of the values the host's last live row was made from: a history frame at or
+    #: before it reached the detectors live
+    rowed_ts: float = 0.0
 
     @property
     def scope(self) -> str:
@@ -305,7 +306,6 @@ class Ingest:
             state.last_ts = msg.ts
             state.alive = True
             state.fresh_at = time.monotonic()
-            state.recent_ts.append(msg.ts)
             self.values_ingested += len(msg.values)
         elif isinstance(msg, protocol.Death):
             if state.session is not None and msg.session < state.session:

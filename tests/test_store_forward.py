@@ -16,7 +16,7 @@ from pipeline import alibaba_trace, make_pipeline, plugin_manager
 import atomwatch
 from atomwatch import protocol
 from atomwatch.agent.config import AgentConfig
-from atomwatch.agent.runtime import Agent
+from atomwatch.agent.runtime import RECENT_FRAMES, Agent
 from atomwatch.config import BrokerAddress
 from atomwatch.controller.app import Controller
 from atomwatch.controller.config import ControllerConfig
@@ -82,19 +82,21 @@ async def test_a_broker_outage_comes_back_as_late_rows_in_order_and_no_row_is_ma
     rows = rows[rows_before - 1 :]  # the last row before the outage, and all after
     late = [r for r in rows if r.late]
     assert skipped["repeated"] == 0
-    assert len(late) + skipped["sent-live"] == len(kept) >= 30
-    assert pipe.agent.backlog.dropped == 0 and pipe.agent.stats["history"] >= 1
+    # the ticks published just before the outage were sent again: skipped where a live row held
+    # them, late rows where none did (a broker may die holding them); then every kept tick
+    resent = len(late) - len(kept)
+    assert 0 <= resent <= RECENT_FRAMES and 0 < resent + skipped["sent-live"] <= RECENT_FRAMES
+    assert len(kept) >= 20 and pipe.agent.backlog.dropped == 0 and pipe.agent.stats["history"] >= 1
     # every kept tick rebuilt: exactly the tracker's values at that tick, within Δ of the truth
-    if skipped["sent-live"] == 0:
-        for n, (row, tick) in enumerate(zip(late, kept, strict=True)):
-            _assert_row_is_tick(row, tick.tracked, tick.truth, tick.deltas, f"late row {n}")
+    for n, (row, tick) in enumerate(zip(late[resent:], kept, strict=True)):
+        _assert_row_is_tick(row, tick.tracked, tick.truth, tick.deltas, f"late row {n}")
     # in time order for the detectors: the rows before the outage, the outage, the rows after
     first_late, last_late = rows.index(late[0]), rows.index(late[-1])
     assert all(not r.late for r in rows[:first_late]) and all(r.late for r in rows[first_late : last_late + 1])
     assert all(not r.late for r in rows[last_late + 1 :]) and len(rows) > last_late + 1
     assert [r.index for r in rows] == list(range(rows[0].index, rows[0].index + len(rows))), "in the detectors' order"
     assert all(a.ts < b.ts for a, b in zip(late, late[1:], strict=False))
-    assert late[0].ts > rows[first_late - 1].ts and late[-1].ts < rows[last_late + 1].ts
+    assert late[-1].ts < rows[last_late + 1].ts
 
 
 class Spiking:
