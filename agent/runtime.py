@@ -399,6 +399,9 @@ class Agent:
             elif msg.online:
                 self._start_flush()
             elif was is not False:
+                # it may have died holding the last ticks, unscored: they go again with the rest
+                if len(self._recent):
+                    self.backlog.take(self._recent)
                 log.warning(
                     "the controller (%s) is offline: ticks are kept (--backlog-frames %d) until it is back",
                     msg.controller or "?",
