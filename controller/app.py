@@ -466,8 +466,9 @@ class Controller:
                 self.http.stop()
             await asyncio.to_thread(self.alarms.shutdown)
             log.info(
-                "controller stopped: %d rows, messages %s, dropped %s, unexpected errors %s",
+                "controller stopped: %d rows (%d late), messages %s, dropped %s, unexpected errors %s",
                 self.rows_handled,
+                self.rows_late,
                 dict(self.ingest.messages),
                 dict(self.ingest.dropped),
                 {f"{where}: {kind}": n for (where, kind), n in self.faults.counts.items()},
