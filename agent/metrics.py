@@ -59,15 +59,16 @@ class PhaseTimes:
         self.counts[phase][bisect.bisect_left(self.buckets, seconds)] += 1
         self.sums[phase] += seconds
 
-    def family(self, name: str, text: str, labels: list[str]) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(name, text, labels=[*labels, "phase"])
+    def family(self, name: str, text: str, names: list[str], values: list[str]) -> HistogramMetricFamily:
+        """The histogram, one per phase, with labels ``names`` (their ``values``) and ``phase``."""
+        family = HistogramMetricFamily(name, text, labels=[*names, "phase"])
         for phase, counts in self.counts.items():
             counts = list(counts)
             cumulative, running = [], 0
             for bound, n in zip((*[str(b) for b in self.buckets], "+Inf"), counts):
                 running += n
                 cumulative.append((bound, running))
-            family.add_metric([*labels, phase], cumulative, self.sums[phase])
+            family.add_metric([*values, phase], cumulative, self.sums[phase])
         return family
 
 
@@ -141,7 +142,10 @@ class _AgentCollector:
         a = self.agent
         yield self.counter("atomwatch_ticks", "Ticks run (collect, track, publish)", a.ticks)
         yield a.tick_times.family(
-            "atomwatch_tick_duration_seconds", "Seconds a phase of a tick took: collect, track, publish", self.names
+            "atomwatch_tick_duration_seconds",
+            "Seconds a phase of a tick took: collect, track, publish",
+            self.names,
+            self.labels,
         )
         yield self.gauge("atomwatch_series", "Series the agent samples now", int(a.table.active.sum()))
         yield self.counter(

@@ -21,6 +21,9 @@ from atomwatch.types import Collector, Reading
 
 log = logging.getLogger(__name__)
 
+#: the kinds of a collector's failure, counted apart
+FAILURE_KINDS = ("raised", "not-a-reading", "over-budget")
+
 
 @dataclass
 class _Slot:
@@ -41,6 +44,9 @@ class Sampler:
         self.errors = 0
         #: failures by (collector name, kind: raised, not-a-reading, over-budget)
         self.failures: Counter[tuple[str, str]] = Counter()
+        for slot in self.slots:  # every series exists from the start (at 0), so a rate of it has data
+            for kind in FAILURE_KINDS:
+                self.failures[(getattr(slot.collector, "name", type(slot.collector).__name__), kind)] = 0
 
     async def sample(self) -> Reading:
         loop = asyncio.get_running_loop()
