@@ -42,6 +42,7 @@ from atomwatch.types import CommandError, CommandHandler
 from .backlog import Backlog
 from .commands import CommandRunner
 from .config import AgentConfig
+from .metrics import PhaseTimes
 from .sampling import Sampler
 from .series_table import SeriesTable
 
@@ -108,7 +109,17 @@ class Agent:
             "publish_failed": 0,
             "commands_refused": 0,
             "history": 0,
+            # of the readable values sampled: those the tracking rule sent (they left their feasible
+            # interval; published live or kept in the backlog) and those it held back (within Δ)
+            "values_sampled": 0,
+            "values_tracked": 0,
+            "values_suppressed": 0,
         }
+        #: seconds each phase of a tick took (collect, track, publish), for --metrics
+        self.tick_times = PhaseTimes(("collect", "track", "publish"))
+        #: series whose last reading was stale, and the VMs they belong to (after the last tick)
+        self.stale_series = 0
+        self.stale_vms = 0
         #: refused commands by reason (unsigned, bad-signature, wrong-addressee, expired, future, replayed, no-key)
         self.refused: dict[str, int] = {}
         #: received messages dropped by reason (invalid, too-large, too-deep)
@@ -147,7 +158,10 @@ class Agent:
     # ------------------------------------------------------------------ tick
 
     async def tick(self) -> None:
+        started = time.perf_counter()
         reading = await self.sampler.sample()
+        collected = time.perf_counter()
+        self.tick_times.observe("collect", collected - started)
         change = self.table.update(reading.values.keys())
         if change.new:
             new_keys = [self.table.keys[a] for a in change.new]
@@ -180,9 +194,18 @@ class Agent:
         self.stale_sent[~active] = False
         self.ticks += 1
         self.stats["samples"] += int(active.sum())
+        readable = int((active & ~np.isnan(f)).sum())
+        tracked = int((send & active).sum())
+        self.stats["values_sampled"] += readable
+        self.stats["values_tracked"] += tracked
+        self.stats["values_suppressed"] += max(0, readable - tracked)
+        self.stale_series = int(stale_now.sum())
+        self.stale_vms = len({self.table.keys[a].vm_uuid for a in np.flatnonzero(stale_now)})
         values = [(int(a), float(self.tracker.g[a])) for a in np.flatnonzero(send & active)]
         msg_stale = [int(a) for a in np.flatnonzero(new_stale)]
         ts = time.time()
+        tracked_at = time.perf_counter()
+        self.tick_times.observe("track", tracked_at - collected)
         published = await self._publish_tick(ts, values, msg_stale, change.gone)
         frame = protocol.Frame(ts, values, msg_stale, list(change.gone))
         if published is None:
@@ -193,6 +216,7 @@ class Agent:
             self._recent.add(frame, self._series_of, self._tracked)
         else:  # a birth: the controller is right from here
             self._recent.clear()
+        self.tick_times.observe("publish", time.perf_counter() - tracked_at)
         for listener in self.listeners:
             listener(self, f, send, published)
 

@@ -3,7 +3,8 @@
 A collector that raises, returns something that is not a Reading, or overruns the budget does not
 stop the tick: its series are reported stale this tick (never invented), and the failure is
 logged once per kind until the collector recovers. A collector still busy from an earlier tick is
-not called again until it returns.
+not called again until it returns. Failures are counted by collector and kind (``raised``,
+``not-a-reading``, ``over-budget``: ``atomwatch_collector_errors_total`` on ``--metrics``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,6 +20,9 @@ from atomwatch.series import SeriesKey
 from atomwatch.types import Collector, Reading
 
 log = logging.getLogger(__name__)
+
+#: the kinds of a collector's failure, counted apart
+FAILURE_KINDS = ("raised", "not-a-reading", "over-budget")
 
 
 @dataclass
@@ -37,6 +42,11 @@ class Sampler:
             for c in collectors
         ]
         self.errors = 0
+        #: failures by (collector name, kind: raised, not-a-reading, over-budget)
+        self.failures: Counter[tuple[str, str]] = Counter()
+        for slot in self.slots:  # every series exists from the start (at 0), so a rate of it has data
+            for kind in FAILURE_KINDS:
+                self.failures[(getattr(slot.collector, "name", type(slot.collector).__name__), kind)] = 0
 
     async def sample(self) -> Reading:
         loop = asyncio.get_running_loop()
@@ -49,20 +59,21 @@ class Sampler:
         merged = Reading(values={}, deltas={})
         for slot in self.slots:
             name = getattr(slot.collector, "name", type(slot.collector).__name__)
-            reading, problem = None, None
+            reading, problem, kind = None, None, "over-budget"
             if slot.pending is not None and slot.pending.done():
                 fut, slot.pending = slot.pending, None
                 try:
                     reading = fut.result()
                     if not isinstance(reading, Reading):
                         problem = f"returned {type(reading).__name__}, not atomwatch.Reading"
-                        reading = None
+                        reading, kind = None, "not-a-reading"
                 except Exception as e:  # a collector bug must not stop the agent
-                    problem = f"raised {type(e).__name__}: {e}"
+                    problem, kind = f"raised {type(e).__name__}: {e}", "raised"
             else:
                 problem = f"did not answer within the {self.budget:.2f} s budget"
             if reading is None:
                 self.errors += 1
+                self.failures[(name, kind)] += 1
                 if slot.failing != problem:
                     log.warning("collector %s %s; its series are stale this tick", name, problem)
                 slot.failing = problem

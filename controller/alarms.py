@@ -351,6 +351,14 @@ class AlarmStore(_FileReads, _Writer):
             }
         return [out[i] for i in sorted(out)]
 
+    def live(self) -> list[Alarm]:
+        """The open and malicious alarms, newest first (from memory: never waits for the file;
+        their rows are read only if used)."""
+        with self._lock:
+            found = [self._public(e.alarm) for e in self._mem.values() if e.alarm.state in _LIVE]
+        found.sort(key=lambda a: -a.id)
+        return found
+
     def counts(self) -> dict[str, int]:
         """Alarms by state (from memory: never waits for the file)."""
         with self._lock:

@@ -8,6 +8,8 @@ Routes (JSON unless said otherwise)::
     POST /api/alarms/<id>/verdict         {"verdict": "normal"|"malicious", …}          token
     GET  /api/scopes                      every scope with its detectors' score/threshold  token
     GET  /metrics                         Prometheus text format                        open
+    GET  /, /ui/app.js, /ui/app.css       the page of alarms (static; it calls the routes
+                                          above with the token the operator pastes)     open
 
 Security (``docs/security.md``): every route but ``/api/health`` and ``/metrics`` needs
 ``Authorization: Bearer TOKEN`` with a token of the tokens file (:mod:`atomwatch.apitokens`,
@@ -16,7 +18,9 @@ actor (a body ``actor`` that differs is refused). A verdict must be ``Content-Ty
 application/json`` (415), at most :data:`MAX_BODY` bytes (413); a request whose ``Origin`` is not
 the API's own is refused (403), as is, on a loopback-only server, a ``Host`` that is not a
 loopback name (DNS rebinding). With ``cert``/``key`` it serves HTTPS (TLS >= 1.2). Every answer
-carries ``X-Content-Type-Options: nosniff`` and ``Cache-Control: no-store``.
+carries ``X-Content-Type-Options: nosniff`` and ``Cache-Control: no-store``; the page's files
+also a Content-Security-Policy that allows only its own script, style and API (no inline script,
+no other origin, no framing) and ``Referrer-Policy: no-referrer``.
 
 Errors answer ``{"error": "…"}`` with 400 (bad request), 401 (no or wrong token, with
 ``WWW-Authenticate: Bearer``), 403, 404 (unknown alarm or route), 409 (a verdict on an alarm that
@@ -26,7 +30,7 @@ alarms file cannot be read).
 What lives here: the routes, the checks and the server thread, serving an :class:`ApiBackend`
 (the few parts of the controller they need, not the controller). What does not: the tokens
 (:mod:`atomwatch.apitokens`), the metrics themselves (:mod:`.metrics`), what a verdict does
-(:mod:`.verdicts`).
+(:mod:`.verdicts`), the page's files (``controller/ui/``: HTML, CSS and JavaScript, no build step).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import ssl
 import threading
 from collections.abc import Coroutine
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
@@ -60,6 +65,29 @@ _VERDICT = re.compile(r"^/api/alarms/(\d+)/verdict$")
 MAX_BODY = 64 * 1024
 #: largest unread body read and dropped before an error answer (beyond, the connection is closed)
 MAX_DRAIN = 1 << 20
+#: the page's files: path → (file under controller/ui/, Content-Type)
+PAGE = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/ui/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/ui/app.css": ("app.css", "text/css; charset=utf-8"),
+}
+#: what the page may load and where it may connect: itself only (no inline script or style, no
+#: other origin, never inside a frame: a framed verdict button could be clickjacked)
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+_page_cache: dict[str, bytes] = {}
+
+
+def page_file(name: str) -> bytes:
+    """A file of the page (read once from the installed package)."""
+    if name not in _page_cache:
+        _page_cache[name] = (resources.files("atomwatch.controller") / "ui" / name).read_bytes()
+    return _page_cache[name]
 
 
 class ApiBackend(MetricsSource, Protocol):
@@ -169,6 +197,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if url.path == "/metrics":
                 self._send(200, render_metrics(c), "text/plain; version=0.0.4; charset=utf-8")
+                return
+            if url.path in PAGE:
+                name, ctype = PAGE[url.path]
+                self._send(200, page_file(name), ctype, headers=PAGE_HEADERS)
                 return
             if url.path == "/api/health":
                 self._send(200, {"ok": True, "connected": c.connected.is_set(), "rows": c.rows_handled})

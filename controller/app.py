@@ -51,7 +51,7 @@ from .delta_push import DeltaPush
 from .detection import DetectorSet
 from .handle import PluginHandle
 from .history import History
-from .ingest import HostState, Ingest
+from .ingest import FRESH_MARGIN, FRESH_TICKS, HostState, Ingest
 from .scopes import ScopeRows
 from .verdicts import Verdicts, alarm_rows
 
@@ -59,13 +59,9 @@ log = logging.getLogger(__name__)
 
 #: rows = "data": rows taken while this many still wait for detection are skipped (and counted)
 MAX_PENDING_ROWS = 100
-#: a host's values are current while its last live message is at most this many of its ticks old …
-FRESH_TICKS = 1.5
-#: … plus this many seconds (transport and scheduling)
-FRESH_MARGIN = 0.25
 
 # re-exported: older code imports these from here
-__all__ = ["Controller", "CommandFailed", "Progress", "alarm_rows"]
+__all__ = ["Controller", "CommandFailed", "FRESH_MARGIN", "FRESH_TICKS", "Progress", "alarm_rows"]
 
 
 class Controller:
@@ -200,11 +196,8 @@ class Controller:
     # ------------------------------------------------------------------ detection tick
 
     def _is_live(self, state: HostState, now: float | None = None) -> bool:
-        """Whether the host's values are current: an agent publishes every tick, so silence for
-        longer than :data:`FRESH_TICKS` of them means its values may have moved unseen."""
-        if not state.alive or not state.synced:
-            return False
-        return time.monotonic() - state.fresh_at <= FRESH_TICKS * state.tick + FRESH_MARGIN
+        """Whether the host's values are current (:meth:`HostState.is_live`)."""
+        return state.is_live()
 
     def _detect(self, rows: list[Row]) -> list[Anomaly]:
         found: list[Anomaly] = []

@@ -94,6 +94,9 @@ class ControllerConfig:
     max_columns_per_scope: int = MAX_COLUMNS_PER_SCOPE
     max_pending_commands: int = MAX_PENDING_COMMANDS
     max_pending_commands_per_host: int = MAX_PENDING_COMMANDS_PER_HOST
+    #: series on /metrics for the blamed columns (VM, metric) of live alarms, most blamed first;
+    #: 0: none (VM names stay off the open /metrics)
+    metrics_blame_limit: int = 50
 
     def __post_init__(self) -> None:
         try:
@@ -124,6 +127,12 @@ class ControllerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a whole number ≥ 1, got {value!r}")
+        if isinstance(self.metrics_blame_limit, bool) or not isinstance(self.metrics_blame_limit, int):
+            raise ConfigError(f"--metrics-blame-limit must be a whole number ≥ 0, got {self.metrics_blame_limit!r}")
+        if not 0 <= self.metrics_blame_limit <= 10_000:
+            raise ConfigError(
+                f"--metrics-blame-limit must be between 0 (no VM on /metrics) and 10000 series, got {self.metrics_blame_limit}"
+            )
         if not self.alarm_rows >= 10:
             raise ConfigError(f"--alarm-rows must be at least 10 (rows kept per alarm), got {self.alarm_rows}")
         if not self.alarm_retention >= 0:

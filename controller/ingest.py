@@ -41,6 +41,10 @@ from .config import MAX_SERIES_PER_HOST
 
 log = logging.getLogger(__name__)
 
+#: a host's values are current while its last live message is at most this many of its ticks old …
+FRESH_TICKS = 1.5
+#: … plus this many seconds (transport and scheduling)
+FRESH_MARGIN = 0.25
 #: seconds between two rebirth requests to one host while waiting for its birth
 REBIRTH_INTERVAL = 2.0
 #: seconds between two rebirth requests to a host whose birth was refused as too large (the same
@@ -75,6 +79,14 @@ class HostState:
     @property
     def scope(self) -> str:
         return f"{self.site}/{self.host}"
+
+    def is_live(self) -> bool:
+        """Whether the host's values are current: its agent is alive, its values synced, and it
+        spoke within :data:`FRESH_TICKS` of its ticks (an agent publishes every tick, so a longer
+        silence means its values may have moved unseen)."""
+        if not self.alive or not self.synced:
+            return False
+        return time.monotonic() - self.fresh_at <= FRESH_TICKS * self.tick + FRESH_MARGIN
 
     def snapshot(self) -> dict[SeriesKey, float]:
         """Current value of every series (NaN where unknown or stale)."""

@@ -1,27 +1,33 @@
 """The controller's own Prometheus metrics, read from its state at scrape time.
 
-Per scope and detector: the last score and threshold (for PCA-SPE, SPE and Q_α); alarms by state;
-whether the alarms file takes writes, anomalies waiting in memory for it and rows lost; messages
-ingested by kind, values ingested, messages dropped by reason; rows handed to detectors; whether
-the broker is connected (``atomwatch_connected``, 1/0) and the unexpected exceptions of the
-receive paths by where and type (``atomwatch_unexpected_errors``); refusals by resource limit and
-the columns a scope leaves out of its rows (``docs/limits.md``). Nothing here reads the alarms
-file: /metrics answers whatever state it is in.
+Labels follow Prometheus' conventions: a scope is ``site`` and ``host`` (two labels), counters end
+in ``_total``, times are seconds. Per scope: ``atomwatch_scope_up`` (1 while its host's values are
+current: agent alive, synced, heard within 1.5 ticks), the series it has, the time of its last
+message; per scope and detector the last score and threshold, and for PCA-SPE
+``atomwatch_spe``/``atomwatch_q_alpha``. Alarms by state, and one series per blamed column of a
+live (open or malicious) alarm with ``vm`` and ``metric`` labels, at most ``metrics_blame_limit``
+of them (most blamed first; the rest counted), never a label per alarm id. Then whether the alarms
+file takes writes, what waits for it and rows lost; messages ingested by kind, values ingested,
+messages dropped by reason; rows handed to detectors; whether the broker is connected
+(``atomwatch_connected``); unexpected exceptions of the receive paths by where and type; refusals
+by resource limit (``docs/limits.md``); ``atomwatch_build_info`` and the process' own metrics.
+Nothing here reads the alarms file: /metrics answers whatever state it is in, and a part that
+fails is left out of the scrape, not the whole scrape.
 
 What lives here: the collector and :func:`render_metrics`, reading a :class:`MetricsSource` (the
 few parts of the controller they need, not the controller). What does not: serving them (the
-HTTP API, :mod:`.api`).
+HTTP API, :mod:`.api`); what each series is for (``docs/operations.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from atomwatch.exposition import build_info, guarded, render
 from atomwatch.handles import ScopeStatus
 from atomwatch.mqtt import Faults
 
@@ -31,10 +37,16 @@ from .history import History
 from .ingest import Ingest
 from .scopes import ScopeRows
 
+#: blamed-column series on /metrics when the source has no configuration saying otherwise
+BLAME_LIMIT = 50
+#: sections of the collector that failed once in this process (the first failure is logged in full)
+_FAILED: set[str] = set()
+
 
 class MetricsSource(Protocol):
     """What the metrics are read from (the controller has all of it)."""
 
+    config: Any
     scope_status: Mapping[str, ScopeStatus]
     alarms: AlarmStore
     ingest: Ingest
@@ -47,40 +59,132 @@ class MetricsSource(Protocol):
     commands: AgentCommands
 
 
+def _site_host(scope: str) -> list[str]:
+    site, _, host = scope.partition("/")
+    return [site, host]
+
+
+def _number(status: Mapping[str, Any], *keys: str) -> float | None:
+    for k in keys:
+        v = status.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
 class _ControllerCollector:
     def __init__(self, controller: MetricsSource):
         self.c = controller
 
     def collect(self):
-        c = self.c
-        yield GaugeMetricFamily(
-            "atomwatch_connected", "1 while connected to the MQTT broker, else 0", value=int(c.connected.is_set())
+        yield from guarded(
+            (self._process, self._scopes, self._detectors, self._alarms, self._ingest, self._limits), _FAILED
         )
-        yield unexpected_errors(c.faults)
+
+    def _process(self):
+        yield build_info("controller")
+        yield GaugeMetricFamily(
+            "atomwatch_connected", "1 while connected to the MQTT broker, else 0", value=int(self.c.connected.is_set())
+        )
+        yield unexpected_errors(self.c.faults)
+
+    def _scopes(self):
+        up = GaugeMetricFamily(
+            "atomwatch_scope_up",
+            "1 while a host's values are current (agent alive, synced, heard within 1.5 of its ticks), else 0",
+            labels=["site", "host"],
+        )
+        series = GaugeMetricFamily(
+            "atomwatch_scope_series", "Series a host's last birth announced", labels=["site", "host"]
+        )
+        seen = GaugeMetricFamily(
+            "atomwatch_scope_last_message_timestamp_seconds",
+            "When the host's last birth or data message arrived (Unix time)",
+            labels=["site", "host"],
+        )
+        for (site, host), h in list(self.c.ingest.hosts.items()):
+            up.add_metric([site, host], 1 if h.is_live() else 0)
+            series.add_metric([site, host], len(h.keys))
+            if h.last_seen:
+                seen.add_metric([site, host], h.last_seen)
+        yield up
+        yield series
+        yield seen
+
+    def _detectors(self):
         score = GaugeMetricFamily(
             "atomwatch_detector_score",
             "Last score of a detector on a scope (PCA-SPE: SPE)",
-            labels=["scope", "detector"],
+            labels=["site", "host", "detector"],
         )
         thr = GaugeMetricFamily(
             "atomwatch_detector_threshold",
             "Threshold of a detector on a scope (PCA-SPE: Q_alpha)",
-            labels=["scope", "detector"],
+            labels=["site", "host", "detector"],
         )
-        for scope, st in list(c.scope_status.items()):
+        spe = GaugeMetricFamily(
+            "atomwatch_spe", "PCA-SPE's last squared prediction error on a scope", labels=["site", "host"]
+        )
+        q_alpha = GaugeMetricFamily(
+            "atomwatch_q_alpha", "PCA-SPE's threshold Q_alpha on a scope (Jackson-Mudholkar)", labels=["site", "host"]
+        )
+        for scope, st in list(self.c.scope_status.items()):
+            labels = _site_host(scope)
             for name, s in st.get("detectors", {}).items():
-                v = s.get("score", s.get("spe"))
-                t = s.get("threshold", s.get("q_alpha"))
-                if isinstance(v, (int, float)):
-                    score.add_metric([scope, name], float(v))
-                if isinstance(t, (int, float)):
-                    thr.add_metric([scope, name], float(t))
-        yield score
-        yield thr
+                v = _number(s, "score", "spe")
+                t = _number(s, "threshold", "q_alpha")
+                if v is not None:
+                    score.add_metric([*labels, name], v)
+                if t is not None:
+                    thr.add_metric([*labels, name], t)
+                if (v := _number(s, "spe")) is not None:
+                    spe.add_metric(labels, v)
+                if (t := _number(s, "q_alpha")) is not None:
+                    q_alpha.add_metric(labels, t)
+        yield from (score, thr, spe, q_alpha)
+
+    def _alarms(self):
+        c = self.c
         alarms = GaugeMetricFamily("atomwatch_alarms", "Alarms by state", labels=["state"])
         for state, n in c.alarms.counts().items():
             alarms.add_metric([state], n)
         yield alarms
+        limit = getattr(getattr(c, "config", None), "metrics_blame_limit", BLAME_LIMIT)
+        blamed = GaugeMetricFamily(
+            "atomwatch_alarm_blamed_rows",
+            "Abnormal rows of a live (open or malicious) alarm that blamed a column (VM and metric); "
+            "at most metrics_blame_limit series, most blamed first",
+            labels=["site", "host", "detector", "vm", "metric"],
+        )
+        live = GaugeMetricFamily(
+            "atomwatch_alarm_live_rows",
+            "Abnormal rows (level) of the live alarm of a scope and detector",
+            labels=["site", "host", "detector", "state"],
+        )
+        since = GaugeMetricFamily(
+            "atomwatch_alarm_live_opened_timestamp_seconds",
+            "When the live alarm of a scope and detector opened (Unix time)",
+            labels=["site", "host", "detector"],
+        )
+        columns: dict[tuple[str, ...], float] = {}
+        for a in c.alarms.live():
+            labels = [a.site, a.host, a.detector]
+            live.add_metric([*labels, a.state], a.level)
+            since.add_metric(labels, a.opened_at)
+            for b in a.blame:
+                key = (*labels, str(b.get("vm_name") or b.get("vm_uuid") or "?"), str(b.get("metric") or "?"))
+                columns[key] = max(columns.get(key, 0), float(b.get("rows", 1)))
+        ranked = sorted(columns.items(), key=lambda kv: -kv[1])
+        for key, n in ranked[:limit]:
+            blamed.add_metric(list(key), n)
+        yield blamed
+        yield GaugeMetricFamily(
+            "atomwatch_alarm_blamed_columns_left_out",
+            "Blamed columns of live alarms not shown as series, beyond metrics_blame_limit",
+            value=max(0, len(ranked) - limit),
+        )
+        yield live
+        yield since
         store = c.alarms.status()
         yield GaugeMetricFamily(
             "atomwatch_alarm_store_ok", "1 while the alarms file takes writes, else 0", value=1 if store["ok"] else 0
@@ -95,6 +199,9 @@ class _ControllerCollector:
             "Abnormal rows dropped in memory while the alarms file could not be written",
             value=store["rows_lost"],
         )
+
+    def _ingest(self):
+        c = self.c
         msgs = CounterMetricFamily("atomwatch_messages_ingested", "MQTT messages ingested, by kind", labels=["kind"])
         for kind, n in list(c.ingest.messages.items()):
             msgs.add_metric([kind], n)
@@ -125,11 +232,9 @@ class _ControllerCollector:
             "Live rows dropped while waiting behind a host's history (more than 10,000 waiting)",
             value=c.history.held_dropped,
         )
-        hosts = GaugeMetricFamily("atomwatch_series", "Series known per host", labels=["scope", "alive"])
-        for (site, host), h in list(c.ingest.hosts.items()):
-            hosts.add_metric([f"{site}/{host}", "1" if h.alive else "0"], len(h.keys))
-        yield hosts
-        yield from _limits(c)
+
+    def _limits(self):
+        yield from _limits(self.c)
 
 
 def _limits(c: MetricsSource):
@@ -148,10 +253,10 @@ def _limits(c: MetricsSource):
     left_out = GaugeMetricFamily(
         "atomwatch_scope_columns_left_out",
         "Columns left out of a scope's last row by max_columns_per_scope",
-        labels=["scope"],
+        labels=["site", "host"],
     )
     for scope, n in list(c.scope_rows.left_out.items()):
-        left_out.add_metric([scope], n)
+        left_out.add_metric(_site_host(scope), n)
     yield left_out
 
 
@@ -168,6 +273,5 @@ def unexpected_errors(faults: Faults) -> CounterMetricFamily:
 
 
 def render_metrics(controller: MetricsSource) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ControllerCollector(controller))
-    return generate_latest(registry)
+    """The text exposition of the controller's metrics (and its process')."""
+    return render(_ControllerCollector(controller))

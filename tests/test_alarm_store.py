@@ -32,6 +32,7 @@ import atomwatch
 from atomwatch.config import ConfigError
 from atomwatch.controller.alarms import AlarmNotFound, AlarmStore
 from atomwatch.controller.commands import AgentCommands
+from atomwatch.controller.history import History
 from atomwatch.controller.ingest import Ingest
 from atomwatch.controller.scopes import ScopeRows
 from atomwatch.mqtt import Faults
@@ -421,6 +422,9 @@ def api_for(store: AlarmStore, tmp_path: Path):
         faults=Faults(logging.getLogger("test-alarm-store")),
         scope_rows=ScopeRows(),
         commands=AgentCommands(lambda: None, lambda aw, name: None),
+        history=History(),
+        rows_late=0,
+        config=SimpleNamespace(metrics_blame_limit=50),
     )
     server = ApiServer(backend, ("127.0.0.1", free_port()), tokens=str(tokens))
     server.start()

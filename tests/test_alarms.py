@@ -256,7 +256,7 @@ async def test_http_api_cli_metrics_and_normal_verdict_refits(mosquitto, site, t
         assert len(pipe.controller.alarms.list()) == n_alarms, "the same workload no longer alarms"
 
         metrics = (await asyncio.to_thread(get, base + "/metrics")).decode()
-        assert f'atomwatch_detector_threshold{{detector="spiky",scope="{site}/hv1"}}' in metrics
+        assert f'atomwatch_detector_threshold{{detector="spiky",host="hv1",site="{site}"}}' in metrics
         assert 'atomwatch_alarms{state="closed"} 1.0' in metrics
         assert 'atomwatch_messages_ingested_total{kind="data"}' in metrics
         scopes = json.loads(await asyncio.to_thread(get, base + "/api/scopes"))["scopes"]

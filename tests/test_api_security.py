@@ -243,15 +243,27 @@ def test_reads_need_the_token(api):
     assert status == 403
 
 
-def test_metrics_and_health_work_without_a_token_and_reveal_no_alarm(api):
+def test_metrics_and_health_work_without_a_token_and_reveal_no_alarm_details(api):
     controller, base = api
     alarm, _ = controller.alarms.record(anomaly())
+    controller.add_findings(alarm.id, "introspect", {"kind": "introspection", "summary": "pid 4242 xmrig-secret"})
     status, headers, body = request(base + "/api/health")
     assert status == 200 and body["ok"] is True and set(body) == {"ok", "connected", "rows"}
     assert headers["X-Content-Type-Options"] == "nosniff"
     status, headers, text = request(base + "/metrics")
     assert status == 200 and 'atomwatch_alarms{state="open"} 1.0' in text
-    assert "vm1/CPUUtilization" not in text and "alice" not in text, "no alarm details, no token names"
+    # the blamed VM and metric are there (bounded by --metrics-blame-limit), nothing else of the alarm
+    assert 'atomwatch_alarm_blamed_rows{detector="d",host="h",metric="CPUUtilization",site="s",vm="vm1"} 1.0' in text
+    assert "xmrig-secret" not in text and "4242" not in text and "alice" not in text, "no findings, no token names"
+    assert f'alarm="{alarm.id}"' not in text and "alarm_id" not in text, "no label per alarm"
+
+
+def test_metrics_blame_limit_0_keeps_vm_names_off_metrics(mosquitto, tmp_path):
+    with running(mosquitto, http_tokens=str(tokens_file(tmp_path / "tokens")), metrics_blame_limit=0) as (c, base):
+        c.alarms.record(anomaly())
+        status, _, text = request(base + "/metrics")
+    assert status == 200 and 'atomwatch_alarms{state="open"} 1.0' in text
+    assert "vm1" not in text and "atomwatch_alarm_blamed_columns_left_out 1.0" in text
 
 
 def test_tokens_file_changes_are_picked_up_for_rotation(api, tmp_path):

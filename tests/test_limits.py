@@ -238,8 +238,8 @@ async def test_series_and_column_limits_through_mosquitto(mosquitto, site, caplo
             assert 'atomwatch_messages_dropped_total{reason="too-many-series"} 1.0' in text
             assert refusals(text, "max_series_per_host") == 1
             assert refusals(text, "max_columns_per_scope") >= 1
-            assert f'atomwatch_scope_columns_left_out{{scope="{site}/hv1"}} 8.0' in text
-            assert f'atomwatch_series{{alive="1",scope="{site}/hv1"}} 24.0' in text
+            assert f'atomwatch_scope_columns_left_out{{host="hv1",site="{site}"}} 8.0' in text
+            assert f'atomwatch_scope_series{{host="hv1",site="{site}"}} 24.0' in text
     finally:
         c.stop()
         await run

@@ -82,6 +82,7 @@ KEYS = (
     Key("max_pending_commands_per_host", _COUNT),
     Key("rows", Literal["tick", "data"]),
     Key("alarm_log_every", DURATION),
+    Key("metrics_blame_limit", Annotated[int, Range(ge=0, le=10_000)]),
     Key("signing_key", expected="a file (PEM)"),
     Key("command_lifetime", POSITIVE_DURATION),
 )
@@ -138,6 +139,12 @@ def add_controller_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="listen on a non-loopback --http without TLS and a tokens file all the same (not recommended)",
+    )
+    p.add_argument(
+        "--metrics-blame-limit",
+        metavar="N",
+        help="at most N series on /metrics naming the blamed VM and metric of live alarms, most blamed first "
+        "(default 50; 0: no VM names on /metrics)",
     )
     p.add_argument("--mu", help="ATOM's deviation μ: derive tracking errors Δ from the model and push them to agents")
     add_message_size_argument(p)
@@ -197,7 +204,16 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     kwargs["http"] = None if http == "off" else http
     kwargs["http_insecure"] = bool(v.get("http_insecure", False))
     names = ("db", "alarm_rows", "alarm_retention", "alarm_pending", "http_tokens", "http_cert", "http_key")
-    for name in (*names, "max_message_size", "max_reply_size", *LIMITS, "rows", "alarm_log_every", "command_lifetime"):
+    for name in (
+        *names,
+        "max_message_size",
+        "max_reply_size",
+        *LIMITS,
+        "rows",
+        "alarm_log_every",
+        "command_lifetime",
+        "metrics_blame_limit",
+    ):
         if v.get(name) is not None and v.get(name) != "":
             kwargs[name] = v[name]
     if "signing_key" not in overrides and v.get("signing_key"):
