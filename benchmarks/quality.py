@@ -29,7 +29,7 @@ files of ``TSB_FILES`` read from ``--data`` (default ``$ATOMWATCH_TSB_AD_DIR``, 
 ``$ATOMWATCH_SHARED/data/tsb-ad-m``); a missing file or a file whose SHA-256 differs is reported
 as skipped with the reason.
 
-Run: ``python -m benchmarks.quality [--data DIR] [--only NAME ...] [--quick]``.
+Run: ``python -m benchmarks.quality [--data DIR] [--only NAME ...] [--variants NAME ...] [--quick]``.
 """
 
 from __future__ import annotations
