@@ -6,8 +6,10 @@ part only and is scored on the test part:
 
 * ``pca-spe`` — the detector as it runs live (``PcaSpeDetector.update`` row after row, over the
   train rows first, then the test rows; nobody answers an alarm), with its options as given per
-  variant (``default``; ``latching``: ``rebaseline_after=0``, the paper's wait for a verdict);
-  its continuous score is SPE/Q_α (a quiet-column breach scores at least 1);
+  variant (``default``; ``latching``: ``rebaseline_after=0``, the paper's wait for a verdict;
+  the threshold rules ``pot`` and ``quantile``; ``quiet-off``: ``quiet_rule=off``; ``confirm-2``);
+  its continuous score is SPE over the threshold the row was judged by (Q_α or the window's tail;
+  a quiet-column breach scores at least 1);
 * ``pca-error`` — scikit-learn's PCA (90 % of the variance) fitted on the standardised train
   part, score = squared reconstruction error;
 * ``iforest`` — scikit-learn's IsolationForest (seed 0) fitted on the standardised train part,
@@ -23,16 +25,18 @@ published TSB-AD VUS-PR of PCA and IForest on the same file where known (those a
 the whole file, train part included, by unsupervised runs: a reference, not the same experiment).
 
 Data: ``synthetic`` (generated here, deterministic: :func:`synthetic_host`), and the TSB-AD-M
-files of ``TSB_FILES`` read from ``--data`` (default ``$ATOMWATCH_SHARED/data/tsb-ad-m``); a
-missing file or a file whose SHA-256 differs is reported as skipped with the reason.
+files of ``TSB_FILES`` read from ``--data`` (default ``$ATOMWATCH_TSB_AD_DIR``, else
+``$ATOMWATCH_SHARED/data/tsb-ad-m``); a missing file or a file whose SHA-256 differs is reported
+as skipped with the reason.
 
-Run: ``python -m benchmarks.quality [--data DIR] [--only NAME ...] [--quick]``.
+Run: ``python -m benchmarks.quality [--data DIR] [--only NAME ...] [--variants NAME ...] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -79,6 +83,11 @@ TSB_FILES: dict[str, dict[str, Any]] = {
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "latching": {"rebaseline_after": 0},
+    "pot": {"threshold": "pot"},
+    "quantile": {"threshold": "quantile"},
+    "quiet-off": {"quiet_rule": "off"},
+    "quantile+quiet-off": {"threshold": "quantile", "quiet_rule": "off"},
+    "confirm-2": {"confirm": 2},
 }
 
 
@@ -132,6 +141,12 @@ def synthetic_host(rows: int = 13_000, seed: int = 22, shift: bool = True) -> La
     cols = tuple(SeriesKey.from_column(f"vm{v + 1}/{metrics[m]}") for v in range(4) for m in range(5))
     marks = {"shift_row": 5000 if shift else None, "ramp": [10000, rows], "ramp_column": "vm1/NetworkOut"}
     return Labelled("synthetic" if shift else "synthetic-no-shift", x, y, 2880, cols, 60.0, {}, marks)
+
+
+def tsb_dir() -> Path:
+    """Where the TSB-AD-M files are looked for: ``$ATOMWATCH_TSB_AD_DIR``, else the shared
+    folder's ``data/tsb-ad-m`` (fetched data is never committed to this repository)."""
+    return Path(os.environ.get("ATOMWATCH_TSB_AD_DIR") or SHARED / "data" / "tsb-ad-m")
 
 
 def sha256(path: Path) -> str:
@@ -196,14 +211,14 @@ def run_pca_spe(data: Labelled, options: dict[str, Any]) -> dict[str, Any]:
     for i in range(n):
         row = Row("bench", i, float(i), data.columns, data.x[i])
         found = anomalies_of(det.update(row), "pca-spe", i)
-        spe, q = det.last_spe, det.last_q
+        spe, q = det.last_spe, det.last_threshold
         if spe is not None and q is not None and q > 0 and np.isfinite(q):
             score[i] = spe / q
         if found:
             flags[i] = 1
             score[i] = max(score[i], 1.0)
             audits += [a.details["audit"]["details"] for a in found if "audit" in a.details]
-        det.last_spe = det.last_q = None
+        det.last_spe = det.last_threshold = None
     seconds = time.perf_counter() - start
     return {"flags": flags, "score": score, "seconds": seconds, "rebaselines": audits}
 
@@ -310,9 +325,10 @@ def evaluate_file(data: Labelled, variants: dict[str, dict[str, Any]]) -> dict[s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=SHARED / "data" / "tsb-ad-m", help="folder of TSB-AD-M CSV files")
+    ap.add_argument("--data", type=Path, default=tsb_dir(), help="folder of TSB-AD-M CSV files (default: %(default)s)")
     ap.add_argument("--only", nargs="*", help="datasets to run (synthetic and/or file names)")
     ap.add_argument("--quick", action="store_true", help="the synthetic trace only")
+    ap.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), help="pca-spe variants to run (default: all)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option of every variant")
     args = ap.parse_args()
     extra = {}
@@ -321,7 +337,7 @@ def main() -> None:
         if not sep:
             ap.error(f"--set {kv!r}: expected KEY=VALUE (a pca-spe option)")
         extra[key] = value
-    variants = {k: {**extra, **v} for k, v in VARIANTS.items()}
+    variants = {k: {**extra, **v} for k, v in VARIANTS.items() if not args.variants or k in args.variants}
     kernels.warm_up()  # compiled (or loaded from numba's cache) before anything is timed
     result: dict[str, Any] = {"benchmark": "quality", "machine": machine(), "variants": variants, "datasets": {}}
     sets: list[Labelled | tuple[str, str]] = [synthetic_host(), synthetic_host(shift=False)]

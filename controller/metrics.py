@@ -119,7 +119,7 @@ class _ControllerCollector:
         )
         thr = GaugeMetricFamily(
             "atomwatch_detector_threshold",
-            "Threshold of a detector on a scope (PCA-SPE: Q_alpha)",
+            "Threshold of a detector on a scope (PCA-SPE: Q_alpha, or its tail threshold)",
             labels=["site", "host", "detector"],
         )
         spe = GaugeMetricFamily(

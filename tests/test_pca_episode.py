@@ -116,6 +116,8 @@ class RecomputingDetector(PcaSpeDetector):
             "d": fit.d if fit else 0,
             "method": fit.method if fit else "none",
             "h0": None if fit is None or math.isnan(fit.h0) else fit.h0,
+            "threshold_rule": model.rule,
+            "q_alpha": fit.q_alpha if fit is not None and math.isfinite(fit.q_alpha) else None,
             "quiet_columns": len(quiet.index),
             "quiet_breaches": [win.columns[int(j)].column for j in quiet.index[breached]],
             "rows_in_A": len(a),

@@ -62,10 +62,21 @@ class PcaSpeOptions:
     rebaseline_after: Annotated[int, Range(ge=0)] = (
         360  # abnormal rows of one episode with no verdict after which M is rebuilt from its latest rows (0: never)
     )
+    threshold: Literal["q-alpha", "quantile", "pot"] = (
+        "q-alpha"  # SPE threshold: the paper's Q_α, or read off the window's own SPE at α (quantile, pot)
+    )
+    tail_level: Annotated[float, Range(gt=0, lt=1)] = 0.9  # with threshold=pot, the quantile the tail is fitted over
+    quiet_rule: Literal["band", "off"] = (
+        "band"  # quiet columns (out of the PCA): alarm when one leaves its band, or "off" (not judged)
+    )
 
     def __post_init__(self) -> None:
         if self.min_rows is not None and not 3 <= self.min_rows <= self.t:
             raise atomwatch.OptionError("min_rows", self.min_rows, f"in [3, t={self.t}]")
+        if self.threshold == "pot" and self.alpha >= 1 - self.tail_level:
+            raise atomwatch.OptionError(
+                "tail_level", self.tail_level, f"below 1 − alpha = {1 - self.alpha:g} (the tail must reach α)"
+            )
         if 0 < self.rebaseline_after < max(self.confirm, 3):
             raise atomwatch.OptionError(
                 "rebaseline_after", self.rebaseline_after, f"0 (never) or at least max(3, confirm={self.confirm})"
@@ -139,11 +150,29 @@ class _Window:
                 )
             if len(quiet):
                 rows = s.rows()[:, quiet]
-                q = pm.QuietColumns(quiet, rows.min(axis=0), rows.max(axis=0), noise[quiet])
+                q = pm.QuietColumns(
+                    quiet, rows.min(axis=0), rows.max(axis=0), noise[quiet], self.opts.quiet_rule == "band"
+                )
             else:
                 q = pm.QuietColumns(quiet, np.zeros(0), np.zeros(0), np.zeros(0))
-            self._fit = _Model(fit, active, q)
+            self._fit = _Model(fit, active, q, *self._threshold(fit, active))
         return self._fit
+
+    def _threshold(self, fit: pm.PcaFit | None, active: np.ndarray) -> tuple[float, str]:
+        """(SPE threshold, the rule that gave it): Q_α, or with ``threshold`` quantile/pot the
+        one read off the SPE of the window's own rows under this model (Q_α where the tail
+        gives none, or the model is degenerate)."""
+        if fit is None:
+            return math.inf, "none"
+        rule = self.opts.threshold
+        if rule == "q-alpha" or not math.isfinite(fit.q_alpha):
+            return fit.q_alpha, "q-alpha"
+        x = (self.stats.rows()[:, active] - fit.mean) / fit.std
+        r = x - (x @ fit.p1) @ fit.p1.T
+        thr = pm.tail_threshold(np.einsum("ij,ij->i", r, r), self.opts.alpha, rule, self.opts.tail_level)
+        if thr is None or not thr > 0:
+            return fit.q_alpha, "q-alpha"
+        return thr, rule
 
     def restricted(self, columns: tuple[SeriesKey, ...]) -> _Window:
         keep = np.array([self.index[c] for c in columns], dtype=np.intp)
@@ -158,13 +187,15 @@ class _Model:
     fit: pm.PcaFit | None
     active: np.ndarray  # window column indices the PCA covers, in its order
     quiet: pm.QuietColumns
+    threshold: float = math.inf  # the SPE threshold (option ``threshold``: Q_α or the window's tail)
+    rule: str = "q-alpha"  # the rule that gave it (q-alpha also where a tail rule fell back)
 
     def spe(self, z: np.ndarray) -> tuple[float, float, np.ndarray | None]:
-        """(SPE, Q_α, standardised active row with stale cells filled) of a raw window row."""
+        """(SPE, threshold, standardised active row with stale cells filled) of a raw window row."""
         if self.fit is None:
             return 0.0, math.inf, None
         x = self.fit.fill_missing(self.fit.standardise(z[self.active]))
-        return self.fit.spe(x), self.fit.q_alpha, x
+        return self.fit.spe(x), self.threshold, x
 
 
 class _Episode:
@@ -236,7 +267,8 @@ class PcaSpeDetector:
         self.last_episode: tuple[tuple[SeriesKey, ...], list[np.ndarray]] | None = None
         self.nan_run: dict[SeriesKey, int] = {}
         self.last_spe: float | None = None
-        self.last_q: float | None = None  # the Q_α the last scored row was compared with
+        self.last_q: float | None = None  # the Q_α of the model the last scored row was judged by
+        self.last_threshold: float | None = None  # the threshold it was compared with (Q_α or the tail's)
         self.last_index: int | None = None
         self.rows_seen = 0
         self.anomalies = 0
@@ -292,7 +324,8 @@ class PcaSpeDetector:
         model = win.model()
         spe, q, x = model.spe(z)
         breach = model.quiet.breaches(z)
-        self.last_spe, self.last_q = spe, q
+        self.last_spe, self.last_threshold = spe, q
+        self.last_q = model.fit.q_alpha if model.fit is not None else math.inf
         if spe > q or breach.any():
             self.episode.append(row.index, z.copy())
             self._fold_episode(model)
@@ -399,7 +432,7 @@ class PcaSpeDetector:
         blame: list[Blame] = []
         findings: list[pm.ColumnFinding] = []
         fit = model.fit
-        over = fit is not None and spe > fit.q_alpha  # (a row may be abnormal by the quiet rule alone)
+        over = fit is not None and spe > model.threshold  # (a row may be abnormal by the quiet rule alone)
         if over:
             assert ep.ident is not None  # (folded under this model by _score)
             findings = ep.ident.findings(self.opts.b1, self.opts.b2)
@@ -441,6 +474,8 @@ class PcaSpeDetector:
             "d": fit.d if fit else 0,
             "method": fit.method if fit else "none",
             "h0": None if fit is None or math.isnan(fit.h0) else fit.h0,
+            "threshold_rule": model.rule,
+            "q_alpha": fit.q_alpha if fit is not None and math.isfinite(fit.q_alpha) else None,
             "quiet_columns": len(quiet.index),
             "quiet_breaches": [win.columns[int(j)].column for j in quiet.index[breached]],
             "rows_in_A": len(ep),
@@ -466,7 +501,7 @@ class PcaSpeDetector:
             index=row.index,
             ts=row.ts,
             score=spe,
-            threshold=fit.q_alpha if fit else math.inf,
+            threshold=model.threshold,
             blame=blame,
             details=details,
         )
@@ -595,11 +630,17 @@ class PcaSpeDetector:
             out.update(method="none", k=0, d=0, q_alpha=None, model_q_alpha=None)
             return out
         last_q = self.last_q if self.last_q is not None else fit.q_alpha
+        last_t = self.last_threshold if self.last_threshold is not None else m.threshold
         out.update(
             # spe and q_alpha are a pair: the last scored row and the threshold it was judged
             # by; model_q_alpha is the current model's (it moves when a normal row joins M)
             q_alpha=last_q if math.isfinite(last_q) else None,
             model_q_alpha=fit.q_alpha if math.isfinite(fit.q_alpha) else None,
+            # the threshold SPE is compared with (= q_alpha unless the option threshold says
+            # quantile or pot), for the last scored row and for the current model
+            threshold=last_t if math.isfinite(last_t) else None,
+            model_threshold=m.threshold if math.isfinite(m.threshold) else None,
+            threshold_rule=m.rule,
             method=fit.method,
             k=fit.k,
             d=fit.d,

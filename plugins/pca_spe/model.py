@@ -137,6 +137,7 @@ class QuietColumns:
     lo: np.ndarray  # the window's min and max of each quiet column
     hi: np.ndarray
     noise: np.ndarray
+    watched: bool = True  # False: kept out of the PCA but not judged (no breach, no excess)
 
     @property
     def band(self) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +147,8 @@ class QuietColumns:
         """Boolean per quiet column: the row's value (full window width) is outside the band
         (NaN is never a breach)."""
         v = z[self.index]
+        if not self.watched:
+            return np.zeros(len(self.index), dtype=bool)
         low, high = self.band
         with np.errstate(invalid="ignore"):
             return (v < low) | (v > high)
@@ -154,6 +157,8 @@ class QuietColumns:
         """How far outside the band each quiet column's value is, in units of its noise level
         (signed: negative below the band; 0 inside)."""
         v = z[self.index]
+        if not self.watched:
+            return np.zeros(len(self.index))
         low, high = self.band
         with np.errstate(invalid="ignore"):
             out = np.where(v > high, (v - high) / self.noise, np.where(v < low, (v - low) / self.noise, 0.0))
@@ -252,6 +257,84 @@ def normal_score(q: float, theta: tuple[float, float, float], method: Method) ->
         # so that tails far beyond 1 − 1e-16 stay resolved
         return float(-special.ndtri(special.chdtrc(h, q / g)))
     return math.nan
+
+
+# --------------------------------------------------------------------------- tail thresholds
+
+
+@dataclass(frozen=True)
+class TailFit:
+    """A generalised Pareto tail fitted above ``u``: P(X > u + y | X > u) = (1 + ξy/σ)^(−1/ξ)
+    (e^(−y/σ) at ξ = 0), with ``n_u`` of ``n`` values above ``u``."""
+
+    u: float
+    xi: float
+    sigma: float
+    n_u: int
+    n: int
+
+    def quantile(self, alpha: float) -> float:
+        """The value exceeded with probability ``alpha`` (α < n_u/n: beyond ``u``)."""
+        r = alpha * self.n / self.n_u
+        if self.xi == 0.0:
+            return self.u - self.sigma * math.log(r)
+        return self.u + self.sigma / self.xi * (r ** (-self.xi) - 1.0)
+
+
+def gpd_pwm(excess: np.ndarray) -> tuple[float, float]:
+    """(ξ, σ) of a generalised Pareto law from excesses over a threshold (all ≥ 0), by
+    probability-weighted moments (Hosking & Wallis, 1987): a₀ = mean, a₁ = the unbiased
+    estimate of E[Y(1 − F(Y))] from the sorted sample, ξ = 2 − a₀/(a₀ − 2a₁), σ = 2a₀a₁/(a₀ − 2a₁).
+    Closed form, valid for ξ < 1 (a finite mean). Raises ValueError on fewer than 2 values or
+    no spread (a₀ ≤ 2a₁)."""
+    y = np.sort(np.asarray(excess, dtype=np.float64))
+    n = len(y)
+    if n < 2:
+        raise ValueError(f"a tail fit needs at least 2 excesses, got {n}")
+    a0 = float(y.mean())
+    a1 = float(((n - 1 - np.arange(n)) / (n - 1)) @ y) / n
+    den = a0 - 2.0 * a1
+    if not (den > 0 and a0 > 0):
+        raise ValueError(f"excesses without spread (a0={a0:g}, a1={a1:g})")
+    return 2.0 - a0 / den, 2.0 * a0 * a1 / den
+
+
+#: fewest excesses a tail is fitted on (fewer: the threshold falls back to Q_α)
+MIN_EXCESSES = 10
+
+
+def pot_fit(values: np.ndarray, level: float) -> TailFit | None:
+    """Peaks over threshold: a :class:`TailFit` to the excesses of ``values`` over their
+    ``level`` quantile, or None where fewer than :data:`MIN_EXCESSES` values exceed it or the
+    excesses have no spread."""
+    v = np.asarray(values, dtype=np.float64)
+    u = float(np.quantile(v, level))
+    exc = v[v > u] - u
+    if len(exc) < MIN_EXCESSES:
+        return None
+    try:
+        xi, sigma = gpd_pwm(exc)
+    except ValueError:
+        return None
+    return TailFit(u, xi, sigma, len(exc), len(v))
+
+
+def tail_threshold(values: np.ndarray, alpha: float, rule: str, level: float = 0.9) -> float | None:
+    """The SPE threshold a rule reads off a window's own SPE values: ``quantile``, their
+    empirical (1 − α) quantile; ``pot``, the α quantile of a generalised Pareto tail fitted over
+    their ``level`` quantile (:func:`pot_fit`), never below that quantile's u. None where the
+    values cannot give one (too few in the tail)."""
+    v = np.asarray(values, dtype=np.float64)
+    if rule == "quantile":
+        return float(np.quantile(v, 1.0 - alpha)) if len(v) else None
+    if rule != "pot":
+        raise ValueError(f"unknown tail threshold rule {rule!r} (quantile or pot)")
+    if alpha >= 1.0 - level:  # inside the body: the sample answers by itself
+        return float(np.quantile(v, 1.0 - alpha))
+    tail = pot_fit(v, level)
+    if tail is None:
+        return None
+    return max(tail.quantile(alpha), tail.u)
 
 
 def thetas(resid: np.ndarray) -> tuple[float, float, float]:
