@@ -23,15 +23,20 @@ agents and their replies (:mod:`.commands`), verdicts, findings and closing alar
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import inspect
 import logging
+import os
+import pstats
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import numpy as np
 
 from atomwatch import protocol, signing
 from atomwatch.alarm import Alarm
@@ -52,6 +57,7 @@ from .handle import PluginHandle
 from .history import History
 from .ingest import HostState, Ingest
 from .scopes import ScopeRows
+from .timing import TickTiming
 from .verdicts import Verdicts, alarm_rows
 
 log = logging.getLogger(__name__)
@@ -116,7 +122,15 @@ class Controller:
         self.http = None
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
+        #: ATOMWATCH_PROFILE=DIR (benchmarks/scale.py): cProfile of the event loop and of the
+        #: detection thread, written to DIR when the controller stops
+        self.profile_dir = os.environ.get("ATOMWATCH_PROFILE") or None
+        self._profiles: dict[str, cProfile.Profile] = {}
+        self.executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="detect",
+            initializer=(lambda: self._profile_start("detect")) if self.profile_dir else None,
+        )
         self.alarm_log = AlarmLog(config.alarm_log_every)
         self.verdicts = Verdicts(
             self.alarms, lambda: self.detectors, self.executor, self.dispatch, alarm_log=self.alarm_log
@@ -133,6 +147,8 @@ class Controller:
         #: agents' historical data: late rows, and live rows held in line behind them
         self.history = History()
         self.rows_late = 0
+        #: the tick loop's lateness, skipped ticks, tick durations and rows' delays (docs/scale.md)
+        self.timing = TickTiming()
         #: the last batch of rows handed to the detectors (the next one waits for it)
         self._rows_tail: asyncio.Task | None = None
         self.ingest.listeners.append(self._on_host_message)
@@ -220,6 +236,7 @@ class Controller:
         for scope in self.history.timed_out():
             self._release(scope)
         rows = []
+        sampled: list[float] = []  # the agent's time of each row's newest data
         for state in list(self.ingest.hosts.values()):
             if not self._is_live(state):
                 continue
@@ -229,8 +246,10 @@ class Controller:
             row = self.scope_rows.row(state, now)
             if row is not None:
                 rows.append(row)
+                sampled.append(state.last_ts if state.last_ts is not None else np.nan)
         if rows:
             await self._submit(rows, "the tick's rows")
+            self.timing.row_delay.observe(np.maximum(time.time() - np.array(sampled), 0.0))
 
     def _submit(self, rows: list[Row], what: str) -> asyncio.Task:
         """Hand ``rows`` to :meth:`handle_rows` after every batch submitted before them: late
@@ -352,13 +371,20 @@ class Controller:
         while not self.stopping.is_set():
             if await wait_or_timeout(self.stopping, next_at - time.monotonic()):
                 break
+            started = time.monotonic()
+            self.timing.lateness.observe(max(0.0, started - next_at))
             try:
                 await self.tick()
             except Exception:
                 log.exception("controller tick failed")
+            now = time.monotonic()
+            self.timing.duration.observe(now - started)
+            self.timing.ticks += 1
             next_at += self.config.tick
-            if next_at < time.monotonic():
-                next_at = time.monotonic() + self.config.tick
+            if next_at < now:
+                # the tick ran past the next one(s): they are skipped, not run late in a burst
+                self.timing.skipped += int((now - next_at) // self.config.tick) + 1
+                next_at = now + self.config.tick
 
     # ------------------------------------------------------------------ session
 
@@ -410,6 +436,8 @@ class Controller:
         if self.config.duration:
             loop.call_later(self.config.duration, self.stop)
         self.loop = loop
+        if self.profile_dir:
+            self._profile_start("loop")
         if self.commands.signer is None:
             log.warning(
                 "no command-signing key: commands to agents go unsigned and every agent refuses them; "
@@ -451,6 +479,9 @@ class Controller:
                         pass
             conn.cancel()
             await asyncio.gather(conn, return_exceptions=True)
+            if self.profile_dir:
+                self._profile_write("loop")
+                await loop.run_in_executor(self.executor, self._profile_write, "detect")
             self.executor.shutdown(wait=False, cancel_futures=True)
             if self.http is not None:
                 self.http.stop()
@@ -465,3 +496,22 @@ class Controller:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    # ------------------------------------------------------------------ profiling (benchmarks)
+
+    def _profile_start(self, name: str) -> None:
+        profile = self._profiles[name] = cProfile.Profile()
+        profile.enable()
+
+    def _profile_write(self, name: str) -> None:
+        """Stop the profile of the calling thread and write it (``NAME.prof`` and ``NAME.txt``)."""
+        profile = self._profiles.pop(name, None)
+        if profile is None or self.profile_dir is None:
+            return
+        profile.disable()
+        where = Path(self.profile_dir)
+        where.mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(where / f"{name}.prof")
+        with open(where / f"{name}.txt", "w") as out:
+            pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(40)
+            pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(60)

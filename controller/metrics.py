@@ -5,7 +5,9 @@ whether the alarms file takes writes, anomalies waiting in memory for it and row
 ingested by kind, values ingested, messages dropped by reason; rows handed to detectors; whether
 the broker is connected (``atomwatch_connected``, 1/0) and the unexpected exceptions of the
 receive paths by where and type (``atomwatch_unexpected_errors``); refusals by resource limit and
-the columns a scope leaves out of its rows (``docs/limits.md``). Nothing here reads the alarms
+the columns a scope leaves out of its rows (``docs/limits.md``); the tick loop's timing (ticks run
+and skipped, lateness, duration, each row's delay from its newest sample: :mod:`.timing`,
+``docs/scale.md``). Nothing here reads the alarms
 file: /metrics answers whatever state it is in.
 
 What lives here: the collector and :func:`render_metrics`, reading a :class:`MetricsSource` (the
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from atomwatch.handles import ScopeStatus
 from atomwatch.mqtt import Faults
@@ -30,6 +32,7 @@ from .commands import AgentCommands
 from .history import History
 from .ingest import Ingest
 from .scopes import ScopeRows
+from .timing import Histogram, TickTiming
 
 
 class MetricsSource(Protocol):
@@ -45,6 +48,7 @@ class MetricsSource(Protocol):
     faults: Faults
     scope_rows: ScopeRows
     commands: AgentCommands
+    timing: TickTiming
 
 
 class _ControllerCollector:
@@ -130,6 +134,31 @@ class _ControllerCollector:
             hosts.add_metric([f"{site}/{host}", "1" if h.alive else "0"], len(h.keys))
         yield hosts
         yield from _limits(c)
+        yield from _timing(c.timing)
+
+
+def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=h.cumulative(), sum_value=h.sum)
+
+
+def _timing(t: TickTiming):
+    """Whether the controller keeps up (docs/scale.md)."""
+    yield CounterMetricFamily("atomwatch_ticks", "Detection ticks run", value=t.ticks)
+    yield CounterMetricFamily(
+        "atomwatch_ticks_skipped", "Detection ticks not run because the one before ran past them", value=t.skipped
+    )
+    yield _histogram(
+        "atomwatch_tick_lateness_seconds", "How late the tick loop started each detection tick", t.lateness
+    )
+    yield _histogram(
+        "atomwatch_tick_duration_seconds", "Seconds from a tick's start to its rows through the detectors", t.duration
+    )
+    yield _histogram(
+        "atomwatch_row_delay_seconds",
+        "Per row: seconds from the agent's timestamp of the host's newest data to the row through the detectors "
+        "(publish to detection, the wait for the tick included; assumes synchronised clocks)",
+        t.row_delay,
+    )
 
 
 def _limits(c: MetricsSource):
