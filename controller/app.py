@@ -438,6 +438,7 @@ class Controller:
         self.loop = loop
         if self.profile_dir:
             self._profile_start("loop")
+        blas = self._limit_blas()
         if self.commands.signer is None:
             log.warning(
                 "no command-signing key: commands to agents go unsigned and every agent refuses them; "
@@ -486,6 +487,8 @@ class Controller:
             if self.http is not None:
                 self.http.stop()
             await asyncio.to_thread(self.alarms.shutdown)
+            if blas is not None:
+                blas.restore_original_limits()
             log.info(
                 "controller stopped: %d rows, messages %s, dropped %s, unexpected errors %s",
                 self.rows_handled,
@@ -496,6 +499,19 @@ class Controller:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _limit_blas(self) -> Any:
+        """Hold numpy's BLAS to ``blas_threads`` threads while the controller runs (its limiter,
+        to restore at stop; None when threadpoolctl is missing, which is said)."""
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            log.warning(
+                "threadpoolctl is not installed: numpy's BLAS keeps its own thread count, which costs many "
+                "times the CPU on small matrices; pip install threadpoolctl (a dependency of atomwatch)"
+            )
+            return None
+        return threadpool_limits(limits=self.config.blas_threads, user_api="blas")
 
     # ------------------------------------------------------------------ profiling (benchmarks)
 

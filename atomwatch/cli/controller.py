@@ -111,6 +111,13 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
         "each data message of the host arrives, one row per agent tick (default tick; atomwatch up: data)",
     )
     p.add_argument(
+        "--blas-threads",
+        type=int,
+        metavar="N",
+        help="threads numpy's linear algebra may use in the controller (default 1: its matrices are small and "
+        "its scopes are many; more only helps scopes of thousands of columns)",
+    )
+    p.add_argument(
         "--alarm-log-every",
         metavar="DURATION",
         help="at most one 'alarm N extended' log line per alarm this often: seconds or e.g. 5min, 0 for every "
@@ -156,6 +163,9 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
     rows = pick(args, file_config, "rows", None)
     if rows is not None:
         kwargs["rows"] = rows
+    blas = pick(args, file_config, "blas_threads", None)
+    if blas is not None:
+        kwargs["blas_threads"] = blas
     every = pick(args, file_config, "alarm_log_every", None)
     if every is not None:
         kwargs["alarm_log_every"] = parse_duration(every, "alarm_log_every")
