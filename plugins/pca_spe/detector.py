@@ -515,7 +515,7 @@ class PcaSpeDetector:
             return out
         m = win.model()
         # columns kept out of the PCA: their window std is below their noise level
-        out["quiet_columns"] = [win.columns[int(j)].column for j in m.quiet.index]
+        out["quiet_columns"] = [win.names[j] for j in m.quiet.index.tolist()]
         fit = m.fit
         if fit is None:
             out.update(method="none", k=0, d=0, q_alpha=None, model_q_alpha=None)
