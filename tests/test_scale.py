@@ -154,3 +154,35 @@ async def test_tick_figures_on_metrics_and_blas_held_while_running(mosquitto, si
         c.stop()
         await run
     assert blas_threads() == before, "the limit is lifted when the controller stops"
+
+
+TRICKY = [
+    b'\xef\xbb\xbf{"v":1,"type":"data","session":1,"seq":0,"ts":1.0,"values":[]}',  # a BOM
+    b'{"v":1,"type":"data","session":1,"seq":0,"ts":1.0,"values":[[0,NaN]]}',
+    b'{"v":1,"type":"data","session":1,"seq":0,"ts":1.0,"values":[[0,1e400]]}',
+    b'{"v":1,"type":"data","session":18446744073709551616,"seq":0,"ts":1.0,"values":[]}',
+    b'{"v":1,"type":"data","session":1,"seq":0,"ts":1.0,"values":[[0,"\\ud800"]]}',
+    b'{"v":1,"type":"data","session":1,"seq":0,"ts":1.0,"values":[[true,1.0]]}',
+    b'{"v":1,"type":"data","session":1,"seq":0,"ts":1.0,"values":[[0,1.5],[2,3]],"stale":[1]}',
+    b'{"v":1,"type":"data","session":1,"seq":0,"ts":1.0,"values":[[0,1.5]]',
+    b'{"v":1,"type":"data","session":1,"seq":0,"ts":1.0,"values":[[0,\xff]]}',
+    b'{"v":1,"type":"data","session":1,"seq":0,"ts":1.0,"values":[[0,1]],"x":"\\ud83d\\ude00"}',
+]
+
+
+@pytest.mark.parametrize("payload", TRICKY)
+def test_decoding_with_orjson_or_json_gives_the_same_message_or_refusal(payload, monkeypatch):
+    from atomwatch import protocol as p
+
+    pytest.importorskip("orjson")
+    topic = p.data_topic("s", "h")
+
+    def outcome():
+        try:
+            return repr(p.decode(topic, payload))
+        except p.ProtocolError as e:
+            return f"{e.reason}: {e}"
+
+    fast = outcome()
+    monkeypatch.setattr(p, "orjson", None)
+    assert outcome() == fast
