@@ -323,9 +323,11 @@ class Controller:
         """Hand ``rows`` to the detectors; open or extend alarms for their anomalies."""
         if not rows:
             return
+        debug = log.isEnabledFor(logging.DEBUG)
         for row in rows:
-            stale = int(sum(1 for v in row.values if v != v))
-            log.debug("row %d of %s: %d columns, %d stale", row.index, row.scope, len(row.columns), stale)
+            if debug:
+                stale = int(np.isnan(row.values).sum())
+                log.debug("row %d of %s: %d columns, %d stale", row.index, row.scope, len(row.columns), stale)
             for listener in self.row_listeners:
                 listener(row)
         self.rows_handled += len(rows)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -75,8 +76,8 @@ class ScopeRows:
             return None
         layout = self._layout(state)
         if state.synced:
-            get = state.values.get
-            values = np.fromiter((get(a, np.nan) for a in layout.aliases), dtype=np.float64, count=len(layout.aliases))
+            n = len(layout.aliases)
+            values = np.fromiter(map(state.values.get, layout.aliases, repeat(np.nan, n)), dtype=np.float64, count=n)
         else:
             values = np.full(len(layout.aliases), np.nan)
         if state.scope in self.left_out:
@@ -89,7 +90,7 @@ class ScopeRows:
             ts=ts,
             columns=layout.columns,
             values=values,
-            deltas=layout.deltas.copy(),
+            deltas=layout.deltas,  # read-only, shared by the rows of one table: detectors may skip a same Δ
             late=late,
         )
 
@@ -116,6 +117,7 @@ class ScopeRows:
             columns = known.columns  # the same tuple: detectors compare it by identity first
         aliases = tuple(by_key[c] for c in columns)
         deltas = np.array([state.deltas.get(a, np.nan) for a in aliases], dtype=np.float64)
+        deltas.flags.writeable = False
         layout = _Layout(state.keys, len(state.keys), state.deltas, len(state.deltas), columns, aliases, deltas)
         self._layouts[state.scope] = layout
         return layout

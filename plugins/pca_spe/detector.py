@@ -225,6 +225,8 @@ class PcaSpeDetector:
         self.episode = _Episode(self.opts.t)  # A (raw, columns of self.win): at most t rows
         self.last_episode: tuple[tuple[SeriesKey, ...], list[np.ndarray]] | None = None
         self.nan_run: dict[SeriesKey, int] = {}  # stale columns only: consecutive NaN rows
+        #: the read-only Δ array last applied, and to which window (the next row's is likely the same)
+        self._deltas_seen: tuple[Any, Any] = (None, None)
         #: (row columns, window columns, where each window column is in the row), of the last row
         self._at: tuple[tuple[SeriesKey, ...], tuple[SeriesKey, ...], np.ndarray] | None = None
         self.last_spe: float | None = None
@@ -252,13 +254,19 @@ class PcaSpeDetector:
         assert win is not None
         at = self._positions(row.columns, win.columns)
         z = values[at]
-        if row.deltas is not None and self.opts.delta_noise > 0:
+        if (
+            row.deltas is not None
+            and self.opts.delta_noise > 0
+            and not (row.deltas is self._deltas_seen[0] and win is self._deltas_seen[1])
+        ):
             deltas = np.asarray(row.deltas, dtype=np.float64).reshape(-1)
             if len(deltas) != len(row.columns):
                 raise ValueError(
                     f"{NAME} scope {self.scope!r} row {row.index}: {len(deltas)} deltas for {len(row.columns)} columns"
                 )
             win.set_deltas(deltas[at])  # (a pending window gets its Δ once it is the window)
+            if isinstance(row.deltas, np.ndarray) and not row.deltas.flags.writeable:
+                self._deltas_seen = (row.deltas, win)  # a controller's shared Δ: this object cannot change
         result = self._score(row, win, z)
         if self.pending is not None and result is None and self.episode.run_length == 0:
             # a new column set warms up on the rows the current model finds normal
