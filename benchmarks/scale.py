@@ -24,7 +24,10 @@ controller's own), CPU per host-row, resident memory per host (RSS growth from b
 birth), messages per second, the tick loop's lateness p50/p99, the delay from a sample's publish
 to its row through detection (``atomwatch_row_delay_seconds``; quantiles read from the histogram's
 buckets), and in the incident the delay from each abnormal host's first abnormal sample to its
-alarm opening. The baseline measured in the same run: pca-spe's own ``update`` on one warm scope
+alarm opening; ``hosts_at_10s_per_core`` (N at a 10 s tick over the cores the controller used:
+what one whole core would take at this cost), ``fleet_late_max_s`` and ``fleet_kept_up`` (the
+simulated fleet itself published on time: when not, a failure is the machine's, not the
+controller's) and the load average. The baseline measured in the same run: pca-spe's own ``update`` on one warm scope
 of the same traces (d = 80) in this process, BLAS on one thread as in the controller:
 ``cpu_per_row_over_detector`` says how many times that the whole controller pays per row.
 
@@ -90,6 +93,8 @@ class Lines:
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
         self.latest: dict[str, dict[str, Any]] = {}
+        #: (tick, seconds late) of every tick the fleet process published
+        self.late: list[tuple[int, float]] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -102,6 +107,8 @@ class Lines:
             for kind in ("ready", "tick", "done"):
                 if kind in obj:
                     self.latest[kind] = obj
+            if "tick" in obj:
+                self.late.append((obj["tick"], obj["late"]))
 
 
 class Trial:
@@ -222,6 +229,8 @@ class Trial:
         out: dict[str, Any] = {"cpu": sum(self.cproc.cpu_times()[:2]), "at": time.monotonic(), "wall": time.time()}
         out["published"] = self.published()
         out["rss"] = self.cproc.memory_info().rss
+        out["tick"] = self.ticked()
+        out["load"] = os.getloadavg()[0]
         for fam in text_string_to_metric_families(text):
             if fam.type == "histogram":
                 out[fam.name] = {s.labels["le"]: s.value for s in fam.samples if s.name.endswith("_bucket")}
@@ -338,7 +347,14 @@ def run_trial(
         "rss_mb": round(b["rss"] / 2**20, 1),
         "messages_per_s": round((b["ingested"] - a["ingested"]) / wall, 1),
         "backlog_growth": int(backlog_b - backlog_a),
+        # at one whole core (the machine is shared: the controller got controller_cores of one)
+        "hosts_at_10s_per_core": round(n * 10 / args.tick / max(cpu / wall, 1e-9)),
+        "fleet_late_max_s": round(
+            max((x for f in t.fleet for k, x in f.late if a["tick"] <= k <= b["tick"]), default=0), 3
+        ),
+        "load_average": round((a["load"] + b["load"]) / 2, 2),
     }
+    out["fleet_kept_up"] = out["fleet_late_max_s"] < args.tick / 2
     if timed:
         out["tick_lateness_p50_s"] = _r(quantile(a[lateness], b[lateness], 0.5))
         out["tick_lateness_p99_s"] = _r(late_p99)
