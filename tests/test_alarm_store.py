@@ -32,8 +32,10 @@ import atomwatch
 from atomwatch.config import ConfigError
 from atomwatch.controller.alarms import AlarmNotFound, AlarmStore
 from atomwatch.controller.commands import AgentCommands
+from atomwatch.controller.history import History
 from atomwatch.controller.ingest import Ingest
 from atomwatch.controller.scopes import ScopeRows
+from atomwatch.controller.timing import TickTiming
 from atomwatch.mqtt import Faults
 from atomwatch.series import SeriesKey
 
@@ -416,6 +418,9 @@ def api_for(store: AlarmStore, tmp_path: Path):
         ingest=Ingest(),
         scope_status={},
         rows_handled=0,
+        rows_late=0,
+        history=History(),
+        timing=TickTiming(),
         connected=asyncio.Event(),
         loop=None,
         faults=Faults(logging.getLogger("test-alarm-store")),
