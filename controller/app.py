@@ -17,7 +17,8 @@ live rows, which wait meanwhile; an alarm a late row opens or extends says so.
 What does not live here (:class:`Controller` keeps its methods, which delegate): commands to
 agents and their replies (:mod:`.commands`), verdicts, findings and closing alarms
 (:mod:`.verdicts`), the μ → Δ push (:mod:`.delta_push`), what plugins are handed
-(:mod:`.handle`), ingest (:mod:`.ingest`), the alarms store (:mod:`.alarms`), the HTTP API.
+(:mod:`.handle`), ingest (:mod:`.ingest`), the alarms store (:mod:`.alarms`), the HTTP API, the
+tick's timing figures (:mod:`.timing`; the loop here records them).
 """
 
 from __future__ import annotations
