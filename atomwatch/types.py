@@ -87,7 +87,9 @@ class Row:
 
     ``deltas[j]``, when given, is column ``j``'s tracking error Δ as its agent announced it: the
     rebuilt value is within Δ of the truth, so a change smaller than Δ cannot be told from
-    tracking noise. None when unknown (offline traces hold the collector's own values).
+    tracking noise. None when unknown (offline traces hold the collector's own values). The
+    controller hands every row of one series table the same ``columns`` tuple and the same
+    read-only ``deltas`` array, so a detector may skip work when they are the objects it saw last.
 
     ``late`` is True for a row rebuilt from an agent's historical data (ticks it kept while the
     broker was unreachable and sent once it was back): ``ts`` is then the agent's tick time, in

@@ -17,21 +17,27 @@ live rows, which wait meanwhile; an alarm a late row opens or extends says so.
 What does not live here (:class:`Controller` keeps its methods, which delegate): commands to
 agents and their replies (:mod:`.commands`), verdicts, findings and closing alarms
 (:mod:`.verdicts`), the μ → Δ push (:mod:`.delta_push`), what plugins are handed
-(:mod:`.handle`), ingest (:mod:`.ingest`), the alarms store (:mod:`.alarms`), the HTTP API.
+(:mod:`.handle`), ingest (:mod:`.ingest`), the alarms store (:mod:`.alarms`), the HTTP API, the
+tick's timing figures (:mod:`.timing`; the loop here records them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import inspect
 import logging
+import os
+import pstats
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import numpy as np
 
 from atomwatch import protocol, signing
 from atomwatch.alarm import Alarm
@@ -53,6 +59,7 @@ from .handle import PluginHandle
 from .history import History
 from .ingest import FRESH_MARGIN, FRESH_TICKS, HostState, Ingest
 from .scopes import ScopeRows
+from .timing import TickTiming
 from .verdicts import Verdicts, alarm_rows
 
 log = logging.getLogger(__name__)
@@ -114,7 +121,15 @@ class Controller:
         self.http = None
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect")
+        #: ATOMWATCH_PROFILE=DIR (benchmarks/scale.py): cProfile of the event loop and of the
+        #: detection thread, written to DIR when the controller stops
+        self.profile_dir = os.environ.get("ATOMWATCH_PROFILE") or None
+        self._profiles: dict[str, cProfile.Profile] = {}
+        self.executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="detect",
+            initializer=(lambda: self._profile_start("detect")) if self.profile_dir else None,
+        )
         self.alarm_log = AlarmLog(config.alarm_log_every)
         self.verdicts = Verdicts(
             self.alarms, lambda: self.detectors, self.executor, self.dispatch, alarm_log=self.alarm_log
@@ -131,6 +146,8 @@ class Controller:
         #: agents' historical data: late rows, and live rows held in line behind them
         self.history = History()
         self.rows_late = 0
+        #: the tick loop's lateness, skipped ticks, tick durations and rows' delays (docs/scale.md)
+        self.timing = TickTiming()
         #: the last batch of rows handed to the detectors (the next one waits for it)
         self._rows_tail: asyncio.Task | None = None
         self.ingest.listeners.append(self._on_host_message)
@@ -215,6 +232,7 @@ class Controller:
         for scope in self.history.timed_out():
             self._release(scope)
         rows = []
+        sampled: list[float] = []  # the agent's time of each row's newest data
         for state in list(self.ingest.hosts.values()):
             if not self._is_live(state):
                 continue
@@ -225,8 +243,10 @@ class Controller:
             if row is not None:
                 rows.append(row)
                 state.rowed_ts = max(state.rowed_ts, state.last_ts or 0.0)
+                sampled.append(state.last_ts if state.last_ts is not None else np.nan)
         if rows:
             await self._submit(rows, "the tick's rows")
+            self.timing.row_delay.observe(np.maximum(time.time() - np.array(sampled), 0.0))
 
     def _submit(self, rows: list[Row], what: str) -> asyncio.Task:
         """Hand ``rows`` to :meth:`handle_rows` after every batch submitted before them: late
@@ -301,9 +321,11 @@ class Controller:
         """Hand ``rows`` to the detectors; open or extend alarms for their anomalies."""
         if not rows:
             return
+        debug = log.isEnabledFor(logging.DEBUG)
         for row in rows:
-            stale = int(sum(1 for v in row.values if v != v))
-            log.debug("row %d of %s: %d columns, %d stale", row.index, row.scope, len(row.columns), stale)
+            if debug:
+                stale = int(np.isnan(row.values).sum())
+                log.debug("row %d of %s: %d columns, %d stale", row.index, row.scope, len(row.columns), stale)
             for listener in self.row_listeners:
                 listener(row)
         self.rows_handled += len(rows)
@@ -355,13 +377,20 @@ class Controller:
         while not self.stopping.is_set():
             if await wait_or_timeout(self.stopping, next_at - time.monotonic()):
                 break
+            started = time.monotonic()
+            self.timing.lateness.observe(max(0.0, started - next_at))
             try:
                 await self.tick()
             except Exception:
                 log.exception("controller tick failed")
+            now = time.monotonic()
+            self.timing.duration.observe(now - started)
+            self.timing.ticks += 1
             next_at += self.config.tick
-            if next_at < time.monotonic():
-                next_at = time.monotonic() + self.config.tick
+            if next_at < now:
+                # the tick ran past the next one(s): they are skipped, not run late in a burst
+                self.timing.skipped += int((now - next_at) // self.config.tick) + 1
+                next_at = now + self.config.tick
 
     # ------------------------------------------------------------------ session
 
@@ -413,6 +442,9 @@ class Controller:
         if self.config.duration:
             loop.call_later(self.config.duration, self.stop)
         self.loop = loop
+        if self.profile_dir:
+            self._profile_start("loop")
+        blas = self._limit_blas()
         if self.commands.signer is None:
             log.warning(
                 "no command-signing key: commands to agents go unsigned and every agent refuses them; "
@@ -454,10 +486,15 @@ class Controller:
                         pass
             conn.cancel()
             await asyncio.gather(conn, return_exceptions=True)
+            if self.profile_dir:
+                self._profile_write("loop")
+                await loop.run_in_executor(self.executor, self._profile_write, "detect")
             self.executor.shutdown(wait=False, cancel_futures=True)
             if self.http is not None:
                 self.http.stop()
             await asyncio.to_thread(self.alarms.shutdown)
+            if blas is not None:
+                blas.restore_original_limits()
             log.info(
                 "controller stopped: %d rows (%d late), messages %s, dropped %s, unexpected errors %s",
                 self.rows_handled,
@@ -469,3 +506,35 @@ class Controller:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _limit_blas(self) -> Any:
+        """Hold numpy's BLAS to ``blas_threads`` threads while the controller runs (its limiter,
+        to restore at stop; None when threadpoolctl is missing, which is said)."""
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            log.warning(
+                "threadpoolctl is not installed: numpy's BLAS keeps its own thread count, which costs many "
+                "times the CPU on small matrices; pip install threadpoolctl (a dependency of atomwatch)"
+            )
+            return None
+        return threadpool_limits(limits=self.config.blas_threads, user_api="blas")
+
+    # ------------------------------------------------------------------ profiling (benchmarks)
+
+    def _profile_start(self, name: str) -> None:
+        profile = self._profiles[name] = cProfile.Profile()
+        profile.enable()
+
+    def _profile_write(self, name: str) -> None:
+        """Stop the profile of the calling thread and write it (``NAME.prof`` and ``NAME.txt``)."""
+        profile = self._profiles.pop(name, None)
+        if profile is None or self.profile_dir is None:
+            return
+        profile.disable()
+        where = Path(self.profile_dir)
+        where.mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(where / f"{name}.prof")
+        with open(where / f"{name}.txt", "w") as out:
+            pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(40)
+            pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(60)

@@ -46,8 +46,8 @@ class DeltaPush:
         state = self.hosts.get((site, host))
         if state is None:
             return
-        for (s, name), det in list(self.detectors().instances.items()):
-            if s != scope or not hasattr(det, "deltas_from_mu"):
+        for name, det in list(self.detectors().by_scope.get(scope, {}).items()):
+            if not hasattr(det, "deltas_from_mu"):
                 continue
             try:
                 deltas = await asyncio.get_running_loop().run_in_executor(self.executor, det.deltas_from_mu, mu)

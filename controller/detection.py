@@ -25,6 +25,8 @@ class DetectorSet:
         self.factories = dict(factories)
         self.options = options
         self.instances: dict[tuple[str, str], Detector] = {}
+        #: scope → its detectors by name (a scope's status reads only its own)
+        self.by_scope: dict[str, dict[str, Detector]] = {}
         self.failures: dict[tuple[str, str], int] = {}
         self.disabled: set[tuple[str, str]] = set()
         self.not_configured: set[str] = set()  # detectors already said to be not configured
@@ -48,6 +50,7 @@ class DetectorSet:
                 self.disabled.add(key)
                 return None
             self.instances[key] = det
+            self.by_scope.setdefault(scope, {})[name] = det
         return det
 
     def update(self, row: Row) -> list[Anomaly]:
@@ -71,8 +74,8 @@ class DetectorSet:
 
     def status(self, scope: str) -> dict[str, Any]:
         out = {}
-        for (s, name), det in self.instances.items():
-            if s == scope and hasattr(det, "status"):
+        for name, det in self.by_scope.get(scope, {}).items():
+            if hasattr(det, "status"):
                 try:
                     out[name] = det.status()
                 except Exception as e:

@@ -60,6 +60,8 @@ class HostState:
     seq: int = -1
     tick: float = 10.0
     agent_version: str = ""
+    #: alias → series, and alias → Δ: replaced whole by a birth, only shrunk in place (``gone``);
+    #: :class:`.scopes.ScopeRows` relies on it to know when the table changed
     keys: dict[int, SeriesKey] = field(default_factory=dict)
     deltas: dict[int, float] = field(default_factory=dict)
     values: dict[int, float] = field(default_factory=dict)  # alias → value; absent = unknown/stale

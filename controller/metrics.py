@@ -10,7 +10,9 @@ of them (most blamed first; the rest counted), never a label per alarm id. Then 
 file takes writes, what waits for it and rows lost; messages ingested by kind, values ingested,
 messages dropped by reason; rows handed to detectors; whether the broker is connected
 (``atomwatch_connected``); unexpected exceptions of the receive paths by where and type; refusals
-by resource limit (``docs/limits.md``); ``atomwatch_build_info`` and the process' own metrics.
+by resource limit (``docs/limits.md``); the tick loop's timing (ticks run and skipped, lateness,
+duration, each row's delay from its newest sample: :mod:`.timing`, ``docs/scale.md``);
+``atomwatch_build_info`` and the process' own metrics.
 Nothing here reads the alarms file: /metrics answers whatever state it is in, and a part that
 fails is left out of the scrape, not the whole scrape.
 
@@ -25,7 +27,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from atomwatch.exposition import build_info, guarded, render
 from atomwatch.handles import ScopeStatus
@@ -36,6 +38,7 @@ from .commands import AgentCommands
 from .history import History
 from .ingest import Ingest
 from .scopes import ScopeRows
+from .timing import Histogram, TickTiming
 
 #: blamed-column series on /metrics when the source has no configuration saying otherwise
 BLAME_LIMIT = 50
@@ -57,6 +60,7 @@ class MetricsSource(Protocol):
     faults: Faults
     scope_rows: ScopeRows
     commands: AgentCommands
+    timing: TickTiming
 
 
 def _site_host(scope: str) -> list[str]:
@@ -78,7 +82,8 @@ class _ControllerCollector:
 
     def collect(self):
         yield from guarded(
-            (self._process, self._scopes, self._detectors, self._alarms, self._ingest, self._limits), _FAILED
+            (self._process, self._scopes, self._detectors, self._alarms, self._ingest, self._limits, self._timing),
+            _FAILED,
         )
 
     def _process(self):
@@ -236,6 +241,9 @@ class _ControllerCollector:
     def _limits(self):
         yield from _limits(self.c)
 
+    def _timing(self):
+        yield from _timing(self.c.timing)
+
 
 def _limits(c: MetricsSource):
     """What the resource limits refused (docs/limits.md), by the option that sets the limit."""
@@ -258,6 +266,30 @@ def _limits(c: MetricsSource):
     for scope, n in list(c.scope_rows.left_out.items()):
         left_out.add_metric(_site_host(scope), n)
     yield left_out
+
+
+def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=h.cumulative(), sum_value=h.sum)
+
+
+def _timing(t: TickTiming):
+    """Whether the controller keeps up (docs/scale.md)."""
+    yield CounterMetricFamily("atomwatch_ticks", "Detection ticks run", value=t.ticks)
+    yield CounterMetricFamily(
+        "atomwatch_ticks_skipped", "Detection ticks not run because the one before ran past them", value=t.skipped
+    )
+    yield _histogram(
+        "atomwatch_tick_lateness_seconds", "How late the tick loop started each detection tick", t.lateness
+    )
+    yield _histogram(
+        "atomwatch_tick_duration_seconds", "Seconds from a tick's start to its rows through the detectors", t.duration
+    )
+    yield _histogram(
+        "atomwatch_row_delay_seconds",
+        "Per row: seconds from the agent's timestamp of the host's newest data to the row through the detectors "
+        "(publish to detection, the wait for the tick included; assumes synchronised clocks)",
+        t.row_delay,
+    )
 
 
 def unexpected_errors(faults: Faults) -> CounterMetricFamily:

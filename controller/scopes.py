@@ -9,12 +9,17 @@ A scope hands its detectors at most ``max_columns`` columns (the controller's
 row keeps whole VMs in that order up to the limit, the cut is said once per scope (again only
 after the scope was back within the limit) and counted (:attr:`ScopeRows.capped_rows`,
 :attr:`ScopeRows.left_out`).
+
+A scope's column order is worked out once per series table (a birth, a series gone), not per row:
+a row is one lookup per column (``docs/scale.md``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -42,6 +47,17 @@ def cap_columns(columns: tuple[SeriesKey, ...], limit: int) -> int:
     return keep or limit
 
 
+@dataclass(frozen=True)
+class _Layout:
+    keys: dict[int, SeriesKey]  # the host's table it was made from (kept: compared by identity)
+    size: int
+    deltas_of: dict[int, float]
+    deltas_size: int
+    columns: tuple[SeriesKey, ...]
+    aliases: tuple[int, ...]  # the alias of each column
+    deltas: np.ndarray
+
+
 class ScopeRows:
     """Numbers each scope's rows from 0 and builds them from the hosts' rebuilt values."""
 
@@ -52,27 +68,63 @@ class ScopeRows:
         self.left_out: dict[str, int] = {}
         #: scope → rows whose columns were cut to ``max_columns``
         self.capped_rows: Counter[str] = Counter()
+        #: scope → its columns' order, as of the host's series table it was made from
+        self._layouts: dict[str, _Layout] = {}
 
     def row(self, state: HostState, ts: float, late: bool = False) -> Row | None:
-        snap = state.snapshot()
-        if not snap:
+        if not state.keys:
             return None
-        columns = tuple(sorted(snap, key=lambda k: (k.vm_name, k.vm_uuid, k.metric, k.unit)))
+        layout = self._layout(state)
+        if state.synced:
+            n = len(layout.aliases)
+            values = np.fromiter(map(state.values.get, layout.aliases, repeat(np.nan, n)), dtype=np.float64, count=n)
+        else:
+            values = np.full(len(layout.aliases), np.nan)
+        if state.scope in self.left_out:
+            self.capped_rows[state.scope] += 1
+        index = self.counts.get(state.scope, 0)
+        self.counts[state.scope] = index + 1
+        return Row(
+            scope=state.scope,
+            index=index,
+            ts=ts,
+            columns=layout.columns,
+            values=values,
+            deltas=layout.deltas,  # read-only, shared by the rows of one table: detectors may skip a same Δ
+            late=late,
+        )
+
+    def _layout(self, state: HostState) -> _Layout:
+        """The scope's columns in order, and which alias each one reads: made again only when the
+        host's series table changed (a birth replaces ``keys``, a ``gone`` marker shrinks it), so
+        a row costs one lookup per column and its columns are the same tuple row after row."""
+        known = self._layouts.get(state.scope)
+        if (
+            known is not None
+            and known.keys is state.keys
+            and known.size == len(state.keys)
+            and known.deltas_of is state.deltas
+            and known.deltas_size == len(state.deltas)
+        ):
+            return known
+        by_key = {k: a for a, k in state.keys.items()}
+        columns = tuple(sorted(by_key, key=lambda k: (k.vm_name, k.vm_uuid, k.metric, k.unit)))
         if len(columns) > self.max_columns:
             columns = self._cap(state.scope, columns)
         elif self.left_out.pop(state.scope, None) is not None:
             log.info("%s: %d columns, within max_columns_per_scope again: detectors see all", state.scope, len(columns))
-        values = np.fromiter((snap[c] for c in columns), dtype=np.float64, count=len(columns))
-        known = state.key_deltas()
-        deltas = np.fromiter((known.get(c, np.nan) for c in columns), dtype=np.float64, count=len(columns))
-        index = self.counts.get(state.scope, 0)
-        self.counts[state.scope] = index + 1
-        return Row(scope=state.scope, index=index, ts=ts, columns=columns, values=values, deltas=deltas, late=late)
+        if known is not None and known.columns == columns:
+            columns = known.columns  # the same tuple: detectors compare it by identity first
+        aliases = tuple(by_key[c] for c in columns)
+        deltas = np.array([state.deltas.get(a, np.nan) for a in aliases], dtype=np.float64)
+        deltas.flags.writeable = False
+        layout = _Layout(state.keys, len(state.keys), state.deltas, len(state.deltas), columns, aliases, deltas)
+        self._layouts[state.scope] = layout
+        return layout
 
     def _cap(self, scope: str, columns: tuple[SeriesKey, ...]) -> tuple[SeriesKey, ...]:
         keep = cap_columns(columns, self.max_columns)
         cut = columns[keep:]
-        self.capped_rows[scope] += 1
         if scope not in self.left_out:
             vms = list(dict.fromkeys(k.vm_name or k.vm_uuid for k in cut))
             log.warning(

@@ -35,6 +35,7 @@ from atomwatch.controller.commands import AgentCommands
 from atomwatch.controller.history import History
 from atomwatch.controller.ingest import Ingest
 from atomwatch.controller.scopes import ScopeRows
+from atomwatch.controller.timing import TickTiming
 from atomwatch.mqtt import Faults
 from atomwatch.series import SeriesKey
 
@@ -417,13 +418,14 @@ def api_for(store: AlarmStore, tmp_path: Path):
         ingest=Ingest(),
         scope_status={},
         rows_handled=0,
+        rows_late=0,
+        history=History(),
+        timing=TickTiming(),
         connected=asyncio.Event(),
         loop=None,
         faults=Faults(logging.getLogger("test-alarm-store")),
         scope_rows=ScopeRows(),
         commands=AgentCommands(lambda: None, lambda aw, name: None),
-        history=History(),
-        rows_late=0,
         config=SimpleNamespace(metrics_blame_limit=50),
     )
     server = ApiServer(backend, ("127.0.0.1", free_port()), tokens=str(tokens))

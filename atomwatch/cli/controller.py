@@ -83,6 +83,7 @@ KEYS = (
     Key("rows", Literal["tick", "data"]),
     Key("alarm_log_every", DURATION),
     Key("metrics_blame_limit", Annotated[int, Range(ge=0, le=10_000)]),
+    Key("blas_threads", Annotated[int, Range(ge=1)]),
     Key("signing_key", expected="a file (PEM)"),
     Key("command_lifetime", POSITIVE_DURATION),
 )
@@ -179,6 +180,12 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
         "each data message of the host arrives, one row per agent tick (default tick; atomwatch up: data)",
     )
     p.add_argument(
+        "--blas-threads",
+        metavar="N",
+        help="threads numpy's linear algebra may use in the controller (default 1: its matrices are small and "
+        "its scopes are many; more only helps scopes of thousands of columns)",
+    )
+    p.add_argument(
         "--alarm-log-every",
         metavar="DURATION",
         help="at most one 'alarm N extended' log line per alarm this often: seconds or e.g. 5min, 0 for every "
@@ -213,6 +220,7 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         "alarm_log_every",
         "command_lifetime",
         "metrics_blame_limit",
+        "blas_threads",
     ):
         if v.get(name) is not None and v.get(name) != "":
             kwargs[name] = v[name]

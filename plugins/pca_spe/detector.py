@@ -98,6 +98,7 @@ class _Window:
     ) -> None:
         self.columns = columns
         self.index = {c: j for j, c in enumerate(columns)}
+        self.names = tuple(c.column for c in columns)  # for status(), after every row
         self.opts = opts
         self.stats = stats or pm.WindowStats(len(columns), opts.t)
         self.top = pm.TopEigen(full_every=opts.full_every) if opts.solver == "subspace" else None
@@ -265,7 +266,11 @@ class PcaSpeDetector:
         self.pending: _Window | None = None  # a new column set warming up
         self.episode = _Episode(self.opts.t)  # A (raw, columns of self.win): at most t rows
         self.last_episode: tuple[tuple[SeriesKey, ...], list[np.ndarray]] | None = None
-        self.nan_run: dict[SeriesKey, int] = {}
+        self.nan_run: dict[SeriesKey, int] = {}  # stale columns only: consecutive NaN rows
+        #: the read-only Δ array last applied, and to which window (the next row's is likely the same)
+        self._deltas_seen: tuple[Any, Any] = (None, None)
+        #: (row columns, window columns, where each window column is in the row), of the last row
+        self._at: tuple[tuple[SeriesKey, ...], tuple[SeriesKey, ...], np.ndarray] | None = None
         self.last_spe: float | None = None
         self.last_q: float | None = None  # the Q_α of the model the last scored row was judged by
         self.last_threshold: float | None = None  # the threshold it was compared with (Q_α or the tail's)
@@ -295,20 +300,25 @@ class PcaSpeDetector:
         self._follow_columns(cols)
         win = self.win
         assert win is not None
-        lookup = {c: j for j, c in enumerate(row.columns)}
-        at = [lookup[c] for c in win.columns]
+        at = self._positions(row.columns, win.columns)
         z = values[at]
-        if row.deltas is not None and self.opts.delta_noise > 0:
+        if (
+            row.deltas is not None
+            and self.opts.delta_noise > 0
+            and not (row.deltas is self._deltas_seen[0] and win is self._deltas_seen[1])
+        ):
             deltas = np.asarray(row.deltas, dtype=np.float64).reshape(-1)
             if len(deltas) != len(row.columns):
                 raise ValueError(
                     f"{NAME} scope {self.scope!r} row {row.index}: {len(deltas)} deltas for {len(row.columns)} columns"
                 )
             win.set_deltas(deltas[at])  # (a pending window gets its Δ once it is the window)
+            if isinstance(row.deltas, np.ndarray) and not row.deltas.flags.writeable:
+                self._deltas_seen = (row.deltas, win)  # a controller's shared Δ: this object cannot change
         result = self._score(row, win, z)
         if self.pending is not None and result is None and self.episode.run_length == 0:
             # a new column set warms up on the rows the current model finds normal
-            zp = values[[lookup[c] for c in self.pending.columns]]
+            zp = values[self._positions(row.columns, self.pending.columns, keep=False)]
             if np.isfinite(zp).all():
                 self.pending.add(zp)
             if self.pending.ready:
@@ -346,12 +356,33 @@ class PcaSpeDetector:
             win.add(z)
         return None
 
+    def _positions(
+        self, columns: tuple[SeriesKey, ...], wanted: tuple[SeriesKey, ...], keep: bool = True
+    ) -> np.ndarray:
+        """Where each of ``wanted`` is in a row of ``columns``: worked out again only when either
+        tuple is another object (a controller hands the same tuple row after row)."""
+        known = self._at
+        if known is not None and known[0] is columns and known[1] is wanted:
+            return known[2]
+        lookup = {c: j for j, c in enumerate(columns)}
+        at = np.array([lookup[c] for c in wanted], dtype=np.intp)
+        if keep:
+            self._at = (columns, wanted, at)
+        return at
+
     def _effective_columns(self, columns: tuple[SeriesKey, ...], values: np.ndarray) -> tuple[SeriesKey, ...]:
-        runs = {}
-        for c, v in zip(columns, values):
-            runs[c] = self.nan_run.get(c, 0) + 1 if math.isnan(v) else 0
+        """The row's columns less those stale for ``stale_limit`` rows in a row (``nan_run``
+        holds the current run of each stale column; none: every column was read)."""
+        nan = np.isnan(values)
+        if not self.nan_run and not nan.any():
+            return columns
+        old = self.nan_run
+        runs = {c: old.get(c, 0) + 1 for c, bad in zip(columns, nan.tolist()) if bad}
         self.nan_run = runs
-        return tuple(c for c in columns if runs[c] < self.opts.stale_limit)
+        limit = self.opts.stale_limit
+        if all(n < limit for n in runs.values()):
+            return columns
+        return tuple(c for c in columns if runs.get(c, 0) < limit)
 
     def _follow_columns(self, cols: tuple[SeriesKey, ...]) -> None:
         if self.win is None:
@@ -607,7 +638,7 @@ class PcaSpeDetector:
             "scope": self.scope,
             "rows_seen": self.rows_seen,
             "ready": bool(win and win.ready),
-            "columns": [c.column for c in win.columns] if win else [],
+            "columns": list(win.names) if win else [],
             "window_rows": win.stats.n if win else 0,
             "rows_needed": win.need if win else None,
             "spe": self.last_spe,
@@ -624,7 +655,7 @@ class PcaSpeDetector:
             return out
         m = win.model()
         # columns kept out of the PCA: their window std is below their noise level
-        out["quiet_columns"] = [win.columns[int(j)].column for j in m.quiet.index]
+        out["quiet_columns"] = [win.names[j] for j in m.quiet.index.tolist()]
         fit = m.fit
         if fit is None:
             out.update(method="none", k=0, d=0, q_alpha=None, model_q_alpha=None)
