@@ -228,12 +228,23 @@ def test_blame_of_any_detector_is_named(tmp_path):
     run = run_detector_for_plot(Flags(), trace_rows(trace))
     assert run.abnormal == list(range(20, 25))
     assert run.blamed() == [("vm1/net", 5)]
-    fig = figure(trace, run, None, "flags", title="my title")
+    from atomwatch.traces import Labels
+
+    klass = ["normal"] * 50
+    klass[30:40] = ["flash-crowd"] * 10  # a benign class, kept at label 0
+    klass[20:25] = ["exfil"] * 5
+    labels = Labels("l.csv", (np.array(klass) == "exfil").astype(np.int64), klass, [""] * 50)
+    fig = figure(trace, run, labels, "flags", title="my title")
     ax = fig.axes[0]
     assert ax.get_title().startswith("my title\n") and "vm1/net (5 rows)" in ax.get_title()
     assert [t.get_text().strip() for t in ax.texts if t.get_gid() == "episode"] == ["vm1/net"]
     assert ax.get_ylabel() == "score (log)"
     assert "abnormal (5 rows)" in _texts(fig)
+    x = ax.get_lines()[0].get_xdata()
+    (benign,) = _spans(ax, "label:flash-crowd")
+    assert benign == (pytest.approx(x[30]), pytest.approx(x[40]))
+    assert [p.get_hatch() for p in ax.patches if p.get_gid() == "label:flash-crowd"] == ["//"]
+    assert {"labelled: exfil", "flash-crowd (label 0)"} <= set(_texts(fig))
 
 
 def test_plot_finds_the_labels_beside_a_csv_trace(tmp_path):
