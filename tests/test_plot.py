@@ -259,7 +259,7 @@ def test_plot_finds_the_labels_beside_a_csv_trace(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert f"labels: {tmp_path / 'miner.labels.csv'}" in proc.stdout
-    assert "blamed: vm2/CPUUtilization" in proc.stdout
+    assert "blamed: vm2/CPUUtilization" in proc.stdout and "," not in proc.stdout.split("\n", 1)[1]
     assert out.stat().st_size > 10_000
 
 

@@ -333,5 +333,6 @@ def run(args: argparse.Namespace) -> int:
     if labels is not None:
         print(f"labels: {labels.path} ({int(labels.label.sum())} rows labelled anomalous)")
     if blamed:
-        print("blamed: " + ", ".join(f"{c} ({n} rows)" for c, n in blamed[:TITLE_BLAMED]))
+        # no commas past the first line: scripts read "N rows, M abnormal" by splitting on them
+        print("blamed: " + "; ".join(f"{c} ({n} rows)" for c, n in blamed[:TITLE_BLAMED]))
     return 0
