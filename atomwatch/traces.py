@@ -75,6 +75,22 @@ def resolve(path: str | Path) -> tuple[Path, Path | None]:
     return p, None
 
 
+def labels_beside(path: str | Path) -> Path | None:
+    """The labels file that goes with a trace or recording, or None: a folder's ``labels.csv``,
+    or ``<name>.labels.csv`` beside ``<name>.csv`` / ``<name>.csv.gz`` (as ``atomwatch evaluate`` finds them)."""
+    p = Path(path)
+    if p.is_dir():
+        lp = p / "labels.csv"
+    else:
+        name = p.name
+        for suffix in (".csv.gz", ".csv"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        lp = p.with_name(name + ".labels.csv")
+    return lp if lp.is_file() else None
+
+
 def read_trace(path: str | Path) -> Trace:
     values_path, _ = resolve(path)
     try:
