@@ -146,17 +146,11 @@ class History:
         out = []
         for i, frame in enumerate(msg.frames):
             index = msg.first + i
-            if i == 0:
+            if i == 0:  # every known value: the message stands alone
                 scratch.values = dict(frame.values)
+                scratch.apply([], [], frame.gone)
             else:
-                for a, v in frame.values:
-                    scratch.values[a] = v
-                for a in frame.stale:
-                    scratch.values.pop(a, None)
-            for a in frame.gone:
-                scratch.values.pop(a, None)
-                scratch.keys.pop(a, None)
-                scratch.deltas.pop(a, None)
+                scratch.apply(frame.values, frame.stale, frame.gone)
             if index < done:
                 self.skipped["repeated"] += 1
             elif frame.ts <= state.rowed_ts:

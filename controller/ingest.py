@@ -96,6 +96,26 @@ class HostState:
             return {k: np.nan for k in self.keys.values()}
         return {k: self.values.get(a, np.nan) for a, k in self.keys.items()}
 
+    def take_table(self, birth: protocol.Birth) -> None:
+        """The session, sequence, tick and series table a birth announces (not its values)."""
+        self.session = birth.session
+        self.seq = birth.seq - 1
+        self.tick = birth.tick
+        self.agent_version = birth.agent
+        self.keys = {s.alias: s.key for s in birth.series}
+        self.deltas = {s.alias: s.delta for s in birth.series}
+
+    def apply(self, values: list[tuple[int, float]], stale: list[int], gone: list[int]) -> None:
+        """One tick's changes: the values sent, the stale ones unknown, the gone ones out of the table."""
+        for a, v in values:
+            self.values[a] = v
+        for a in stale:
+            self.values.pop(a, None)
+        for a in gone:
+            self.values.pop(a, None)
+            self.keys.pop(a, None)
+            self.deltas.pop(a, None)
+
     def key_deltas(self) -> dict[SeriesKey, float]:
         """Each series' tracking error Δ as the last birth announced it."""
         return {k: self.deltas.get(a, np.nan) for a, k in self.keys.items()}
@@ -218,12 +238,7 @@ class Ingest:
             return
         if state.synced and state.session == msg.session:
             return  # this very session is live here already
-        state.session = msg.session
-        state.seq = msg.seq - 1
-        state.tick = msg.tick
-        state.agent_version = msg.agent
-        state.keys = {s.alias: s.key for s in msg.series}
-        state.deltas = {s.alias: s.delta for s in msg.series}
+        state.take_table(msg)
         state.values.clear()
         state.synced = state.alive = False
         self.messages["retained-birth"] += 1
@@ -270,12 +285,7 @@ class Ingest:
             if state.refused_session is not None:
                 log.info("%s: birth of session %d within the series limit: accepted again", state.scope, msg.session)
                 state.refused_session = None
-            state.session = msg.session
-            state.seq = msg.seq - 1
-            state.tick = msg.tick
-            state.agent_version = msg.agent
-            state.keys = {s.alias: s.key for s in msg.series}
-            state.deltas = {s.alias: s.delta for s in msg.series}
+            state.take_table(msg)
             state.values = {s.alias: s.value for s in msg.series if s.value is not None}
             state.last_ts = msg.ts
             state.alive = True
@@ -309,14 +319,7 @@ class Ingest:
                 self._resync(state, f"unknown aliases {unknown[:5]}")
                 return
             state.seq = msg.seq
-            for a, v in msg.values:
-                state.values[a] = v
-            for a in msg.stale:
-                state.values.pop(a, None)
-            for a in msg.gone:
-                state.values.pop(a, None)
-                state.keys.pop(a, None)
-                state.deltas.pop(a, None)
+            state.apply(msg.values, msg.stale, msg.gone)
             state.last_ts = msg.ts
             state.alive = True
             state.fresh_at = time.monotonic()

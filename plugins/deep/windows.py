@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomwatch.traces import Labels, Trace, TraceError, read_labels, read_trace
+from atomwatch.traces import Labels, Trace, TraceError, labels_beside, read_labels, read_trace
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +146,12 @@ def load_recording(
 
 
 def _labels_path(p: Path) -> Path:
-    if p.is_dir():
-        lp = p / "labels.csv"
-    else:
-        name = p.name
-        for suffix in (".csv.gz", ".csv"):
-            if name.endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        lp = p.with_name(name + ".labels.csv")
-    if not lp.exists():
-        raise WindowError(f"{p}: no labels found (expected {lp}); training and evaluation need labelled recordings")
+    lp = labels_beside(p)
+    if lp is None:
+        expected = p / "labels.csv" if p.is_dir() else "NAME.labels.csv beside it"
+        raise WindowError(
+            f"{p}: no labels found (expected {expected}); training and evaluation need labelled recordings"
+        )
     return lp
 
 
