@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from benchmarks._common import free_port
+from benchmarks._common import wait_port as _wait_port
 
 #: seconds between two agent ticks (the trace plays two rows a second)
 AGENT_TICK = 0.5
@@ -78,21 +80,11 @@ def bundled_trace() -> tuple[Path, Path]:
     return Path(str(data / "lab-cryptominer.csv")), Path(str(data / "lab-cryptominer.labels.csv"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise HarnessError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+    try:
+        _wait_port(port, timeout)
+    except TimeoutError as e:
+        raise HarnessError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- processes

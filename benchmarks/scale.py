@@ -52,7 +52,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -67,27 +66,10 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks._common import emit, machine
+from benchmarks._common import emit, free_port, machine, wait_port
 from benchmarks._fleet import Fleet
 
 SITE = "scale"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 class Lines:

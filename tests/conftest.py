@@ -11,7 +11,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from atomwatch import signing
+from benchmarks._common import free_port, wait_port  # noqa: F401 (tests import them from here)
 
 # Controllers started by tests keep their alarms in memory unless a test says otherwise.
 os.environ.setdefault("ATOMWATCH_DB", ":memory:")
@@ -73,23 +73,6 @@ def require(condition: bool, why: str) -> None:
     if os.environ.get("ATOMWATCH_REQUIRE_LAB") == "1":
         pytest.fail(f"required for CI but missing: {why}")
     pytest.skip(why)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 class Mosquitto:
