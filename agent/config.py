@@ -10,6 +10,7 @@ from typing import Any
 from atomwatch import signing
 from atomwatch.config import BrokerAddress, ConfigError, parse_size
 from atomwatch.protocol import CONTROLLER_HOST, MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, ProtocolError, check_name
+from atomwatch.tracking import RULES
 
 
 @dataclass
@@ -22,6 +23,8 @@ class AgentConfig:
     deltas: dict[str, float] = field(default_factory=dict)
     #: resolution γ that ends a tracking round (0: float resolution)
     gamma: float = 0.0
+    #: the tracking rule of every series, a name of :data:`atomwatch.tracking.RULES`
+    tracking: str = "atom"
     #: seconds a tick's collection may take before a collector's reading is skipped (stale)
     collect_budget: float | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -63,6 +66,8 @@ class AgentConfig:
         for key in self.controller_keys:
             if not isinstance(key, signing.Ed25519PublicKey):
                 raise ConfigError(f"controller_key must be an Ed25519 public key, got {type(key).__name__}")
+        if self.tracking not in RULES:
+            raise ConfigError(f"--tracking {self.tracking!r} is unknown; choose one of {', '.join(RULES)}")
         for metric, d in self.deltas.items():
             if not d >= 0:
                 raise ConfigError(f"Δ for {metric!r} must be ≥ 0, got {d}")

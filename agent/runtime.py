@@ -36,7 +36,7 @@ from atomwatch import __version__, protocol, signing
 from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.pluginmanager import call_safely
 from atomwatch.series import SeriesKey
-from atomwatch.tracking import AtomTracker
+from atomwatch.tracking import make_tracker
 from atomwatch.types import CommandError, CommandHandler
 
 from .backlog import Backlog
@@ -86,7 +86,7 @@ class Agent:
         self.commands = CommandRunner(handlers)
 
         self.table = SeriesTable()
-        self.tracker = AtomTracker(gamma=config.gamma)
+        self.tracker = make_tracker(config.tracking, gamma=config.gamma)
         self.stale_sent = np.zeros(0, dtype=bool)
         #: the Δ last asked for each alias (in force from the series' next round)
         self.deltas = np.zeros(0)

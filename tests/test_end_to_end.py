@@ -10,13 +10,17 @@ import pytest
 from pipeline import alibaba_trace, assert_within_delta, make_pipeline
 
 from atomwatch import protocol
+from atomwatch.tracking import RULES, make_tracker
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site, tmp_path):
+@pytest.mark.parametrize("rule", list(RULES))
+async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site, tmp_path, rule):
+    """For every tracking rule: the agent's ``tracking`` option decides which values cross the broker."""
     trace = alibaba_trace(tmp_path / "alibaba.csv", machines=4, rows=1200)
-    pipe = make_pipeline(mosquitto.url, site, trace, agent_tick=0.005, delta_rel=0.02)
+    pipe = make_pipeline(mosquitto.url, site, trace, agent_tick=0.005, delta_rel=0.02, tracking=rule)
+    assert type(pipe.agent.tracker).__name__ == type(make_tracker(rule)).__name__
     await pipe.start()
     await pipe.wait_for(lambda: len(pipe.ticks) >= 1200, 120, "1200 agent ticks")
     pipe.agent.stop()

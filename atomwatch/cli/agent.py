@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 from atomwatch.config import DELTA_GRAMMAR, parse_deltas, parse_size
 from atomwatch.options import Range
@@ -58,6 +58,8 @@ KEYS = (
         "tracks online)",
     ),
     Key("gamma", Annotated[float, Range(ge=0)]),
+    #: the names of atomwatch.tracking.RULES (tests/test_tracking_option.py checks they agree)
+    Key("tracking", Literal["atom", "deadband", "segment", "adaptive"]),
     Key("controller_key", tuple[str, ...], expected="a file, or a list of files (comma-separated in the variable)"),
     Key("command_lifetime", POSITIVE_DURATION),
     Key("command_skew", DURATION),
@@ -81,6 +83,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "a P%% is refused here: it needs a series' mean, which an agent does not know in advance)",
     )
     p.add_argument("--gamma", help="resolution that ends a tracking round (default: float resolution)")
+    p.add_argument(
+        "--tracking",
+        metavar="RULE",
+        help="which values the agent sends: atom (ATOM's Algorithm 1), deadband, segment (greedy segments, the "
+        "value sent leans the way the series moves) or adaptive (per series, whichever of these sent fewest "
+        "lately); every rule keeps the controller's copy within Δ (default atom)",
+    )
     add_key_arguments(p)
     add_message_size_argument(p)
     p.add_argument(
@@ -147,6 +156,7 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         tick=v.get("tick", 10.0),
         deltas=v.get("delta", {}),
         gamma=v.get("gamma", 0.0),
+        tracking=v.get("tracking", "atom"),
         options=plugin_opts,
         duration=v.get("duration"),
     )
