@@ -263,7 +263,13 @@ class AdaptiveTracker(_Policy):
     and then the leader's own ``g`` is sent: while nothing switches, this sends exactly what the
     leader sends. The invariant holds because every expert keeps it: ``delta`` is the leader's Δ
     in force (ATOM's pending Δ takes over at its next round).
+
+    :meth:`set_rule` pins series to one rule of :data:`RULES` (its expert always leads), so one
+    tracker serves series of different rules: the agent's per-metric ``tracking``.
     """
+
+    #: rule name → the expert that leads a series pinned to it (−1: not pinned, the adaptive rule)
+    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1}
 
     def __init__(
         self, delta: ArrayLike = (), gamma: float = 0.0, decay: float = 0.995, hysteresis: float = 1.0
@@ -283,6 +289,21 @@ class AdaptiveTracker(_Policy):
         ]
         self.score = np.zeros((len(self.experts), self.n))
         self.leader = np.zeros(self.n, dtype=np.intp)
+        self.pin = np.full(self.n, -1, dtype=np.intp)
+
+    def set_rule(self, idx: ArrayLike, rule: str | list[str]) -> None:
+        """Pin the series ``idx`` to ``rule`` (one name, or one per index); ``"adaptive"`` unpins.
+        The next send of a pinned series is its rule's value."""
+        rules = [rule] if isinstance(rule, str) else list(rule)
+        unknown = sorted(set(rules) - set(self.PINS))
+        if unknown:
+            raise ValueError(f"tracking rule {unknown[0]!r} is unknown; choose one of {', '.join(RULES)}")
+        pins = np.array([self.PINS[r] for r in rules], dtype=np.intp)
+        idx = np.asarray(idx)
+        self.pin[idx] = pins if pins.shape[0] > 1 else pins[0]
+        pinned = self.pin >= 0
+        self.leader[pinned] = self.pin[pinned]
+        self.delta = self._in_force()
 
     def _grow(self, new: int, delta: np.ndarray) -> None:
         super()._grow(new, delta)
@@ -290,6 +311,7 @@ class AdaptiveTracker(_Policy):
             e.resize(self.n + new, delta)
         self.score = np.concatenate([self.score, np.zeros((len(self.experts), new))], axis=1)
         self.leader = np.concatenate([self.leader, np.zeros(new, dtype=np.intp)])
+        self.pin = np.concatenate([self.pin, np.full(new, -1, dtype=np.intp)])
 
     def set_delta(self, idx: ArrayLike, delta: ArrayLike | float) -> None:
         for e in self.experts:
@@ -313,6 +335,7 @@ class AdaptiveTracker(_Policy):
         best = np.argmin(self.score, axis=0)
         switch = self.score[best, series] + self.hysteresis < self.score[self.leader, series]
         np.copyto(self.leader, best, where=switch)
+        np.copyto(self.leader, self.pin, where=self.pin >= 0)
         self.delta = self._in_force()
         with np.errstate(invalid="ignore"):
             send = readable & ~(np.abs(f - self.g) <= self.delta)

@@ -117,7 +117,7 @@ def live_pipeline(
     agent_tick: float,
     controller_tick: float,
     secured=None,
-    tracking: str = "atom",
+    tracking: str | dict[str, str] = "atom",
     **controller_config: Any,
 ) -> Pipeline:
     """An agent (host ``hv1``) and a controller with these built-in plugins and options.
@@ -175,7 +175,7 @@ def make_pipeline(
     detectors: list[str] | None = None,
     options: dict[str, Any] | None = None,
     plugins: tuple[str, ...] = ("replay",),
-    tracking: str = "atom",
+    tracking: str | dict[str, str] = "atom",
 ) -> Pipeline:
     opts = {"replay": {"trace": str(trace), "delta_rel": delta_rel}}
     opts.update(options or {})
