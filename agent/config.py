@@ -10,6 +10,7 @@ from typing import Any
 from atomwatch import signing
 from atomwatch.config import BrokerAddress, ConfigError, parse_size
 from atomwatch.protocol import CONTROLLER_HOST, MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, ProtocolError, check_name
+from atomwatch.tracking import RULES
 
 
 @dataclass
@@ -22,6 +23,9 @@ class AgentConfig:
     deltas: dict[str, float] = field(default_factory=dict)
     #: resolution γ that ends a tracking round (0: float resolution)
     gamma: float = 0.0
+    #: the tracking rule by metric name (``"*"`` for every other metric; a bare name: every metric),
+    #: names of :data:`atomwatch.tracking.RULES`; default ``atom``
+    tracking: dict[str, str] | str = field(default_factory=dict)
     #: seconds a tick's collection may take before a collector's reading is skipped (stale)
     collect_budget: float | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -63,6 +67,12 @@ class AgentConfig:
         for key in self.controller_keys:
             if not isinstance(key, signing.Ed25519PublicKey):
                 raise ConfigError(f"controller_key must be an Ed25519 public key, got {type(key).__name__}")
+        if isinstance(self.tracking, str):
+            self.tracking = {"*": self.tracking}
+        for metric, rule in self.tracking.items():
+            if rule not in RULES:
+                where = "" if metric == "*" else f"{metric}="
+                raise ConfigError(f"--tracking {where}{rule!r} is unknown; choose one of {', '.join(RULES)}")
         for metric, d in self.deltas.items():
             if not d >= 0:
                 raise ConfigError(f"Δ for {metric!r} must be ≥ 0, got {d}")
@@ -101,6 +111,16 @@ class AgentConfig:
     @property
     def budget(self) -> float:
         return self.collect_budget if self.collect_budget is not None else max(0.05, 0.8 * self.tick)
+
+    def tracking_rule(self, metric: str) -> str:
+        """The tracking rule of the series of ``metric``."""
+        return self.tracking.get(metric, self.tracking.get("*", "atom"))
+
+    @property
+    def one_tracking_rule(self) -> str | None:
+        """The rule of every series when no metric has its own (one tracker of that rule), else None."""
+        rules = set(self.tracking.values()) | ({"atom"} if "*" not in self.tracking else set())
+        return rules.pop() if len(rules) == 1 else None
 
     def plugin_options(self, name: str) -> dict[str, Any]:
         """The options the user gave plugin ``name`` (empty dict if none)."""

@@ -36,7 +36,7 @@ from atomwatch import __version__, protocol, signing
 from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, wait_or_timeout
 from atomwatch.pluginmanager import call_safely
 from atomwatch.series import SeriesKey
-from atomwatch.tracking import AtomTracker
+from atomwatch.tracking import AdaptiveTracker, make_tracker
 from atomwatch.types import CommandError, CommandHandler
 
 from .backlog import Backlog
@@ -87,7 +87,9 @@ class Agent:
         self.commands = CommandRunner(handlers)
 
         self.table = SeriesTable()
-        self.tracker = AtomTracker(gamma=config.gamma)
+        rule = config.one_tracking_rule
+        #: one rule for every series, or (rules by metric) the adaptive tracker with series pinned to theirs
+        self.tracker = make_tracker(rule, gamma=config.gamma) if rule else AdaptiveTracker(gamma=config.gamma)
         self.stale_sent = np.zeros(0, dtype=bool)
         #: the Δ last asked for each alias (in force from the series' next round)
         self.deltas = np.zeros(0)
@@ -173,6 +175,8 @@ class Agent:
             idx = np.array(change.new)
             self.tracker.invalidate(idx)  # (a series that came back starts a new round)
             self.tracker.set_delta(idx, deltas)
+            if isinstance(self.tracker, AdaptiveTracker) and self.config.one_tracking_rule is None:
+                self.tracker.set_rule(idx, [self.config.tracking_rule(k.metric) for k in new_keys])
             self.deltas[idx] = deltas
             self.need_birth = True
             log.info(

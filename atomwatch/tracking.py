@@ -1,8 +1,10 @@
 """Online tracking of many series at once: which values the agent sends to the controller.
 
 What lives here: ATOM's Algorithm 1 (:class:`AtomTracker`), the deadband and send-all baselines,
-the offline optimum (:func:`optimal_messages`) and :func:`simulate`, all vectorised over the
-series with O(1) work per series and sample. Invariant after every ``step``: ``|f − g| ≤ Δ``
+two rules that send fewer messages on drifts (:class:`SegmentTracker`, :class:`AdaptiveTracker`),
+the agent's rule names (:data:`RULES`, :func:`make_tracker`), the offline optimum
+(:func:`optimal_messages`) and :func:`simulate`, all vectorised over the series with O(1) work per
+series and sample. Invariant after every ``step``: ``|f − g| ≤ Δ``
 exactly in float64 for every finite ``f``. What does not: the agent's tick loop and what it
 publishes (:mod:`atomwatch.agent.runtime`). Conventions and reasoning: ``docs/tracking.md``.
 """
@@ -15,13 +17,17 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "RULES",
+    "AdaptiveTracker",
     "AtomTracker",
     "Deadband",
     "Policy",
+    "SegmentTracker",
     "SendAll",
     "Simulation",
     "optimal_max_error",
     "optimal_messages",
+    "make_tracker",
     "simulate",
 ]
 
@@ -175,6 +181,183 @@ class Deadband(_Policy):
             send = readable & ~(np.abs(f - self.g) <= self.delta)  # NaN g: never sent yet
         np.copyto(self.g, f, where=send)
         return send
+
+
+class SegmentTracker(_Policy):
+    """A round is a greedy segment; the value sent leans the way the series has been moving.
+
+    Per series, ``S`` holds the values within Δ of *every* readable sample since the round
+    started (ATOM intersects only the samples that broke the bound), so a round ends exactly
+    where the offline optimum's segment ends: when ``S`` is empty. In between, a sample with
+    ``|f − g| > Δ`` (a *break*, upwards or downwards) sends a point of ``S``:
+    ``lower + w · (upper − lower)`` with ``w = ½ + ½ · lean · direction`` once ``patience + 1``
+    breaks in a row went the same way, else the midpoint (``w = ½``). A new round after an
+    exhausted ``S`` sends ``f + carry · direction · Δ`` once ``patience`` breaks in a row went the
+    same way, else ``f``: on a steady drift the copy then lasts the whole next segment.
+    ``lean = carry = 0`` is the midpoint rule on greedy segments.
+
+    Exactness: every value sent is checked in float64 against the current ``f``
+    (``|f − g| ≤ Δ``); a candidate that fails (rounding at the edge of ``S``, overflow) is
+    replaced by ``f`` and a new round. ``set_delta`` applies at once (a smaller Δ may end the
+    round at the next break).
+    """
+
+    def __init__(self, delta: ArrayLike = (), lean: float = 1.0, carry: float = 0.0, patience: int = 0) -> None:
+        super().__init__(delta)
+        for name, x in (("lean", lean), ("carry", carry)):
+            if not 0 <= float(x) <= 1:
+                raise ValueError(f"{name} must be within [0, 1], got {x}")
+        if int(patience) != patience or patience < 0:
+            raise ValueError(f"patience must be a whole number ≥ 0, got {patience}")
+        self.lean, self.carry, self.patience = float(lean), float(carry), int(patience)
+        self.lower = np.full(self.n, np.nan)
+        self.upper = np.full(self.n, np.nan)
+        self.direction = np.zeros(self.n)  # sign of the last break: +1 up, −1 down, 0 none yet
+        self.streak = np.zeros(self.n)  # breaks in a row in that direction
+
+    def _grow(self, new: int, delta: np.ndarray) -> None:
+        super()._grow(new, delta)
+        self.lower = np.concatenate([self.lower, np.full(new, np.nan)])
+        self.upper = np.concatenate([self.upper, np.full(new, np.nan)])
+        self.direction = np.concatenate([self.direction, np.zeros(new)])
+        self.streak = np.concatenate([self.streak, np.zeros(new)])
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        f, readable = self._readable(f)
+        d = self.delta
+        in_round = readable & ~np.isnan(self.g)
+        fresh = readable & ~in_round
+        self.direction[fresh] = 0.0
+        self.streak[fresh] = 0.0
+        with np.errstate(invalid="ignore"):
+            diff = f - self.g
+            broke = in_round & ~(np.abs(diff) <= d)
+            lo = np.maximum(self.lower, f - d)
+            hi = np.minimum(self.upper, f + d)
+            way = np.sign(diff)
+            self.streak = np.where(broke, np.where(way == self.direction, self.streak + 1, 1.0), self.streak)
+            np.copyto(self.direction, way, where=broke)
+            lean = np.where(self.streak > self.patience, self.lean, 0.0) * self.direction
+            candidate = lo + (hi - lo) * (0.5 + 0.5 * lean)
+            inside = broke & (lo <= hi) & (np.abs(f - candidate) <= d)
+            new_round = fresh | (broke & ~inside)
+            carry = np.where(self.streak >= self.patience, self.carry, 0.0) * self.direction
+            start = f + carry * d
+            start = np.where(np.abs(f - start) <= d, start, f)
+        np.copyto(self.lower, lo, where=readable)
+        np.copyto(self.upper, hi, where=readable)
+        np.copyto(self.lower, f - d, where=new_round)
+        np.copyto(self.upper, f + d, where=new_round)
+        np.copyto(self.g, candidate, where=inside)
+        np.copyto(self.g, start, where=new_round)
+        return inside | new_round
+
+
+class AdaptiveTracker(_Policy):
+    """Per series, follow whichever of several rules has been sending the fewest messages lately.
+
+    Every *expert* (ATOM, the deadband and three :class:`SegmentTracker` settings) runs on every
+    series; its score is its message count, decayed by ``decay`` a tick. The leader of a series
+    changes when another expert's score is lower by more than ``hysteresis`` messages (ATOM leads
+    at first and wins ties). The copy ``g`` is sent only when it breaks the leader's Δ in force,
+    and then the leader's own ``g`` is sent: while nothing switches, this sends exactly what the
+    leader sends. The invariant holds because every expert keeps it: ``delta`` is the leader's Δ
+    in force (ATOM's pending Δ takes over at its next round).
+
+    :meth:`set_rule` pins series to one rule of :data:`RULES` (its expert always leads), so one
+    tracker serves series of different rules: the agent's per-metric ``tracking``.
+    """
+
+    #: rule name → the expert that leads a series pinned to it (−1: not pinned, the adaptive rule)
+    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1}
+
+    def __init__(
+        self, delta: ArrayLike = (), gamma: float = 0.0, decay: float = 0.995, hysteresis: float = 1.0
+    ) -> None:
+        super().__init__(delta)
+        if not 0 < float(decay) <= 1:
+            raise ValueError(f"decay must be within (0, 1], got {decay}")
+        if not float(hysteresis) >= 0:
+            raise ValueError(f"hysteresis must be ≥ 0, got {hysteresis}")
+        self.decay, self.hysteresis = float(decay), float(hysteresis)
+        self.experts: list[_Policy] = [
+            AtomTracker(self.delta, gamma=gamma),
+            Deadband(self.delta),
+            SegmentTracker(self.delta, lean=1.0),
+            SegmentTracker(self.delta, lean=0.5),
+            SegmentTracker(self.delta, lean=1.0, carry=1.0, patience=1),
+        ]
+        self.score = np.zeros((len(self.experts), self.n))
+        self.leader = np.zeros(self.n, dtype=np.intp)
+        self.pin = np.full(self.n, -1, dtype=np.intp)
+
+    def set_rule(self, idx: ArrayLike, rule: str | list[str]) -> None:
+        """Pin the series ``idx`` to ``rule`` (one name, or one per index); ``"adaptive"`` unpins.
+        The next send of a pinned series is its rule's value."""
+        rules = [rule] if isinstance(rule, str) else list(rule)
+        unknown = sorted(set(rules) - set(self.PINS))
+        if unknown:
+            raise ValueError(f"tracking rule {unknown[0]!r} is unknown; choose one of {', '.join(RULES)}")
+        pins = np.array([self.PINS[r] for r in rules], dtype=np.intp)
+        idx = np.asarray(idx)
+        self.pin[idx] = pins if pins.shape[0] > 1 else pins[0]
+        pinned = self.pin >= 0
+        self.leader[pinned] = self.pin[pinned]
+        self.delta = self._in_force()
+
+    def _grow(self, new: int, delta: np.ndarray) -> None:
+        super()._grow(new, delta)
+        for e in self.experts:
+            e.resize(self.n + new, delta)
+        self.score = np.concatenate([self.score, np.zeros((len(self.experts), new))], axis=1)
+        self.leader = np.concatenate([self.leader, np.zeros(new, dtype=np.intp)])
+        self.pin = np.concatenate([self.pin, np.full(new, -1, dtype=np.intp)])
+
+    def set_delta(self, idx: ArrayLike, delta: ArrayLike | float) -> None:
+        for e in self.experts:
+            e.set_delta(idx, delta)
+        self.delta = self._in_force()
+
+    def invalidate(self, idx: ArrayLike) -> None:
+        super().invalidate(idx)
+        for e in self.experts:
+            e.invalidate(idx)
+
+    def _in_force(self) -> np.ndarray:
+        return np.stack([e.delta for e in self.experts])[self.leader, np.arange(self.n)]
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        f, readable = self._readable(f)
+        self.score *= self.decay
+        for k, e in enumerate(self.experts):
+            self.score[k] += e.step(f)
+        series = np.arange(self.n)
+        best = np.argmin(self.score, axis=0)
+        switch = self.score[best, series] + self.hysteresis < self.score[self.leader, series]
+        np.copyto(self.leader, best, where=switch)
+        np.copyto(self.leader, self.pin, where=self.pin >= 0)
+        self.delta = self._in_force()
+        with np.errstate(invalid="ignore"):
+            send = readable & ~(np.abs(f - self.g) <= self.delta)
+        lead_g = np.stack([e.g for e in self.experts])[self.leader, series]
+        np.copyto(self.g, lead_g, where=send)
+        return send
+
+
+#: the agent's ``tracking`` option: rule name → how to build it (Δ, γ)
+RULES = {
+    "atom": lambda delta, gamma: AtomTracker(delta, gamma=gamma),
+    "deadband": lambda delta, gamma: Deadband(delta),
+    "segment": lambda delta, gamma: SegmentTracker(delta),
+    "adaptive": lambda delta, gamma: AdaptiveTracker(delta, gamma=gamma),
+}
+
+
+def make_tracker(rule: str, delta: ArrayLike = (), gamma: float = 0.0) -> _Policy:
+    """The tracker of rule ``rule`` (a name of :data:`RULES`)."""
+    if rule not in RULES:
+        raise ValueError(f"tracking rule {rule!r} is unknown; choose one of {', '.join(RULES)}")
+    return RULES[rule](delta, gamma)
 
 
 class SendAll(_Policy):

@@ -1,12 +1,14 @@
 """Benchmark of online tracking: messages sent and cost per sample, printed as one JSON object.
 
 1. Messages: every trace of the Precog data (synthetic test1..7, Alibaba m_*_train/test), for
-   Δ = 1 %, 5 %, 10 % of each series' mean magnitude: messages of send-all, deadband, ATOM and the
-   offline optimum, each policy's ratio to the optimum, totals by family (synthetic / alibaba).
+   Δ = 1 %, 5 %, 10 % of each series' mean magnitude: messages of send-all, every tracking rule
+   (deadband, ATOM, segment, adaptive) and the offline optimum, each rule's ratio to the optimum,
+   totals by family (synthetic / alibaba), and the issue 21 targets: the best rule ≤ 1.3× the
+   optimum per family and Δ, no rule above ATOM's count by more than 5 % on any trace.
 2. Shapes: small synthetic series (noise around a level, slow drift, random walk, steps) that
-   show where ATOM beats the deadband and where it loses.
-3. Cost: µs per series-sample of ``step`` at 10,000 series (target ≤ 1 µs) for ATOM and the
-   deadband, against send-all measured in the same run.
+   show where each rule wins and loses.
+3. Cost: µs per series-sample of ``step`` at 10,000 series (target ≤ 1 µs) for every rule,
+   against send-all measured in the same run.
 
 Usage: ``python -m benchmarks.tracking [--gamma G] [--series N] [--ticks T] [--data DIR]``.
 """
@@ -23,30 +25,52 @@ from typing import Any
 import numpy as np
 
 from atomwatch.traces import read_trace
-from atomwatch.tracking import AtomTracker, Deadband, Policy, SendAll, optimal_messages, simulate
+from atomwatch.tracking import RULES, Policy, SendAll, make_tracker, optimal_messages, simulate
 from benchmarks._common import SHARED, emit, machine, seconds_per_call
 
-POLICIES = ("all", "deadband", "atom", "optimal")
+POLICIES = ("all", *RULES, "optimal")
 FRACTIONS = (0.01, 0.05, 0.10)
+#: issue 21: the best rule within this factor of the optimum; no rule above ATOM by more than this
+TARGET_RATIO, TOLERANCE_OVER_ATOM = 1.3, 0.05
 
 
 def run_policies(values: np.ndarray, delta: np.ndarray, gamma: float) -> dict[str, np.ndarray]:
-    """Messages per column for every policy over one ticks × columns matrix."""
-    return {
-        "all": simulate(SendAll(delta), values).messages,
-        "deadband": simulate(Deadband(delta), values).messages,
-        "atom": simulate(AtomTracker(delta, gamma=gamma), values).messages,
-        "optimal": optimal_messages(values, delta),
-    }
+    """Messages per column for every policy over one ticks × columns matrix (the bound is checked)."""
+    counts = {"all": simulate(SendAll(delta), values).messages}
+    for rule in RULES:
+        sim = simulate(make_tracker(rule, delta, gamma), values)
+        if np.any(sim.max_error > delta):
+            raise SystemExit(f"benchmarks.tracking: rule {rule} broke |f − g| ≤ Δ")
+        counts[rule] = sim.messages
+    counts["optimal"] = optimal_messages(values, delta)
+    return counts
 
 
 def summarise(counts: dict[str, int]) -> dict[str, Any]:
     optimum = counts["optimal"]
+    ratios = {p: (round(counts[p] / optimum, 3) if optimum else None) for p in POLICIES}
+    best = min(RULES, key=lambda r: counts[r])
     return {
         "messages": counts,
-        "ratio_to_optimal": {p: (round(counts[p] / optimum, 3) if optimum else None) for p in POLICIES},
-        "atom_over_deadband": round(counts["atom"] / counts["deadband"], 3) if counts["deadband"] else None,
+        "ratio_to_optimal": ratios,
+        "ratio_to_atom": {r: (round(counts[r] / counts["atom"], 3) if counts["atom"] else None) for r in RULES},
+        "best_rule": best,
+        "best_meets_target": bool(optimum == 0 or counts[best] <= TARGET_RATIO * optimum),
     }
+
+
+def over_atom(per_trace: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per rule: the (trace, Δ) cells where it sent more than ATOM by more than the tolerance."""
+    out: dict[str, Any] = {}
+    for rule in RULES:
+        cells = [
+            {"trace": name, "delta": key, "messages": cell[rule], "atom": cell["atom"]}
+            for name, e in per_trace.items()
+            for key, cell in e.items()
+            if isinstance(cell, dict) and cell[rule] > (1 + TOLERANCE_OVER_ATOM) * cell["atom"]
+        ]
+        out[rule] = {"cells_over": len(cells), "worst": sorted(cells, key=lambda c: -c["messages"] / c["atom"])[:5]}
+    return out
 
 
 def messages_on_traces(data: Path, gamma: float) -> dict[str, Any]:
@@ -90,20 +114,15 @@ def messages_on_traces(data: Path, gamma: float) -> dict[str, Any]:
         }
         for name, e in per_trace.items()
     }
-    atom_vs_deadband = {
-        f"{fr:.0%}": {
-            "atom_fewer": sorted(
-                n for n, e in per_trace.items() if e[f"{fr:.0%}"]["atom"] < e[f"{fr:.0%}"]["deadband"]
-            ),
-            "deadband_fewer": sorted(
-                n for n, e in per_trace.items() if e[f"{fr:.0%}"]["atom"] > e[f"{fr:.0%}"]["deadband"]
-            ),
-        }
-        for fr in FRACTIONS
-    }
+    by_family = {fam: {key: summarise(c) for key, c in per_delta.items()} for fam, per_delta in totals.items()}
     return {
-        "by_family": {fam: {key: summarise(c) for key, c in per_delta.items()} for fam, per_delta in totals.items()},
-        "atom_vs_deadband": atom_vs_deadband,
+        "by_family": by_family,
+        "targets": {
+            "best_rule_within_1.3x_optimum": {
+                f"{fam}/{key}": s["best_meets_target"] for fam, d in by_family.items() for key, s in d.items()
+            },
+            "over_atom_by_more_than_5pct": over_atom(per_trace),
+        },
         "traces": traces,
     }
 
@@ -146,11 +165,7 @@ def cost_per_sample(series: int, ticks: int, gamma: float) -> dict[str, Any]:
     values = level + walk + rng.normal(0, 0.03, (ticks, series)) * level
     delta = 0.05 * level
     result: dict[str, Any] = {"series": series, "ticks": ticks}
-    policies: dict[str, Policy] = {
-        "all": SendAll(delta),
-        "deadband": Deadband(delta),
-        "atom": AtomTracker(delta, gamma=gamma),
-    }
+    policies: dict[str, Policy] = {"all": SendAll(delta), **{r: make_tracker(r, delta, gamma) for r in RULES}}
     for name, policy in policies.items():
         t = seconds_per_call(stepper(policy, values), calls=ticks, repeat=5)
         result[name] = {
@@ -159,10 +174,10 @@ def cost_per_sample(series: int, ticks: int, gamma: float) -> dict[str, Any]:
             "ms_per_tick": round(t["median"] * 1e3, 4),
         }
     base = result["all"]["us_per_series_sample"]
-    for name in ("deadband", "atom"):
+    for name in RULES:
         result[name]["ratio_to_send_all"] = round(result[name]["us_per_series_sample"] / base, 2)
     result["target_us_per_series_sample"] = 1.0
-    result["atom_meets_target"] = result["atom"]["us_per_series_sample"] <= 1.0
+    result["all_rules_meet_target"] = all(result[r]["us_per_series_sample"] <= 1.0 for r in RULES)
     return result
 
 

@@ -117,6 +117,7 @@ def live_pipeline(
     agent_tick: float,
     controller_tick: float,
     secured=None,
+    tracking: str | dict[str, str] = "atom",
     **controller_config: Any,
 ) -> Pipeline:
     """An agent (host ``hv1``) and a controller with these built-in plugins and options.
@@ -140,6 +141,7 @@ def live_pipeline(
             host="hv1",
             tick=agent_tick,
             options=options,
+            tracking=tracking,
         ),
         pm,
     )
@@ -173,10 +175,13 @@ def make_pipeline(
     detectors: list[str] | None = None,
     options: dict[str, Any] | None = None,
     plugins: tuple[str, ...] = ("replay",),
+    tracking: str | dict[str, str] = "atom",
 ) -> Pipeline:
     opts = {"replay": {"trace": str(trace), "delta_rel": delta_rel}}
     opts.update(options or {})
-    pipe = live_pipeline(broker_url, site, plugins, opts, detectors or [], agent_tick, controller_tick)
+    pipe = live_pipeline(
+        broker_url, site, plugins, opts, detectors or [], agent_tick, controller_tick, tracking=tracking
+    )
     agent, controller = pipe.agent, pipe.controller
 
     def on_tick(a: Agent, f: np.ndarray, send: np.ndarray, published) -> None:

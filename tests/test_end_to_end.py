@@ -10,13 +10,20 @@ import pytest
 from pipeline import alibaba_trace, assert_within_delta, make_pipeline
 
 from atomwatch import protocol
+from atomwatch.tracking import RULES, make_tracker
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site, tmp_path):
+@pytest.mark.parametrize("rule", [*RULES, "by-metric"])
+async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site, tmp_path, rule):
+    """For every tracking rule: the agent's ``tracking`` option decides which values cross the broker
+    (``by-metric``: rules by metric, the memory series pinned to ``segment`` in an adaptive tracker)."""
     trace = alibaba_trace(tmp_path / "alibaba.csv", machines=4, rows=1200)
-    pipe = make_pipeline(mosquitto.url, site, trace, agent_tick=0.005, delta_rel=0.02)
+    tracking = {"*": "atom", "MemoryUtilization": "segment"} if rule == "by-metric" else rule
+    pipe = make_pipeline(mosquitto.url, site, trace, agent_tick=0.005, delta_rel=0.02, tracking=tracking)
+    expected = "adaptive" if rule == "by-metric" else rule
+    assert type(pipe.agent.tracker).__name__ == type(make_tracker(expected)).__name__
     await pipe.start()
     await pipe.wait_for(lambda: len(pipe.ticks) >= 1200, 120, "1200 agent ticks")
     pipe.agent.stop()
@@ -39,6 +46,8 @@ async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site,
     # and tracking saved messages: far fewer values than samples
     assert sent < 0.5 * sum(len(t.truth) for t in data_ticks)
     assert pipe.controller.ingest.dropped.total() == 0
+    if rule == "by-metric":
+        assert pipe.agent.tracker.pin.tolist() == [2, 2, 2, 2], "every memory series pinned to segment"
 
 
 async def test_broker_restart_heals_and_bad_payloads_are_dropped(mosquitto_private, site, tmp_path):

@@ -10,9 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atomwatch.tracking import (
+    RULES,
+    AdaptiveTracker,
     AtomTracker,
     Deadband,
+    SegmentTracker,
     SendAll,
+    make_tracker,
     optimal_max_error,
     optimal_messages,
     simulate,
@@ -89,10 +93,12 @@ def assert_tracked(policy, f: np.ndarray, sent: np.ndarray, g_before: np.ndarray
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), exact=st.booleans(), gamma=st.sampled_from([0.0, 0.125, 1.0, 3.0]))
-def test_atom_and_deadband_stay_within_delta_every_tick(data: st.DataObject, exact: bool, gamma: float) -> None:
+def test_every_rule_stays_within_delta_every_tick(data: st.DataObject, exact: bool, gamma: float) -> None:
     values = data.draw(matrices(exact))
     delta = data.draw(deltas(values.shape[1], exact))
-    for policy in (AtomTracker(delta, gamma=gamma), Deadband(delta)):
+    policies = [make_tracker(rule, delta, gamma) for rule in RULES]
+    policies += [SegmentTracker(delta, lean=0.0), SegmentTracker(delta, lean=1.0, carry=1.0, patience=1)]
+    for policy in policies:
         for f in values:
             g_before = policy.g.copy()
             sent = policy.step(f)
@@ -107,7 +113,7 @@ def test_invariant_holds_across_set_delta_resize_and_invalidate(data: st.DataObj
     values = data.draw(matrices(exact=False, max_series=6))
     n = values.shape[1]
     n0 = data.draw(st.integers(1, n))
-    policies = [AtomTracker(data.draw(deltas(n0, False))), Deadband(data.draw(deltas(n0, False)))]
+    policies = [make_tracker(rule, data.draw(deltas(n0, False))) for rule in RULES]
     for row in values:
         for p in policies:
             action = data.draw(st.sampled_from(["none", "none", "set_delta", "resize", "invalidate"]))
@@ -145,11 +151,13 @@ def test_invariant_is_exact_at_ulp_scale(base: float, delta_ulps: float, steps: 
     ulp = float(np.spacing(base))
     delta = delta_ulps * ulp
     values = base + np.array(steps, dtype=np.float64) * ulp
-    policy = AtomTracker([delta])
-    for f in values:
-        g_before = policy.g.copy()
-        sent = policy.step(np.array([f]))
-        assert_tracked(policy, np.array([f]), sent, g_before)
+    policies = [make_tracker(rule, [delta]) for rule in RULES]
+    policies.append(SegmentTracker([delta], lean=1.0, carry=1.0, patience=1))
+    for policy in policies:
+        for f in values:
+            g_before = policy.g.copy()
+            sent = policy.step(np.array([f]))
+            assert_tracked(policy, np.array([f]), sent, g_before)
 
 
 def test_pending_delta_applies_from_the_next_round() -> None:
@@ -233,6 +241,86 @@ def test_atom_beats_deadband_on_oscillation_and_loses_on_slow_drift() -> None:
     assert optimum < deadband < atom
 
 
+def test_segment_rounds_end_where_the_optimum_segments_end() -> None:
+    """With the midpoint (lean = carry = 0) every new round is a segment of the greedy optimum:
+    a ramp up and down, Δ = 2, each new round's start is where greedy starts a segment."""
+    values = np.array([0.0, 1, 2, 3, 4, 5, 6, 5, 4, 3, 2, 1, 0, 0.5, 9, 9])
+    t = SegmentTracker([2.0], lean=0.0)
+    starts = []
+    for i, f in enumerate(values):
+        before = (t.lower[0], t.upper[0])
+        t.step(np.array([f]))
+        if t.lower[0] == f - 2.0 and t.upper[0] == f + 2.0 and before != (f - 2.0, f + 2.0):
+            starts.append(i)
+    # greedy, range ≤ 4: [0..4] [5, 6, 5, 4, 3, 2] [1, 0, 0.5] [9, 9]
+    assert starts == [0, 5, 11, 14]
+    assert optimal_messages(values, 2.0)[0] == len(starts)
+
+
+def test_segment_leans_with_a_drift_and_beats_atom() -> None:
+    delta = 4.0
+    drift = np.arange(4000) * 0.2  # Δ/20 a tick
+    optimum = optimal_messages(drift, delta)[0]
+    counts = {
+        "atom": simulate(AtomTracker([delta]), drift).messages[0],
+        "deadband": simulate(Deadband([delta]), drift).messages[0],
+        "segment": simulate(SegmentTracker([delta]), drift).messages[0],
+        "carry": simulate(SegmentTracker([delta], lean=1.0, carry=1.0, patience=1), drift).messages[0],
+    }
+    # lean: one send at the top of S lasts to the segment's end (2 per segment, like the deadband's
+    # Δ a message); carry: the first value of a round is already f + Δ (1 per segment)
+    assert counts["carry"] <= optimum + 2
+    assert optimum + 2 < counts["segment"] <= 2 * optimum and counts["deadband"] <= 2 * optimum
+    assert 2 * optimum < counts["atom"]
+
+
+def test_segment_hand_worked() -> None:
+    """Δ = 4, lean 1: a break upwards sends the top of S, downwards the bottom."""
+    t = SegmentTracker([4.0])
+    expected = [
+        (10, True, 10.0, (6, 14)),  # a new round: g = f
+        (12, False, 10.0, (8, 14)),  # every sample narrows S, also without a send
+        (15, True, 14.0, (11, 14)),  # a break upwards: the top of S
+        (11, False, 14.0, (11, 14)),
+        (9, True, 11.0, (11, 13)),  # a break downwards: the bottom of S
+        (16, True, 13.0, (12, 13)),  # upwards again: the top of S ∩ [12, 20]
+        (18, True, 18.0, (14, 22)),  # S ∩ [14, 22] is empty: a new round from f
+    ]
+    for f, sent, g, (lo, hi) in expected:
+        mask = t.step(np.array([float(f)]))
+        assert (bool(mask[0]), t.g[0], t.lower[0], t.upper[0]) == (sent, g, lo, hi), f
+
+
+def test_adaptive_sends_what_atom_sends_until_another_rule_does_better() -> None:
+    oscillation = np.tile([0.0, 5.0], 200)  # ATOM's best case: 2 messages, the deadband 400
+    assert simulate(AdaptiveTracker([4.0]), oscillation).messages[0] == 2
+    drift = np.arange(4000) * 0.2
+    adaptive = AdaptiveTracker([4.0])
+    sim = simulate(adaptive, drift)
+    assert sim.messages[0] < simulate(AtomTracker([4.0]), drift).messages[0] / 2
+    assert adaptive.leader[0] == 4, "the drift expert (lean and carry) leads on a drift"
+
+
+def test_adaptive_invalidate_resize_and_set_delta_reach_every_expert() -> None:
+    t = AdaptiveTracker([1.0])
+    t.step(np.array([3.0]))
+    t.resize(2, 2.0)
+    t.invalidate([0])
+    assert all(np.isnan(e.g[0]) for e in t.experts) and all(e.n == 2 for e in t.experts)
+    t.set_delta([1], 5.0)
+    assert t.delta[1] == 5.0 and all(e.delta[1] == 5.0 for e in t.experts)
+    assert t.step(np.array([1.0, 7.0])).tolist() == [True, True]
+
+
+def test_unknown_rule_and_bad_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="tracking rule 'midpoint' is unknown; choose one of atom, deadband"):
+        make_tracker("midpoint", [1.0])
+    with pytest.raises(ValueError, match="lean must be within"):
+        SegmentTracker([1.0], lean=2.0)
+    with pytest.raises(ValueError, match="decay must be within"):
+        AdaptiveTracker([1.0], decay=0.0)
+
+
 # ----------------------------------------------------------------------------- the optimum
 
 
@@ -247,6 +335,9 @@ def test_optimum_never_exceeds_any_online_policy(data: st.DataObject, gamma: flo
         for name, policy in (
             ("atom", AtomTracker(delta, gamma=gamma)),
             ("deadband", Deadband(delta)),
+            ("segment", SegmentTracker(delta)),
+            ("drift", SegmentTracker(delta, lean=1.0, carry=1.0, patience=1)),
+            ("adaptive", AdaptiveTracker(delta, gamma=gamma)),
             ("all", SendAll(delta)),
         )
     }

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Mapping
 from typing import Annotated
 
-from atomwatch.config import DELTA_GRAMMAR, parse_deltas, parse_size
+from atomwatch.config import DELTA_GRAMMAR, ConfigError, parse_deltas, parse_size
 from atomwatch.options import Range
 from atomwatch.protocol import MIN_MESSAGE_SIZE
 from atomwatch.settings import Key
@@ -44,6 +45,34 @@ def _deltas(value, where: str) -> dict:
     return parse_deltas(value, where, relative=False)
 
 
+#: the names of atomwatch.tracking.RULES (not imported: it loads numpy; tests/test_tracking_option.py
+#: checks they agree)
+TRACKING_RULES = ("atom", "deadband", "segment", "adaptive")
+
+
+def parse_tracking(value, where: str) -> dict[str, str]:
+    """``[METRIC=]RULE`` items (a list, or one string of comma-separated items as in
+    ``$ATOMWATCH_TRACKING``) or a table {METRIC: RULE} as {metric: rule}, ``"*"`` for a bare RULE."""
+    if isinstance(value, Mapping):
+        pairs = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, (str, list, tuple)) and all(isinstance(i, str) for i in value):
+        items = value.split(",") if isinstance(value, str) else value
+        pairs = [(m.strip() if eq else "*", r.strip()) for m, eq, r in (i.rpartition("=") for i in items if i.strip())]
+    else:
+        raise ConfigError(
+            f'{where} = {value!r}: expected a rule, a list of "[METRIC=]RULE" or a table {{ METRIC = RULE }}'
+        )
+    out: dict[str, str] = {}
+    for metric, rule in pairs:
+        if rule not in TRACKING_RULES:
+            raise ConfigError(
+                f"{where}: {metric + '=' if metric != '*' else ''}{rule!r} is not a tracking rule; "
+                f"choose one of {', '.join(TRACKING_RULES)}"
+            )
+        out[metric or "*"] = rule
+    return out
+
+
 #: the agent's options: a key of its configuration file each, also ``--KEY-NAME`` and
 #: ``$ATOMWATCH_KEY_NAME`` (the flag wins over the variable, which wins over the file)
 KEYS = (
@@ -58,6 +87,12 @@ KEYS = (
         "tracks online)",
     ),
     Key("gamma", Annotated[float, Range(ge=0)]),
+    Key(
+        "tracking",
+        parse=parse_tracking,
+        expected=f'a rule ({", ".join(TRACKING_RULES)}), a table {{ METRIC = RULE, "*" = RULE }} or a list of '
+        '"[METRIC=]RULE"',
+    ),
     Key("controller_key", tuple[str, ...], expected="a file, or a list of files (comma-separated in the variable)"),
     Key("command_lifetime", POSITIVE_DURATION),
     Key("command_skew", DURATION),
@@ -81,6 +116,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "a P%% is refused here: it needs a series' mean, which an agent does not know in advance)",
     )
     p.add_argument("--gamma", help="resolution that ends a tracking round (default: float resolution)")
+    p.add_argument(
+        "--tracking",
+        action="append",
+        metavar="[METRIC=]RULE",
+        help="which values the agent sends, for one metric or (without METRIC=) every metric (repeatable): atom "
+        "(ATOM's Algorithm 1), deadband, segment (greedy segments, the value sent leans the way the series "
+        "moves) or adaptive (per series, whichever of these sent fewest lately); every rule keeps the "
+        "controller's copy within Δ (default atom)",
+    )
     add_key_arguments(p)
     add_message_size_argument(p)
     p.add_argument(
@@ -147,6 +191,7 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         tick=v.get("tick", 10.0),
         deltas=v.get("delta", {}),
         gamma=v.get("gamma", 0.0),
+        tracking=v.get("tracking", {}),
         options=plugin_opts,
         duration=v.get("duration"),
     )
