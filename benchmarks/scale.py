@@ -223,7 +223,7 @@ class Trial:
                 out[fam.name] = {s.labels["le"]: s.value for s in fam.samples if s.name.endswith("_bucket")}
             elif fam.name == "atomwatch_messages_ingested":
                 out["ingested"] = sum(s.value for s in fam.samples if s.labels.get("kind") == "data")
-            elif fam.name in ("atomwatch_rows", "atomwatch_ticks", "atomwatch_ticks_skipped"):
+            elif fam.name in ("atomwatch_rows", "atomwatch_detection_ticks", "atomwatch_detection_ticks_skipped"):
                 out[fam.name] = sum(s.value for s in fam.samples if s.name.endswith("_total"))
         return out
 
@@ -303,13 +303,13 @@ def run_trial(
         firsts.update(f.latest.get("done", {}).get("first_abnormal", {}))
     wall = b["at"] - a["at"]
     rows = b["atomwatch_rows"] - a["atomwatch_rows"]
-    timed = "atomwatch_ticks" in b  # (a controller before issue 16 has no tick timing)
-    ticks = b["atomwatch_ticks"] - a["atomwatch_ticks"] if timed else wall / args.tick
-    skipped = b["atomwatch_ticks_skipped"] - a["atomwatch_ticks_skipped"] if timed else 0
+    timed = "atomwatch_detection_ticks" in b  # (a controller before issue 16 has no tick timing)
+    ticks = b["atomwatch_detection_ticks"] - a["atomwatch_detection_ticks"] if timed else wall / args.tick
+    skipped = b["atomwatch_detection_ticks_skipped"] - a["atomwatch_detection_ticks_skipped"] if timed else 0
     cpu = b["cpu"] - a["cpu"]
     backlog_a = a["published"] - a["ingested"]
     backlog_b = b["published"] - b["ingested"]
-    lateness = "atomwatch_tick_lateness_seconds"
+    lateness = "atomwatch_detection_tick_lateness_seconds"
     delay = "atomwatch_row_delay_seconds"
     late_p99 = quantile(a[lateness], b[lateness], 0.99) if timed else 0.0
     expected = n * ticks

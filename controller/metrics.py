@@ -274,15 +274,19 @@ def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
 
 def _timing(t: TickTiming):
     """Whether the controller keeps up (docs/scale.md)."""
-    yield CounterMetricFamily("atomwatch_ticks", "Detection ticks run", value=t.ticks)
+    yield CounterMetricFamily("atomwatch_detection_ticks", "Detection ticks run", value=t.ticks)
     yield CounterMetricFamily(
-        "atomwatch_ticks_skipped", "Detection ticks not run because the one before ran past them", value=t.skipped
+        "atomwatch_detection_ticks_skipped",
+        "Detection ticks not run because the one before ran past them",
+        value=t.skipped,
     )
     yield _histogram(
-        "atomwatch_tick_lateness_seconds", "How late the tick loop started each detection tick", t.lateness
+        "atomwatch_detection_tick_lateness_seconds", "How late the tick loop started each detection tick", t.lateness
     )
     yield _histogram(
-        "atomwatch_tick_duration_seconds", "Seconds from a tick's start to its rows through the detectors", t.duration
+        "atomwatch_detection_tick_duration_seconds",
+        "Seconds from a tick's start to its rows through the detectors",
+        t.duration,
     )
     yield _histogram(
         "atomwatch_row_delay_seconds",

@@ -144,12 +144,15 @@ async def test_tick_figures_on_metrics_and_blas_held_while_running(mosquitto, si
         samples = {
             line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")
         }
-        assert samples["atomwatch_ticks_total"] >= 10
+        assert samples["atomwatch_detection_ticks_total"] >= 10
         assert samples["atomwatch_row_delay_seconds_count"] >= len(rows) - 2
         # a row's delay is from its newest sample's publish: under a few ticks here, never negative
         assert 0 <= samples["atomwatch_row_delay_seconds_sum"] / samples["atomwatch_row_delay_seconds_count"] < 1.0
-        assert samples['atomwatch_tick_lateness_seconds_bucket{le="+Inf"}'] == samples["atomwatch_ticks_total"]
-        assert "atomwatch_ticks_skipped_total" in samples
+        assert (
+            samples['atomwatch_detection_tick_lateness_seconds_bucket{le="+Inf"}']
+            == samples["atomwatch_detection_ticks_total"]
+        )
+        assert "atomwatch_detection_ticks_skipped_total" in samples
     finally:
         c.stop()
         await run
