@@ -290,6 +290,8 @@ class Controller:
         the detectors in arrival order (the snapshot is taken now; detection runs FIFO)."""
         if not isinstance(msg, protocol.Data) or not state.synced:
             return
+        if self.history.expired(state.scope):  # (the tick loop, which releases these, does not run here)
+            self._release(state.scope)
         if self.history.holding(state.scope):
             self.history.hold(state, time.time())
             return

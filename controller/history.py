@@ -94,6 +94,11 @@ class History:
             return False
         return True
 
+    def expired(self, scope: str) -> bool:
+        """Whether ``scope``'s hold ran out of time (its held rows are to be released)."""
+        h = self.hosts.get(scope)
+        return h is not None and h.holding_since is not None and time.monotonic() - h.holding_since > HOLD_TIMEOUT
+
     def timed_out(self) -> list[str]:
         """Scopes whose hold ran out of time (their held rows are to be released)."""
         now = time.monotonic()

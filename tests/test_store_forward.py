@@ -289,3 +289,41 @@ async def test_a_retained_birth_is_not_taken_as_live_until_the_agent_answers(mos
         await task
         async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"ghost-{site}") as ghost:
             await ghost.publish(protocol.birth_topic(site, "ghost"), b"", qos=1, retain=True)
+
+
+async def test_rows_held_for_a_history_that_never_comes_go_on_in_order_when_rows_follow_data(monkeypatch, site):
+    """rows = "data": a birth announced a backlog that never came (the agent lost the broker
+    again): once the hold times out, the held rows reach the detectors before the new ones."""
+    from atomwatch.controller import history
+
+    monkeypatch.setattr(history, "HOLD_TIMEOUT", 0.2)
+    controller = Controller(
+        ControllerConfig(
+            broker=BrokerAddress.parse("mqtt://127.0.0.1:1"), signing_key=SIGNING_KEY, sites=[site], rows="data"
+        ),
+        plugin_manager(),
+    )
+    rows = []
+    controller.row_listeners.append(rows.append)
+    key = SeriesKey("uuid-1", "vm1", "CPUUtilization", "%")
+    birth = protocol.Birth(
+        session=5, agent="t", tick=0.05, ts=1.0, series=[protocol.SeriesInfo(0, key, 0.0, 1.0)], seq=0, backlog=3
+    )
+    controller.ingest.handle(protocol.birth_topic(site, "hv1"), protocol.encode(birth))
+
+    def data(seq: int) -> None:
+        msg = protocol.Data(session=5, seq=seq, ts=2.0 + seq, values=[(0, 10.0 + seq)])
+        controller.ingest.handle(protocol.data_topic(site, "hv1"), protocol.encode(msg))
+
+    data(0)
+    data(1)
+    await asyncio.sleep(0.05)
+    assert rows == [], "held while the announced history may come"
+    await asyncio.sleep(0.3)
+    data(2)
+    for _ in range(50):
+        if len(rows) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.values[0] for r in rows] == [10.0, 11.0, 12.0] and [r.index for r in rows] == [0, 1, 2]
+    controller.alarms.shutdown()
