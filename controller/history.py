@@ -2,8 +2,8 @@
 
 What lives here: :class:`History`, which turns a ``history`` message into the host's state at each
 of its frames (skipping frames already applied: a repeated message, or a tick no later than the
-values the host's last live row was made from), and keeps a host's live rows waiting while its announced backlog comes, so that its
-detectors see rows in time order: before the outage, the outage (late), after it. What does not:
+values the host's last live row was made from), and keeps a host's live rows waiting while its
+announced backlog comes, so that its detectors see rows in time order: before the outage, the outage (late), after it. What does not:
 making rows of those states (:mod:`.scopes`), scoring them (:mod:`.app`), the wire format
 (:mod:`atomwatch.protocol`).
 
@@ -44,10 +44,11 @@ class _Host:
 
 
 def frozen(state: HostState) -> HostState:
-    """A copy of ``state``'s series and values, as they are now."""
+    """A copy of ``state``'s values as they are now; it shares the series table (never changed in
+    place: :class:`.ingest.HostState`), so rows of the copies reuse the scope's column order."""
     copy = HostState(state.site, state.host, session=state.session, tick=state.tick)
-    copy.keys = dict(state.keys)
-    copy.deltas = dict(state.deltas)
+    copy.keys = state.keys
+    copy.deltas = state.deltas
     copy.values = dict(state.values)
     copy.synced = state.synced
     copy.alive = state.alive

@@ -60,8 +60,9 @@ class HostState:
     seq: int = -1
     tick: float = 10.0
     agent_version: str = ""
-    #: alias → series, and alias → Δ: replaced whole by a birth, only shrunk in place (``gone``);
-    #: :class:`.scopes.ScopeRows` relies on it to know when the table changed
+    #: alias → series, and alias → Δ: never changed in place, replaced whole (a birth, a ``gone``
+    #: marker), so copies of the state may share them and :class:`.scopes.ScopeRows` knows the
+    #: table changed when the dict is another one
     keys: dict[int, SeriesKey] = field(default_factory=dict)
     deltas: dict[int, float] = field(default_factory=dict)
     values: dict[int, float] = field(default_factory=dict)  # alias → value; absent = unknown/stale
@@ -111,10 +112,12 @@ class HostState:
             self.values[a] = v
         for a in stale:
             self.values.pop(a, None)
-        for a in gone:
-            self.values.pop(a, None)
-            self.keys.pop(a, None)
-            self.deltas.pop(a, None)
+        if gone:
+            out = set(gone)
+            for a in out:
+                self.values.pop(a, None)
+            self.keys = {a: k for a, k in self.keys.items() if a not in out}
+            self.deltas = {a: d for a, d in self.deltas.items() if a not in out}
 
     def key_deltas(self) -> dict[SeriesKey, float]:
         """Each series' tracking error Δ as the last birth announced it."""

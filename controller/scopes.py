@@ -49,10 +49,9 @@ def cap_columns(columns: tuple[SeriesKey, ...], limit: int) -> int:
 
 @dataclass(frozen=True)
 class _Layout:
-    keys: dict[int, SeriesKey]  # the host's table it was made from (kept: compared by identity)
-    size: int
+    # the host's table it was made from (kept: compared by identity; HostState replaces it whole)
+    keys: dict[int, SeriesKey]
     deltas_of: dict[int, float]
-    deltas_size: int
     columns: tuple[SeriesKey, ...]
     aliases: tuple[int, ...]  # the alias of each column
     deltas: np.ndarray
@@ -96,16 +95,10 @@ class ScopeRows:
 
     def _layout(self, state: HostState) -> _Layout:
         """The scope's columns in order, and which alias each one reads: made again only when the
-        host's series table changed (a birth replaces ``keys``, a ``gone`` marker shrinks it), so
+        host's series table changed (a birth or a ``gone`` marker replaces ``keys``), so
         a row costs one lookup per column and its columns are the same tuple row after row."""
         known = self._layouts.get(state.scope)
-        if (
-            known is not None
-            and known.keys is state.keys
-            and known.size == len(state.keys)
-            and known.deltas_of is state.deltas
-            and known.deltas_size == len(state.deltas)
-        ):
+        if known is not None and known.keys is state.keys and known.deltas_of is state.deltas:
             return known
         by_key = {k: a for a, k in state.keys.items()}
         columns = tuple(sorted(by_key, key=lambda k: (k.vm_name, k.vm_uuid, k.metric, k.unit)))
@@ -118,7 +111,7 @@ class ScopeRows:
         aliases = tuple(by_key[c] for c in columns)
         deltas = np.array([state.deltas.get(a, np.nan) for a in aliases], dtype=np.float64)
         deltas.flags.writeable = False
-        layout = _Layout(state.keys, len(state.keys), state.deltas, len(state.deltas), columns, aliases, deltas)
+        layout = _Layout(state.keys, state.deltas, columns, aliases, deltas)
         self._layouts[state.scope] = layout
         return layout
 
