@@ -9,7 +9,7 @@ and the anomalies of single rows only at DEBUG). The controller announces itself
 retained ``state`` topic (its last will says offline), so agents re-birth when it comes back.
 
 No row is made from values that may be wrong: a host whose last live message is older than
-:data:`FRESH_TICKS` of its ticks (plus :data:`FRESH_MARGIN`), whose agent died, or whose values
+:data:`.ingest.FRESH_TICKS` of its ticks (plus a margin), whose agent died, or whose values
 the controller lost with the broker, has no row until fresh data comes. An agent's history (its
 ticks of an outage, :mod:`.history`) becomes late rows, scored in time order before the host's
 live rows, which wait meanwhile; an alarm a late row opens or extends says so.
@@ -57,7 +57,7 @@ from .delta_push import DeltaPush
 from .detection import DetectorSet
 from .handle import PluginHandle
 from .history import History
-from .ingest import FRESH_MARGIN, FRESH_TICKS, HostState, Ingest
+from .ingest import HostState, Ingest
 from .scopes import ScopeRows
 from .timing import TickTiming
 from .verdicts import Verdicts, alarm_rows
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING_ROWS = 100
 
 # re-exported: older code imports these from here
-__all__ = ["Controller", "CommandFailed", "FRESH_MARGIN", "FRESH_TICKS", "Progress", "alarm_rows"]
+__all__ = ["Controller", "CommandFailed", "Progress", "alarm_rows"]
 
 
 class Controller:
@@ -212,10 +212,6 @@ class Controller:
 
     # ------------------------------------------------------------------ detection tick
 
-    def _is_live(self, state: HostState, now: float | None = None) -> bool:
-        """Whether the host's values are current (:meth:`HostState.is_live`)."""
-        return state.is_live()
-
     def _detect(self, rows: list[Row]) -> list[Anomaly]:
         found: list[Anomaly] = []
         for row in rows:
@@ -234,7 +230,7 @@ class Controller:
         rows = []
         sampled: list[float] = []  # the agent's time of each row's newest data
         for state in list(self.ingest.hosts.values()):
-            if not self._is_live(state):
+            if not state.is_live():
                 continue
             if self.history.holding(state.scope):
                 self.history.hold(state, now)
@@ -311,13 +307,10 @@ class Controller:
         state.rowed_ts = max(state.rowed_ts, state.last_ts or 0.0)
         self.rows_pending += 1
 
-        def handle(task: asyncio.Task) -> None:
+        def handled(task: asyncio.Task) -> None:
             self.rows_pending -= 1
 
-        self._submit_one(row, handle)
-
-    def _submit_one(self, row: Row, done: Callable[[asyncio.Task], None]) -> None:
-        self._submit([row], f"row {row.index} of {row.scope}").add_done_callback(done)
+        self._submit([row], f"row {row.index} of {row.scope}").add_done_callback(handled)
 
     async def handle_rows(self, rows: list[Row]) -> None:
         """Hand ``rows`` to the detectors; open or extend alarms for their anomalies."""
