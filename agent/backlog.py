@@ -136,7 +136,7 @@ class Backlog:
             seg = self._open = Segment(id=_segment_id())
             seg.base = dict(state())
             self.segments.append(seg)
-            self._write({"segment": seg.id, "base": [[a, v] for a, v in seg.base.items()]})
+            self._write(_segment_record(seg))
             named = (*seg.base, *named)
         new = {}
         for a in named:
@@ -144,11 +144,11 @@ class Backlog:
                 new[a] = entry
         if new:
             seg.table.update(new)
-            self._write({"series": [_series_json(a, k, d) for a, (k, d) in sorted(new.items())]})
+            self._write(_series_records(new))
         seg.frames.append(frame)
         self.frames += 1
         self.bytes += frame_cost(frame)
-        self._write({"frame": [frame.ts, [[a, v] for a, v in frame.values], frame.stale, frame.gone]})
+        self._write(_frame_record(frame))
         self._bound()
 
     def take(self, other: Backlog) -> None:
@@ -158,12 +158,10 @@ class Backlog:
             if not seg.frames:
                 continue
             self.segments.append(seg)
-            self._write({"segment": seg.id, "base": [[a, v] for a, v in seg.base.items()], "first": seg.first})
-            self._write({"series": [_series_json(a, k, d) for a, (k, d) in sorted(seg.table.items())]})
-            for f in seg.frames:
-                self.frames += 1
-                self.bytes += frame_cost(f)
-                self._write({"frame": [f.ts, [[a, v] for a, v in f.values], f.stale, f.gone]})
+            for record in _records(seg):
+                self._write(record)
+            self.frames += len(seg.frames)
+            self.bytes += sum(map(frame_cost, seg.frames))
         other.clear()
         self._open = None
         self._bound()
@@ -181,11 +179,8 @@ class Backlog:
     def _bound(self) -> None:
         while self.frames > self.max_frames or (self.bytes > self.max_bytes and self.frames > 1):
             seg = self.segments[0]
-            frame = seg.fold()
-            self.frames -= 1
-            self.bytes -= frame_cost(frame)
+            self._fold(seg)
             self.dropped += 1
-            self._dead_lines += 1
             if not self.ring and (self.dropped == 1 or self.dropped % 1000 == 0):
                 log.warning(
                     "backlog full (%d frames, %d bytes; --backlog-frames %d, --backlog-bytes %d): the oldest tick "
@@ -241,17 +236,21 @@ class Backlog:
             return
         n = chunk.first + len(chunk.frames) - seg.first
         for _ in range(max(0, min(n, len(seg.frames)))):
-            frame = seg.fold()
-            self.frames -= 1
-            self.bytes -= frame_cost(frame)
+            self._fold(seg)
             self.frames_sent += 1
-            self._dead_lines += 1
         if not seg.frames and seg is not self._open:
             self.segments.remove(seg)
         if not self.frames:
             self._rewrite()
         else:
             self._compact()
+
+    def _fold(self, seg: Segment) -> None:
+        """Take ``seg``'s oldest frame out of the backlog (dropped or sent), its effect kept."""
+        frame = seg.fold()
+        self.frames -= 1
+        self.bytes -= frame_cost(frame)
+        self._dead_lines += 1
 
     def _compact(self) -> None:
         if self.path is not None and not self._loading and self._dead_lines > _REWRITE_SHARE * max(1, self._lines):
@@ -265,7 +264,7 @@ class Backlog:
         try:
             if self._file is None:
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
-            self._file.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+            self._file.write(_line(record))
             self._file.flush()
             self._lines += 1
         except (OSError, ValueError) as e:
@@ -285,15 +284,10 @@ class Backlog:
                 self.path.unlink(missing_ok=True)
                 self._open = None  # the next outage starts a new segment
                 return
-            records = []
-            for seg in self.segments:
-                records.append({"segment": seg.id, "base": [[a, v] for a, v in seg.base.items()], "first": seg.first})
-                records.append({"series": [_series_json(a, k, d) for a, (k, d) in sorted(seg.table.items())]})
-                records.extend({"frame": [f.ts, [[a, v] for a, v in f.values], f.stale, f.gone]} for f in seg.frames)
+            records = [r for seg in self.segments for r in _records(seg)]
             tmp = self.path.with_name(self.path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as out:
-                for r in records:
-                    out.write(json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n")
+                out.writelines(map(_line, records))
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
@@ -327,7 +321,7 @@ class Backlog:
         for number, line in enumerate(text.splitlines(), 1):
             try:
                 seg = self._load_line(json.loads(line), seg)
-            except (ValueError, TypeError, KeyError, IndexError) as e:
+            except (ValueError, TypeError, KeyError, IndexError) as e:  # ProtocolError is a ValueError
                 log.warning("backlog file %s line %d is not readable (%s): the rest is dropped", self.path, number, e)
                 break
         loaded = self.frames
@@ -348,9 +342,8 @@ class Backlog:
         elif seg is None:
             raise ValueError("a record before the first segment")
         elif "series" in record:
-            for s in record["series"]:
-                key = SeriesKey(str(s["vm_uuid"]), str(s["vm_name"]), str(s["metric"]), str(s.get("unit", "")))
-                seg.table[int(s["alias"])] = (key, _finite(s["delta"]))
+            for info in protocol.read_series(record["series"], f"{self.path} series"):
+                seg.table[info.alias] = (info.key, info.delta)
         else:
             ts, values, stale, gone = record["frame"]
             frame = protocol.Frame(
@@ -370,12 +363,23 @@ def _finite(v: object) -> float:
     return f
 
 
-def _series_json(alias: int, key: SeriesKey, delta: float) -> dict:
-    return {
-        "alias": alias,
-        "vm_uuid": key.vm_uuid,
-        "vm_name": key.vm_name,
-        "metric": key.metric,
-        "unit": key.unit,
-        "delta": delta,
-    }
+def _line(record: dict) -> str:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def _segment_record(seg: Segment) -> dict:
+    return {"segment": seg.id, "base": [[a, v] for a, v in seg.base.items()], "first": seg.first}
+
+
+def _series_records(table: dict[int, tuple[SeriesKey, float]]) -> dict:
+    infos = (protocol.SeriesInfo(a, k, d) for a, (k, d) in sorted(table.items()))
+    return {"series": [protocol.series_record(i, value=False) for i in infos]}
+
+
+def _frame_record(f: protocol.Frame) -> dict:
+    return {"frame": [f.ts, [[a, v] for a, v in f.values], f.stale, f.gone]}
+
+
+def _records(seg: Segment) -> list[dict]:
+    """All of a segment as file records: its start, its series table, its frames."""
+    return [_segment_record(seg), _series_records(seg.table), *map(_frame_record, seg.frames)]

@@ -309,7 +309,8 @@ def _num(v: float | None) -> float | None:
     return float(v)
 
 
-def _series(s: SeriesInfo, value: bool = True) -> dict[str, Any]:
+def series_record(s: SeriesInfo, value: bool = True) -> dict[str, Any]:
+    """One row of a series table as the wire (and the agent's backlog file) holds it."""
     out = {
         "alias": s.alias,
         "vm_uuid": s.key.vm_uuid,
@@ -333,7 +334,7 @@ def encode(msg: Message) -> bytes:
             agent=msg.agent,
             tick=msg.tick,
             ts=msg.ts,
-            series=[_series(s) for s in msg.series],
+            series=[series_record(s) for s in msg.series],
         )
         if msg.backlog:
             body["backlog"] = msg.backlog
@@ -350,7 +351,7 @@ def encode(msg: Message) -> bytes:
             first=msg.first,
             remaining=msg.remaining,
             tick=msg.tick,
-            series=[_series(s, value=False) for s in msg.series],
+            series=[series_record(s, value=False) for s in msg.series],
             frames=[[f.ts, [[a, float(v)] for a, v in f.values], list(f.stale), list(f.gone)] for f in msg.frames],
         )
     elif isinstance(msg, Death):
@@ -447,6 +448,12 @@ def _tick(f: _Fields) -> float:
     if tick <= 0:
         raise ProtocolError(f"{f.where}: field 'tick' must be > 0, got {tick!r}")
     return tick
+
+
+def read_series(records: Any, where: str) -> list[SeriesInfo]:
+    """A list of :func:`series_record` rows (without values) checked as a decoder checks them;
+    :class:`ProtocolError` naming ``where`` otherwise."""
+    return _series_table(_Fields(where, {"series": records}), where, with_values=False)
 
 
 def _series_table(f: _Fields, where: str, with_values: bool) -> list[SeriesInfo]:
