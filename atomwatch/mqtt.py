@@ -78,14 +78,18 @@ class Faults:
 
 #: CONNACK return codes of MQTT 3.1.1 that mean "not you" rather than "not now"
 _REFUSED = {4: "bad user name or password", 5: "not authorized"}
-#: how :func:`describe_failure` begins when the broker refuses this client (not merely away)
-_REFUSALS = ("the broker refused", "TLS handshake failed", "no answer to CONNECT")
 
 
 def describe_failure(broker: BrokerAddress, error: aiomqtt.MqttError, detail: str | None = None) -> str:
     """What a connection failure means for the operator: a TLS handshake or a credentials refusal
     said in words (with what to check), anything else as aiomqtt put it. ``detail`` is the MQTT
     library's last logged error, which names a TLS alert when aiomqtt only saw a timeout."""
+    return _failure(broker, error, detail)[0]
+
+
+def _failure(broker: BrokerAddress, error: aiomqtt.MqttError, detail: str | None) -> tuple[str, bool]:
+    """(:func:`describe_failure`'s text, whether the broker refused this client rather than being
+    away)."""
     text = str(error)
     if detail and detail not in text:
         text = f"{text}; {detail}"
@@ -94,20 +98,20 @@ def describe_failure(broker: BrokerAddress, error: aiomqtt.MqttError, detail: st
     if code in _REFUSED or "not authori" in text.lower() or "bad user name" in text.lower():
         who = f"user {broker.username!r}" if broker.username else "this client"
         cert = f" and the identity of --broker-cert {broker.cert}" if broker.cert else ""
-        return f"the broker refused the credentials of {who} ({text}): check the username, password{cert}"
+        return f"the broker refused the credentials of {who} ({text}): check the username, password{cert}", True
     lowered = text.lower()
     if broker.tls and any(w in lowered for w in ("ssl", "tls", "certificate", "handshake", "eof occurred")):
         ca = f"--broker-ca {broker.ca}" if broker.ca else "the system's CAs"
         return (
             f"TLS handshake failed ({text}): check that the broker's certificate is signed by {ca} and names "
             f"{broker.host!r}, and that the broker accepts --broker-cert {broker.cert or '(none given)'}"
-        )
+        ), True
     if broker.tls and "timed out" in lowered:
         return (
             f"no answer to CONNECT ({text}): over TLS, a broker refusing this client's certificate looks like this; "
             f"check that --broker-cert {broker.cert or '(none given)'} is signed by the broker's CA"
-        )
-    return text
+        ), True
+    return text, False
 
 
 async def stay_connected(
@@ -177,10 +181,9 @@ async def stay_connected(
             except aiomqtt.MqttError as e:
                 if stopping.is_set():
                     break
-                failure = describe_failure(broker, e, paho_errors.message)
-                away = not failure.startswith(_REFUSALS)
-                cap = AWAY_CAP if away else MAX_BACKOFF
-                if away:  # not a refusal: the broker is away, the network down …
+                failure, refused = _failure(broker, e, paho_errors.message)
+                cap = MAX_BACKOFF if refused else AWAY_CAP
+                if not refused:  # the broker is away, the network down …
                     now = time.monotonic()
                     if last_failure != failure or now - said_at >= 60:  # a long outage: once a minute
                         said_at = now
