@@ -110,10 +110,12 @@ class _AgentCollector:
         family.add_metric(self.labels, value)
         return family
 
-    def by(self, name: str, text: str, label: str, counts: Mapping[Any, int]) -> CounterMetricFamily:
-        family = CounterMetricFamily(name, text, labels=[*self.names, label])
+    def by(self, name: str, text: str, labels: str | tuple[str, ...], counts: Mapping[Any, int]) -> CounterMetricFamily:
+        """A counter by one label (``counts`` keyed by its value) or several (keyed by tuples)."""
+        several = isinstance(labels, tuple)
+        family = CounterMetricFamily(name, text, labels=[*self.names, *(labels if several else (labels,))])
         for key, n in list(counts.items()):
-            family.add_metric([*self.labels, str(key)], n)
+            family.add_metric([*self.labels, *(map(str, key) if several else (str(key),))], n)
         return family
 
     def _health(self):
@@ -121,22 +123,18 @@ class _AgentCollector:
         yield self.gauge(
             "atomwatch_connected", "1 while connected to the MQTT broker, else 0", int(a.connected.is_set())
         )
-        errors = CounterMetricFamily(
+        yield self.by(
             "atomwatch_unexpected_errors",
             "Unexpected exceptions on a receive path, by where and exception type (the first of each is logged)",
-            labels=[*self.names, "where", "type"],
+            ("where", "type"),
+            a.faults.counts,
         )
-        for (where, kind), n in list(a.faults.counts.items()):
-            errors.add_metric([*self.labels, where, kind], n)
-        yield errors
-        collector = CounterMetricFamily(
+        yield self.by(
             "atomwatch_collector_errors",
             "Ticks a collector gave nothing (its series stale), by collector and kind: raised, not-a-reading, over-budget",
-            labels=[*self.names, "collector", "kind"],
+            ("collector", "kind"),
+            a.sampler.failures,
         )
-        for (name, kind), n in list(a.sampler.failures.items()):
-            collector.add_metric([*self.labels, name, kind], n)
-        yield collector
 
     def _ticks(self):
         a = self.agent

@@ -8,12 +8,12 @@ current tracked values let the controller start over in one message.
 
 Sampling and tracking go on while the broker is unreachable or no controller's state says online
 (its retained state, offline after its will, or none yet): each tick no controller is known to hear
-goes to the :class:`~.backlog.Backlog`
-(store-and-forward, as Sparkplug edge nodes do while their primary host is away). On
-reconnection the birth carries the tracker's values, so the controller is right again from the
-first tick after it, and says how many ticks are queued; they follow as ``history`` messages, oldest first, between the live ticks. On
-SIGTERM the agent sends what it can of its backlog within a few seconds, then keeps the rest in
-``--backlog-dir`` (when given) and publishes its death.
+goes to the :class:`~.backlog.Backlog` (store-and-forward, as Sparkplug edge nodes do while their
+primary host is away). On reconnection the birth carries the tracker's values, so the controller
+is right again from the first tick after it, and says how many ticks are queued; they follow as
+``history`` messages, oldest first, between the live ticks. On SIGTERM the agent sends what it can
+of its backlog within a few seconds, then keeps the rest in ``--backlog-dir`` (when given) and
+publishes its death.
 
 No received message ends the session: one that does not decode (``--max-message-size`` included)
 is counted by reason and dropped, an unexpected exception while handling one is counted (logged
@@ -27,6 +27,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -137,11 +138,7 @@ class Agent:
             skew=config.command_skew,
         )
         self.connected = asyncio.Event()
-        path = None
-        if config.backlog_dir is not None:
-            from pathlib import Path
-
-            path = Path(config.backlog_dir) / f"{config.site}+{config.host}.backlog"
+        path = None if config.backlog_dir is None else Path(config.backlog_dir) / f"{config.site}+{config.host}.backlog"
         self.backlog = Backlog(config.backlog_frames, config.backlog_bytes, path=path)
         #: the last ticks published as data, sent again after an outage (see :meth:`tick`)
         self._recent = Backlog(RECENT_FRAMES, ring=True)
