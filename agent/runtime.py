@@ -34,7 +34,7 @@ import aiomqtt
 import numpy as np
 
 from atomwatch import __version__, protocol, signing
-from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, wait_or_timeout
+from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, subscribe, wait_or_timeout
 from atomwatch.pluginmanager import call_safely
 from atomwatch.series import SeriesKey
 from atomwatch.tracking import AdaptiveTracker, make_tracker
@@ -95,6 +95,8 @@ class Agent:
         #: the Δ last asked for each alias (in force from the series' next round)
         self.deltas = np.zeros(0)
         self._controller_online: bool | None = None
+        #: each controller of the site heard since connecting → online (any online: someone hears)
+        self._controllers: dict[str, bool] = {}
         self.session = 0
         self.seq = 0
         self.client: aiomqtt.Client | None = None
@@ -414,16 +416,19 @@ class Agent:
 
     async def _apply(self, message: aiomqtt.Message, topic: str, msg: protocol.Message) -> None:
         if isinstance(msg, protocol.State):
-            # A retained state arrives on every subscription; a live "online" means a controller
-            # (re)started and has not seen this agent's birth, except the one retained for it.
-            was, self._controller_online = self._controller_online, msg.online
+            # Each controller of the site says whether it is online (retained; its last will says
+            # offline). A retained one arrives on every subscription; a live "online" means that
+            # controller (re)started and has not seen this agent's birth, except the one retained.
+            was = self._controller_online
+            self._controllers[msg.controller] = msg.online
+            self._controller_online = any(self._controllers.values())
             if msg.online and not message.retain:
                 log.info("controller %s came online: rebirth", msg.controller or "?")
                 self.need_birth = True
                 await self.publish_birth()
             elif msg.online:
                 self._start_flush()
-            elif was is not False:
+            elif not self._controller_online and was is not False:
                 # it may have died holding the last ticks, unscored: they go again with the rest
                 if len(self._recent):
                     self.backlog.take(self._recent)
@@ -477,8 +482,8 @@ class Agent:
 
         async def on_connect(client: aiomqtt.Client) -> None:
             self._controller_online = None
-            await client.subscribe(protocol.cmd_topic(cfg.site, cfg.host, "+"), qos=1)
-            await client.subscribe(protocol.state_topic(cfg.site), qos=1)
+            self._controllers.clear()
+            await subscribe(client, [protocol.cmd_topic(cfg.site, cfg.host, "+"), protocol.state_filter(cfg.site)])
             async with self.publish_lock:
                 self.client = client
                 self.session = next_session

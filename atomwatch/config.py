@@ -19,7 +19,7 @@ import re
 import ssl
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -44,6 +44,10 @@ class BrokerAddress:
     optional client certificate ``cert``/``key``. A username may stand in the URL or come from
     ``--broker-username``; a password never comes from the command line (it would show in ``ps``
     and the shell history): it is read from ``--broker-password-file`` or ``$ATOMWATCH_BROKER_PASSWORD``.
+
+    A clustered broker is several URLs, comma-separated (``mqtt://b1,mqtt://b2:1884``): the nodes
+    of one cluster, sharing scheme, credentials and TLS files; ``host``/``port`` is the first and
+    ``others`` the rest, tried in turn when the current node fails (:func:`atomwatch.mqtt.stay_connected`).
     """
 
     host: str
@@ -54,6 +58,7 @@ class BrokerAddress:
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+    others: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def parse(
@@ -68,9 +73,28 @@ class BrokerAddress:
         environ: Mapping[str, str] | None = None,
     ) -> BrokerAddress:
         """``mqtt://[user@]host[:port]`` (port 1883) or ``mqtts://[user@]host[:port]`` (port 8883),
-        with the TLS files and credentials of the ``--broker-*`` options. The files are checked
+        with the TLS files and credentials of the ``--broker-*`` options; several such URLs,
+        comma-separated, for the nodes of a cluster (one scheme, one user). The files are checked
         now, so a wrong one stops the command before it connects."""
         environ = os.environ if environ is None else environ
+        if "," in url:
+            parts = [x.strip() for x in url.split(",")]
+            if not all(parts):
+                raise ConfigError(f"--broker {_redact_all(url)}: an empty URL in the comma-separated list")
+            nodes = [cls.parse(x, ca=ca, cert=cert, key=key, username=username, environ={}) for x in parts]
+            first = nodes[0]
+            for other, text in zip(nodes[1:], parts[1:], strict=True):
+                if other.tls != first.tls or other.username != first.username:
+                    raise ConfigError(
+                        f"--broker {_redact_all(url)}: {text!r} differs from {parts[0]!r} in scheme or user; "
+                        "the nodes of one cluster share both"
+                    )
+            if len({(n.host, n.port) for n in nodes}) != len(nodes):
+                raise ConfigError(f"--broker {_redact_all(url)}: a node is listed twice")
+            one = cls.parse(
+                parts[0], ca=ca, cert=cert, key=key, username=username, password_file=password_file, environ=environ
+            )
+            return replace(one, others=tuple((n.host, n.port) for n in nodes[1:]))
         u = urlparse(url if "://" in url else f"mqtt://{url}")
         if u.password is not None:
             raise ConfigError(
@@ -142,6 +166,15 @@ class BrokerAddress:
     def __str__(self) -> str:
         user = f"{self.username}@" if self.username else ""
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+    def nodes(self) -> list[BrokerAddress]:
+        """One address per node of the cluster, the first one first (just this one when alone)."""
+        return [self] + [replace(self, host=h, port=p, others=()) for h, p in self.others]
+
+
+def _redact_all(urls: str) -> str:
+    """A comma-separated list of URLs with every password hidden."""
+    return ",".join(_redact(u) if urlparse(u if "://" in u else f"mqtt://{u}").password else u for u in urls.split(","))
 
 
 def _redact(url: str) -> str:

@@ -5,7 +5,9 @@ backoff (with jitter, so a fleet does not reconnect in lock step), stopping on s
 A broker that is away (connection refused, reset, timed out) is tried again at most
 :data:`AWAY_CAP` seconds apart, so both sides are back within about a second of its return; a
 broker that refuses this client (credentials, TLS) or a session that keeps ending on an unexpected
-error backs off up to :data:`MAX_BACKOFF`, since trying again soon cannot help.
+error backs off up to :data:`MAX_BACKOFF`, since trying again soon cannot help. A clustered broker
+(several URLs) is tried node after node: when the current node fails or its session ends, the next
+one is tried at once, and the pauses above come only after every node failed in turn.
 
 A message handler that raises does not end the session: the exception is counted and the next
 message handled. If the session ends for any reason (the broker gone, or an exception nothing
@@ -137,6 +139,9 @@ async def stay_connected(
     anything else (an exception of ``on_connect``, of the MQTT library, the message stream ending)
     is logged as an error naming it, and reconnected like a failure."""
     faults = faults if faults is not None else Faults(log)
+    nodes = broker.nodes()
+    at = 0  # the node tried now
+    failed = 0  # nodes failed in a row: a pause only once each of them has failed
     backoff = INITIAL_BACKOFF
     cap = AWAY_CAP
     said_at = 0.0
@@ -153,10 +158,11 @@ async def stay_connected(
         while not stopping.is_set():
             paho_errors.message = None
             started = time.monotonic()
+            node = nodes[at]
             try:
                 async with aiomqtt.Client(
-                    broker.host,
-                    broker.port,
+                    node.host,
+                    node.port,
                     username=broker.username,
                     password=broker.password,
                     tls_context=tls_context,
@@ -167,8 +173,11 @@ async def stay_connected(
                     max_queued_outgoing_messages=10000,
                 ) as client:
                     await on_connect(client)
+                    if len(nodes) > 1:
+                        log.info("broker node %s: connected (%d of %d)", node, at + 1, len(nodes))
                     backoff = INITIAL_BACKOFF
                     last_failure = None
+                    failed = 0
                     async for message in client.messages:
                         try:
                             await on_message(message)
@@ -181,17 +190,18 @@ async def stay_connected(
             except aiomqtt.MqttError as e:
                 if stopping.is_set():
                     break
-                failure, refused = _failure(broker, e, paho_errors.message)
+                failure, refused = _failure(node, e, paho_errors.message)
                 cap = MAX_BACKOFF if refused else AWAY_CAP
                 if not refused:  # the broker is away, the network down …
                     now = time.monotonic()
                     if last_failure != failure or now - said_at >= 60:  # a long outage: once a minute
                         said_at = now
-                        log.warning("broker %s: %s; trying again every second or less", broker, e)
+                        again = "the next node at once" if failed + 1 < len(nodes) else "again every second or less"
+                        log.warning("broker %s: %s; trying %s", node, e, again)
                 elif failure != last_failure:
-                    log.error("broker %s: %s; retrying with growing pauses (up to %g s)", broker, failure, MAX_BACKOFF)
+                    log.error("broker %s: %s; retrying with growing pauses (up to %g s)", node, failure, MAX_BACKOFF)
                 else:  # the same refusal again: said in full above
-                    log.warning("broker %s: %s again; retrying in %.1f s", broker, failure.split(" (")[0], backoff)
+                    log.warning("broker %s: %s again; retrying in %.1f s", node, failure.split(" (")[0], backoff)
                 last_failure = failure
             except Exception as e:
                 if stopping.is_set():
@@ -204,19 +214,36 @@ async def stay_connected(
                     faults.note("the MQTT session", e)
                 log.error(
                     "broker %s: the MQTT session ended on an unexpected %s (%s); reconnecting in %.1f s",
-                    broker,
+                    node,
                     type(e).__name__,
                     e,
                     backoff,
                 )
             finally:
                 on_disconnect()
+            failed += 1
+            if len(nodes) > 1:
+                at = (at + 1) % len(nodes)
+                if failed < len(nodes):
+                    continue  # another node may be up: no pause
+                failed = 0
             pause = min(backoff, cap)
             if await wait_or_timeout(stopping, pause * (0.5 + 0.5 * random.random())):
                 break
             backoff = min(backoff * 2, cap)
     finally:
         paho_log.removeHandler(paho_errors)
+
+
+async def subscribe(client: aiomqtt.Client, filters: list[str], qos: int = 1) -> None:
+    """Subscribe to every filter in one SUBSCRIBE; raise :class:`aiomqtt.MqttError` naming the
+    filters the broker refused (a SUBACK code of 128, e.g. a clustered broker whose storage is
+    recovering after a node died), so the session is made again rather than left deaf."""
+    granted = await client.subscribe([(f, qos) for f in filters])
+    codes = [getattr(g, "value", g) for g in granted]
+    refused = [f for f, code in zip(filters, codes, strict=False) if not isinstance(code, int) or code >= 128]
+    if refused or len(codes) != len(filters):
+        raise aiomqtt.MqttError(f"the broker refused the subscription to {', '.join(refused) or 'some filters'}")
 
 
 class _StreamEnded(Exception):

@@ -231,15 +231,16 @@ pattern write {base}/%u/data
 pattern write {base}/%u/history
 pattern write {base}/%u/death
 pattern write {base}/%u/reply/+
-# ... and reads only the commands addressed to it and the controller's retained state.
+# ... and reads only the commands addressed to it and the controllers' retained states.
 pattern read {base}/%u/cmd/+
-pattern read {base}/{CONTROLLER_HOST}/state
+pattern read {base}/{CONTROLLER_HOST}/state/+
 
-# The controller alone sends commands to any host and publishes its state,
-# and reads every agent's topics.
+# The controllers alone send commands to any host and publish their states and heartbeats,
+# and read every agent's topics.
 user {CONTROLLER_HOST}
 topic write {base}/+/cmd/+
-topic readwrite {base}/{CONTROLLER_HOST}/state
+topic readwrite {base}/{CONTROLLER_HOST}/state/+
+topic readwrite {base}/{CONTROLLER_HOST}/beat/+
 topic read {base}/+/birth
 topic read {base}/+/data
 topic read {base}/+/history

@@ -19,7 +19,11 @@ Topics, under ``atomwatch/v1/<site>/<host>/``::
                                      expires, nonce, kid and sig beside id, command, params, ts
     reply/<id>      QoS 1            agent -> controller: accepted, progress, ok or error
 
-and ``atomwatch/v1/<site>/controller/state`` (retained): the controller online or offline.
+and, under ``atomwatch/v1/<site>/controller/``, one pair per controller process ``<name>``::
+
+    state/<name>    retained, QoS 1  online or offline (its last will), its election rank, whether
+                                     it is the site's active controller or a standby
+    beat/<name>     QoS 0            the same, every second: controllers watch each other with it
 
 :func:`decode` turns (topic, payload) into a typed message or raises :class:`ProtocolError`
 naming the topic, the field and what is wrong; receivers count and drop such messages. It is
@@ -131,8 +135,24 @@ def reply_topic(site: str, host: str, request_id: str) -> str:
     return host_topic(site, host, f"reply/{request_id}")
 
 
-def state_topic(site: str) -> str:
-    return f"{ROOT}/{site}/{CONTROLLER_HOST}/state"
+def state_topic(site: str, controller: str) -> str:
+    """Where controller ``controller`` says (retained) whether it is online, and active."""
+    return f"{ROOT}/{site}/{CONTROLLER_HOST}/state/{controller}"
+
+
+def beat_topic(site: str, controller: str) -> str:
+    """Where controller ``controller`` publishes its heartbeat (controllers only listen)."""
+    return f"{ROOT}/{site}/{CONTROLLER_HOST}/beat/{controller}"
+
+
+def state_filter(site: str) -> str:
+    """Every controller's state on ``site`` (what agents subscribe to)."""
+    return f"{ROOT}/{site}/{CONTROLLER_HOST}/state/+"
+
+
+def controller_filters(site: str) -> list[str]:
+    """What a controller subscribes to to see the other controllers of ``site``."""
+    return [state_filter(site), f"{ROOT}/{site}/{CONTROLLER_HOST}/beat/+"]
 
 
 def agent_filters(site: str) -> list[str]:
@@ -150,8 +170,8 @@ def agent_filters(site: str) -> list[str]:
 class Topic:
     site: str
     host: str
-    kind: str  # birth | data | history | death | cmd | reply | state
-    request_id: str | None = None
+    kind: str  # birth | data | history | death | cmd | reply | state | beat
+    request_id: str | None = None  # cmd and reply: the request id; state and beat: the controller's name
 
 
 def parse_topic(topic: str) -> Topic:
@@ -165,16 +185,17 @@ def parse_topic(topic: str) -> Topic:
     for what, name in (("site", site), ("host", host)):
         if not _NAME.match(name):
             raise ProtocolError(f"topic {shown}: {what} name {_show(name)} is not valid")
-    if kind in ("cmd", "reply"):
+    if kind in ("cmd", "reply", "state", "beat"):
+        last = "request id" if kind in ("cmd", "reply") else "controller name"
         if len(parts) != 6 or not parts[5]:
-            raise ProtocolError(f"topic {shown}: {kind} needs a request id as its last level")
+            raise ProtocolError(f"topic {shown}: {kind} needs a {last} as its last level")
         if not _NAME.match(parts[5]):
-            raise ProtocolError(f"topic {shown}: request id {_show(parts[5])} is not valid")
+            raise ProtocolError(f"topic {shown}: {last} {_show(parts[5])} is not valid")
+        if kind in ("state", "beat") and host != CONTROLLER_HOST:
+            raise ProtocolError(f"topic {shown}: {kind} is published only by a controller")
         return Topic(site, host, kind, parts[5])
-    if len(parts) != 5 or kind not in ("birth", "data", "history", "death", "state"):
+    if len(parts) != 5 or kind not in ("birth", "data", "history", "death"):
         raise ProtocolError(f"topic {shown}: unknown message kind {_show(kind)}")
-    if kind == "state" and host != CONTROLLER_HOST:
-        raise ProtocolError(f"topic {shown}: state is published only by the controller")
     return Topic(site, host, kind)
 
 
@@ -287,10 +308,22 @@ class Reply:
 
 @dataclass
 class State:
+    """A controller's presence on one site: ``online`` (its last will says False), its election
+    ``rank`` (lowest first) and whether it is the site's ``active`` controller."""
+
     online: bool
     ts: float | None = None
     controller: str = ""
+    rank: int = 0
+    active: bool = False
     type: str = field(default="state", init=False)
+
+
+@dataclass
+class Beat(State):
+    """A controller's heartbeat: the same fields as its state, every second, not retained."""
+
+    type: str = field(default="beat", init=False)
 
 
 Message = Birth | Data | History | Death | Command | Reply | State
@@ -364,7 +397,7 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, Reply):
         body.update(id=msg.id, status=msg.status, ts=msg.ts, result=msg.result, error=msg.error)
     elif isinstance(msg, State):
-        body.update(online=msg.online, ts=msg.ts, controller=msg.controller)
+        body.update(online=msg.online, ts=msg.ts, controller=msg.controller, rank=msg.rank, active=msg.active)
     else:  # pragma: no cover - programming error
         raise TypeError(f"not a protocol message: {msg!r}")
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
@@ -757,7 +790,14 @@ def decode(
                 f"{where}: field 'id' {_show(msg.id)} differs from the topic's request id {t.request_id!r}"
             )
     else:
-        msg = State(
-            online=f.bool("online"), ts=f.num("ts", optional=True), controller=f.str("controller", optional=True)
+        controller = f.str("controller", optional=True) or str(t.request_id)
+        if controller != t.request_id:
+            raise ProtocolError(f"{where}: field 'controller' {_show(controller)} differs from the topic's name")
+        msg = (State if t.kind == "state" else Beat)(
+            online=f.bool("online"),
+            ts=f.num("ts", optional=True),
+            controller=controller,
+            rank=f.int("rank", minimum=0) if "rank" in obj else 0,
+            active=f.bool("active") if "active" in obj else False,
         )
     return t, msg

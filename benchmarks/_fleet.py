@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     client.max_queued_messages_set(0)
     client.on_message = on_message
     client.connect("127.0.0.1", args.port, keepalive=30)
-    client.subscribe(protocol.state_topic(args.site), qos=1)
+    client.subscribe(protocol.state_filter(args.site), qos=1)
     client.loop_start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -63,6 +63,8 @@ class _Entry:
     rows: list[_Row] = field(default_factory=list)
     #: seqs of rows lost while the file could not be written (so the cap does not count them twice)
     lost: set[int] = field(default_factory=set)
+    #: opened by another controller of the shard (taken over): its row numbers are not ours
+    foreign: bool = False
 
 
 @dataclass

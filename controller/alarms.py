@@ -149,6 +149,8 @@ class AlarmStore(_FileReads, _Writer):
         self._next_audit = 1
         self._closed = False
         self._lockfile: int | None = None
+        self._taking_over = False
+        self._takeover_gap = 0.0
         self._init_writer()
         self._init_reads()
 
@@ -249,8 +251,69 @@ class AlarmStore(_FileReads, _Writer):
             return
         for r in db.execute(self._header_sql() + " WHERE state IN ('open', 'malicious') ORDER BY id"):
             alarm = self._alarm_of_row(r)
-            self._mem[alarm.id] = _Entry(alarm, stored=True)
+            self._mem[alarm.id] = _Entry(alarm, stored=True, foreign=self._taking_over)
             self._live[(alarm.scope, alarm.detector)] = alarm.id
+
+    # ------------------------------------------------------------------ hot standby (controller/election.py)
+
+    @property
+    def writable(self) -> bool:
+        return not self.readonly and not self._closed
+
+    def take_over(self, gap: float) -> None:
+        """Become the file's writer (a standby made active): take its lock, load its open and
+        malicious alarms as the previous writer left them. Their row numbers are that
+        controller's, so an anomaly extends one of them when its row came at most ``gap``
+        seconds after the alarm's last change, and is skipped when it came no later (the
+        previous writer recorded that row). Waits for the disk: call it off the event loop.
+        Raises :class:`ConfigError` while another controller holds the file (try again)."""
+        if not self.readonly or self.memory or self._closed:
+            return
+        self._take_lock()
+        self._takeover_gap = gap
+        self._taking_over = True
+        try:
+            try:
+                self._db = self._connect()
+            except sqlite3.Error as e:
+                if _error_kind(e) in ("damaged", "newer"):
+                    raise
+                self._failed(e)
+            with self._read_lock:
+                reader = self._reader()
+                with self._lock:
+                    self.readonly = False
+                    self._mem.clear()
+                    self._live.clear()
+                    if reader is not None:
+                        self._load(reader)
+        except BaseException:
+            self.readonly = True
+            self._close_connections()
+            raise
+        finally:
+            self._taking_over = False
+        self._stopping = False
+        self._start_writer()
+
+    def release(self, timeout: float = 5.0) -> None:
+        """Stop writing (an active controller made standby): write what is pending, stop the
+        writer, let the file's lock go, and read only from now on. Waits: off the event loop."""
+        if self.readonly or self.memory or self._closed:
+            return
+        self.flush(timeout)
+        self._stop_timeout = timeout
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout + 2 * RETRY_MAX)
+            self._thread = None
+        with self._lock:
+            self.readonly = True
+            self._mem.clear()
+            self._live.clear()
+            self._touched.clear()
+        self._close_connections()
 
     # ------------------------------------------------------------------ copies for callers
 
@@ -415,9 +478,10 @@ class AlarmStore(_FileReads, _Writer):
 
     def record(
         self, anomaly: Anomaly, columns: tuple[SeriesKey, ...] | None = None, values: Any = None
-    ) -> tuple[Alarm, bool]:
+    ) -> tuple[Alarm, bool | None]:
         """Open an alarm for this anomaly, or extend the open one of its (scope, detector).
-        Returns (alarm, opened) at once: the writer thread writes it."""
+        Returns (alarm, opened) at once: the writer thread writes it; opened is None when the
+        anomaly's row was recorded by the controller this one took the file over from."""
         now = time.time()
         blame = [b.to_dict() for b in anomaly.blame]
         cols, vals = None, None
@@ -427,7 +491,13 @@ class AlarmStore(_FileReads, _Writer):
             self._check_writable()
             key = (anomaly.scope, anomaly.detector)
             e = self._mem.get(self._live.get(key, -1))
-            if e is not None and 0 <= anomaly.index - e.alarm.last_row <= self.merge_gap:
+            if e is not None and e.foreign:  # taken over from another controller: compare times
+                if anomaly.ts <= e.alarm.updated_at:
+                    return self._public(e.alarm), None  # that controller recorded this row
+                if anomaly.ts - e.alarm.updated_at <= self._takeover_gap:
+                    e.foreign = False
+                    e.alarm.last_row = anomaly.index - 1
+            if e is not None and not e.foreign and 0 <= anomaly.index - e.alarm.last_row <= self.merge_gap:
                 a = e.alarm
                 seq = a.level
                 a.level += 1

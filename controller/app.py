@@ -14,6 +14,12 @@ the controller lost with the broker, has no row until fresh data comes. An agent
 ticks of an outage, :mod:`.history`) becomes late rows, scored in time order before the host's
 live rows, which wait meanwhile; an alarm a late row opens or extends says so.
 
+Controllers of one shard (the same sites) elect one *active* controller per site through the
+broker (:mod:`.election`, ``--rank``); a standby makes its rows and runs its detectors like the
+active one, but records no alarm, calls no orchestration hook and sends no command but a rebirth;
+the anomalies it found lately are recorded when it takes over (those the previous controller had
+recorded skipped), with the alarms file it then writes.
+
 What does not live here (:class:`Controller` keeps its methods, which delegate): commands to
 agents and their replies (:mod:`.commands`), verdicts, findings and closing alarms
 (:mod:`.verdicts`), the μ → Δ push (:mod:`.delta_push`), what plugins are handed
@@ -31,6 +37,7 @@ import os
 import pstats
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,11 +47,11 @@ import aiomqtt
 import numpy as np
 
 from atomwatch import protocol, signing
-from atomwatch.alarm import Alarm
+from atomwatch.alarm import Alarm, AlarmError, AlarmStoreUnavailable
 from atomwatch.config import ConfigError
 from atomwatch.detectors import detector_factories
 from atomwatch.handles import CommandFailed, Progress, ScopeStatus
-from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, wait_or_timeout
+from atomwatch.mqtt import Faults, stay_connected, stop_on_signals, subscribe, wait_or_timeout
 from atomwatch.options import did_you_mean
 from atomwatch.pluginmanager import PluginManager, call_safely
 from atomwatch.types import Anomaly, Row
@@ -55,6 +62,7 @@ from .commands import AgentCommands
 from .config import ControllerConfig
 from .delta_push import DeltaPush
 from .detection import DetectorSet
+from .election import BEAT, DEAD_AFTER, Election
 from .handle import PluginHandle
 from .history import History
 from .ingest import HostState, Ingest
@@ -66,6 +74,9 @@ log = logging.getLogger(__name__)
 
 #: rows = "data": rows taken while this many still wait for detection are skipped (and counted)
 MAX_PENDING_ROWS = 100
+#: a standby keeps the anomalies it found this many seconds (at most HELD_MAX), to record on taking over
+HELD_FOR = 60.0
+HELD_MAX = 10_000
 
 # re-exported: older code imports these from here
 __all__ = ["Controller", "CommandFailed", "Progress", "alarm_rows"]
@@ -108,13 +119,20 @@ class Controller:
                 )
             factories = {d: factories[d] for d in config.detectors}
         self.detectors = DetectorSet(factories, config.options)
+        #: which sites this controller acts on (hot standby, --rank); a standby reads the alarms file
+        self.election = Election(config.name, config.rank, config.sites)
+        self.ingest.presence.append(lambda t, msg: self.election.heard(t.site, msg))
+        self.commands.standby = self._standby_reason
         self.alarms = AlarmStore(
             config.db,
             merge_gap=config.merge_gap,
             max_rows=config.alarm_rows,
             retention=config.alarm_retention * 86400.0,
             pending_max=config.alarm_pending,
+            readonly=self.election.enabled and config.db != ":memory:",
         )
+        #: a standby's anomalies of late (monotonic time found, anomaly, columns, values)
+        self.held: deque[tuple[float, Anomaly, Any, Any]] = deque()
         #: the last status of every detector of every scope (written after each tick)
         self.scope_status: dict[str, ScopeStatus] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -197,7 +215,105 @@ class Controller:
         self, alarm_id: int, verdict: str, actor: str, params: dict[str, Any] | None = None
     ) -> Alarm:
         """The operator's verdict (:meth:`Verdicts.give_verdict`)."""
+        try:
+            sites = [self.alarms.get(alarm_id).scope.split("/", 1)[0]]
+        except AlarmError:  # (not in the file yet, on a standby) said below, or by the verdict
+            sites = list(self.config.sites)
+        why = next((w for w in map(self._standby_reason, sites) if w), None)
+        if why:
+            raise AlarmStoreUnavailable(f"alarm {alarm_id}: no verdict here: {why}")
         return await self.verdicts.give_verdict(alarm_id, verdict, actor, params)
+
+    # ------------------------------------------------------------------ hot standby
+
+    def _standby_reason(self, site: str) -> str | None:
+        """Why this controller may not act on ``site`` now (None: it may)."""
+        if self.election.is_active(site):
+            return None
+        peer = self.election.active_peer(site)
+        return f"this controller ({self.config.name}) is a standby on site {site}" + (
+            f"; the active one is {peer}" if peer else "; no controller is active there yet"
+        )
+
+    def _state(self, site: str, online: bool = True, beat: bool = False) -> protocol.State:
+        kind = protocol.Beat if beat else protocol.State
+        return kind(
+            online=online,
+            ts=time.time(),
+            controller=self.config.name,
+            rank=self.config.rank or 0,
+            active=online and self.election.is_active(site),
+        )
+
+    async def _role_loop(self) -> None:
+        """Decide the role on each site, publish beats and role changes; take the alarms file
+        over, or let it go, when the role changes; record what was held on taking over."""
+        next_beat = 0.0
+        while not self.stopping.is_set():
+            changed = self.election.decide()
+            for site, active in changed:
+                if active:
+                    log.warning("site %s: this controller (%s) is now the active one", site, self.config.name)
+                else:
+                    log.warning(
+                        "site %s: this controller (%s) is now a standby%s",
+                        site,
+                        self.config.name,
+                        f" ({self.election.active_peer(site)} is active)" if self.election.active_peer(site) else "",
+                    )
+            active_sites = [s for s in self.config.sites if self.election.is_active(s)]
+            if active_sites and not self.alarms.writable:
+                gap = (self.config.merge_gap + 1) * self.config.tick + DEAD_AFTER + BEAT
+                try:
+                    await asyncio.to_thread(self.alarms.take_over, gap)
+                except ConfigError as e:
+                    log.warning("cannot take the alarms file over yet (%s); anomalies are held meanwhile", e)
+            elif not active_sites and changed and self.alarms.writable and self.election.enabled:
+                await asyncio.to_thread(self.alarms.release)
+            if self.alarms.writable:
+                self._record_held()
+            client = self.client
+            if client is not None:
+                for site, _ in changed:  # (a task: a broker slow to store it must not hold the beats)
+                    state = protocol.encode(self._state(site))
+                    topic = protocol.state_topic(site, self.config.name)
+                    self.spawn(client.publish(topic, state, qos=1, retain=True), f"state of {site}")
+                try:
+                    if self.election.enabled and time.monotonic() >= next_beat:
+                        next_beat = time.monotonic() + BEAT
+                        for site in self.config.sites:
+                            await client.publish(
+                                protocol.beat_topic(site, self.config.name),
+                                protocol.encode(self._state(site, beat=True)),
+                                qos=0,
+                            )
+                except aiomqtt.MqttError:
+                    pass  # the connection loop says it and reconnects
+            await wait_or_timeout(self.stopping, BEAT / 4)
+
+    def _hold(self, anomaly: Anomaly, columns: Any, values: Any) -> None:
+        now = time.monotonic()
+        self.held.append((now, anomaly, columns, values))
+        while self.held and (now - self.held[0][0] > HELD_FOR or len(self.held) > HELD_MAX):
+            self.held.popleft()
+
+    def _record_held(self) -> None:
+        """Record the held anomalies of the sites this controller now acts on (in the order found;
+        the store skips rows the previous controller recorded)."""
+        keep: deque = deque()
+        while self.held:
+            item = self.held.popleft()
+            anomaly = item[1]
+            if not self.election.is_active(anomaly.scope.split("/", 1)[0]):
+                keep.append(item)
+                continue
+            try:
+                alarm, opened = self.alarms.record(anomaly, item[2], item[3])
+            except Exception:
+                log.exception("could not record the anomaly of %s on %s", anomaly.detector, anomaly.scope)
+                continue
+            self._announce(alarm, opened, anomaly)
+        self.held = keep
 
     def add_findings(self, alarm_id: int, actor: str, finding: dict[str, Any]) -> Alarm:
         return self.verdicts.add_findings(alarm_id, actor, finding)
@@ -344,28 +460,40 @@ class Controller:
             )
             for listener in self.anomaly_listeners:
                 listener(anomaly)
-            self.dispatch("anomaly_detected", anomaly=anomaly)
+            columns, values = (row.columns, row.values) if row else (None, None)
+            if not (self.election.is_active(anomaly.scope.split("/", 1)[0]) and self.alarms.writable):
+                self._hold(anomaly, columns, values)  # a standby: recorded if it takes over
+                continue
             try:  # in memory, at once: the store's writer thread writes it
-                alarm, opened = self.alarms.record(anomaly, row.columns if row else None, row.values if row else None)
+                alarm, opened = self.alarms.record(anomaly, columns, values)
             except Exception:
                 log.exception("could not record the anomaly of %s on %s", anomaly.detector, anomaly.scope)
                 continue
-            audit = anomaly.details.get("audit") if isinstance(anomaly.details, dict) else None
-            if isinstance(audit, dict) and isinstance(audit.get("action"), str):
-                try:  # what the detector did about this alarm (e.g. re-baselined while it waits)
-                    self.alarms.note(alarm.id, anomaly.detector, audit["action"], audit.get("details") or {})
-                except Exception:
-                    log.exception("could not note %r on alarm %s", audit["action"], alarm.id)
-            if opened:
-                self.alarm_log.opened(alarm, anomaly.details.get("late_by"))
-                self.dispatch("alarm_opened", alarm=alarm)
-            else:
-                self.alarm_log.extended(alarm)
-                self.dispatch("alarm_updated", alarm=alarm, change="extended")
+            self._announce(alarm, opened, anomaly)
         if self.config.mu is not None:
             for row in rows:
-                if row.index % self.config.mu_every == self.config.mu_every - 1:
+                if row.index % self.config.mu_every == self.config.mu_every - 1 and not self._standby_reason(
+                    row.scope.split("/", 1)[0]
+                ):
                     self.spawn(self.push_deltas(row.scope), f"set-delta for {row.scope}")
+
+    def _announce(self, alarm: Alarm, opened: bool | None, anomaly: Anomaly) -> None:
+        """The hooks, audit note and log line of a recorded anomaly."""
+        if opened is None:
+            return  # the controller this one took over from had recorded it
+        self.dispatch("anomaly_detected", anomaly=anomaly)
+        audit = anomaly.details.get("audit") if isinstance(anomaly.details, dict) else None
+        if isinstance(audit, dict) and isinstance(audit.get("action"), str):
+            try:  # what the detector did about this alarm (e.g. re-baselined while it waits)
+                self.alarms.note(alarm.id, anomaly.detector, audit["action"], audit.get("details") or {})
+            except Exception:
+                log.exception("could not note %r on alarm %s", audit["action"], alarm.id)
+        if opened:
+            self.alarm_log.opened(alarm, anomaly.details.get("late_by"))
+            self.dispatch("alarm_opened", alarm=alarm)
+        else:
+            self.alarm_log.extended(alarm)
+            self.dispatch("alarm_updated", alarm=alarm, change="extended")
 
     async def _tick_loop(self) -> None:
         next_at = time.monotonic() + self.config.tick
@@ -393,19 +521,24 @@ class Controller:
         cfg = self.config
 
         def will() -> aiomqtt.Will:
-            # MQTT has one will per connection: it marks the first site offline; a controller
-            # watching several sites is best run as one process per site.
-            offline = protocol.State(online=False, controller=cfg.name)
-            return aiomqtt.Will(protocol.state_topic(cfg.sites[0]), protocol.encode(offline), qos=1, retain=True)
+            # MQTT has one will per connection: it marks the first site offline (the other
+            # controllers of the shard see the rest in the beats stopping; docs/scale.md)
+            offline = self._state(cfg.sites[0], online=False)
+            return aiomqtt.Will(
+                protocol.state_topic(cfg.sites[0], cfg.name), protocol.encode(offline), qos=1, retain=True
+            )
 
         async def on_connect(client: aiomqtt.Client) -> None:
-            for site in cfg.sites:
-                for topic_filter in protocol.agent_filters(site):
-                    await client.subscribe(topic_filter, qos=1)
+            await subscribe(
+                client,
+                [f for site in cfg.sites for f in protocol.agent_filters(site) + protocol.controller_filters(site)],
+            )
             self.client = client
             for site in cfg.sites:
-                state = protocol.State(online=True, ts=time.time(), controller=cfg.name)
-                await client.publish(protocol.state_topic(site), protocol.encode(state), qos=1, retain=True)
+                await client.publish(
+                    protocol.state_topic(site, cfg.name), protocol.encode(self._state(site)), qos=1, retain=True
+                )
+            self.election.connected()  # subscribed: the others' retained states are on their way
             self.connected.set()
             log.info("connected to %s; watching site(s) %s", cfg.broker, ", ".join(cfg.sites))
 
@@ -415,6 +548,7 @@ class Controller:
         def on_disconnect() -> None:
             self.client = None
             self.connected.clear()
+            self.election.disconnected()
             # what arrives while away is lost to this side: no row until each host's live birth
             self.ingest.lost_broker()
 
@@ -463,11 +597,12 @@ class Controller:
             self.http.start()
         conn = asyncio.create_task(self._connection_loop(), name="controller-connection")
         ticks = asyncio.create_task(self._tick_loop(), name="controller-ticks")
+        roles = asyncio.create_task(self._role_loop(), name="controller-roles")
         try:
             await self.stopping.wait()
         finally:
             ticks.cancel()
-            await asyncio.gather(ticks, return_exceptions=True)
+            await asyncio.gather(ticks, roles, return_exceptions=True)
             for t in list(self.tasks):
                 t.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -475,8 +610,10 @@ class Controller:
             if client is not None:
                 for site in self.config.sites:
                     try:
-                        state = protocol.State(online=False, ts=time.time(), controller=self.config.name)
-                        await client.publish(protocol.state_topic(site), protocol.encode(state), qos=1, retain=True)
+                        state = self._state(site, online=False)
+                        await client.publish(
+                            protocol.state_topic(site, self.config.name), protocol.encode(state), qos=1, retain=True
+                        )
                     except aiomqtt.MqttError:
                         pass
             conn.cancel()

@@ -65,6 +65,9 @@ class AgentCommands:
         self.pending: dict[str, tuple[asyncio.Future, Progress | None, str, str]] = {}
         #: rebirth requests: request id → (site, host, monotonic deadline); their replies are expected, not awaited
         self.unawaited: dict[str, tuple[str, str, float]] = {}
+        #: site → why this controller may not command its agents now (a standby), None when it may;
+        #: a rebirth, which only asks an agent to say its values again, is always allowed
+        self.standby: Callable[[str], str | None] = lambda site: None
 
     def command(self, site: str, host: str, command: str, params: dict[str, Any], timeout: float) -> protocol.Command:
         """A new command to ``site``/``host``, signed when the controller has a signing key."""
@@ -89,6 +92,9 @@ class AgentCommands:
         client = self.client()
         if client is None:
             raise CommandFailed(f"{command} to {site}/{host}: the controller is not connected to the broker")
+        why = self.standby(site) if command != "rebirth" else None
+        if why:
+            raise CommandFailed(f"{command} to {site}/{host}: not sent: {why}")
         self._check_limits(site, host, command)
         cmd = self.command(site, host, command, params or {}, timeout)
         request_id = cmd.id

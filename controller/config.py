@@ -101,11 +101,15 @@ class ControllerConfig:
     #: controller's matrices are small (d = 80: an 80 × 80 eigh takes 0.7 ms of one core and 48 ms
     #: of CPU when two threads spin for it on a busy machine) and many scopes are its parallelism
     blas_threads: int = 1
+    #: hot standby (controller/election.py): this controller's election order among those of the
+    #: same sites, lowest first; None: no election, always active
+    rank: int | None = None
 
     def __post_init__(self) -> None:
         try:
             for s in self.sites:
                 check_name("site", s)
+            check_name("controller name", self.name)
         except ProtocolError as e:
             raise ConfigError(str(e)) from None
         if not self.tick > 0:

@@ -151,6 +151,8 @@ class Ingest:
         self.messages: Counter[str] = Counter()
         self.values_ingested = 0
         self.listeners: list[Listener] = []
+        #: called with every controller state and beat heard
+        self.presence: list[Callable[[protocol.Topic, protocol.State], None]] = []
         self.replies: list[Callable[[protocol.Topic, protocol.Reply], None]] = []
 
     def host(self, site: str, host: str) -> HostState:
@@ -258,7 +260,11 @@ class Ingest:
             for cb in self.replies:
                 cb(t, msg)
             return
-        if isinstance(msg, (protocol.Command, protocol.State)):
+        if isinstance(msg, protocol.State):  # another controller's state or beat (states: .election)
+            for cb in self.presence:
+                cb(t, msg)
+            return
+        if isinstance(msg, protocol.Command):
             return
         state = self.host(t.site, t.host)
         if isinstance(msg, protocol.Birth) and len(msg.series) > self.max_series:

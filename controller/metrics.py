@@ -9,7 +9,9 @@ live (open or malicious) alarm with ``vm`` and ``metric`` labels, at most ``metr
 of them (most blamed first; the rest counted), never a label per alarm id. Then whether the alarms
 file takes writes, what waits for it and rows lost; messages ingested by kind, values ingested,
 messages dropped by reason; rows handed to detectors; whether the broker is connected
-(``atomwatch_connected``); unexpected exceptions of the receive paths by where and type; refusals
+(``atomwatch_connected``); per site whether this controller is the active one
+(``atomwatch_controller_active``, hot standby), its role changes and the anomalies a standby
+holds; unexpected exceptions of the receive paths by where and type; refusals
 by resource limit (``docs/limits.md``); the tick loop's timing (ticks run and skipped, lateness,
 duration, each row's delay from its newest sample: :mod:`.timing`, ``docs/scale.md``);
 ``atomwatch_build_info`` and the process' own metrics.
@@ -24,7 +26,7 @@ HTTP API, :mod:`.api`); what each series is for (``docs/operations.md``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -35,6 +37,7 @@ from atomwatch.mqtt import Faults
 
 from .alarms import AlarmStore
 from .commands import AgentCommands
+from .election import Election
 from .history import History
 from .ingest import Ingest
 from .scopes import ScopeRows
@@ -58,6 +61,8 @@ class MetricsSource(Protocol):
     history: History
     connected: asyncio.Event
     faults: Faults
+    election: Election
+    held: Sized
     scope_rows: ScopeRows
     commands: AgentCommands
     timing: TickTiming
@@ -82,7 +87,16 @@ class _ControllerCollector:
 
     def collect(self):
         yield from guarded(
-            (self._process, self._scopes, self._detectors, self._alarms, self._ingest, self._limits, self._timing),
+            (
+                self._process,
+                self._roles,
+                self._scopes,
+                self._detectors,
+                self._alarms,
+                self._ingest,
+                self._limits,
+                self._timing,
+            ),
             _FAILED,
         )
 
@@ -92,6 +106,26 @@ class _ControllerCollector:
             "atomwatch_connected", "1 while connected to the MQTT broker, else 0", value=int(self.c.connected.is_set())
         )
         yield unexpected_errors(self.c.faults)
+
+    def _roles(self):
+        active = GaugeMetricFamily(
+            "atomwatch_controller_active",
+            "1 on a site this controller acts on (records alarms, sends commands), 0 where it is a standby",
+            labels=["site"],
+        )
+        for site in self.c.election.sites:
+            active.add_metric([site], int(self.c.election.is_active(site)))
+        yield active
+        yield CounterMetricFamily(
+            "atomwatch_controller_role_changes",
+            "takeovers and step-downs of this controller",
+            value=self.c.election.changes,
+        )
+        yield GaugeMetricFamily(
+            "atomwatch_standby_held_anomalies",
+            "anomalies a standby found lately, recorded if it takes over",
+            value=len(self.c.held),
+        )
 
     def _scopes(self):
         up = GaugeMetricFamily(

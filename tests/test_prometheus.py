@@ -97,7 +97,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
 def test_the_rules_pass_promtool_and_the_dashboard_is_grafana_json():
     proc = subprocess.run([binary("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 6 rules found" in proc.stdout + proc.stderr
+    assert "SUCCESS: 7 rules found" in proc.stdout + proc.stderr
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] == "atomwatch" and {v["name"] for v in dash["templating"]["list"]} == {
         "datasource",

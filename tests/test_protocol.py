@@ -34,7 +34,9 @@ def test_every_message_kind_round_trips():
     )
     assert t.request_id == "abc"
     roundtrip(protocol.reply_topic("eu", "hv1", "abc"), protocol.Reply("abc", "ok", 5.0, {"rows": [1]}, None))
-    roundtrip(protocol.state_topic("eu"), protocol.State(True, 6.0, "c1"))
+    roundtrip(protocol.state_topic("eu", "c1"), protocol.State(True, 6.0, "c1"))
+    roundtrip(protocol.state_topic("eu", "c2"), protocol.State(True, 6.0, "c2", rank=2, active=True))
+    roundtrip(protocol.beat_topic("eu", "c2"), protocol.Beat(True, 6.0, "c2", rank=1))
 
 
 def test_floats_cross_the_wire_exactly():
@@ -93,7 +95,8 @@ def test_floats_cross_the_wire_exactly():
         ),
         ("atomwatch/v1/s/h/oops", b"{}", "unknown message kind 'oops'"),
         ("other/v1/s/h/data", b"{}", "is not under atomwatch/v1"),
-        ("atomwatch/v1/s/h/state", b"{}", "state is published only by the controller"),
+        ("atomwatch/v1/s/h/state/c1", b"{}", "state is published only by a controller"),
+        ("atomwatch/v1/s/controller/state", b"{}", "state needs a controller name as its last level"),
     ],
 )
 def test_bad_messages_get_precise_errors(topic, payload, expected):

@@ -98,7 +98,8 @@ TOPICS = {
     "death": protocol.death_topic("s1", "hv1"),
     "cmd": protocol.cmd_topic("s1", "hv1", "r1"),
     "reply": protocol.reply_topic("s1", "hv1", "r1"),
-    "state": protocol.state_topic("s1"),
+    "state": protocol.state_topic("s1", "c1"),
+    "beat": protocol.beat_topic("s1", "c1"),
 }
 ODD_TOPICS = [
     "",
@@ -109,7 +110,7 @@ ODD_TOPICS = [
     "atomwatch/v1/s1/hv1/reply/r1/extra",
     "atomwatch/v1/s1//data",
     "atomwatch/v1/+/hv1/data",
-    "atomwatch/v1/s1/hv1/state",
+    "atomwatch/v1/s1/hv1/state/c1",
     "atomwatch/v1/s1/controller/birth",
     "atomwatch/v1/s1/hv\udc80/data",
     "atomwatch/v1/s1/hv1/reply/" + "x" * 300,

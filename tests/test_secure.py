@@ -179,10 +179,11 @@ def test_acl_grants_agents_only_their_own_topics():
         "pattern write atomwatch/v1/eu1/%u/death",
         "pattern write atomwatch/v1/eu1/%u/reply/+",
         "pattern read atomwatch/v1/eu1/%u/cmd/+",
-        "pattern read atomwatch/v1/eu1/controller/state",
+        "pattern read atomwatch/v1/eu1/controller/state/+",
         "user controller",
         "topic write atomwatch/v1/eu1/+/cmd/+",
-        "topic readwrite atomwatch/v1/eu1/controller/state",
+        "topic readwrite atomwatch/v1/eu1/controller/state/+",
+        "topic readwrite atomwatch/v1/eu1/controller/beat/+",
         "topic read atomwatch/v1/eu1/+/birth",
         "topic read atomwatch/v1/eu1/+/data",
         "topic read atomwatch/v1/eu1/+/history",
@@ -375,14 +376,14 @@ async def test_an_agent_cannot_read_another_agents_commands(secured):
 
 async def test_an_agent_cannot_publish_the_controllers_state(secured):
     async with secured.client("hv2") as hv2, secured.client("hv1") as hv1:
-        await hv2.subscribe(protocol.state_topic(SITE), qos=1)
+        await hv2.subscribe(protocol.state_filter(SITE), qos=1)
         await received(hv2, 0.5)  # any retained state of the real controller
         forged = json.dumps({"v": 1, "type": "state", "online": False, "forged": True}).encode()
-        await hv1.publish(protocol.state_topic(SITE), forged, qos=1, retain=True)
+        await hv1.publish(protocol.state_topic(SITE, "controller"), forged, qos=1, retain=True)
         got = await received(hv2, QUIET)
         async with secured.client("controller") as ctl:
             real = json.dumps({"v": 1, "type": "state", "online": True, "test": time.time()}).encode()
-            await ctl.publish(protocol.state_topic(SITE), real, qos=1)
+            await ctl.publish(protocol.state_topic(SITE, "controller"), real, qos=1)
             got += await received(hv2, QUIET)
     assert payloads(got) == [real], "the controller's state arrives, the agent's forgery does not"
 

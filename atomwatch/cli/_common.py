@@ -22,7 +22,7 @@ from atomwatch.settings import Key, unknown_keys
 
 #: the broker and its TLS files and credentials (``--broker``, ``--broker-ca`` …; keys of both roles)
 BROKER_KEYS = (
-    Key("broker", expected="a URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+    Key("broker", expected="a URL, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; a cluster's nodes comma-separated"),
     Key("broker_ca", expected="a file (PEM)"),
     Key("broker_cert", expected="a file (PEM)"),
     Key("broker_key", expected="a file (PEM)"),
@@ -58,8 +58,8 @@ def add_session_arguments(p: argparse.ArgumentParser, tick: float) -> None:
     p.add_argument(
         "--broker",
         metavar="URL",
-        help="MQTT broker, mqtt://host:port or mqtts://host:port (TLS, port 8883 by default) "
-        "(default: $ATOMWATCH_BROKER or mqtt://127.0.0.1:1883)",
+        help="MQTT broker, mqtt://host:port or mqtts://host:port (TLS, port 8883 by default); the nodes of a "
+        "clustered broker comma-separated, tried in turn (default: $ATOMWATCH_BROKER or mqtt://127.0.0.1:1883)",
     )
     add_broker_tls_arguments(p)
     p.add_argument("--site", help="site name: the topic level above hosts (default: default)")

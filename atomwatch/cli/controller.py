@@ -86,6 +86,8 @@ KEYS = (
     Key("blas_threads", Annotated[int, Range(ge=1)]),
     Key("signing_key", expected="a file (PEM)"),
     Key("command_lifetime", POSITIVE_DURATION),
+    Key("name", expected="a controller name"),
+    Key("rank", Annotated[int, Range(ge=0)]),
 )
 
 
@@ -107,6 +109,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: $ATOMWATCH_SIGNING_KEY; none: commands go unsigned and agents refuse them)",
     )
     p.add_argument("--command-lifetime", metavar="DURATION", help="how long a command stays valid (default 60)")
+    p.add_argument(
+        "--name",
+        help="this controller's name, unique among the controllers of its sites (default 'controller')",
+    )
+    p.add_argument(
+        "--rank",
+        metavar="N",
+        help="hot standby: run as one of several controllers of the same sites, N its election order (lowest "
+        "first); one is active, the others watch and take over when it stops (default: none, always active)",
+    )
 
 
 def add_controller_options(p: argparse.ArgumentParser) -> None:
@@ -221,6 +233,8 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         "command_lifetime",
         "metrics_blame_limit",
         "blas_threads",
+        "name",
+        "rank",
     ):
         if v.get(name) is not None and v.get(name) != "":
             kwargs[name] = v[name]
