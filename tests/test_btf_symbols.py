@@ -349,3 +349,43 @@ def test_volatility_gives_the_same_rows_with_the_btf_table(tmp_path_factory, vml
     guest_run = run(guest_dir, ["linux.pslist"])
     assert guest_run.rows("linux.pslist") == dwarf_run.rows("linux.pslist")
     dump.path.unlink()
+
+
+def test_volatility_reads_the_btf_table_as_the_dwarf2json_one(built, tmp_path):
+    """Volatility's own loader (no memory image needed): the same sizes, offsets (anonymous members
+    folded in) and symbol types for what its plugins ask for."""
+    require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3 pefile)")
+    from atomwatch.introspection import symbols
+
+    path = symbols.store(built, tmp_path / "btf")
+    script = f"""
+import json, sys
+sys.modules["jsonschema"] = None
+import volatility3.plugins
+from volatility3 import framework
+framework.import_files(volatility3.plugins, True)
+from volatility3.framework import contexts
+from volatility3.framework.symbols import linux
+ctx = contexts.Context()
+out = {{}}
+for name, path in (("btf", {str(path)!r}), ("dwarf", {str(DWARF_ISF)!r})):
+    t = linux.LinuxKernelIntermedSymbols(ctx, "c" + name, name, "file://" + path)
+    ctx.symbol_space.append(t)
+    task = t.get_type("task_struct")
+    tk = ctx.symbol_space.get_type(t.get_symbol("tk_core").type.vol.type_name)
+    out[name] = {{
+        "task_size": task.size,
+        "offsets": [task.relative_child_offset(m) for m in ("rcu_users", "comm", "tasks", "pid", "tgid", "mm", "real_parent")],
+        "init_task": t.get_symbol("init_task").type.vol.type_name.split("!")[1],
+        "modules": t.get_symbol("modules").type.vol.type_name.split("!")[1],
+        "tk_core": sorted(tk.vol.members),
+        "sock_common": t.get_type("sock").relative_child_offset("__sk_common"),
+        "skc_family": t.get_type("sock_common").relative_child_offset("skc_family"),
+    }}
+print(json.dumps(out))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["btf"] == got["dwarf"]
+    assert got["btf"]["init_task"] == "task_struct" and got["btf"]["tk_core"] == ["seq", "timekeeper"]
