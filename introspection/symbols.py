@@ -171,6 +171,17 @@ def build_from_deb(deb: Path) -> Built:
         return build_from_vmlinux(image, smap, what=f"{deb.name}:{kernel.name}", sources=sources)
 
 
+def guest_banner(dom: Any) -> str:
+    """The running guest's banner (``/proc/version``): enough to see whether its table is built."""
+    from atomwatch.introspection import guest_agent
+
+    try:
+        version = guest_agent.read_file(dom, "/proc/version")
+    except guest_agent.GuestAgentError as e:
+        raise BuildError(f"guest {dom.name()}: {e}") from None
+    return version.rstrip(b"\0").decode("utf-8", "replace").strip()
+
+
 def build_from_guest(dom: Any) -> Built:
     """A table for the kernel a running guest runs, read through its QEMU guest agent."""
     from atomwatch.introspection import guest_agent

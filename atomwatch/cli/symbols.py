@@ -61,14 +61,15 @@ def run(args: argparse.Namespace) -> int:
                 smap = args.system_map.read_text(errors="replace")
             built = S.build_from_vmlinux(args.vmlinux.read_bytes(), smap, what=str(args.vmlinux))
         else:
-            built = _from_domain(args, S)
+            built = _from_domain(args, S, out)
     except S.BuildError as e:
         return _fail(str(e))
-    done = S.cached(out, built.banner)
-    if done is not None and not args.force:
-        built.path, built.cached = done, True
-    else:
-        S.store(built, out)
+    if not built.cached:
+        done = S.cached(out, built.banner)
+        if done is not None and not args.force:
+            built.path, built.cached = done, True
+        else:
+            S.store(built, out)
     result = {
         "banner": built.banner,
         "path": str(built.path),
@@ -83,16 +84,17 @@ def run(args: argparse.Namespace) -> int:
         state = "kept (already built for this banner)" if built.cached else "written"
         print(f"{built.path}: {state}")
         print(f"  banner: {built.banner}")
-        print(
-            f"  {built.report['user_types']} types, {built.report['enums']} enums, {built.report['symbols']} symbols "
-            f"({built.report['typed_symbols']} typed) in {built.timings.get('total', 0):.1f} s"
-        )
-        for u in built.report["untyped"]:
+        if built.report:
+            print(
+                f"  {built.report['user_types']} types, {built.report['enums']} enums, {built.report['symbols']} symbols "
+                f"({built.report['typed_symbols']} typed) in {built.timings.get('total', 0):.1f} s"
+            )
+        for u in built.report.get("untyped", []):
             print(f"  untyped (not in this kernel's BTF): {u}")
     return 0
 
 
-def _from_domain(args: argparse.Namespace, S) -> object:  # noqa: N803 (the module, passed in)
+def _from_domain(args: argparse.Namespace, S, out: Path):  # noqa: N803 (the module, passed in)
     try:
         import libvirt  # type: ignore[import-not-found]
     except ImportError:
@@ -112,6 +114,11 @@ def _from_domain(args: argparse.Namespace, S) -> object:  # noqa: N803 (the modu
                 raise S.BuildError(f"--domain {args.domain}: no such domain at {args.uri}") from None
         if not dom.isActive():
             raise S.BuildError(f"--domain {args.domain}: not running")
+        if not args.force:  # its banner first: a table already built is not read again
+            banner = S.guest_banner(dom)
+            done = S.cached(out, banner)
+            if done is not None:
+                return S.Built(banner, {}, {}, path=done, cached=True)
         return S.build_from_guest(dom)
     finally:
         conn.close()
