@@ -23,6 +23,7 @@ import base64
 import bisect
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from atomwatch.introspection import btf as B
@@ -32,7 +33,8 @@ PRODUCER = {"name": "atomwatch-btf", "version": "1.0.0"}
 
 #: The global variables Volatility 3's Linux plugins read as typed objects (``object_from_symbol``
 #: and the stacker), with their C types; ``[]`` is an array of unknown length (count 0), ``[?]``
-#: an array whose length is the gap to the next symbol, ``struct {a, b}`` the anonymous struct
+#: an array whose length is the gap to the next symbol (or, for those in :data:`ELEMENT_CHECKS`,
+#: the run of valid elements read from the kernel's memory), ``struct {a, b}`` the anonymous struct
 #: with exactly those members. Symbols absent from a kernel are skipped.
 SYMBOL_TYPES: dict[str, str] = {
     "init_task": "struct task_struct",
@@ -92,6 +94,20 @@ SYMBOL_TYPES: dict[str, str] = {
     "height_to_maxindex": "long unsigned int[?]",
     "height_to_maxnodes": "long unsigned int[?]",
 }
+
+
+def _taint_flag_ok(b: bytes) -> bool:
+    """``struct taint_flag {char c_true; char c_false; bool module;}``: a letter, a letter or space, 0/1."""
+    return len(b) == 3 and 65 <= b[0] <= 90 and (b[1] == 32 or 65 <= b[1] <= 90) and b[2] in (0, 1)
+
+
+#: ``[?]`` arrays whose gap to the next symbol is no bound (constant data followed by unnamed
+#: strings): their length is the number of valid elements, read from the kernel's memory
+#: (``TAINT_FLAGS_COUNT`` is a macro, in no BTF type)
+ELEMENT_CHECKS: dict[str, Callable[[bytes], bool]] = {"taint_flags": _taint_flag_ok}
+
+#: reads ``size`` bytes at a link-time kernel address; None where it cannot
+Reader = Callable[[int, int], "bytes | None"]
 
 
 class IsfError(ValueError):
@@ -296,7 +312,7 @@ class _Writer:
                         out[v.name] = self.ref(v.type)
         return out
 
-    def type_from_c(self, decl: str, gap: int | None) -> dict[str, Any] | None:
+    def type_from_c(self, decl: str, gap: int | None, count_of=None) -> dict[str, Any] | None:
         """An ISF type for a :data:`SYMBOL_TYPES` declaration; None if this BTF lacks it."""
         decl = decl.strip()
         array = None
@@ -330,7 +346,9 @@ class _Writer:
             ty = {"kind": "pointer", "subtype": ty}
         if array is not None:
             count = 0
-            if array == "?" and gap:
+            if array == "?" and count_of is not None:
+                count = count_of(self.size_of(ty))
+            elif array == "?" and gap:
                 size = self.size_of(ty)
                 count = gap // size if size else 0
             elif array not in ("", "?"):
@@ -353,15 +371,30 @@ class _Writer:
         return 0
 
 
+def _element_counter(read: Reader, addr: int, gap: int | None, ok: Callable[[bytes], bool]):
+    def count(size: int) -> int:
+        limit = (gap or 4096) // size if size else 0
+        data = read(addr, size * limit) or b""
+        n = 0
+        while n < limit and ok(data[n * size : (n + 1) * size]):
+            n += 1
+        return n
+
+    return count
+
+
 def build_isf(
     btf: B.Btf,
     symbols: dict[str, tuple[int, str]],
     banner: bytes,
     sources: dict[str, Any] | None = None,
+    read: Reader | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ISF (a dict ready for JSON) and a report: counts, typed symbols, and the
     :data:`SYMBOL_TYPES` entries left untyped (their type is not in this kernel's BTF).
-    ``banner`` is the ``linux_banner`` text as the kernel holds it (ending ``\\n``)."""
+    ``banner`` is the ``linux_banner`` text as the kernel holds it (ending ``\\n``); ``read``
+    gives the kernel's bytes for the :data:`ELEMENT_CHECKS` arrays (without it, such an array is
+    left untyped: a wrong length would give wrong rows)."""
     if "linux_banner" not in symbols:
         raise IsfError("the symbols have no 'linux_banner': Volatility could not match the table to a memory image")
     w = _Writer(btf)
@@ -383,7 +416,13 @@ def build_isf(
         addr = out_syms[name]["address"]
         i = bisect.bisect_right(addrs, addr)
         gap = addrs[i] - addr if i < len(addrs) else None
-        ty = w.type_from_c(decl, gap)
+        count_of = None
+        if name in ELEMENT_CHECKS:
+            if read is None:
+                untyped.append(f"{name} ({decl}: no kernel memory to count its elements)")
+                continue
+            count_of = _element_counter(read, addr, gap, ELEMENT_CHECKS[name])
+        ty = w.type_from_c(decl, gap, count_of)
         if ty is None:
             untyped.append(f"{name} ({decl})")
             continue

@@ -75,6 +75,12 @@ def parse_proc_kallsyms(text: str, link_text: int = DEFAULT_TEXT, what: str = "/
     return {n: ((a - shift) if a >= running - 0x1000000 else a, t) for n, (a, t) in syms.items()}
 
 
+def running_text(text: str) -> int:
+    """The running ``_text`` of a ``/proc/kallsyms`` listing (0 when read without root)."""
+    syms, _ = _parse_nm(text, "/proc/kallsyms")
+    return syms.get("_text", (0, ""))[0]
+
+
 def from_vmlinux(image: bytes, what: str = "vmlinux") -> Symbols:
     """The symbols of the kernel's own kallsyms tables (``CONFIG_KALLSYMS``), link-time addresses."""
     rodata = elf_section(image, ".rodata", what)

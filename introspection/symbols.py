@@ -117,20 +117,31 @@ def build_from_vmlinux(
             syms = kallsyms.from_vmlinux(elf, what)
         timings["symbols"] = round(time.monotonic() - t1, 3)
         banner = _banner_in_image(elf, syms, what)
+        loads = B.elf_load_segments(elf)
+
+        def read(addr: int, size: int) -> bytes | None:
+            return kallsyms.read_at(elf, loads, addr, size)
+
         src = sources or {
             "types": [{"kind": "btf", "name": what, "hash_type": "sha256", "hash_value": _sha(image)}],
             "symbols": [{"kind": "system-map" if system_map is not None else "kallsyms", "name": what}],
         }
-        return _finish(types, syms, banner, src, timings, t0)
+        return _finish(types, syms, banner, src, timings, t0, read)
     except (B.BtfError, kallsyms.SymbolsError, IsfError) as e:
         raise BuildError(str(e)) from None
 
 
 def _finish(
-    types: B.Btf, syms: kallsyms.Symbols, banner: bytes, sources: dict[str, Any], timings: dict[str, float], t0: float
+    types: B.Btf,
+    syms: kallsyms.Symbols,
+    banner: bytes,
+    sources: dict[str, Any],
+    timings: dict[str, float],
+    t0: float,
+    read: Any = None,
 ) -> Built:
     t1 = time.monotonic()
-    isf, report = build_isf(types, syms, banner, sources)
+    isf, report = build_isf(types, syms, banner, sources, read)
     timings["isf"] = round(time.monotonic() - t1, 3)
     timings["total"] = round(time.monotonic() - t0, 3)
     return Built(banner.decode("utf-8", "replace").strip(), isf, report, timings)
@@ -203,6 +214,7 @@ def build_from_guest(dom: Any) -> Built:
         types = B.parse(data, f"{name}:/sys/kernel/btf/vmlinux")
         timings["btf"] = round(time.monotonic() - t1, 3)
         syms = kallsyms.parse_proc_kallsyms(text, what=f"{name}:/proc/kallsyms")
+        read = _kcore_reader(dom, text)
         sources = {
             "types": [
                 {
@@ -214,6 +226,44 @@ def build_from_guest(dom: Any) -> Built:
             ],
             "symbols": [{"kind": "kallsyms", "name": f"{name}:/proc/kallsyms"}],
         }
-        return _finish(types, syms, version.rstrip(b"\0"), sources, timings, t0)
+        return _finish(types, syms, version.rstrip(b"\0"), sources, timings, t0, read)
     except (B.BtfError, kallsyms.SymbolsError, IsfError) as e:
         raise BuildError(str(e)) from None
+
+
+def _kcore_reader(dom: Any, kallsyms_text: str):
+    """Reads the running guest kernel's memory at link-time addresses through ``/proc/kcore`` (an
+    ELF core of the kernel's address space, root only): its program headers map the running
+    addresses (link-time + KASLR shift) to file offsets."""
+    import struct
+
+    from atomwatch.introspection import guest_agent
+
+    shift = kallsyms.running_text(kallsyms_text) - kallsyms.DEFAULT_TEXT
+    segments: list[tuple[int, int, int]] | None = None
+
+    def read(addr: int, size: int) -> bytes | None:
+        nonlocal segments
+        try:
+            if segments is None:
+                head = guest_agent.read_file(dom, "/proc/kcore", size=1 << 16)
+                if head[:4] != b"\x7fELF":
+                    return None
+                phoff = struct.unpack_from("<Q", head, 0x20)[0]
+                phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+                segments = []
+                for i in range(phnum):
+                    p_type, _f, p_off, p_vaddr, _pa, _fs, p_memsz = struct.unpack_from(
+                        "<IIQQQQQ", head, phoff + i * phentsize
+                    )
+                    if p_type == 1:
+                        segments.append((p_vaddr, p_off, p_memsz))
+            live = addr + shift
+            for vaddr, off, memsz in segments:
+                if vaddr <= live and live + size <= vaddr + memsz:
+                    return guest_agent.read_file(dom, "/proc/kcore", offset=off + live - vaddr, size=size)
+        except guest_agent.GuestAgentError:
+            return None
+        return None
+
+    return read
