@@ -87,9 +87,9 @@ def from_vmlinux(image: bytes, what: str = "vmlinux") -> Symbols:
     if rodata is None:
         raise SymbolsError(f"{what}: no .rodata section")
     loads = elf_load_segments(image)
-    if not loads:
-        raise SymbolsError(f"{what}: no loadable segment")
-    text = min(v for v, _, _ in loads if v >= 0xFFFF800000000000)
+    if not any(v >= 0xFFFF800000000000 for v, _, _ in loads):
+        raise SymbolsError(f"{what}: no loadable segment in the kernel's address range: not a kernel image")
+    text = link_text(image)
     table, index_of = _token_table(rodata, what)
     base = struct.pack("<Q", text)
     tried = 0

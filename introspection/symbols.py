@@ -24,6 +24,7 @@ import lzma
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -127,8 +128,12 @@ def build_from_vmlinux(
             "symbols": [{"kind": "system-map" if system_map is not None else "kallsyms", "name": what}],
         }
         return _finish(types, syms, banner, src, timings, t0, read)
+    except BuildError:
+        raise
     except (B.BtfError, kallsyms.SymbolsError, IsfError) as e:
         raise BuildError(str(e)) from None
+    except (struct.error, IndexError):  # headers that point outside the file
+        raise BuildError(f"{what}: a truncated or malformed ELF file (its headers point past its end)") from None
 
 
 def _finish(
@@ -235,8 +240,6 @@ def _kcore_reader(dom: Any, kallsyms_text: str):
     """Reads the running guest kernel's memory at link-time addresses through ``/proc/kcore`` (an
     ELF core of the kernel's address space, root only): its program headers map the running
     addresses (link-time + KASLR shift) to file offsets."""
-    import struct
-
     from atomwatch.introspection import guest_agent
 
     shift = kallsyms.running_text(kallsyms_text) - kallsyms.DEFAULT_TEXT

@@ -301,6 +301,15 @@ def test_cli_bad_input_is_named_without_a_traceback(tmp_path, args, message):
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cli_names_a_truncated_kernel_and_one_without_btf(tmp_path, vmlinux):
+    cut = tmp_path / "vmlinux-cut"
+    cut.write_bytes(vmlinux[:100_000])
+    r = _atomwatch("symbols", "build", "--vmlinux", str(cut), "--symbols", str(tmp_path))
+    assert r.returncode == 2 and "truncated or malformed ELF file" in r.stderr and "Traceback" not in r.stderr
+    r = _atomwatch("symbols", "build", "--vmlinux", sys.executable, "--symbols", str(tmp_path))
+    assert r.returncode == 2 and "no .BTF section" in r.stderr and "Traceback" not in r.stderr
+
+
 # --- on a real guest ----------------------------------------------------------------------------
 
 PLUGINS = ["linux.pslist", "linux.lsmod", "linux.sockstat", "linux.proc.Maps"]
