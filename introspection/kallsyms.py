@@ -9,8 +9,8 @@ Volatility wants them (it finds the KASLR shift itself):
   minus the link-time ``_text`` (per-CPU offsets, below the kernel's range, are not shifted);
 * :func:`from_vmlinux` — the compressed tables ``CONFIG_KALLSYMS`` puts in ``.rodata``
   (``kallsyms_offsets``, ``kallsyms_relative_base``, ``kallsyms_num_syms``, ``kallsyms_names``,
-  ``kallsyms_token_table``, ``kallsyms_token_index``, in that order as kernels up to 6.x lay them
-  out), found by their shape, decoded, and checked against the ``linux_banner`` string.
+  ``kallsyms_token_table``, in the order 6.1 lays them out), found by their shape, decoded, and
+  checked against the ``linux_banner`` string.
 
 What does not live here: types (:mod:`atomwatch.introspection.btf`), the ISF
 (:mod:`atomwatch.introspection.isf_from_btf`).
@@ -36,18 +36,13 @@ class SymbolsError(ValueError):
 _LINE = re.compile(r"^([0-9a-fA-F]{1,16})\s+(\S)\s+(\S+)(\s+\[[^\]]+\])?\s*$")
 
 
-def _parse_nm(text: str, what: str) -> tuple[Symbols, int]:
+def _parse_nm(text: str) -> Symbols:
     syms: Symbols = {}
-    modules = 0
     for line in text.splitlines():
         m = _LINE.match(line)
-        if not m:
-            continue
-        if m.group(4):  # a module's symbol: not in the kernel image
-            modules += 1
-            continue
-        syms.setdefault(m.group(3), (int(m.group(1), 16), m.group(2)))
-    return syms, modules
+        if m and not m.group(4):  # group 4: a module's symbol, not in the kernel image
+            syms.setdefault(m.group(3), (int(m.group(1), 16), m.group(2)))
+    return syms
 
 
 def parse_system_map(text: str, what: str = "System.map") -> Symbols:
@@ -57,7 +52,7 @@ def parse_system_map(text: str, what: str = "System.map") -> Symbols:
             f"{what} is Debian's placeholder (the real one is in the -dbg package); "
             "build from the kernel image's own kallsyms instead (leave out --system-map)"
         )
-    syms, _ = _parse_nm(text, what)
+    syms = _parse_nm(text)
     if "_text" not in syms:
         raise SymbolsError(f"{what}: no '_text' symbol among {len(syms)} lines read: not a System.map?")
     return syms
@@ -65,7 +60,7 @@ def parse_system_map(text: str, what: str = "System.map") -> Symbols:
 
 def parse_proc_kallsyms(text: str, link_text: int = DEFAULT_TEXT, what: str = "/proc/kallsyms") -> Symbols:
     """A running kernel's ``/proc/kallsyms`` (read as root), shifted back to link-time addresses."""
-    syms, _ = _parse_nm(text, what)
+    syms = _parse_nm(text)
     if "_text" not in syms:
         raise SymbolsError(f"{what}: no '_text' symbol among {len(syms)} lines: not a kallsyms listing?")
     running = syms["_text"][0]
@@ -77,7 +72,7 @@ def parse_proc_kallsyms(text: str, link_text: int = DEFAULT_TEXT, what: str = "/
 
 def running_text(text: str) -> int:
     """The running ``_text`` of a ``/proc/kallsyms`` listing (0 when read without root)."""
-    syms, _ = _parse_nm(text, "/proc/kallsyms")
+    syms = _parse_nm(text)
     return syms.get("_text", (0, ""))[0]
 
 
@@ -90,7 +85,7 @@ def from_vmlinux(image: bytes, what: str = "vmlinux") -> Symbols:
     if not any(v >= 0xFFFF800000000000 for v, _, _ in loads):
         raise SymbolsError(f"{what}: no loadable segment in the kernel's address range: not a kernel image")
     text = link_text(image)
-    table, index_of = _token_table(rodata, what)
+    table = _token_table(rodata, what)
     base = struct.pack("<Q", text)
     tried = 0
     for m in re.finditer(re.escape(base), rodata):
@@ -107,7 +102,7 @@ def from_vmlinux(image: bytes, what: str = "vmlinux") -> Symbols:
     )
 
 
-def _token_table(rodata: bytes, what: str) -> tuple[list[bytes], int]:
+def _token_table(rodata: bytes, what: str) -> list[bytes]:
     """The 256 tokens (bytes) of ``kallsyms_token_table``, found by its run of one-digit tokens."""
     digits = b"".join(bytes([c]) + b"\0" for c in b"0123456789")
     for m in re.finditer(re.escape(digits), rodata):
@@ -135,7 +130,7 @@ def _token_table(rodata: bytes, what: str) -> tuple[list[bytes], int]:
             tokens.append(rodata[q:e])
             q = e + 1
         if len(tokens) == 256 and all(tokens) and tokens[0x30] == b"0":
-            return tokens, p
+            return tokens
     raise SymbolsError(f"{what}: no kallsyms token table in .rodata (kernel built without CONFIG_KALLSYMS?)")
 
 
