@@ -34,8 +34,14 @@ fi
 $SUDO mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt /var/cache/libvirt
 
 running() { pgrep -x "$1" >/dev/null 2>&1; }
-running virtlogd || $SUDO virtlogd -d
-running libvirtd || $SUDO libvirtd -d
+# The daemons must not inherit this script's open files: run as `flock /tmp/atomwatch-lab.lock
+# bash .ci/lab-setup.sh`, a daemon would keep the lock's descriptor, and the lab lock would stay
+# held for as long as libvirtd runs. Start them with every descriptor above 2 closed.
+daemon() {
+    bash -c 'for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done; exec "$@"' daemon $SUDO "$@"
+}
+running virtlogd || daemon virtlogd -d
+running libvirtd || daemon libvirtd -d
 
 i=0
 until virsh -c qemu:///system list >/dev/null 2>&1; do

@@ -9,6 +9,8 @@ Used on the agent's side (it runs where the memory is); imports only the core. W
 * :mod:`.plugins_choice` — blamed metrics → Volatility plugins;
 * :mod:`.suspects` — ranking processes against a healthy baseline of the same VM, with evidence;
 * :mod:`.pipeline` — one introspection end to end, and the per-VM baseline store;
+* :mod:`.btf`, :mod:`.kallsyms`, :mod:`.isf_from_btf`, :mod:`.symbols` — Volatility symbol tables
+  built from a kernel's BTF and symbol addresses (package, vmlinux or running guest), kept by banner;
 * :mod:`.guest_agent` — list processes and terminate one through the QEMU guest agent, refusing
   when PID, name or start time no longer match.
 

@@ -9,6 +9,7 @@ finding saw: a PID reused by another process is never killed. The check is made 
 here, to give the reason, and again inside the guest in the same shell line as the ``kill``, so
 the window for reuse is a few milliseconds of one shell. Success is reported only after the
 process is verified gone (no such PID, a different process under it, or a zombie awaiting reaping).
+:func:`read_file` reads one guest file whole (``guest-file-read``; the BTF symbol builder uses it).
 
 What does not live here: the choice of the process (:mod:`atomwatch.introspection.suspects`).
 """
@@ -141,6 +142,35 @@ def exec_in_guest(dom: Any, path: str, args: list[str], timeout: float = 20.0) -
         if time.monotonic() > deadline:
             raise GuestAgentError(f"{dom.name()}: {path} {' '.join(args)} still runs after {timeout:.0f} s")
         time.sleep(0.02)
+
+
+def read_file(dom: Any, path: str, limit: int = 64 << 20, offset: int = 0, size: int | None = None) -> bytes:
+    """The bytes of a file in the guest (``guest-file-open``/``seek``/``read``/``close``): all of it
+    up to ``limit``, or ``size`` bytes from ``offset`` (``/proc/kcore``'s offsets are kernel
+    addresses, beyond what a signed seek reaches on some systems: it is only sought when nonzero)."""
+    handle = agent_command(dom, {"execute": "guest-file-open", "arguments": {"path": path, "mode": "r"}})
+    chunks: list[bytes] = []
+    got = 0
+    want = limit if size is None else size
+    try:
+        if offset:
+            agent_command(
+                dom, {"execute": "guest-file-seek", "arguments": {"handle": handle, "offset": offset, "whence": "set"}}
+            )
+        while got < want:
+            # libvirt carries the reply as one string of at most 4 MiB: 2 MiB is 2.7 MiB in base64
+            count = min(2 << 20, want - got) if size is not None else 2 << 20
+            r = agent_command(dom, {"execute": "guest-file-read", "arguments": {"handle": handle, "count": count}})
+            data = base64.b64decode(r.get("buf-b64", ""))
+            chunks.append(data)
+            got += len(data)
+            if size is None and got > limit:
+                raise GuestAgentError(f"{dom.name()}: {path} is over {limit >> 20} MiB")
+            if r.get("eof") or not data:
+                break
+    finally:
+        agent_command(dom, {"execute": "guest-file-close", "arguments": {"handle": handle}})
+    return b"".join(chunks)
 
 
 def parse_stat(line: str) -> Process | None:

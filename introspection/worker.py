@@ -262,7 +262,8 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
                     "event": "error",
                     "kind": "no-symbols",
                     "banner": banner,
-                    "message": f"no symbol table for banner {banner!r} in {', '.join(req['symbol_dirs'])}",
+                    "message": f"no symbol table for banner {banner!r} in {', '.join(req['symbol_dirs'])} "
+                    "(a kernel with BTF needs no debug package: atomwatch symbols build --domain VM)",
                 }
             results[name] = {"error": f"requirements not met: {', '.join(sorted(e.unsatisfied))}", "rows": []}
             continue

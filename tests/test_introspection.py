@@ -137,6 +137,7 @@ def test_a_kernel_without_symbols_names_its_banner(guest):
     with pytest.raises(NoSymbols, match=r"^no symbol table for banner 'Linux version 6\.1\.0-56-cloud-amd64 ") as e:
         introspect(conn, dom.name(), ["CPUUtilization"], _cfg(STATE["work"], empty))
     assert e.value.banner.endswith("(2026-11-16)")
+    assert "atomwatch symbols build --domain" in str(e.value)  # what to do about it
     assert not list((STATE["work"] / "dumps").iterdir())  # the dump is deleted on failure too
 
 
