@@ -95,6 +95,8 @@ class Agent:
         #: the Δ last asked for each alias (in force from the series' next round)
         self.deltas = np.zeros(0)
         self._controller_online: bool | None = None
+        #: a tick was kept (not published live) since the last birth: the next live message is a birth
+        self._kept_since_birth = False
         #: each controller of the site heard since connecting → online (any online: someone hears)
         self._controllers: dict[str, bool] = {}
         self.session = 0
@@ -260,8 +262,11 @@ class Agent:
                 # out, retained, for a controller to find the host by
                 if self.need_birth:
                     await self._publish_birth_locked()
+                # kept after the birth: the controller's live copy misses this tick, so the live
+                # stream resumes with a new birth (its values include every kept tick's)
+                self._kept_since_birth = True
                 return None
-            if self.need_birth:
+            if self.need_birth or self._kept_since_birth:
                 if await self._publish_birth_locked():
                     return ("birth", self.session, self.stats["births"])
                 return None
@@ -295,7 +300,7 @@ class Agent:
             backlog=len(self.backlog),
         )
         if await self._publish(protocol.birth_topic(self.config.site, self.config.host), birth, qos=1, retain=True):
-            self.need_birth = False
+            self.need_birth = self._kept_since_birth = False
             self.stats["births"] += 1
             # the controller is right again from here: a later outage starts a new segment
             self.backlog.close_segment()
@@ -483,7 +488,8 @@ class Agent:
         async def on_connect(client: aiomqtt.Client) -> None:
             self._controller_online = None
             self._controllers.clear()
-            await subscribe(client, [protocol.cmd_topic(cfg.site, cfg.host, "+"), protocol.state_filter(cfg.site)])
+            filters = [protocol.cmd_topic(cfg.site, cfg.host, "+"), protocol.state_filter(cfg.site)]
+            await subscribe(client, filters, cfg.broker.qos)
             async with self.publish_lock:
                 self.client = client
                 self.session = next_session

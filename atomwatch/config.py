@@ -167,6 +167,14 @@ class BrokerAddress:
         user = f"{self.username}@" if self.username else ""
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
+    @property
+    def qos(self) -> int:
+        """The QoS to subscribe with: 1 on one broker; 0 on a cluster, where NATS backs each QoS 1
+        subscription with a stored consumer that a node's death can silently take away (the
+        subscriber stays connected and deaf), while sequence numbers, rebirths and the agents'
+        backlog already make up for a message lost to a connection's end (``docs/scale.md``)."""
+        return 0 if self.others else 1
+
     def nodes(self) -> list[BrokerAddress]:
         """One address per node of the cluster, the first one first (just this one when alone)."""
         return [self] + [replace(self, host=h, port=p, others=()) for h, p in self.others]

@@ -167,7 +167,9 @@ async def stay_connected(
                     password=broker.password,
                     tls_context=tls_context,
                     logger=paho_log,
-                    identifier=identifier,
+                    # a cluster's node may hold the previous session's record where a dead node
+                    # left it (NATS waits on it for seconds): each connection is a new session
+                    identifier=identifier if len(nodes) == 1 else f"{identifier}-{random.getrandbits(32):08x}",
                     will=will(),
                     keepalive=keepalive,
                     max_queued_outgoing_messages=10000,

@@ -529,10 +529,10 @@ class Controller:
             )
 
         async def on_connect(client: aiomqtt.Client) -> None:
-            await subscribe(
-                client,
-                [f for site in cfg.sites for f in protocol.agent_filters(site) + protocol.controller_filters(site)],
-            )
+            await subscribe(client, [f for site in cfg.sites for f in protocol.agent_filters(site)], cfg.broker.qos)
+            # the other controllers at QoS 0: beats are sent so, and a clustered broker serves a
+            # QoS 0 subscription at once (NATS backs each QoS 1 one with a replicated consumer)
+            await subscribe(client, [f for site in cfg.sites for f in protocol.controller_filters(site)], qos=0)
             self.client = client
             for site in cfg.sites:
                 await client.publish(

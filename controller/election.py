@@ -35,10 +35,11 @@ from atomwatch import protocol
 
 #: seconds between two heartbeats of a controller
 BEAT = 1.0
-#: a member whose last beat is older than this is dead (three beats missed)
-DEAD_AFTER = 3.0
-#: seconds after connecting before a standby may take over (retained states and beats heard)
-SETTLE = 1.5 * BEAT
+#: a member whose last beat is older than this is dead (five beats missed: a busy process may
+#: stall a few seconds; a killed one is seen at once, by its last will)
+DEAD_AFTER = 5.0
+#: seconds after subscribing before a standby may take over (retained states and two beats heard)
+SETTLE = 2.5 * BEAT
 
 
 @dataclass
