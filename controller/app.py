@@ -121,7 +121,9 @@ class Controller:
         self.detectors = DetectorSet(factories, config.options)
         #: which sites this controller acts on (hot standby, --rank); a standby reads the alarms file
         self.election = Election(config.name, config.rank, config.sites)
-        self.ingest.presence.append(lambda t, msg: self.election.heard(t.site, msg))
+        self.ingest.presence.append(self._heard)
+        #: set when another controller's state or beat changes something: decide at once
+        self._role_wake = asyncio.Event()
         self.commands.standby = self._standby_reason
         self.alarms = AlarmStore(
             config.db,
@@ -235,6 +237,12 @@ class Controller:
             f"; the active one is {peer}" if peer else "; no controller is active there yet"
         )
 
+    def _heard(self, topic: protocol.Topic, msg: protocol.State) -> None:
+        before = self.election.members.get(topic.site, {}).get(msg.controller)
+        self.election.heard(topic.site, msg)
+        if before is None or (before.online, before.active) != (msg.online, msg.active):
+            self._role_wake.set()  # (a will saying offline: the standby takes over now)
+
     def _state(self, site: str, online: bool = True, beat: bool = False) -> protocol.State:
         kind = protocol.Beat if beat else protocol.State
         return kind(
@@ -289,7 +297,8 @@ class Controller:
                             )
                 except aiomqtt.MqttError:
                     pass  # the connection loop says it and reconnects
-            await wait_or_timeout(self.stopping, BEAT / 4)
+            await wait_or_timeout(self._role_wake, BEAT / 4)
+            self._role_wake.clear()
 
     def _hold(self, anomaly: Anomaly, columns: Any, values: Any) -> None:
         now = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import aiomqtt
 import pytest
@@ -327,3 +328,31 @@ async def test_rows_held_for_a_history_that_never_comes_go_on_in_order_when_rows
         await asyncio.sleep(0.01)
     assert [r.values[0] for r in rows] == [10.0, 11.0, 12.0] and [r.index for r in rows] == [0, 1, 2]
     controller.alarms.shutdown()
+
+
+async def test_live_data_after_ticks_kept_since_the_birth_resumes_with_a_new_birth(mosquitto, site):
+    """An agent that (re)connects publishes its birth before it has heard a controller's state;
+    the ticks it keeps meanwhile go out as history, so the controller's live copy lacks them:
+    the live stream must resume with a birth holding every kept tick's values, never with data
+    relative to values the controller never got (seen on a clustered broker after a node died)."""
+    collector = Spiking()
+    pm = PluginManager()
+    pm.register(SpikePlugin(collector), name="test-spike")
+    address = BrokerAddress.parse(mosquitto.url)
+    agent = Agent(AgentConfig(broker=address, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=60.0), pm)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.connected.wait(), 10)
+        assert agent._controller_online is not True, "no controller on this site"
+        key = Spiking.key
+        collector.spike = True
+        await agent.tick()  # 99 %: kept, not published (no controller is known to hear it)
+        assert len(agent.backlog) >= 1
+        alias = agent.table.keys.index(key)
+        agent._controller_online = True  # as the controller's retained online state says
+        published = await agent._publish_tick(time.time(), [], [], [])
+        assert published is not None and published[0] == "birth", "a birth first, not data"
+        assert float(agent.tracker.g[alias]) == 99.0, "the birth carries the kept tick's value"
+    finally:
+        agent.stop()
+        await task
