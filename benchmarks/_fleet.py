@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             online.set()
             births_wanted.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fleet-{args.first}-{session}")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fleet-{args.site}-{args.first}-{session}")
     client.max_inflight_messages_set(65535)
     client.max_queued_messages_set(0)
     client.on_message = on_message
