@@ -260,13 +260,14 @@ class AlarmStore(_FileReads, _Writer):
     def writable(self) -> bool:
         return not self.readonly and not self._closed
 
-    def take_over(self, gap: float) -> None:
+    def take_over(self, gap: float, actor: str = "controller") -> None:
         """Become the file's writer (a standby made active): take its lock, load its open and
         malicious alarms as the previous writer left them. Their row numbers are that
         controller's, so an anomaly extends one of them when its row came at most ``gap``
         seconds after the alarm's last change, and is skipped when it came no later (the
-        previous writer recorded that row). Waits for the disk: call it off the event loop.
-        Raises :class:`ConfigError` while another controller holds the file (try again)."""
+        previous writer recorded that row). Each gets ``taken-over`` in its trail, by ``actor``.
+        Waits for the disk: call it off the event loop. Raises :class:`ConfigError` while another
+        controller holds the file (try again)."""
         if not self.readonly or self.memory or self._closed:
             return
         self._take_lock()
@@ -287,6 +288,9 @@ class AlarmStore(_FileReads, _Writer):
                     self._live.clear()
                     if reader is not None:
                         self._load(reader)
+                    now = time.time()
+                    for alarm_id in self._live.values():
+                        self._log(alarm_id, actor, "taken-over", {"controller": actor}, now)
         except BaseException:
             self.readonly = True
             self._close_connections()

@@ -37,7 +37,6 @@ import os
 import pstats
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,11 +61,12 @@ from .commands import AgentCommands
 from .config import ControllerConfig
 from .delta_push import DeltaPush
 from .detection import DetectorSet
-from .election import BEAT, DEAD_AFTER, Election
+from .election import Election
 from .handle import PluginHandle
 from .history import History
 from .ingest import HostState, Ingest
 from .scopes import ScopeRows
+from .standby import Roles, site_of, takeover_gap
 from .timing import TickTiming
 from .verdicts import Verdicts, alarm_rows
 
@@ -74,9 +74,6 @@ log = logging.getLogger(__name__)
 
 #: rows = "data": rows taken while this many still wait for detection are skipped (and counted)
 MAX_PENDING_ROWS = 100
-#: a standby keeps the anomalies it found this many seconds (at most HELD_MAX), to record on taking over
-HELD_FOR = 60.0
-HELD_MAX = 10_000
 
 # re-exported: older code imports these from here
 __all__ = ["Controller", "CommandFailed", "Progress", "alarm_rows"]
@@ -121,10 +118,6 @@ class Controller:
         self.detectors = DetectorSet(factories, config.options)
         #: which sites this controller acts on (hot standby, --rank); a standby reads the alarms file
         self.election = Election(config.name, config.rank, config.sites)
-        self.ingest.presence.append(self._heard)
-        #: set when another controller's state or beat changes something: decide at once
-        self._role_wake = asyncio.Event()
-        self.commands.standby = self._standby_reason
         self.alarms = AlarmStore(
             config.db,
             merge_gap=config.merge_gap,
@@ -133,8 +126,6 @@ class Controller:
             pending_max=config.alarm_pending,
             readonly=self.election.enabled and config.db != ":memory:",
         )
-        #: a standby's anomalies of late (monotonic time found, anomaly, columns, values)
-        self.held: deque[tuple[float, Anomaly, Any, Any]] = deque()
         #: the last status of every detector of every scope (written after each tick)
         self.scope_status: dict[str, ScopeStatus] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -151,6 +142,17 @@ class Controller:
             initializer=(lambda: self._profile_start("detect")) if self.profile_dir else None,
         )
         self.alarm_log = AlarmLog(config.alarm_log_every)
+        #: hot standby: what this controller does with the election's decision
+        self.roles = Roles(
+            self.election,
+            self.alarms,
+            takeover_gap(config.merge_gap, config.tick),
+            lambda: self.client,
+            self.spawn,
+            self._announce,
+        )
+        self.ingest.presence.append(self.roles.heard)
+        self.commands.standby = self.roles.standby_reason
         self.verdicts = Verdicts(
             self.alarms, lambda: self.detectors, self.executor, self.dispatch, alarm_log=self.alarm_log
         )
@@ -221,108 +223,15 @@ class Controller:
             sites = [self.alarms.get(alarm_id).scope.split("/", 1)[0]]
         except AlarmError:  # (not in the file yet, on a standby) said below, or by the verdict
             sites = list(self.config.sites)
-        why = next((w for w in map(self._standby_reason, sites) if w), None)
+        why = next((w for w in map(self.roles.standby_reason, sites) if w), None)
         if why:
             raise AlarmStoreUnavailable(f"alarm {alarm_id}: no verdict here: {why}")
         return await self.verdicts.give_verdict(alarm_id, verdict, actor, params)
 
-    # ------------------------------------------------------------------ hot standby
-
-    def _standby_reason(self, site: str) -> str | None:
-        """Why this controller may not act on ``site`` now (None: it may)."""
-        if self.election.is_active(site):
-            return None
-        peer = self.election.active_peer(site)
-        return f"this controller ({self.config.name}) is a standby on site {site}" + (
-            f"; the active one is {peer}" if peer else "; no controller is active there yet"
-        )
-
-    def _heard(self, topic: protocol.Topic, msg: protocol.State) -> None:
-        before = self.election.members.get(topic.site, {}).get(msg.controller)
-        self.election.heard(topic.site, msg)
-        if before is None or (before.online, before.active) != (msg.online, msg.active):
-            self._role_wake.set()  # (a will saying offline: the standby takes over now)
-
-    def _state(self, site: str, online: bool = True, beat: bool = False) -> protocol.State:
-        kind = protocol.Beat if beat else protocol.State
-        return kind(
-            online=online,
-            ts=time.time(),
-            controller=self.config.name,
-            rank=self.config.rank or 0,
-            active=online and self.election.is_active(site),
-        )
-
-    async def _role_loop(self) -> None:
-        """Decide the role on each site, publish beats and role changes; take the alarms file
-        over, or let it go, when the role changes; record what was held on taking over."""
-        next_beat = 0.0
-        while not self.stopping.is_set():
-            changed = self.election.decide()
-            for site, active in changed:
-                if active:
-                    log.warning("site %s: this controller (%s) is now the active one", site, self.config.name)
-                else:
-                    log.warning(
-                        "site %s: this controller (%s) is now a standby%s",
-                        site,
-                        self.config.name,
-                        f" ({self.election.active_peer(site)} is active)" if self.election.active_peer(site) else "",
-                    )
-            active_sites = [s for s in self.config.sites if self.election.is_active(s)]
-            if active_sites and not self.alarms.writable:
-                gap = (self.config.merge_gap + 1) * self.config.tick + DEAD_AFTER + BEAT
-                try:
-                    await asyncio.to_thread(self.alarms.take_over, gap)
-                except ConfigError as e:
-                    log.warning("cannot take the alarms file over yet (%s); anomalies are held meanwhile", e)
-            elif not active_sites and changed and self.alarms.writable and self.election.enabled:
-                await asyncio.to_thread(self.alarms.release)
-            if self.alarms.writable:
-                self._record_held()
-            client = self.client
-            if client is not None:
-                for site, _ in changed:  # (a task: a broker slow to store it must not hold the beats)
-                    state = protocol.encode(self._state(site))
-                    topic = protocol.state_topic(site, self.config.name)
-                    self.spawn(client.publish(topic, state, qos=1, retain=True), f"state of {site}")
-                try:
-                    if self.election.enabled and time.monotonic() >= next_beat:
-                        next_beat = time.monotonic() + BEAT
-                        for site in self.config.sites:
-                            await client.publish(
-                                protocol.beat_topic(site, self.config.name),
-                                protocol.encode(self._state(site, beat=True)),
-                                qos=0,
-                            )
-                except aiomqtt.MqttError:
-                    pass  # the connection loop says it and reconnects
-            await wait_or_timeout(self._role_wake, BEAT / 4)
-            self._role_wake.clear()
-
-    def _hold(self, anomaly: Anomaly, columns: Any, values: Any) -> None:
-        now = time.monotonic()
-        self.held.append((now, anomaly, columns, values))
-        while self.held and (now - self.held[0][0] > HELD_FOR or len(self.held) > HELD_MAX):
-            self.held.popleft()
-
-    def _record_held(self) -> None:
-        """Record the held anomalies of the sites this controller now acts on (in the order found;
-        the store skips rows the previous controller recorded)."""
-        keep: deque = deque()
-        while self.held:
-            item = self.held.popleft()
-            anomaly = item[1]
-            if not self.election.is_active(anomaly.scope.split("/", 1)[0]):
-                keep.append(item)
-                continue
-            try:
-                alarm, opened = self.alarms.record(anomaly, item[2], item[3])
-            except Exception:
-                log.exception("could not record the anomaly of %s on %s", anomaly.detector, anomaly.scope)
-                continue
-            self._announce(alarm, opened, anomaly)
-        self.held = keep
+    @property
+    def held(self):
+        """A standby's anomalies of late (:class:`.standby.Roles`)."""
+        return self.roles.held
 
     def add_findings(self, alarm_id: int, actor: str, finding: dict[str, Any]) -> Alarm:
         return self.verdicts.add_findings(alarm_id, actor, finding)
@@ -470,8 +379,8 @@ class Controller:
             for listener in self.anomaly_listeners:
                 listener(anomaly)
             columns, values = (row.columns, row.values) if row else (None, None)
-            if not (self.election.is_active(anomaly.scope.split("/", 1)[0]) and self.alarms.writable):
-                self._hold(anomaly, columns, values)  # a standby: recorded if it takes over
+            if not self.roles.acts_on(site_of(anomaly.scope)):
+                self.roles.hold(anomaly, columns, values)  # a standby: recorded if it takes over
                 continue
             try:  # in memory, at once: the store's writer thread writes it
                 alarm, opened = self.alarms.record(anomaly, columns, values)
@@ -481,8 +390,8 @@ class Controller:
             self._announce(alarm, opened, anomaly)
         if self.config.mu is not None:
             for row in rows:
-                if row.index % self.config.mu_every == self.config.mu_every - 1 and not self._standby_reason(
-                    row.scope.split("/", 1)[0]
+                if row.index % self.config.mu_every == self.config.mu_every - 1 and self.election.is_active(
+                    site_of(row.scope)
                 ):
                     self.spawn(self.push_deltas(row.scope), f"set-delta for {row.scope}")
 
@@ -532,7 +441,7 @@ class Controller:
         def will() -> aiomqtt.Will:
             # MQTT has one will per connection: it marks the first site offline (the other
             # controllers of the shard see the rest in the beats stopping; docs/scale.md)
-            offline = self._state(cfg.sites[0], online=False)
+            offline = self.roles.state(cfg.sites[0], online=False)
             return aiomqtt.Will(
                 protocol.state_topic(cfg.sites[0], cfg.name), protocol.encode(offline), qos=1, retain=True
             )
@@ -545,7 +454,7 @@ class Controller:
             self.client = client
             for site in cfg.sites:
                 await client.publish(
-                    protocol.state_topic(site, cfg.name), protocol.encode(self._state(site)), qos=1, retain=True
+                    protocol.state_topic(site, cfg.name), protocol.encode(self.roles.state(site)), qos=1, retain=True
                 )
             self.election.connected()  # subscribed: the others' retained states are on their way
             self.connected.set()
@@ -606,7 +515,7 @@ class Controller:
             self.http.start()
         conn = asyncio.create_task(self._connection_loop(), name="controller-connection")
         ticks = asyncio.create_task(self._tick_loop(), name="controller-ticks")
-        roles = asyncio.create_task(self._role_loop(), name="controller-roles")
+        roles = asyncio.create_task(self.roles.run(self.stopping), name="controller-roles")
         try:
             await self.stopping.wait()
         finally:
@@ -619,7 +528,7 @@ class Controller:
             if client is not None:
                 for site in self.config.sites:
                     try:
-                        state = self._state(site, online=False)
+                        state = self.roles.state(site, online=False)
                         await client.publish(
                             protocol.state_topic(site, self.config.name), protocol.encode(state), qos=1, retain=True
                         )
