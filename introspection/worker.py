@@ -33,6 +33,8 @@ import resource
 import sys
 import time
 import traceback
+import urllib.parse
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -187,130 +189,244 @@ class SharedJson:
         return getattr(json, name)
 
 
-def run(req: dict[str, Any]) -> dict[str, Any]:
-    t_start = time.monotonic()
-    sys.modules["jsonschema"] = None  # type: ignore[assignment]  (see the module docstring)
-    import volatility3
-    import volatility3.plugins
-    import volatility3.symbols
-    from volatility3 import framework, schemas
-    from volatility3.framework import (
-        automagic,
-        constants,
-        contexts,
-        exceptions,
-        plugins,
-    )
-    from volatility3.framework.automagic import stacker
-    from volatility3.framework.configuration import requirements
+class Session:
+    """One loaded Volatility context over one image: the symbol table loaded and the layers
+    stacked once (:meth:`load`), then any number of plugin runs (:meth:`plugins`) and task
+    listings (:meth:`tasks`) on it. A live image (the guest's own memory file, read while it runs)
+    is re-read on every run: :meth:`refresh` drops what Volatility memoised about its bytes."""
 
-    image = req["image"]
-    cache_dir = req["cache_dir"]
-    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-    default_cache = constants.CACHE_PATH
-    constants.CACHE_PATH = cache_dir
-    constants.OFFLINE = True
-    constants.REMOTE_ISF_URL = None
-    # the configured symbol directories, then Volatility's own generic tables (the ELF layer
-    # needs them) — never the user cache of downloaded symbols
-    base = [p for p in constants.SYMBOL_BASEPATHS if not p.startswith(default_cache)]
-    volatility3.symbols.__path__ = [os.path.abspath(d) for d in req["symbol_dirs"]] + base
-    if not req.get("validate_isf", False):
-        schemas.validate = lambda *_a, **_k: True  # trusted, operator-supplied ISF files
-    from volatility3.framework.symbols import intermed
+    def __init__(self, req: dict[str, Any]):
+        self.req = req
+        self.image = req["image"]
+        self.live = bool(req.get("live"))
+        self.ctx: Any = None
+        self.kernel_cfg: Any = None
+        self.kernel_name: str | None = None
+        self.banner: str | None = None
+        self.base_layers: set[str] = set()
+        self.timings: dict[str, float] = {}
+        self.runs = 0
 
-    shared_json = intermed.json = SharedJson()  # type: ignore[assignment]
-    framework.require_interface_version(2, 0, 0)
-    framework.import_files(volatility3.plugins, True)
-    classes = resolve_plugins(list(req["plugins"]))
-    timings_import = round(time.monotonic() - t_start, 3)
+    def setup(self) -> None:
+        """Import and configure Volatility (once per process)."""
+        t_start = time.monotonic()
+        req = self.req
+        sys.modules["jsonschema"] = None  # type: ignore[assignment]  (see the module docstring)
+        import volatility3
+        import volatility3.plugins
+        import volatility3.symbols
+        from volatility3 import framework, schemas
+        from volatility3.framework import automagic, constants, contexts
 
-    ctx = contexts.Context()
-    available = automagic.available(ctx)  # before choose_os_stackers, or the Linux stacker is left out
-    ctx.config["automagic.LayerStacker.single_location"] = requirements.URIRequirement.location_from_file(image)
-    kernel_cfg = None
-    kernel_name = None
-    results: dict[str, Any] = {}
-    timings: dict[str, float] = {"import": timings_import}
-    banner = None
-    for i, (name, cls) in enumerate(classes.items()):
+        cache_dir = req["cache_dir"]
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        default_cache = constants.CACHE_PATH
+        constants.CACHE_PATH = cache_dir
+        constants.OFFLINE = True
+        constants.REMOTE_ISF_URL = None
+        # the configured symbol directories, then Volatility's own generic tables (the ELF layer
+        # needs them) — never the user cache of downloaded symbols
+        base = [p for p in constants.SYMBOL_BASEPATHS if not p.startswith(default_cache)]
+        volatility3.symbols.__path__ = [os.path.abspath(d) for d in req["symbol_dirs"]] + base
+        if not req.get("validate_isf", False):
+            schemas.validate = lambda *_a, **_k: True  # trusted, operator-supplied ISF files
+        from volatility3.framework.symbols import intermed
+
+        self.shared_json = intermed.json = SharedJson()  # type: ignore[assignment]
+        framework.require_interface_version(2, 0, 0)
+        framework.import_files(volatility3.plugins, True)
+        self.ctx = contexts.Context()
+        self.available = automagic.available(self.ctx)  # before choose_os_stackers, or the Linux stacker is left out
+        self.timings["import"] = round(time.monotonic() - t_start, 3)
+
+    def load(self, first: str | None = None) -> dict[str, Any] | None:
+        """Stack the layers and load the symbol table by constructing plugin ``first`` (default
+        ``linux.pslist``); an error result when the image has no usable kernel, else None."""
+        if self.ctx is None:
+            self.setup()
+        if self.kernel_cfg is not None:
+            return None
+        from volatility3.framework.configuration import requirements
+
+        self.ctx.config["automagic.LayerStacker.single_location"] = requirements.URIRequirement.location_from_file(
+            self.image
+        )
+        name = first or "linux.pslist"
+        cls = resolve_plugins([name])[name]
         t0 = time.monotonic()
-        emit({"event": "progress", "stage": "plugin", "plugin": name, "index": i, "of": len(classes)})
+        plugin, error = self._construct(name, cls)
+        if error is not None:
+            return error
+        self.timings["load"] = round(time.monotonic() - t0, 3)
+        emit({"event": "progress", "stage": "loaded", "banner": self.banner, "seconds": self.timings["load"]})
+        if self.live:
+            self._unbuffered()
+        self.base_layers = set(self.ctx.layers)
+        self.pending = (name, plugin)
+        return None
+
+    def _construct(self, name: str, cls: Any) -> tuple[Any, dict[str, Any] | None]:
+        from volatility3.framework import automagic, exceptions, plugins
+        from volatility3.framework.automagic import stacker
+
+        ctx = self.ctx
         path = "plugins." + cls.__name__
         if ctx.config.get("automagic.LayerStacker.stackers", None) is None:
             ctx.config["automagic.LayerStacker.stackers"] = stacker.choose_os_stackers(cls)
-        if kernel_cfg is not None:
-            ctx.config.splice(path + ".kernel", kernel_cfg)
-            ctx.config[path + ".kernel"] = kernel_name
+        if self.kernel_cfg is not None:
+            ctx.config.splice(path + ".kernel", self.kernel_cfg)
+            ctx.config[path + ".kernel"] = self.kernel_name
         try:
             plugin = plugins.construct_plugin(
-                ctx, automagic.choose_automagic(available, cls), cls, "plugins", None, None
+                ctx, automagic.choose_automagic(self.available, cls), cls, "plugins", None, None
             )
         except exceptions.UnsatisfiedException as e:
-            if kernel_cfg is None:
-                unsatisfied = ", ".join(sorted(e.unsatisfied))
-                if shared_json.memory_errors:
-                    raise MemoryError(f"loading the symbol table ({unsatisfied})") from None
-                banner = find_banner(image)
-                if banner is None:
-                    return {
-                        "event": "error",
-                        "kind": "no-kernel",
-                        "message": f"no Linux kernel banner in {image}: not a Linux memory image? ({unsatisfied})",
-                    }
-                return {
+            unsatisfied = ", ".join(sorted(e.unsatisfied))
+            if self.kernel_cfg is not None:
+                return None, {"error": f"requirements not met: {unsatisfied}", "rows": []}
+            if self.shared_json.memory_errors:
+                raise MemoryError(f"loading the symbol table ({unsatisfied})") from None
+            banner = find_banner(self.image)
+            if banner is None:
+                return None, {
                     "event": "error",
-                    "kind": "no-symbols",
-                    "banner": banner,
-                    "message": f"no symbol table for banner {banner!r} in {', '.join(req['symbol_dirs'])}",
+                    "kind": "no-kernel",
+                    "message": f"no Linux kernel banner in {self.image}: not a Linux memory image? ({unsatisfied})",
                 }
-            results[name] = {"error": f"requirements not met: {', '.join(sorted(e.unsatisfied))}", "rows": []}
-            continue
-        if kernel_cfg is None:
-            kernel_cfg = ctx.config.branch(path + ".kernel")
-            kernel_name = plugin.config.get("kernel", None)
-            banner = str(kernel_cfg.get("layer_name.kernel_banner", "")).strip("\x00\n ") or None
-            timings["load"] = round(time.monotonic() - t0, 3)
-            emit({"event": "progress", "stage": "loaded", "banner": banner, "seconds": timings["load"]})
-        t1 = time.monotonic()
+            return None, {
+                "event": "error",
+                "kind": "no-symbols",
+                "banner": banner,
+                "message": f"no symbol table for banner {banner!r} in {', '.join(self.req['symbol_dirs'])}",
+            }
+        if self.kernel_cfg is None:
+            self.kernel_cfg = ctx.config.branch(path + ".kernel")
+            self.kernel_name = plugin.config.get("kernel", None)
+            self.banner = str(self.kernel_cfg.get("layer_name.kernel_banner", "")).strip("\x00\n ") or None
+        return plugin, None
+
+    def _unbuffered(self) -> None:
+        """Give the file layers of a live image an unbuffered file: a buffered reader may answer a
+        read from bytes it fetched earlier, which the running guest has since changed."""
+        from volatility3.framework.layers import physical
+
+        for layer in self.ctx.layers.values():
+            if isinstance(layer, physical.FileLayer) and layer.location.startswith("file:"):
+                path = urllib.request.url2pathname(urllib.parse.urlparse(layer.location).path)
+                old = getattr(layer, "_file_", None)
+                layer._file_ = open(path, "rb", buffering=0)  # noqa: SIM115 (the layer owns it)
+                if old is not None:
+                    old.close()
+
+    def refresh(self) -> None:
+        """Before a run on a live image: forget the layers the last run added (process address
+        spaces) and every read, page-table walk and translation Volatility memoised (``lru_cache``
+        on its classes, shared by all instances) — the guest has run since."""
+        for name in list(self.ctx.layers):
+            if name not in self.base_layers:
+                self.ctx.layers.del_layer(name)
+        for mod_name, mod in list(sys.modules.items()):
+            if not mod_name.startswith("volatility3") or mod is None:
+                continue
+            for obj in list(vars(mod).values()):
+                if isinstance(obj, type) and obj.__module__ == mod_name:
+                    for attr in vars(obj).values():
+                        clear = getattr(attr, "cache_clear", None)
+                        if clear is not None:
+                            clear()
+                elif callable(getattr(obj, "cache_clear", None)):
+                    obj.cache_clear()
+
+    def check(self) -> str | None:
+        """Why the loaded context no longer fits the image (the guest rebooted into another kernel
+        or another layout), or None: the kernel's ``linux_banner`` must read as it did at load."""
         try:
+            kernel = self.ctx.modules[self.kernel_name]
+            text = kernel.object_from_symbol("linux_banner").cast("string", max_length=400, errors="replace")
+        except Exception as e:  # the page tables moved: nothing reads
+            return f"the kernel banner no longer reads ({type(e).__name__})"
+        if self.banner and text.strip("\x00\n ") != self.banner:
+            return "the kernel banner changed"
+        return None
+
+    def plugins(self, names: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
+        """Run ``names`` on the loaded context: (results, timings)."""
+        classes = resolve_plugins(list(names))
+        results: dict[str, Any] = {}
+        timings: dict[str, float] = {}
+        if self.live and self.runs:
+            self.refresh()
+        self.runs += 1
+        for i, (name, cls) in enumerate(classes.items()):
+            emit({"event": "progress", "stage": "plugin", "plugin": name, "index": i, "of": len(classes)})
+            pending = getattr(self, "pending", None)
+            if pending is not None and pending[0] == name:
+                plugin, self.pending = pending[1], None
+            else:
+                plugin, error = self._construct(name, cls)
+                if error is not None:
+                    results[name] = error
+                    continue
+            t1 = time.monotonic()
             try:
-                rows = grid_rows(plugin.run())
-            except AttributeError as e:
-                if i == 0 or "has no attribute" not in str(e):
-                    raise
-                # a template an earlier plugin resolved lacks the class this plugin attaches:
-                # forget the resolved templates (costly, so only when needed) and run it again
-                forget_resolved_types(ctx)
-                rows = grid_rows(plugin.run())
-            results[name] = {"rows": rows}
-        except MemoryError:  # its objects are freed now: the next plugin may fit
-            limit = int(req.get("memory_limit") or 0) >> 20
-            results[name] = {
-                "error": f"ran out of the memory limit ({limit} MiB, introspection.memory_mib)",
-                "rows": [],
-            }
-        except Exception as e:  # one plugin failing must not lose the others
-            results[name] = {"error": f"{type(e).__name__}: {e}", "rows": []}
-        timings[name] = round(time.monotonic() - t1, 3)
-        emit(
-            {
-                "event": "progress",
-                "stage": "done",
-                "plugin": name,
-                "rows": len(results[name]["rows"]),
-                "seconds": timings[name],
-            }
-        )
-    t2 = time.monotonic()
-    tasks = task_facts(ctx, kernel_name) if kernel_name else []
-    timings["tasks"] = round(time.monotonic() - t2, 3)
+                try:
+                    rows = grid_rows(plugin.run())
+                except AttributeError as e:
+                    if "has no attribute" not in str(e):
+                        raise
+                    # a template an earlier plugin resolved lacks the class this plugin attaches:
+                    # forget the resolved templates (costly, so only when needed) and run it again
+                    forget_resolved_types(self.ctx)
+                    rows = grid_rows(plugin.run())
+                results[name] = {"rows": rows}
+            except MemoryError:  # its objects are freed now: the next plugin may fit
+                limit = int(self.req.get("memory_limit") or 0) >> 20
+                results[name] = {
+                    "error": f"ran out of the memory limit ({limit} MiB, introspection.memory_mib)",
+                    "rows": [],
+                }
+            except Exception as e:  # one plugin failing must not lose the others
+                results[name] = {"error": f"{type(e).__name__}: {e}", "rows": []}
+            timings[name] = round(time.monotonic() - t1, 3)
+            emit(
+                {
+                    "event": "progress",
+                    "stage": "done",
+                    "plugin": name,
+                    "rows": len(results[name]["rows"]),
+                    "seconds": timings[name],
+                }
+            )
+        self.pending = None
+        return results, timings
+
+    def tasks(self, fresh: bool = False) -> tuple[list[dict[str, Any]], float]:
+        """The task facts (:func:`task_facts`) and the seconds they took; ``fresh``: re-read a
+        live image from scratch first (the guest ran since the plugins read it)."""
+        if fresh and self.live:
+            self.refresh()
+        t2 = time.monotonic()
+        tasks = task_facts(self.ctx, self.kernel_name) if self.kernel_name else []
+        return tasks, round(time.monotonic() - t2, 3)
+
+
+def run(req: dict[str, Any]) -> dict[str, Any]:
+    """One request, one image, every plugin: the one-shot worker."""
+    t_start = time.monotonic()
+    session = Session(req)
+    session.setup()
+    classes = resolve_plugins(list(req["plugins"]))
+    error = session.load(next(iter(classes)))
+    if error is not None:
+        return error
+    results, timings = session.plugins(list(classes))
+    tasks, timings["tasks"] = session.tasks()
     return {
         "event": "result",
-        "banner": banner,
+        "banner": session.banner,
         "plugins": results,
         "tasks": tasks,
-        "timings": timings,
+        "timings": {**session.timings, **timings, "tasks": timings["tasks"]},
         "seconds": round(time.monotonic() - t_start, 3),
     }
 
@@ -334,6 +450,81 @@ def die_with_parent(parent: int) -> None:
         os._exit(3)
 
 
+class Lines:
+    """JSON requests, one a line, read from fd 0 unbuffered (a buffered reader would hold back
+    what it read ahead from the next ``select``)."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def next(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next request; None when stdin closed or nothing came within ``timeout`` s."""
+        import select
+
+        while b"\n" not in self.buf:
+            ready, _, _ = select.select([0], [], [], timeout)
+            if not ready:
+                return None
+            chunk = os.read(0, 1 << 16)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+
+def serve(first: dict[str, Any], lines: Lines) -> int:
+    """Serve requests, one JSON line each, on one loaded context until stdin closes or nothing
+    comes for ``idle`` seconds (the warm worker of one guest, :mod:`atomwatch.introspection.warm`).
+
+    ``{"op": "load", …}`` (the first request: the one-shot request's fields without ``plugins``,
+    plus ``live``, ``idle`` and ``first``, the plugin to stack the layers for) loads the context, or
+    checks that the loaded one still fits the image (an ``error`` of kind ``stale`` when the guest
+    rebooted into another kernel or layout: the agent then starts a new worker);
+    ``{"op": "plugins", "plugins": […]}`` runs plugins; ``{"op": "tasks", "fresh": bool}`` lists the
+    tasks. Each is answered by progress lines and one ``result`` or ``error`` line."""
+    session = Session(first)
+    idle = float(first.get("idle") or 600.0)
+    req: dict[str, Any] | None = first
+    while True:
+        if req is None:
+            try:
+                req = lines.next(idle)
+            except ValueError as e:
+                emit({"event": "error", "kind": "bad-request", "message": f"worker request: {e}"})
+                return 2
+            if req is None:
+                return 0  # the agent closed the pipe, or idle: the context is not worth its memory any longer
+        op = req.get("op")
+        t0 = time.monotonic()
+        if op == "load":
+            warm = session.kernel_cfg is not None
+            if warm:
+                why = session.check()
+                if why is not None:
+                    emit({"event": "error", "kind": "stale", "message": why})
+                    return 0
+                answer: dict[str, Any] = {"event": "result", "banner": session.banner, "warm": True, "timings": {}}
+            else:
+                error = session.load(req.get("first"))
+                if error is not None:
+                    emit(error)
+                    return 1
+                answer = {"event": "result", "banner": session.banner, "warm": False, "timings": dict(session.timings)}
+        elif op == "plugins":
+            results, timings = session.plugins(list(req["plugins"]))
+            answer = {"event": "result", "plugins": results, "timings": timings}
+        elif op == "tasks":
+            tasks, seconds = session.tasks(bool(req.get("fresh")))
+            answer = {"event": "result", "tasks": tasks, "timings": {"tasks": seconds}}
+        else:
+            emit({"event": "error", "kind": "bad-request", "message": f"worker request: unknown op {op!r}"})
+            return 2
+        answer["seconds"] = round(time.monotonic() - t0, 3)
+        emit(answer)
+        req = None
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         try:
@@ -341,8 +532,12 @@ def main(argv: list[str]) -> int:
         except (ValueError, OSError) as e:
             emit({"event": "error", "kind": "bad-request", "message": f"worker parent {argv[1]!r}: {e}"})
             return 2
+    serving = len(argv) > 2 and argv[2] == "--serve"
+    lines = Lines()
     try:
-        req = json.loads(sys.stdin.read())
+        req = lines.next(None) if serving else json.loads(sys.stdin.read())
+        if req is None:
+            return 0
         limit = int(req.get("memory_limit") or 0)
         if limit > 0:
             # heap and private writable mappings; not address space: a read-only mapping of a
@@ -352,6 +547,8 @@ def main(argv: list[str]) -> int:
         emit({"event": "error", "kind": "bad-request", "message": f"worker request: {type(e).__name__}: {e}"})
         return 2
     try:
+        if serving:
+            return serve(req, lines)
         emit(run(req))
     except MemoryError as e:
         emit(
