@@ -98,6 +98,10 @@ def grid_rows(grid: Any) -> list[dict[str, Any]]:
     return rows
 
 
+#: modules whose memoised functions depend on the image's bytes (see :meth:`Session.refresh`)
+MEMOISING_MODULES = ("volatility3.framework.layers", "volatility3.framework.symbols.linux.extensions")
+
+
 def resolve_plugins(names: list[str]) -> dict[str, Any]:
     from volatility3 import framework
 
@@ -143,6 +147,86 @@ def task_facts(ctx: Any, kernel_name: str) -> list[dict[str, Any]]:
             )
         except Exception:  # one smeared task_struct must not lose the others
             continue
+    return out
+
+
+#: ``task_struct.flags`` bit of a kernel thread (include/linux/sched.h)
+PF_KTHREAD = 0x00200000
+
+
+def fast_task_facts(ctx: Any, kernel_name: str) -> list[dict[str, Any]]:
+    """What :func:`task_facts` returns, read as raw bytes: the symbol table gives the offsets of
+    ``task_struct``'s members, the kernel layer the translation, and each task is one read unpacked
+    here instead of a Volatility object per member (about 100× faster: what a live introspection
+    does while the guest is paused). The same walk as ``linux.pslist``: the ``tasks`` list from
+    ``init_task`` forwards then backwards, each process's ``thread_group`` after it. Raises
+    ``LookupError`` for a kernel without ``thread_group`` (≥ 6.7), and the layer's errors when a
+    task does not read; the caller then uses :func:`task_facts`."""
+    import struct
+
+    kernel = ctx.modules[kernel_name]
+    layer = ctx.layers[kernel.layer_name]
+    members = kernel.get_type("task_struct").vol.members
+    start_member = next((m for m in ("start_boottime", "real_start_time") if m in members), None)
+    if "thread_group" not in members:
+        raise LookupError("task_struct has no thread_group")
+    off = {m: members[m][0] for m in ("tasks", "thread_group", "pid", "tgid", "comm", "utime", "stime", "flags")}
+    off["real_parent"] = members["real_parent"][0]
+    if start_member:
+        off["start"] = members[start_member][0]
+    span = max(off.values()) + 16
+    # Volatility's addresses are the layer's width (48 bits): pointers read from memory are masked to it
+    mask = int(getattr(layer, "address_mask", (1 << 64) - 1))
+    init = kernel.object_from_symbol("init_task").vol.offset & mask
+    u64q = struct.Struct("<Q").unpack_from
+
+    def u64(data: bytes, at: int) -> tuple[int]:
+        return (u64q(data, at)[0] & mask,)
+
+    u32 = struct.Struct("<I").unpack_from
+    i32 = struct.Struct("<i").unpack_from
+    parents: dict[int, int] = {}
+
+    def fact(addr: int, data: bytes) -> dict[str, Any]:
+        parent = u64(data, off["real_parent"])[0]
+        if parent not in parents:
+            parents[parent] = i32(layer.read(parent + off["tgid"], 4), 0)[0] if parent else 0
+        start = u64q(data, off["start"])[0] / 1e9 if start_member else None
+        comm = data[off["comm"] : off["comm"] + 16].split(b"\0", 1)[0].decode("utf-8", "replace")
+        return {
+            "pid": i32(data, off["tgid"])[0],
+            "tid": i32(data, off["pid"])[0],
+            "ppid": parents[parent],
+            "comm": comm,
+            "start_s": round(start, 6) if start is not None else None,
+            "cpu_s": round((u64q(data, off["utime"])[0] + u64q(data, off["stime"])[0]) / 1e9, 6),
+            "kernel_thread": bool(u32(data, off["flags"])[0] & PF_KTHREAD),
+        }
+
+    out: list[dict[str, Any]] = []
+    seen = {init}
+    for link in (0, 8):  # list_head.next, then .prev
+        addr = init
+        for _ in range(1 << 17):
+            addr = u64(layer.read(addr + off["tasks"] + link, 8), 0)[0] - off["tasks"]
+            if addr == init:
+                break
+            if addr in seen:
+                continue
+            seen.add(addr)
+            data = layer.read(addr, span)
+            out.append(fact(addr, data))
+            head = addr + off["thread_group"]
+            thread = u64(data, off["thread_group"])[0]
+            for _ in range(1 << 16):
+                if thread == head:
+                    break
+                t = thread - off["thread_group"]
+                tdata = layer.read(t, span)
+                if t not in seen:
+                    seen.add(t)
+                    out.append(fact(t, tdata))
+                thread = u64(tdata, off["thread_group"])[0]
     return out
 
 
@@ -321,12 +405,13 @@ class Session:
     def refresh(self) -> None:
         """Before a run on a live image: forget the layers the last run added (process address
         spaces) and every read, page-table walk and translation Volatility memoised (``lru_cache``
-        on its classes, shared by all instances) — the guest has run since."""
+        on its layer classes, shared by all instances, and the process layers its Linux objects
+        memoise) — the guest has run since. Symbol and type caches stay: the kernel is the same."""
         for name in list(self.ctx.layers):
             if name not in self.base_layers:
                 self.ctx.layers.del_layer(name)
         for mod_name, mod in list(sys.modules.items()):
-            if not mod_name.startswith("volatility3") or mod is None:
+            if not mod_name.startswith(MEMOISING_MODULES) or mod is None:
                 continue
             for obj in list(vars(mod).values()):
                 if isinstance(obj, type) and obj.__module__ == mod_name:
@@ -400,13 +485,22 @@ class Session:
         self.pending = None
         return results, timings
 
-    def tasks(self, fresh: bool = False) -> tuple[list[dict[str, Any]], float]:
-        """The task facts (:func:`task_facts`) and the seconds they took; ``fresh``: re-read a
-        live image from scratch first (the guest ran since the plugins read it)."""
+    def tasks(self, fresh: bool = False, fast: bool = False) -> tuple[list[dict[str, Any]], float]:
+        """The task facts (:func:`task_facts`, or with ``fast`` :func:`fast_task_facts` when it
+        reads) and the seconds they took; ``fresh``: re-read a live image from scratch first (the
+        guest ran since the plugins read it)."""
         if fresh and self.live:
             self.refresh()
         t2 = time.monotonic()
-        tasks = task_facts(self.ctx, self.kernel_name) if self.kernel_name else []
+        tasks: list[dict[str, Any]] = []
+        if self.kernel_name and fast:
+            try:
+                tasks = fast_task_facts(self.ctx, self.kernel_name)
+            except Exception as e:  # an unusual kernel or a torn list: Volatility's own walk
+                emit({"event": "progress", "stage": "tasks-slow", "why": f"{type(e).__name__}: {e}"})
+                tasks = []
+        if self.kernel_name and not tasks:
+            tasks = task_facts(self.ctx, self.kernel_name)
         return tasks, round(time.monotonic() - t2, 3)
 
 
@@ -515,7 +609,7 @@ def serve(first: dict[str, Any], lines: Lines) -> int:
             results, timings = session.plugins(list(req["plugins"]))
             answer = {"event": "result", "plugins": results, "timings": timings}
         elif op == "tasks":
-            tasks, seconds = session.tasks(bool(req.get("fresh")))
+            tasks, seconds = session.tasks(bool(req.get("fresh")), bool(req.get("fast")))
             answer = {"event": "result", "tasks": tasks, "timings": {"tasks": seconds}}
         else:
             emit({"event": "error", "kind": "bad-request", "message": f"worker request: unknown op {op!r}"})
