@@ -86,6 +86,10 @@ def test_process_list_from_volatility_matches_the_guest(guest):
     progress: list[dict] = []
     res = introspect(conn, dom.name(), ["CPUUtilization"], _cfg(STATE["work"]), progress=progress.append, baseline=True)
     assert res["plugins"] == ["linux.pslist", "linux.pstree", "linux.psaux"]
+    # this guest's RAM is QEMU's private memory: no live read, a dump, and the result says why
+    assert res["source"] == "dump" and res["dump"]["dump_bytes"] > 200 << 20
+    assert "not a shared file" in res["not_live"] and "memoryBacking" in res["not_live"], res["not_live"]
+    assert "memory dump: not live because" in res["summary"]
     assert "6.1.0-56-cloud-amd64" in res["banner"]
     rows = res["rows"]["linux.pslist"]
     by_pid = {r["PID"]: r for r in rows}
