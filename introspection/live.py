@@ -161,6 +161,24 @@ def find(conn: Any, vm: str) -> tuple[Any, LiveMemory]:
     return dom, LiveMemory(path, name, uuid, size, pid, f"{uuid}/{_process_key(pid)}")
 
 
+_CR3_RE = re.compile(r"\bCR3=([0-9a-fA-F]+)")
+
+
+def cr3(dom: Any) -> int | None:
+    """The page-table base (CR3, without its PCID bits) of the guest's first vCPU now, through
+    QEMU's monitor (``info registers``); None when it cannot be had. Tells a warm context whether
+    the guest still runs the kernel it was loaded for (:mod:`atomwatch.introspection.warm`).
+    libvirt marks a domain whose monitor was used this way as tainted (``custom-monitor``, once)."""
+    try:
+        import libvirt_qemu  # type: ignore[import-not-found]
+
+        text = libvirt_qemu.qemuMonitorCommand(dom, "info registers", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    except Exception:
+        return None
+    m = _CR3_RE.search(text)
+    return (int(m.group(1), 16) & 0x000FFFFFFFFFF000) if m else None
+
+
 @contextlib.contextmanager
 def paused(dom: Any, live: LiveMemory) -> Iterator[None]:
     """Suspend a running guest for the block, resume it after (whatever happens) and add the

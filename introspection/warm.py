@@ -5,8 +5,10 @@ stays where it is between introspections; so the worker that loaded the symbol t
 the layers for it is kept (``worker.py PARENT --serve``) and answers the next introspection of the
 same guest at once. :class:`WarmPool` holds at most ``size`` of them (the least recently used is
 stopped first), keyed by the guest's UUID and its QEMU process (a guest libvirt restarted gets a
-new worker); a worker that finds its context no longer fits (the guest rebooted into another
-layout) says so and is replaced; one idle for ``idle`` seconds exits by itself. The same limits as
+new worker); a worker that finds its context no longer fits says so and is replaced — a guest
+rebooted inside the same QEMU process keeps its RAM, old kernel included, so the check compares
+where the kept context finds the kernel banner with where the guest's CPU page tables (CR3, from
+QEMU's monitor) map it now; one idle for ``idle`` seconds exits by itself. The same limits as
 a one-shot worker apply: ``RLIMIT_DATA``, the wall-clock limit of the introspection (overrun: the
 worker is killed, not kept), :class:`~atomwatch.introspection.volatility.Cancel`, death with the
 agent (``PR_SET_PDEATHSIG``, own process group).
@@ -31,7 +33,7 @@ import threading
 import time
 from typing import Any
 
-from .live import LiveMemory, paused
+from .live import LiveMemory, cr3, paused
 from .volatility import (
     WORKER,
     Analysis,
@@ -261,6 +263,8 @@ def analyse_live(
                 progress({"event": "progress", "stage": "started", "pid": worker.proc.pid, "plugins": list(plugins)})
             except Exception:
                 pass
+        if warm:  # the worker checks its context against the page tables the guest uses now
+            load["cr3"] = cr3(dom)
         try:
             loaded = worker.ask(load, deadline, progress, cancel, what)
             break

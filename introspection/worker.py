@@ -230,6 +230,24 @@ def fast_task_facts(ctx: Any, kernel_name: str) -> list[dict[str, Any]]:
     return out
 
 
+def walk_page_tables(physical: Any, cr3: int, va: int) -> int | None:
+    """The physical address of virtual ``va`` through the x86-64 4-level page tables at ``cr3``
+    (1 GiB and 2 MiB pages included), read from ``physical``; None when it is not mapped."""
+    table = cr3
+    for shift in (39, 30, 21, 12):
+        try:
+            entry = int.from_bytes(physical.read(table + ((va >> shift) & 0x1FF) * 8, 8), "little")
+        except Exception:
+            return None
+        if not entry & 1:
+            return None
+        base = entry & 0x000FFFFFFFFFF000
+        if shift in (30, 21) and entry & 0x80:  # a large page
+            return (base & ~((1 << shift) - 1)) | (va & ((1 << shift) - 1))
+        table = base
+    return table | (va & 0xFFF)
+
+
 def forget_resolved_types(ctx: Any) -> None:
     """Drop the templates resolved so far on a shared context. Plugins attach classes to kernel
     types when they run (``linux.ip.Addr`` gives ``net_device`` its class); a template an earlier
@@ -422,16 +440,30 @@ class Session:
                 elif callable(getattr(obj, "cache_clear", None)):
                     obj.cache_clear()
 
-    def check(self) -> str | None:
-        """Why the loaded context no longer fits the image (the guest rebooted into another kernel
-        or another layout), or None: the kernel's ``linux_banner`` must read as it did at load."""
+    def check(self, cr3: int | None) -> str | None:
+        """Why the loaded context no longer fits the image, or None. The guest may have rebooted
+        in the same QEMU process, and its RAM is not cleared: the old kernel's page tables and
+        banner may still read. So the kernel's ``linux_banner`` must read through the kept page
+        tables *and* translate to the same physical address through ``cr3``, the page tables the
+        guest's CPU uses now (the kernel half is the same in every process's tables). Without
+        ``cr3`` the context cannot be trusted: a reload."""
+        self.refresh()
+        if cr3 is None:
+            return "the guest's page-table base (CR3) is not known"
         try:
             kernel = self.ctx.modules[self.kernel_name]
-            text = kernel.object_from_symbol("linux_banner").cast("string", max_length=400, errors="replace")
+            banner = kernel.object_from_symbol("linux_banner")
+            text = banner.cast("string", max_length=400, errors="replace")
+            layer = self.ctx.layers[kernel.layer_name]
+            kept, _ = layer.translate(banner.vol.offset)
+            physical = self.ctx.layers[layer.config["memory_layer"]]
         except Exception as e:  # the page tables moved: nothing reads
             return f"the kernel banner no longer reads ({type(e).__name__})"
         if self.banner and text.strip("\x00\n ") != self.banner:
             return "the kernel banner changed"
+        now = walk_page_tables(physical, cr3, banner.vol.offset)
+        if now != kept:
+            return f"the kernel is no longer where it was loaded (banner at {kept:#x}, now {now if now is None else hex(now)})"
         return None
 
     def plugins(self, names: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -594,7 +626,7 @@ def serve(first: dict[str, Any], lines: Lines) -> int:
         if op == "load":
             warm = session.kernel_cfg is not None
             if warm:
-                why = session.check()
+                why = session.check(req.get("cr3"))
                 if why is not None:
                     emit({"event": "error", "kind": "stale", "message": why})
                     return 0

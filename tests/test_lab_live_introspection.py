@@ -154,3 +154,36 @@ def test_cryptominer_found_live_and_killed_through_the_closed_loop(shared_guest,
             await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_a_guest_rebooted_in_place_gets_a_fresh_context_and_its_new_processes(shared_guest):
+    """``reset`` reboots the guest inside the same QEMU process, its RAM not cleared: the kept
+    context must notice (the page tables the guest uses now map the kernel elsewhere) and load again,
+    and the task list must be the new boot's (init started again)."""
+    from atomwatch.introspection import guest_agent, pipeline, warm
+    from atomwatch.introspection.volatility import VolatilityConfig
+    from atomwatch.lab import domains
+
+    work, conn, dom = shared_guest
+    cfg = pipeline.IntrospectionConfig(
+        volatility=VolatilityConfig(symbol_dirs=[str(SYMBOLS)], cache_dir=str(work / "volcache"), timeout=240),
+        dump_dir=work / "dumps",
+        baseline_dir=work / "baselines-reset",
+    )
+    pool = warm.WarmPool()
+    try:
+        first = pipeline.introspect(conn, dom.name(), ["CPUUtilization"], cfg, pool=pool)
+        again = pipeline.introspect(conn, dom.name(), ["CPUUtilization"], cfg, pool=pool)
+        assert first["source"] == again["source"] == "live"
+        assert first["live"]["warm"] is False and again["live"]["warm"] is True
+        assert again["live"]["worker_pid"] == first["live"]["worker_pid"]
+        dom.reset()
+        domains.wait_agent(dom, domains.AGENT_TIMEOUT_TCG)
+        after = pipeline.introspect(conn, dom.name(), ["CPUUtilization"], cfg, pool=pool)
+        assert after["source"] == "live" and after["live"]["warm"] is False
+        assert any("warm context was dropped" in n for n in after["live"]["notes"]), after["live"]["notes"]
+        ga = next(p for p in guest_agent.list_processes(dom) if p.name == "qemu-ga")
+        starts = {t["pid"]: t["start_s"] for t in after["tasks"] if t["pid"] == t["tid"]}
+        assert ga.pid in starts and abs(starts[ga.pid] - ga.start_time) <= guest_agent.START_TOLERANCE
+    finally:
+        pool.close()
