@@ -31,6 +31,7 @@ import queue
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from .live import LiveMemory, cr3, paused
@@ -58,6 +59,23 @@ DEFAULT_SIZE = 2
 PAUSE_MODES = ("tasks", "all", "none")
 
 
+#: the key of the pool's spare worker (Volatility imported, symbol tables parsed, no guest yet)
+SPARE = "spare"
+#: the symbol tables the pool's warm workers loaded last, kept in the Volatility cache directory
+#: (the next spare worker parses them ahead; it survives the agent's restarts)
+ISF_MEMO = "warm-isf.json"
+
+
+#: seconds after a spare was taken before the next one starts
+SPARE_DELAY = 30.0
+
+
+def _same_setup(a: VolatilityConfig, b: VolatilityConfig) -> bool:
+    """Whether a worker started for ``a`` serves ``b`` (the time limit is per request)."""
+    keys = ("symbol_dirs", "cache_dir", "memory_limit", "validate_isf", "python")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
 class Stale(VolatilityError):
     """The worker's loaded context no longer fits the guest's memory (it rebooted)."""
 
@@ -71,6 +89,7 @@ class WarmWorker:
         self.idle = idle
         self.used = time.monotonic()
         self.requests = 0
+        self.sent = 0
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         self.proc = subprocess.Popen(
@@ -98,27 +117,36 @@ class WarmWorker:
             del self.stderr[:-20]
 
     def alive(self) -> bool:
-        return self.proc.poll() is None and time.monotonic() - self.used < self.idle
+        if self.proc.poll() is not None:
+            return False
+        return self.key == SPARE or time.monotonic() - self.used < self.idle
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             _kill_group(self.proc)
         self.proc.wait()
 
+    def send(self, request: dict[str, Any]) -> int:
+        """Write one request (its ``id`` added); the id its answer will carry."""
+        self.sent += 1
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(dict(request, id=self.sent)) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died: the reader sees its end
+        return self.sent
+
     def ask(
         self, request: dict[str, Any], deadline: float, progress: Progress | None, cancel: Cancel | None, what: str
     ) -> dict[str, Any]:
-        """Send one request and wait for its final line; progress lines go to ``progress``."""
+        """Send one request and wait for its final line (earlier requests' answers, a spare's
+        ``prepare``, are skipped); progress lines go to ``progress``."""
         if cancel is not None:
             cancel.check()
             cancel.add(self.proc)
         try:
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.write(json.dumps(request) + "\n")
-                self.proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                pass  # it died: said below
+            wanted = self.send(request)
             while True:
                 try:
                     line = self.lines.get(timeout=max(0.05, deadline - time.monotonic()))
@@ -147,6 +175,8 @@ class WarmWorker:
                         except Exception:
                             pass
                     continue
+                if msg.get("event") == "result" and msg.get("id") != wanted:
+                    continue  # the answer to an earlier request nobody waits for
                 break
         finally:
             if cancel is not None:
@@ -166,14 +196,84 @@ class WarmWorker:
 class WarmPool:
     """The agent's warm workers, by guest. Thread-safe; :meth:`close` stops them all."""
 
-    def __init__(self, size: int = DEFAULT_SIZE, idle: float = DEFAULT_IDLE):
+    def __init__(self, size: int = DEFAULT_SIZE, idle: float = DEFAULT_IDLE, spare: bool = False):
         if size < 0:
             raise ValueError(f"warm worker count must be ≥ 0, got {size!r}")
         if not idle > 0:
             raise ValueError(f"warm worker idle time must be > 0 s, got {idle!r}")
-        self.size, self.idle = size, idle
+        self.size, self.idle, self.spare = size, idle, spare and size > 0
         self._lock = threading.Lock()
         self._workers: dict[str, WarmWorker] = {}
+        self._spawn: queue.Queue[tuple[float, VolatilityConfig]] = queue.Queue()
+        self._spawner: threading.Thread | None = None
+        self.closed = False
+
+    def prepare(self, cfg: VolatilityConfig, delay: float = 0.0) -> None:
+        """Have the spare worker started in ``delay`` seconds (when the pool keeps one and has none
+        by then): it imports Volatility and parses the symbol tables the pool's workers loaded
+        last, then waits — with no idle limit — for the first guest that has no warm worker.
+        Returns at once. The spare is started by the pool's own thread, which lives as long as the
+        agent: a worker dies with the thread that started it (``PR_SET_PDEATHSIG``)."""
+        if not self.spare or self.closed:
+            return
+        with self._lock:
+            if self._spawner is None:
+                self._spawner = threading.Thread(target=self._spawn_loop, name="warm-spare", daemon=True)
+                self._spawner.start()
+        self._spawn.put((time.monotonic() + delay, cfg))
+
+    def _spawn_loop(self) -> None:
+        while True:
+            when, cfg = self._spawn.get()
+            time.sleep(max(0.0, when - time.monotonic()))
+            try:
+                self._start_spare(cfg)
+            except Exception as e:  # no spare: the next guest's worker starts cold, nothing worse
+                log.warning("cannot start a spare Volatility worker: %s", e)
+
+    def _start_spare(self, cfg: VolatilityConfig) -> None:
+        if self.closed:
+            return
+        with self._lock:
+            spare = self._workers.get(SPARE)
+            if spare is not None and spare.proc.poll() is None:
+                return
+            cache = cfg.cache()
+            os.makedirs(cache, mode=0o700, exist_ok=True)
+            try:
+                isf = json.loads((Path(cache) / ISF_MEMO).read_text())["isf"]
+            except (OSError, ValueError, KeyError, TypeError):
+                isf = []
+            worker = self._workers[SPARE] = WarmWorker(SPARE, cfg, self.idle)
+        worker.send(
+            {
+                "op": "prepare",
+                "isf": [u for u in isf if isinstance(u, str)][:2],
+                "symbol_dirs": cfg.symbol_dirs,
+                "cache_dir": cache,
+                "memory_limit": cfg.memory_limit,
+                "validate_isf": cfg.validate_isf,
+                "idle": None,
+            }
+        )
+
+    def remember(self, cfg: VolatilityConfig, isf: str | None) -> None:
+        """Note the symbol table a worker loaded, for the next spare."""
+        if not isf:
+            return
+        path = Path(cfg.cache()) / ISF_MEMO
+        try:
+            old = json.loads(path.read_text())["isf"]
+        except (OSError, ValueError, KeyError, TypeError):
+            old = []
+        if old[:1] == [isf]:
+            return
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"isf": [isf] + [u for u in old if u != isf][:3]}))
+            os.replace(tmp, path)
+        except OSError as e:
+            log.info("cannot note the symbol table for the next spare worker in %s: %s", path, e)
 
     def take(self, vm_uuid: str, key: str, cfg: VolatilityConfig) -> tuple[WarmWorker, bool]:
         """The worker for guest ``vm_uuid`` in state ``key`` — (worker, warm): an existing live one,
@@ -185,10 +285,16 @@ class WarmPool:
                 if not w.alive() or (k.split("/", 1)[0] == vm_uuid and k != key):
                     stop.append(self._workers.pop(k))
             worker = self._workers.pop(key, None)
+            spare = self._workers.pop(SPARE, None) if worker is None else None
         for w in stop:
             w.stop()
         if worker is not None:
             return worker, True
+        if spare is not None and _same_setup(spare.cfg, cfg) and spare.proc.poll() is None:
+            spare.key, spare.cfg, spare.used = key, cfg, time.monotonic()
+            return spare, False
+        if spare is not None:
+            spare.stop()
         return WarmWorker(key, cfg, self.idle), False
 
     def give(self, worker: WarmWorker) -> None:
@@ -201,21 +307,24 @@ class WarmPool:
                 if old is not None and old is not worker:
                     stop.append(old)
                 self._workers[worker.key] = worker
-                while len(self._workers) > self.size:
-                    oldest = min(self._workers, key=lambda k: self._workers[k].used)
+                while len([k for k in self._workers if k != SPARE]) > self.size:
+                    oldest = min((k for k in self._workers if k != SPARE), key=lambda k: self._workers[k].used)
                     stop.append(self._workers.pop(oldest))
         for w in stop:
             w.stop()
+        # the spare this worker may have been is replaced, later: not competing with this guest's next reads
+        self.prepare(worker.cfg, SPARE_DELAY)
 
     def drop(self, worker: WarmWorker) -> None:
         worker.stop()
 
     def workers(self) -> dict[str, int]:
-        """Guest key → worker PID of the live warm workers."""
+        """Guest key (or ``spare``) → worker PID of the live workers."""
         with self._lock:
             return {k: w.proc.pid for k, w in self._workers.items() if w.proc.poll() is None}
 
     def close(self) -> None:
+        self.closed = True
         with self._lock:
             workers, self._workers = list(self._workers.values()), {}
         for w in workers:
@@ -293,6 +402,8 @@ def analyse_live(
         pool.drop(worker)
         raise
     pool.give(worker)
+    if not warm:
+        pool.remember(cfg, loaded.get("isf"))
     timings.update(ran.get("timings") or {})
     timings.update(tasks.get("timings") or {})
     analysis = Analysis(

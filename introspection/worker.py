@@ -24,6 +24,7 @@ is already not ``PARENT_PID``; it sets its own memory limit (``RLIMIT_DATA``) an
 
 from __future__ import annotations
 
+import codecs
 import datetime
 import json
 import mmap
@@ -299,7 +300,7 @@ class Session:
 
     def __init__(self, req: dict[str, Any]):
         self.req = req
-        self.image = req["image"]
+        self.image = req.get("image", "")
         self.live = bool(req.get("live"))
         self.ctx: Any = None
         self.kernel_cfg: Any = None
@@ -340,6 +341,30 @@ class Session:
         self.ctx = contexts.Context()
         self.available = automagic.available(self.ctx)  # before choose_os_stackers, or the Linux stacker is left out
         self.timings["import"] = round(time.monotonic() - t_start, 3)
+
+    def prepare(self, isf: list[str]) -> dict[str, float]:
+        """Import Volatility and parse the symbol tables ``isf`` (URLs) now, before any image: a
+        spare worker does this while the agent waits, and its first load then skips it."""
+        if self.ctx is None:
+            self.setup()
+        from volatility3.framework.layers import resources
+
+        t0 = time.monotonic()
+        for url in isf:
+            try:
+                with resources.ResourceAccessor().open(url) as fp:
+                    self.shared_json.load(codecs.getreader("utf-8")(fp))
+            except Exception as e:  # a table gone or unreadable: the load will say, if it matters
+                emit({"event": "progress", "stage": "prepare", "isf": url, "error": f"{type(e).__name__}: {e}"})
+        return {"import": self.timings["import"], "parse": round(time.monotonic() - t0, 3)}
+
+    def isf_url(self) -> str | None:
+        """The URL of the kernel's symbol table (for the agent's next spare worker)."""
+        try:
+            table = self.ctx.modules[self.kernel_name].symbol_table_name
+            return str(self.ctx.config.get(f"{self.ctx.symbol_space[table].config_path}.isf_url") or "") or None
+        except Exception:
+            return None
 
     def load(self, first: str | None = None) -> dict[str, Any] | None:
         """Stack the layers and load the symbol table by constructing plugin ``first`` (default
@@ -608,14 +633,17 @@ def serve(first: dict[str, Any], lines: Lines) -> int:
     checks that the loaded one still fits the image (an ``error`` of kind ``stale`` when the guest
     rebooted into another kernel or layout: the agent then starts a new worker);
     ``{"op": "plugins", "plugins": […]}`` runs plugins; ``{"op": "tasks", "fresh": bool}`` lists the
-    tasks. Each is answered by progress lines and one ``result`` or ``error`` line."""
+    tasks; ``{"op": "prepare", "isf": [URL, …]}`` (a spare worker's first request, no image yet)
+    imports Volatility and parses those symbol tables ahead of the guest that will need them. Each
+    is answered by progress lines and one ``result`` (carrying the request's ``id``) or ``error``
+    line. ``idle``: seconds without a request before the worker exits (none: never)."""
     session = Session(first)
-    idle = float(first.get("idle") or 600.0)
+    idle = first.get("idle")
     req: dict[str, Any] | None = first
     while True:
         if req is None:
             try:
-                req = lines.next(idle)
+                req = lines.next(float(idle) if idle else None)
             except ValueError as e:
                 emit({"event": "error", "kind": "bad-request", "message": f"worker request: {e}"})
                 return 2
@@ -623,7 +651,14 @@ def serve(first: dict[str, Any], lines: Lines) -> int:
                 return 0  # the agent closed the pipe, or idle: the context is not worth its memory any longer
         op = req.get("op")
         t0 = time.monotonic()
-        if op == "load":
+        if op == "prepare":
+            answer = {"event": "result", "timings": session.prepare(list(req.get("isf") or []))}
+        elif op == "load":
+            if "idle" in req:
+                idle = req["idle"]
+            if session.kernel_cfg is None:  # a spare (prepared) worker gets its guest now
+                session.req = dict(session.req, **req)
+                session.image, session.live = req["image"], bool(req.get("live"))
             warm = session.kernel_cfg is not None
             if warm:
                 why = session.check(req.get("cr3"))
@@ -636,7 +671,13 @@ def serve(first: dict[str, Any], lines: Lines) -> int:
                 if error is not None:
                     emit(error)
                     return 1
-                answer = {"event": "result", "banner": session.banner, "warm": False, "timings": dict(session.timings)}
+                answer = {
+                    "event": "result",
+                    "banner": session.banner,
+                    "warm": False,
+                    "timings": dict(session.timings),
+                    "isf": session.isf_url(),
+                }
         elif op == "plugins":
             results, timings = session.plugins(list(req["plugins"]))
             answer = {"event": "result", "plugins": results, "timings": timings}
@@ -647,6 +688,8 @@ def serve(first: dict[str, Any], lines: Lines) -> int:
             emit({"event": "error", "kind": "bad-request", "message": f"worker request: unknown op {op!r}"})
             return 2
         answer["seconds"] = round(time.monotonic() - t0, 3)
+        if "id" in req:
+            answer["id"] = req["id"]
         emit(answer)
         req = None
 

@@ -46,7 +46,9 @@ dir), ``dump_margin_mib`` (free space asked beyond the guest's memory before a d
 guest's memory in place when it is a shared file, else dump it; ``off``: always dump), ``live_pause``
 (``tasks``, ``all`` or ``none``: what a live read pauses the guest for), ``warm_workers`` (default 2:
 guests whose loaded Volatility context is kept between introspections), ``warm_idle`` (default
-600 s: a warm context unused that long is dropped), ``terminate``,
+600 s: a warm context unused that long is dropped), ``warm_spare`` (default true: one more worker
+kept ready with Volatility imported and the last used symbol tables parsed, for a guest with no
+warm context yet), ``terminate``,
 ``never_kill``, ``introspect_min_interval`` (the consent above).
 
 Entry point (pyproject.toml, group ``atomwatch``):
@@ -96,6 +98,7 @@ class IntrospectionOptions:
     live_pause: Literal["tasks", "all", "none"] = "tasks"
     warm_workers: Annotated[int, Range(ge=0)] = 2
     warm_idle: Annotated[float, Duration, Range(gt=0)] = 600.0
+    warm_spare: bool = True
     # the hypervisor owner's consent
     terminate: Literal["off", "dry-run", "on"] = "off"
     never_kill: tuple[str, ...] = ("init", "systemd", "sshd", "qemu-ga")
@@ -190,7 +193,9 @@ class IntrospectionCommands:
         from atomwatch.introspection.warm import WarmPool
 
         #: one warm Volatility worker per guest read live (its context loaded), across introspections
-        self.warm = WarmPool(options.warm_workers, options.warm_idle)
+        self.warm = WarmPool(
+            options.warm_workers, options.warm_idle, spare=options.warm_spare and options.live != "off"
+        )
         self.slots = asyncio.Semaphore(options.concurrency)
         self._conn: Any = None
         self.terminate_mode = options.terminate
@@ -400,6 +405,8 @@ def register_agent_commands(config: Any) -> dict[str, Any] | None:
     import atexit
 
     atexit.register(cmds.warm.close)  # the warm workers die with the agent anyway (PR_SET_PDEATHSIG)
+    if cmds.cfg.volatility.symbol_dirs:
+        cmds.warm.prepare(cmds.cfg.volatility)  # the spare worker: Volatility imported, tables parsed
     cmds.sweep_dumps()  # the agent starts: whatever dump a killed agent left is no one's now
     if not cmds.cfg.volatility.symbol_dirs:
         log.info(
