@@ -7,7 +7,7 @@ result's ``source`` says which (``live`` with the guest's pause measured, or ``d
 ``metrics`` (the blamed metric names; they choose the plugins), optional ``plugins`` (explicit
 list, each one of ``atomwatch.introspection.plugins_choice.KNOWN``), optional ``baseline`` (true: store the
 analysis as the VM's healthy baseline), optional ``timeout`` (s, caps Volatility's own limit).
-Progress replies: dump started/done, image loaded (with the kernel banner), each plugin done.
+Progress replies: live read started (with the memory file) or dump started/done, image loaded (with the kernel banner), each plugin done.
 The result holds the suspects with their evidence, the Volatility rows per plugin, the banner,
 the dump summary (with whether the guest had to be resumed) and timings.
 

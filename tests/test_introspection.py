@@ -769,3 +769,43 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
         assert now is None or now.state == "Z"
     finally:
         workloads.stop_all(dom)
+
+
+def test_live_memory_is_the_one_shared_file_mapping_of_the_guests_size(tmp_path):
+    """QEMU's RAM as this process maps it (no QEMU needed: the same /proc files): a shared mapping
+    of a file of exactly the guest's size is found by its path, a memfd through map_files; a private
+    mapping, or two candidates, is no live memory and says why."""
+    import mmap
+
+    from atomwatch.introspection import live
+
+    size = 4 << 20
+    path = tmp_path / "pc.ram"
+    path.write_bytes(b"\0" * size)
+    with path.open("r+b") as f, mmap.mmap(f.fileno(), size, mmap.MAP_SHARED) as m:
+        m[:5] = b"hello"
+        found, what = live.memory_mapping(os.getpid(), size)
+        assert found == str(path) and what == str(path)
+        with open(found, "rb") as g:
+            assert g.read(5) == b"hello"
+        fd = os.memfd_create("pc.ram")
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size, mmap.MAP_SHARED):
+            with pytest.raises(live.NotLive, match="split over 2 shared files"):
+                live.memory_mapping(os.getpid(), size)
+        os.close(fd)
+    fd = os.memfd_create("pc.ram")
+    os.ftruncate(fd, size)
+    with mmap.mmap(fd, size, mmap.MAP_SHARED) as m3:
+        m3[:5] = b"memfd"
+        found, what = live.memory_mapping(os.getpid(), size)
+        assert found.startswith(f"/proc/{os.getpid()}/map_files/") and "memfd:pc.ram" in what
+        if os.geteuid() == 0:  # map_files opens for root only (CAP_SYS_ADMIN)
+            with open(found, "rb") as g:
+                assert g.read(5) == b"memfd"
+    os.close(fd)
+    with path.open("r+b") as f, mmap.mmap(f.fileno(), size, mmap.MAP_PRIVATE) as m4:
+        m4[:1] = b"x"
+        with pytest.raises(live.NotLive, match="not a shared file"):
+            live.memory_mapping(os.getpid(), size)
+    assert live.linear_limit("pc-i440fx-7.2") == 0xE0000000 and live.linear_limit("pc-q35-7.2") == 0xB0000000
