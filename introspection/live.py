@@ -161,6 +161,20 @@ def find(conn: Any, vm: str) -> tuple[Any, LiveMemory]:
     return dom, LiveMemory(path, name, uuid, size, pid, f"{uuid}/{_process_key(pid)}")
 
 
+_SHARED_BACKING_RE = re.compile(r"<memoryBacking>.*?<access\s+mode=['\"]shared['\"]", re.DOTALL)
+
+
+def shared_memory_guests(conn: Any) -> list[str]:
+    """Names of the running domains whose ``<memoryBacking>`` asks for shared access: the guests
+    a live introspection may read (what makes a spare worker worth its memory); [] when libvirt
+    cannot be asked."""
+    try:
+        domains = conn.listAllDomains(1)  # VIR_CONNECT_LIST_DOMAINS_ACTIVE
+        return [d.name() for d in domains if _SHARED_BACKING_RE.search(d.XMLDesc(0))]
+    except Exception:
+        return []
+
+
 _CR3_RE = re.compile(r"\bCR3=([0-9a-fA-F]+)")
 
 

@@ -31,6 +31,7 @@ import queue
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,30 +205,32 @@ class WarmPool:
         self.size, self.idle, self.spare = size, idle, spare and size > 0
         self._lock = threading.Lock()
         self._workers: dict[str, WarmWorker] = {}
-        self._spawn: queue.Queue[tuple[float, VolatilityConfig]] = queue.Queue()
+        self._spawn: queue.Queue[tuple[float, VolatilityConfig, Callable[[], bool] | None]] = queue.Queue()
         self._spawner: threading.Thread | None = None
         self.closed = False
 
-    def prepare(self, cfg: VolatilityConfig, delay: float = 0.0) -> None:
+    def prepare(self, cfg: VolatilityConfig, delay: float = 0.0, worth: Callable[[], bool] | None = None) -> None:
         """Have the spare worker started in ``delay`` seconds (when the pool keeps one and has none
         by then): it imports Volatility and parses the symbol tables the pool's workers loaded
         last, then waits — with no idle limit — for the first guest that has no warm worker.
         Returns at once. The spare is started by the pool's own thread, which lives as long as the
-        agent: a worker dies with the thread that started it (``PR_SET_PDEATHSIG``)."""
+        agent: a worker dies with the thread that started it (``PR_SET_PDEATHSIG``). ``worth``,
+        asked in that thread first: whether a spare is worth its memory (e.g. a live guest runs here)."""
         if not self.spare or self.closed:
             return
         with self._lock:
             if self._spawner is None:
                 self._spawner = threading.Thread(target=self._spawn_loop, name="warm-spare", daemon=True)
                 self._spawner.start()
-        self._spawn.put((time.monotonic() + delay, cfg))
+        self._spawn.put((time.monotonic() + delay, cfg, worth))
 
     def _spawn_loop(self) -> None:
         while True:
-            when, cfg = self._spawn.get()
+            when, cfg, worth = self._spawn.get()
             time.sleep(max(0.0, when - time.monotonic()))
             try:
-                self._start_spare(cfg)
+                if worth is None or worth():
+                    self._start_spare(cfg)
             except Exception as e:  # no spare: the next guest's worker starts cold, nothing worse
                 log.warning("cannot start a spare Volatility worker: %s", e)
 

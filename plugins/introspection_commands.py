@@ -204,6 +204,15 @@ class IntrospectionCommands:
         #: guest (as named in a request, UUID and name once known) → monotonic time of its last introspection
         self.last_introspection: dict[str, float] = {}
 
+    def live_guests_here(self) -> bool:
+        """Whether a running guest on this host has shared memory (a live introspection may come)."""
+        from atomwatch.introspection.live import shared_memory_guests
+
+        try:
+            return bool(shared_memory_guests(self.conn()))
+        except Exception:
+            return False
+
     def sweep_dumps(self) -> list[tuple[Path, int]]:
         """Delete the dumps an agent killed mid-introspection left in the dump directory (at start)."""
         from atomwatch.introspection.acquire import sweep
@@ -406,7 +415,8 @@ def register_agent_commands(config: Any) -> dict[str, Any] | None:
 
     atexit.register(cmds.warm.close)  # the warm workers die with the agent anyway (PR_SET_PDEATHSIG)
     if cmds.cfg.volatility.symbol_dirs:
-        cmds.warm.prepare(cmds.cfg.volatility)  # the spare worker: Volatility imported, tables parsed
+        # the spare worker (Volatility imported, tables parsed), when a guest here can be read live
+        cmds.warm.prepare(cmds.cfg.volatility, worth=cmds.live_guests_here)
     cmds.sweep_dumps()  # the agent starts: whatever dump a killed agent left is no one's now
     if not cmds.cfg.volatility.symbol_dirs:
         log.info(
