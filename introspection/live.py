@@ -80,7 +80,9 @@ def qemu_pid(name: str) -> int | None:
     return None
 
 
-def _process_key(pid: int) -> str:
+def process_key(pid: int) -> str:
+    """``PID@start`` of a process (its start time in clock ticks): what tells it from a later one
+    with the same PID."""
     try:
         # field 22 of /proc/PID/stat (after the command name in parentheses): start time in ticks
         start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -158,7 +160,7 @@ def find(conn: Any, vm: str) -> tuple[Any, LiveMemory]:
         os.close(os.open(path, os.O_RDONLY))
     except OSError as e:
         raise NotLive(f"its memory file {what} does not open for this agent: {e.strerror}") from None
-    return dom, LiveMemory(path, name, uuid, size, pid, f"{uuid}/{_process_key(pid)}")
+    return dom, LiveMemory(path, name, uuid, size, pid, f"{uuid}/{process_key(pid)}")
 
 
 _SHARED_BACKING_RE = re.compile(r"<memoryBacking>.*?<access\s+mode=['\"]shared['\"]", re.DOTALL)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .live import LiveMemory, cr3, paused
+from .live import LiveMemory, cr3, paused, process_key
 from .volatility import (
     WORKER,
     Analysis,
@@ -67,6 +67,8 @@ SPARE = "spare"
 ISF_MEMO = "warm-isf.json"
 
 
+#: how often the pool's thread stops workers idle too long or whose guest is gone
+SWEEP_EVERY = 30.0
 #: seconds after a spare was taken before the next one starts
 SPARE_DELAY = 30.0
 
@@ -118,9 +120,14 @@ class WarmWorker:
             del self.stderr[:-20]
 
     def alive(self) -> bool:
+        """Running, not idle too long, and its guest's QEMU process still there: a worker holds the
+        guest's memory file open, which would keep a destroyed guest's RAM allocated."""
         if self.proc.poll() is not None:
             return False
-        return self.key == SPARE or time.monotonic() - self.used < self.idle
+        if self.key == SPARE:
+            return True
+        qemu = self.key.rsplit("/", 1)[-1]
+        return time.monotonic() - self.used < self.idle and process_key(int(qemu.split("@", 1)[0])) == qemu
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -218,15 +225,22 @@ class WarmPool:
         asked in that thread first: whether a spare is worth its memory (e.g. a live guest runs here)."""
         if not self.spare or self.closed:
             return
+        self._ensure_thread()
+        self._spawn.put((time.monotonic() + delay, cfg, worth))
+
+    def _ensure_thread(self) -> None:
         with self._lock:
             if self._spawner is None:
-                self._spawner = threading.Thread(target=self._spawn_loop, name="warm-spare", daemon=True)
+                self._spawner = threading.Thread(target=self._spawn_loop, name="warm-workers", daemon=True)
                 self._spawner.start()
-        self._spawn.put((time.monotonic() + delay, cfg, worth))
 
     def _spawn_loop(self) -> None:
         while True:
-            when, cfg, worth = self._spawn.get()
+            try:
+                when, cfg, worth = self._spawn.get(timeout=SWEEP_EVERY)
+            except queue.Empty:
+                self.sweep()
+                continue
             time.sleep(max(0.0, when - time.monotonic()))
             try:
                 if worth is None or worth():
@@ -315,11 +329,20 @@ class WarmPool:
                     stop.append(self._workers.pop(oldest))
         for w in stop:
             w.stop()
+        if worker not in stop and not self.closed:
+            self._ensure_thread()  # its sweeps stop the workers of guests that went away
         # the spare this worker may have been is replaced, later: not competing with this guest's next reads
         self.prepare(worker.cfg, SPARE_DELAY)
 
     def drop(self, worker: WarmWorker) -> None:
         worker.stop()
+
+    def sweep(self) -> None:
+        """Stop the workers that are idle too long or whose guest is gone."""
+        with self._lock:
+            dead = [self._workers.pop(k) for k, w in list(self._workers.items()) if not w.alive()]
+        for w in dead:
+            w.stop()
 
     def workers(self) -> dict[str, int]:
         """Guest key (or ``spare``) → worker PID of the live workers."""

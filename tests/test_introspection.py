@@ -809,3 +809,44 @@ def test_live_memory_is_the_one_shared_file_mapping_of_the_guests_size(tmp_path)
         with pytest.raises(live.NotLive, match="not a shared file"):
             live.memory_mapping(os.getpid(), size)
     assert live.linear_limit("pc-i440fx-7.2") == 0xE0000000 and live.linear_limit("pc-q35-7.2") == 0xB0000000
+
+
+def test_warm_pool_keeps_a_worker_per_guest_and_stops_it_when_its_qemu_is_gone(tmp_path):
+    """Real serving workers (no Volatility is imported until a request comes): one kept per guest
+    key, the oldest stopped beyond the pool's size, and a worker stopped by the sweep once the
+    process its key names (the guest's QEMU, here a ``sleep``) is gone."""
+    import subprocess
+
+    from atomwatch.introspection import live, warm
+    from atomwatch.introspection.volatility import VolatilityConfig
+
+    cfg = VolatilityConfig(symbol_dirs=[str(tmp_path)], cache_dir=str(tmp_path / "cache"))
+    pool = warm.WarmPool(size=1, idle=600)
+    qemus = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        keys = [f"uuid-{i}/{live.process_key(q.pid)}" for i, q in enumerate(qemus)]
+        first, warm_ = pool.take("uuid-0", keys[0], cfg)
+        assert not warm_ and first.alive()
+        pool.give(first)
+        again, warm_ = pool.take("uuid-0", keys[0], cfg)
+        assert warm_ and again is first
+        pool.give(again)
+        second, _ = pool.take("uuid-1", keys[1], cfg)
+        pool.give(second)  # size 1: the older guest's worker is stopped
+        assert first.proc.poll() is not None and pool.workers() == {keys[1]: second.proc.pid}
+        qemus[1].kill()
+        qemus[1].wait()
+        assert not second.alive()
+        pool.sweep()
+        assert pool.workers() == {} and second.proc.poll() is not None
+        # a spare is started only when it is worth it
+        spare_pool = warm.WarmPool(spare=True)
+        spare_pool.prepare(cfg, worth=lambda: False)
+        time.sleep(0.5)
+        assert spare_pool.workers() == {}
+        spare_pool.close()
+    finally:
+        pool.close()
+        for q in qemus:
+            q.kill()
+            q.wait()
