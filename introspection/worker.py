@@ -15,6 +15,13 @@ TreeGrid's rows as plain dicts (column name → JSON value), never text.
 Also reported, per task, the boot-relative start time and the CPU time (``tasks``), read from
 ``task_struct``: the start time identifies a process across PID reuse, the CPU time ranks suspects.
 
+``worker.py PARENT_PID --serve`` keeps one :class:`Session` (context loaded once) and answers
+requests one JSON line each (:func:`serve`): the warm worker of one guest read live
+(:mod:`atomwatch.introspection.warm`), or a spare that has imported Volatility and parsed symbol
+tables before any guest. On a live image it re-reads what changed (:meth:`Session.refresh`), reads
+the task list as raw bytes while the guest is paused (:func:`fast_task_facts`) and checks that a
+kept context still fits the guest's kernel (:meth:`Session.check`).
+
 What does not live here: starting this process, its time limit, reading its output
 (:mod:`atomwatch.introspection.volatility`). Runs only as a child process, ``worker.py PARENT_PID``: it
 first asks the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``) and exits if its parent
