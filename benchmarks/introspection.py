@@ -134,6 +134,11 @@ class Site:
         self.agent.stop()
         self.controller.stop()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        # this agent's warm and spare workers go with it (an agent process would exit)
+        handler = self.agent.commands.handlers.get("introspect")
+        pool = getattr(getattr(handler, "__self__", None), "warm", None)
+        if pool is not None:
+            await asyncio.to_thread(pool.close)
 
     async def alarm_to_findings(self, dom) -> tuple[int, float, dict]:
         """Open an alarm blaming ``dom``'s CPU; (alarm id, seconds to its findings, the finding)."""

@@ -420,8 +420,10 @@ def analyse_live(
         else:
             ran = worker.ask({"op": "plugins", "plugins": list(plugins)}, deadline, progress, cancel, what)
             if pause == "tasks":
+                # forget what the plugins read first, then pause for the reads alone
+                worker.ask({"op": "refresh"}, deadline, None, cancel, what)
                 with paused(dom, live):
-                    tasks = worker.ask({"op": "tasks", "fresh": True, "fast": True}, deadline, None, cancel, what)
+                    tasks = worker.ask({"op": "tasks", "fresh": False, "fast": True}, deadline, None, cancel, what)
             else:
                 tasks = worker.ask({"op": "tasks", "fresh": True, "fast": True}, deadline, None, cancel, what)
     except BaseException:

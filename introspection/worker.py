@@ -711,7 +711,8 @@ def serve(first: dict[str, Any], lines: Lines) -> int:
     checks that the loaded one still fits the image (an ``error`` of kind ``stale`` when the guest
     rebooted into another kernel or layout: the agent then starts a new worker);
     ``{"op": "plugins", "plugins": […]}`` runs plugins; ``{"op": "tasks", "fresh": bool}`` lists the
-    tasks; ``{"op": "prepare", "isf": [URL, …]}`` (a spare worker's first request, no image yet)
+    tasks; ``{"op": "refresh"}`` forgets what was read of a live image;
+    ``{"op": "prepare", "isf": [URL, …]}`` (a spare worker's first request, no image yet)
     imports Volatility and parses those symbol tables ahead of the guest that will need them. Each
     is answered by progress lines and one ``result`` (carrying the request's ``id``) or ``error``
     line. ``idle``: seconds without a request before the worker exits (none: never)."""
@@ -759,6 +760,9 @@ def serve(first: dict[str, Any], lines: Lines) -> int:
         elif op == "plugins":
             results, timings = session.plugins(list(req["plugins"]))
             answer = {"event": "result", "plugins": results, "timings": timings}
+        elif op == "refresh":  # before the agent pauses the guest: the pause is then only the reads
+            session.refresh()
+            answer = {"event": "result"}
         elif op == "tasks":
             tasks, seconds = session.tasks(bool(req.get("fresh")), bool(req.get("fast")))
             answer = {"event": "result", "tasks": tasks, "timings": {"tasks": seconds}}
