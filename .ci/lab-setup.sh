@@ -34,14 +34,12 @@ fi
 $SUDO mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt /var/cache/libvirt
 
 running() { pgrep -x "$1" >/dev/null 2>&1; }
-# The daemons must not inherit this script's open files: run as `flock /tmp/atomwatch-lab.lock
-# bash .ci/lab-setup.sh`, a daemon would keep the lock's descriptor, and the lab lock would stay
-# held for as long as libvirtd runs. Start them with every descriptor above 2 closed.
-daemon() {
-    bash -c 'for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done; exec "$@"' daemon $SUDO "$@"
-}
-running virtlogd || daemon virtlogd -d
-running libvirtd || daemon libvirtd -d
+# The daemons must not inherit this script's file descriptors: run as `flock LOCK .ci/lab-setup.sh`,
+# the lock's descriptor would otherwise stay open in libvirtd and virtlogd, holding the lab lock
+# for as long as they live. Close everything above stderr before exec.
+detached() { $SUDO python3 -c 'import os, sys; os.closerange(3, 65536); os.execvp(sys.argv[1], sys.argv[1:])' "$@"; }
+running virtlogd || detached virtlogd -d
+running libvirtd || detached libvirtd -d
 
 i=0
 until virsh -c qemu:///system list >/dev/null 2>&1; do

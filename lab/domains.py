@@ -96,6 +96,9 @@ class GuestSpec:
     domain_type: str = "qemu"
     memory_mib: int = MEMORY_MIB
     vcpus: int = 1
+    #: back the guest's RAM with a shared file (libvirt's ``<memoryBacking>`` with a file source and
+    #: shared access): the agent can then read it in place (live introspection) instead of dumping it
+    shared_memory: bool = False
 
     @property
     def name(self) -> str:
@@ -124,10 +127,15 @@ class GuestSpec:
     def xml(self, kernel: Path, initrd: Path) -> str:
         cmdline = f"console=ttyS0 panic=-1 quiet mitigations=off atomwatch.ip={self.ip}/24 atomwatch.name={self.name}"
         e = lambda p: escape(str(p))  # noqa: E731
+        backing = (
+            "\n  <memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
+            if self.shared_memory
+            else ""
+        )
         return f"""<domain type='{self.domain_type}'>
   <name>{self.name}</name>
   <description>atomwatch lab guest {self.index}</description>
-  <memory unit='MiB'>{self.memory_mib}</memory>
+  <memory unit='MiB'>{self.memory_mib}</memory>{backing}
   <vcpu>{self.vcpus}</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>

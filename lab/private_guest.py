@@ -45,8 +45,15 @@ class IntroGuestSpec(domains.GuestSpec):
         return re.sub(r"\s*<interface type='bridge'>.*?</interface>", "", text, flags=re.DOTALL)
 
 
-def boot_private_guest(workdir: Path, tag: str = "g1", memory_mib: int = 256, uri: str = domains.DEFAULT_URI):
+def boot_private_guest(
+    workdir: Path,
+    tag: str = "g1",
+    memory_mib: int = 256,
+    uri: str = domains.DEFAULT_URI,
+    shared_memory: bool = False,
+):
     """Copy the lab image into ``workdir`` and boot ``awintro-<tag>`` from it; returns (conn, dom).
+    ``shared_memory``: back its RAM with a shared file, so it can be introspected live.
 
     Raises ``atomwatch.lab.domains.LabError`` (or ``atomwatch.lab.build.BuildError``) naming what is missing."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +65,9 @@ def boot_private_guest(workdir: Path, tag: str = "g1", memory_mib: int = 256, ur
     shutil.copyfile(image.kernel, kernel)
     shutil.copyfile(image.initrd, initrd)
     conn = domains.connect(uri)
-    spec = IntroGuestSpec(index=1, workdir=workdir, domain_type="qemu", memory_mib=memory_mib, tag=tag)
+    spec = IntroGuestSpec(
+        index=1, workdir=workdir, domain_type="qemu", memory_mib=memory_mib, tag=tag, shared_memory=shared_memory
+    )
     domains.destroy(conn, spec.name)
     dom = domains.boot(conn, spec, kernel, initrd)
     return conn, dom

@@ -1,10 +1,13 @@
 """Agent commands ``introspect`` and ``terminate``: Volatility 3 on one VM, and killing one process.
 
-``introspect`` params: ``vm`` (UUID or libvirt name; ``vm_uuid``/``vm_name`` accepted too),
+``introspect`` reads the guest's memory in place when it is a shared file, on a Volatility worker
+kept warm for that guest (``atomwatch.introspection.live``, ``.warm``), and dumps it otherwise; the
+result's ``source`` says which (``live`` with the guest's pause measured, or ``dump`` with
+``not_live``, the reason). Params: ``vm`` (UUID or libvirt name; ``vm_uuid``/``vm_name`` accepted too),
 ``metrics`` (the blamed metric names; they choose the plugins), optional ``plugins`` (explicit
 list, each one of ``atomwatch.introspection.plugins_choice.KNOWN``), optional ``baseline`` (true: store the
 analysis as the VM's healthy baseline), optional ``timeout`` (s, caps Volatility's own limit).
-Progress replies: dump started/done, image loaded (with the kernel banner), each plugin done.
+Progress replies: live read started (with the memory file) or dump started/done, image loaded (with the kernel banner), each plugin done.
 The result holds the suspects with their evidence, the Volatility rows per plugin, the banner,
 the dump summary (with whether the guest had to be resumed) and timings.
 
@@ -39,7 +42,13 @@ makes ``introspect`` refuse, before any dump, until one exists), ``cache``
 (the worker's data-segment limit, RLIMIT_DATA, default 2048), ``dump_dir`` (default: the system temp
 dir), ``dump_margin_mib`` (free space asked beyond the guest's memory before a dump, default 512),
 ``keep_dumps`` (retention of successfully analysed dumps, default false), ``baseline_dir``,
-``concurrency`` (introspections at once, default 1: each holds ~0.5 GB), ``terminate``,
+``concurrency`` (introspections at once, default 1: each holds ~0.5 GB), ``live`` (``auto``: read a
+guest's memory in place when it is a shared file, else dump it; ``off``: always dump), ``live_pause``
+(``tasks``, ``all`` or ``none``: what a live read pauses the guest for), ``warm_workers`` (default 2:
+guests whose loaded Volatility context is kept between introspections), ``warm_idle`` (default
+600 s: a warm context unused that long is dropped), ``warm_spare`` (default true: one more worker
+kept ready with Volatility imported and the last used symbol tables parsed, for a guest with no
+warm context yet), ``terminate``,
 ``never_kill``, ``introspect_min_interval`` (the consent above).
 
 Entry point (pyproject.toml, group ``atomwatch``):
@@ -85,6 +94,11 @@ class IntrospectionOptions:
     keep_dumps: bool | None = None
     baseline_dir: str | None = None
     concurrency: Annotated[int, Range(ge=1)] = 1
+    live: Literal["auto", "off"] = "auto"
+    live_pause: Literal["tasks", "all", "none"] = "tasks"
+    warm_workers: Annotated[int, Range(ge=0)] = 2
+    warm_idle: Annotated[float, Duration, Range(gt=0)] = 600.0
+    warm_spare: bool = True
     # the hypervisor owner's consent
     terminate: Literal["off", "dry-run", "on"] = "off"
     never_kill: tuple[str, ...] = ("init", "systemd", "sshd", "qemu-ga")
@@ -174,7 +188,14 @@ class IntrospectionCommands:
             kw["dump_margin"] = int(options.dump_margin_mib * (1 << 20))
         if options.baseline_dir:
             kw["baseline_dir"] = Path(options.baseline_dir)
+        kw["live"], kw["live_pause"] = options.live, options.live_pause
         self.cfg = IntrospectionConfig(**kw)
+        from atomwatch.introspection.warm import WarmPool
+
+        #: one warm Volatility worker per guest read live (its context loaded), across introspections
+        self.warm = WarmPool(
+            options.warm_workers, options.warm_idle, spare=options.warm_spare and options.live != "off"
+        )
         self.slots = asyncio.Semaphore(options.concurrency)
         self._conn: Any = None
         self.terminate_mode = options.terminate
@@ -182,6 +203,15 @@ class IntrospectionCommands:
         self.min_interval = options.introspect_min_interval
         #: guest (as named in a request, UUID and name once known) → monotonic time of its last introspection
         self.last_introspection: dict[str, float] = {}
+
+    def live_guests_here(self) -> bool:
+        """Whether a running guest on this host has shared memory (a live introspection may come)."""
+        from atomwatch.introspection.live import shared_memory_guests
+
+        try:
+            return bool(shared_memory_guests(self.conn()))
+        except Exception:
+            return False
 
     def sweep_dumps(self) -> list[tuple[Path, int]]:
         """Delete the dumps an agent killed mid-introspection left in the dump directory (at start)."""
@@ -256,7 +286,7 @@ class IntrospectionCommands:
             raise CommandError(why)
         for g in guests:
             self.last_introspection[g] = now
-        _audit("introspect", True, params, "memory dump and Volatility analysis")
+        _audit("introspect", True, params, "Volatility analysis of its memory (read live or dumped)")
         if params.get("timeout") is not None:
             try:
                 t = float(params["timeout"])
@@ -279,6 +309,7 @@ class IntrospectionCommands:
                     plugins,
                     baseline=bool(params.get("baseline")),
                     cancel=cancel,
+                    pool=self.warm,
                 )
                 for g in (result.get("vm_uuid"), result.get("vm_name")) if isinstance(result, dict) else ():
                     if isinstance(g, str) and g:
@@ -380,6 +411,12 @@ def register_agent_commands(config: Any) -> dict[str, Any] | None:
             raise CommandError(why)
 
         return {"introspect": refuse, "terminate": refuse}
+    import atexit
+
+    atexit.register(cmds.warm.close)  # the warm workers die with the agent anyway (PR_SET_PDEATHSIG)
+    if cmds.cfg.volatility.symbol_dirs:
+        # the spare worker (Volatility imported, tables parsed), when a guest here can be read live
+        cmds.warm.prepare(cmds.cfg.volatility, worth=cmds.live_guests_here)
     cmds.sweep_dumps()  # the agent starts: whatever dump a killed agent left is no one's now
     if not cmds.cfg.volatility.symbol_dirs:
         log.info(

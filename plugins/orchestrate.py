@@ -218,6 +218,10 @@ class Orchestrator:
             "rows": result.get("rows", {}),
             "errors": result.get("errors", {}),
             "banner": result.get("banner"),
+            # how the memory was read: "live" (with the pause measured) or "dump" (with why not live)
+            "source": result.get("source"),
+            "live": result.get("live"),
+            "not_live": result.get("not_live"),
             "dump": result.get("dump"),
             "baseline": result.get("baseline"),
             "timings": result.get("timings"),

@@ -86,6 +86,10 @@ def test_process_list_from_volatility_matches_the_guest(guest):
     progress: list[dict] = []
     res = introspect(conn, dom.name(), ["CPUUtilization"], _cfg(STATE["work"]), progress=progress.append, baseline=True)
     assert res["plugins"] == ["linux.pslist", "linux.pstree", "linux.psaux"]
+    # this guest's RAM is QEMU's private memory: no live read, a dump, and the result says why
+    assert res["source"] == "dump" and res["dump"]["dump_bytes"] > 200 << 20
+    assert "not a shared file" in res["not_live"] and "memoryBacking" in res["not_live"], res["not_live"]
+    assert "memory dump: not live because" in res["summary"]
     assert "6.1.0-56-cloud-amd64" in res["banner"]
     rows = res["rows"]["linux.pslist"]
     by_pid = {r["PID"]: r for r in rows}
@@ -766,3 +770,84 @@ def test_orchestrator_rate_limit_dry_run_and_auto_termination_policy(guest, mosq
         assert now is None or now.state == "Z"
     finally:
         workloads.stop_all(dom)
+
+
+def test_live_memory_is_the_one_shared_file_mapping_of_the_guests_size(tmp_path):
+    """QEMU's RAM as this process maps it (no QEMU needed: the same /proc files): a shared mapping
+    of a file of exactly the guest's size is found by its path, a memfd through map_files; a private
+    mapping, or two candidates, is no live memory and says why."""
+    import mmap
+
+    from atomwatch.introspection import live
+
+    size = 4 << 20
+    path = tmp_path / "pc.ram"
+    path.write_bytes(b"\0" * size)
+    with path.open("r+b") as f, mmap.mmap(f.fileno(), size, mmap.MAP_SHARED) as m:
+        m[:5] = b"hello"
+        found, what = live.memory_mapping(os.getpid(), size)
+        assert found == str(path) and what == str(path)
+        with open(found, "rb") as g:
+            assert g.read(5) == b"hello"
+        fd = os.memfd_create("pc.ram")
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size, mmap.MAP_SHARED):
+            with pytest.raises(live.NotLive, match="split over 2 shared files"):
+                live.memory_mapping(os.getpid(), size)
+        os.close(fd)
+    fd = os.memfd_create("pc.ram")
+    os.ftruncate(fd, size)
+    with mmap.mmap(fd, size, mmap.MAP_SHARED) as m3:
+        m3[:5] = b"memfd"
+        found, what = live.memory_mapping(os.getpid(), size)
+        assert found.startswith(f"/proc/{os.getpid()}/map_files/") and "memfd:pc.ram" in what
+        if os.geteuid() == 0:  # map_files opens for root only (CAP_SYS_ADMIN)
+            with open(found, "rb") as g:
+                assert g.read(5) == b"memfd"
+    os.close(fd)
+    with path.open("r+b") as f, mmap.mmap(f.fileno(), size, mmap.MAP_PRIVATE) as m4:
+        m4[:1] = b"x"
+        with pytest.raises(live.NotLive, match="not a shared file"):
+            live.memory_mapping(os.getpid(), size)
+    assert live.linear_limit("pc-i440fx-7.2") == 0xE0000000 and live.linear_limit("pc-q35-7.2") == 0xB0000000
+
+
+def test_warm_pool_keeps_a_worker_per_guest_and_stops_it_when_its_qemu_is_gone(tmp_path):
+    """Real serving workers (no Volatility is imported until a request comes): one kept per guest
+    key, the oldest stopped beyond the pool's size, and a worker stopped by the sweep once the
+    process its key names (the guest's QEMU, here a ``sleep``) is gone."""
+    import subprocess
+
+    from atomwatch.introspection import live, warm
+    from atomwatch.introspection.volatility import VolatilityConfig
+
+    cfg = VolatilityConfig(symbol_dirs=[str(tmp_path)], cache_dir=str(tmp_path / "cache"))
+    pool = warm.WarmPool(size=1, idle=600)
+    qemus = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        keys = [f"uuid-{i}/{live.process_key(q.pid)}" for i, q in enumerate(qemus)]
+        first, warm_ = pool.take("uuid-0", keys[0], cfg)
+        assert not warm_ and first.alive()
+        pool.give(first)
+        again, warm_ = pool.take("uuid-0", keys[0], cfg)
+        assert warm_ and again is first
+        pool.give(again)
+        second, _ = pool.take("uuid-1", keys[1], cfg)
+        pool.give(second)  # size 1: the older guest's worker is stopped
+        assert first.proc.poll() is not None and pool.workers() == {keys[1]: second.proc.pid}
+        qemus[1].kill()
+        qemus[1].wait()
+        assert not second.alive()
+        pool.sweep()
+        assert pool.workers() == {} and second.proc.poll() is not None
+        # a spare is started only when it is worth it
+        spare_pool = warm.WarmPool(spare=True)
+        spare_pool.prepare(cfg, worth=lambda: False)
+        time.sleep(0.5)
+        assert spare_pool.workers() == {}
+        spare_pool.close()
+    finally:
+        pool.close()
+        for q in qemus:
+            q.kill()
+            q.wait()
