@@ -207,21 +207,31 @@ class Records:
     replay: list[dict[str, Any]] = field(default_factory=list)
 
 
+def prepare(workdir: Path) -> tuple[Path, Path, Path, dict[str, str]]:
+    """What every harness run needs in ``workdir``: the probe plugin's folder, a command-signing
+    key pair, and the processes' environment (no ``ATOMWATCH_*`` of the caller's)."""
+    from atomwatch import signing
+
+    plugins = workdir / "plugins"
+    plugins.mkdir()
+    shutil.copy(PROBE, plugins / PROBE.name)
+    key, pub = workdir / "command-signing.key", workdir / "command-signing.pub"
+    signing.write_key_pair(key, pub)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATOMWATCH_")}
+    env.update(XDG_STATE_HOME=str(workdir / "state"), ATOMWATCH_NO_JIT="1", PYTHONUNBUFFERED="1")
+    return plugins, key, pub, env
+
+
 class Site:
     """The broker, the controller and the two agents of one run, in ``workdir``."""
 
     def __init__(self, workdir: Path, backlog: bool):
-        from atomwatch import signing
 
         binary = mosquitto_binary()
         if binary is None:
             raise HarnessError("mosquitto is not installed (apt-get install mosquitto)")
         self.dir = workdir
-        plugins = workdir / "plugins"
-        plugins.mkdir()
-        shutil.copy(PROBE, plugins / PROBE.name)
-        key, pub = workdir / "command-signing.key", workdir / "command-signing.pub"
-        signing.write_key_pair(key, pub)
+        plugins, key, pub, base = prepare(workdir)
         self.trace, labels = bundled_trace()
         self.attack = attack_rows(labels)
         self.files = {n: workdir / f"{n}.jsonl" for n in ("controller", "truth", "replay")}
@@ -229,8 +239,6 @@ class Site:
         self.records = Records()
         self.db = workdir / "alarms.sqlite"
         self.broker = Mosquitto(binary, workdir)
-        base = {k: v for k, v in os.environ.items() if not k.startswith("ATOMWATCH_")}
-        base.update(XDG_STATE_HOME=str(workdir / "state"), ATOMWATCH_NO_JIT="1", PYTHONUNBUFFERED="1")
         common = ["--broker", self.broker.url, "--site", SITE, "--plugins-dir", str(plugins)]
         py = [sys.executable, "-m", "atomwatch", "--log-level", "info"]
         self.controller = Process(

@@ -218,13 +218,7 @@ class Trial:
         out["rss"] = self.cproc.memory_info().rss
         out["tick"] = self.ticked()
         out["load"] = os.getloadavg()[0]
-        for fam in text_string_to_metric_families(text):
-            if fam.type == "histogram":
-                out[fam.name] = {s.labels["le"]: s.value for s in fam.samples if s.name.endswith("_bucket")}
-            elif fam.name == "atomwatch_messages_ingested":
-                out["ingested"] = sum(s.value for s in fam.samples if s.labels.get("kind") == "data")
-            elif fam.name in ("atomwatch_rows", "atomwatch_detection_ticks", "atomwatch_detection_ticks_skipped"):
-                out[fam.name] = sum(s.value for s in fam.samples if s.name.endswith("_total"))
+        out.update(read_metrics(text))
         return out
 
     def close(self) -> list[tuple[str, str, float, float]]:
@@ -261,6 +255,20 @@ class Trial:
                 p.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
         return events
+
+
+def read_metrics(text: str) -> dict[str, Any]:
+    """What a trial reads of a controller's /metrics: histograms' buckets, data messages ingested,
+    rows, detection ticks run and skipped."""
+    out: dict[str, Any] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.type == "histogram":
+            out[fam.name] = {s.labels["le"]: s.value for s in fam.samples if s.name.endswith("_bucket")}
+        elif fam.name == "atomwatch_messages_ingested":
+            out["ingested"] = sum(s.value for s in fam.samples if s.labels.get("kind") == "data")
+        elif fam.name in ("atomwatch_rows", "atomwatch_detection_ticks", "atomwatch_detection_ticks_skipped"):
+            out[fam.name] = sum(s.value for s in fam.samples if s.name.endswith("_total"))
+    return out
 
 
 def quantile(before: dict[str, float], after: dict[str, float], q: float) -> float | None:

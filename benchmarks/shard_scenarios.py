@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import shutil
 import sqlite3
 import sys
 import time
@@ -24,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.fault_scenarios import PROBE, HarnessError, Process, Tail, attack_rows, bundled_trace
+from benchmarks.fault_scenarios import HarnessError, Process, Tail, attack_rows, bundled_trace, prepare
 
 #: seconds between two agent ticks; the controllers make a row per data message (rows = "data")
 AGENT_TICK = 0.2
@@ -43,20 +41,13 @@ class ShardRun:
     """The processes of one run in ``workdir``; :meth:`cleanup` leaves nothing running."""
 
     def __init__(self, workdir: Path, nodes: int = 3):
-        from atomwatch import signing
         from atomwatch.lab.broker_cluster import NatsCluster
 
         self.dir = workdir
         self.cluster = NatsCluster(nodes, workdir / "nats")
-        plugins = workdir / "plugins"
-        plugins.mkdir()
-        shutil.copy(PROBE, plugins / PROBE.name)
-        key, pub = workdir / "command-signing.key", workdir / "command-signing.pub"
-        signing.write_key_pair(key, pub)
+        plugins, key, pub, base = prepare(workdir)
         self.trace, labels = bundled_trace()
         self.attack = attack_rows(labels)
-        base = {k: v for k, v in os.environ.items() if not k.startswith("ATOMWATCH_")}
-        base.update(XDG_STATE_HOME=str(workdir / "state"), ATOMWATCH_NO_JIT="1", PYTHONUNBUFFERED="1")
         py = [sys.executable, "-m", "atomwatch", "--log-level", "info"]
         self.files: dict[str, Path] = {}
         self.controllers: dict[str, Process] = {}

@@ -44,10 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks._common import emit, free_port, machine
-from benchmarks.scale import Lines, quantile
+from benchmarks.scale import Lines, quantile, read_metrics
 
 
 class ShardTrial:
@@ -112,13 +111,7 @@ class ShardTrial:
             text = r.read().decode()
         out: dict[str, Any] = {"cpu": sum(self.cprocs[k].cpu_times()[:2]), "at": time.monotonic()}
         out["published"] = self.fleet[k].latest.get("tick", {}).get("published", 0)
-        for fam in text_string_to_metric_families(text):
-            if fam.type == "histogram":
-                out[fam.name] = {s.labels["le"]: s.value for s in fam.samples if s.name.endswith("_bucket")}
-            elif fam.name == "atomwatch_messages_ingested":
-                out["ingested"] = sum(s.value for s in fam.samples if s.labels.get("kind") == "data")
-            elif fam.name in ("atomwatch_rows", "atomwatch_detection_ticks", "atomwatch_detection_ticks_skipped"):
-                out[fam.name] = sum(s.value for s in fam.samples if s.name.endswith("_total"))
+        out.update(read_metrics(text))
         return out
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from conftest import CONTROLLER_KEY, DATA, SIGNING_KEY
 
+import atomwatch
 from atomwatch import protocol, signing
 from atomwatch.agent.config import AgentConfig
 from atomwatch.agent.runtime import Agent
@@ -227,3 +228,38 @@ def assert_within_delta(record, rebuilt, where: str) -> None:
         assert abs(got - truth) <= delta * (1 + 1e-12) + 1e-12 * abs(truth), (
             f"{where}: {key.column} |{got} − {truth}| > Δ = {delta}"
         )
+
+
+class Above90:
+    """A detector: an anomaly at each row with a column above 90, blaming those columns."""
+
+    name = "above-90"
+
+    def update(self, row):
+        hot = [k for k, v in zip(row.columns, row.values, strict=True) if v > 90]
+        if hot:
+            blame = [atomwatch.Blame(k) for k in hot]
+            return atomwatch.Anomaly("above-90", row.scope, row.index, row.ts, 99.0, 90.0, blame)
+        return None
+
+
+class Above90Plugin:
+    """A plugin: the test's ``collector`` and the ``above-90`` detector."""
+
+    def __init__(self, collector):
+        self.collector = collector
+
+    @atomwatch.hookimpl
+    def register_collectors(self, config):
+        return [self.collector]
+
+    @atomwatch.hookimpl
+    def register_detectors(self):
+        class Factory:
+            name = "above-90"
+            description = "test: a column above 90"
+
+            def create(self, scope, options):
+                return Above90()
+
+        return [Factory()]

@@ -11,6 +11,7 @@ import time
 
 import pytest
 from conftest import CONTROLLER_KEY, SIGNING_KEY
+from pipeline import Above90Plugin
 
 import atomwatch
 from atomwatch import protocol
@@ -126,36 +127,6 @@ class Hot:
         pass
 
 
-class Above90:
-    name = "above-90"
-
-    def update(self, row):
-        hot = [k for k, v in zip(row.columns, row.values, strict=True) if v > 90]
-        if hot:
-            return atomwatch.Anomaly("above-90", row.scope, row.index, row.ts, 99.0, 90.0, [atomwatch.Blame(hot[0])])
-        return None
-
-
-class HotPlugin:
-    def __init__(self, collector):
-        self.collector = collector
-
-    @atomwatch.hookimpl
-    def register_collectors(self, config):
-        return [self.collector]
-
-    @atomwatch.hookimpl
-    def register_detectors(self):
-        class Factory:
-            name = "above-90"
-            description = "test: a column above 90"
-
-            def create(self, scope, options):
-                return Above90()
-
-        return [Factory()]
-
-
 async def until(predicate, what: str, timeout: float = 30.0) -> float:
     started = time.monotonic()
     while not predicate():
@@ -169,7 +140,7 @@ async def until(predicate, what: str, timeout: float = 30.0) -> float:
 async def test_the_standby_watches_then_takes_over_the_open_alarm_when_the_active_one_stops(mosquitto, site, tmp_path):
     collector = Hot()
     pm = PluginManager()
-    pm.register(HotPlugin(collector), name="test-hot")
+    pm.register(Above90Plugin(collector), name="test-hot")
     address = BrokerAddress.parse(mosquitto.url)
     db = str(tmp_path / "alarms.sqlite")
 
@@ -223,7 +194,7 @@ async def test_the_standby_watches_then_takes_over_the_open_alarm_when_the_activ
 async def test_an_agent_keeps_sending_live_while_any_controller_of_its_site_is_online(mosquitto, site):
     collector = Hot()
     pm = PluginManager()
-    pm.register(HotPlugin(collector), name="test-hot")
+    pm.register(Above90Plugin(collector), name="test-hot")
     address = BrokerAddress.parse(mosquitto.url)
 
     def controller(name: str, rank: int) -> Controller:

@@ -12,7 +12,7 @@ import time
 import aiomqtt
 import pytest
 from conftest import CONTROLLER_KEY, SIGNING_KEY
-from pipeline import alibaba_trace, make_pipeline, plugin_manager
+from pipeline import Above90Plugin, alibaba_trace, make_pipeline, plugin_manager
 
 import atomwatch
 from atomwatch import protocol
@@ -117,43 +117,12 @@ class Spiking:
         pass
 
 
-class Above90:
-    name = "above-90"
-
-    def update(self, row):
-        hot = [k for k, v in zip(row.columns, row.values, strict=True) if v > 90]
-        if hot:
-            blame = [atomwatch.Blame(k) for k in hot]
-            return atomwatch.Anomaly("above-90", row.scope, row.index, row.ts, 99.0, 90.0, blame)
-        return None
-
-
-class SpikePlugin:
-    def __init__(self, collector):
-        self.collector = collector
-
-    @atomwatch.hookimpl
-    def register_collectors(self, config):
-        return [self.collector]
-
-    @atomwatch.hookimpl
-    def register_detectors(self):
-        class Factory:
-            name = "above-90"
-            description = "test: a column above 90"
-
-            def create(self, scope, options):
-                return Above90()
-
-        return [Factory()]
-
-
 async def test_a_late_row_that_is_abnormal_opens_an_alarm_marked_late(mosquitto_private, site):
     """A spike sampled during the outage is scored when it arrives, and the alarm says it is late."""
     broker = mosquitto_private
     collector = Spiking()
     pm = PluginManager()
-    pm.register(SpikePlugin(collector), name="test-spike")
+    pm.register(Above90Plugin(collector), name="test-spike")
     address = BrokerAddress.parse(broker.url)
     agent = Agent(AgentConfig(broker=address, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=0.05), pm)
     controller = Controller(
@@ -337,7 +306,7 @@ async def test_live_data_after_ticks_kept_since_the_birth_resumes_with_a_new_bir
     relative to values the controller never got (seen on a clustered broker after a node died)."""
     collector = Spiking()
     pm = PluginManager()
-    pm.register(SpikePlugin(collector), name="test-spike")
+    pm.register(Above90Plugin(collector), name="test-spike")
     address = BrokerAddress.parse(mosquitto.url)
     agent = Agent(AgentConfig(broker=address, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=60.0), pm)
     task = asyncio.create_task(agent.run())
