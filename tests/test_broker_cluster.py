@@ -7,6 +7,7 @@ the will of a client whose node dies. docs/scale.md ("Clustered broker") records
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from conftest import free_port
 
 from atomwatch.lab.broker_cluster import running_pids
 
@@ -253,3 +255,117 @@ def test_broker_cluster_without_nats_server_names_the_package(tmp_path):
     assert done.returncode == 2 and "apt-get install nats-server" in done.stderr and "Traceback" not in done.stderr
     done = atomwatch("down", "--dir", str(tmp_path / "absent"))
     assert done.returncode == 2 and "no such directory" in done.stderr
+
+
+# ----------------------------------------------------------------------------- deploy/nats/
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats-node.conf"
+
+
+def route_certificate(site_dir: Path) -> None:
+    """broker/route.crt and route.key, signed by the site's CA, with both TLS usages, for
+    localhost: what deploy/nats/README.md has the operator make with openssl."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = serialization.load_pem_private_key((site_dir / "ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((site_dir / "ca.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "route")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (site_dir / "broker" / "route.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (site_dir / "broker" / "route.crt").write_bytes(cert.public_bytes(pem))
+
+
+async def test_deploy_template_runs_three_tls_nodes_with_the_acl_of_secure_init(tmp_path, broker_cluster):
+    """deploy/nats/nats-node.conf as the README says to adapt it (three nodes, here on loopback):
+    mutual-TLS routes, TLS MQTT with the certificates of `atomwatch secure init`, one user per
+    certificate subject with the ACL's permissions: the controller's retained state written on
+    node 0 is read on node 2; an agent publishes its own birth but not another host's, nor may it
+    subscribe to another host's commands."""
+    import ssl
+
+    from atomwatch import pki
+    from atomwatch.lab.broker_cluster import find_nats_server, mqtt_connect_ok
+
+    site = tmp_path / "site"
+    pki.init(site, pki.Site("eu", ["hv1"]))
+    route_certificate(site)
+    ports = [{k: free_port() for k in ("client", "http", "cluster", "mqtt")} for _ in range(3)]
+    procs = []
+    try:
+        for i, p in enumerate(ports):
+            text = TEMPLATE.read_text().replace("SITE", "eu").replace("/etc/atomwatch/broker", str(site / "broker"))
+            text = text.replace("/var/lib/nats/jetstream", str(tmp_path / f"js{i}"))
+            text = text.replace('server_name: "broker1"', f'server_name: "broker{i + 1}"')
+            for old, new in (("127.0.0.1:4222", p["client"]), ("127.0.0.1:8222", p["http"])):
+                text = text.replace(f'"{old}"', f'"127.0.0.1:{new}"')
+            text = text.replace('"0.0.0.0:6222"', f'"127.0.0.1:{p["cluster"]}"')
+            text = text.replace('"0.0.0.0:8883"', f'"127.0.0.1:{p["mqtt"]}"')
+            for j, q in enumerate(ports):
+                text = text.replace(f"@broker{j + 1}.example:6222", f"@localhost:{q['cluster']}")
+            conf = tmp_path / f"n{i}.conf"
+            conf.write_text(text)
+            log = (tmp_path / f"n{i}.log").open("wb")
+            procs.append(subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=log, stderr=log))
+
+        def tls(who: str) -> ssl.SSLContext:
+            ctx = ssl.create_default_context(cafile=str(site / who / "ca.crt"))
+            ctx.load_cert_chain(str(site / who / "client.crt"), str(site / who / "client.key"))
+            return ctx
+
+        def tls_client(i: int, who: str) -> aiomqtt.Client:
+            return aiomqtt.Client(
+                "localhost", ports[i]["mqtt"], identifier=f"{who}-{i}", tls_context=tls(who), timeout=5
+            )
+
+        deadline = time.monotonic() + 30
+        while True:  # the cluster is up once the controller's retained publish is acknowledged
+            try:
+                async with tls_client(0, "controller") as ctl:
+                    await ctl.publish("atomwatch/v1/eu/controller/state", b"s1", qos=1, retain=True)
+                break
+            except aiomqtt.MqttError:
+                assert time.monotonic() < deadline, "the template's cluster did not serve in 30 s"
+                await asyncio.sleep(0.5)
+        assert not mqtt_connect_ok(ports[1]["mqtt"])  # no plain MQTT
+        async with tls_client(2, "controller") as ctl:
+            await ctl.subscribe("atomwatch/v1/eu/controller/state", qos=1)
+            assert (await first_message(ctl, 5)).payload == b"s1"
+            await ctl.subscribe("atomwatch/v1/eu/+/birth", qos=1)
+            async with tls_client(1, "agents/hv1") as agent:
+                await agent.publish("atomwatch/v1/eu/hv1/birth", b"hv1", qos=1, retain=True)
+                await agent.publish("atomwatch/v1/eu/hv2/birth", b"forged", qos=1, retain=True)
+                (granted,) = await agent.subscribe("atomwatch/v1/eu/hv1/cmd/+", qos=1)
+                (refused,) = await agent.subscribe("atomwatch/v1/eu/hv2/cmd/+", qos=1)
+            assert granted.value == 1 and refused.is_failure
+            births = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    async for m in ctl.messages:
+                        births.append((str(m.topic), m.payload))
+        assert births == [("atomwatch/v1/eu/hv1/birth", b"hv1")]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
