@@ -37,7 +37,7 @@ from typing import Any
 
 import aiomqtt
 
-from atomwatch.lab.broker_cluster import NatsCluster, find_nats_server, mqtt_connect_ok, nats_version
+from atomwatch.lab.broker_cluster import ClusterError, NatsCluster, find_nats_server, mqtt_connect_ok, nats_version
 from benchmarks._common import emit, free_port, machine, wait_port
 
 PAYLOAD = 300
@@ -374,7 +374,11 @@ async def retained_after_kill(b, failover: float = 60.0) -> dict[str, Any]:
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.2)
     if getattr(b, "restart_node", None) and out["seconds_to_publish"] is not None:
-        b.restart_node(0)
+        try:
+            b.restart_node(0)
+        except ClusterError as e:
+            out["restart_error"] = str(e)
+            return out
         async with client(b.port_of(0)) as sub:
             await sub.subscribe(t, qos=1)
             m = await first_message(sub, 5)
@@ -405,9 +409,14 @@ async def measure(b, args) -> dict[str, Any]:
         "qos1_order_cross_node_1000": await order_cross(b),
     }
     if b.can_kill:
-        trials = [await retained_after_kill(b) for _ in range(args.kill_trials if hasattr(b, "restart_node") else 1)]
+        trials = []
+        for _ in range(args.kill_trials if hasattr(b, "restart_node") else 1):
+            trials.append(await retained_after_kill(b))
+            if "restart_error" in trials[-1]:
+                break  # node 0 stays down: the next trial would have nothing to kill
         props["after_sigkill_of_node0"] = {
             "trials": len(trials),
+            "restart_errors": [t["restart_error"] for t in trials if "restart_error" in t],
             "retained_seen": sum(t["retained_seen"] for t in trials),
             "seconds_to_serve": [t["seconds_to_serve"] for t in trials],
             "seconds_to_publish": [t["seconds_to_publish"] for t in trials],
