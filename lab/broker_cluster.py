@@ -160,14 +160,20 @@ class NatsCluster:
                 for i in range(nodes)
             ]
         else:
-            self.ports = [
-                {"mqtt": _free_port(), "client": _free_port(), "cluster": _free_port(), "monitor": _free_port()}
-                for _ in range(nodes)
-            ]
+            self.ports = self._free_ports(nodes)
+        self._chosen_ports = base_port is not None
         self.version = nats_version(self.binary)
         self.procs: list[subprocess.Popen | None] = [None] * nodes
         #: seconds from the first node's start to the cluster being ready (set by :meth:`start`)
         self.startup_seconds: float | None = None
+
+    @staticmethod
+    def _free_ports(nodes: int) -> list[dict[str, int]]:
+        seen: set[int] = set()
+        while len(seen) < 4 * nodes:
+            seen.add(_free_port())
+        ports = iter(sorted(seen))
+        return [{k: next(ports) for k in ("mqtt", "client", "cluster", "monitor")} for _ in range(nodes)]
 
     # ------------------------------------------------------------------ addresses
     @property
@@ -188,20 +194,40 @@ class NatsCluster:
 
     # ------------------------------------------------------------------ life cycle
     def start(self, timeout: float = 30.0) -> NatsCluster:
-        """Write the configs, start every node, wait until the cluster is ready (:meth:`wait_ready`)."""
+        """Write the configs, start every node, wait until the cluster is ready (:meth:`wait_ready`).
+        A free port taken by another process before a node could bind it: new ports, once more."""
         t0 = time.monotonic()
-        for i in range(self.n):
-            self.conf(i).write_text(node_config(i, self.ports, self.dir / f"n{i}", self.replicas))
-        try:
+        for attempt in range(3):
             for i in range(self.n):
-                self._spawn(i)
-            self._write_state()
-            self.wait_ready(timeout=timeout)
-        except BaseException:
-            self.stop()
-            raise
+                self.conf(i).write_text(node_config(i, self.ports, self.dir / f"n{i}", self.replicas))
+            try:
+                for i in range(self.n):
+                    self._spawn(i)
+                self._write_state()
+                self.wait_ready(timeout=timeout)
+                break
+            except ClusterError:
+                if self._chosen_ports or attempt == 2 or not self._port_taken():
+                    self.stop()
+                    raise
+                self._terminate()
+                for i in range(self.n):  # the next try's logs say only the next try's story
+                    (self.dir / f"n{i}.log").unlink(missing_ok=True)
+                self.ports = self._free_ports(self.n)
+            except BaseException:
+                self.stop()
+                raise
         self.startup_seconds = time.monotonic() - t0
         return self
+
+    def _port_taken(self) -> bool:
+        """Whether a node that exited said one of its ports was in use."""
+        for i in range(self.n):
+            if not self.alive(i):
+                log = self.dir / f"n{i}.log"
+                if log.exists() and "address already in use" in log.read_text(errors="replace"):
+                    return True
+        return False
 
     def _spawn(self, i: int) -> None:
         log = (self.dir / f"n{i}.log").open("ab")
@@ -288,6 +314,13 @@ class NatsCluster:
 
     def stop(self) -> None:
         """SIGTERM every node (SIGKILL after 5 s), reap them, remove the work directory if it was ours."""
+        self._terminate()
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / STATE_FILE).unlink()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _terminate(self) -> None:
         for p in self.procs:
             if p is not None and p.poll() is None:
                 p.terminate()
@@ -302,10 +335,6 @@ class NatsCluster:
             self.procs[i] = None
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / f"n{i}.pid").unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / STATE_FILE).unlink()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> NatsCluster:
         return self.start() if not any(self.procs) else self
