@@ -262,6 +262,17 @@ def test_broker_cluster_without_nats_server_names_the_package(tmp_path):
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats-node.conf"
 
 
+def healthy(port: int) -> bool:
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return json.loads(r.read()).get("status") == "ok"
+    except OSError:
+        return False
+
+
 def route_certificate(site_dir: Path) -> None:
     """broker/route.crt and route.key, signed by the site's CA, with both TLS usages, for
     localhost: what deploy/nats/README.md has the operator make with openssl."""
@@ -340,6 +351,10 @@ async def test_deploy_template_runs_three_tls_nodes_with_the_acl_of_secure_init(
             )
 
         deadline = time.monotonic() + 30
+        for p in ports:  # as the README says: every node's /healthz is ok (JetStream current)
+            while not healthy(p["http"]):
+                assert time.monotonic() < deadline, f"node on {p['mqtt']} not healthy in 30 s"
+                await asyncio.sleep(0.2)
         while True:  # the cluster is up once the controller's retained publish is acknowledged
             try:
                 async with tls_client(0, "controller") as ctl:
