@@ -68,6 +68,19 @@ def node_config(i: int, ports: list[dict[str, int]], store_dir: Path, replicas: 
     """The config file of node ``i`` (0-based) of a cluster whose nodes have ``ports``."""
     p = ports[i]
     routes = "\n".join(f'    "nats-route://127.0.0.1:{q["cluster"]}"' for j, q in enumerate(ports) if j != i)
+    # one node: no cluster block (JetStream refuses a cluster without routes)
+    cluster = (
+        f"""cluster {{
+  name: "atomwatch"
+  listen: "127.0.0.1:{p["cluster"]}"
+  routes: [
+{routes}
+  ]
+}}
+"""
+        if len(ports) > 1
+        else ""
+    )
     return f"""# node {i} of an atomwatch broker cluster (written by atomwatch.lab.broker_cluster)
 server_name: "n{i}"
 listen: "127.0.0.1:{p["client"]}"
@@ -77,14 +90,7 @@ jetstream {{
   max_memory_store: 256MB
   max_file_store: 2GB
 }}
-cluster {{
-  name: "atomwatch"
-  listen: "127.0.0.1:{p["cluster"]}"
-  routes: [
-{routes}
-  ]
-}}
-mqtt {{
+{cluster}mqtt {{
   listen: "127.0.0.1:{p["mqtt"]}"
   # retained messages, sessions and QoS 1 messages live in JetStream streams with this many copies
   stream_replicas: {replicas}
@@ -283,6 +289,8 @@ class NatsCluster:
         try:
             if _json(f"{base}/healthz").get("status") != "ok":
                 return None
+            if self.n == 1:  # JetStream without a cluster has no meta group
+                return f"n{i}"
             jsz = _json(f"{base}/jsz")
         except (OSError, ValueError):  # a 503 (not current yet) is an HTTPError, an OSError
             return None

@@ -384,3 +384,24 @@ async def test_deploy_template_runs_three_tls_nodes_with_the_acl_of_secure_init(
         for proc in procs:
             proc.terminate()
             proc.wait()
+
+
+def test_a_cluster_of_its_own_directory_leaves_nothing_behind(broker_cluster):
+    from atomwatch.lab.broker_cluster import NatsCluster
+
+    c = NatsCluster(1).start()
+    pid, workdir = c.procs[0].pid, c.dir
+    assert running_pids(workdir) == [pid] and mqtt_port_open(c.mqtt_port(0))
+    c.kill_node(0)
+    assert not Path(f"/proc/{pid}").exists() and not mqtt_port_open(c.mqtt_port(0))
+    c.restart_node(0)
+    assert mqtt_port_open(c.mqtt_port(0))
+    pid = c.procs[0].pid
+    c.stop()
+    assert not Path(f"/proc/{pid}").exists() and not workdir.exists()
+
+
+def mqtt_port_open(port: int) -> bool:
+    from atomwatch.lab.broker_cluster import mqtt_connect_ok
+
+    return mqtt_connect_ok(port, timeout=1)
