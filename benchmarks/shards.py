@@ -17,8 +17,8 @@ detectors), so it costs what the active controller costs.
 active controller of a shard; seconds and ticks until the standby acts, alarms per host, values
 off by more than Δ.
 
-*Message rate* (:mod:`benchmarks.brokers`): QoS 1 messages of 300 bytes per second across nodes
-of the cluster and through one Mosquitto.
+*Message rate* (:func:`message_rate`, with :mod:`benchmarks.brokers`): QoS 1 messages of 300 bytes
+per second across nodes of the cluster and through one Mosquitto, in the same run.
 
     python -m benchmarks.shards [--quick] [--tick 1.0] [--hosts-per-shard 150] [--shards 1,2,4] [--up-to N]
 
@@ -205,6 +205,25 @@ def search(urls: list[str], shards: int, args: argparse.Namespace) -> dict[str, 
     return out
 
 
+def message_rate(args: argparse.Namespace) -> dict[str, Any]:
+    """QoS 1 messages/s of 300 bytes, 4 publishers on node 0 to one subscriber on node 2 of the
+    cluster, and through one Mosquitto (:func:`benchmarks.brokers.throughput`), in this run."""
+    import asyncio
+
+    from benchmarks import brokers
+
+    out: dict[str, Any] = {}
+    messages = 5000 if args.quick else 20000
+    for name in ("mosquitto", "nats"):
+        b = brokers.start(name)
+        try:
+            out[name] = asyncio.run(brokers.throughput(b, 2, 4, messages, 30.0))
+        finally:
+            b.stop()
+    out["nats_over_mosquitto"] = round(out["nats"]["msgs_per_s"] / max(out["mosquitto"]["msgs_per_s"], 1e-9), 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer ticks, no failover run")
@@ -236,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         out["nats_3_nodes"] = [search(cluster.urls, int(s), args) for s in args.shards.split(",")]
     finally:
         cluster.stop()
+    out["message_rate"] = message_rate(args)
     base = out["mosquitto_1_shard"]["hosts_at_10s_per_core"]
     for r in out["nats_3_nodes"]:
         r["per_core_over_mosquitto"] = round(r["hosts_at_10s_per_core"] / max(base, 1), 3)
