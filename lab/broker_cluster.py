@@ -3,9 +3,10 @@ every pair, MQTT streams replicated on every node) with their config files, data
 work directory, for tests, benchmarks and ``atomwatch broker-cluster``.
 
 Here: writing the configs, starting the nodes in their own process groups, waiting until every
-node answers an MQTT CONNECT and JetStream has a meta leader, killing and restarting one node,
-stopping everything (also from pid files, for ``broker-cluster down``). Not here: clients, the
-agents' choice among broker URLs (atomwatch.mqtt), the deployable config (deploy/nats/).
+node is current and stores a retained MQTT message, killing and restarting one node, stopping
+everything (also from pid files, for ``broker-cluster down``). Not here: clients, the agents'
+choice among broker URLs (atomwatch.mqtt), the deployable config (deploy/nats/). Why NATS and
+what it gives the protocol, measured: docs/scale.md, "Clustered broker".
 """
 
 from __future__ import annotations
