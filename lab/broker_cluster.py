@@ -47,6 +47,8 @@ def find_nats_server() -> str | None:
     if env:
         return env if os.access(env, os.X_OK) else None
     candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.prefix) / "bin" / "nats-server"]
+    with contextlib.suppress(KeyError):  # pip install --user
+        candidates.append(Path(sysconfig.get_path("scripts", f"{os.name}_user")) / "nats-server")
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return str(c)
