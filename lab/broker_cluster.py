@@ -3,9 +3,10 @@ every pair, MQTT streams replicated on every node) with their config files, data
 work directory, for tests, benchmarks and ``atomwatch broker-cluster``.
 
 Here: writing the configs, starting the nodes in their own process groups, waiting until every
-node answers an MQTT CONNECT and JetStream has a meta leader, killing and restarting one node,
-stopping everything (also from pid files, for ``broker-cluster down``). Not here: clients, the
-agents' choice among broker URLs (atomwatch.mqtt), the deployable config (deploy/nats/).
+node is current and stores a retained MQTT message, killing and restarting one node, stopping
+everything (also from pid files, for ``broker-cluster down``). Not here: clients, the agents'
+choice among broker URLs (atomwatch.mqtt), the deployable config (deploy/nats/). Why NATS and
+what it gives the protocol, measured: docs/scale.md, "Clustered broker".
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def find_nats_server() -> str | None:
     if env:
         return env if os.access(env, os.X_OK) else None
     candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.prefix) / "bin" / "nats-server"]
+    with contextlib.suppress(KeyError):  # pip install --user
+        candidates.append(Path(sysconfig.get_path("scripts", f"{os.name}_user")) / "nats-server")
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return str(c)
@@ -98,26 +101,39 @@ jetstream {{
 """
 
 
-def mqtt_connect_ok(port: int, timeout: float = 2.0) -> bool:
-    """Whether 127.0.0.1:``port`` answers an MQTT 3.1.1 CONNECT (clean session) with CONNACK 0."""
+def _recv(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _s(b: bytes) -> bytes:
+    return len(b).to_bytes(2, "big") + b
+
+
+def mqtt_connect_ok(port: int, timeout: float = 2.0, retain: tuple[str, bytes] | None = None) -> bool:
+    """Whether 127.0.0.1:``port`` answers an MQTT 3.1.1 CONNECT (clean session) with CONNACK 0
+    and, with ``retain=(topic, payload)``, acknowledges that retained QoS 1 PUBLISH too."""
     cid = f"aw-probe-{os.getpid()}-{time.monotonic_ns()}".encode()
-    var = b"\x00\x04MQTT\x04\x02\x00\x0a"  # protocol name, level 4, clean session, keepalive 10 s
-    payload = len(cid).to_bytes(2, "big") + cid
-    body = var + payload
-    packet = b"\x10" + bytes([len(body)]) + body
+    body = b"\x00\x04MQTT\x04\x02\x00\x0a" + _s(cid)  # level 4, clean session, keepalive 10 s
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.settimeout(timeout)
-            s.sendall(packet)
-            ack = b""
-            while len(ack) < 4:
-                chunk = s.recv(4 - len(ack))
-                if not chunk:
+            s.sendall(b"\x10" + bytes([len(body)]) + body)
+            if _recv(s, 4) != b"\x20\x02\x00\x00":
+                return False
+            if retain is not None:
+                pub = _s(retain[0].encode()) + b"\x00\x01" + retain[1]  # packet id 1
+                s.sendall(b"\x33" + bytes([len(pub)]) + pub)  # PUBLISH, QoS 1, retain
+                if _recv(s, 4) != b"\x40\x02\x00\x01":
                     return False
-                ack += chunk
             with contextlib.suppress(OSError):
                 s.sendall(b"\xe0\x00")  # DISCONNECT
-            return ack == b"\x20\x02\x00\x00"
+            return True
     except OSError:
         return False
 
@@ -264,8 +280,10 @@ class NatsCluster:
         return p is not None and p.poll() is None
 
     def wait_ready(self, nodes: list[int] | None = None, timeout: float = 30.0) -> None:
-        """Return once every node in ``nodes`` (default: those running) answers MQTT CONNECT and
-        sees a JetStream meta leader; :class:`ClusterError` naming the late node after ``timeout``."""
+        """Return once every node in ``nodes`` (default: those running) sees a JetStream meta
+        leader, says it is current (``/healthz``) and acknowledges a retained QoS 1 PUBLISH
+        (``atomwatch-cluster/ready/n<i>``: a young cluster may answer CONNECT before it can store
+        one); :class:`ClusterError` naming the late node after ``timeout``."""
         nodes = [i for i in range(self.n) if self.alive(i)] if nodes is None else nodes
         deadline = time.monotonic() + timeout
         pending = list(nodes)
@@ -273,7 +291,8 @@ class NatsCluster:
             i = pending[0]
             if not self.alive(i):
                 raise ClusterError(f"node {i} exited (status {self.procs[i].poll()}); see {self.dir}/n{i}.log")
-            if self._js_leader(i) and mqtt_connect_ok(self.mqtt_port(i)):
+            ready = (f"atomwatch-cluster/ready/n{i}", b"1")
+            if self._js_leader(i) and mqtt_connect_ok(self.mqtt_port(i), timeout=6, retain=ready):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
