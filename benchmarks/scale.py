@@ -197,16 +197,10 @@ class Trial:
         return sum(f.latest.get("tick", {}).get("published", 0) for f in self.fleet)
 
     def ticked(self) -> int:
-        return min((f.latest.get("tick", {}).get("tick", 0) for f in self.fleet), default=0)
+        return fleet_tick(self.fleet)
 
     def wait_tick(self, k: int, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        while self.ticked() < k:
-            if time.monotonic() > end:
-                raise RuntimeError(f"the fleet did not reach tick {k} (at {self.ticked()})")
-            if any(f.proc.poll() not in (None, 0) for f in self.fleet):
-                raise RuntimeError("a fleet process failed")
-            time.sleep(0.05)
+        wait_fleet_tick(self.fleet, k, timeout)
 
     def scrape(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=30) as r:
@@ -255,6 +249,22 @@ class Trial:
                 p.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
         return events
+
+
+def fleet_tick(fleet: list[Lines]) -> int:
+    """The tick every fleet process has reached."""
+    return min((f.latest.get("tick", {}).get("tick", 0) for f in fleet), default=0)
+
+
+def wait_fleet_tick(fleet: list[Lines], k: int, timeout: float) -> None:
+    """Wait until every fleet process published tick ``k``; RuntimeError on timeout or a failure."""
+    end = time.monotonic() + timeout
+    while fleet_tick(fleet) < k:
+        if time.monotonic() > end:
+            raise RuntimeError(f"the fleet did not reach tick {k} (at {fleet_tick(fleet)})")
+        if any(f.proc.poll() not in (None, 0) for f in fleet):
+            raise RuntimeError("a fleet process failed")
+        time.sleep(0.05)
 
 
 def read_metrics(text: str) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from typing import Any
 import psutil
 
 from benchmarks._common import emit, free_port, machine
-from benchmarks.scale import Lines, quantile, read_metrics
+from benchmarks.scale import Lines, quantile, read_metrics, wait_fleet_tick
 
 
 class ShardTrial:
@@ -95,16 +95,6 @@ class ShardTrial:
             if time.monotonic() > end:
                 raise RuntimeError(f"{path.name}: no {text!r} within {timeout:g} s:\n{path.read_text()[-2000:]}")
             time.sleep(0.1)
-
-    def ticked(self) -> int:
-        return min((f.latest.get("tick", {}).get("tick", 0) for f in self.fleet), default=0)
-
-    def wait_tick(self, k: int, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        while self.ticked() < k:
-            if time.monotonic() > end:
-                raise RuntimeError(f"the fleet did not reach tick {k} (at {self.ticked()})")
-            time.sleep(0.05)
 
     def scrape(self, k: int) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http[k]}/metrics", timeout=30) as r:
@@ -167,9 +157,9 @@ def run_shards(urls: list[str], shards: int, hosts: int, args: argparse.Namespac
             if time.monotonic() > end:
                 raise RuntimeError("the fleet never got ready")
             time.sleep(0.05)
-        t.wait_tick(warm, timeout=(warm + 30) * args.tick + 60)
+        wait_fleet_tick(t.fleet, warm, timeout=(warm + 30) * args.tick + 60)
         a = [t.scrape(k) for k in range(shards)]
-        t.wait_tick(warm + args.measure, timeout=args.measure * args.tick * 4 + 60)
+        wait_fleet_tick(t.fleet, warm + args.measure, timeout=args.measure * args.tick * 4 + 60)
         b = [t.scrape(k) for k in range(shards)]
     finally:
         t.close()

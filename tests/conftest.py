@@ -215,6 +215,15 @@ def have_module(module: str) -> bool:
         return False
 
 
+def require_introspection_lab() -> None:
+    """What a test booting a lab guest and running Volatility on it needs."""
+    require(have_module("libvirt"), "libvirt-python is not installed (.ci/lab-setup.sh)")
+    require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3 pefile)")
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
+    symbols = LAB_ASSETS / "symbols"
+    require((symbols / "linux").is_dir(), f"the guest kernel's symbol table is missing: {symbols}")
+
+
 def require_build_tools() -> None:
     require(KERNEL_DEB.exists(), f"the guest kernel .deb is missing: {KERNEL_DEB}")
     require(Path("/bin/busybox").exists(), "busybox-static is not installed (.ci/lab-setup.sh)")

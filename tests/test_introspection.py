@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import CONTROLLER_KEY, SIGNING_KEY
 
-from tests.conftest import LAB_ASSETS, have_module, require
+from tests.conftest import LAB_ASSETS, require, require_introspection_lab
 
 SYMBOLS = LAB_ASSETS / "symbols"
 STATE: dict = {}
@@ -27,10 +26,7 @@ STATE: dict = {}
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
-    require(have_module("libvirt"), "libvirt-python is not installed (.ci/lab-setup.sh)")
-    require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3 pefile)")
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
-    require((SYMBOLS / "linux").is_dir(), f"the guest kernel's symbol table is missing: {SYMBOLS}")
+    require_introspection_lab()
     from atomwatch.lab.domains import LabError
     from atomwatch.lab.private_guest import boot_private_guest, destroy_private_guest
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
 
 import pytest
-from conftest import CONTROLLER_KEY, LAB_ASSETS, SIGNING_KEY, have_module, require
+from conftest import CONTROLLER_KEY, LAB_ASSETS, SIGNING_KEY, require, require_introspection_lab
 
 pytestmark = [pytest.mark.lab]
 
@@ -26,10 +25,7 @@ SYMBOLS = LAB_ASSETS / "symbols"
 
 @pytest.fixture(scope="module")
 def shared_guest(tmp_path_factory):
-    require(have_module("libvirt"), "libvirt-python is not installed (.ci/lab-setup.sh)")
-    require(have_module("volatility3"), "volatility3 is not installed (pip install volatility3 pefile)")
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
-    require((SYMBOLS / "linux").is_dir(), f"the guest kernel's symbol table is missing: {SYMBOLS}")
+    require_introspection_lab()
     from atomwatch.lab.domains import LabError
     from atomwatch.lab.private_guest import boot_private_guest, destroy_private_guest
 
