@@ -81,8 +81,12 @@ class BrokerAddress:
             parts = [x.strip() for x in url.split(",")]
             if not all(parts):
                 raise ConfigError(f"--broker {_redact_all(url)}: an empty URL in the comma-separated list")
-            nodes = [cls.parse(x, ca=ca, cert=cert, key=key, username=username, environ={}) for x in parts]
-            first = nodes[0]
+            first = cls.parse(
+                parts[0], ca=ca, cert=cert, key=key, username=username, password_file=password_file, environ=environ
+            )
+            nodes = [first] + [
+                cls.parse(x, ca=ca, cert=cert, key=key, username=username, environ={}) for x in parts[1:]
+            ]
             for other, text in zip(nodes[1:], parts[1:], strict=True):
                 if other.tls != first.tls or other.username != first.username:
                     raise ConfigError(
@@ -91,10 +95,7 @@ class BrokerAddress:
                     )
             if len({(n.host, n.port) for n in nodes}) != len(nodes):
                 raise ConfigError(f"--broker {_redact_all(url)}: a node is listed twice")
-            one = cls.parse(
-                parts[0], ca=ca, cert=cert, key=key, username=username, password_file=password_file, environ=environ
-            )
-            return replace(one, others=tuple((n.host, n.port) for n in nodes[1:]))
+            return replace(first, others=tuple((n.host, n.port) for n in nodes[1:]))
         u = urlparse(url if "://" in url else f"mqtt://{url}")
         if u.password is not None:
             raise ConfigError(

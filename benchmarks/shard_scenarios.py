@@ -13,6 +13,7 @@ plugin (:mod:`benchmarks.fault_probe`). What does not: the fault harness's singl
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import sqlite3
@@ -233,7 +234,7 @@ def values_off(run: ShardRun) -> dict[str, int]:
             for row in run.rows(name, host):
                 if row["late"]:
                     continue
-                k = _bisect_right(times, row["ts"]) - 1
+                k = bisect.bisect_right(times, row["ts"]) - 1
                 candidates = [ticks[i][1] for i in (k, k - 1) if i >= 0]
                 if not candidates:
                     continue
@@ -241,12 +242,6 @@ def values_off(run: ShardRun) -> dict[str, int]:
                     bad += 1
         off[name] = bad
     return off
-
-
-def _bisect_right(xs: list[float], x: float) -> int:
-    import bisect
-
-    return bisect.bisect_right(xs, x)
 
 
 def _within(row: dict[str, Any], truth: dict[str, float]) -> bool:

@@ -248,6 +248,23 @@ def _run_worker(
             cancel.discard(proc)
 
 
+def worker_message(line: str, progress: Progress | None) -> dict[str, Any] | None:
+    """One line of a worker's output: a progress report goes to ``progress`` (whose failure is
+    ignored) and gives None, as a line that is not JSON does; anything else is returned."""
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return None
+    if msg.get("event") == "progress":
+        if progress is not None:
+            try:
+                progress(msg)
+            except Exception:
+                pass
+        return None
+    return msg
+
+
 def _talk_to_worker(
     proc: subprocess.Popen,
     request: dict[str, Any],
@@ -275,17 +292,8 @@ def _talk_to_worker(
         nonlocal final
         assert proc.stdout is not None
         for line in proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("event") == "progress":
-                if progress is not None:
-                    try:
-                        progress(msg)
-                    except Exception:
-                        pass
-            else:
+            msg = worker_message(line, progress)
+            if msg is not None:
                 final = msg
 
     readers = [threading.Thread(target=read_stdout, daemon=True), threading.Thread(target=read_stderr, daemon=True)]

@@ -47,6 +47,7 @@ from .volatility import (
     VolatilityError,
     VolatilityTimeout,
     _kill_group,
+    worker_message,
 )
 
 log = logging.getLogger(__name__)
@@ -172,16 +173,8 @@ class WarmWorker:
                     if self.proc.returncode and self.proc.returncode < 0:
                         why = [f"killed by signal {-self.proc.returncode}"]
                     raise VolatilityError(f"Volatility worker died without a result: {why[0]}")
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if msg.get("event") == "progress":
-                    if progress is not None:
-                        try:
-                            progress(msg)
-                        except Exception:
-                            pass
+                msg = worker_message(line, progress)
+                if msg is None:
                     continue
                 if msg.get("event") == "result" and msg.get("id") != wanted:
                     continue  # the answer to an earlier request nobody waits for

@@ -20,6 +20,7 @@ import pytest
 from conftest import free_port
 
 from atomwatch.lab.broker_cluster import running_pids
+from benchmarks.brokers import first_message
 
 pytestmark = pytest.mark.slow
 
@@ -54,17 +55,6 @@ def topic(name: str) -> str:
 def client(port: int, **kw) -> aiomqtt.Client:
     kw.setdefault("timeout", 5)
     return aiomqtt.Client("127.0.0.1", port, identifier=f"t-{uuid.uuid4().hex[:10]}", **kw)
-
-
-async def first_message(c: aiomqtt.Client, seconds: float) -> aiomqtt.Message | None:
-    async def first():
-        async for m in c.messages:
-            return m
-
-    try:
-        return await asyncio.wait_for(first(), seconds)
-    except TimeoutError:
-        return None
 
 
 async def retained_via(ports: list[int], t: str, deadline: float, qos: int = 1) -> tuple[int, aiomqtt.Message | None]:
