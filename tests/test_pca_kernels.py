@@ -31,6 +31,7 @@ own = rng.standard_normal((t + ticks + 1, 12))
 scale = 10.0 ** rng.uniform(0, 5, size=d)
 x = np.stack([scale[j] * (5 + 0.4 * shared[:, 0] + own[:, j // 7] + 0.15 * rng.standard_normal(t + ticks + 1))
               for j in range(d)], axis=1)
+x = x.astype(np.float32).astype(np.float64)  # values the window can hold exactly (it stores float32)
 w = pm.WindowStats(d, t)
 for r in x[:t]:
     w.add(r)
@@ -147,7 +148,7 @@ import numpy as np
 
 from atomwatch.plugins.pca_spe import kernels, model as pm
 rng = np.random.default_rng(5)
-x = rng.standard_normal((400, 12)) @ rng.standard_normal((12, 12))
+x = (rng.standard_normal((400, 12)) @ rng.standard_normal((12, 12))).astype(np.float32).astype(np.float64)
 w = pm.WindowStats(12, 300)
 for r in x[:300]:
     w.add(r)
@@ -181,3 +182,23 @@ def test_fits_use_the_plain_kernels_while_numba_compiles(tmp_path):
     assert all(out["plain_during"]), out["plain_during"]
     assert out["compiled_after"] and out["plain_is_plain"]
     assert out["q_rel"] <= 1e-9
+
+
+def test_the_window_stores_float32_rows_and_takes_out_exactly_what_it_put_in():
+    """Half the memory of a scope (its rows) for a rounding far below any Δ: each row is rounded
+    before it enters the statistics, so after many turnovers the kept mean and co-moment are
+    still those of the stored rows (a float64 row taken out as its float32 copy would drift)."""
+    from atomwatch.plugins.pca_spe import model as pm
+
+    rng = np.random.default_rng(11)
+    w = pm.WindowStats(6, 50)
+    x = 1e9 + 1e6 * rng.standard_normal((1000, 6))  # large offsets: where float32 rounding shows
+    for r in x:
+        w.add(r)
+    assert w.buf.dtype == np.float32 and w.buf.nbytes == 50 * 6 * 4
+    rows = w.rows()
+    assert rows.dtype == np.float64 and np.array_equal(rows, x[-50:].astype(np.float32).astype(np.float64))
+    mean, comoment = w.mean.copy(), w.comoment.copy()
+    w.refresh()
+    assert np.allclose(mean, w.mean, rtol=1e-12)
+    assert np.allclose(comoment, w.comoment, rtol=1e-6, atol=1e-6 * np.abs(w.comoment).max())

@@ -23,10 +23,16 @@ def keys(names):
 
 
 def workload(rng, rows, d, factors=3, noise=0.3, offset=50.0):
-    """Rows of d correlated metrics driven by a few latent workloads plus noise."""
+    """Rows of d correlated metrics driven by a few latent workloads plus noise, as values the
+    window holds exactly (it stores float32), so the paper's formulas can be checked to rounding."""
     f = rng.standard_normal((rows, factors))
     load = rng.standard_normal((factors, d))
-    return offset + 5.0 * f @ load + noise * rng.standard_normal((rows, d)), load
+    return stored(offset + 5.0 * f @ load + noise * rng.standard_normal((rows, d))), load
+
+
+def stored(x):
+    """``x`` rounded as pca-spe's window stores it (float32), back in float64."""
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
 
 
 def feed(det, cols, x, start=0):
@@ -107,7 +113,7 @@ def test_box_threshold_where_h0_is_not_positive():
     load[1, : d // 2] = 3.0
     load[1, d // 2 :] = -3.0
     load[2, :2] = [2.0, -2.0]  # one weak direction left in the residual space
-    x = 100 + f @ load + 0.8 * rng.standard_normal((t, d))
+    x = stored(100 + f @ load + 0.8 * rng.standard_normal((t, d)))
     k, h0, q_jm, q_box, spe = paper_model(x, 0.9, 0.002)
     assert h0 <= 0, h0
     cols = keys([f"vm{j // 6}/m{j % 6}" for j in range(d)])

@@ -739,7 +739,7 @@ def warm_up() -> float:
     h0_keeps_its_sign(-0.5, 3.0, 2.0, 1.5, 1e-12, 1e-12, 1e-12)
     residual_power_sums(corr, np.ascontiguousarray(q[:, :2]), math.sqrt(f2))
     spe(np.ascontiguousarray(x[0]), np.ascontiguousarray(q[:, :2]))
-    window_replace(cov.copy(), x.mean(axis=0), x.copy(), 0, x[1].copy(), 40)
+    window_replace(cov.copy(), x.mean(axis=0), x.astype(np.float32), 0, x[1].copy(), 40)  # float32 rows
     _compiled.set()
     return time.perf_counter() - t0
 

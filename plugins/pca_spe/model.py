@@ -55,6 +55,11 @@ class WindowStats:
 
     ``add`` appends a row (the oldest leaves when the window is full); ``refresh`` recomputes the
     statistics exactly from the stored rows. Rows must be finite: the caller filters NaN.
+
+    The rows are stored as float32 (half the memory: 230 kB instead of 460 kB for 720 rows of 80
+    columns, the bulk of a scope's state) and each row is rounded to float32 *before* it enters the
+    statistics, so the row a full window takes out is exactly the one it put in; the statistics
+    stay float64. The rounding (a relative 6·10⁻⁸) is far below any Δ the values already carry.
     """
 
     def __init__(self, d: int, capacity: int) -> None:
@@ -62,7 +67,7 @@ class WindowStats:
             raise ValueError(f"window needs d ≥ 1 and capacity ≥ 2, got d={d}, capacity={capacity}")
         self.d = d
         self.capacity = capacity
-        self.buf = np.empty((capacity, d))
+        self.buf = np.empty((capacity, d), dtype=np.float32)
         self.start = 0  # index of the oldest row in buf
         self.n = 0
         self.mean = np.zeros(d)
@@ -71,14 +76,14 @@ class WindowStats:
         self.refreshes = 0
 
     def rows(self) -> np.ndarray:
-        """The window's rows, oldest first (a copy)."""
+        """The window's rows, oldest first (a float64 copy)."""
         idx = (self.start + np.arange(self.n)) % self.capacity
-        return self.buf[idx]
+        return self.buf[idx].astype(np.float64)
 
     def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float32).astype(np.float64)  # the value stored, exactly
         if self.n == self.capacity:  # the oldest row leaves, in one rank-two update (n stays the same)
-            row = np.ascontiguousarray(x, dtype=np.float64)
-            kernels.current().window_replace(self.comoment, self.mean, self.buf, self.start, row, self.n)
+            kernels.current().window_replace(self.comoment, self.mean, self.buf, self.start, x, self.n)
             self.updates += 2
             self.start = (self.start + 1) % self.capacity
         else:
