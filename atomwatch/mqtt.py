@@ -10,13 +10,16 @@ error backs off up to :data:`MAX_BACKOFF`, since trying again soon cannot help. 
 one is tried at once, and the pauses above come only after every node failed in turn.
 
 A message handler that raises does not end the session: the exception is counted and the next
-message handled. If the session ends for any reason (the broker gone, or an exception nothing
+message handled. A plain (not async) handler is called as paho reads each packet, on the event loop,
+without the task and wait aiomqtt's message iterator costs per message (a third of the receive
+path's CPU: ``benchmarks/receive.py``); a coroutine handler is awaited message after message. If the session ends for any reason (the broker gone, or an exception nothing
 expected), :func:`stay_connected` says so in the log and reconnects after a pause; only
 ``stopping`` ends it."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import signal
@@ -124,7 +127,7 @@ async def stay_connected(
     keepalive: int,
     stopping: asyncio.Event,
     on_connect: Callable[[aiomqtt.Client], Awaitable[None]],
-    on_message: Callable[[aiomqtt.Message], Awaitable[None]],
+    on_message: Callable[[aiomqtt.Message], Awaitable[None]] | Callable[[aiomqtt.Message], None],
     on_disconnect: Callable[[], None],
     log: logging.Logger,
     faults: Faults | None = None,
@@ -132,8 +135,9 @@ async def stay_connected(
     """Connect, run ``on_connect`` then ``on_message`` for every message, and whenever the session
     ends call ``on_disconnect`` and try again after a growing pause, until ``stopping``.
 
-    An exception of ``on_message`` other than :class:`aiomqtt.MqttError` (which means the
-    connection is gone) is counted in ``faults`` and the next message handled. A connection
+    ``on_message`` is a coroutine function (awaited per message, in turn) or a plain function (called
+    as each packet is read: it must not wait). An exception of ``on_message`` other than
+    :class:`aiomqtt.MqttError` (which means the connection is gone) is counted in ``faults`` and the next message handled. A connection
     failure is logged as one line, without a traceback; a TLS or credentials refusal is said in
     words once (an error), and the same refusal again only as a short warning. A session ended by
     anything else (an exception of ``on_connect``, of the MQTT library, the message stream ending)
@@ -147,6 +151,7 @@ async def stay_connected(
     said_at = 0.0
     streak = 0  # sessions in a row ended by something unexpected
     tls_context = broker.ssl_context()
+    queue_type = None if inspect.iscoroutinefunction(on_message) else _dispatching_queue(on_message, faults)
     last_failure = None
     # paho reports a refused TLS handshake only in its log ("failed to receive on socket: [SSL: …]")
     # while aiomqtt raises a bare timeout: keep paho's last error to say what happened
@@ -173,6 +178,7 @@ async def stay_connected(
                     will=will(),
                     keepalive=keepalive,
                     max_queued_outgoing_messages=10000,
+                    queue_type=queue_type,
                 ) as client:
                     await on_connect(client)
                     if len(nodes) > 1:
@@ -180,13 +186,19 @@ async def stay_connected(
                     backoff = INITIAL_BACKOFF
                     last_failure = None
                     failed = 0
-                    async for message in client.messages:
-                        try:
-                            await on_message(message)
-                        except aiomqtt.MqttError:
-                            raise
-                        except Exception as e:  # one message must not end the session
-                            faults.note("on_message", e)
+                    try:  # with a plain handler the queue stays empty: this waits for the disconnection
+                        async for message in client.messages:
+                            try:
+                                await on_message(message)
+                            except aiomqtt.MqttError:
+                                raise
+                            except Exception as e:  # one message must not end the session
+                                faults.note("on_message", e)
+                    except aiomqtt.MqttError as e:
+                        cause = e.__cause__
+                        if cause is not None and not isinstance(cause, (OSError, aiomqtt.MqttError)):
+                            raise cause from None  # the library's read path broke: not the broker going
+                        raise
                     if not stopping.is_set():
                         raise _StreamEnded("the broker's message stream ended without an error")
             except aiomqtt.MqttError as e:
@@ -246,6 +258,21 @@ async def subscribe(client: aiomqtt.Client, filters: list[str], qos: int = 1) ->
     refused = [f for f, code in zip(filters, codes, strict=False) if not isinstance(code, int) or code >= 128]
     if refused or len(codes) != len(filters):
         raise aiomqtt.MqttError(f"the broker refused the subscription to {', '.join(refused) or 'some filters'}")
+
+
+def _dispatching_queue(handle: Callable[[aiomqtt.Message], None], faults: Faults) -> type[asyncio.Queue]:
+    """A message "queue" for aiomqtt that hands each message to ``handle`` as paho parses it (on the
+    event loop's thread, inside the socket's read callback) and keeps nothing. An exception of
+    ``handle`` is counted, never raised: raised there, it would end the session."""
+
+    class Dispatching(asyncio.Queue):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            try:
+                handle(item)
+            except Exception as e:  # one message must not end the session
+                faults.note("on_message", e)
+
+    return Dispatching
 
 
 class _StreamEnded(Exception):

@@ -447,7 +447,11 @@ class Controller:
             )
 
         async def on_connect(client: aiomqtt.Client) -> None:
-            await subscribe(client, [f for site in cfg.sites for f in protocol.agent_filters(site)], cfg.broker.qos)
+            # the agents' messages at QoS 0: no PUBACK per message (a third of the receive path's
+            # CPU), and no broker in-flight window that drops a stalled controller's messages beyond
+            # its queue (Mosquitto's defaults kept 1,020 of a 20,000-message burst at QoS 1, 6,303 at
+            # QoS 0: benchmarks/receive.py); a message lost either way is a sequence gap → a rebirth
+            await subscribe(client, [f for site in cfg.sites for f in protocol.agent_filters(site)], qos=0)
             # the other controllers at QoS 0: beats are sent so, and a clustered broker serves a
             # QoS 0 subscription at once (NATS backs each QoS 1 one with a replicated consumer)
             await subscribe(client, [f for site in cfg.sites for f in protocol.controller_filters(site)], qos=0)
@@ -460,7 +464,7 @@ class Controller:
             self.connected.set()
             log.info("connected to %s; watching site(s) %s", cfg.broker, ", ".join(cfg.sites))
 
-        async def on_message(message: aiomqtt.Message) -> None:
+        def on_message(message: aiomqtt.Message) -> None:  # plain: called as each packet is read
             self.ingest.handle(str(message.topic), message.payload, retained=bool(message.retain))
 
         def on_disconnect() -> None:

@@ -255,7 +255,8 @@ async def test_an_unexpected_exception_ending_the_mqtt_loop_reconnects_and_says_
     agent, controller, tasks = await start(mosquitto, site)
     try:
         old_client, old_session = controller.client, agent.session
-        # the MQTT library's message iterator raises what nobody expects, once for each side
+        # the MQTT library raises what nobody expects, once for each side: in the agent, its message
+        # iterator; in the controller (whose handler runs as paho reads each packet), paho's read path
         victims = {id(controller.client), id(agent.client)}
         original = aiomqtt.client.MessagesIterator.__anext__
 
@@ -266,6 +267,16 @@ async def test_an_unexpected_exception_ending_the_mqtt_loop_reconnects_and_says_
             return await original(self)
 
         monkeypatch.setattr(aiomqtt.client.MessagesIterator, "__anext__", broken)
+        paho_client = controller.client._client
+        read = paho_client.on_message
+
+        def broken_read(client, userdata, message):
+            if id(controller.client) in victims:
+                victims.discard(id(controller.client))
+                raise RuntimeError("the MQTT library broke")
+            read(client, userdata, message)
+
+        paho_client.on_message = broken_read
         # the controller receives data all the time; the agent gets a message to reach the patch
         await publish(mosquitto, (protocol.cmd_topic(site, "hv", "wake"), cmd_payload("wake")))
         await until(lambda: not victims, "both message loops to hit the broken iterator")
