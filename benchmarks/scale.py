@@ -35,6 +35,10 @@ of the same traces (d = 80) in this process, BLAS on one thread as in the contro
 ``cpu_per_row_over_detector`` says how many times that the whole controller pays per row.
 
     python -m benchmarks.scale [--quick] [--tick 1.0] [--budget 540] [--start 300] [--compare REF] [--profile DIR]
+                               [--detect-workers N]
+
+``--detect-workers N``: the controller scores rows in N worker processes; CPU and RSS are then
+the controller's and its workers' together.
 
 ``--compare REF``: the same run also starts the controller of git ``REF`` (e.g. the commit before
 issue 16, extracted with ``git archive``, its folders mapped under ``atomwatch`` as an install
@@ -151,6 +155,8 @@ class Trial:
             "--set",
             f"pca-spe.min_rows={args.min_rows}",
         ]
+        if args.detect_workers and source is None:
+            cmd += ["--detect-workers", str(args.detect_workers)]
         self.log = self.tmp / "controller.log"
         self.controller = self._start(cmd, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         self.cproc = psutil.Process(self.controller.pid)
@@ -205,11 +211,21 @@ class Trial:
     def scrape(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=30) as r:
             text = r.read().decode()
-        out: dict[str, Any] = {"cpu": sum(self.cproc.cpu_times()[:2]), "at": time.monotonic(), "wall": time.time()}
+        tree = [self.cproc]  # with --detect-workers, its worker processes too
+        try:
+            tree += self.cproc.children(recursive=True)
+        except psutil.Error:
+            pass
+        out: dict[str, Any] = {"cpu": 0.0, "rss": 0, "at": time.monotonic(), "wall": time.time()}
+        for proc in tree:
+            try:
+                out["cpu"] += sum(proc.cpu_times()[:2])
+                out["rss"] += proc.memory_info().rss
+            except psutil.Error:
+                pass
         # the event loop runs in the main thread (its id is the pid); detection and the alarm writer in others
         out["loop_cpu"] = sum(t.user_time + t.system_time for t in self.cproc.threads() if t.id == self.cproc.pid)
         out["published"] = self.published()
-        out["rss"] = self.cproc.memory_info().rss
         out["tick"] = self.ticked()
         out["load"] = os.getloadavg()[0]
         out.update(read_metrics(text))
@@ -446,6 +462,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--measure", type=int, default=None, help="ticks measured per trial (default 20; 10 with --quick)")
     p.add_argument("--min-rows", type=int, default=30, help="pca-spe.min_rows in the controller (default 30)")
     p.add_argument("--publishers", type=int, default=1, help="fleet processes (default 1)")
+    p.add_argument(
+        "--detect-workers", type=int, default=0, help="the controller's detection processes (default 0: a thread)"
+    )
     p.add_argument("--hosts", type=int, default=None, help="run one trial per regime at this N, no search")
     p.add_argument(
         "--compare",
@@ -502,6 +521,7 @@ def main(argv: list[str] | None = None) -> None:
         "note": "CPU is process CPU time (user + system, all threads) of the controller, read through psutil; "
         "the machine's CPUs are shared with other sessions, so wall-clock figures are not the controller's own",
         "tick_s": args.tick,
+        "detect_workers": args.detect_workers,
         "vms_per_host": 10,
         "metrics_per_vm": 8,
         "pca_min_rows": args.min_rows,

@@ -60,7 +60,8 @@ from .alarms import AlarmStore
 from .commands import AgentCommands
 from .config import ControllerConfig
 from .delta_push import DeltaPush
-from .detection import DetectorSet
+from .detect_pool import DetectionPool
+from .detection import Detection, DetectorSet
 from .election import Election
 from .handle import PluginHandle
 from .history import History
@@ -116,6 +117,8 @@ class Controller:
                 )
             factories = {d: factories[d] for d in config.detectors}
         self.detectors = DetectorSet(factories, config.options)
+        #: the detection worker processes (``detect_workers``; started by :meth:`run`)
+        self.pool: DetectionPool | None = None
         #: which sites this controller acts on (hot standby, --rank); a standby reads the alarms file
         self.election = Election(config.name, config.rank, config.sites)
         self.alarms = AlarmStore(
@@ -154,9 +157,9 @@ class Controller:
         self.ingest.presence.append(self.roles.heard)
         self.commands.standby = self.roles.standby_reason
         self.verdicts = Verdicts(
-            self.alarms, lambda: self.detectors, self.executor, self.dispatch, alarm_log=self.alarm_log
+            self.alarms, lambda: self.detection, self.executor, self.dispatch, alarm_log=self.alarm_log
         )
-        self.deltas = DeltaPush(self.ingest.hosts, lambda: self.detectors, self.executor, self.commands.send)
+        self.deltas = DeltaPush(self.ingest.hosts, lambda: self.detection, self.executor, self.commands.send)
         #: what event hooks get instead of the controller (one per controller)
         self.handle = PluginHandle(
             self.commands, self.alarms, self.verdicts, self.scope_status, lambda name: self.config.plugin_options(name)
@@ -246,12 +249,14 @@ class Controller:
 
     # ------------------------------------------------------------------ detection tick
 
+    @property
+    def detection(self) -> Detection:
+        """Where rows are scored: the worker processes, or ``detectors`` in the detection thread."""
+        return self.pool if self.pool is not None else self.detectors
+
     def _detect(self, rows: list[Row]) -> list[Anomaly]:
-        found: list[Anomaly] = []
-        for row in rows:
-            found.extend(self.detectors.update(row))
-            status = self.detectors.status(row.scope)
-            self.scope_status[row.scope] = {"row": row.index, "ts": row.ts, "detectors": status}
+        found, status = self.detection.run(rows)
+        self.scope_status.update(status)
         return found
 
     async def tick(self) -> None:
@@ -496,6 +501,16 @@ class Controller:
         if self.profile_dir:
             self._profile_start("loop")
         blas = self._limit_blas()
+        if self.config.detect_workers:
+            self.pool = await asyncio.to_thread(
+                DetectionPool,
+                self.config.detect_workers,
+                self.detectors.names,
+                self.config.options,
+                self.pm,
+                self.config.blas_threads,
+            )
+            log.info("detection in %d worker processes", self.config.detect_workers)
         if self.commands.signer is None:
             log.warning(
                 "no command-signing key: commands to agents go unsigned and every agent refuses them; "
@@ -544,6 +559,8 @@ class Controller:
                 self._profile_write("loop")
                 await loop.run_in_executor(self.executor, self._profile_write, "detect")
             self.executor.shutdown(wait=False, cancel_futures=True)
+            if self.pool is not None:
+                await asyncio.to_thread(self.pool.close)
             if self.http is not None:
                 self.http.stop()
             await asyncio.to_thread(self.alarms.shutdown)

@@ -101,6 +101,10 @@ class ControllerConfig:
     #: controller's matrices are small (d = 80: an 80 × 80 eigh takes 0.7 ms of one core and 48 ms
     #: of CPU when two threads spin for it on a busy machine) and many scopes are its parallelism
     blas_threads: int = 1
+    #: detection in this many worker processes, each owning the scopes whose hash mod N is
+    #: its number
+    #: (:mod:`.detect_pool`); 0: in a thread of this process
+    detect_workers: int = 0
     #: hot standby (controller/election.py): this controller's election order among those of the
     #: same sites, lowest first; None: no election, always active
     rank: int | None = None
@@ -143,6 +147,9 @@ class ControllerConfig:
             )
         if isinstance(self.blas_threads, bool) or not isinstance(self.blas_threads, int) or self.blas_threads < 1:
             raise ConfigError(f"--blas-threads must be a whole number ≥ 1, got {self.blas_threads!r}")
+        w = self.detect_workers
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 256:
+            raise ConfigError(f"--detect-workers must be a whole number from 0 (a thread) to 256, got {w!r}")
         if not self.alarm_rows >= 10:
             raise ConfigError(f"--alarm-rows must be at least 10 (rows kept per alarm), got {self.alarm_rows}")
         if not self.alarm_retention >= 0:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
-from .detection import DetectorSet
+from .detection import Detection, NoSuchMethod
 from .ingest import HostState
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class DeltaPush:
     def __init__(
         self,
         hosts: Mapping[tuple[str, str], HostState],
-        detectors: Callable[[], DetectorSet],
+        detectors: Callable[[], Detection],
         executor: Executor,
         send: Send,
     ) -> None:
@@ -46,12 +46,15 @@ class DeltaPush:
         state = self.hosts.get((site, host))
         if state is None:
             return
-        for name, det in list(self.detectors().by_scope.get(scope, {}).items()):
-            if not hasattr(det, "deltas_from_mu"):
-                continue
+        detection = self.detectors()
+        for name in detection.names:
             try:
-                deltas = await asyncio.get_running_loop().run_in_executor(self.executor, det.deltas_from_mu, mu)
-            except ValueError as e:  # no model yet (warming up)
+                deltas = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, detection.call, scope, name, "deltas_from_mu", mu
+                )
+            except NoSuchMethod:
+                continue
+            except (ValueError, RuntimeError) as e:  # no model yet (warming up)
                 log.debug("no Δ from μ for %s: %s", scope, e)
                 continue
             if not deltas:

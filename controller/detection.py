@@ -1,7 +1,8 @@
 """Running detector plugins: one instance per (scope, detector), fed one row per tick.
 
 Detectors run in a single worker thread (never on the event loop, and never two at once on the
-same instance). A detector whose factory raises :class:`atomwatch.NotConfigured` (it needs an
+same instance), or in worker processes each holding a set of its own (:mod:`.detect_pool`); both
+offer ``run`` (a batch of rows) and ``call`` (one method of one scope's detector). A detector whose factory raises :class:`atomwatch.NotConfigured` (it needs an
 option nobody gave, e.g. a trained model) is left out and said once at INFO. A detector that
 raises is logged and skipped for that row; after ``MAX_FAILURES`` consecutive failures on one
 scope it is switched off for that scope, and the controller goes on with the others.
@@ -11,13 +12,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from atomwatch.types import Anomaly, Detector, DetectorFactory, NotConfigured, Row, as_anomalies
 
 log = logging.getLogger(__name__)
 
 MAX_FAILURES = 10
+
+
+class NoSuchMethod(LookupError):
+    """The scope has no such detector running, or the detector lacks the method."""
+
+
+class Detection(Protocol):
+    """Where rows are scored: :class:`DetectorSet` (a thread) or a :class:`.detect_pool.DetectionPool`."""
+
+    names: list[str]
+
+    def run(self, rows: list[Row]) -> tuple[list[Anomaly], dict[str, dict[str, Any]]]: ...
+
+    def call(self, scope: str, name: str, method: str, *args: Any) -> Any: ...
 
 
 class DetectorSet:
@@ -71,6 +86,29 @@ class DetectorSet:
                     log.error("detector %s switched off for %s after %d failures", name, row.scope, n)
                     self.disabled.add(key)
         return found
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.factories)
+
+    def run(self, rows: list[Row]) -> tuple[list[Anomaly], dict[str, dict[str, Any]]]:
+        """Every row through its scope's detectors; (their anomalies, each scope's status after
+        its last row: ``{"row", "ts", "detectors"}``)."""
+        found: list[Anomaly] = []
+        last: dict[str, Row] = {}
+        for row in rows:
+            found.extend(self.update(row))
+            last[row.scope] = row
+        return found, {s: {"row": r.index, "ts": r.ts, "detectors": self.status(s)} for s, r in last.items()}
+
+    def call(self, scope: str, name: str, method: str, *args: Any) -> Any:
+        """``method(*args)`` of ``scope``'s ``name`` detector; :class:`NoSuchMethod` when it is not
+        running there or has no such method."""
+        det = self.instances.get((scope, name))
+        fn = getattr(det, method, None) if det is not None else None
+        if fn is None:
+            raise NoSuchMethod(f"{name} on {scope} has no {method}")
+        return fn(*args)
 
     def status(self, scope: str) -> dict[str, Any]:
         out = {}

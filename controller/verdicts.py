@@ -26,7 +26,7 @@ from atomwatch.types import Row
 
 from .alarm_log import AlarmLog
 from .alarms import AlarmStore
-from .detection import DetectorSet
+from .detection import Detection, NoSuchMethod
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Verdicts:
     def __init__(
         self,
         alarms: AlarmStore,
-        detectors: Callable[[], DetectorSet],
+        detectors: Callable[[], Detection],
         executor: Executor,
         dispatch: Dispatch,
         alarm_log: AlarmLog | None = None,
@@ -75,43 +75,39 @@ class Verdicts:
         alarm = self.alarms.verdict(alarm_id, verdict, actor, params)
         self.alarm_log.verdict(alarm, verdict, actor)
         if verdict == "normal":
-            det = self.detectors().instances.get((alarm.scope, alarm.detector))
-            if det is not None and hasattr(det, "accept_normal"):
+            detection = self.detectors()
 
-                def fold() -> int:  # the alarm's rows are read from the file here, off the event loop
-                    rows = alarm_rows(alarm)
-                    folded = det.accept_normal(rows)
-                    return folded if isinstance(folded, int) else len(rows)
+            def fold() -> int:  # the alarm's rows are read from the file here, off the event loop
+                rows = alarm_rows(alarm)
+                folded = detection.call(alarm.scope, alarm.detector, "accept_normal", rows)
+                return folded if isinstance(folded, int) else len(rows)
 
-                try:
-                    folded = await asyncio.get_running_loop().run_in_executor(self.executor, fold)
-                    self.alarms.note(alarm.id, "controller", "model refit", {"rows_folded": folded})
-                except Exception as e:
-                    log.exception("accept_normal of %s on %s failed", alarm.detector, alarm.scope)
-                    self.alarms.note(
-                        alarm.id, "controller", "model refit failed", {"error": f"{type(e).__name__}: {e}"}
-                    )
-            else:
+            try:
+                folded = await asyncio.get_running_loop().run_in_executor(self.executor, fold)
+                self.alarms.note(alarm.id, "controller", "model refit", {"rows_folded": folded})
+            except NoSuchMethod:
                 self.alarms.note(
                     alarm.id, "controller", "model not refit", {"why": "the detector keeps no normal model"}
                 )
+            except Exception as e:
+                log.exception("accept_normal of %s on %s failed", alarm.detector, alarm.scope)
+                self.alarms.note(alarm.id, "controller", "model refit failed", {"error": f"{type(e).__name__}: {e}"})
         elif verdict == "malicious":
-            det = self.detectors().instances.get((alarm.scope, alarm.detector))
-            if det is not None and hasattr(det, "reject"):
+            detection = self.detectors()
 
-                def unlearn() -> int:  # rows the detector had learnt without a verdict leave its model
-                    removed = det.reject(alarm_rows(alarm))
-                    return removed if isinstance(removed, int) else 0
+            def unlearn() -> int:  # rows the detector had learnt without a verdict leave its model
+                removed = detection.call(alarm.scope, alarm.detector, "reject", alarm_rows(alarm))
+                return removed if isinstance(removed, int) else 0
 
-                try:
-                    removed = await asyncio.get_running_loop().run_in_executor(self.executor, unlearn)
-                    if removed:
-                        self.alarms.note(alarm.id, "controller", "model restored", {"rows_removed": removed})
-                except Exception as e:
-                    log.exception("reject of %s on %s failed", alarm.detector, alarm.scope)
-                    self.alarms.note(
-                        alarm.id, "controller", "model restore failed", {"error": f"{type(e).__name__}: {e}"}
-                    )
+            try:
+                removed = await asyncio.get_running_loop().run_in_executor(self.executor, unlearn)
+                if removed:
+                    self.alarms.note(alarm.id, "controller", "model restored", {"rows_removed": removed})
+            except NoSuchMethod:
+                pass
+            except Exception as e:
+                log.exception("reject of %s on %s failed", alarm.detector, alarm.scope)
+                self.alarms.note(alarm.id, "controller", "model restore failed", {"error": f"{type(e).__name__}: {e}"})
         self.dispatch("verdict_given", alarm=alarm, verdict=verdict, actor=actor, params=params)
         self.dispatch("alarm_updated", alarm=alarm, change=f"verdict {verdict}")
         return alarm

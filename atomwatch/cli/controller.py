@@ -84,6 +84,7 @@ KEYS = (
     Key("alarm_log_every", DURATION),
     Key("metrics_blame_limit", Annotated[int, Range(ge=0, le=10_000)]),
     Key("blas_threads", Annotated[int, Range(ge=1)]),
+    Key("detect_workers", Annotated[int, Range(ge=0, le=256)]),
     Key("signing_key", expected="a file (PEM)"),
     Key("command_lifetime", POSITIVE_DURATION),
     Key("name", expected="a controller name"),
@@ -198,6 +199,12 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
         "its scopes are many; more only helps scopes of thousands of columns)",
     )
     p.add_argument(
+        "--detect-workers",
+        metavar="N",
+        help="score rows in N worker processes, each owning a share of the scopes, so one controller uses "
+        "N + 1 cores (default 0: a thread of this process; docs/scale.md)",
+    )
+    p.add_argument(
         "--alarm-log-every",
         metavar="DURATION",
         help="at most one 'alarm N extended' log line per alarm this often: seconds or e.g. 5min, 0 for every "
@@ -233,6 +240,7 @@ def build_config(args: argparse.Namespace, file_config: dict, plugin_opts: dict,
         "command_lifetime",
         "metrics_blame_limit",
         "blas_threads",
+        "detect_workers",
         "name",
         "rank",
     ):
