@@ -90,3 +90,19 @@ def test_a_malicious_verdict_takes_a_seen_value_back():
     alarm_rows = [Row("s", 300, 300.0, COLS, x[300])]
     det.reject(alarm_rows)  # the operator: the pulse at 300 was an attack
     assert flagged(det, x[320:], start=320) == [350]  # the same value alarms again
+
+
+def test_seen_values_survive_a_new_column_joining_the_scope():
+    x = pulses(700, [300, 650])
+    det = PcaSpeDetector("s", {"t": 200, "alpha": 1e-9, "quiet_rule": "seen"})
+    assert flagged(det, x[:320]) == [300]
+    wider = (*COLS, SeriesKey.from_column("vm2/m0"))
+    rng = np.random.default_rng(9)
+    got = []
+    for i in range(320, 700):  # a seventh column appears: a new window warms up and takes over
+        v = np.append(x[i], 5.0 + rng.standard_normal())
+        if anomalies_of(det.update(Row("s", i, float(i), wider, v)), "pca-spe", i):
+            got.append(i)
+    assert det.win.columns == wider and det.column_changes == 1
+    assert "vm1/m2" in det.status()["quiet_columns"]
+    assert got == []  # the pulse at 650 is a value seen before the change

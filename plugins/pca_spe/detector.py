@@ -197,10 +197,15 @@ class _Window:
 
     def carry_seen(self, other: _Window) -> None:
         """Take ``other``'s seen ranges for the columns both windows hold."""
+        self.set_seen(other.columns, other.seen_lo, other.seen_hi)
+
+    def set_seen(self, columns: tuple[SeriesKey, ...], lo: np.ndarray, hi: np.ndarray) -> None:
+        """Seen ranges given over ``columns`` (NaN for this window's columns not among them)."""
+        where = {c: i for i, c in enumerate(columns)}
         for c, j in self.index.items():
-            i = other.index.get(c)
-            if i is not None:
-                self.seen_lo[j], self.seen_hi[j] = other.seen_lo[i], other.seen_hi[i]
+            i = where.get(c)
+            self.seen_lo[j], self.seen_hi[j] = (lo[i], hi[i]) if i is not None else (np.nan, np.nan)
+        self._fit = None
 
     def restricted(self, columns: tuple[SeriesKey, ...]) -> _Window:
         keep = np.array([self.index[c] for c in columns], dtype=np.intp)
@@ -687,12 +692,7 @@ class PcaSpeDetector:
             del self.seen_before[s]
         for win in (self.win, *self.unattended.values()):
             if win is not None:
-                old = _Window(columns, self.opts)
-                old.seen_lo, old.seen_hi = lo_seen, hi_seen
-                win.seen_lo[:] = np.nan
-                win.seen_hi[:] = np.nan
-                win.carry_seen(old)
-                win._fit = None
+                win.set_seen(columns, lo_seen, hi_seen)
 
     def model(self) -> pm.PcaFit | None:
         """The current PCA model over the active columns, or None while warming up (or when
