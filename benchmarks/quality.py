@@ -6,10 +6,14 @@ part only and is scored on the test part:
 
 * ``pca-spe`` — the detector as it runs live (``PcaSpeDetector.update`` row after row, over the
   train rows first, then the test rows; nobody answers an alarm), with its options as given per
-  variant (``default``; ``latching``: ``rebaseline_after=0``, the paper's wait for a verdict;
-  the threshold rules ``pot`` and ``quantile``; ``quiet-off``: ``quiet_rule=off``; ``confirm-2``);
-  its continuous score is SPE over the threshold the row was judged by (Q_α or the window's tail;
-  a quiet-column breach scores at least 1);
+  variant (``default``; ``before``: the defaults before this benchmark chose them, a sliding
+  window and the band rule; ``latching``: ``rebaseline_after=0``, the paper's wait for a verdict;
+  ``sliding``: ``reference=sliding``; the quiet rules ``band`` and ``off``; the threshold rules
+  ``pot`` and ``quantile``; ``confirm-2``; ``train-ref``: ``t`` and ``min_rows`` set to the
+  file's train length, so that M is the train part, as the baselines' fit is); its continuous
+  score is the detector's ``last_score``: SPE over the threshold the row was judged by (Q_α or
+  the window's tail), and where a quiet column left its band 1 + its distance out in noise
+  levels, if larger;
 * ``pca-error`` — scikit-learn's PCA (90 % of the variance) fitted on the standardised train
   part, score = squared reconstruction error;
 * ``iforest`` — scikit-learn's IsolationForest (seed 0) fitted on the standardised train part,
@@ -82,12 +86,18 @@ TSB_FILES: dict[str, dict[str, Any]] = {
 #: pca-spe variants compared (options as ``--set pca-spe.KEY=VALUE`` would give them)
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "before": {"reference": "sliding", "quiet_rule": "band"},  # the defaults before issue 22's measurements
     "latching": {"rebaseline_after": 0},
+    "sliding": {"reference": "sliding"},
+    "quiet-band": {"quiet_rule": "band"},
+    "quiet-off": {"quiet_rule": "off"},
     "pot": {"threshold": "pot"},
     "quantile": {"threshold": "quantile"},
-    "quiet-off": {"quiet_rule": "off"},
-    "quantile+quiet-off": {"threshold": "quantile", "quiet_rule": "off"},
     "confirm-2": {"confirm": 2},
+    # the window M as long as the train part and filled by it unjudged (the rows the baselines are
+    # fitted on; "train" is each file's train length): the same reference, the detector's own rules
+    "train-ref": {"t": "train", "min_rows": "train"},
+    "train-ref+pot": {"t": "train", "min_rows": "train", "threshold": "pot"},
 }
 
 
@@ -211,14 +221,13 @@ def run_pca_spe(data: Labelled, options: dict[str, Any]) -> dict[str, Any]:
     for i in range(n):
         row = Row("bench", i, float(i), data.columns, data.x[i])
         found = anomalies_of(det.update(row), "pca-spe", i)
-        spe, q = det.last_spe, det.last_threshold
-        if spe is not None and q is not None and q > 0 and np.isfinite(q):
-            score[i] = spe / q
+        if det.last_score is not None:
+            score[i] = det.last_score
         if found:
             flags[i] = 1
             score[i] = max(score[i], 1.0)
             audits += [a.details["audit"]["details"] for a in found if "audit" in a.details]
-        det.last_spe = det.last_threshold = None
+        det.last_score = None
     seconds = time.perf_counter() - start
     return {"flags": flags, "score": score, "seconds": seconds, "rebaselines": audits}
 
@@ -305,7 +314,7 @@ def evaluate_file(data: Labelled, variants: dict[str, dict[str, Any]]) -> dict[s
         "detectors": {},
     }
     for name, opts in variants.items():
-        run = run_pca_spe(data, opts)
+        run = run_pca_spe(data, {k: data.train if v == "train" else v for k, v in opts.items()})
         r = metrics(data, run["flags"], run["score"], window)
         r["seconds"] = round(run["seconds"], 2)
         r["rebaselines"] = len(run["rebaselines"])

@@ -77,7 +77,10 @@ def test_q_alpha_and_spe_reproduce_the_paper_on_fixed_data(solver):
     t, d = 200, 12
     x, _ = workload(rng, t + 40, d)
     cols = keys([f"vm{j // 4}/m{j % 4}" for j in range(d)])
-    det = PcaSpeDetector("s", {"t": t, "min_rows": t, "solver": solver, "cpv": 0.9, "alpha": 0.002})
+    # (the paper's window slides: each normal row joins M and the oldest leaves)
+    det = PcaSpeDetector(
+        "s", {"t": t, "min_rows": t, "solver": solver, "cpv": 0.9, "alpha": 0.002, "reference": "sliding"}
+    )
     assert feed(det, cols, x[:t]) == []  # warm-up: the window fills, nothing is judged
     k, h0, q_jm, _q_box, spe = paper_model(x[:t], 0.9, 0.002)
     assert h0 > 0

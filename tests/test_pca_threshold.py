@@ -117,8 +117,8 @@ def run(det: PcaSpeDetector, x: np.ndarray) -> list:
 def test_pot_removes_the_false_alarms_q_alpha_raises_on_heavy_tailed_residuals():
     x = heavy_tailed_rows(3000)
     x[2500:2510, 1] += 80.0  # a real break of the correlation (vm0/m1 alone), ten rows
-    q = PcaSpeDetector("s", {"t": 300, "rebaseline_after": 0})
-    p = PcaSpeDetector("s", {"t": 300, "rebaseline_after": 0, "threshold": "pot"})
+    q = PcaSpeDetector("s", {"t": 300, "rebaseline_after": 0, "reference": "sliding"})
+    p = PcaSpeDetector("s", {"t": 300, "rebaseline_after": 0, "threshold": "pot", "reference": "sliding"})
     got_q, got_p = run(q, x), run(p, x)
     # normal rows once the window is full (before, the tail has too few rows and Q_α judges)
     false_q = [a for a in got_q if a.index >= 300 and not 2500 <= a.index < 2510]
@@ -153,8 +153,8 @@ def test_quiet_rule_off_keeps_a_quiet_column_out_of_judgement():
     x = heavy_tailed_rows(400)
     x[:, 5] = 0.0  # a flag that never moved in the window: quiet
     x[350, 5] = 1.0  # one pulse
-    band = run(PcaSpeDetector("s", {"t": 200, "alpha": 1e-9}), x)
-    off_det = PcaSpeDetector("s", {"t": 200, "alpha": 1e-9, "quiet_rule": "off"})
+    band = run(PcaSpeDetector("s", {"t": 200, "alpha": 1e-9, "quiet_rule": "band"}), x)
+    off_det = PcaSpeDetector("s", {"t": 200, "alpha": 1e-9, "quiet_rule": "off", "reference": "sliding"})
     off = run(off_det, x)
     assert [a.index for a in band if a.details["trigger"] == "quiet"] == [350]
     assert not any(a.details["trigger"] != "spe" for a in off)

@@ -12,6 +12,7 @@ is silent (warm-up, A, stale cells, quiet columns, column changes, threshold, co
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -66,8 +67,12 @@ class PcaSpeOptions:
         "q-alpha"  # SPE threshold: the paper's Q_α, or read off the window's own SPE at α (quantile, pot)
     )
     tail_level: Annotated[float, Range(gt=0, lt=1)] = 0.9  # with threshold=pot, the quantile the tail is fitted over
-    quiet_rule: Literal["band", "off"] = (
-        "band"  # quiet columns (out of the PCA): alarm when one leaves its band, or "off" (not judged)
+    quiet_rule: Literal["band", "seen", "off"] = (
+        "seen"  # quiet columns (out of the PCA): alarm when one leaves its band; "seen": its band
+        # widened to the values it held in episodes that ended without a malicious verdict; "off"
+    )
+    reference: Literal["fixed", "sliding"] = (
+        "fixed"  # once M holds t rows it moves only by a re-baseline or a normal verdict; "sliding": every normal row
     )
 
     def __post_init__(self) -> None:
@@ -104,6 +109,9 @@ class _Window:
         self.top = pm.TopEigen(full_every=opts.full_every) if opts.solver == "subspace" else None
         self.need = opts.rows_needed(len(columns))
         self.deltas = np.full(len(columns), np.nan)  # each column's tracking error Δ (NaN = unknown)
+        # quiet_rule=seen: each column's range over the episodes that ended (NaN: none yet)
+        self.seen_lo = np.full(len(columns), np.nan)
+        self.seen_hi = np.full(len(columns), np.nan)
         self._fit: _Model | None = None
 
     @property
@@ -151,9 +159,10 @@ class _Window:
                 )
             if len(quiet):
                 rows = s.rows()[:, quiet]
-                q = pm.QuietColumns(
-                    quiet, rows.min(axis=0), rows.max(axis=0), noise[quiet], self.opts.quiet_rule == "band"
-                )
+                lo, hi = rows.min(axis=0), rows.max(axis=0)
+                if self.opts.quiet_rule == "seen":  # (fmin/fmax: NaN, nothing seen, leaves the window's)
+                    lo, hi = np.fmin(lo, self.seen_lo[quiet]), np.fmax(hi, self.seen_hi[quiet])
+                q = pm.QuietColumns(quiet, lo, hi, noise[quiet], self.opts.quiet_rule != "off")
             else:
                 q = pm.QuietColumns(quiet, np.zeros(0), np.zeros(0), np.zeros(0))
             self._fit = _Model(fit, active, q, *self._threshold(fit, active))
@@ -175,9 +184,34 @@ class _Window:
             return fit.q_alpha, "q-alpha"
         return thr, rule
 
+    def learn_seen(self, rows: Sequence[np.ndarray]) -> None:
+        """quiet_rule=seen: widen each column's seen range to an ended episode's values."""
+        if not rows:
+            return
+        a = np.array(rows)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # (a column unknown in every row: NaN)
+            lo, hi = np.nanmin(a, axis=0), np.nanmax(a, axis=0)
+        self.seen_lo, self.seen_hi = np.fmin(self.seen_lo, lo), np.fmax(self.seen_hi, hi)
+        self._fit = None
+
+    def carry_seen(self, other: _Window) -> None:
+        """Take ``other``'s seen ranges for the columns both windows hold."""
+        self.set_seen(other.columns, other.seen_lo, other.seen_hi)
+
+    def set_seen(self, columns: tuple[SeriesKey, ...], lo: np.ndarray, hi: np.ndarray) -> None:
+        """Seen ranges given over ``columns`` (NaN for this window's columns not among them)."""
+        where = {c: i for i, c in enumerate(columns)}
+        for c, j in self.index.items():
+            i = where.get(c)
+            self.seen_lo[j], self.seen_hi[j] = (lo[i], hi[i]) if i is not None else (np.nan, np.nan)
+        self._fit = None
+
     def restricted(self, columns: tuple[SeriesKey, ...]) -> _Window:
         keep = np.array([self.index[c] for c in columns], dtype=np.intp)
-        return _Window(columns, self.opts, self.stats.restricted(keep) if self.stats.n else None)
+        out = _Window(columns, self.opts, self.stats.restricted(keep) if self.stats.n else None)
+        out.carry_seen(self)
+        return out
 
 
 @dataclass
@@ -275,6 +309,7 @@ class PcaSpeDetector:
         self.last_q: float | None = None  # the Q_α of the model the last scored row was judged by
         self.last_threshold: float | None = None  # the threshold it was compared with (Q_α or the tail's)
         self.last_index: int | None = None
+        self.last_score: float | None = None  # the last scored row's score (see _score), for ranking
         self.rows_seen = 0
         self.anomalies = 0
         self.column_changes = 0
@@ -283,6 +318,9 @@ class PcaSpeDetector:
         self.unattended: dict[int, _Window] = {}
         self.rebaselines = 0
         self.hold = False  # a malicious verdict stops re-baselining until a normal row is seen
+        # quiet_rule=seen: the seen ranges as they were before each ended episode learnt into them
+        # (by its first row index; restored by a malicious verdict)
+        self.seen_before: dict[int, tuple[tuple[SeriesKey, ...], Any, Any]] = {}
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -335,6 +373,11 @@ class PcaSpeDetector:
         spe, q, x = model.spe(z)
         breach = model.quiet.breaches(z)
         self.last_spe, self.last_threshold = spe, q
+        # the row's score against its rule(s): SPE over the threshold, and where a quiet column
+        # left its band, 1 + its distance out in noise levels (any breach outranks SPE's near misses)
+        self.last_score = spe / q if q > 0 and math.isfinite(q) else 0.0
+        if breach.any():
+            self.last_score = max(self.last_score, 1.0 + float(np.abs(model.quiet.excess(z)).max()))
         self.last_q = model.fit.q_alpha if model.fit is not None else math.inf
         if spe > q or breach.any():
             self.episode.append(row.index, z.copy())
@@ -351,8 +394,9 @@ class PcaSpeDetector:
         self.hold = False
         if len(self.episode):
             self.last_episode = (win.columns, list(self.episode.rows))
+            self._learn_seen(win, self.episode)
             self.episode = _Episode(self.opts.t)
-        if finite.all():
+        if finite.all() and (win.stats.n < win.stats.capacity or self.opts.reference == "sliding"):
             win.add(z)
         return None
 
@@ -414,8 +458,21 @@ class PcaSpeDetector:
                 self.column_changes += 1
             self.pending = _Window(cols, self.opts)
 
+    def _learn_seen(self, win: _Window, ep: _Episode) -> None:
+        """quiet_rule=seen: an episode ended with no malicious verdict (a normal row followed,
+        or it was re-baselined): its quiet columns' values stop being breaches. The ranges as
+        they were are kept for a malicious verdict on it (:meth:`reject`)."""
+        if self.opts.quiet_rule != "seen" or ep.start is None or not len(ep):
+            return
+        self.seen_before[ep.start] = (win.columns, win.seen_lo.copy(), win.seen_hi.copy())
+        while len(self.seen_before) > UNATTENDED_KEPT:
+            del self.seen_before[next(iter(self.seen_before))]
+        win.learn_seen(list(ep.rows))
+
     def _switch_to_pending(self) -> None:
         assert self.pending is not None
+        if self.win is not None:
+            self.pending.carry_seen(self.win)
         self.win, self.pending = self.pending, None
         self.episode, self.last_episode = _Episode(self.opts.t), None
 
@@ -431,6 +488,8 @@ class PcaSpeDetector:
             return None
         new = _Window(win.columns, self.opts, win.stats.restricted(np.arange(len(win.columns))))
         new.deltas = win.deltas
+        new.carry_seen(win)
+        self._learn_seen(new, ep)
         for z in rows:
             new.add(z)
         new.stats.refresh()
@@ -563,6 +622,7 @@ class PcaSpeDetector:
                     batch.append(z)
         elif len(self.episode):
             batch = [z for z in self.episode.rows if np.isfinite(z).all()]
+            self._learn_seen(win, self.episode)
         elif self.last_episode and self.last_episode[0] == win.columns:
             batch = [z for z in self.last_episode[1] if np.isfinite(z).all()]
         for z in batch:
@@ -593,6 +653,7 @@ class PcaSpeDetector:
         the unattended policy learnt is undone: M returns to the window as it was before that
         episode (what was learnt since goes with it), and no re-baselining happens until a row is
         normal again, so the same attack is not learnt anew. Returns how many rows left M."""
+        self._unlearn_seen(rows)
         learnt = self._unattended_in(rows)
         if not learnt or self.win is None:
             return 0
@@ -612,6 +673,26 @@ class PcaSpeDetector:
         self.episode, self.last_episode = _Episode(self.opts.t), None
         self.hold = True
         return removed
+
+    def _unlearn_seen(self, rows: Sequence[Row] | None) -> None:
+        """A malicious verdict: the quiet columns' seen ranges return to what they were before
+        the episode (and what was learnt since goes with it)."""
+        if not self.seen_before:
+            return
+        if rows:
+            lo, hi = min(r.index for r in rows) - (self.opts.confirm - 1), max(r.index for r in rows)
+            starts = [s for s in self.seen_before if lo <= s <= hi]
+        else:
+            starts = [next(reversed(self.seen_before))]
+        if not starts:
+            return
+        order = list(self.seen_before)
+        columns, lo_seen, hi_seen = self.seen_before[min(starts)]
+        for s in order[order.index(min(starts)) :]:
+            del self.seen_before[s]
+        for win in (self.win, *self.unattended.values()):
+            if win is not None:
+                win.set_seen(columns, lo_seen, hi_seen)
 
     def model(self) -> pm.PcaFit | None:
         """The current PCA model over the active columns, or None while warming up (or when
