@@ -39,11 +39,16 @@ def plugin_sources(pm: Any) -> tuple[str, list[str]]:
     return ",".join(sorted(names)), sorted(set(folders))
 
 
-def _serve(conn: Connection, names: list[str], options: dict, allow: str, folders: list[str], blas: int) -> None:
+def _serve(
+    conn: Connection, index: int, names: list[str], options: dict, allow: str, folders: list[str], blas: int
+) -> None:
     """A worker's life: build the detector set, then answer ("run", rows) and ("call", …) in turn."""
     from atomwatch.detectors import detector_factories
     from atomwatch.pluginmanager import PluginManager
 
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s detect-worker-{index} %(levelname)s %(name)s: %(message)s"
+    )
     try:
         from threadpoolctl import threadpool_limits
 
@@ -90,7 +95,7 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_serve,
-            args=(child, pool.names, pool.options, pool.allow, pool.folders, pool.blas_threads),
+            args=(child, index, pool.names, pool.options, pool.allow, pool.folders, pool.blas_threads),
             name=f"atomwatch-detect-{index}",
             daemon=True,
         )
@@ -98,7 +103,13 @@ class _Worker:
         child.close()
         #: scope → the columns tuple this worker holds for it (sent again when it changes)
         self.columns: dict[str, tuple] = {}
-        kind, missing = self.conn.recv()
+        try:
+            kind, missing = self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(5)
+            raise ConfigError(
+                f"detection worker {index} could not start (exit code {self.proc.exitcode}; its error is above)"
+            ) from None
         if missing:
             self.stop()
             raise ConfigError(
@@ -129,6 +140,7 @@ class DetectionPool:
         self.allow, self.folders = plugin_sources(pm)
         self.blas_threads = blas_threads
         self.restarts = 0
+        self.closed = False
         self._owners: dict[str, int] = {}
         self.workers: list[_Worker] = []
         try:
@@ -140,13 +152,15 @@ class DetectionPool:
 
     def _owner(self, scope: str) -> int:
         i = self._owners.get(scope)
-        if i is None:  # a well-mixed hash: crc32's low bits put hv0…hv3 on one worker of two
+        if i is None:  # the same in every process and run (Python's hash() of a str is salted)
             digest = hashlib.blake2b(scope.encode(), digest_size=8).digest()
             i = self._owners[scope] = int.from_bytes(digest, "big") % len(self.workers)
         return i
 
     def run(self, rows: Sequence[Row]) -> tuple[list[Anomaly], dict[str, dict[str, Any]]]:
         """Every row through its scope's worker; (anomalies, each scope's last status)."""
+        if self.closed:
+            return [], {}
         batches: dict[int, list] = {}
         for row in rows:
             i = self._owner(row.scope)
@@ -176,6 +190,8 @@ class DetectionPool:
     def call(self, scope: str, name: str, method: str, *args: Any) -> Any:
         """``method(*args)`` of ``scope``'s ``name`` detector in its worker; :class:`NoSuchMethod`
         when there is no such instance or method; the detector's own exception re-raised."""
+        if self.closed:
+            raise NoSuchMethod("the detection workers are stopped")
         i = self._owner(scope)
         try:
             self.workers[i].conn.send(("call", (scope, name, method, args)))
@@ -190,6 +206,8 @@ class DetectionPool:
         raise RuntimeError(f"{name}.{method} on {scope}, in detection worker {i}: {value}")
 
     def _restart(self, i: int, error: BaseException) -> None:
+        if self.closed:  # stopping: a worker told to stop is not dead
+            return
         old = self.workers[i]
         log.error(
             "detection worker %d (pid %s) is gone (%s: exit code %s); starting it again: its scopes' models "
@@ -204,6 +222,7 @@ class DetectionPool:
         self.workers[i] = _Worker(i, self)
 
     def close(self) -> None:
+        self.closed = True
         for w in self.workers:
             w.stop()
         self.workers = []
