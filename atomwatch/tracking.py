@@ -25,6 +25,7 @@ __all__ = [
     "SegmentTracker",
     "SendAll",
     "Simulation",
+    "TrendTracker",
     "optimal_max_error",
     "optimal_messages",
     "make_tracker",
@@ -85,6 +86,14 @@ class _Policy:
     def step(self, f: ArrayLike) -> np.ndarray:
         """Take the current values ``f``; return the mask of series to send (values: ``g[mask]``)."""
         raise NotImplementedError
+
+    def line(self, idx: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The copy of the series ``idx`` as lines: (value, slope, age). The copy at the last
+        step is ``value + slope * age`` evaluated in float64 in that order, and ``age`` more
+        steps on it is ``value + slope * (age + age')``; a constant copy is (``g``, 0, 0)."""
+        idx = np.asarray(idx)
+        g = self.g[idx]
+        return g, np.zeros_like(g), np.zeros(g.shape, dtype=np.int64)
 
     def _readable(self, f: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """(f as float64, mask of finite values); invalidates the unreadable series."""
@@ -253,6 +262,109 @@ class SegmentTracker(_Policy):
         return inside | new_round
 
 
+class TrendTracker(_Policy):
+    """A line copy: the controller's copy at step ``k`` is ``base + slope * (k − k0)``.
+
+    Per series, a *segment* starts from the current value ``f``: it is the *anchor* (``k0``,
+    ``base = f``) and the slope sent is 0, so a series that does not move costs what a constant
+    copy costs. The agent keeps the *cone* of slopes whose lines through the anchor stay within Δ
+    of every readable sample since (two numbers, narrowed by each sample as the swing filter
+    does). When the copy leaves the truth by more than Δ at the current step (a *break*):
+
+    - if the anchor is at least ``settle`` steps old, fewer than ``corrections`` slopes were sent
+      in this segment and the cone is not empty, the line through the anchor with the cone's
+      middle slope is sent (value at this step and slope);
+    - else a new segment starts from ``f``.
+
+    ``settle`` keeps one noisy sample from setting a slope; ``corrections`` bounds what a series
+    that is a level with noise, not a trend, pays for lines (each correction is a message).
+
+    Exactness: the copy at a step is evaluated as ``base + slope * float(k − k0)`` here and by
+    the controller, and ``|f − copy| ≤ Δ`` is checked on that float; a correction whose value
+    fails the check (rounding, overflow) starts a new segment from ``f`` instead. ``g`` is the
+    copy at the last step; :meth:`line` gives (value, slope, age) to send.
+    """
+
+    def __init__(self, delta: ArrayLike = (), settle: int = 4, corrections: int = 2) -> None:
+        super().__init__(delta)
+        for name, x in (("settle", settle), ("corrections", corrections)):
+            if int(x) != x or x < 1:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {x}")
+        self.settle, self.corrections = int(settle), int(corrections)
+        self.k = 0  # steps taken
+        n = self.n
+        self.base = np.full(n, np.nan)
+        self.slope = np.zeros(n)
+        self.k0 = np.zeros(n, dtype=np.int64)
+        self.anchor = np.full(n, np.nan)  # the segment's first value, at step ka
+        self.ka = np.zeros(n, dtype=np.int64)
+        self.lo = np.full(n, -np.inf)  # the cone of slopes through the anchor
+        self.hi = np.full(n, np.inf)
+        self.fixes = np.zeros(n, dtype=np.int64)  # slopes sent in this segment
+
+    def _grow(self, new: int, delta: np.ndarray) -> None:
+        super()._grow(new, delta)
+        cat = np.concatenate
+        self.base = cat([self.base, np.full(new, np.nan)])
+        self.slope = cat([self.slope, np.zeros(new)])
+        self.k0 = cat([self.k0, np.zeros(new, dtype=np.int64)])
+        self.anchor = cat([self.anchor, np.full(new, np.nan)])
+        self.ka = cat([self.ka, np.zeros(new, dtype=np.int64)])
+        self.lo = cat([self.lo, np.full(new, -np.inf)])
+        self.hi = cat([self.hi, np.full(new, np.inf)])
+        self.fixes = cat([self.fixes, np.zeros(new, dtype=np.int64)])
+
+    def invalidate(self, idx: ArrayLike) -> None:
+        super().invalidate(idx)
+        self.slope[np.asarray(idx)] = 0.0
+
+    def line(self, idx: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.asarray(idx)
+        return self.base[idx], self.slope[idx], self.k - self.k0[idx]
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        f, readable = self._readable(f)
+        self.slope[~readable] = 0.0
+        self.k += 1
+        k, d = self.k, self.delta
+        live = readable & ~np.isnan(self.g)
+        fresh = readable & ~live
+        with np.errstate(all="ignore"):
+            copy = self.base + self.slope * (k - self.k0).astype(np.float64)
+            held = live & (np.abs(f - copy) <= d)
+            j = (k - self.ka).astype(np.float64)
+            lo = np.maximum(self.lo, (f - d - self.anchor) / j)
+            hi = np.minimum(self.hi, (f + d - self.anchor) / j)
+            slope = lo + (hi - lo) / 2
+            value = self.anchor + slope * j
+            fix = (
+                live
+                & ~held
+                & (j >= self.settle)
+                & (self.fixes < self.corrections)
+                & (lo <= hi)
+                & np.isfinite(slope)
+                & (np.abs(f - value) <= d)  # False for a value that is not finite
+            )
+        new = fresh | (live & ~held & ~fix)
+        np.copyto(self.lo, lo, where=live)
+        np.copyto(self.hi, hi, where=live)
+        np.copyto(self.g, copy, where=held)
+        np.copyto(self.base, value, where=fix)
+        np.copyto(self.slope, slope, where=fix)
+        np.copyto(self.k0, k, where=fix)
+        np.copyto(self.g, value, where=fix)
+        self.fixes += fix
+        # a new segment: anchored at f, slope 0, an open cone
+        np.copyto(self.anchor, f, where=new)
+        np.copyto(self.base, f, where=new)
+        np.copyto(self.g, f, where=new)
+        self.slope[new] = 0.0
+        self.k0[new] = self.ka[new] = k
+        self.lo[new], self.hi[new], self.fixes[new] = -np.inf, np.inf, 0
+        return fix | new
+
+
 class AdaptiveTracker(_Policy):
     """Per series, follow whichever of several rules has been sending the fewest messages lately.
 
@@ -269,7 +381,7 @@ class AdaptiveTracker(_Policy):
     """
 
     #: rule name → the expert that leads a series pinned to it (−1: not pinned, the adaptive rule)
-    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1}
+    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1, "trend": 5}
 
     def __init__(
         self, delta: ArrayLike = (), gamma: float = 0.0, decay: float = 0.995, hysteresis: float = 1.0
@@ -286,7 +398,12 @@ class AdaptiveTracker(_Policy):
             SegmentTracker(self.delta, lean=1.0),
             SegmentTracker(self.delta, lean=0.5),
             SegmentTracker(self.delta, lean=1.0, carry=1.0, patience=1),
+            TrendTracker(self.delta),
         ]
+        self.k = 0
+        self.base = np.full(self.n, np.nan)  # the copy as a line (the leader's when it was sent)
+        self.slope = np.zeros(self.n)
+        self.k0 = np.zeros(self.n, dtype=np.int64)
         self.score = np.zeros((len(self.experts), self.n))
         self.leader = np.zeros(self.n, dtype=np.intp)
         self.pin = np.full(self.n, -1, dtype=np.intp)
@@ -312,6 +429,9 @@ class AdaptiveTracker(_Policy):
         self.score = np.concatenate([self.score, np.zeros((len(self.experts), new))], axis=1)
         self.leader = np.concatenate([self.leader, np.zeros(new, dtype=np.intp)])
         self.pin = np.concatenate([self.pin, np.full(new, -1, dtype=np.intp)])
+        self.base = np.concatenate([self.base, np.full(new, np.nan)])
+        self.slope = np.concatenate([self.slope, np.zeros(new)])
+        self.k0 = np.concatenate([self.k0, np.zeros(new, dtype=np.int64)])
 
     def set_delta(self, idx: ArrayLike, delta: ArrayLike | float) -> None:
         for e in self.experts:
@@ -320,6 +440,8 @@ class AdaptiveTracker(_Policy):
 
     def invalidate(self, idx: ArrayLike) -> None:
         super().invalidate(idx)
+        self.base[np.asarray(idx)] = np.nan
+        self.slope[np.asarray(idx)] = 0.0
         for e in self.experts:
             e.invalidate(idx)
 
@@ -328,6 +450,8 @@ class AdaptiveTracker(_Policy):
 
     def step(self, f: ArrayLike) -> np.ndarray:
         f, readable = self._readable(f)
+        self.k += 1
+        self.base[~readable] = np.nan
         self.score *= self.decay
         for k, e in enumerate(self.experts):
             self.score[k] += e.step(f)
@@ -338,10 +462,24 @@ class AdaptiveTracker(_Policy):
         np.copyto(self.leader, self.pin, where=self.pin >= 0)
         self.delta = self._in_force()
         with np.errstate(invalid="ignore"):
-            send = readable & ~(np.abs(f - self.g) <= self.delta)
-        lead_g = np.stack([e.g for e in self.experts])[self.leader, series]
-        np.copyto(self.g, lead_g, where=send)
+            copy = self.base + self.slope * (self.k - self.k0).astype(np.float64)
+            send = readable & ~(np.abs(f - copy) <= self.delta)
+        np.copyto(self.g, copy, where=readable)
+        if send.any():
+            # the leader's line, as it is (its anchor too): the copy is the leader's, bit for bit
+            at = np.flatnonzero(send)
+            lead = self.leader[at]
+            for k, e in enumerate(self.experts):
+                mine = at[lead == k]
+                if mine.size:
+                    value, slope, age = e.line(mine)
+                    self.base[mine], self.slope[mine], self.k0[mine] = value, slope, self.k - age
+            self.g[at] = self.base[at] + self.slope[at] * (self.k - self.k0[at]).astype(np.float64)
         return send
+
+    def line(self, idx: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.asarray(idx)
+        return self.base[idx], self.slope[idx], self.k - self.k0[idx]
 
 
 #: the agent's ``tracking`` option: rule name → how to build it (Δ, γ)
@@ -350,6 +488,7 @@ RULES = {
     "deadband": lambda delta, gamma: Deadband(delta),
     "segment": lambda delta, gamma: SegmentTracker(delta),
     "adaptive": lambda delta, gamma: AdaptiveTracker(delta, gamma=gamma),
+    "trend": lambda delta, gamma: TrendTracker(delta),
 }
 
 
