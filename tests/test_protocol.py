@@ -51,7 +51,8 @@ def test_floats_cross_the_wire_exactly():
         ("atomwatch/v1/s/h/data", b"\xff\xfe", "not UTF-8"),
         ("atomwatch/v1/s/h/data", b"{nope", "not JSON"),
         ("atomwatch/v1/s/h/data", b"[1, 2]", "must be a JSON object"),
-        ("atomwatch/v1/s/h/data", b'{"v": 2, "type": "data"}', "protocol version 2 is not supported"),
+        ("atomwatch/v1/s/h/data", b'{"v": 3, "type": "data"}', "protocol version 3 is not supported"),
+        ("atomwatch/v1/s/h/death", b'{"v": 2, "type": "death"}', "protocol version 2 is not supported"),
         ("atomwatch/v1/s/h/data", b'{"v": 1, "type": "birth"}', "field 'type' must be 'data'"),
         (
             "atomwatch/v1/s/h/data",
