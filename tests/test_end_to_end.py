@@ -43,6 +43,10 @@ async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site,
     # the values that crossed the broker are exactly the ones the tracker decided to send
     sent = sum(t.sent for t in pipe.ticks if t.published and t.published[0] == "data")
     assert pipe.values_received == sent == pipe.agent.stats["values_sent"]
+    lines = sum(t.lines for t in pipe.ticks if t.published and t.published[0] == "data")
+    assert pipe.lines_received == lines
+    if rule in ("trend", "adaptive"):
+        assert lines > 0, "lines crossed the broker"
     # and tracking saved messages: far fewer values than samples
     assert sent < 0.5 * sum(len(t.truth) for t in data_ticks)
     assert pipe.controller.ingest.dropped.total() == 0
