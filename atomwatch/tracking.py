@@ -26,6 +26,7 @@ __all__ = [
     "SendAll",
     "Simulation",
     "TrendTracker",
+    "optimal_line_messages",
     "optimal_max_error",
     "optimal_messages",
     "make_tracker",
@@ -384,7 +385,11 @@ class AdaptiveTracker(_Policy):
     PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1, "trend": 5}
 
     def __init__(
-        self, delta: ArrayLike = (), gamma: float = 0.0, decay: float = 0.995, hysteresis: float = 1.0
+        self,
+        delta: ArrayLike = (),
+        gamma: float = 0.0,
+        decay: float = 0.995,
+        hysteresis: float = 1.0,
     ) -> None:
         super().__init__(delta)
         if not 0 < float(decay) <= 1:
@@ -594,3 +599,56 @@ def optimal_messages(values: ArrayLike, delta: ArrayLike | float) -> np.ndarray:
 def optimal_max_error(values: ArrayLike, delta: ArrayLike | float) -> np.ndarray:
     """The largest error of the optimum per series, sending each segment's midrange."""
     return _greedy_segments(values, delta)[1]
+
+
+def _line_segments(column: np.ndarray, delta: float) -> int:
+    """The fewest lines, each within Δ of every sample of its run of ticks, that cover one series
+    (a gap ends a run). Greedy: a run goes on while some line fits all of its samples.
+
+    A line ``a + b·t`` fits the samples ``(t, f)`` of a run iff ``b`` lies in
+    ``[max (f_j − f_i − 2Δ)/(j − i), min (f_j − f_i + 2Δ)/(j − i)]`` over the pairs ``i < j`` (the
+    spread of ``f − b·t`` is at most 2Δ). A new sample ``j`` adds the pairs that end at it, whose
+    extremes lie on the lower and the upper convex hull of the run's samples (O'Rourke's
+    observation), so each sample costs a walk along the hulls, which stay short.
+    """
+    count = 0
+    lower: list[tuple[int, float]] = []
+    upper: list[tuple[int, float]] = []
+    lo = hi = 0.0
+    for j, f in enumerate(column.tolist()):
+        if f != f or f in (np.inf, -np.inf):
+            lower, upper = [], []
+            continue
+        if lower:
+            new_lo = max(lo, max((f - 2 * delta - y) / (j - x) for x, y in lower))
+            new_hi = min(hi, min((f + 2 * delta - y) / (j - x) for x, y in upper))
+            if new_lo <= new_hi:
+                lo, hi = new_lo, new_hi
+                while len(lower) >= 2 and _turn(lower[-2], lower[-1], (j, f)) <= 0:
+                    lower.pop()
+                while len(upper) >= 2 and _turn(upper[-2], upper[-1], (j, f)) >= 0:
+                    upper.pop()
+                lower.append((j, f))
+                upper.append((j, f))
+                continue
+        count += 1
+        lower, upper = [(j, f)], [(j, f)]
+        lo, hi = -np.inf, np.inf
+    return count
+
+
+def _turn(a: tuple[int, float], b: tuple[int, float], c: tuple[int, float]) -> float:
+    """> 0 when a → b → c turns left (counter-clockwise)."""
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+
+def optimal_line_messages(values: ArrayLike, delta: ArrayLike | float) -> np.ndarray:
+    """The offline optimum of a line copy per series: the fewest (value, slope) messages that keep
+    a piecewise-linear copy within Δ, each message starting a new line (disjoint segments), a gap
+    ending one. A lower bound for :class:`TrendTracker` and for every constant-copy rule too.
+
+    ``values`` is ticks × series (a 1-d array is one series); ``delta`` one Δ or one per series.
+    """
+    v = _as_matrix(values)
+    d = np.broadcast_to(_check_delta(delta), (v.shape[1],))
+    return np.array([_line_segments(v[:, j], float(d[j])) for j in range(v.shape[1])], dtype=np.int64)
