@@ -266,32 +266,38 @@ class SegmentTracker(_Policy):
 class TrendTracker(_Policy):
     """A line copy: the controller's copy at step ``k`` is ``base + slope * (k − k0)``.
 
-    Per series, a *segment* starts from the current value ``f``: it is the *anchor* (``k0``,
-    ``base = f``) and the slope sent is 0, so a series that does not move costs what a constant
-    copy costs. The agent keeps the *cone* of slopes whose lines through the anchor stay within Δ
-    of every readable sample since (two numbers, narrowed by each sample as the swing filter
-    does). When the copy leaves the truth by more than Δ at the current step (a *break*):
+    Per series, a *segment* starts from the current value ``f``: it is the *anchor* (``ka``,
+    ``f``) and the slope sent is 0, so a series that does not move costs what a constant copy
+    costs. The agent keeps, over the readable samples since the anchor, the interval of constants
+    within Δ of all of them (``flat_lo``, ``flat_hi``, as :class:`SegmentTracker` does) and the
+    *cone* of slopes whose lines through the anchor are (``lo``, ``hi``, narrowed by each sample
+    as the swing filter does). When the copy leaves the truth by more than Δ at the current step
+    (a *break*):
 
-    - if the anchor is at least ``settle`` steps old, fewer than ``corrections`` slopes were sent
-      in this segment and the cone is not empty, the line through the anchor with the cone's
-      middle slope is sent (value at this step and slope);
+    - while the copy is flat (``flat``) and a constant still fits the segment, the constants'
+      midpoint is sent (slope 0): on noise this rule is the segment rule;
+    - else if the anchor is at least ``settle`` steps old, fewer than ``corrections`` slopes were
+      sent in this segment and the cone is not empty, the line through the anchor with the cone's
+      middle slope is sent (its value at this step, and the slope);
     - else a new segment starts from ``f``.
 
-    ``settle`` keeps one noisy sample from setting a slope; ``corrections`` bounds what a series
-    that is a level with noise, not a trend, pays for lines (each correction is a message).
+    ``settle`` keeps a few noisy samples from setting a slope; ``corrections`` bounds what a
+    series that is a level with noise, not a trend, pays for lines (each is a message). The
+    copy must hold live, at every step: the slope cannot wait for the segment's end as the
+    offline slide filter and O'Rourke's fitting do (their optimum: :func:`optimal_line_messages`).
 
     Exactness: the copy at a step is evaluated as ``base + slope * float(k − k0)`` here and by
-    the controller, and ``|f − copy| ≤ Δ`` is checked on that float; a correction whose value
-    fails the check (rounding, overflow) starts a new segment from ``f`` instead. ``g`` is the
-    copy at the last step; :meth:`line` gives (value, slope, age) to send.
+    the controller, and ``|f − copy| ≤ Δ`` is checked on that float; a value that fails the check
+    (rounding, overflow) starts a new segment from ``f`` instead. ``g`` is the copy at the last
+    step; :meth:`line` gives (value, slope, age) to send.
     """
 
-    def __init__(self, delta: ArrayLike = (), settle: int = 4, corrections: int = 2) -> None:
+    def __init__(self, delta: ArrayLike = (), settle: int = 4, corrections: int = 2, flat: bool = True) -> None:
         super().__init__(delta)
         for name, x in (("settle", settle), ("corrections", corrections)):
             if int(x) != x or x < 1:
                 raise ValueError(f"{name} must be a whole number ≥ 1, got {x}")
-        self.settle, self.corrections = int(settle), int(corrections)
+        self.settle, self.corrections, self.flat = int(settle), int(corrections), bool(flat)
         self.k = 0  # steps taken
         n = self.n
         self.base = np.full(n, np.nan)
@@ -302,6 +308,8 @@ class TrendTracker(_Policy):
         self.lo = np.full(n, -np.inf)  # the cone of slopes through the anchor
         self.hi = np.full(n, np.inf)
         self.fixes = np.zeros(n, dtype=np.int64)  # slopes sent in this segment
+        self.flat_lo = np.full(n, np.nan)  # the constants within Δ of every sample of the segment
+        self.flat_hi = np.full(n, np.nan)
 
     def _grow(self, new: int, delta: np.ndarray) -> None:
         super()._grow(new, delta)
@@ -314,6 +322,8 @@ class TrendTracker(_Policy):
         self.lo = cat([self.lo, np.full(new, -np.inf)])
         self.hi = cat([self.hi, np.full(new, np.inf)])
         self.fixes = cat([self.fixes, np.zeros(new, dtype=np.int64)])
+        self.flat_lo = cat([self.flat_lo, np.full(new, np.nan)])
+        self.flat_hi = cat([self.flat_hi, np.full(new, np.nan)])
 
     def invalidate(self, idx: ArrayLike) -> None:
         super().invalidate(idx)
@@ -338,18 +348,29 @@ class TrendTracker(_Policy):
             hi = np.minimum(self.hi, (f + d - self.anchor) / j)
             slope = lo + (hi - lo) / 2
             value = self.anchor + slope * j
+            flat_lo = np.maximum(self.flat_lo, f - d)
+            flat_hi = np.minimum(self.flat_hi, f + d)
+            mid = flat_lo + (flat_hi - flat_lo) / 2
+            # while the copy is flat and a constant still fits the segment: the constant's midpoint
+            flat = live & ~held & self.flat & (flat_lo <= flat_hi) & (np.abs(f - mid) <= d)
             fix = (
                 live
                 & ~held
+                & ~flat
                 & (j >= self.settle)
                 & (self.fixes < self.corrections)
                 & (lo <= hi)
                 & np.isfinite(slope)
                 & (np.abs(f - value) <= d)  # False for a value that is not finite
             )
-        new = fresh | (live & ~held & ~fix)
+        new = fresh | (live & ~held & ~fix & ~flat)
         np.copyto(self.lo, lo, where=live)
         np.copyto(self.hi, hi, where=live)
+        np.copyto(self.flat_lo, flat_lo, where=live)
+        np.copyto(self.flat_hi, flat_hi, where=live)
+        np.copyto(self.base, mid, where=flat)
+        np.copyto(self.g, mid, where=flat)
+        np.copyto(self.k0, k, where=flat)
         np.copyto(self.g, copy, where=held)
         np.copyto(self.base, value, where=fix)
         np.copyto(self.slope, slope, where=fix)
@@ -363,7 +384,9 @@ class TrendTracker(_Policy):
         self.slope[new] = 0.0
         self.k0[new] = self.ka[new] = k
         self.lo[new], self.hi[new], self.fixes[new] = -np.inf, np.inf, 0
-        return fix | new
+        np.copyto(self.flat_lo, f - d, where=new)
+        np.copyto(self.flat_hi, f + d, where=new)
+        return fix | new | flat
 
 
 class AdaptiveTracker(_Policy):
