@@ -1,14 +1,16 @@
 """The wire protocol between agents and controllers: topics, message schemas, validation.
 
 Both sides import this module and nothing else defines a topic or a payload. Every payload is a
-JSON object with ``"v": VERSION`` and ``"type"``. Only MQTT 3.1.1 features are used (QoS 0/1,
+JSON object with ``"v": VERSION`` (``LINE_VERSION`` for a birth, data or history message holding a
+line) and ``"type"``. Only MQTT 3.1.1 features are used (QoS 0/1,
 retained messages, the last will), so any broker works, the embedded amqtt one included.
 
 Topics, under ``atomwatch/v1/<site>/<host>/``::
 
     birth           retained, QoS 1  session, agent version, tick, series table and current values,
                                      the sequence number the next data message will carry
-    data            QoS 1            session, seq, ts, the (alias, value) pairs the tracker sent,
+    data            QoS 1            session, seq, ts, the (alias, value) pairs the tracker sent
+                                     (with a slope, and an age, for a line: :data:`Lines`),
                                      explicit stale and gone aliases
     history         QoS 1            store-and-forward: ticks sampled while the broker was away,
                                      sent after the birth that follows the reconnection (a series
