@@ -274,8 +274,9 @@ class TrendTracker(_Policy):
     as the swing filter does). When the copy leaves the truth by more than Δ at the current step
     (a *break*):
 
-    - while the copy is flat (``flat``) and a constant still fits the segment, the constants'
-      midpoint is sent (slope 0): on noise this rule is the segment rule;
+    - while the copy is flat (``flat``) and a constant still fits the segment, the constant at
+      the edge of that interval the way the series broke is sent (slope 0): on noise and levels
+      this rule is the segment rule (``lean = 1``);
     - else if the anchor is at least ``settle`` steps old, fewer than ``corrections`` slopes were
       sent in this segment and the cone is not empty, the line through the anchor with the cone's
       middle slope is sent (its value at this step, and the slope);
@@ -350,8 +351,11 @@ class TrendTracker(_Policy):
             value = self.anchor + slope * j
             flat_lo = np.maximum(self.flat_lo, f - d)
             flat_hi = np.minimum(self.flat_hi, f + d)
-            mid = flat_lo + (flat_hi - flat_lo) / 2
-            # while the copy is flat and a constant still fits the segment: the constant's midpoint
+            # while the copy is flat and a constant still fits the segment: the constant nearest
+            # the way the series broke (the edge of the interval, as SegmentTracker's lean), else
+            # its midpoint (when rounding puts the edge beyond Δ)
+            edge = np.where(f > copy, flat_hi, flat_lo)
+            mid = np.where(np.abs(f - edge) <= d, edge, flat_lo + (flat_hi - flat_lo) / 2)
             flat = live & ~held & self.flat & (flat_lo <= flat_hi) & (np.abs(f - mid) <= d)
             fix = (
                 live
