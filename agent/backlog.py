@@ -9,8 +9,9 @@ is queued or a chunk sent (:mod:`.runtime`), and what the controller does with i
 A *segment* is one run of frames of one agent process: its aliases belong to its own series
 table, so a backlog read back from the file after a restart keeps its meaning whatever the new
 process numbers its series. Each segment keeps the state before its oldest frame (``base``, every
-known value); dropping a frame folds it into ``base``, so what is left still rebuilds exactly.
-Every history message starts with the full state at its first frame and stands alone.
+known value, and ``lines``, the values sent as lines with their anchor's frame index); dropping a
+frame folds it into ``base``, so what is left still rebuilds exactly. Every history message starts
+with the full state at its first frame (a line with its age) and stands alone.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _segment_id() -> int:
 
 def frame_cost(frame: protocol.Frame) -> int:
     """Bytes a frame is charged: about what it weighs encoded."""
-    return 40 + 24 * len(frame.values) + 8 * (len(frame.stale) + len(frame.gone))
+    return 40 + 24 * len(frame.values) + 24 * len(frame.lines) + 8 * (len(frame.stale) + len(frame.gone))
 
 
 @dataclass
@@ -62,6 +63,9 @@ class Segment:
     table: dict[int, tuple[SeriesKey, float]] = field(default_factory=dict)
     #: the state before ``frames[0]``: alias → value (absent: stale or unknown)
     base: dict[int, float] = field(default_factory=dict)
+    #: of ``base``, the values that are lines: alias → (slope, k0), k0 the index in the segment of
+    #: the frame the value holds at (negative: before the segment's first frame)
+    lines: dict[int, tuple[float, int]] = field(default_factory=dict)
     frames: deque[protocol.Frame] = field(default_factory=deque)
     #: index of ``frames[0]`` in the segment (frames dropped or sent before it are counted)
     first: int = 0
@@ -69,18 +73,28 @@ class Segment:
     def fold(self) -> protocol.Frame:
         """Take the oldest frame out, keeping its effect in ``base``."""
         frame = self.frames.popleft()
-        apply_frame(self.base, frame)
+        apply_frame(self.base, frame, self.lines, self.first)
         self.first += 1
         return frame
 
 
-def apply_frame(state: dict[int, float], frame: protocol.Frame) -> None:
+def apply_frame(
+    state: dict[int, float], frame: protocol.Frame, lines: dict[int, tuple[float, int]] | None = None, index: int = 0
+) -> None:
+    """``frame`` (the one of index ``index`` in its segment) applied to ``state``; ``lines``, when
+    given, keeps which values are lines: alias → (slope, index of the frame the value holds at)."""
     for a, v in frame.values:
         state[a] = v
-    for a in frame.stale:
+        if lines is not None:
+            line = frame.lines.get(a)
+            if line is None:
+                lines.pop(a, None)
+            else:
+                lines[a] = (line[0], index - line[1])
+    for a in (*frame.stale, *frame.gone):
         state.pop(a, None)
-    for a in frame.gone:
-        state.pop(a, None)
+        if lines is not None:
+            lines.pop(a, None)
 
 
 class Backlog:
@@ -129,12 +143,19 @@ class Backlog:
     ) -> None:
         """Queue one tick. ``table(alias)`` is (key, Δ) of an alias (None: not a series any
         more); ``state()`` every value the tracker holds after this tick, asked for only when the
-        tick starts a segment (its base)."""
+        tick starts a segment (its base): alias → value, or (value, slope, age) for a line."""
         seg = self._open
         named: Iterable[int] = (a for a, _ in frame.values)
         if seg is None:
             seg = self._open = Segment(id=_segment_id())
-            seg.base = dict(state())
+            for a, held in state().items():
+                if isinstance(held, tuple):
+                    value, slope, age = held
+                    seg.base[a] = value
+                    if slope:
+                        seg.lines[a] = (slope, -age)  # this tick is the segment's frame 0
+                else:
+                    seg.base[a] = held
             self.segments.append(seg)
             self._write(_segment_record(seg))
             named = (*seg.base, *named)
@@ -206,10 +227,11 @@ class Backlog:
         if not self.segments:
             return None
         seg = self.segments[0]
-        state = dict(seg.base)
-        apply_frame(state, seg.frames[0])
+        state, lines = dict(seg.base), dict(seg.lines)
+        apply_frame(state, seg.frames[0], lines, seg.first)
         first = seg.frames[0]
-        frames = [protocol.Frame(first.ts, sorted(state.items()), [], [])]
+        ages = {a: (slope, seg.first - k0) for a, (slope, k0) in lines.items()}
+        frames = [protocol.Frame(first.ts, sorted(state.items()), [], [], ages)]
         size = frame_cost(frames[0])
         for frame in list(seg.frames)[1:]:
             cost = frame_cost(frame)
@@ -337,7 +359,11 @@ class Backlog:
     def _load_line(self, record: dict, seg: Segment | None) -> Segment | None:
         if "segment" in record:
             seg = Segment(id=int(record["segment"]), first=int(record.get("first", 0)))
-            seg.base = {int(a): _finite(v) for a, v in record["base"]}
+            for entry in record["base"]:
+                a, v = int(entry[0]), _finite(entry[1])
+                seg.base[a] = v
+                if len(entry) == 4:
+                    seg.lines[a] = (_finite(entry[2]), int(entry[3]))
             self.segments.append(seg)
         elif seg is None:
             raise ValueError("a record before the first segment")
@@ -347,7 +373,11 @@ class Backlog:
         else:
             ts, values, stale, gone = record["frame"]
             frame = protocol.Frame(
-                _finite(ts), [(int(a), _finite(v)) for a, v in values], [int(a) for a in stale], [int(a) for a in gone]
+                _finite(ts),
+                [(int(e[0]), _finite(e[1])) for e in values],
+                [int(a) for a in stale],
+                [int(a) for a in gone],
+                {int(e[0]): (_finite(e[2]), int(e[3])) for e in values if len(e) == 4},
             )
             seg.frames.append(frame)
             self.frames += 1
@@ -368,7 +398,8 @@ def _line(record: dict) -> str:
 
 
 def _segment_record(seg: Segment) -> dict:
-    return {"segment": seg.id, "base": [[a, v] for a, v in seg.base.items()], "first": seg.first}
+    base = [[a, v, *seg.lines[a]] if a in seg.lines else [a, v] for a, v in seg.base.items()]
+    return {"segment": seg.id, "base": base, "first": seg.first}
 
 
 def _series_records(table: dict[int, tuple[SeriesKey, float]]) -> dict:
@@ -377,7 +408,8 @@ def _series_records(table: dict[int, tuple[SeriesKey, float]]) -> dict:
 
 
 def _frame_record(f: protocol.Frame) -> dict:
-    return {"frame": [f.ts, [[a, v] for a, v in f.values], f.stale, f.gone]}
+    values = [[a, v, *f.lines[a]] if a in f.lines else [a, v] for a, v in f.values]
+    return {"frame": [f.ts, values, f.stale, f.gone]}
 
 
 def _records(seg: Segment) -> list[dict]:

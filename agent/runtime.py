@@ -103,6 +103,8 @@ class Agent:
         self.seq = 0
         self.client: aiomqtt.Client | None = None
         self.need_birth = True
+        #: a tick was tracked and its message not published yet
+        self._tick_pending = False
         self.publish_lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.ticks = 0
@@ -206,13 +208,17 @@ class Agent:
         self.stats["values_suppressed"] += max(0, readable - tracked)
         self.stale_series = int(stale_now.sum())
         self.stale_vms = len({self.table.keys[a].vm_uuid for a in np.flatnonzero(stale_now)})
-        values = [(int(a), float(self.tracker.g[a])) for a in np.flatnonzero(send & active)]
+        sent = np.flatnonzero(send & active)
+        value, slope, age = self.tracker.line(sent)
+        values = [(int(a), float(v)) for a, v in zip(sent, value, strict=True)]
+        lines = {int(sent[i]): (float(slope[i]), int(age[i])) for i in np.flatnonzero(slope)}
         msg_stale = [int(a) for a in np.flatnonzero(new_stale)]
         ts = time.time()
         tracked_at = time.perf_counter()
         self.tick_times.observe("track", tracked_at - collected)
-        published = await self._publish_tick(ts, values, msg_stale, change.gone)
-        frame = protocol.Frame(ts, values, msg_stale, list(change.gone))
+        self._tick_pending = True  # (a birth published before this tick's message covers it)
+        published = await self._publish_tick(ts, values, msg_stale, change.gone, lines)
+        frame = protocol.Frame(ts, values, msg_stale, list(change.gone), lines)
         if published is None:
             self._queue(frame)
         elif published[0] == "data" and self.config.backlog_frames:
@@ -231,10 +237,11 @@ class Agent:
             return None
         return self.table.keys[alias], float(self.deltas[alias])
 
-    def _tracked(self) -> dict[int, float]:
-        """Every value the tracker holds (the controller's copy), by alias."""
-        g = self.tracker.g
-        return {int(a): float(g[a]) for a in self.table.active_aliases() if not np.isnan(g[a])}
+    def _tracked(self) -> dict[int, tuple[float, float, int]]:
+        """Every value the tracker holds (the controller's copy), by alias: (value, slope, age)."""
+        aliases = np.array([a for a in self.table.active_aliases() if not np.isnan(self.tracker.g[a])], dtype=np.intp)
+        value, slope, age = self.tracker.line(aliases)
+        return {int(a): (float(v), float(s), int(k)) for a, v, s, k in zip(aliases, value, slope, age, strict=True)}
 
     def _queue(self, frame: protocol.Frame) -> None:
         """Keep a tick no controller is known to hear (store-and-forward), within the backlog's bounds."""
@@ -251,9 +258,19 @@ class Agent:
         self.backlog.add(frame, self._series_of, self._tracked)
 
     async def _publish_tick(
-        self, ts: float, values: list[tuple[int, float]], stale: list[int], gone: list[int]
+        self,
+        ts: float,
+        values: list[tuple[int, float]],
+        stale: list[int],
+        gone: list[int],
+        lines: protocol.Lines | None = None,
     ) -> Published:
         async with self.publish_lock:
+            pending, self._tick_pending = self._tick_pending, False
+            if not pending:
+                # a birth went out after this tick was tracked (a command or a controller coming
+                # online took the lock first): it holds this tick, whose index its seq − 1 is
+                return ("birth", self.session, self.stats["births"])
             if self.client is None:
                 return None
             if self._controller_online is not True:
@@ -270,7 +287,9 @@ class Agent:
                 if await self._publish_birth_locked():
                     return ("birth", self.session, self.stats["births"])
                 return None
-            msg = protocol.Data(session=self.session, seq=self.seq, ts=ts, values=values, stale=stale, gone=gone)
+            msg = protocol.Data(
+                session=self.session, seq=self.seq, ts=ts, values=values, stale=stale, gone=gone, lines=lines or {}
+            )
             if await self._publish(protocol.data_topic(self.config.site, self.config.host), msg, qos=1):
                 self.seq += 1
                 self.stats["data"] += 1
@@ -279,15 +298,21 @@ class Agent:
             return None
 
     async def _publish_birth_locked(self) -> bool:
+        # a tick tracked but not published yet is in this birth: its own message is not sent
+        covers_tick = self._tick_pending
         series = []
-        for alias in self.table.active_aliases():
-            g = float(self.tracker.g[alias])
+        aliases = np.array(self.table.active_aliases(), dtype=np.intp)
+        value, slope, age = self.tracker.line(aliases)
+        for i, alias in enumerate(aliases.tolist()):
+            known = not np.isnan(self.tracker.g[alias])
             series.append(
                 protocol.SeriesInfo(
                     alias=alias,
                     key=self.table.keys[alias],
                     delta=float(self.deltas[alias]),
-                    value=None if np.isnan(g) else g,
+                    value=float(value[i]) if known else None,
+                    slope=float(slope[i]) if known else 0.0,
+                    age=int(age[i]) if known else 0,
                 )
             )
         birth = protocol.Birth(
@@ -301,6 +326,8 @@ class Agent:
         )
         if await self._publish(protocol.birth_topic(self.config.site, self.config.host), birth, qos=1, retain=True):
             self.need_birth = self._kept_since_birth = False
+            if covers_tick:
+                self._tick_pending = False
             self.stats["births"] += 1
             # the controller is right again from here: a later outage starts a new segment
             self.backlog.close_segment()

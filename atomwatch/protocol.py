@@ -1,14 +1,16 @@
 """The wire protocol between agents and controllers: topics, message schemas, validation.
 
 Both sides import this module and nothing else defines a topic or a payload. Every payload is a
-JSON object with ``"v": VERSION`` and ``"type"``. Only MQTT 3.1.1 features are used (QoS 0/1,
+JSON object with ``"v": VERSION`` (``LINE_VERSION`` for a birth, data or history message holding a
+line) and ``"type"``. Only MQTT 3.1.1 features are used (QoS 0/1,
 retained messages, the last will), so any broker works, the embedded amqtt one included.
 
 Topics, under ``atomwatch/v1/<site>/<host>/``::
 
     birth           retained, QoS 1  session, agent version, tick, series table and current values,
                                      the sequence number the next data message will carry
-    data            QoS 1            session, seq, ts, the (alias, value) pairs the tracker sent,
+    data            QoS 1            session, seq, ts, the (alias, value) pairs the tracker sent
+                                     (with a slope, and an age, for a line: :data:`Lines`),
                                      explicit stale and gone aliases
     history         QoS 1            store-and-forward: ticks sampled while the broker was away,
                                      sent after the birth that follows the reconnection (a series
@@ -52,6 +54,11 @@ except ImportError:  # pragma: no cover - json alone is correct, only slower
     orjson = None
 
 VERSION = 1
+#: the version of a birth, data or history message that carries a line (a slope): a controller
+#: that knows only :data:`VERSION` refuses it whole rather than hold a line as a constant
+LINE_VERSION = 2
+VERSIONS = (VERSION, LINE_VERSION)
+_LINE_KINDS = ("birth", "data", "history")
 ROOT = "atomwatch/v1"
 CONTROLLER_HOST = "controller"
 
@@ -210,6 +217,19 @@ class SeriesInfo:
     key: SeriesKey
     delta: float
     value: float | None = None  # the tracker's current value at birth (None: stale)
+    #: a line copy (trend tracking): the copy is ``value + slope * (k − k0)``, ``value`` holding
+    #: ``age`` ticks before the birth's tick (whose index is ``seq − 1``); 0: a constant
+    slope: float = 0.0
+    age: int = 0
+
+
+#: The values of a data message (or history frame) sent as lines: alias → (slope, age). The
+#: copy of such a series at tick index ``k`` is ``value + slope * float(k − k0)`` evaluated in
+#: float64 in that order, with ``k0 = (the message's tick index) − age``; a tick index is the
+#: ``seq`` of a data message and the frame's index in its segment for history. On the wire, an
+#: entry ``[alias, value]`` is a constant, ``[alias, value, slope]`` a line from this tick and
+#: ``[alias, value, slope, age]`` a line from ``age`` ticks before it; the slope is never 0.
+Lines = dict[int, tuple[float, int]]
 
 
 @dataclass
@@ -233,6 +253,8 @@ class Data:
     values: list[tuple[int, float]]
     stale: list[int] = field(default_factory=list)
     gone: list[int] = field(default_factory=list)
+    #: alias → (slope, age) of the values sent as lines (see :data:`Lines`)
+    lines: Lines = field(default_factory=dict)
     type: str = field(default="data", init=False)
 
 
@@ -244,6 +266,8 @@ class Frame:
     values: list[tuple[int, float]]
     stale: list[int] = field(default_factory=list)
     gone: list[int] = field(default_factory=list)
+    #: alias → (slope, age) of the values sent as lines (see :data:`Lines`)
+    lines: Lines = field(default_factory=dict)
 
 
 @dataclass
@@ -354,12 +378,42 @@ def series_record(s: SeriesInfo, value: bool = True) -> dict[str, Any]:
     }
     if value:
         out["value"] = _num(s.value)
+        if s.slope and out["value"] is not None:
+            out["slope"] = float(s.slope)
+            if s.age:
+                out["age"] = int(s.age)
     return out
+
+
+def _entries(values: list[tuple[int, float]], lines: Lines) -> list[list]:
+    """``values`` as wire entries: ``[alias, value]``, or with ``slope`` (and ``age``) for a line."""
+    if not lines:
+        return [[a, float(v)] for a, v in values]
+    out = []
+    for a, v in values:
+        slope, age = lines.get(a, (0.0, 0))
+        if not slope:
+            out.append([a, float(v)])
+        elif age:
+            out.append([a, float(v), float(slope), int(age)])
+        else:
+            out.append([a, float(v), float(slope)])
+    return out
+
+
+def _has_lines(msg: Message) -> bool:
+    if isinstance(msg, Birth):
+        return any(s.slope and s.value is not None for s in msg.series)
+    if isinstance(msg, Data):
+        return any(s for s, _ in msg.lines.values())
+    if isinstance(msg, History):
+        return any(s for f in msg.frames for s, _ in f.lines.values())
+    return False
 
 
 def encode(msg: Message) -> bytes:
     """The JSON payload of a message (compact; floats kept exactly by repr)."""
-    body: dict[str, Any] = {"v": VERSION, "type": msg.type}
+    body: dict[str, Any] = {"v": LINE_VERSION if _has_lines(msg) else VERSION, "type": msg.type}
     if isinstance(msg, Birth):
         body.update(
             session=msg.session,
@@ -372,7 +426,7 @@ def encode(msg: Message) -> bytes:
         if msg.backlog:
             body["backlog"] = msg.backlog
     elif isinstance(msg, Data):
-        body.update(session=msg.session, seq=msg.seq, ts=msg.ts, values=[[a, float(v)] for a, v in msg.values])
+        body.update(session=msg.session, seq=msg.seq, ts=msg.ts, values=_entries(msg.values, msg.lines))
         if msg.stale:
             body["stale"] = list(msg.stale)
         if msg.gone:
@@ -385,7 +439,7 @@ def encode(msg: Message) -> bytes:
             remaining=msg.remaining,
             tick=msg.tick,
             series=[series_record(s, value=False) for s in msg.series],
-            frames=[[f.ts, [[a, float(v)] for a, v in f.values], list(f.stale), list(f.gone)] for f in msg.frames],
+            frames=[[f.ts, _entries(f.values, f.lines), list(f.stale), list(f.gone)] for f in msg.frames],
         )
     elif isinstance(msg, Death):
         body.update(session=msg.session, ts=msg.ts, reason=msg.reason)
@@ -460,9 +514,11 @@ class _Fields:
         return v
 
 
-def _pairs(items: list, where: str) -> list[tuple[int, float]]:
-    """``[[alias, value], …]`` checked: alias an integer ≥ 0, value a finite number."""
+def _pairs(items: list, where: str, lines: bool = False) -> tuple[list[tuple[int, float]], Lines]:
+    """``[[alias, value], …]`` checked: alias an integer ≥ 0, value a finite number; with
+    ``lines``, an entry may add a finite non-zero slope and an age (an integer ≥ 0)."""
     values = []
+    sloped: Lines = {}
     isfinite = math.isfinite
     for pair in items:
         # (exact types: a bool is an int to isinstance, and JSON makes no subclasses)
@@ -472,8 +528,33 @@ def _pairs(items: list, where: str) -> list[tuple[int, float]]:
             if type(a) is int and a >= 0 and (tv is float or tv is int) and isfinite(v):
                 values.append((a, float(v)))
                 continue
+        elif type(pair) is list and 3 <= len(pair) <= 4 and lines:
+            a, v, slope = pair[:3]
+            age = pair[3] if len(pair) == 4 else 0
+            if (
+                type(a) is int
+                and a >= 0
+                and type(v) in (float, int)
+                and isfinite(v)
+                and type(slope) in (float, int)
+                and isfinite(slope)
+                and slope != 0
+                and type(age) is int
+                and 0 <= age <= INT_MAX
+            ):
+                values.append((a, float(v)))
+                sloped[a] = (float(slope), age)
+                continue
+            raise ProtocolError(
+                f"{where}[{len(values)}] must be [alias ≥ 0, finite number, finite slope ≠ 0(, age ≥ 0)], "
+                f"got {_show(pair)}"
+            )
+        elif type(pair) is list and 3 <= len(pair) <= 4:
+            raise ProtocolError(
+                f"{where}[{len(values)}]: a slope needs protocol version {LINE_VERSION} (field 'v'), got {_show(pair)}"
+            )
         raise ProtocolError(f"{where}[{len(values)}] must be [alias ≥ 0, finite number], got {_show(pair)}")
-    return values
+    return values, sloped
 
 
 def _tick(f: _Fields) -> float:
@@ -489,7 +570,7 @@ def read_series(records: Any, where: str) -> list[SeriesInfo]:
     return _series_table(_Fields(where, {"series": records}), where, with_values=False)
 
 
-def _series_table(f: _Fields, where: str, with_values: bool) -> list[SeriesInfo]:
+def _series_table(f: _Fields, where: str, with_values: bool, lines: bool = False) -> list[SeriesInfo]:
     """A birth's (or a history message's) series table, each alias once."""
     series = []
     seen: set[int] = set()
@@ -505,7 +586,18 @@ def _series_table(f: _Fields, where: str, with_values: bool) -> list[SeriesInfo]
         key = SeriesKey(sf.str("vm_uuid"), sf.str("vm_name"), sf.str("metric"), sf.str("unit", optional=True))
         if not key.metric:
             raise ProtocolError(f"{where} series[{i}]: field 'metric' must not be empty")
-        series.append(SeriesInfo(alias, key, delta, sf.num("value", optional=True) if with_values else None))
+        info = SeriesInfo(alias, key, delta, sf.num("value", optional=True) if with_values else None)
+        if with_values and (s.get("slope") is not None or s.get("age") is not None):
+            if not lines:
+                raise ProtocolError(f"{where} series[{i}]: a slope needs protocol version {LINE_VERSION} (field 'v')")
+            slope = sf.num("slope")
+            if slope == 0 or info.value is None:
+                raise ProtocolError(
+                    f"{where} series[{i}]: field 'slope' must be a number ≠ 0 beside a value, got {slope!r}"
+                )
+            info.slope = slope
+            info.age = sf.int("age") if s.get("age") is not None else 0
+        series.append(info)
     return series
 
 
@@ -701,10 +793,13 @@ def decode(
     where = f"{t.kind} on {topic}"
     obj = _load(where, payload, max_size, size_option)
     f = _Fields(where, obj)
-    if obj.get("v") != VERSION:
+    version = obj.get("v")
+    if isinstance(version, bool) or version not in (VERSIONS if t.kind in _LINE_KINDS else (VERSION,)):
+        also = f" and {LINE_VERSION} (lines, in birth, data and history)" if t.kind in _LINE_KINDS else ""
         raise ProtocolError(
-            f"{where}: protocol version {_show(obj.get('v'))} is not supported (this side speaks {VERSION})"
+            f"{where}: protocol version {_show(version)} is not supported (this side speaks {VERSION}{also})"
         )
+    lines = version == LINE_VERSION
     mtype = obj.get("type")
     expected = t.kind
     if mtype != expected:
@@ -716,18 +811,20 @@ def decode(
             agent=f.str("agent"),
             tick=_tick(f),
             ts=f.num("ts"),
-            series=_series_table(f, where, with_values=True),
+            series=_series_table(f, where, with_values=True, lines=lines),
             seq=f.int("seq"),
             backlog=f.int("backlog") if obj.get("backlog") is not None else 0,
         )
     elif t.kind == "data":
+        values, sloped = _pairs(f.list("values"), f"{where}: values", lines)
         msg = Data(
             session=f.int("session"),
             seq=f.int("seq"),
             ts=f.num("ts"),
-            values=_pairs(f.list("values"), f"{where}: values"),
+            values=values,
             stale=_aliases(f, "stale"),
             gone=_aliases(f, "gone"),
+            lines=sloped,
         )
     elif t.kind == "history":
         series = _series_table(f, where, with_values=False)
@@ -737,11 +834,8 @@ def decode(
             if not isinstance(raw, list) or len(raw) != 4:
                 raise ProtocolError(f"{at} must be [ts, values, stale, gone], got {_show(raw)}")
             ff = _Fields(at, {"ts": raw[0], "values": raw[1], "stale": raw[2], "gone": raw[3]})
-            frames.append(
-                Frame(
-                    ff.num("ts"), _pairs(ff.list("values"), f"{at} values"), _aliases(ff, "stale"), _aliases(ff, "gone")
-                )
-            )
+            values, sloped = _pairs(ff.list("values"), f"{at} values", lines)
+            frames.append(Frame(ff.num("ts"), values, _aliases(ff, "stale"), _aliases(ff, "gone"), sloped))
         if not frames:
             raise ProtocolError(f"{where}: field 'frames' must not be empty")
         known = {s.alias for s in series}

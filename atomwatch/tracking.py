@@ -25,6 +25,8 @@ __all__ = [
     "SegmentTracker",
     "SendAll",
     "Simulation",
+    "TrendTracker",
+    "optimal_line_messages",
     "optimal_max_error",
     "optimal_messages",
     "make_tracker",
@@ -85,6 +87,14 @@ class _Policy:
     def step(self, f: ArrayLike) -> np.ndarray:
         """Take the current values ``f``; return the mask of series to send (values: ``g[mask]``)."""
         raise NotImplementedError
+
+    def line(self, idx: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The copy of the series ``idx`` as lines: (value, slope, age). The copy at the last
+        step is ``value + slope * age`` evaluated in float64 in that order, and ``age`` more
+        steps on it is ``value + slope * (age + age')``; a constant copy is (``g``, 0, 0)."""
+        idx = np.asarray(idx)
+        g = self.g[idx]
+        return g, np.zeros_like(g), np.zeros(g.shape, dtype=np.int64)
 
     def _readable(self, f: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """(f as float64, mask of finite values); invalidates the unreadable series."""
@@ -253,6 +263,136 @@ class SegmentTracker(_Policy):
         return inside | new_round
 
 
+class TrendTracker(_Policy):
+    """A line copy: the controller's copy at step ``k`` is ``base + slope * (k − k0)``.
+
+    Per series, a *segment* starts from the current value ``f``: it is the *anchor* (``ka``,
+    ``f``) and the slope sent is 0, so a series that does not move costs what a constant copy
+    costs. The agent keeps, over the readable samples since the anchor, the interval of constants
+    within Δ of all of them (``flat_lo``, ``flat_hi``, as :class:`SegmentTracker` does) and the
+    *cone* of slopes whose lines through the anchor are (``lo``, ``hi``, narrowed by each sample
+    as the swing filter does). When the copy leaves the truth by more than Δ at the current step
+    (a *break*):
+
+    - while the copy is flat (``flat``) and a constant still fits the segment, the constant at
+      the edge of that interval the way the series broke is sent (slope 0): on noise and levels
+      this rule is the segment rule (``lean = 1``);
+    - else if the anchor is at least ``settle`` steps old, fewer than ``corrections`` slopes were
+      sent in this segment and the cone is not empty, the line through the anchor with the cone's
+      middle slope is sent (its value at this step, and the slope);
+    - else a new segment starts from ``f``.
+
+    ``settle`` keeps a few noisy samples from setting a slope; ``corrections`` bounds what a
+    series that is a level with noise, not a trend, pays for lines (each is a message). The
+    copy must hold live, at every step: the slope cannot wait for the segment's end as the
+    offline slide filter and O'Rourke's fitting do (their optimum: :func:`optimal_line_messages`).
+
+    Exactness: the copy at a step is evaluated as ``base + slope * float(k − k0)`` here and by
+    the controller, and ``|f − copy| ≤ Δ`` is checked on that float; a value that fails the check
+    (rounding, overflow) starts a new segment from ``f`` instead. ``g`` is the copy at the last
+    step; :meth:`line` gives (value, slope, age) to send.
+    """
+
+    def __init__(self, delta: ArrayLike = (), settle: int = 4, corrections: int = 2, flat: bool = True) -> None:
+        super().__init__(delta)
+        for name, x in (("settle", settle), ("corrections", corrections)):
+            if int(x) != x or x < 1:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {x}")
+        self.settle, self.corrections, self.flat = int(settle), int(corrections), bool(flat)
+        self.k = 0  # steps taken
+        n = self.n
+        self.base = np.full(n, np.nan)
+        self.slope = np.zeros(n)
+        self.k0 = np.zeros(n, dtype=np.int64)
+        self.anchor = np.full(n, np.nan)  # the segment's first value, at step ka
+        self.ka = np.zeros(n, dtype=np.int64)
+        self.lo = np.full(n, -np.inf)  # the cone of slopes through the anchor
+        self.hi = np.full(n, np.inf)
+        self.fixes = np.zeros(n, dtype=np.int64)  # slopes sent in this segment
+        self.flat_lo = np.full(n, np.nan)  # the constants within Δ of every sample of the segment
+        self.flat_hi = np.full(n, np.nan)
+
+    def _grow(self, new: int, delta: np.ndarray) -> None:
+        super()._grow(new, delta)
+        cat = np.concatenate
+        self.base = cat([self.base, np.full(new, np.nan)])
+        self.slope = cat([self.slope, np.zeros(new)])
+        self.k0 = cat([self.k0, np.zeros(new, dtype=np.int64)])
+        self.anchor = cat([self.anchor, np.full(new, np.nan)])
+        self.ka = cat([self.ka, np.zeros(new, dtype=np.int64)])
+        self.lo = cat([self.lo, np.full(new, -np.inf)])
+        self.hi = cat([self.hi, np.full(new, np.inf)])
+        self.fixes = cat([self.fixes, np.zeros(new, dtype=np.int64)])
+        self.flat_lo = cat([self.flat_lo, np.full(new, np.nan)])
+        self.flat_hi = cat([self.flat_hi, np.full(new, np.nan)])
+
+    def invalidate(self, idx: ArrayLike) -> None:
+        super().invalidate(idx)
+        self.slope[np.asarray(idx)] = 0.0
+
+    def line(self, idx: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.asarray(idx)
+        return self.base[idx], self.slope[idx], self.k - self.k0[idx]
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        f, readable = self._readable(f)
+        self.slope[~readable] = 0.0
+        self.k += 1
+        k, d = self.k, self.delta
+        live = readable & ~np.isnan(self.g)
+        fresh = readable & ~live
+        with np.errstate(all="ignore"):
+            copy = self.base + self.slope * (k - self.k0).astype(np.float64)
+            held = live & (np.abs(f - copy) <= d)
+            j = (k - self.ka).astype(np.float64)
+            lo = np.maximum(self.lo, (f - d - self.anchor) / j)
+            hi = np.minimum(self.hi, (f + d - self.anchor) / j)
+            slope = lo + (hi - lo) / 2
+            value = self.anchor + slope * j
+            flat_lo = np.maximum(self.flat_lo, f - d)
+            flat_hi = np.minimum(self.flat_hi, f + d)
+            # while the copy is flat and a constant still fits the segment: the constant nearest
+            # the way the series broke (the edge of the interval, as SegmentTracker's lean), else
+            # its midpoint (when rounding puts the edge beyond Δ)
+            edge = np.where(f > copy, flat_hi, flat_lo)
+            mid = np.where(np.abs(f - edge) <= d, edge, flat_lo + (flat_hi - flat_lo) / 2)
+            flat = live & ~held & self.flat & (flat_lo <= flat_hi) & (np.abs(f - mid) <= d)
+            fix = (
+                live
+                & ~held
+                & ~flat
+                & (j >= self.settle)
+                & (self.fixes < self.corrections)
+                & (lo <= hi)
+                & np.isfinite(slope)
+                & (np.abs(f - value) <= d)  # False for a value that is not finite
+            )
+        new = fresh | (live & ~held & ~fix & ~flat)
+        np.copyto(self.lo, lo, where=live)
+        np.copyto(self.hi, hi, where=live)
+        np.copyto(self.flat_lo, flat_lo, where=live)
+        np.copyto(self.flat_hi, flat_hi, where=live)
+        np.copyto(self.base, mid, where=flat)
+        np.copyto(self.g, mid, where=flat)
+        np.copyto(self.k0, k, where=flat)
+        np.copyto(self.g, copy, where=held)
+        np.copyto(self.base, value, where=fix)
+        np.copyto(self.slope, slope, where=fix)
+        np.copyto(self.k0, k, where=fix)
+        np.copyto(self.g, value, where=fix)
+        self.fixes += fix
+        # a new segment: anchored at f, slope 0, an open cone
+        np.copyto(self.anchor, f, where=new)
+        np.copyto(self.base, f, where=new)
+        np.copyto(self.g, f, where=new)
+        self.slope[new] = 0.0
+        self.k0[new] = self.ka[new] = k
+        self.lo[new], self.hi[new], self.fixes[new] = -np.inf, np.inf, 0
+        np.copyto(self.flat_lo, f - d, where=new)
+        np.copyto(self.flat_hi, f + d, where=new)
+        return fix | new | flat
+
+
 class AdaptiveTracker(_Policy):
     """Per series, follow whichever of several rules has been sending the fewest messages lately.
 
@@ -269,10 +409,14 @@ class AdaptiveTracker(_Policy):
     """
 
     #: rule name → the expert that leads a series pinned to it (−1: not pinned, the adaptive rule)
-    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1}
+    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1, "trend": 5}
 
     def __init__(
-        self, delta: ArrayLike = (), gamma: float = 0.0, decay: float = 0.995, hysteresis: float = 1.0
+        self,
+        delta: ArrayLike = (),
+        gamma: float = 0.0,
+        decay: float = 0.995,
+        hysteresis: float = 1.0,
     ) -> None:
         super().__init__(delta)
         if not 0 < float(decay) <= 1:
@@ -286,7 +430,12 @@ class AdaptiveTracker(_Policy):
             SegmentTracker(self.delta, lean=1.0),
             SegmentTracker(self.delta, lean=0.5),
             SegmentTracker(self.delta, lean=1.0, carry=1.0, patience=1),
+            TrendTracker(self.delta),
         ]
+        self.k = 0
+        self.base = np.full(self.n, np.nan)  # the copy as a line (the leader's when it was sent)
+        self.slope = np.zeros(self.n)
+        self.k0 = np.zeros(self.n, dtype=np.int64)
         self.score = np.zeros((len(self.experts), self.n))
         self.leader = np.zeros(self.n, dtype=np.intp)
         self.pin = np.full(self.n, -1, dtype=np.intp)
@@ -312,6 +461,9 @@ class AdaptiveTracker(_Policy):
         self.score = np.concatenate([self.score, np.zeros((len(self.experts), new))], axis=1)
         self.leader = np.concatenate([self.leader, np.zeros(new, dtype=np.intp)])
         self.pin = np.concatenate([self.pin, np.full(new, -1, dtype=np.intp)])
+        self.base = np.concatenate([self.base, np.full(new, np.nan)])
+        self.slope = np.concatenate([self.slope, np.zeros(new)])
+        self.k0 = np.concatenate([self.k0, np.zeros(new, dtype=np.int64)])
 
     def set_delta(self, idx: ArrayLike, delta: ArrayLike | float) -> None:
         for e in self.experts:
@@ -320,6 +472,8 @@ class AdaptiveTracker(_Policy):
 
     def invalidate(self, idx: ArrayLike) -> None:
         super().invalidate(idx)
+        self.base[np.asarray(idx)] = np.nan
+        self.slope[np.asarray(idx)] = 0.0
         for e in self.experts:
             e.invalidate(idx)
 
@@ -328,6 +482,8 @@ class AdaptiveTracker(_Policy):
 
     def step(self, f: ArrayLike) -> np.ndarray:
         f, readable = self._readable(f)
+        self.k += 1
+        self.base[~readable] = np.nan
         self.score *= self.decay
         for k, e in enumerate(self.experts):
             self.score[k] += e.step(f)
@@ -338,10 +494,24 @@ class AdaptiveTracker(_Policy):
         np.copyto(self.leader, self.pin, where=self.pin >= 0)
         self.delta = self._in_force()
         with np.errstate(invalid="ignore"):
-            send = readable & ~(np.abs(f - self.g) <= self.delta)
-        lead_g = np.stack([e.g for e in self.experts])[self.leader, series]
-        np.copyto(self.g, lead_g, where=send)
+            copy = self.base + self.slope * (self.k - self.k0).astype(np.float64)
+            send = readable & ~(np.abs(f - copy) <= self.delta)
+        np.copyto(self.g, copy, where=readable)
+        if send.any():
+            # the leader's line, as it is (its anchor too): the copy is the leader's, bit for bit
+            at = np.flatnonzero(send)
+            lead = self.leader[at]
+            for k, e in enumerate(self.experts):
+                mine = at[lead == k]
+                if mine.size:
+                    value, slope, age = e.line(mine)
+                    self.base[mine], self.slope[mine], self.k0[mine] = value, slope, self.k - age
+            self.g[at] = self.base[at] + self.slope[at] * (self.k - self.k0[at]).astype(np.float64)
         return send
+
+    def line(self, idx: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.asarray(idx)
+        return self.base[idx], self.slope[idx], self.k - self.k0[idx]
 
 
 #: the agent's ``tracking`` option: rule name → how to build it (Δ, γ)
@@ -350,6 +520,7 @@ RULES = {
     "deadband": lambda delta, gamma: Deadband(delta),
     "segment": lambda delta, gamma: SegmentTracker(delta),
     "adaptive": lambda delta, gamma: AdaptiveTracker(delta, gamma=gamma),
+    "trend": lambda delta, gamma: TrendTracker(delta),
 }
 
 
@@ -455,3 +626,56 @@ def optimal_messages(values: ArrayLike, delta: ArrayLike | float) -> np.ndarray:
 def optimal_max_error(values: ArrayLike, delta: ArrayLike | float) -> np.ndarray:
     """The largest error of the optimum per series, sending each segment's midrange."""
     return _greedy_segments(values, delta)[1]
+
+
+def _line_segments(column: np.ndarray, delta: float) -> int:
+    """The fewest lines, each within Δ of every sample of its run of ticks, that cover one series
+    (a gap ends a run). Greedy: a run goes on while some line fits all of its samples.
+
+    A line ``a + b·t`` fits the samples ``(t, f)`` of a run iff ``b`` lies in
+    ``[max (f_j − f_i − 2Δ)/(j − i), min (f_j − f_i + 2Δ)/(j − i)]`` over the pairs ``i < j`` (the
+    spread of ``f − b·t`` is at most 2Δ). A new sample ``j`` adds the pairs that end at it, whose
+    extremes lie on the lower and the upper convex hull of the run's samples (O'Rourke's
+    observation), so each sample costs a walk along the hulls, which stay short.
+    """
+    count = 0
+    lower: list[tuple[int, float]] = []
+    upper: list[tuple[int, float]] = []
+    lo = hi = 0.0
+    for j, f in enumerate(column.tolist()):
+        if f != f or f in (np.inf, -np.inf):
+            lower, upper = [], []
+            continue
+        if lower:
+            new_lo = max(lo, max((f - 2 * delta - y) / (j - x) for x, y in lower))
+            new_hi = min(hi, min((f + 2 * delta - y) / (j - x) for x, y in upper))
+            if new_lo <= new_hi:
+                lo, hi = new_lo, new_hi
+                while len(lower) >= 2 and _turn(lower[-2], lower[-1], (j, f)) <= 0:
+                    lower.pop()
+                while len(upper) >= 2 and _turn(upper[-2], upper[-1], (j, f)) >= 0:
+                    upper.pop()
+                lower.append((j, f))
+                upper.append((j, f))
+                continue
+        count += 1
+        lower, upper = [(j, f)], [(j, f)]
+        lo, hi = -np.inf, np.inf
+    return count
+
+
+def _turn(a: tuple[int, float], b: tuple[int, float], c: tuple[int, float]) -> float:
+    """> 0 when a → b → c turns left (counter-clockwise)."""
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+
+def optimal_line_messages(values: ArrayLike, delta: ArrayLike | float) -> np.ndarray:
+    """The offline optimum of a line copy per series: the fewest (value, slope) messages that keep
+    a piecewise-linear copy within Δ, each message starting a new line (disjoint segments), a gap
+    ending one. A lower bound for :class:`TrendTracker` and for every constant-copy rule too.
+
+    ``values`` is ticks × series (a 1-d array is one series); ``delta`` one Δ or one per series.
+    """
+    v = _as_matrix(values)
+    d = np.broadcast_to(_check_delta(delta), (v.shape[1],))
+    return np.array([_line_segments(v[:, j], float(d[j])) for j in range(v.shape[1])], dtype=np.int64)

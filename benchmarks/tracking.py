@@ -2,11 +2,16 @@
 
 1. Messages: every trace of the Precog data (synthetic test1..7, Alibaba m_*_train/test), for
    Δ = 1 %, 5 %, 10 % of each series' mean magnitude: messages of send-all, every tracking rule
-   (deadband, ATOM, segment, adaptive) and the offline optimum, each rule's ratio to the optimum,
-   totals by family (synthetic / alibaba), and the issue 21 targets: the best rule ≤ 1.3× the
-   optimum per family and Δ, no rule above ATOM's count by more than 5 % on any trace.
-2. Shapes: small synthetic series (noise around a level, slow drift, random walk, steps) that
-   show where each rule wins and loses.
+   (deadband, ATOM, segment, adaptive, trend) and the two offline optima (``optimal``: constant
+   copy, greedy segments of range ≤ 2Δ; ``optimal_lines``: line copy, the fewest disjoint lines
+   within Δ, O'Rourke 1981), each rule's ratio to the constant optimum, totals by family
+   (synthetic / alibaba), and the issue 21 targets: the best rule ≤ 1.3× the constant optimum
+   per family and Δ, no rule above ATOM's count by more than 5 % on any trace. One message is one
+   series' value sent, a value with its slope included; ``line_bytes`` counts what the slopes
+   (and ages) add to the JSON payloads.
+2. Shapes: small synthetic series (noise around a level, slow drift, random walk, steps, ramps)
+   that show where each rule wins and loses; the trend targets: fewer messages than the constant
+   optimum on the drifts and ramps.
 3. Cost: µs per series-sample of ``step`` at 10,000 series (target ≤ 1 µs) for every rule,
    against send-all measured in the same run.
 
@@ -25,33 +30,66 @@ from typing import Any
 import numpy as np
 
 from atomwatch.traces import read_trace
-from atomwatch.tracking import RULES, Policy, SendAll, make_tracker, optimal_messages, simulate
+from atomwatch.tracking import (
+    RULES,
+    Policy,
+    SendAll,
+    make_tracker,
+    optimal_line_messages,
+    optimal_messages,
+    simulate,
+)
 from benchmarks._common import SHARED, emit, machine, seconds_per_call
 
-POLICIES = ("all", *RULES, "optimal")
+POLICIES = ("all", *RULES, "optimal", "optimal_lines")
+#: the shapes on which a line copy must beat the constant-copy optimum (issue 21)
+TREND_SHAPES = ("slow drift, Δ/20 a tick", "slow drift with noise ±Δ/2", "ramps of random slope with noise ±Δ/4")
 FRACTIONS = (0.01, 0.05, 0.10)
 #: issue 21: the best rule within this factor of the optimum; no rule above ATOM by more than this
 TARGET_RATIO, TOLERANCE_OVER_ATOM = 1.3, 0.05
 
 
-def run_policies(values: np.ndarray, delta: np.ndarray, gamma: float) -> dict[str, np.ndarray]:
-    """Messages per column for every policy over one ticks × columns matrix (the bound is checked)."""
+def line_bytes(policy: Policy, values: np.ndarray) -> np.ndarray:
+    """Per column, the bytes the slopes (and ages) add to the JSON entries the policy sends."""
+    extra = np.zeros(values.shape[1], dtype=np.int64)
+    for row in values:
+        sent = np.flatnonzero(policy.step(row))
+        if sent.size:
+            _, slope, age = policy.line(sent)  # type: ignore[attr-defined]
+            for j, s, a in zip(sent, slope, age, strict=True):
+                if s:
+                    extra[j] += len(f",{float(s)!r}") + (len(f",{int(a)}") if a else 0)
+    return extra
+
+
+def run_policies(
+    values: np.ndarray, delta: np.ndarray, gamma: float
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Messages per column for every policy over one ticks × columns matrix (the bound is checked),
+    and the bytes the line rules' slopes add."""
     counts = {"all": simulate(SendAll(delta), values).messages}
+    extra = {}
     for rule in RULES:
         sim = simulate(make_tracker(rule, delta, gamma), values)
         if np.any(sim.max_error > delta):
             raise SystemExit(f"benchmarks.tracking: rule {rule} broke |f − g| ≤ Δ")
         counts[rule] = sim.messages
+        if rule in ("trend", "adaptive"):
+            extra[rule] = line_bytes(make_tracker(rule, delta, gamma), values)
     counts["optimal"] = optimal_messages(values, delta)
-    return counts
+    counts["optimal_lines"] = optimal_line_messages(values, delta)
+    if np.any(counts["optimal_lines"] > counts["optimal"]):
+        raise SystemExit("benchmarks.tracking: the line optimum above the constant one")
+    return counts, extra
 
 
-def summarise(counts: dict[str, int]) -> dict[str, Any]:
+def summarise(counts: dict[str, int], extra: dict[str, int] | None = None) -> dict[str, Any]:
     optimum = counts["optimal"]
     ratios = {p: (round(counts[p] / optimum, 3) if optimum else None) for p in POLICIES}
     best = min(RULES, key=lambda r: counts[r])
     return {
         "messages": counts,
+        "line_bytes": extra or {},
         "ratio_to_optimal": ratios,
         "ratio_to_atom": {r: (round(counts[r] / counts["atom"], 3) if counts["atom"] else None) for r in RULES},
         "best_rule": best,
@@ -93,19 +131,23 @@ def messages_on_traces(data: Path, gamma: float) -> dict[str, Any]:
                 deltas.append(fraction * mean[j])
                 owners.append((name, fraction))
     matrix = np.column_stack(columns)
-    counts = run_policies(matrix, np.array(deltas), gamma)
+    counts, extra = run_policies(matrix, np.array(deltas), gamma)
 
     per_trace: dict[str, dict[str, Any]] = {}
     totals: dict[str, dict[str, dict[str, int]]] = {}
+    extra_totals: dict[str, dict[str, dict[str, int]]] = {}
     for k, (name, fraction) in enumerate(owners):
         family = "synthetic" if name.startswith("test") else "alibaba"
         key = f"{fraction:.0%}"
         entry = per_trace.setdefault(name, {"family": family, "samples": int(loaded[name].shape[0])})
         cell = entry.setdefault(key, {p: 0 for p in POLICIES})
         fam = totals.setdefault(family, {}).setdefault(key, {p: 0 for p in POLICIES})
+        fam_bytes = extra_totals.setdefault(family, {}).setdefault(key, {r: 0 for r in extra})
         for p in POLICIES:
             cell[p] += int(counts[p][k])
             fam[p] += int(counts[p][k])
+        for r in extra:
+            fam_bytes[r] += int(extra[r][k])
     traces = {
         name: {
             "family": e["family"],
@@ -114,7 +156,10 @@ def messages_on_traces(data: Path, gamma: float) -> dict[str, Any]:
         }
         for name, e in per_trace.items()
     }
-    by_family = {fam: {key: summarise(c) for key, c in per_delta.items()} for fam, per_delta in totals.items()}
+    by_family = {
+        fam: {key: summarise(c, extra_totals[fam][key]) for key, c in per_delta.items()}
+        for fam, per_delta in totals.items()
+    }
     return {
         "by_family": by_family,
         "targets": {
@@ -140,10 +185,35 @@ def messages_on_shapes(gamma: float, ticks: int = 5000) -> dict[str, Any]:
         "steps of 3Δ every 200 ticks with noise ±Δ/2": level
         + 3 * delta * (np.arange(ticks) // 200 % 2)
         + rng.uniform(-0.5, 0.5, ticks) * delta,
+        # a memory or counter series: ramps up and down of a random slope (±Δ/4 a tick at most),
+        # each 50 to 500 ticks long
+        "ramps of random slope with noise ±Δ/4": level
+        + ramps(rng, ticks, delta / 4)
+        + rng.uniform(-0.25, 0.25, ticks) * delta,
     }
     matrix = np.column_stack(list(shapes.values()))
-    counts = run_policies(matrix, np.full(matrix.shape[1], delta), gamma)
-    return {name: summarise({p: int(counts[p][j]) for p in POLICIES}) for j, name in enumerate(shapes)}
+    counts, extra = run_policies(matrix, np.full(matrix.shape[1], delta), gamma)
+    out = {
+        name: summarise({p: int(counts[p][j]) for p in POLICIES}, {r: int(extra[r][j]) for r in extra})
+        for j, name in enumerate(shapes)
+    }
+    for name in TREND_SHAPES:
+        best = min(("trend", "adaptive"), key=lambda r: out[name]["messages"][r])
+        out[name]["line_rule_below_constant_optimum"] = bool(
+            out[name]["messages"][best] < out[name]["messages"]["optimal"]
+        )
+    return out
+
+
+def ramps(rng: np.random.Generator, ticks: int, max_slope: float) -> np.ndarray:
+    """A piecewise-linear path: runs of 50 to 500 ticks, each of a slope uniform in ±max_slope."""
+    slopes = np.empty(ticks)
+    k = 0
+    while k < ticks:
+        run = int(rng.integers(50, 501))
+        slopes[k : k + run] = rng.uniform(-max_slope, max_slope)
+        k += run
+    return np.cumsum(slopes)
 
 
 def stepper(policy: Policy, values: np.ndarray) -> Callable[[], None]:

@@ -153,10 +153,8 @@ class History:
         for i, frame in enumerate(msg.frames):
             index = msg.first + i
             if i == 0:  # every known value: the message stands alone
-                scratch.values = dict(frame.values)
-                scratch.apply([], [], frame.gone)
-            else:
-                scratch.apply(frame.values, frame.stale, frame.gone)
+                scratch.forget_values()
+            scratch.apply(frame.values, frame.stale if i else [], frame.gone, frame.lines, index)
             if index < done:
                 self.skipped["repeated"] += 1
             elif frame.ts <= state.rowed_ts:

@@ -1,7 +1,8 @@
 """Ingest: per-host sessions, sequence numbers, and every series rebuilt as a step function.
 
 A birth replaces a host's series table and values. A data message of the current session
-applies its values (silence means "within Δ of the last value"), its stale markers (the value is
+applies its values (silence means "within Δ of the last value", or of the series' line for a value
+sent with a slope: trend tracking, evaluated at each message's seq), its stale markers (the value is
 unknown until a new one arrives) and gone markers (the series left the table). A sequence gap,
 an unknown alias or data from an unknown session marks the host's values unknown and asks for a
 rebirth (rate-limited). A death marks every series of the host stale, and so does losing the
@@ -66,6 +67,9 @@ class HostState:
     keys: dict[int, SeriesKey] = field(default_factory=dict)
     deltas: dict[int, float] = field(default_factory=dict)
     values: dict[int, float] = field(default_factory=dict)  # alias → value; absent = unknown/stale
+    #: alias → (value, slope, k0) of the series whose copy is a line (trend tracking): its value at
+    #: tick index k (a data message's seq) is ``value + slope * float(k − k0)``
+    lines: dict[int, tuple[float, float, int]] = field(default_factory=dict)
     last_ts: float | None = None
     last_seen: float = 0.0
     alive: bool = False
@@ -106,16 +110,55 @@ class HostState:
         self.keys = {s.alias: s.key for s in birth.series}
         self.deltas = {s.alias: s.delta for s in birth.series}
 
-    def apply(self, values: list[tuple[int, float]], stale: list[int], gone: list[int]) -> None:
-        """One tick's changes: the values sent, the stale ones unknown, the gone ones out of the table."""
+    def take_values(self, series: list[protocol.SeriesInfo], k: int) -> None:
+        """A birth's values, its lines evaluated at its tick index ``k`` (the next seq − 1)."""
+        self.values = {}
+        self.lines = {}
+        for s in series:
+            if s.value is None:
+                continue
+            if s.slope:
+                self.lines[s.alias] = (s.value, s.slope, k - s.age)
+                self.values[s.alias] = s.value + s.slope * float(s.age)
+            else:
+                self.values[s.alias] = s.value
+
+    def forget_values(self) -> None:
+        """Every value unknown (a death, a lost broker, a retained birth)."""
+        self.values.clear()
+        self.lines.clear()
+
+    def apply(
+        self,
+        values: list[tuple[int, float]],
+        stale: list[int],
+        gone: list[int],
+        lines: protocol.Lines | None = None,
+        k: int = 0,
+    ) -> None:
+        """One tick's changes at tick index ``k``: the lines held move on to ``k``, then the values
+        sent (``lines``: those sent as lines), the stale ones unknown, the gone ones out of the table."""
+        held = self.lines
+        for a, (v, slope, k0) in held.items():
+            self.values[a] = v + slope * float(k - k0)
         for a, v in values:
-            self.values[a] = v
+            line = lines.get(a) if lines else None
+            if line is None:
+                self.values[a] = v
+                if held:
+                    held.pop(a, None)
+            else:
+                slope, age = line
+                held[a] = (v, slope, k - age)
+                self.values[a] = v + slope * float(age)
         for a in stale:
             self.values.pop(a, None)
+            held.pop(a, None)
         if gone:
             out = set(gone)
             for a in out:
                 self.values.pop(a, None)
+                held.pop(a, None)
             self.keys = {a: k for a, k in self.keys.items() if a not in out}
             self.deltas = {a: d for a, d in self.deltas.items() if a not in out}
 
@@ -213,7 +256,7 @@ class Ingest:
         for state in self.hosts.values():
             if state.synced or state.alive:
                 state.synced = state.alive = False
-                state.values.clear()
+                state.forget_values()
 
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> None:
         """Apply one MQTT message (``retained``: the broker's stored copy, delivered on
@@ -244,7 +287,7 @@ class Ingest:
         if state.synced and state.session == msg.session:
             return  # this very session is live here already
         state.take_table(msg)
-        state.values.clear()
+        state.forget_values()
         state.synced = state.alive = False
         self.messages["retained-birth"] += 1
         log.info(
@@ -295,7 +338,7 @@ class Ingest:
                 log.info("%s: birth of session %d within the series limit: accepted again", state.scope, msg.session)
                 state.refused_session = None
             state.take_table(msg)
-            state.values = {s.alias: s.value for s in msg.series if s.value is not None}
+            state.take_values(msg.series, msg.seq - 1)
             state.last_ts = msg.ts
             state.alive = True
             state.synced = True
@@ -328,7 +371,7 @@ class Ingest:
                 self._resync(state, f"unknown aliases {unknown[:5]}")
                 return
             state.seq = msg.seq
-            state.apply(msg.values, msg.stale, msg.gone)
+            state.apply(msg.values, msg.stale, msg.gone, msg.lines, msg.seq)
             state.last_ts = msg.ts
             state.alive = True
             state.fresh_at = time.monotonic()
@@ -337,7 +380,7 @@ class Ingest:
             if state.session is not None and msg.session < state.session:
                 return  # the will of a session already replaced
             state.alive = False
-            state.values.clear()
+            state.forget_values()
             log.info("%s: death (%s)", state.scope, msg.reason or "no reason")
         for listener in self.listeners:
             listener(state, msg)

@@ -74,6 +74,8 @@ class TickRecord:
     tracked: dict[SeriesKey, float]
     deltas: dict[SeriesKey, float]
     sent: int
+    #: the values sent as lines (trend tracking) this tick
+    lines: int = 0
 
 
 @dataclass
@@ -85,6 +87,8 @@ class Pipeline:
     rebuilt: dict[tuple[int, int], dict[SeriesKey, float]] = field(default_factory=dict)
     births: list[tuple[int, dict[SeriesKey, float]]] = field(default_factory=list)
     values_received: int = 0
+    #: of those, the values sent as lines (trend tracking)
+    lines_received: int = 0
     #: every message the controller applied: (kind, session, seq or None, host alive, synced)
     events: list[tuple] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -195,6 +199,7 @@ def make_pipeline(
                 tracked={keys[i]: float(a.tracker.g[i]) for i in active},
                 deltas={keys[i]: float(a.deltas[i]) for i in active},
                 sent=int(send[active].sum()),
+                lines=int((send[active] & (a.tracker.line(active)[1] != 0)).sum()),
             )
         )
 
@@ -205,6 +210,7 @@ def make_pipeline(
         if isinstance(msg, protocol.Data):
             pipe.rebuilt[(msg.session, msg.seq)] = state.snapshot()
             pipe.values_received += len(msg.values)
+            pipe.lines_received += len(msg.lines)
         elif isinstance(msg, protocol.Birth):
             pipe.births.append((msg.session, state.snapshot()))
 

@@ -68,6 +68,67 @@ def test_every_kept_tick_is_rebuilt_exactly_from_chunks_that_stand_alone():
         assert all(a in named for f in c.frames for a, _ in f.values)
 
 
+def _line_frames(n: int, seed: int = 3):
+    """n ticks of a trend tracker's output (values sent now and then as lines) over 6 series, with
+    the copy at each tick as the controller must rebuild it."""
+    rng = random.Random(seed)
+    lines: dict[int, tuple[float, float, int]] = {a: (float(a), 0.0, 0) for a in KEYS}  # value, slope, k0
+    out = []
+    for k in range(n):
+        values, sloped = [], {}
+        for a in KEYS:
+            if rng.random() < 0.3:
+                v, slope = round(rng.uniform(0, 100), 3), rng.choice([0.0, rng.uniform(-1, 1)])
+                age = rng.choice([0, 0, 3])
+                lines[a] = (v, slope, k - age)
+                values.append((a, v))
+                if slope:
+                    sloped[a] = (slope, age)
+        copy = {a: v + s * float(k - k0) for a, (v, s, k0) in lines.items()}
+        out.append((protocol.Frame(1000.0 + k, values, [], [], sloped), copy))
+    return out
+
+
+def _rebuild_lines(chunks: list[protocol.History]) -> list[tuple[float, dict[int, float]]]:
+    """What the controller's history replay rebuilds (controller.ingest.HostState.apply)."""
+    from atomwatch.controller.ingest import HostState
+
+    states = []
+    for chunk in chunks:
+        scratch = HostState("s", "h")
+        for i, f in enumerate(chunk.frames):
+            scratch.apply(f.values, f.stale, f.gone, f.lines, chunk.first + i)
+            states.append((f.ts, dict(scratch.values)))
+    return states
+
+
+@pytest.mark.parametrize("max_frames", [10_000, 40])
+def test_lines_are_rebuilt_exactly_from_chunks_that_stand_alone(tmp_path, max_frames):
+    """Trend tracking: a chunk's first frame restates every line with its age, dropping the oldest
+    ticks folds their lines into the segment's base, and the file keeps lines across a restart."""
+    ticks = _line_frames(200)
+    path = tmp_path / "b.backlog"
+    b = Backlog(max_frames=max_frames, path=path)
+    copy0 = {a: float(a) for a in KEYS}
+    # the tracker's state when the segment starts: at tick 0, lines 3 ticks old
+    state = {a: (v - 0.5 * 3, 0.5, 3) for a, v in copy0.items()}
+    first, _ = ticks[0]
+    for a, v in first.values:  # what tick 0 sent is in the state after it
+        state[a] = (v, *first.lines.get(a, (0.0, 0)))
+    carried = {a: (v, s, -age) for a, (v, s, age) in state.items()}  # value, slope, k0
+    for k, (frame, _) in enumerate(ticks):
+        for a, v in frame.values:
+            s, age = frame.lines.get(a, (0.0, 0))
+            carried[a] = (v, s, k - age)
+        ticks[k] = (frame, {a: v + s * float(k - k0) for a, (v, s, k0) in carried.items()})
+    for frame, _ in ticks:
+        b.add(frame, KEYS.get, lambda: state)
+    b.close()
+    again = Backlog(max_frames=max_frames, path=path)
+    assert len(again) == min(200, max_frames)
+    assert _rebuild_lines(_drain(again, max_bytes=1500)) == [(f.ts, c) for f, c in ticks[-max_frames:]]
+
+
 def test_a_full_backlog_drops_the_oldest_ticks_and_still_rebuilds_the_rest_exactly():
     b = Backlog(max_frames=50)
     ticks = _frames(200, seed=2)

@@ -48,6 +48,28 @@ def test_values_are_a_step_function():
     assert not asked and not ing.dropped
 
 
+def test_lines_are_evaluated_at_every_seq_exactly_as_the_agent_does():
+    """Trend tracking: a line sent at seq k is ``value + slope * float(seq − k0)`` at each later
+    seq; a birth's line holds ``age`` ticks before its tick (seq − 1); a constant replaces a line."""
+    ing, asked = make()
+    series = [protocol.SeriesInfo(0, A, 1.0, 10.0, slope=0.1, age=4), protocol.SeriesInfo(1, B, 5.0, 20.0)]
+    ing.handle(T_BIRTH, protocol.encode(protocol.Birth(1, "t", 1.0, 0.0, series, seq=3)))
+    host = ing.host("s", "h")
+    assert host.snapshot() == {A: 10.0 + 0.1 * 4.0, B: 20.0}  # the birth's tick is seq 2
+    ing.handle(T_DATA, protocol.encode(protocol.Data(1, 3, 0.0, [])))
+    assert host.snapshot()[A] == 10.0 + 0.1 * 5.0
+    ing.handle(T_DATA, protocol.encode(protocol.Data(1, 4, 0.0, [(1, 30.0)], lines={1: (-2.5, 0)})))
+    assert host.snapshot() == {A: 10.0 + 0.1 * 6.0, B: 30.0}
+    for seq in range(5, 9):
+        ing.handle(T_DATA, data(seq))
+    assert host.snapshot() == {A: 10.0 + 0.1 * 10.0, B: 30.0 + -2.5 * 4.0}
+    ing.handle(T_DATA, data(9, [(0, 7.0)], stale=[1]))  # a constant ends A's line, B is unknown
+    ing.handle(T_DATA, data(10))
+    snap = host.snapshot()
+    assert snap[A] == 7.0 and math.isnan(snap[B]) and host.lines == {}
+    assert not asked and not ing.dropped
+
+
 def test_stale_and_gone_markers():
     ing, _ = make()
     ing.handle(T_BIRTH, birth())

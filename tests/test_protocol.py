@@ -39,6 +39,71 @@ def test_every_message_kind_round_trips():
     roundtrip(protocol.beat_topic("eu", "c2"), protocol.Beat(True, 6.0, "c2", rank=1))
 
 
+def test_lines_cross_the_wire_only_where_a_slope_is_not_zero():
+    """Trend tracking: a constant series costs what it costs (no slope, version 1); a line adds its
+    slope (and age) and makes the message version 2, which a version-1 receiver refuses."""
+    plain = protocol.Data(7, 0, 2.0, [(0, 1.0), (3, -5.0)])
+    assert json.loads(protocol.encode(plain))["v"] == protocol.VERSION
+    sloped = protocol.Data(7, 1, 2.0, [(0, 1.0), (3, -5.0), (4, 2.0)], lines={3: (0.25, 0), 4: (-1e-9, 12)})
+    body = json.loads(protocol.encode(sloped))
+    assert body["v"] == protocol.LINE_VERSION
+    assert body["values"] == [[0, 1.0], [3, -5.0, 0.25], [4, 2.0, -1e-9, 12]]
+    roundtrip(protocol.data_topic("eu", "hv1"), sloped)
+    birth = protocol.Birth(7, "x", 1.0, 1.5, [protocol.SeriesInfo(0, KEY, 2.5, 41.0, slope=0.5, age=3)], seq=9)
+    assert json.loads(protocol.encode(birth))["series"][0] | {} == {
+        **protocol.series_record(protocol.SeriesInfo(0, KEY, 2.5, 41.0)),
+        "slope": 0.5,
+        "age": 3,
+    }
+    roundtrip(protocol.birth_topic("eu", "hv1"), birth)
+    frames = [protocol.Frame(1.0, [(0, 1.0)], lines={0: (2.0, 5)}), protocol.Frame(2.0, [])]
+    history = protocol.History(7, 11, 0, 0, 1.0, [protocol.SeriesInfo(0, KEY, 2.5)], frames)
+    roundtrip(protocol.history_topic("eu", "hv1"), history)
+
+
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        (
+            b'{"v":1,"type":"data","session":1,"seq":1,"ts":1,"values":[[0,1.0,2.0]]}',
+            "a slope needs protocol version 2",
+        ),
+        (b'{"v":2,"type":"data","session":1,"seq":1,"ts":1,"values":[[0,1.0,0]]}', "finite slope ≠ 0"),
+        (b'{"v":2,"type":"data","session":1,"seq":1,"ts":1,"values":[[0,1.0,1.0,-1]]}', "age ≥ 0"),
+        (b'{"v":2,"type":"data","session":1,"seq":1,"ts":1,"values":[[0,1.0,1.0,1.5]]}', "age ≥ 0"),
+        (b'{"v":2,"type":"data","session":1,"seq":1,"ts":1,"values":[[0,1.0,"x"]]}', "values[0] must be"),
+        (b'{"v":2,"type":"data","session":1,"seq":1,"ts":1,"values":[[0,1.0,1.0,1,1]]}', "values[0] must be"),
+        (b'{"v":2,"type":"data","session":1,"seq":1,"ts":1,"values":[[0,1.0,true]]}', "values[0] must be"),
+        (b'{"v":2,"type":"data","session":1,"seq":1,"ts":1,"values":[[0,1.0,1e400]]}', "'values[0][2]' holds"),
+    ],
+)
+def test_bad_lines_are_refused_naming_the_entry(payload, expected):
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.decode(protocol.data_topic("s", "h"), payload)
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"slope": 0.5}, "a slope needs protocol version 2"),
+        ({"slope": 0}, "must be a number ≠ 0 beside a value"),
+        ({"slope": 0.5, "value": None}, "must be a number ≠ 0 beside a value"),
+        ({"slope": "up"}, "field 'slope' must be a finite number"),
+        ({"slope": 0.5, "age": -2}, "field 'age' must be an integer ≥ 0"),
+    ],
+)
+def test_bad_lines_in_a_birth_are_refused(record, expected):
+    row = protocol.series_record(protocol.SeriesInfo(0, KEY, 2.5, 41.0)) | record
+    version = 1 if "version 2" in expected else 2
+    payload = json.dumps(
+        {"v": version, "type": "birth", "session": 1, "seq": 0, "agent": "x", "tick": 1, "ts": 0, "series": [row]}
+    )
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.decode(protocol.birth_topic("s", "h"), payload.encode())
+    assert expected in str(err.value) and "series[0]" in str(err.value)
+
+
 def test_floats_cross_the_wire_exactly():
     v = 0.1 + 0.2
     _, msg = protocol.decode(protocol.data_topic("s", "h"), protocol.encode(protocol.Data(1, 0, 0.0, [(0, v)])))
@@ -51,7 +116,8 @@ def test_floats_cross_the_wire_exactly():
         ("atomwatch/v1/s/h/data", b"\xff\xfe", "not UTF-8"),
         ("atomwatch/v1/s/h/data", b"{nope", "not JSON"),
         ("atomwatch/v1/s/h/data", b"[1, 2]", "must be a JSON object"),
-        ("atomwatch/v1/s/h/data", b'{"v": 2, "type": "data"}', "protocol version 2 is not supported"),
+        ("atomwatch/v1/s/h/data", b'{"v": 3, "type": "data"}', "protocol version 3 is not supported"),
+        ("atomwatch/v1/s/h/death", b'{"v": 2, "type": "death"}', "protocol version 2 is not supported"),
         ("atomwatch/v1/s/h/data", b'{"v": 1, "type": "birth"}', "field 'type' must be 'data'"),
         (
             "atomwatch/v1/s/h/data",

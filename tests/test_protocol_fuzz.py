@@ -47,7 +47,18 @@ series = st.builds(
     key=st.builds(SeriesKey, names, names, names, names),
     delta=st.floats(0, 1e6),
     value=st.none() | floats,
+    slope=st.just(0.0) | floats,  # (trend tracking: a line, or 0 for a constant)
+    age=st.integers(0, 2**40),
 )
+
+
+def _with_lines(data_and_slopes: tuple[protocol.Data, list[tuple[float, int]]]) -> protocol.Data:
+    """Some of a data message's values sent as lines (trend tracking)."""
+    msg, slopes = data_and_slopes
+    msg.lines = {a: line for (a, _), line in zip(msg.values, slopes, strict=False) if line[0]}
+    return msg
+
+
 messages = {
     "birth": st.builds(
         protocol.Birth,
@@ -66,7 +77,17 @@ messages = {
         values=st.lists(st.tuples(st.integers(0, 2**20), floats), max_size=6),
         stale=st.lists(st.integers(0, 2**20), max_size=3),
         gone=st.lists(st.integers(0, 2**20), max_size=3),
-    ),
+    )
+    | st.tuples(
+        st.builds(
+            protocol.Data,
+            session=st.integers(0, 2**62),
+            seq=st.integers(0, 2**62),
+            ts=floats,
+            values=st.lists(st.tuples(st.integers(0, 2**20), floats), max_size=6),
+        ),
+        st.lists(st.tuples(floats, st.integers(0, 2**40)), max_size=6),
+    ).map(_with_lines),
     "death": st.builds(protocol.Death, session=st.integers(0, 2**62), ts=st.none() | floats, reason=names),
     "cmd": st.builds(
         protocol.Command,

@@ -42,12 +42,14 @@ def _assert_row_is_tick(row, tracked: dict, truth: dict, deltas: dict, where: st
         assert abs(value - truth[key]) <= deltas[key] * (1 + 1e-12) + 1e-9, f"{where}: {key.column} off by more than Δ"
 
 
+@pytest.mark.parametrize("rule", ["atom", "trend"])
 async def test_a_broker_outage_comes_back_as_late_rows_in_order_and_no_row_is_made_meanwhile(
-    mosquitto_private, site, tmp_path
+    mosquitto_private, site, tmp_path, rule
 ):
+    """(``trend``: the kept ticks hold lines, each chunk restating them with their age.)"""
     broker = mosquitto_private
     trace = alibaba_trace(tmp_path / "alibaba.csv", machines=3, rows=3000)
-    pipe = make_pipeline(broker.url, site, trace, agent_tick=0.05, controller_tick=0.05, delta_rel=0.02)
+    pipe = make_pipeline(broker.url, site, trace, agent_tick=0.05, controller_tick=0.05, delta_rel=0.02, tracking=rule)
     rows = []
     pipe.controller.row_listeners.append(rows.append)
     await pipe.start()
@@ -98,6 +100,8 @@ async def test_a_broker_outage_comes_back_as_late_rows_in_order_and_no_row_is_ma
     assert [r.index for r in rows] == list(range(rows[0].index, rows[0].index + len(rows))), "in the detectors' order"
     assert all(a.ts < b.ts for a, b in zip(late, late[1:], strict=False))
     assert late[-1].ts < rows[last_late + 1].ts
+    if rule == "trend":
+        assert sum(t.lines for t in pipe.ticks if t.published is None) > 0, "the outage's ticks held lines"
 
 
 class Spiking:
@@ -157,7 +161,8 @@ async def test_a_late_row_that_is_abnormal_opens_an_alarm_marked_late(mosquitto_
     assert opened[0]["details"]["details"]["late"] is True and opened[0]["details"]["details"]["late_by"] > 0
 
 
-async def test_a_backlog_kept_on_disk_is_sent_by_the_restarted_agent(mosquitto_private, site, tmp_path):
+@pytest.mark.parametrize("rule", ["atom", "trend"])
+async def test_a_backlog_kept_on_disk_is_sent_by_the_restarted_agent(mosquitto_private, site, tmp_path, rule):
     broker = mosquitto_private
     broker.stop()  # the agent starts while the broker is away, and is stopped before it returns
     trace = alibaba_trace(tmp_path / "alibaba.csv", machines=2, rows=600)
@@ -175,6 +180,7 @@ async def test_a_backlog_kept_on_disk_is_sent_by_the_restarted_agent(mosquitto_p
             tick=0.05,
             options=opts,
             backlog_dir=str(backlog_dir),
+            tracking=rule,
         )
         return Agent(config, pm)
 
@@ -186,12 +192,18 @@ async def test_a_backlog_kept_on_disk_is_sent_by_the_restarted_agent(mosquitto_p
         )
     )
     task = asyncio.create_task(first.run())
-    while len(tracked) < 20:
+
+    def lines_kept() -> bool:
+        return any(f.lines for seg in first.backlog.segments for f in seg.frames)
+
+    while len(tracked) < 20 or (rule == "trend" and not lines_kept() and len(tracked) < 500):
         await asyncio.sleep(0.02)
     first.stop()
     await task
     path = backlog_dir / f"{site}+hv1.backlog"
     assert path.exists() and len(first.backlog) == len(tracked)
+    if rule == "trend":
+        assert lines_kept(), f"no line in {len(tracked)} ticks"
 
     broker.start()
     controller = Controller(

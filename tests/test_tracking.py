@@ -16,7 +16,9 @@ from atomwatch.tracking import (
     Deadband,
     SegmentTracker,
     SendAll,
+    TrendTracker,
     make_tracker,
+    optimal_line_messages,
     optimal_max_error,
     optimal_messages,
     simulate,
@@ -77,13 +79,24 @@ def deltas(n: int, exact: bool = True) -> st.SearchStrategy[list[float]]:
     return st.lists(one, min_size=n, max_size=n)
 
 
-def assert_tracked(policy, f: np.ndarray, sent: np.ndarray, g_before: np.ndarray) -> None:
+def assert_tracked(policy, f: np.ndarray, sent: np.ndarray, g_before: np.ndarray, line_before=None) -> None:
+    """The invariant after a step; ``line_before``: the lines (value, slope, age) before it, for a
+    rule whose copy is a line (a copy not sent is its line one step on)."""
     finite = np.isfinite(f)
     assert np.all(np.abs(f[finite] - policy.g[finite]) <= policy.delta[finite]), (f, policy.g, policy.delta)
     assert np.all(np.isnan(policy.g[~finite])), "an unreadable series must be invalidated"
     assert not np.any(sent[~finite]), "nothing is sent for an unreadable series"
     kept = ~sent & finite
-    assert np.array_equal(policy.g[kept], g_before[kept]), "g changed without a send"
+    expected = g_before
+    if line_before is not None:
+        value, slope, age = line_before
+        with np.errstate(invalid="ignore"):
+            expected = value + slope * (age + 1).astype(np.float64)
+        # what line() says now is the copy, bit for bit
+        v, s, a = policy.line(np.arange(policy.n))
+        assert np.array_equal((v + s * a.astype(np.float64))[finite], policy.g[finite])
+        assert np.all(s[sent] == s[sent]) and np.all(np.isfinite(s))
+    assert np.array_equal(policy.g[kept], expected[kept]), "g changed without a send"
     fresh = sent & np.isnan(g_before)
     assert np.array_equal(policy.g[fresh], f[fresh]), "the first value of a round is sent as is"
 
@@ -101,8 +114,9 @@ def test_every_rule_stays_within_delta_every_tick(data: st.DataObject, exact: bo
     for policy in policies:
         for f in values:
             g_before = policy.g.copy()
+            line_before = policy.line(np.arange(policy.n))
             sent = policy.step(f)
-            assert_tracked(policy, f, sent, g_before)
+            assert_tracked(policy, f, sent, g_before, line_before)
 
 
 @settings(max_examples=200, deadline=None)
@@ -130,8 +144,9 @@ def test_invariant_holds_across_set_delta_resize_and_invalidate(data: st.DataObj
                 assert np.isnan(p.g[gone])
             f = row[: p.n]
             g_before, delta_before = p.g.copy(), p.delta.copy()
+            line_before = p.line(np.arange(p.n))
             sent = p.step(f)
-            assert_tracked(p, f, sent, g_before)
+            assert_tracked(p, f, sent, g_before, line_before)
             if isinstance(p, AtomTracker):
                 changed = p.delta != delta_before
                 assert not np.any(changed & ~sent), "Δ changed outside a new round"
@@ -156,8 +171,9 @@ def test_invariant_is_exact_at_ulp_scale(base: float, delta_ulps: float, steps: 
     for policy in policies:
         for f in values:
             g_before = policy.g.copy()
+            line_before = policy.line([0])
             sent = policy.step(np.array([f]))
-            assert_tracked(policy, np.array([f]), sent, g_before)
+            assert_tracked(policy, np.array([f]), sent, g_before, line_before)
 
 
 def test_pending_delta_applies_from_the_next_round() -> None:
@@ -298,7 +314,7 @@ def test_adaptive_sends_what_atom_sends_until_another_rule_does_better() -> None
     adaptive = AdaptiveTracker([4.0])
     sim = simulate(adaptive, drift)
     assert sim.messages[0] < simulate(AtomTracker([4.0]), drift).messages[0] / 2
-    assert adaptive.leader[0] == 4, "the drift expert (lean and carry) leads on a drift"
+    assert adaptive.leader[0] == 5, "the trend expert leads on a drift"
 
 
 def test_adaptive_invalidate_resize_and_set_delta_reach_every_expert() -> None:
@@ -312,6 +328,41 @@ def test_adaptive_invalidate_resize_and_set_delta_reach_every_expert() -> None:
     assert t.step(np.array([1.0, 7.0])).tolist() == [True, True]
 
 
+def test_trend_follows_a_drift_with_a_few_messages_and_a_level_with_slope_zero() -> None:
+    drift = 100.0 + np.arange(2000) * 0.25  # Δ/20 a tick: a constant copy pays a message per 40 ticks
+    trend = TrendTracker([5.0])
+    sim = simulate(trend, drift)
+    assert sim.messages[0] <= 8 and optimal_messages(drift, 5.0)[0] == 49
+    assert trend.slope[0] == pytest.approx(0.25, rel=0.1)
+    # a level with noise: no slope is ever sent before ``settle`` samples of a segment
+    rng = np.random.default_rng(5)
+    noise = 50.0 + rng.uniform(-1.0, 1.0, 400)
+    level = TrendTracker([1.5], settle=4, corrections=2)
+    slopes = []
+    for f in noise:
+        if level.step(np.array([f]))[0]:
+            slopes.append((level.k - level.ka[0], level.slope[0]))
+    assert all(s == 0.0 or age >= 4 for age, s in slopes)
+    # a new segment starts at f, as the deadband does (ATOM's midpoints do better on noise: 2 here)
+    assert simulate(TrendTracker([1.5]), noise).messages[0] <= simulate(Deadband([1.5]), noise).messages[0]
+
+
+def test_trend_hand_worked() -> None:
+    """Δ = 1, settle = 2: a segment from 0 at slope 0; at step 3 (f = 3) the line breaks, the anchor
+    is 2 steps old and the cone of slopes through (1, 0) within 1 of f = 1 and 3 is [1, 2]: the
+    line of slope 1.5 through the anchor is sent, value 3.0 at step 3."""
+    t = TrendTracker([1.0], settle=2)
+    assert t.step(np.array([0.0])).tolist() == [True] and t.slope[0] == 0.0
+    assert not t.step(np.array([1.0]))[0]
+    assert t.step(np.array([3.0]))[0]
+    assert (t.g[0], t.slope[0], t.line([0])[2][0]) == (3.0, 1.5, 0)
+    assert not t.step(np.array([4.0]))[0] and t.g[0] == 4.5  # the line moves on without a message
+    assert t.line([0])[2][0] == 1
+    t.invalidate([0])
+    assert np.isnan(t.g[0]) and t.slope[0] == 0.0
+    assert t.step(np.array([7.0]))[0] and t.g[0] == 7.0 and t.slope[0] == 0.0
+
+
 def test_unknown_rule_and_bad_parameters_are_refused() -> None:
     with pytest.raises(ValueError, match="tracking rule 'midpoint' is unknown; choose one of atom, deadband"):
         make_tracker("midpoint", [1.0])
@@ -319,6 +370,10 @@ def test_unknown_rule_and_bad_parameters_are_refused() -> None:
         SegmentTracker([1.0], lean=2.0)
     with pytest.raises(ValueError, match="decay must be within"):
         AdaptiveTracker([1.0], decay=0.0)
+    with pytest.raises(ValueError, match="settle must be a whole number ≥ 1"):
+        TrendTracker([1.0], settle=0)
+    with pytest.raises(ValueError, match="corrections must be a whole number ≥ 1"):
+        TrendTracker([1.0], corrections=1.5)
 
 
 # ----------------------------------------------------------------------------- the optimum
@@ -338,13 +393,57 @@ def test_optimum_never_exceeds_any_online_policy(data: st.DataObject, gamma: flo
             ("segment", SegmentTracker(delta)),
             ("drift", SegmentTracker(delta, lean=1.0, carry=1.0, patience=1)),
             ("adaptive", AdaptiveTracker(delta, gamma=gamma)),
+            ("trend", TrendTracker(delta)),
             ("all", SendAll(delta)),
         )
     }
+    lines = optimal_line_messages(values, delta)
+    assert np.all(lines <= optimum), "a constant is a line"
     for name, c in counts.items():
-        assert np.all(optimum <= c), (name, optimum, c)
+        assert np.all(lines <= c), (name, lines, c)
+        if name != "trend":
+            assert np.all(optimum <= c), (name, optimum, c)
     assert np.all(counts["deadband"] <= counts["all"]) and np.all(counts["atom"] <= counts["all"])
     assert np.all(optimal_max_error(values, delta) <= np.asarray(delta))
+
+
+def _fewest_lines_by_brute_force(column: np.ndarray, delta: float) -> int:
+    """Greedy runs, each checked against every pair of its samples (O(n²) a run)."""
+    count, run = 0, []
+    for j, f in enumerate(column):
+        if not np.isfinite(f):
+            run = []
+            continue
+        candidate = [*run, (j, f)]
+        lo = max(((y2 - y1 - 2 * delta) / (x2 - x1) for (x1, y1), (x2, y2) in _pairs(candidate)), default=-np.inf)
+        hi = min(((y2 - y1 + 2 * delta) / (x2 - x1) for (x1, y1), (x2, y2) in _pairs(candidate)), default=np.inf)
+        if run and lo <= hi:
+            run = candidate
+        else:
+            count, run = count + 1, [(j, f)]
+    return count
+
+
+def _pairs(points):
+    return ((p, q) for i, p in enumerate(points) for q in points[i + 1 :])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_line_optimum_is_the_greedy_cover_by_lines(data: st.DataObject) -> None:
+    values = data.draw(matrices(exact=True))
+    delta = data.draw(deltas(values.shape[1], exact=True))
+    got = optimal_line_messages(values, delta)
+    assert got.tolist() == [_fewest_lines_by_brute_force(values[:, j], delta[j]) for j in range(values.shape[1])]
+
+
+def test_line_optimum_by_hand() -> None:
+    ramp = np.concatenate([np.arange(10.0), 9.0 - np.arange(10.0)])  # up 0..9, down 9..0
+    assert optimal_line_messages(ramp, 0.25).tolist() == [2]
+    assert optimal_messages(ramp, 0.25).tolist() == [19]  # (9, 9 at the top in one)
+    zigzag = np.array([0.0, 2.0, 0.0, 2.0])  # any line within 1 of all four: the constant 1
+    assert optimal_line_messages(zigzag, 1.0).tolist() == [1]
+    assert optimal_line_messages(zigzag, 0.99).tolist() == [2]
 
 
 def test_optimum_by_hand() -> None:

@@ -12,7 +12,7 @@ from atomwatch.agent.config import AgentConfig
 from atomwatch.cli.agent import KEYS, TRACKING_RULES
 from atomwatch.config import BrokerAddress, ConfigError
 from atomwatch.settings import resolve
-from atomwatch.tracking import RULES, AdaptiveTracker, AtomTracker, Deadband, SegmentTracker
+from atomwatch.tracking import RULES, AdaptiveTracker, AtomTracker, Deadband, SegmentTracker, TrendTracker
 
 BROKER = BrokerAddress.parse("mqtt://127.0.0.1:1")
 
@@ -51,7 +51,8 @@ def test_an_unknown_rule_is_refused_naming_the_option_and_the_choices() -> None:
 
 
 @pytest.mark.parametrize(
-    "rule, cls", [("atom", AtomTracker), ("segment", SegmentTracker), ("adaptive", AdaptiveTracker)]
+    "rule, cls",
+    [("atom", AtomTracker), ("segment", SegmentTracker), ("adaptive", AdaptiveTracker), ("trend", TrendTracker)],
 )
 def test_the_agent_tracks_with_the_rule(rule, cls) -> None:
     from atomwatch.agent.runtime import Agent
@@ -82,14 +83,21 @@ def test_a_pinned_series_sends_exactly_what_its_rule_sends() -> None:
     walk = np.cumsum(rng.normal(0, 1.0, (400, 1)), axis=0)
     drift = np.arange(400.0)[:, None] * 0.2
     values = np.hstack([walk, walk, drift, drift])
-    tracker = AdaptiveTracker([2.0] * 4)
-    tracker.set_rule([0, 1, 2], ["atom", "deadband", "segment"])
-    alone = [AtomTracker([2.0]), Deadband([2.0]), SegmentTracker([2.0])]
+    values = np.hstack([values, drift + walk / 4])
+    tracker = AdaptiveTracker([2.0] * 5)
+    tracker.set_rule([0, 1, 2, 4], ["atom", "deadband", "segment", "trend"])
+    alone = [AtomTracker([2.0]), Deadband([2.0]), SegmentTracker([2.0]), None, TrendTracker([2.0])]
+    slopes = 0
     for row in values:
         sent = tracker.step(row)
+        slopes += int(tracker.slope[4] != 0)
         for j, policy in enumerate(alone):
+            if policy is None:
+                continue
             assert bool(policy.step(row[j : j + 1])[0]) == bool(sent[j])
             assert policy.g[0] == tracker.g[j]
-    assert tracker.leader[3] == 4, "the unpinned drift follows the drift expert"
+            assert policy.line([0])[1][0] == tracker.line([j])[1][0], "the same slope"
+    assert slopes > 100, "the trend rule's copy is a sloped line most of the time"
+    assert tracker.leader[3] == 5, "the unpinned drift follows the trend expert"
     with pytest.raises(ValueError, match="tracking rule 'x' is unknown"):
         tracker.set_rule([0], "x")
