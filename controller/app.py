@@ -2,7 +2,8 @@
 
 Every ``config.tick`` seconds each live host scope yields one row of its rebuilt values (or, with
 ``config.rows = "data"``, one row as each data message of the host leaves them: one per agent
-tick, whatever the phase of the two clocks); the rows go to the detectors in a worker thread,
+tick, whatever the phase of the two clocks); the rows go to the detectors in a worker thread
+(or worker processes, ``detect_workers``), one tick's rows scored while the next tick's are made,
 and every anomaly goes to the ``anomaly_detected`` hook (and, once the alarms store is
 configured, opens or extends an alarm; the log gets one line per alarm event, :mod:`.alarm_log`,
 and the anomalies of single rows only at DEBUG). The controller announces itself on the
@@ -280,8 +281,16 @@ class Controller:
                 state.rowed_ts = max(state.rowed_ts, state.last_ts or 0.0)
                 sampled.append(state.last_ts if state.last_ts is not None else np.nan)
         if rows:
-            await self._submit(rows, "the tick's rows")
-            self.timing.row_delay.observe(np.maximum(time.time() - np.array(sampled), 0.0))
+            before = self._rows_tail
+            scored = self._submit(rows, "the tick's rows")
+            scored.add_done_callback(
+                lambda _: self.timing.row_delay.observe(np.maximum(time.time() - np.array(sampled), 0.0))
+            )
+            # one batch in flight: this tick's rows are scored while the next tick's are made (in a
+            # worker process with detect_workers); the loop waits for the batch before, so a
+            # detection that falls behind still slows the ticks instead of piling rows up
+            if before is not None and not before.done():
+                await asyncio.wait([before])
 
     def _submit(self, rows: list[Row], what: str) -> asyncio.Task:
         """Hand ``rows`` to :meth:`handle_rows` after every batch submitted before them: late
