@@ -169,7 +169,7 @@ async def one_size(n: int, port: int, ticks: int, tick: float, tmp: Path) -> dic
     agent.stop()
     await task
     # the baseline: the bare libvirt call on the same connection
-    conn = collector._connection()
+    conn = collector._checkout()
     times = []
     for _ in range(20):
         t0 = time.process_time()
