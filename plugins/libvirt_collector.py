@@ -295,7 +295,7 @@ class LibvirtCollector:
     def _fetch(self) -> list[Record]:
         conn = self._checkout()
         try:
-            records = conn.getAllDomainStats(self.stats_mask, self.flags)
+            records = self._stats(conn)
         except self.libvirt.libvirtError:
             self._drop(conn)  # the next call opens a new one
             raise
@@ -308,6 +308,9 @@ class LibvirtCollector:
             stuck = self._monitor_stuck(dom) if lacks_job_stats(stats) else None
             out.append((dom.UUIDString(), name, stats, stuck))
         return out
+
+    def _stats(self, conn) -> list[tuple[Any, dict[str, Any]]]:
+        return conn.getAllDomainStats(self.stats_mask, self.flags)
 
     def _monitor_stuck(self, dom) -> float | None:
         """Seconds the domain's QEMU monitor has been stuck on one command (≥ ``hang_after``), or
