@@ -135,6 +135,22 @@ class _AgentCollector:
             ("collector", "kind"),
             a.sampler.failures,
         )
+        yield from self.counts_of_collectors()
+
+    def counts_of_collectors(self):
+        a = self.agent
+        hung = {
+            getattr(slot.collector, "name", "?"): slot.collector.hung_ticks
+            for slot in a.sampler.slots
+            if isinstance(getattr(slot.collector, "hung_ticks", None), int)
+        }
+        yield self.by(
+            "atomwatch_hung_vm_ticks",
+            "VM-ticks whose series a collector gave stale because the VM's hypervisor process did not answer "
+            "(a hung domain; the collector's other VMs were read), by collector",
+            "collector",
+            hung,
+        )
 
     def _ticks(self):
         a = self.agent

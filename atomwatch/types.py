@@ -39,7 +39,8 @@ class Reading:
 @runtime_checkable
 class Collector(Protocol):
     """An agent-side source of series. ``collect`` may block (it runs in a worker thread with a
-    time budget); it should return within the agent's tick."""
+    time budget); it should return within the agent's tick. An optional int ``hung_ticks``
+    (VM-ticks made stale because the VM did not answer) is exported by the agent's metrics."""
 
     name: str
 

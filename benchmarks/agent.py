@@ -65,9 +65,10 @@ class Counters:
         self.state: dict[str, dict[str, int]] = {}
         self.rng = random.Random(16)
 
-    def add(self, records: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict[str, Any]]]:
+    def add(self, records: list[tuple[Any, dict[str, Any]]]) -> list[tuple[Any, dict[str, Any]]]:
         r = self.rng
-        for uuid, _name, stats in records:
+        for dom, stats in records:
+            uuid = dom.UUIDString()
             c = self.state.setdefault(
                 uuid, {"cpu0": 0, "cpu1": 0, "rx": 0, "tx": 0, "rr": 0, "wr": 0, "rb": 0, "wb": 0}
             )
@@ -122,8 +123,8 @@ async def one_size(n: int, port: int, ticks: int, tick: float, tmp: Path) -> dic
     xml.write_text(domains_xml(n))
     collector = LibvirtCollector(uri=f"test://{xml}", budget=max(0.05, 0.8 * tick))
     counters = Counters()
-    fetch = collector._fetch
-    collector._fetch = lambda: counters.add(fetch())  # type: ignore[method-assign]
+    stats = collector._stats
+    collector._stats = lambda conn: counters.add(stats(conn))  # type: ignore[method-assign]
     pm = PluginManager()
     pm.register(Collectors(collector), name="bench-libvirt")
     broker = BrokerAddress.parse(f"mqtt://127.0.0.1:{port}")
@@ -169,7 +170,7 @@ async def one_size(n: int, port: int, ticks: int, tick: float, tmp: Path) -> dic
     agent.stop()
     await task
     # the baseline: the bare libvirt call on the same connection
-    conn = collector._connection()
+    conn = collector._checkout()
     times = []
     for _ in range(20):
         t0 = time.process_time()

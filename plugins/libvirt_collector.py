@@ -1,12 +1,14 @@
 """libvirt collector: the per-VM CloudWatch metrics of every running domain of a hypervisor.
 
 What lives here: one ``getAllDomainStats`` call per tick (with the no-wait flag, so a domain
-whose job lock is held never stalls the tick), the rates of CPU, network in/out, disk read/write
+whose job lock is held never stalls the tick), a second call when the first stalls on a hung
+domain (so the others keep their values), the rates of CPU, network in/out, disk read/write
 ops and bytes from two samples of the counters, memory from the balloon stats, and the plugin's
 options (:class:`LibvirtOptions`). A value is never invented: it is ``None`` (stale) when a stat
-group or counter is missing, on a domain's first tick, after a counter went backwards, and when
-libvirt cannot be reached or overruns the budget. What does not: tracking and publishing (the
-agent). The metric table with each formula, and the staleness rules: ``docs/libvirt.md``.
+group or counter is missing, on a domain's first tick, after a counter went backwards, for every
+series of a hung domain, and when libvirt cannot be reached or overruns the budget. What does
+not: tracking and publishing (the agent). The metric table with each formula, and the staleness
+rules: ``docs/libvirt.md``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -69,6 +70,14 @@ INSTALL_HINT = (
     "and run atomwatch from a virtual environment made with python3 -m venv --system-site-packages "
     "(README: Hypervisor install)"
 )
+
+
+#: stats calls that may run at once: one stuck on a hung domain, the next tick's, one spare
+#: (libvirtd serves 5 calls at once per client by default, ``max_client_requests``)
+MAX_CALLS = 3
+
+#: one record of a stats call: (UUID, name, stats, seconds its QEMU monitor has been stuck or None)
+Record = tuple[str, str, dict[str, Any], float | None]
 
 
 class LibvirtUnavailable(RuntimeError):
@@ -124,6 +133,14 @@ class Sample:
     t: float
     counters: dict[str, int | None] = field(default_factory=dict)
     cpu: tuple[int, int] | None = None
+
+
+def lacks_job_stats(stats: dict[str, Any]) -> bool:
+    """True when the record misses what libvirt reads through the domain's job (QEMU's monitor):
+    the balloon's memory statistics or a disk's counters — skipped under the no-wait flag."""
+    if "balloon.usable" not in stats and "balloon.unused" not in stats:
+        return True
+    return bool(stats.get("block.count")) and "block.0.rd.reqs" not in stats
 
 
 def sample_of(stats: dict[str, Any], t: float) -> Sample:
@@ -215,51 +232,98 @@ class LibvirtCollector:
         )
         self.flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
         self.flags |= getattr(libvirt, "VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT", 0)
+        #: a domain whose QEMU monitor has run one command this long is hung (its series stale)
+        self.hang_after = budget / 4
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt-stats")
-        self._pending: Future | None = None
-        self._conn = None
+        self._pool = ThreadPoolExecutor(max_workers=MAX_CALLS, thread_name_prefix="libvirt-stats")
+        self._running: set[Future] = set()
+        self._conns_lock = threading.Lock()
+        self._idle: list = []  # connections no call uses now
+        self._closed = False
         self._prev: dict[str, LastGood] = {}
         self._known: dict[str, set[SeriesKey]] = {}
         self._problem: str | None = None
+        #: hung domains now: UUID → name
+        self.hung: dict[str, str] = {}
         self.ticks = 0
+        #: ticks whose every series was stale (libvirt unreachable, calls overran)
         self.stale_ticks = 0
-        self._connect()  # raises LibvirtUnavailable: the plugin then runs no collector
+        #: times a domain was found hung (once per episode), and domain-ticks stale for it
+        self.hangs = 0
+        self.hung_ticks = 0
+        #: stats calls issued
+        self.calls = 0
+        self._idle.append(self._open())  # raises LibvirtUnavailable: the plugin then runs no collector
 
     # ---------------------------------------------------------------- connection
 
-    def _connect(self):
+    def _open(self):
         try:
-            self._conn = self.libvirt.open(self.uri)
+            return self.libvirt.open(self.uri)
         except self.libvirt.libvirtError as e:
-            self._conn = None
             raise LibvirtUnavailable(f"cannot connect to {self.uri}: {e.get_error_message()}") from None
-        return self._conn
 
-    def _connection(self):
-        conn = self._conn
+    def _checkout(self):
+        """A connection for one call: an idle one that is alive, else a new one. Calls never share
+        one: measured on libvirt 9.0, a call's reply on a connection where another call is stuck
+        waited until a third call came (seconds), so a call stuck on a hung domain keeps its own."""
+        with self._conns_lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is not None:
             try:
                 if conn.isAlive():
                     return conn
             except self.libvirt.libvirtError:
                 pass
-            try:
-                conn.close()
-            except self.libvirt.libvirtError:
-                pass
-            self._conn = None
+            self._drop(conn)
             log.warning("libvirt connection to %s dropped; reconnecting", self.uri)
-        return self._connect()
+        return self._open()
 
-    def _fetch(self) -> list[tuple[str, str, dict[str, Any]]]:
-        conn = self._connection()
+    def _checkin(self, conn) -> None:
+        with self._conns_lock:
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        self._drop(conn)
+
+    def _drop(self, conn) -> None:
         try:
-            records = conn.getAllDomainStats(self.stats_mask, self.flags)
+            conn.close()
         except self.libvirt.libvirtError:
-            self._conn = None  # next tick reconnects
+            pass
+
+    def _fetch(self) -> list[Record]:
+        conn = self._checkout()
+        try:
+            records = self._stats(conn)
+        except self.libvirt.libvirtError:
+            self._drop(conn)  # the next call opens a new one
             raise
-        return [(dom.UUIDString(), dom.name(), stats) for dom, stats in records]
+        self._checkin(conn)
+        out: list[Record] = []
+        for dom, stats in records:
+            name = dom.name()
+            if self.domain_filter is not None and not self.domain_filter.search(name):
+                continue
+            stuck = self._monitor_stuck(dom) if lacks_job_stats(stats) else None
+            out.append((dom.UUIDString(), name, stats, stuck))
+        return out
+
+    def _stats(self, conn) -> list[tuple[Any, dict[str, Any]]]:
+        return conn.getAllDomainStats(self.stats_mask, self.flags)
+
+    def _monitor_stuck(self, dom) -> float | None:
+        """Seconds the domain's QEMU monitor has been stuck on one command (≥ ``hang_after``), or
+        None. libvirt's control info needs no job: it answers while the monitor does not."""
+        try:
+            state, _details, ms = dom.controlInfo()
+        except self.libvirt.libvirtError:
+            return None
+        if state == self.libvirt.VIR_DOMAIN_CONTROL_ERROR:
+            return ms / 1000.0
+        if state == self.libvirt.VIR_DOMAIN_CONTROL_OCCUPIED and ms >= 1000.0 * self.hang_after:
+            return ms / 1000.0
+        return None
 
     # ---------------------------------------------------------------- collect
 
@@ -271,35 +335,70 @@ class LibvirtCollector:
         values: dict[SeriesKey, float | None] = {k: None for keys in self._known.values() for k in keys}
         return atomwatch.Reading(values=values, deltas={k: self.deltas[k.metric] for k in values})
 
+    def _submit(self) -> Future:
+        self.calls += 1
+        future = self._pool.submit(self._fetch)
+        self._running.add(future)
+        return future
+
     def collect(self) -> atomwatch.Reading:
+        """One tick. A call stuck on a hung domain holds that domain's job; a second call (no-wait)
+        then skips it and reads the others, so a hung domain costs only its own series. When no
+        call runs, the first gets half the budget before the second is sent; while one still runs,
+        the tick's call is sent at once. At most :data:`MAX_CALLS` run; beyond, the tick is stale."""
         with self._lock:
             self.ticks += 1
-            if self._pending is not None and not self._pending.done():
-                return self._stale_reading(f"the previous stats call still runs (> {self.budget:.2f} s)")
-            self._pending = self._pool.submit(self._fetch)
-            try:
-                records = self._pending.result(timeout=self.budget)
-            except FutureTimeout:
+            deadline = time.monotonic() + self.budget
+            self._running = {f for f in self._running if not f.done()}
+            if len(self._running) >= MAX_CALLS:
+                return self._stale_reading(
+                    f"{len(self._running)} stats calls still run (> {self.budget:.2f} s each); no more are sent"
+                )
+            calls = [self._submit()]
+            if len(self._running) == 1:
+                done, _ = wait(calls, timeout=self.budget / 2)
+                if not done:
+                    calls.append(self._submit())
+            done, _ = wait(calls, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+            if not done:
                 return self._stale_reading(f"getAllDomainStats did not return within {self.budget:.2f} s")
-            except self.libvirt.libvirtError as e:
-                return self._stale_reading(f"getAllDomainStats on {self.uri}: {e.get_error_message()}")
-            except LibvirtUnavailable as e:
-                return self._stale_reading(str(e))
-            finally:
-                if self._pending is not None and self._pending.done():
-                    self._pending = None
+            future = next((f for f in calls if f in done and f.exception() is None), None)
+            if future is None:
+                e = next(f for f in calls if f in done).exception()
+                if isinstance(e, self.libvirt.libvirtError):
+                    return self._stale_reading(f"getAllDomainStats on {self.uri}: {e.get_error_message()}")
+                if isinstance(e, LibvirtUnavailable):
+                    return self._stale_reading(str(e))
+                raise e  # type: ignore[misc]
+            records = future.result()
             t = self.clock()
             if self._problem:
                 log.info("libvirt collector recovered")
                 self._problem = None
             return self._reading(records, t)
 
-    def _reading(self, records: list[tuple[str, str, dict[str, Any]]], t: float) -> atomwatch.Reading:
+    def _reading(self, records: list[Record], t: float) -> atomwatch.Reading:
         values: dict[SeriesKey, float | None] = {}
         seen: dict[str, set[SeriesKey]] = {}
-        for uuid, name, stats in records:
-            if self.domain_filter is not None and not self.domain_filter.search(name):
+        hung: dict[str, str] = {}
+        for uuid, name, stats, stuck in records:
+            if stuck is not None:
+                # every series stale; its last good counters stay, so its next rate spans the hang
+                keys = self._known.get(uuid) or {SeriesKey(uuid, name, m, u) for m, u in METRICS.items()}
+                values.update(dict.fromkeys(keys))
+                seen[uuid] = keys
+                hung[uuid] = name
+                if uuid not in self.hung:
+                    self.hangs += 1
+                    log.warning(
+                        "libvirt collector: domain %s is hung (its QEMU monitor has not answered one command "
+                        "for %.1f s); its series are stale until it answers, the other domains are read",
+                        name,
+                        stuck,
+                    )
                 continue
+            if uuid in self.hung:
+                log.info("libvirt collector: domain %s answers again", name)
             cur = sample_of(stats, t)
             if cur.cpu is None and not self.stats_mask & self.libvirt.VIR_DOMAIN_STATS_CPU_TOTAL:
                 self.stats_mask |= self.libvirt.VIR_DOMAIN_STATS_CPU_TOTAL  # from the next tick on
@@ -314,16 +413,17 @@ class LibvirtCollector:
         for uuid in set(self._prev) - set(seen):
             del self._prev[uuid]  # gone: a later return starts again from a first (stale) sample
         self._known = seen
+        self.hung = hung
+        self.hung_ticks += len(hung)
         return atomwatch.Reading(values=values, deltas={k: self.deltas[k.metric] for k in values})
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except self.libvirt.libvirtError:
-                pass
-            self._conn = None
+        with self._conns_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:  # a call still running closes its own when it returns
+            self._drop(conn)
 
 
 # --------------------------------------------------------------------------- plugin hook

@@ -246,6 +246,58 @@ def test_destroyed_domain_is_gone_within_two_ticks_and_comes_back_stale_first(la
 
 
 @pytest.mark.lab
+def test_hung_domain_is_stale_within_one_tick_the_others_keep_values_and_it_comes_back(lab, collector, caplog):
+    import logging
+    import os
+    import signal
+
+    from atomwatch.lab import domains
+
+    g1, g2, g3 = lab["doms"]
+    collector.collect()
+    time.sleep(TICK)
+    before = collector.collect()
+    assert all(v is not None for v in before.values.values()), before.values
+    pid = domains.qemu_pid(g2.name())
+    assert pid is not None
+    hung_ticks, took = [], []
+    os.kill(pid, signal.SIGSTOP)  # its QEMU monitor stops answering: the next stats call hangs on it
+    try:
+        with caplog.at_level(logging.INFO, logger="atomwatch.plugins.libvirt_collector"):
+            for _ in range(4):
+                time.sleep(TICK)
+                t0 = time.monotonic()
+                r = collector.collect()
+                took.append(time.monotonic() - t0)
+                hung_ticks.append({(k.vm_name, k.metric): v for k, v in r.values.items()})
+            assert collector.hung == {g2.UUIDString(): g2.name()}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert max(took) < TICK, took  # no tick waits for the hung domain
+    for row in hung_ticks:  # from the first tick on: the hung one stale, the others measured
+        assert [row[(g2.name(), m)] for m in lc_metrics()] == [None] * 8, row
+        for g in (g1, g3):
+            assert all(row[(g.name(), m)] is not None for m in lc_metrics()), (g.name(), row)
+    assert sum("awlab-guest2 is hung" in m for m in caplog.messages) == 1, caplog.messages
+    assert collector.hangs == 1 and collector.hung_ticks == 4
+    # SIGCONT: the stuck call returns and the next ticks read it again (its rates span the hang)
+    back = None
+    for _ in range(2):
+        time.sleep(TICK)
+        back = {k.metric: v for k, v in collector.collect().values.items() if k.vm_name == g2.name()}
+        if all(v is not None for v in back.values()):
+            break
+    assert back is not None and all(v is not None for v in back.values()), back
+    assert collector.hung == {}
+
+
+def lc_metrics() -> list[str]:
+    from atomwatch.plugins.libvirt_collector import METRICS
+
+    return list(METRICS)
+
+
+@pytest.mark.lab
 def test_record_cli_writes_a_labelled_recording(lab, tmp_path):
     out = tmp_path / "rec"
     proc = subprocess.run(

@@ -146,19 +146,24 @@ def test_test_driver_domain_reports_every_metric_stale_never_invented(test_drive
 
 def test_a_dropped_connection_is_reopened_at_the_next_tick(test_driver_collector):
     before = set(test_driver_collector.collect().values)
-    test_driver_collector._conn.close()
+    (conn,) = test_driver_collector._idle
+    conn.close()
     after = test_driver_collector.collect()
     assert set(after.values) == before
-    assert test_driver_collector._conn is not None and test_driver_collector._conn.isAlive()
+    (again,) = test_driver_collector._idle
+    assert again is not conn and again.isAlive()
 
 
-def test_budget_overrun_mock_slow_stats_call_reports_known_series_stale(test_driver_collector, caplog):
+def test_budget_overrun_mock_slow_stats_calls_stale_and_bounded_in_number(test_driver_collector, caplog):
+    """Every call slow (as when libvirtd itself hangs): each tick is stale, a second call is sent
+    after half the budget, and no more than MAX_CALLS ever run at once."""
     known = set(test_driver_collector.collect().values)
     real_fetch = test_driver_collector._fetch
     test_driver_collector.budget = 0.2
+    calls0 = test_driver_collector.calls
 
     def slow_fetch():
-        time.sleep(0.6)
+        time.sleep(1.2)
         return real_fetch()
 
     test_driver_collector._fetch = slow_fetch
@@ -166,14 +171,16 @@ def test_budget_overrun_mock_slow_stats_call_reports_known_series_stale(test_dri
         t0 = time.monotonic()
         r = test_driver_collector.collect()
         took = time.monotonic() - t0
-        r2 = test_driver_collector.collect()  # the slow call still runs: stale again, no second call
+        later = [test_driver_collector.collect() for _ in range(3)]
     assert took < 0.5
-    assert set(r.values) == known and all(v is None for v in r.values.values())
-    assert set(r2.values) == known and all(v is None for v in r2.values.values())
-    assert sum("still runs" in m for m in caplog.messages) == 1
-    time.sleep(0.7)
+    for reading in (r, *later):
+        assert set(reading.values) == known and all(v is None for v in reading.values.values())
+    assert test_driver_collector.calls - calls0 == lc.MAX_CALLS  # two in the first tick, one in the next
+    assert sum("still run" in m for m in caplog.messages) == 1  # said once, not every tick
+    time.sleep(1.3)
     test_driver_collector._fetch = real_fetch
-    assert set(test_driver_collector.collect().values) == known
+    after = test_driver_collector.collect()
+    assert set(after.values) == known and test_driver_collector.stale_ticks == 4
 
 
 # ----------------------------------------------------------------------------- plugin hook

@@ -106,6 +106,31 @@ def test_collector_failures_are_counted_by_collector_and_kind():
         sampler.close()
 
 
+def test_hung_vm_ticks_of_a_collector_are_exported_by_collector():
+    from types import SimpleNamespace
+
+    from atomwatch.agent.metrics import _AgentCollector
+
+    class Counts:
+        name = "counts"
+        hung_ticks = 3
+
+        def collect(self):
+            raise OSError("unused")
+
+        def close(self):
+            pass
+
+    sampler = Sampler([Counts(), Wrong()], budget=1.0)
+    agent = SimpleNamespace(config=SimpleNamespace(site="s", host="h"), sampler=sampler)
+    try:
+        families = {f.name: f for f in _AgentCollector(agent).counts_of_collectors()}
+        samples = families["atomwatch_hung_vm_ticks"].samples
+        assert [(s.labels["collector"], s.value) for s in samples if s.name.endswith("_total")] == [("counts", 3)]
+    finally:
+        sampler.close()
+
+
 @pytest.mark.parametrize("bad", [-1, 10_001, "many", True])
 def test_metrics_blame_limit_refuses_a_bad_value_naming_the_option(bad):
     with pytest.raises(ConfigError, match="--metrics-blame-limit"):
