@@ -463,7 +463,7 @@ class Controller:
         async def on_connect(client: aiomqtt.Client) -> None:
             # the agents' messages at QoS 0: no PUBACK per message (a third of the receive path's
             # CPU), and no broker in-flight window that drops a stalled controller's messages beyond
-            # its queue (Mosquitto's defaults kept 1,020 of a 20,000-message burst at QoS 1, 6,303 at
+            # its queue (Mosquitto's defaults kept 1,020 of a 10,000-message burst at QoS 1, 6,246 at
             # QoS 0: benchmarks/receive.py); a message lost either way is a sequence gap → a rebirth
             await subscribe(client, [f for site in cfg.sites for f in protocol.agent_filters(site)], qos=0)
             # the other controllers at QoS 0: beats are sent so, and a clustered broker serves a
