@@ -1,7 +1,7 @@
 """Detection in worker processes, so one controller uses more than one core (``detect_workers``).
 
-What lives here: :class:`DetectionPool` — K processes, each owning the scopes whose
-BLAKE2 hash is its number mod K and running its own :class:`.detection.DetectorSet` on them, with the same
+What lives here: :class:`DetectionPool` — K processes, each owning the scopes whose BLAKE2 hash
+mod K is its number and running its own :class:`.detection.DetectorSet` on them, with the same
 two calls the in-process set offers (``run`` a batch of rows, ``call`` a method of one scope's
 detector: a verdict's refit, μ's Δ). Each worker loads the plugins the controller loaded (the same
 entry points, the same plugin files) and refuses to start without every detector asked for. A
