@@ -105,6 +105,18 @@ class Pipeline:
         self.controller.stop()
         await asyncio.gather(*self.tasks)
 
+    def data_ticks(self) -> list[TickRecord]:
+        """The agent's ticks published as data messages."""
+        return [t for t in self.ticks if t.published and t.published[0] == "data"]
+
+    async def drain_and_stop(self, timeout: float = 20) -> None:
+        """Stop the agent, wait until the controller has every data message it published, stop."""
+        self.agent.stop()
+        await self.wait_for(
+            lambda: len(self.rebuilt) >= len(self.data_ticks()), timeout, "the controller to receive every data message"
+        )
+        await self.stop()
+
     async def wait_for(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():

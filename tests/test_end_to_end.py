@@ -30,13 +30,7 @@ async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site,
     assert type(pipe.agent.tracker).__name__ == type(make_tracker(expected)).__name__
     await pipe.start()
     await pipe.wait_for(lambda: len(pipe.ticks) >= 1200, 120, "1200 agent ticks")
-    pipe.agent.stop()
-    await pipe.wait_for(
-        lambda: len(pipe.rebuilt) >= sum(1 for t in pipe.ticks if t.published and t.published[0] == "data"),
-        20,
-        "the controller to receive every data message",
-    )
-    await pipe.stop()
+    await pipe.drain_and_stop()
 
     data_ticks = [t for t in pipe.ticks[:1200] if t.published and t.published[0] == "data"]
     assert len(data_ticks) >= 1150, "almost every tick should be a data message (a birth or two at start)"
@@ -45,9 +39,9 @@ async def test_rebuilt_values_stay_within_delta_over_1000_ticks(mosquitto, site,
         events = [e for e in pipe.events if e[0] != "data" or abs(e[2] - seq) < 3]
         assert_within_delta(record, pipe.rebuilt[(session, seq)], f"tick {n} (seq {seq}, controller saw {events})")
     # the values that crossed the broker are exactly the ones the tracker decided to send
-    sent = sum(t.sent for t in pipe.ticks if t.published and t.published[0] == "data")
+    sent = sum(t.sent for t in pipe.data_ticks())
     assert pipe.values_received == sent == pipe.agent.stats["values_sent"]
-    lines = sum(t.lines for t in pipe.ticks if t.published and t.published[0] == "data")
+    lines = sum(t.lines for t in pipe.data_ticks())
     assert pipe.lines_received == lines
     if rule in ("trend", "adaptive"):
         assert lines > 0, "lines crossed the broker"
@@ -133,15 +127,9 @@ async def test_rebirths_in_the_middle_of_lines_keep_the_copy_exact(mosquitto, si
         await asyncio.sleep(0.013)
         if len(pipe.ticks) > 100:
             await pipe.agent.publish_birth()
-    pipe.agent.stop()
-    await pipe.wait_for(
-        lambda: len(pipe.rebuilt) >= sum(1 for t in pipe.ticks if t.published and t.published[0] == "data"),
-        20,
-        "the controller to receive every data message",
-    )
-    await pipe.stop()
+    await pipe.drain_and_stop()
     assert sum(1 for n in born_with_lines if n) >= 5, f"births holding lines with an age: {born_with_lines}"
-    data_ticks = [t for t in pipe.ticks if t.published and t.published[0] == "data"]
+    data_ticks = pipe.data_ticks()
     assert len(data_ticks) >= 600
     for n, record in enumerate(data_ticks):
         _, session, seq = record.published
