@@ -6,6 +6,7 @@ malicious verdict takes it back) and the row score ``last_score`` the quality be
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from atomwatch import Row, SeriesKey
 from atomwatch.detectors import anomalies_of
@@ -106,3 +107,26 @@ def test_seen_values_survive_a_new_column_joining_the_scope():
     assert det.win.columns == wider and det.column_changes == 1
     assert "vm1/m2" in det.status()["quiet_columns"]
     assert got == []  # the pulse at 650 is a value seen before the change
+
+
+def test_a_filling_fixed_reference_refits_only_as_it_grows_and_exactly_when_full():
+    x = rows(400)
+    opts = {"t": 300, "min_rows": 30, "alpha": 1e-6}  # (no row abnormal: an ended episode refits too)
+    det = PcaSpeDetector("s", opts)
+    fits = []
+    for i, v in enumerate(x):
+        det.update(Row("s", i, float(i), COLS, v))
+        win = det.win
+        if win is not None and win._fit is not None and (not fits or fits[-1] != win._fit_rows):
+            fits.append(win._fit_rows)
+    # from 30 rows to 300 by 5 % steps: a few dozen fits, not 270; the last at the full window
+    assert det.anomalies == 0
+    assert 20 <= len(fits) <= 60
+    assert all(b >= a * 1.05 for a, b in zip(fits, fits[1:-1]))
+    assert fits[-1] == 300
+    # the full window's model is the one a fresh fit of its rows gives (the schedule left no trace)
+    every = PcaSpeDetector("s", {**opts, "refit_growth": 0})
+    for i, v in enumerate(x):
+        every.update(Row("s", i, float(i), COLS, v))
+    assert det.last_spe == pytest.approx(every.last_spe, rel=1e-9)
+    assert det.last_threshold == pytest.approx(every.last_threshold, rel=1e-9)

@@ -74,6 +74,9 @@ class PcaSpeOptions:
     reference: Literal["fixed", "sliding"] = (
         "fixed"  # once M holds t rows it moves only by a re-baseline or a normal verdict; "sliding": every normal row
     )
+    refit_growth: Annotated[float, Range(ge=0, le=1)] = (
+        0.05  # reference=fixed: while M fills, refit when it grew by this fraction since the last fit (0: every row)
+    )
 
     def __post_init__(self) -> None:
         if self.min_rows is not None and not 3 <= self.min_rows <= self.t:
@@ -113,6 +116,7 @@ class _Window:
         self.seen_lo = np.full(len(columns), np.nan)
         self.seen_hi = np.full(len(columns), np.nan)
         self._fit: _Model | None = None
+        self._fit_rows = 0  # rows in M when the model was last fitted
 
     @property
     def ready(self) -> bool:
@@ -122,7 +126,21 @@ class _Window:
         self.stats.add(x)
         if self.stats.updates >= self.opts.refresh_every:
             self.stats.refresh()
-        self._fit = None
+        if not self._filling_keeps_fit():
+            self._fit = None
+
+    def _filling_keeps_fit(self) -> bool:
+        """A fixed reference filling up keeps its model until M has grown by ``refit_growth``
+        since the fit (the model of n rows and of 1.05·n rows differ far less than either
+        differs from the truth); it is refitted exactly when M is full."""
+        s, growth = self.stats, self.opts.refit_growth
+        return (
+            self._fit is not None
+            and growth > 0
+            and self.opts.reference == "fixed"
+            and s.n < s.capacity
+            and s.n < self._fit_rows * (1.0 + growth)
+        )
 
     def set_deltas(self, deltas: np.ndarray) -> None:
         """Follow the columns' tracking errors (in this window's column order): a changed Δ
@@ -166,6 +184,7 @@ class _Window:
             else:
                 q = pm.QuietColumns(quiet, np.zeros(0), np.zeros(0), np.zeros(0))
             self._fit = _Model(fit, active, q, *self._threshold(fit, active))
+            self._fit_rows = s.n
         return self._fit
 
     def _threshold(self, fit: pm.PcaFit | None, active: np.ndarray) -> tuple[float, str]:
