@@ -20,6 +20,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 
 import numpy as np
 
@@ -55,6 +56,7 @@ class _Layout:
     columns: tuple[SeriesKey, ...]
     aliases: tuple[int, ...]  # the alias of each column
     deltas: np.ndarray
+    pick: itemgetter  # the columns' values out of the host's values, in one C call (KeyError: one unknown)
 
 
 class ScopeRows:
@@ -76,7 +78,13 @@ class ScopeRows:
         layout = self._layout(state)
         if state.synced:
             n = len(layout.aliases)
-            values = np.fromiter(map(state.values.get, layout.aliases, repeat(np.nan, n)), dtype=np.float64, count=n)
+            try:
+                picked = layout.pick(state.values)
+                if n == 1:
+                    picked = (picked,)  # (an itemgetter of one key gives the value itself)
+            except KeyError:  # a value unknown (stale, unreadable): NaN in its cell
+                picked = map(state.values.get, layout.aliases, repeat(np.nan, n))
+            values = np.fromiter(picked, dtype=np.float64, count=n)
         else:
             values = np.full(len(layout.aliases), np.nan)
         if state.scope in self.left_out:
@@ -111,7 +119,7 @@ class ScopeRows:
         aliases = tuple(by_key[c] for c in columns)
         deltas = np.array([state.deltas.get(a, np.nan) for a in aliases], dtype=np.float64)
         deltas.flags.writeable = False
-        layout = _Layout(state.keys, state.deltas, columns, aliases, deltas)
+        layout = _Layout(state.keys, state.deltas, columns, aliases, deltas, itemgetter(*aliases))
         self._layouts[state.scope] = layout
         return layout
 

@@ -83,6 +83,24 @@ def test_a_scope_keeps_its_column_order_until_its_series_table_changes():
     assert gap.columns is fourth.columns and np.isnan(gap.values).all()
 
 
+def test_a_row_reads_nan_for_a_value_the_host_does_not_know_and_takes_a_lone_column():
+    ing, rows = Ingest(), ScopeRows()
+    ing.handle(protocol.birth_topic("s", "h"), birth(keys(1)))
+    h = ing.host("s", "h")
+    full = rows.row(h, 1.0)
+    stale = min(h.values)
+    del h.values[stale]  # (a stale or unreadable series has no value)
+    row = rows.row(h, 2.0)
+    where = [i for i, c in enumerate(row.columns) if c == h.keys[stale]]
+    assert np.isnan(row.values[where]).all()
+    assert np.isnan(row.values).sum() == 1
+    assert np.array_equal(np.delete(row.values, where), np.delete(full.values, where))
+    one = keys(1)[:1]
+    ing.handle(protocol.birth_topic("s", "h1"), birth(one))
+    lone = rows.row(ing.host("s", "h1"), 1.0)
+    assert lone.columns == tuple(one) and lone.values.tolist() == [10.0]
+
+
 class Status:
     name = "st"
 
