@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
@@ -416,6 +417,13 @@ def describe_type(tp: Any) -> str:
     return f"{text} ({rules})" if rules else text
 
 
+@functools.lru_cache(maxsize=256)
+def _hints(cls: type) -> dict[str, Any]:
+    """``cls``'s resolved annotations, worked out once per class: a controller parses the same
+    options for every scope it starts a detector on (resolving them costs milliseconds)."""
+    return typing.get_type_hints(cls, include_extras=True)
+
+
 def parse_options(plugin: str, cls: type, raw: Mapping[str, Any] | None):
     """``raw`` (a plugin's option table) as an instance of the frozen dataclass ``cls``.
 
@@ -425,7 +433,7 @@ def parse_options(plugin: str, cls: type, raw: Mapping[str, Any] | None):
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"atomwatch.parse_options: {cls!r} is not a dataclass")
     raw = dict(raw or {})
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(str(k) for k in raw if k not in fields)
     if unknown:
