@@ -105,6 +105,19 @@ def test_identification_numbers_follow_the_paper():
         assert f.meandiff == pytest.approx(meandiff[j], rel=1e-10)
         assert f.abnormal == (stddev[j] >= 3)
     assert found[5].abnormal and found[5].direction == "up"
+    # abnormal columns first, then by stddev and rd, both descending
+    got = pm.identify(model, a_rows, b1=2, b2=3)
+    order = [(not f.abnormal, -(f.stddev or 0.0), -f.rd) for f in got]
+    assert order == sorted(order) and len(got) > 2
+    # the detector asks for every abnormal column and at most a few of the others
+    running = pm.RunningIdentification(model)
+    for r in a_rows:
+        running.add(r)
+    kept = [(f.index, f.abnormal) for f in running.findings(2, 3, normal_kept=1)]
+    assert (
+        kept
+        == [(f.index, f.abnormal) for f in got if f.abnormal] + [(f.index, False) for f in got if not f.abnormal][:1]
+    )
 
 
 def test_b1_b2_are_options():

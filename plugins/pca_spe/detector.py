@@ -32,6 +32,7 @@ pm = lazy_import(f"{__package__}.model", globals(), "pm")
 
 NAME = "pca-spe"
 UNATTENDED_KEPT = 8  # re-baselined episodes whose earlier window is kept for a malicious verdict
+CANDIDATES = 5  # columns past identification's step 1 but not abnormal, named in an anomaly's details
 
 
 @atomwatch.declare_options(NAME)
@@ -544,7 +545,7 @@ class PcaSpeDetector:
         over = fit is not None and spe > model.threshold  # (a row may be abnormal by the quiet rule alone)
         if over:
             assert ep.ident is not None  # (folded under this model by _score)
-            findings = ep.ident.findings(self.opts.b1, self.opts.b2)
+            findings = ep.ident.findings(self.opts.b1, self.opts.b2, normal_kept=CANDIDATES)
             blame = [
                 Blame(
                     column=win.columns[model.active[f.index]],
@@ -596,7 +597,7 @@ class PcaSpeDetector:
                 {"column": win.columns[model.active[f.index]].column, "rd": f.rd, "stddev": f.stddev}
                 for f in findings
                 if not f.abnormal
-            ][:5],
+            ][:CANDIDATES],
         }
         if fit is not None and x is not None:
             r = fit.residual(x)

@@ -768,32 +768,43 @@ def _findings(
     devsum: np.ndarray,
     b1: float,
     b2: float,
+    normal_kept: int | None = None,
 ) -> list[ColumnFinding]:
     """The three steps from A's sums per column: a_j (mean squared residual), the count of
-    known cells, their sum, and the sum of their distances |a_ij − avg_j|."""
+    known cells, their sum, and the sum of their distances |a_ij − avg_j|. Worked out over
+    every column at once (an abnormal row of a wide scope passes dozens of columns through
+    step 1); ``normal_kept``: at most that many of the columns not found abnormal are returned
+    (after every abnormal one)."""
     y = (model.n - 1) / model.n * model.resid_diag()
     tiny = 1e-12
     rd = (a - y) / np.maximum(y, tiny)
-    out: list[ColumnFinding] = []
+    idx = np.flatnonzero(rd >= b1)
+    if not len(idx):
+        return []
     with np.errstate(invalid="ignore", divide="ignore"):  # a column unknown in every row of A: NaN
-        colmean = colsum / known
-        dev = devsum / known / model.std
-    for j in np.flatnonzero(rd >= b1):
-        sd = float(dev[j]) if np.isfinite(dev[j]) else None
-        diff = float(colmean[j] - model.mean[j]) if np.isfinite(colmean[j]) else 0.0
-        md = diff / float(model.mean[j]) if model.mean[j] != 0 and np.isfinite(colmean[j]) else None
-        out.append(
-            ColumnFinding(
-                index=int(j),
-                rd=float(rd[j]),
-                stddev=sd,
-                meandiff=md,
-                direction="up" if diff >= 0 else "down",
-                abnormal=sd is not None and sd >= b2,
-            )
+        colmean = colsum[idx] / known[idx]
+        dev = devsum[idx] / known[idx] / model.std[idx]
+    mean, rd = model.mean[idx], rd[idx]
+    has_dev, has_mean = np.isfinite(dev), np.isfinite(colmean)
+    diff = np.where(has_mean, colmean - mean, 0.0)
+    has_md = has_mean & (mean != 0)
+    md = np.divide(diff, mean, out=np.zeros_like(diff), where=has_md)
+    abnormal = has_dev & (dev >= b2)
+    # abnormal first, then by stddev (unknown as 0) and rd, both descending; ties by column
+    order = np.lexsort((-rd, -np.where(has_dev, dev, 0.0), ~abnormal))
+    if normal_kept is not None:
+        order = order[: int(abnormal.sum()) + normal_kept]
+    return [
+        ColumnFinding(
+            index=int(idx[i]),
+            rd=float(rd[i]),
+            stddev=float(dev[i]) if has_dev[i] else None,
+            meandiff=float(md[i]) if has_md[i] else None,
+            direction="up" if diff[i] >= 0 else "down",
+            abnormal=bool(abnormal[i]),
         )
-    out.sort(key=lambda f: (not f.abnormal, -(f.stddev or 0.0), -f.rd))
-    return out
+        for i in order.tolist()
+    ]
 
 
 class RunningIdentification:
@@ -850,12 +861,13 @@ class RunningIdentification:
         self.known -= finite
         self.m -= 1
 
-    def findings(self, b1: float = 2.0, b2: float = 3.0) -> list[ColumnFinding]:
-        """:func:`identify` over the rows added and not removed (at least one)."""
+    def findings(self, b1: float = 2.0, b2: float = 3.0, normal_kept: int | None = None) -> list[ColumnFinding]:
+        """:func:`identify` over the rows added and not removed (at least one); ``normal_kept``
+        as :func:`_findings` takes it."""
         if self.m < 1:
             raise ValueError("identification needs at least one row of A")
         total = self._sum + self._err
-        return _findings(self.model, total[0] / self.m, self.known, total[1], total[2], b1, b2)
+        return _findings(self.model, total[0] / self.m, self.known, total[1], total[2], b1, b2, normal_kept)
 
 
 # --------------------------------------------------------------------------- Δ from μ
