@@ -14,7 +14,7 @@ part only and is scored on the test part:
   first 720 rows taken unjudged; ``t-1440``, ``t-2880``: a longer M, judged while it fills); its continuous
   score is the detector's ``last_score``: SPE over the threshold the row was judged by (Q_α or
   the window's tail), and where a quiet column left its band 1 + its distance out in noise
-  levels, if larger;
+  levels (each at least ``rel_std`` × the row's value), if larger;
 * ``pca-error`` — scikit-learn's PCA (90 % of the variance) fitted on the standardised train
   part, score = squared reconstruction error;
 * ``iforest`` — scikit-learn's IsolationForest (seed 0) fitted on the standardised train part,
@@ -272,7 +272,7 @@ def _row_parts(det: PcaSpeDetector, z: np.ndarray) -> tuple[float, float, float]
         k, n = fit.k, fit.n
         limit = k * (n - 1) * (n + 1) / (n * (n - k)) * stats.f.ppf(1 - fit.alpha, k, n - k)
         t = float((a * a / fit.lam1).sum()) / limit
-    q = 1.0 + float(np.abs(m.quiet.excess(z)).max()) if m.quiet.breaches(z).any() else 0.0
+    q = 1.0 + m.quiet.ranking_excess(z, det.opts.rel_std) if m.quiet.breaches(z).any() else 0.0
     return s, t, q
 
 

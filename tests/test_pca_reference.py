@@ -6,6 +6,7 @@ malicious verdict takes it back) and the row score ``last_score`` the quality be
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from atomwatch import Row, SeriesKey
 from atomwatch.detectors import anomalies_of
@@ -73,8 +74,9 @@ def test_seen_rule_alarms_at_a_quiet_flags_first_pulse_the_band_rule_at_every_on
         if i == 300:
             assert a is not None and a.details["trigger"] == "quiet"
             assert a.blame[0].column == COLS[5]
-            # the row's score: a quiet breach outranks any SPE near miss (1 + excess in noise levels)
-            assert seen.last_score > 1e3
+            # the row's score: a quiet breach outranks any SPE near miss (1 + excess in noise
+            # levels, the noise level at least rel_std × the value: 0 → 1 is 1 + 0.999998/10⁻³)
+            assert seen.last_score == pytest.approx(1 + (1 - 2e-6) / 1e-3)
         elif i == 299:
             assert seen.last_score < 1.0
         if a is not None:
@@ -106,3 +108,20 @@ def test_seen_values_survive_a_new_column_joining_the_scope():
     assert det.win.columns == wider and det.column_changes == 1
     assert "vm1/m2" in det.status()["quiet_columns"]
     assert got == []  # the pulse at 650 is a value seen before the change
+
+
+def test_a_quiet_jump_ranks_alike_up_from_zero_and_down_to_it():
+    """last_score's quiet part: 0 → 1 and 1 → 0 are the same jump. Measured in the window's
+    noise level alone, a column at 0 has the smallest (min_std) and its jump ranked 10³ times
+    the other's (issue 22: an unlabelled 0 → 1 flag ranked above MSL's −1 → 1 anomaly)."""
+    scores = []
+    for level, jump in ((0.0, 1.0), (1.0, 0.0)):
+        x = pulses(260, [])
+        x[:, 5] = level
+        x[250, 5] = jump
+        det = PcaSpeDetector("s", {"t": 200, "alpha": 1e-9})
+        for i, v in enumerate(x[:251]):
+            det.update(Row("s", i, float(i), COLS, v))
+        scores.append(det.last_score)
+    assert scores[0] == pytest.approx(scores[1], rel=0.01)
+    assert 900 < scores[0] < 1100
