@@ -10,10 +10,11 @@ part only and is scored on the test part:
   window and the band rule; ``latching``: ``rebaseline_after=0``, the paper's wait for a verdict;
   ``sliding``: ``reference=sliding``; the quiet rules ``band`` and ``off``; the threshold rules
   ``pot`` and ``quantile``; ``confirm-2``; ``train-ref``: ``t`` and ``min_rows`` set to the
-  file's train length, so that M is the train part, as the baselines' fit is); its continuous
+  file's train length, so that M is the train part, as the baselines' fit is; ``fill``: M's
+  first 720 rows taken unjudged; ``t-1440``, ``t-2880``: a longer M, judged while it fills); its continuous
   score is the detector's ``last_score``: SPE over the threshold the row was judged by (Q_α or
   the window's tail), and where a quiet column left its band 1 + its distance out in noise
-  levels, if larger;
+  levels (each at least ``rel_std`` × the row's value), if larger;
 * ``pca-error`` — scikit-learn's PCA (90 % of the variance) fitted on the standardised train
   part, score = squared reconstruction error;
 * ``iforest`` — scikit-learn's IsolationForest (seed 0) fitted on the standardised train part,
@@ -33,7 +34,12 @@ files of ``TSB_FILES`` read from ``--data`` (default ``$ATOMWATCH_TSB_AD_DIR``, 
 ``$ATOMWATCH_SHARED/data/tsb-ad-m``); a missing file or a file whose SHA-256 differs is reported
 as skipped with the reason.
 
-Run: ``python -m benchmarks.quality [--data DIR] [--only NAME ...] [--variants NAME ...] [--quick]``.
+``--probes`` adds, for the ``default`` variant, the AUC-PR of other ways to make its ranking
+score from the same run (Hotelling's T², the combined index φ, an EWMA of SPE) and of one PCA
+fitted on the whole train part (:func:`score_probes`): what issue 22's AUC-PR gap was tried with.
+
+Run: ``python -m benchmarks.quality [--data DIR] [--only NAME ...] [--variants NAME ...] [--quick]
+[--probes]``.
 """
 
 from __future__ import annotations
@@ -98,6 +104,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # fitted on; "train" is each file's train length): the same reference, the detector's own rules
     "train-ref": {"t": "train", "min_rows": "train"},
     "train-ref+pot": {"t": "train", "min_rows": "train", "threshold": "pot"},
+    # M filled unjudged: its first t rows (720, the default t) join it whatever they are, as the
+    # baselines' train part does, and nothing is flagged before (a deployment's choice: a clean start)
+    "fill": {"min_rows": 720},
+    # a longer reference, judged while it fills as in the default (issue 22: does length alone help?)
+    "t-1440": {"t": 1440},
+    "t-2880": {"t": 2880},
 }
 
 
@@ -210,16 +222,23 @@ def tsb_period(x: np.ndarray) -> int:
 # --------------------------------------------------------------------------- detectors
 
 
-def run_pca_spe(data: Labelled, options: dict[str, Any]) -> dict[str, Any]:
-    """pca-spe online over train then test rows: flags, SPE/Q_α scores, re-baselines, seconds."""
+def run_pca_spe(data: Labelled, options: dict[str, Any], probes: bool = False) -> dict[str, Any]:
+    """pca-spe online over train then test rows: flags, SPE/Q_α scores, re-baselines, seconds;
+    with ``probes`` also each row's parts for :func:`score_probes` (not timed then)."""
     det = PcaSpeDetector("bench", options)
     n = len(data.x)
     flags = np.zeros(n, dtype=np.int64)
     score = np.zeros(n)
+    parts = np.zeros((n, 3))  # SPE / threshold, T² / T²_α, 1 + quiet excess (0: no breach)
     audits = []
+    probing = 0.0
     start = time.perf_counter()
     for i in range(n):
         row = Row("bench", i, float(i), data.columns, data.x[i])
+        if probes:
+            p0 = time.perf_counter()
+            parts[i] = _row_parts(det, data.x[i])
+            probing += time.perf_counter() - p0
         found = anomalies_of(det.update(row), "pca-spe", i)
         if det.last_score is not None:
             score[i] = det.last_score
@@ -228,8 +247,78 @@ def run_pca_spe(data: Labelled, options: dict[str, Any]) -> dict[str, Any]:
             score[i] = max(score[i], 1.0)
             audits += [a.details["audit"]["details"] for a in found if "audit" in a.details]
         det.last_score = None
-    seconds = time.perf_counter() - start
-    return {"flags": flags, "score": score, "seconds": seconds, "rebaselines": audits}
+    seconds = time.perf_counter() - start - probing
+    return {"flags": flags, "score": score, "seconds": seconds, "rebaselines": audits, "parts": parts}
+
+
+def _row_parts(det: PcaSpeDetector, z: np.ndarray) -> tuple[float, float, float]:
+    """The parts a row's score could be made of, under the model ``det`` is about to judge it by
+    (the same cached fit ``update`` uses): SPE over its threshold, Hotelling's T² over the
+    retained components over its limit for a new row (F-based, at the detector's α), and where a
+    quiet column left its band 1 + its excess in noise levels. Zeros while warming up. The data
+    sets here keep one column set, so ``z`` is in the window's column order."""
+    from scipy import stats
+
+    win = det.win
+    if win is None or not win.ready or det.pending is not None:
+        return 0.0, 0.0, 0.0
+    m = win.model()
+    spe, thr, x = m.spe(z)
+    s = spe / thr if thr > 0 and np.isfinite(thr) else 0.0
+    t = 0.0
+    fit = m.fit
+    if fit is not None and x is not None and 0 < fit.k < fit.n:
+        a = x @ fit.p1
+        k, n = fit.k, fit.n
+        limit = k * (n - 1) * (n + 1) / (n * (n - k)) * stats.f.ppf(1 - fit.alpha, k, n - k)
+        t = float((a * a / fit.lam1).sum()) / limit
+    q = 1.0 + m.quiet.ranking_excess(z, det.opts.rel_std) if m.quiet.breaches(z).any() else 0.0
+    return s, t, q
+
+
+def _ewma(v: np.ndarray, weight: float) -> np.ndarray:
+    out = np.empty_like(v)
+    s = v[0] if len(v) else 0.0
+    for i, x in enumerate(v):
+        s = weight * x + (1 - weight) * s
+        out[i] = s
+    return out
+
+
+def score_probes(data: Labelled, parts: np.ndarray) -> dict[str, float]:
+    """AUC-PR on the test part of other ways to make pca-spe's ranking score from the same run
+    (the flags, and so the model's life, unchanged): SPE alone, T² alone, Yue and Qin's combined
+    index φ = SPE/Q_α + T²/T²_α, their maximum, and an EWMA of SPE/Q_α (weights 0.3, 0.1, 0.05),
+    each merged with the quiet-column excess by taking the larger; and, for the ceiling of a PCA
+    score with no online life at all, SPE, T² and φ of one PCA fitted on the whole standardised
+    train part (90 % of the variance, T² over χ²_α(k), SPE over the θ₁-scaled χ² of Box)."""
+    from scipy import stats
+
+    y, tr = data.y[data.train :], data.train
+    s, t, q = parts[:, 0], parts[:, 1], parts[:, 2]
+
+    def ap(v: np.ndarray) -> float:
+        return round(ev.auc_pr(y, np.maximum(v, q)[tr:]), 4)
+
+    out = {"spe": ap(s), "t2": ap(t), "phi": ap(s + t), "max": ap(np.maximum(s, t))}
+    for w in (0.3, 0.1, 0.05):
+        out[f"ewma-{w}"] = ap(_ewma(s, w))
+    train = data.x[:tr]
+    mean, std = train.mean(axis=0), train.std(axis=0, ddof=1)
+    act = std > 0
+    z = (data.x[:, act] - mean[act]) / std[act]
+    lam, vec = np.linalg.eigh(np.cov(z[:tr].T))
+    lam, vec = lam[::-1], vec[:, ::-1]
+    k = int(np.searchsorted(np.cumsum(lam) / lam.sum(), 0.9) + 1)
+    a = z @ vec[:, :k]
+    spe = ((z - a @ vec[:, :k].T) ** 2).sum(axis=1)
+    t2 = (a * a / lam[:k]).sum(axis=1)
+    th1, th2 = lam[k:].sum(), (lam[k:] ** 2).sum()
+    q_box = th2 / th1 * stats.chi2.ppf(0.998, th1 * th1 / th2) if th2 > 0 else 1.0
+    phi = spe / q_box + t2 / stats.chi2.ppf(0.998, k)
+    for name, v in (("spe", spe), ("t2", t2), ("phi", phi)):
+        out[f"train-fit {name}"] = round(ev.auc_pr(y, v[tr:]), 4)
+    return out
 
 
 def run_baselines(data: Labelled) -> dict[str, dict[str, Any]]:
@@ -302,7 +391,7 @@ def unattended(data: Labelled, flags: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def evaluate_file(data: Labelled, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def evaluate_file(data: Labelled, variants: dict[str, dict[str, Any]], probes: bool = False) -> dict[str, Any]:
     window = tsb_period(data.x)
     res: dict[str, Any] = {
         "rows": len(data.x),
@@ -314,9 +403,12 @@ def evaluate_file(data: Labelled, variants: dict[str, dict[str, Any]]) -> dict[s
         "detectors": {},
     }
     for name, opts in variants.items():
-        run = run_pca_spe(data, {k: data.train if v == "train" else v for k, v in opts.items()})
+        probe = probes and name == "default"
+        run = run_pca_spe(data, {k: data.train if v == "train" else v for k, v in opts.items()}, probe)
         r = metrics(data, run["flags"], run["score"], window)
         r["seconds"] = round(run["seconds"], 2)
+        if probe:
+            r["score_probes_auc_pr"] = score_probes(data, run["parts"])
         r["rebaselines"] = len(run["rebaselines"])
         if data.marks:
             r["unattended"] = unattended(data, run["flags"])
@@ -338,6 +430,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="datasets to run (synthetic and/or file names)")
     ap.add_argument("--quick", action="store_true", help="the synthetic trace only")
     ap.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), help="pca-spe variants to run (default: all)")
+    ap.add_argument(
+        "--probes", action="store_true", help="AUC-PR of other score shapes of the default run (score_probes)"
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option of every variant")
     args = ap.parse_args()
     extra = {}
@@ -366,7 +461,7 @@ def main() -> None:
         if isinstance(d, tuple):
             result["datasets"][name] = {"skipped": d[1]}
             continue
-        result["datasets"][name] = evaluate_file(d, variants)
+        result["datasets"][name] = evaluate_file(d, variants, args.probes)
     emit(result)
 
 

@@ -74,8 +74,9 @@ def test_seen_rule_alarms_at_a_quiet_flags_first_pulse_the_band_rule_at_every_on
         if i == 300:
             assert a is not None and a.details["trigger"] == "quiet"
             assert a.blame[0].column == COLS[5]
-            # the row's score: a quiet breach outranks any SPE near miss (1 + excess in noise levels)
-            assert seen.last_score > 1e3
+            # the row's score: a quiet breach outranks any SPE near miss (1 + excess in noise
+            # levels, the noise level at least rel_std × the value: 0 → 1 is 1 + 0.999998/10⁻³)
+            assert seen.last_score == pytest.approx(1 + (1 - 2e-6) / 1e-3)
         elif i == 299:
             assert seen.last_score < 1.0
         if a is not None:
@@ -130,3 +131,20 @@ def test_a_filling_fixed_reference_refits_only_as_it_grows_and_exactly_when_full
         every.update(Row("s", i, float(i), COLS, v))
     assert det.last_spe == pytest.approx(every.last_spe, rel=1e-9)
     assert det.last_threshold == pytest.approx(every.last_threshold, rel=1e-9)
+
+
+def test_a_quiet_jump_ranks_alike_up_from_zero_and_down_to_it():
+    """last_score's quiet part: 0 → 1 and 1 → 0 are the same jump. Measured in the window's
+    noise level alone, a column at 0 has the smallest (min_std) and its jump ranked 10³ times
+    the other's (issue 22: an unlabelled 0 → 1 flag ranked above MSL's −1 → 1 anomaly)."""
+    scores = []
+    for level, jump in ((0.0, 1.0), (1.0, 0.0)):
+        x = pulses(260, [])
+        x[:, 5] = level
+        x[250, 5] = jump
+        det = PcaSpeDetector("s", {"t": 200, "alpha": 1e-9})
+        for i, v in enumerate(x[:251]):
+            det.update(Row("s", i, float(i), COLS, v))
+        scores.append(det.last_score)
+    assert scores[0] == pytest.approx(scores[1], rel=0.01)
+    assert 900 < scores[0] < 1100

@@ -394,10 +394,11 @@ class PcaSpeDetector:
         breach = model.quiet.breaches(z)
         self.last_spe, self.last_threshold = spe, q
         # the row's score against its rule(s): SPE over the threshold, and where a quiet column
-        # left its band, 1 + its distance out in noise levels (any breach outranks SPE's near misses)
+        # left its band, 1 + its distance out in noise levels, the noise level taken at least
+        # rel_std × the row's own value (any breach outranks SPE's near misses; docs/pca.md)
         self.last_score = spe / q if q > 0 and math.isfinite(q) else 0.0
         if breach.any():
-            self.last_score = max(self.last_score, 1.0 + float(np.abs(model.quiet.excess(z)).max()))
+            self.last_score = max(self.last_score, 1.0 + model.quiet.ranking_excess(z, self.opts.rel_std))
         self.last_q = model.fit.q_alpha if model.fit is not None else math.inf
         if spe > q or breach.any():
             self.episode.append(row.index, z.copy())

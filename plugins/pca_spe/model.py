@@ -169,6 +169,17 @@ class QuietColumns:
             out = np.where(v > high, (v - high) / self.noise, np.where(v < low, (v - low) / self.noise, 0.0))
         return np.nan_to_num(out)
 
+    def ranking_excess(self, z: np.ndarray, rel_std: float) -> float:
+        """The largest |:meth:`excess`| of the row with each column's noise level taken at least
+        ``rel_std`` × |the row's own value|: the window's level sets the noise level in
+        :meth:`excess`, and the value the column jumped to is as much a measure of its scale, so
+        that a jump 0 → 1 and 1 → 0 rank alike (the detector's ``last_score``; 0 without a breach)."""
+        v = z[self.index]
+        if not self.watched or not len(v):
+            return 0.0
+        noise = np.fmax(self.noise, rel_std * np.abs(np.nan_to_num(v)))
+        return float(np.abs(self.excess(z) * self.noise / noise).max())
+
 
 class RunningQuietExcess:
     """Per quiet column, the row of A where it was furthest out of its band: the largest
