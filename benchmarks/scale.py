@@ -7,12 +7,15 @@ the lab and Alibaba traces through ATOM's tracking rule, real births and data me
 spread over the tick). Time is compressed: agents and controller tick every ``--tick`` seconds
 (1 s; 0.5 s with ``--quick``), and N hosts at that tick stand for ``N × 10 / tick`` hosts at the
 10 s tick a deployment runs (``hosts_at_10s``). pca-spe starts detecting after ``--min-rows`` rows
-(30: its default, 2·d = 160 rows, would make every trial three minutes longer).
+(100, just over d = 80: its default, 2·d = 160 rows, would make every trial a minute longer; under
+d the young model is rank-deficient, and a fixed reference can latch — measured with 30: every row
+of the baseline's scope abnormal, its window stuck at 56 rows).
 
 A trial warms up until every scope detects, then measures ``--measure`` ticks. It *keeps up* when
 every scope got its row at every tick (rows ≥ 97 % of N × ticks, no tick skipped), the tick loop's
 lateness p99 stays under one tick, and the messages the controller has not taken yet (published −
-ingested) do not grow by more than a tenth of a tick's messages over the window. Two regimes:
+ingested, the median of three scrapes on consecutive ticks at each end of the window) do not grow
+by more than a tenth of a tick's messages over the window. Two regimes:
 ``normal``, and ``incident`` (10 % of the hosts turn abnormal at the window's start and stay so).
 The search doubles N while the controller keeps up (guided by the CPU it used), then halves the
 bracket until it is within 20 % or the time budget (``--budget`` seconds: about 10 minutes in all;
@@ -30,8 +33,10 @@ what one whole core would take at this cost), ``fleet_late_max_s`` and ``fleet_k
 simulated fleet itself published on time: when not, a failure is the machine's, not the
 controller's), the load average, and ``event_loop_share``: the part of the controller's CPU spent
 in its main thread (MQTT, ingest, rows, alarms), the rest in the detection and alarm-writer
-threads. The baseline measured in the same run: pca-spe's own ``update`` on one warm scope
-of the same traces (d = 80) in this process, BLAS on one thread as in the controller:
+threads. The baseline measured in the same run: pca-spe's own ``update`` on ten scopes of the
+same traces (d = 80) in this process, BLAS on one thread as in the controller: the mean CPU of a
+row it finds normal and of one it finds abnormal (identification costs more), weighed by each
+trial's own share of abnormal rows (``detector_update_us`` per regime):
 ``cpu_per_row_over_detector`` says how many times that the whole controller pays per row.
 
     python -m benchmarks.scale [--quick] [--tick 1.0] [--budget 540] [--start 300] [--compare REF] [--profile DIR]
@@ -74,6 +79,8 @@ from benchmarks._common import emit, free_port, machine, wait_port
 from benchmarks._fleet import Fleet
 
 SITE = "scale"
+#: scrapes at each end of a trial's window whose median backlog is compared
+BACKLOG_SCRAPES = 3
 
 
 class Lines:
@@ -167,7 +174,7 @@ class Trial:
             time.sleep(0.1)
         self.rss0 = self.cproc.memory_info().rss
         warm = args.min_rows + 5
-        self.ticks = warm + args.measure + 3
+        self.ticks = warm + args.measure + BACKLOG_SCRAPES + 2
         self.incident_from = warm if incident else None
         per = math.ceil(n / args.publishers)
         self.fleet: list[Lines] = []
@@ -327,9 +334,17 @@ def run_trial(
             time.sleep(0.05)
         start_k = args.min_rows + 5
         t.wait_tick(start_k, timeout=(start_k + 30) * args.tick + 60)
-        a = t.scrape()
-        t.wait_tick(start_k + args.measure, timeout=args.measure * args.tick * 4 + 60)
-        b = t.scrape()
+        # three scrapes on consecutive ticks at each end: the backlog is their median (one scrape
+        # lands anywhere in a tick's publishing, so alone it varies by up to a tick's messages)
+        starts = [t.scrape()]
+        for k in range(start_k + 1, start_k + BACKLOG_SCRAPES):
+            t.wait_tick(k, timeout=args.tick * 4 + 30)
+            starts.append(t.scrape())
+        ends = []
+        for k in range(start_k + args.measure, start_k + args.measure + BACKLOG_SCRAPES):
+            t.wait_tick(k, timeout=args.measure * args.tick * 4 + 60)
+            ends.append(t.scrape())
+        a, b = starts[0], ends[-1]
     finally:
         events = t.close()
     firsts: dict[str, float] = {}
@@ -341,8 +356,8 @@ def run_trial(
     ticks = b["atomwatch_detection_ticks"] - a["atomwatch_detection_ticks"] if timed else wall / args.tick
     skipped = b["atomwatch_detection_ticks_skipped"] - a["atomwatch_detection_ticks_skipped"] if timed else 0
     cpu = b["cpu"] - a["cpu"]
-    backlog_a = a["published"] - a["ingested"]
-    backlog_b = b["published"] - b["ingested"]
+    backlog_a = float(np.median([x["published"] - x["ingested"] for x in starts]))
+    backlog_b = float(np.median([x["published"] - x["ingested"] for x in ends]))
     lateness = "atomwatch_detection_tick_lateness_seconds"
     delay = "atomwatch_row_delay_seconds"
     late_p99 = quantile(a[lateness], b[lateness], 0.99) if timed else 0.0
@@ -406,28 +421,44 @@ def _r(x: float | None) -> float | None:
 
 
 def detector_baseline(args: argparse.Namespace) -> dict[str, Any]:
-    """pca-spe's ``update`` on one warm scope of the fleet's traces (d = 80), in this process."""
+    """pca-spe's ``update`` on ten scopes of the fleet's traces (d = 80) in this process, rows
+    200–400 (the windows filling, as the trials' are; the fleet's incident from row 300): the mean
+    CPU of a row it found normal (refits included) and of one it found abnormal (identification
+    included), for :func:`detector_cost`."""
     from threadpoolctl import threadpool_limits
 
     import atomwatch
     from atomwatch.plugins.pca_spe.detector import PcaSpeFactory
 
     threadpool_limits(limits=1, user_api="blas")  # as the controller runs (--blas-threads 1)
-    fleet = Fleet(0, 1, 10)
-    keys = tuple(sorted(fleet.keys(0), key=lambda k: (k.vm_name, k.vm_uuid, k.metric, k.unit)))
-    order = [fleet.keys(0).index(k) for k in keys]
-    det = PcaSpeFactory().create(f"{SITE}/bench", {"min_rows": args.min_rows})
-    deltas = np.array([0.0] * len(keys))
-    times = []
+    fleet = Fleet(0, 10, 10)
+    scopes = []
+    for i in range(fleet.count):
+        keys = tuple(sorted(fleet.keys(i), key=lambda k: (k.vm_name, k.vm_uuid, k.metric, k.unit)))
+        order = np.array([fleet.keys(i).index(k) for k in keys]) + i * len(keys)
+        scopes.append((PcaSpeFactory().create(f"{SITE}/bench{i}", {"min_rows": args.min_rows}), keys, order))
+    deltas = np.zeros(len(scopes[0][1]))
+    times: dict[bool, list[float]] = {False: [], True: []}
     for k in range(400):
-        fleet.tracker.step(fleet.values(k, False).ravel())
-        values = fleet.tracker.g[order].copy()
-        row = atomwatch.Row(scope=f"{SITE}/bench", index=k, ts=float(k), columns=keys, values=values, deltas=deltas)
-        t0 = time.process_time()
-        det.update(row)
-        if k >= 200:
-            times.append(time.process_time() - t0)
-    return {"detector_update_us": round(1e6 * float(np.median(times)), 1), "d": len(keys)}
+        fleet.tracker.step(fleet.values(k, k >= 300).ravel())
+        for i, (det, keys, order) in enumerate(scopes):
+            row = atomwatch.Row(f"{SITE}/bench{i}", k, float(k), keys, fleet.tracker.g[order], deltas)
+            t0 = time.process_time()
+            found = det.update(row)
+            if k >= 200:
+                times[found is not None].append(time.process_time() - t0)
+    return {
+        "detector_normal_row_us": round(1e6 * float(np.mean(times[False])), 1),
+        "detector_abnormal_row_us": round(1e6 * float(np.mean(times[True])), 1),
+        "detector_rows": {"normal": len(times[False]), "abnormal": len(times[True])},
+        "d": len(scopes[0][1]),
+    }
+
+
+def detector_cost(base: dict[str, Any], trial: dict[str, Any]) -> float:
+    """What pca-spe's own work costs per row at a trial's share of abnormal rows (µs)."""
+    share = trial.get("abnormal_row_share") or 0.0
+    return (1 - share) * base["detector_normal_row_us"] + share * base["detector_abnormal_row_us"]
 
 
 def search(args: argparse.Namespace, incident: bool, start: int, deadline: float, max_trials: int) -> list[dict]:
@@ -460,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--start", type=int, default=None, help="hosts in the first trial (default 300; 200 with --quick)")
     p.add_argument("--budget", type=float, default=None, help="seconds for the search (default 540; 60 with --quick)")
     p.add_argument("--measure", type=int, default=None, help="ticks measured per trial (default 20; 10 with --quick)")
-    p.add_argument("--min-rows", type=int, default=30, help="pca-spe.min_rows in the controller (default 30)")
+    p.add_argument("--min-rows", type=int, default=100, help="pca-spe.min_rows in the controller (default 100)")
     p.add_argument("--publishers", type=int, default=1, help="fleet processes (default 1)")
     p.add_argument(
         "--detect-workers", type=int, default=0, help="the controller's detection processes (default 0: a thread)"
@@ -537,9 +568,9 @@ def main(argv: list[str] | None = None) -> None:
             "trials": trials,
         }
         if top:
-            result[name]["cpu_per_row_over_detector"] = round(
-                top["cpu_per_host_row_us"] / base["detector_update_us"], 2
-            )
+            detector = detector_cost(base, top)
+            result[name]["detector_update_us"] = round(detector, 1)
+            result[name]["cpu_per_row_over_detector"] = round(top["cpu_per_host_row_us"] / detector, 2)
     if compared:
         result["compared"] = compared
     if profile is not None:
