@@ -19,7 +19,7 @@ by more than a tenth of a tick's messages over the window. Two regimes:
 ``normal``, and ``incident`` (10 % of the hosts turn abnormal at the window's start and stay so).
 The search doubles N while the controller keeps up (guided by the CPU it used), then halves the
 bracket until it is within 20 % or the time budget (``--budget`` seconds: about 10 minutes in all;
-``--quick`` runs one trial per regime at ``--start`` hosts, about 90 s) is spent; the incident is
+``--quick`` runs one trial per regime at ``--start`` hosts, about 3 minutes) is spent; the incident is
 searched from the normal regime's largest N down.
 
 Per trial: controller CPU (process CPU time, user + system, all its threads, from /proc through
@@ -486,7 +486,7 @@ def search(args: argparse.Namespace, incident: bool, start: int, deadline: float
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="about 90 s: one trial per regime")
+    p.add_argument("--quick", action="store_true", help="about 3 minutes: one trial per regime")
     p.add_argument("--tick", type=float, default=None, help="seconds between ticks (default 1; 0.5 with --quick)")
     p.add_argument("--start", type=int, default=None, help="hosts in the first trial (default 300; 200 with --quick)")
     p.add_argument("--budget", type=float, default=None, help="seconds for the search (default 540; 60 with --quick)")
