@@ -559,7 +559,7 @@ def describe_options(cls: type) -> list[dict[str, Any]]:
     ``help`` (the field's comment in the plugin's source, possibly empty). ``atomwatch plugins``
     prints it."""
     try:
-        hints = typing.get_type_hints(cls, include_extras=True)
+        hints = _hints(cls)
     except Exception:  # noqa: BLE001 — an annotation that does not resolve: show it as written
         hints = {f.name: f.type for f in dataclasses.fields(cls)}
     comments = _comments(cls)
