@@ -238,6 +238,14 @@ class Trial:
         out.update(read_metrics(text))
         return out
 
+    def scrapes(self, first: int, timeout: float) -> list[dict[str, Any]]:
+        """One :meth:`scrape` as each of ``BACKLOG_SCRAPES`` ticks from ``first`` begins."""
+        out = []
+        for k in range(first, first + BACKLOG_SCRAPES):
+            self.wait_tick(k, timeout)
+            out.append(self.scrape())
+        return out
+
     def close(self) -> list[tuple[str, str, float, float]]:
         """Stop everything; every anomaly recorded: (host, action, when recorded, its row's time)."""
         for f in self.fleet:
@@ -336,14 +344,8 @@ def run_trial(
         t.wait_tick(start_k, timeout=(start_k + 30) * args.tick + 60)
         # three scrapes on consecutive ticks at each end: the backlog is their median (one scrape
         # lands anywhere in a tick's publishing, so alone it varies by up to a tick's messages)
-        starts = [t.scrape()]
-        for k in range(start_k + 1, start_k + BACKLOG_SCRAPES):
-            t.wait_tick(k, timeout=args.tick * 4 + 30)
-            starts.append(t.scrape())
-        ends = []
-        for k in range(start_k + args.measure, start_k + args.measure + BACKLOG_SCRAPES):
-            t.wait_tick(k, timeout=args.measure * args.tick * 4 + 60)
-            ends.append(t.scrape())
+        starts = t.scrapes(start_k, timeout=args.tick * 4 + 30)
+        ends = t.scrapes(start_k + args.measure, timeout=args.measure * args.tick * 4 + 60)
         a, b = starts[0], ends[-1]
     finally:
         events = t.close()
