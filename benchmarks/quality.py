@@ -110,7 +110,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # a longer reference, judged while it fills as in the default (issue 22: does length alone help?)
     "t-1440": {"t": 1440},
     "t-2880": {"t": 2880},
+    # reported while the EWMA of log(1 + score) is over log 2 (smooth: the newest row's weight);
+    # "seeded" = M is the train part (train-ref) with threshold=pot, the weight swept 0.1–0.3
+    "smooth-0.2": {"smooth": 0.2},
+    "train-ref+smooth-0.2": {"t": "train", "min_rows": "train", "smooth": 0.2},
+    **{
+        f"seeded+smooth-{w}": {"t": "train", "min_rows": "train", "threshold": "pot", "smooth": w}
+        for w in (0.1, 0.15, 0.2, 0.25, 0.3)
+    },
 }
+
+
+#: the generated trace's workload shift: its first episode is the first flagged run starting at
+#: most this many rows after the shift (a smoothed score reports a change a few rows late)
+SHIFT_SEEN = 30
 
 
 @dataclass
@@ -368,16 +381,20 @@ def metrics(data: Labelled, flags: np.ndarray, score: np.ndarray, window: int) -
 
 def unattended(data: Labelled, flags: np.ndarray) -> dict[str, Any]:
     """On the generated trace: the share of benign rows flagged after the shift's first episode
-    (the rows the shift flags from its first row to the first unflagged one), and the ramp's
-    first flagged row and flagged share."""
+    (the rows the shift flags from its first flagged row, at most ``SHIFT_SEEN`` rows after it
+    began, to the first unflagged one), and the ramp's first flagged row and flagged share."""
     out: dict[str, Any] = {}
     shift = data.marks["shift_row"]
     if shift is not None:
-        end = shift
+        start = shift
+        while start < min(len(flags) - 1, shift + SHIFT_SEEN) and not flags[start]:
+            start += 1
+        end = start if flags[start] else shift
         while end < len(flags) and flags[end]:
             end += 1
         benign = data.y[end:] == 0
-        out["first_episode_rows"] = end - shift
+        out["first_episode_rows"] = end - start
+        out["first_episode_from_row"] = start - shift
         out["benign_rows_after_first_episode"] = int(benign.sum())
         out["benign_flagged_after_first_episode"] = (
             round(float(flags[end:][benign].mean()), 4) if benign.any() else None

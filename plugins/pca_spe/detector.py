@@ -33,6 +33,9 @@ pm = lazy_import(f"{__package__}.model", globals(), "pm")
 NAME = "pca-spe"
 UNATTENDED_KEPT = 8  # re-baselined episodes whose earlier window is kept for a malicious verdict
 CANDIDATES = 5  # columns past identification's step 1 but not abnormal, named in an anomaly's details
+RATIO_CAP = (
+    1e6  # smooth > 0: a row's SPE/threshold counts at most this much (one row cannot hold the level up for long)
+)
 
 
 @atomwatch.declare_options(NAME)
@@ -77,6 +80,9 @@ class PcaSpeOptions:
     )
     refit_growth: Annotated[float, Range(ge=0, le=1)] = (
         0.05  # reference=fixed: while M fills, refit when it grew by this fraction since the last fit (0: every row)
+    )
+    smooth: Annotated[float, Range(ge=0, lt=1)] = (
+        0.0  # EWMA weight of log(1 + SPE/threshold): abnormal while the smoothed ratio is over 1 (0: each row alone)
     )
 
     def __post_init__(self) -> None:
@@ -330,6 +336,8 @@ class PcaSpeDetector:
         self.last_threshold: float | None = None  # the threshold it was compared with (Q_α or the tail's)
         self.last_index: int | None = None
         self.last_score: float | None = None  # the last scored row's score (see _score), for ranking
+        self.level = 0.0  # smooth > 0: the EWMA of log(1 + SPE/threshold), back to 0 when M or A is replaced
+        self.smoothed_over = False  # smooth > 0: the last scored row was abnormal by the smoothed ratio
         self.rows_seen = 0
         self.anomalies = 0
         self.column_changes = 0
@@ -391,23 +399,32 @@ class PcaSpeDetector:
             return None
         model = win.model()
         spe, q, x = model.spe(z)
-        breach = model.quiet.breaches(z)
+        breach = model.quiet.breaches(z).any()
         self.last_spe, self.last_threshold = spe, q
         # the row's score against its rule(s): SPE over the threshold, and where a quiet column
         # left its band, 1 + its distance out in noise levels, the noise level taken at least
         # rel_std × the row's own value (any breach outranks SPE's near misses; docs/pca.md)
-        self.last_score = spe / q if q > 0 and math.isfinite(q) else 0.0
-        if breach.any():
-            self.last_score = max(self.last_score, 1.0 + model.quiet.ranking_excess(z, self.opts.rel_std))
+        score = spe / q if q > 0 and math.isfinite(q) else 0.0
+        if breach:
+            score = max(score, 1.0 + model.quiet.ranking_excess(z, self.opts.rel_std))
+        over = spe > q
+        report = over or breach
+        if self.opts.smooth > 0:  # the score's EWMA in log units decides what is reported (docs/pca.md)
+            self.level += self.opts.smooth * (math.log1p(min(score, RATIO_CAP)) - self.level)
+            score = math.expm1(self.level)
+            self.smoothed_over = score > 1.0
+            report = self.smoothed_over or breach
+        self.last_score = score
         self.last_q = model.fit.q_alpha if model.fit is not None else math.inf
-        if spe > q or breach.any():
+        if over or report:  # abnormal: the row joins A (and never M), reported or not
             self.episode.append(row.index, z.copy())
             self._fold_episode(model)
-            if self.episode.run_length < self.opts.confirm:
+            rebaseline = self.episode.run_length == self.opts.rebaseline_after and not self.hold
+            if self.episode.run_length < self.opts.confirm or not (report or rebaseline):
                 return None
             self.anomalies += 1
             anomaly = self._anomaly(row, win, model, x, spe, [c for c, ok in zip(win.columns, finite) if not ok])
-            if self.episode.run_length == self.opts.rebaseline_after and not self.hold:
+            if rebaseline:
                 note = self._rebaseline(win)
                 if note is not None:
                     anomaly.details["audit"] = note
@@ -420,6 +437,12 @@ class PcaSpeDetector:
         if finite.all() and (win.stats.n < win.stats.capacity or self.opts.reference == "sliding"):
             win.add(z)
         return None
+
+    def _restart(self) -> None:
+        """A and the last episode cleared, the smoothed level back to 0: M or the column set was
+        replaced, or a verdict came (not when an episode simply ends: the level has fallen then)."""
+        self.episode, self.last_episode = _Episode(self.opts.t), None
+        self.level, self.smoothed_over = 0.0, False
 
     def _positions(
         self, columns: tuple[SeriesKey, ...], wanted: tuple[SeriesKey, ...], keep: bool = True
@@ -464,7 +487,7 @@ class PcaSpeDetector:
         if not set(self.win.columns) <= present:
             kept = tuple(c for c in self.win.columns if c in present)
             self.column_changes += 1
-            self.episode, self.last_episode = _Episode(self.opts.t), None
+            self._restart()
             if kept:
                 self.win = self.win.restricted(kept)
             else:
@@ -495,7 +518,7 @@ class PcaSpeDetector:
         if self.win is not None:
             self.pending.carry_seen(self.win)
         self.win, self.pending = self.pending, None
-        self.episode, self.last_episode = _Episode(self.opts.t), None
+        self._restart()
 
     def _rebaseline(self, win: _Window) -> dict[str, Any] | None:
         """The unattended policy: the episode has gone ``rebaseline_after`` rows with no verdict,
@@ -519,7 +542,7 @@ class PcaSpeDetector:
             del self.unattended[next(iter(self.unattended))]
         self.win = new
         self.rebaselines += 1
-        self.episode, self.last_episode = _Episode(self.opts.t), None
+        self._restart()
         return {
             "action": "model re-baselined",
             "details": {
@@ -543,7 +566,8 @@ class PcaSpeDetector:
         blame: list[Blame] = []
         findings: list[pm.ColumnFinding] = []
         fit = model.fit
-        over = fit is not None and spe > model.threshold  # (a row may be abnormal by the quiet rule alone)
+        own = fit is not None and spe > model.threshold  # (a row may be abnormal by the quiet rule alone)
+        over = own or (fit is not None and self.smoothed_over)  # (smooth > 0: or by the smoothed ratio)
         if over:
             assert ep.ident is not None  # (folded under this model by _score)
             findings = ep.ident.findings(self.opts.b1, self.opts.b2, normal_kept=CANDIDATES)
@@ -580,7 +604,9 @@ class PcaSpeDetector:
         breached = ep.quiet.last != 0  # this row's quiet columns out of their band
         details: dict[str, Any] = {
             # what made this row abnormal: SPE over Q_α, a quiet column out of its band, or both
-            "trigger": "+".join(w for w, on in (("spe", over), ("quiet", bool(breached.any()))) if on),
+            "trigger": "+".join(
+                w for w, on in (("spe", own), ("smoothed", over and not own), ("quiet", bool(breached.any()))) if on
+            ),
             "k": fit.k if fit else 0,
             "d": fit.d if fit else 0,
             "method": fit.method if fit else "none",
@@ -606,6 +632,8 @@ class PcaSpeDetector:
                 {"column": win.columns[model.active[j]].column, "share": float(r[j] ** 2 / spe) if spe > 0 else 0.0}
                 for j in np.argsort(-(r * r))[:5]
             ]
+        if self.opts.smooth > 0:
+            details["smoothed_ratio"] = math.expm1(self.level)  # the EWMA's value: over 1 is reported
         return Anomaly(
             detector=NAME,
             scope=self.scope,
@@ -648,7 +676,7 @@ class PcaSpeDetector:
             batch = [z for z in self.last_episode[1] if np.isfinite(z).all()]
         for z in batch:
             win.add(z)
-        self.episode, self.last_episode = _Episode(self.opts.t), None
+        self._restart()
         if win.top is not None:
             win.top.u = None  # the window moved by many rows: start from a full decomposition
         win.stats.refresh()
@@ -691,7 +719,7 @@ class PcaSpeDetector:
                 old.top.u = None
         else:  # the column set changed since: start again over the current columns
             self.win, self.pending = _Window(self.win.columns, self.opts), None
-        self.episode, self.last_episode = _Episode(self.opts.t), None
+        self._restart()
         self.hold = True
         return removed
 
@@ -753,6 +781,8 @@ class PcaSpeDetector:
             "pending_columns": [c.column for c in self.pending.columns] if self.pending else None,
             "pending_rows": self.pending.stats.n if self.pending else None,
         }
+        if self.opts.smooth > 0:
+            out["smoothed_ratio"] = math.expm1(self.level)
         if win is None or not win.ready:
             return out
         m = win.model()
