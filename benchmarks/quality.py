@@ -11,7 +11,9 @@ part only and is scored on the test part:
   ``sliding``: ``reference=sliding``; the quiet rules ``band`` and ``off``; the threshold rules
   ``pot`` and ``quantile``; ``confirm-2``; ``train-ref``: ``t`` and ``min_rows`` set to the
   file's train length, so that M is the train part, as the baselines' fit is; ``fill``: M's
-  first 720 rows taken unjudged; ``t-1440``, ``t-2880``: a longer M, judged while it fills); its continuous
+  first 720 rows taken unjudged; ``t-1440``, ``t-2880``: a longer M, judged while it fills;
+  ``smooth-0.2``: rows reported by the EWMA of their score; ``seeded+smooth-w``: M the train
+  part, ``threshold=pot`` and ``smooth=w`` for w from 0.1 to 0.3); its continuous
   score is the detector's ``last_score``: SPE over the threshold the row was judged by (Q_α or
   the window's tail), and where a quiet column left its band 1 + its distance out in noise
   levels (each at least ``rel_std`` × the row's value), if larger;
@@ -19,6 +21,10 @@ part only and is scored on the test part:
   part, score = squared reconstruction error;
 * ``iforest`` — scikit-learn's IsolationForest (seed 0) fitted on the standardised train part,
   score = −score_samples.
+
+Per public file, ``targets`` says which variants meet issue 22's targets (point-wise F1 and
+AUC-PR at or above both baselines, VUS-PR at or above the published PCA figure), and
+``variants_meeting_every_target`` lists those meeting them on every public file of the run.
 
 The baselines flag a row when its score is above the 99.8th percentile of their train scores
 (pca-spe's own α is 0.2 %). Metrics (``atomwatch.evaluation``): point-wise precision, recall and
@@ -438,7 +444,25 @@ def evaluate_file(data: Labelled, variants: dict[str, dict[str, Any]], probes: b
         res["detectors"][name] = r
     if data.published:
         res["published_vus_pr_whole_file"] = data.published
+        res["targets"] = targets(res["detectors"], data.published)
     return res
+
+
+def targets(detectors: dict[str, dict[str, Any]], published: dict[str, float]) -> dict[str, dict[str, bool]]:
+    """Issue 22's targets on a public file, per pca-spe variant: point-wise F1 and AUC-PR at or
+    above both baselines of the same run, VUS-PR at or above TSB-AD's published PCA figure."""
+    base = [detectors[b] for b in ("pca-error", "iforest")]
+    out = {}
+    for name, r in detectors.items():
+        if not name.startswith("pca-spe/"):
+            continue
+        met = {
+            "f1": all(r["point_wise"]["f1"] >= b["point_wise"]["f1"] for b in base),
+            "auc_pr": all(r["auc_pr"] >= b["auc_pr"] for b in base),
+            "vus_pr": r["vus_pr"] >= published["PCA"],
+        }
+        out[name.removeprefix("pca-spe/")] = {**met, "all": all(met.values())}
+    return out
 
 
 def main() -> None:
@@ -479,6 +503,9 @@ def main() -> None:
             result["datasets"][name] = {"skipped": d[1]}
             continue
         result["datasets"][name] = evaluate_file(d, variants, args.probes)
+    public = [r["targets"] for r in result["datasets"].values() if "targets" in r]
+    if public:  # the variants meeting every target on every public file run
+        result["variants_meeting_every_target"] = [v for v in variants if all(t[v]["all"] for t in public)]
     emit(result)
 
 
