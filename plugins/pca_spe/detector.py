@@ -33,9 +33,8 @@ pm = lazy_import(f"{__package__}.model", globals(), "pm")
 NAME = "pca-spe"
 UNATTENDED_KEPT = 8  # re-baselined episodes whose earlier window is kept for a malicious verdict
 CANDIDATES = 5  # columns past identification's step 1 but not abnormal, named in an anomaly's details
-RATIO_CAP = (
-    1e6  # smooth > 0: a row's SPE/threshold counts at most this much (one row cannot hold the level up for long)
-)
+#: smooth > 0: a row's score counts at most this much (one row cannot hold the level up for long)
+RATIO_CAP = 1e6
 
 
 @atomwatch.declare_options(NAME)
@@ -410,7 +409,8 @@ class PcaSpeDetector:
         over = spe > q
         report = over or breach
         if self.opts.smooth > 0:  # the score's EWMA in log units decides what is reported (docs/pca.md)
-            self.level += self.opts.smooth * (math.log1p(min(score, RATIO_CAP)) - self.level)
+            seen = min(score, RATIO_CAP) if score >= 0 else 0.0  # (a NaN must not stick in the level)
+            self.level += self.opts.smooth * (math.log1p(seen) - self.level)
             score = math.expm1(self.level)
             self.smoothed_over = score > 1.0
             report = self.smoothed_over or breach
