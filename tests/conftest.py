@@ -66,6 +66,30 @@ class Counting:
         pass
 
 
+def wait_until(predicate, what: str, timeout: float = 10.0, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something true and return that; after ``timeout``
+    seconds fail naming ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+async def until(predicate, what: str, timeout: float = 10.0, interval: float = 0.02):
+    """:func:`wait_until` for a test running on the event loop: it sleeps with ``asyncio``, so
+    the tasks under test run while it waits."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
+    return value
+
+
 def require(condition: bool, why: str) -> None:
     """Skip (or, under ATOMWATCH_REQUIRE_LAB=1, fail) when a real part is missing."""
     if condition:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import CONTROLLER_KEY, DATA, SIGNING_KEY
+from conftest import CONTROLLER_KEY, DATA, SIGNING_KEY, until
 
 import atomwatch
 from atomwatch import protocol, signing
@@ -118,11 +117,7 @@ class Pipeline:
         await self.stop()
 
     async def wait_for(self, predicate, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            await asyncio.sleep(0.02)
+        await until(predicate, what, timeout=timeout)
 
 
 def live_pipeline(

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_until
 
 import atomwatch
 from atomwatch.config import ConfigError
@@ -68,13 +68,6 @@ def stored(path: Path, sql: str, args=()) -> list[tuple]:
         return db.execute(sql, args).fetchall()
     finally:
         db.close()
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- the layout before issue 14
@@ -200,7 +193,7 @@ def test_closed_alarms_past_their_retention_are_deleted_with_their_rows_and_trai
     assert stored(path, "SELECT COUNT(*) FROM alarms") == [(3,)]
 
     store = AlarmStore(path, retention=30 * 86400)  # looked for at start, then every hour
-    wait_until(lambda: store.counts()["closed"] == 1, 10, "the old alarm to be deleted")
+    wait_until(lambda: store.counts()["closed"] == 1, "the old alarm to be deleted", timeout=10)
     with pytest.raises(AlarmNotFound):
         store.get(old.id)
     assert store.get(recent.id).state == "closed" and store.get(live.id).state == "open"
@@ -457,7 +450,7 @@ def test_a_read_only_folder_is_said_once_and_anomalies_wait_in_memory(tmp_path, 
         store = AlarmStore(path, pending_max=100)
         try:
             assert store.get(1).rows == rows and store.counts() == {"open": 1, "malicious": 0, "closed": 1}
-            wait_until(lambda: not store.status()["ok"], 10, "the store to find it cannot write")
+            wait_until(lambda: not store.status()["ok"], "the store to find it cannot write", timeout=10)
             assert "read-only" in store.status()["problem"] or "readonly" in store.status()["problem"]
             for i in range(3, 23):
                 alarm, opened = store.record(anomaly(i), COLS, values(i))
@@ -501,7 +494,7 @@ def test_a_full_disk_keeps_a_bounded_number_of_rows_in_memory_until_space_is_bac
                     f.flush()
             for i in range(1, 200):  # 2.5 KB of values each
                 store.record(anomaly(i, cols=WIDE), WIDE, values(i, len(WIDE)))
-            wait_until(lambda: not store.status()["ok"], 10, "the store to find the disk full")
+            wait_until(lambda: not store.status()["ok"], "the store to find the disk full", timeout=10)
             status = store.status()
             assert "full" in status["problem"] and status["pending"] > 0
             assert status["rows_lost"] > 0, "beyond 50 rows waiting, rows are dropped, not kept"
@@ -566,7 +559,7 @@ def test_pages_damaged_while_running_keep_anomalies_in_memory_and_metrics_answer
         damage(path)
         for i in range(60, 90):
             store.record(anomaly(i), WIDE, values(i, len(WIDE)))
-        wait_until(lambda: not store.status()["ok"], 10, "the store to find the damage")
+        wait_until(lambda: not store.status()["ok"], "the store to find the damage", timeout=10)
         assert "damaged" in store.status()["problem"] and store.status()["pending"] == 30
         assert store.get(first.id).level == 90, "the alarm goes on in memory"
         with api_for(store, tmp_path) as url:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY
+from conftest import CONTROLLER_KEY, SIGNING_KEY, until
 
 from tests.conftest import LAB_ASSETS, have_module, require
 
@@ -433,14 +433,6 @@ async def controller_for(broker_url: str, site: str):
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.02)
-    return value
-
-
 def guest_running(dom) -> bool:
     import libvirt
 
@@ -478,10 +470,10 @@ def test_an_agent_killed_mid_introspection_leaves_no_worker_and_its_restart_no_d
                     def dump_being_written():
                         return [f for d in dumps_in(dumps) for f in d.glob("*.elf") if f.stat().st_size > 0]
 
-                    await wait_for(dump_being_written, 60, "the dump to be written")
+                    await until(dump_being_written, "the dump to be written", timeout=60)
                 else:
-                    started = await wait_for(
-                        lambda: [s for s in stages if s.get("stage") == "volatility-started"], 90, "the worker"
+                    started = await until(
+                        lambda: [s for s in stages if s.get("stage") == "volatility-started"], "the worker", timeout=90
                     )
                     worker = started[0]["pid"]
                     await asyncio.sleep(1.5)  # Volatility is loading the symbol table
@@ -496,7 +488,7 @@ def test_an_agent_killed_mid_introspection_leaves_no_worker_and_its_restart_no_d
             assert workers_of(agent.proc.pid) == [], "an orphaned Volatility worker"
             left = dumps_in(dumps)
             assert len(left) == 1, f"the killed agent left its dump {when} (what the restart must sweep): {left}"
-            await wait_for(lambda: guest_running(dom), 30, "libvirt to resume the guest after its dump")
+            await until(lambda: guest_running(dom), "libvirt to resume the guest after its dump", timeout=30)
 
             agent.start()
             await agent.connected()
@@ -540,8 +532,8 @@ def test_sigterm_during_volatility_stops_the_worker_and_deletes_the_dump(guest, 
                 )
             )
             try:
-                started = await wait_for(
-                    lambda: [s for s in stages if s.get("stage") == "volatility-started"], 90, "the worker"
+                started = await until(
+                    lambda: [s for s in stages if s.get("stage") == "volatility-started"], "the worker", timeout=90
                 )
                 worker = started[0]["pid"]
                 await asyncio.sleep(1.5)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from conftest import SIGNING_KEY
+from conftest import SIGNING_KEY, until
 
 import atomwatch.controller
 import atomwatch.plugins
@@ -194,14 +194,6 @@ def controller(url: str, site: str, **limits) -> Controller:
     return Controller(config, PluginManager())
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_series_and_column_limits_through_mosquitto(mosquitto, site, caplog):
     c = controller(mosquitto.url, site, max_series_per_host=100, max_columns_per_scope=16)
     rows = []
@@ -217,18 +209,18 @@ async def test_series_and_column_limits_through_mosquitto(mosquitto, site, caplo
             # hv1: 3 VMs, 24 series: accepted, its rows cut to 16 columns
             await agents.publish(protocol.birth_topic(site, "hv1"), birth(keys(3)), qos=1)
             await tick("hv1", 1, 0)
-            await wait_for(lambda: any(r.scope == f"{site}/hv1" for r in rows), 10, "hv1's first row")
+            await until(lambda: any(r.scope == f"{site}/hv1" for r in rows), "hv1's first row", timeout=10)
             hv1 = c.ingest.host(site, "hv1")
             stored = dict(hv1.keys)
             # then a birth of 500 series: refused whole, said once, counted; hv1 keeps its 24 series
             with caplog.at_level(logging.WARNING, logger="atomwatch.controller"):
                 await agents.publish(protocol.birth_topic(site, "hv1"), birth(keys(63), session=2), qos=1)
-                await wait_for(lambda: c.ingest.dropped["too-many-series"] >= 1, 10, "the refusal")
+                await until(lambda: c.ingest.dropped["too-many-series"] >= 1, "the refusal", timeout=10)
                 # hv2 comes after, and is served: ingest went on
                 await agents.publish(protocol.birth_topic(site, "hv2"), birth(keys(1, start=50)), qos=1)
                 for seq in range(3):
                     await tick("hv2", 1, seq)
-                await wait_for(lambda: any(r.scope == f"{site}/hv2" for r in rows), 10, "hv2's first row")
+                await until(lambda: any(r.scope == f"{site}/hv2" for r in rows), "hv2's first row", timeout=10)
             said = [r.getMessage() for r in caplog.records if "max_series_per_host" in r.getMessage()]
             assert len(said) == 1 and f"{site}/hv1" in said[0] and "504 series" in said[0], said
             assert hv1.keys == stored and hv1.session == 1
@@ -278,12 +270,12 @@ async def test_pending_commands_are_capped_per_host_and_in_all(mosquitto, site, 
             agent = StandInAgent(client, site)
             await agent.start()
             waiting = [asyncio.create_task(c.send_command(site, "hv1", "ping", {"n": i}, timeout=30)) for i in range(2)]
-            await wait_for(lambda: len(agent.commands) == 2, 10, "two commands at the agent")
+            await until(lambda: len(agent.commands) == 2, "two commands at the agent", timeout=10)
             with caplog.at_level(logging.WARNING, logger="atomwatch.controller.commands"):
                 with pytest.raises(CommandFailed) as per_host:
                     await c.send_command(site, "hv1", "ping", {"n": 2}, timeout=30)
                 waiting.append(asyncio.create_task(c.send_command(site, "hv2", "ping", {}, timeout=30)))
-                await wait_for(lambda: len(agent.commands) == 3, 10, "the command to hv2")
+                await until(lambda: len(agent.commands) == 3, "the command to hv2", timeout=10)
                 with pytest.raises(CommandFailed) as in_all:
                     await c.send_command(site, "hv3", "ping", {}, timeout=30)
             assert "ping to " + f"{site}/hv1: refused, 2 commands to {site}/hv1" in str(per_host.value)
@@ -302,7 +294,7 @@ async def test_pending_commands_are_capped_per_host_and_in_all(mosquitto, site, 
             await agent.answer(host, cmd)
             assert await asyncio.wait_for(waiting[0], 10) == {"done": "ping"}
             waiting.append(asyncio.create_task(c.send_command(site, "hv1", "ping", {"n": 3}, timeout=30)))
-            await wait_for(lambda: len(agent.commands) == 4, 10, "the command sent once a slot freed")
+            await until(lambda: len(agent.commands) == 4, "the command sent once a slot freed", timeout=10)
             for host, cmd in agent.commands[1:]:
                 await agent.answer(host, cmd)
             results = await asyncio.wait_for(asyncio.gather(*waiting[1:]), 10)

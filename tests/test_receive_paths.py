@@ -17,7 +17,7 @@ import urllib.request
 import aiomqtt
 import aiomqtt.client
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY, Counting
+from conftest import CONTROLLER_KEY, SIGNING_KEY, Counting, until
 
 import atomwatch
 from atomwatch import protocol
@@ -86,13 +86,6 @@ async def stop(agent, controller, tasks):
     agent.stop()
     controller.stop()
     await asyncio.gather(*tasks)
-
-
-async def until(condition, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def get(url: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ import uuid
 
 import aiomqtt
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY, Counting
+from conftest import CONTROLLER_KEY, SIGNING_KEY, Counting, until
 
 import atomwatch
 from atomwatch import CommandFailed, protocol, signing
@@ -70,13 +70,12 @@ class Attacker:
         return [p for t, p in self.messages if t.endswith(f"/reply/{request_id}")]
 
     async def final_reply(self, request_id: str, timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            final = [r for r in self.replies(request_id) if r["status"] in ("ok", "error")]
-            if final:
-                return final[0]
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no final reply to {request_id} within {timeout} s")
+        final = await until(
+            lambda: [r for r in self.replies(request_id) if r["status"] in ("ok", "error")],
+            f"a final reply to {request_id}",
+            timeout=timeout,
+        )
+        return final[0]
 
     async def send(self, site: str, host: str, cmd: protocol.Command) -> dict:
         await self.client.publish(protocol.cmd_topic(site, host, cmd.id), protocol.encode(cmd), qos=1)
@@ -343,9 +342,7 @@ def test_stray_reply_on_another_hosts_topic_is_dropped_and_the_real_answer_used(
         def finals() -> list[str]:
             return [t for t, p in s.attacker.messages if t.endswith(request_id) and p.get("status") == "ok"]
 
-        deadline = time.monotonic() + 5
-        while not any(f"/{HOST}/" in t for t in finals()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await until(lambda: any(f"/{HOST}/" in t for t in finals()), "the real final reply", timeout=5)
         assert "hv-stray" in finals()[0] and f"/{HOST}/" in finals()[-1]
 
     run(mosquitto, site, body)

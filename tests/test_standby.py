@@ -10,7 +10,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY
+from conftest import CONTROLLER_KEY, SIGNING_KEY, until
 from pipeline import Above90Plugin
 
 import atomwatch
@@ -127,15 +127,6 @@ class Hot:
         pass
 
 
-async def until(predicate, what: str, timeout: float = 30.0) -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 @pytest.mark.asyncio
 async def test_the_standby_watches_then_takes_over_the_open_alarm_when_the_active_one_stops(mosquitto, site, tmp_path):
     collector = Hot()
@@ -160,13 +151,14 @@ async def test_the_standby_watches_then_takes_over_the_open_alarm_when_the_activ
         await until(
             lambda: a.election.is_active(site) and b.election.active_peer(site) == "ctl-a" and len(rows["ctl-b"]) >= 5,
             "ctl-a active, ctl-b warm",
+            timeout=30,
         )
         assert not b.election.is_active(site)
         with pytest.raises(CommandFailed, match="ctl-b.* is a standby on site .*the active one is ctl-a"):
             await b.send_command(site, "hv1", "set-delta", {"deltas": {}})
 
         collector.hot = True
-        await until(lambda: a.alarms.list() and a.alarms.list()[0].level >= 3, "ctl-a's alarm")
+        await until(lambda: a.alarms.list() and a.alarms.list()[0].level >= 3, "ctl-a's alarm", timeout=30)
         assert len(b.held) >= 3, "the standby found the same anomalies and kept them"
         assert b.alarms.list() == [] or b.alarms.list()[0].id == a.alarms.list()[0].id, "it records nothing"
         with pytest.raises(AlarmStoreUnavailable, match="standby"):
@@ -175,9 +167,12 @@ async def test_the_standby_watches_then_takes_over_the_open_alarm_when_the_activ
 
         a.stop()
         await tasks[0]
-        took = await until(lambda: b.election.is_active(site) and b.alarms.writable, "ctl-b active")
-        assert took < 2.0, "its clean stop says offline at once"
-        await until(lambda: b.alarms.list() and b.alarms.list()[0].level > level + 3, "ctl-b extending the alarm")
+        stopped = time.monotonic()
+        await until(lambda: b.election.is_active(site) and b.alarms.writable, "ctl-b active", timeout=30)
+        assert time.monotonic() - stopped < 2.0, "its clean stop says offline at once"
+        await until(
+            lambda: b.alarms.list() and b.alarms.list()[0].level > level + 3, "ctl-b extending the alarm", timeout=30
+        )
         (alarm,) = b.alarms.list()
         assert alarm.state == "open", "one alarm: extended by the controller that took over, not opened again"
         actions = [e["action"] for e in b.alarms.audit(alarm.id)]
@@ -205,15 +200,15 @@ async def test_an_agent_keeps_sending_live_while_any_controller_of_its_site_is_o
     agent = Agent(AgentConfig(broker=address, controller_key=CONTROLLER_KEY, site=site, host="hv1", tick=0.1), pm)
     tasks = [asyncio.create_task(c.run()) for c in (a, b, agent)]
     try:
-        await until(lambda: agent._controller_online is True and len(agent._controllers) == 2, "both heard")
+        await until(lambda: agent._controller_online is True and len(agent._controllers) == 2, "both heard", timeout=30)
         a.stop()
         await tasks[0]
-        await until(lambda: agent._controllers.get("ctl-a") is False, "ctl-a's offline state")
+        await until(lambda: agent._controllers.get("ctl-a") is False, "ctl-a's offline state", timeout=30)
         await asyncio.sleep(0.5)
         assert agent._controller_online is True and len(agent.backlog) == 0, "ctl-b still hears: nothing kept"
         b.stop()
         await tasks[1]
-        await until(lambda: len(agent.backlog) >= 3, "ticks kept once no controller hears")
+        await until(lambda: len(agent.backlog) >= 3, "ticks kept once no controller hears", timeout=30)
     finally:
         for c in (a, b, agent):
             c.stop()
