@@ -57,16 +57,22 @@ def test_a_large_spike_is_reported_at_once_with_smoothing():
     assert len(got) == 1 and got[0].details["trigger"] == "spe" and got[0].details["smoothed_ratio"] > 1
 
 
-def test_a_sustained_change_is_reported_and_blamed_and_its_tail_too():
+def _before_the_shift(**options):
+    """A detector fed the 400 rows before ``_shifted_workload``'s change (none flagged), its
+    columns and all the rows."""
     t, d, x = _shifted_workload()
     cols = keys([f"vm{j // 3}/m{j % 3}" for j in range(d)])
-    det = PcaSpeDetector("s", {"t": t, "alpha": QUIET, "smooth": 0.3})
+    det = PcaSpeDetector("s", {"t": t, "alpha": QUIET, **options})
     assert feed(det, cols, x[:400]) == []
+    return det, cols, x
+
+
+def test_a_sustained_change_is_reported_and_blamed_and_its_tail_too():
+    det, cols, x = _before_the_shift(smooth=0.3)
     got = feed(det, cols, x[400:460], start=400)
     assert got and got[0].index <= 402 and [a.index for a in got] == list(range(got[0].index, 460))
     # named as the paper's rule names it (identification runs over A, the same rows)
-    plain = PcaSpeDetector("s", {"t": t, "alpha": QUIET})
-    feed(plain, cols, x[:400])
+    plain, _, _ = _before_the_shift()
     want = feed(plain, cols, x[400:460], start=400)[-1]
     assert got[-1].details["candidates"][0]["column"] == cols[4].column
     assert got[-1].details["candidates"] == want.details["candidates"] and got[-1].blame == want.blame
@@ -81,10 +87,7 @@ def test_a_sustained_change_is_reported_and_blamed_and_its_tail_too():
 
 
 def test_an_unanswered_episode_is_rebaselined_with_smoothing_and_the_level_restarts():
-    t, d, x = _shifted_workload()
-    cols = keys([f"vm{j // 3}/m{j % 3}" for j in range(d)])
-    det = PcaSpeDetector("s", {"t": t, "alpha": QUIET, "rebaseline_after": 100, "smooth": 0.3})
-    feed(det, cols, x[:400])
+    det, cols, x = _before_the_shift(rebaseline_after=100, smooth=0.3)
     got = feed(det, cols, x[400:900], start=400)
     assert got[-1].index == 499 and got[-1].details["audit"]["action"] == "model re-baselined"
     assert det.status()["rebaselines"] == 1 and det.status()["smoothed_ratio"] < 1
