@@ -47,15 +47,25 @@ def test_iid_floor_is_the_least_send_probability_of_any_fixed_copy() -> None:
 def test_optimum_rate_chain_by_hand_and_against_simulation() -> None:
     # two values, segments hold while max − min ≤ 0: a segment per change of value, and a new
     # sample differs from the last with probability 1/2
-    assert _iid_chain_rate(2, 0.0) == pytest.approx(0.5)
+    assert _iid_chain_rate(2, 0) == pytest.approx(0.5)
     # three values, segments of range ≤ 1: checked against the greedy cover of that process
     rng = np.random.default_rng(5)
     x = rng.integers(0, 3, (50_000, 40)).astype(float)
-    assert _iid_chain_rate(3, 1 / 3) == pytest.approx(optimal_messages(x, 0.5).sum() / x.size, rel=0.01)
+    assert _iid_chain_rate(3, 1) == pytest.approx(optimal_messages(x, 0.5).sum() / x.size, rel=0.01)
     exact = iid_optimum_rate(1.2, cells=120)
+    with pytest.raises(ValueError, match="must be a whole number"):
+        iid_optimum_rate(1.2, cells=100)
     simulated = optimal_messages(iid_noise(rng, 1.2, 20_000, 50), 1.0).sum() / 1e6
     assert exact == pytest.approx(simulated, rel=0.01)
     assert exact > 1 / fresh_segment_length(1 / 1.2) * 1.2  # segments start near the edges
+
+
+def test_optimum_on_noise_of_at_most_twice_delta_is_two_over_e_of_the_floor() -> None:
+    """Observed, not proven (docs/tracking.md): for 1 < a ≤ 2 the optimum sends 2(1 − 1/a)/e a
+    tick, so the least online ratio is e/2 whatever the width."""
+    for a in (1.2, 1.5, 2.0):
+        assert iid_optimum_rate(a, cells=240) == pytest.approx(2 * iid_online_floor(a) / np.e, rel=2e-4)
+    assert iid_online_floor(3.0) / iid_optimum_rate(3.0, cells=240) < 1.31  # wider: the ratio falls
 
 
 def test_walk_dp_by_hand_and_against_its_own_policy() -> None:
