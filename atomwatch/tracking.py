@@ -442,7 +442,7 @@ class TrendTracker(_Policy):
 class AdaptiveTracker(_Policy):
     """Per series, follow whichever of several rules has been sending the fewest messages lately.
 
-    Every *expert* (ATOM, the deadband, three :class:`SegmentTracker` settings, the trend and the
+    Every *expert* (ATOM, the deadband, four :class:`SegmentTracker` settings, the trend and the
     center rule) runs on every
     series; its score is its message count, decayed by ``decay`` a tick. The leader of a series
     changes when another expert's score is lower by more than ``hysteresis`` messages (ATOM leads
@@ -479,6 +479,7 @@ class AdaptiveTracker(_Policy):
             SegmentTracker(self.delta, lean=1.0, carry=1.0, patience=1),
             TrendTracker(self.delta),
             CenterTracker(self.delta),
+            SegmentTracker(self.delta, lean=0.0, carry=0.5),
         ]
         self.k = 0
         self.base = np.full(self.n, np.nan)  # the copy as a line (the leader's when it was sent)
