@@ -97,7 +97,7 @@ def iid_optimum_rate(a: float, cells: int = 420) -> float:
     the stationary chain on ``cells`` and ``2 · cells`` values, extrapolated to the continuum
     (Richardson: the error is O(1/cells)). ``cells / a`` must be a whole number (the reach 2Δ in
     cells), else the extrapolation mixes two ranges. For 1 < a ≤ 2 it comes out as 2(1 − 1/a)/e
-    to 5 digits (observed, not proven here)."""
+    to 4 digits (observed, not proven here)."""
     if a <= 1:
         return 0.0
     reach = cells / a
