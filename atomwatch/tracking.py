@@ -1,7 +1,8 @@
 """Online tracking of many series at once: which values the agent sends to the controller.
 
 What lives here: ATOM's Algorithm 1 (:class:`AtomTracker`), the deadband and send-all baselines,
-two rules that send fewer messages on drifts (:class:`SegmentTracker`, :class:`AdaptiveTracker`),
+rules that send fewer messages on drifts and noise (:class:`SegmentTracker`, :class:`TrendTracker`,
+:class:`CenterTracker`, :class:`AdaptiveTracker`),
 the agent's rule names (:data:`RULES`, :func:`make_tracker`), the offline optimum
 (:func:`optimal_messages`) and :func:`simulate`, all vectorised over the series with O(1) work per
 series and sample. Invariant after every ``step``: ``|f − g| ≤ Δ``
@@ -20,6 +21,7 @@ __all__ = [
     "RULES",
     "AdaptiveTracker",
     "AtomTracker",
+    "CenterTracker",
     "Deadband",
     "Policy",
     "SegmentTracker",
@@ -263,6 +265,50 @@ class SegmentTracker(_Policy):
         return inside | new_round
 
 
+class CenterTracker(_Policy):
+    """When a message is forced, send the point of ``[f − Δ, f + Δ]`` nearest the series' level.
+
+    The level is an exponentially weighted mean of the readable samples (weight ``alpha`` on the
+    newest; the first sample of a series, or the first after a gap, starts it). On noise around a
+    level wider than 2Δ, the copy then sits near the level, where no fixed copy breaks less
+    often: the least send probability of any online rule (``docs/tracking.md``, *How close can an
+    online rule get*). On a random walk the mean lags and the copy sits at the edge the walk came
+    from: the deadband is the better rule there.
+
+    Exactness: the value sent is checked in float64 against the current ``f``
+    (``|f − g| ≤ Δ``); one that fails (rounding at the edge, overflow) is replaced by ``f``.
+    ``set_delta`` applies at once.
+    """
+
+    def __init__(self, delta: ArrayLike = (), alpha: float = 0.3) -> None:
+        super().__init__(delta)
+        if not 0 < float(alpha) <= 1:
+            raise ValueError(f"alpha must be within (0, 1], got {alpha}")
+        self.alpha = float(alpha)
+        self.level = np.full(self.n, np.nan)
+
+    def _grow(self, new: int, delta: np.ndarray) -> None:
+        super()._grow(new, delta)
+        self.level = np.concatenate([self.level, np.full(new, np.nan)])
+
+    def invalidate(self, idx: ArrayLike) -> None:
+        super().invalidate(idx)
+        self.level[np.asarray(idx)] = np.nan
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        f, readable = self._readable(f)
+        d = self.delta
+        self.level[~readable] = np.nan
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.copyto(self.level, f, where=readable & ~np.isfinite(self.level))
+            send = readable & ~(np.abs(f - self.g) <= d)  # NaN g: never sent yet
+            near = np.minimum(np.maximum(self.level, f - d), f + d)
+            near = np.where(np.abs(f - near) <= d, near, f)  # False for a NaN level too
+            np.copyto(self.g, near, where=send)
+            self.level += self.alpha * (f - self.level)
+        return send
+
+
 class TrendTracker(_Policy):
     """A line copy: the controller's copy at step ``k`` is ``base + slope * (k − k0)``.
 
@@ -396,7 +442,8 @@ class TrendTracker(_Policy):
 class AdaptiveTracker(_Policy):
     """Per series, follow whichever of several rules has been sending the fewest messages lately.
 
-    Every *expert* (ATOM, the deadband and three :class:`SegmentTracker` settings) runs on every
+    Every *expert* (ATOM, the deadband, four :class:`SegmentTracker` settings, the trend and the
+    center rule) runs on every
     series; its score is its message count, decayed by ``decay`` a tick. The leader of a series
     changes when another expert's score is lower by more than ``hysteresis`` messages (ATOM leads
     at first and wins ties). The copy ``g`` is sent only when it breaks the leader's Δ in force,
@@ -409,7 +456,7 @@ class AdaptiveTracker(_Policy):
     """
 
     #: rule name → the expert that leads a series pinned to it (−1: not pinned, the adaptive rule)
-    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1, "trend": 5}
+    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1, "trend": 5, "center": 6}
 
     def __init__(
         self,
@@ -431,6 +478,8 @@ class AdaptiveTracker(_Policy):
             SegmentTracker(self.delta, lean=0.5),
             SegmentTracker(self.delta, lean=1.0, carry=1.0, patience=1),
             TrendTracker(self.delta),
+            CenterTracker(self.delta),
+            SegmentTracker(self.delta, lean=0.0, carry=0.5),
         ]
         self.k = 0
         self.base = np.full(self.n, np.nan)  # the copy as a line (the leader's when it was sent)
@@ -521,6 +570,7 @@ RULES = {
     "segment": lambda delta, gamma: SegmentTracker(delta),
     "adaptive": lambda delta, gamma: AdaptiveTracker(delta, gamma=gamma),
     "trend": lambda delta, gamma: TrendTracker(delta),
+    "center": lambda delta, gamma: CenterTracker(delta),
 }
 
 

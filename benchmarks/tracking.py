@@ -2,9 +2,9 @@
 
 1. Messages: every trace of the Precog data (synthetic test1..7, Alibaba m_*_train/test), for
    Δ = 1 %, 5 %, 10 % of each series' mean magnitude: messages of send-all, every tracking rule
-   (deadband, ATOM, segment, adaptive, trend) and the two offline optima (``optimal``: constant
-   copy, greedy segments of range ≤ 2Δ; ``optimal_lines``: line copy, the fewest disjoint lines
-   within Δ, O'Rourke 1981), each rule's ratio to the constant optimum, totals by family
+   (deadband, ATOM, segment, adaptive, trend, center) and the two offline optima (``optimal``:
+   constant copy, greedy segments of range ≤ 2Δ; ``optimal_lines``: line copy, the fewest disjoint
+   lines within Δ, O'Rourke 1981), each rule's ratio to the constant optimum, totals by family
    (synthetic / alibaba), and the issue 21 targets: the best rule ≤ 1.3× the constant optimum
    per family and Δ, no rule above ATOM's count by more than 5 % on any trace. One message is one
    series' value sent, a value with its slope included; ``line_bytes`` counts what the slopes

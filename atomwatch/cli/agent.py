@@ -47,7 +47,7 @@ def _deltas(value, where: str) -> dict:
 
 #: the names of atomwatch.tracking.RULES (not imported: it loads numpy; tests/test_tracking_option.py
 #: checks they agree)
-TRACKING_RULES = ("atom", "deadband", "segment", "adaptive", "trend")
+TRACKING_RULES = ("atom", "deadband", "segment", "adaptive", "trend", "center")
 
 
 def parse_tracking(value, where: str) -> dict[str, str]:
@@ -122,7 +122,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="[METRIC=]RULE",
         help="which values the agent sends, for one metric or (without METRIC=) every metric (repeatable): atom "
         "(ATOM's Algorithm 1), deadband, segment (greedy segments, the value sent leans the way the series "
-        "moves) or adaptive (per series, whichever of these sent fewest lately); every rule keeps the "
+        "moves), trend (a line: value and slope), center (the value sent nearest the series' mean) or "
+        "adaptive (per series, whichever of these sent fewest lately); every rule keeps the "
         "controller's copy within Δ (default atom)",
     )
     add_key_arguments(p)
