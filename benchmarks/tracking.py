@@ -111,13 +111,17 @@ def over_atom(per_trace: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def messages_on_traces(data: Path, gamma: float) -> dict[str, Any]:
+def trace_matrix(
+    data: Path, tool: str = "benchmarks.tracking"
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]], dict[str, int]]:
+    """Every Precog trace in ``data`` as one matrix: a column per (trace, series, Δ fraction),
+    shorter traces padded with NaN at the end (unreadable: sends nothing, so it changes no
+    count); Δ per column (the fraction of the series' mean magnitude), who owns it, and each
+    trace's own length."""
     paths = sorted(data.glob("test*.csv")) + sorted(data.glob("m_*_t*.csv.gz"))
     if not paths:
-        raise SystemExit(f"benchmarks.tracking: no test*.csv or m_*.csv.gz traces in {data}")
+        raise SystemExit(f"{tool}: no test*.csv or m_*.csv.gz traces in {data}")
     loaded = {p.name: read_trace(p).values for p in paths}
-    # One matrix for everything: a column per (trace, series, Δ fraction), shorter traces padded
-    # with NaN at the end (unreadable: sends nothing, so it changes no count).
     ticks = max(v.shape[0] for v in loaded.values())
     columns, deltas, owners = [], [], []
     for name, values in loaded.items():
@@ -130,8 +134,12 @@ def messages_on_traces(data: Path, gamma: float) -> dict[str, Any]:
                 columns.append(col)
                 deltas.append(fraction * mean[j])
                 owners.append((name, fraction))
-    matrix = np.column_stack(columns)
-    counts, extra = run_policies(matrix, np.array(deltas), gamma)
+    return np.column_stack(columns), np.array(deltas), owners, {n: v.shape[0] for n, v in loaded.items()}
+
+
+def messages_on_traces(data: Path, gamma: float) -> dict[str, Any]:
+    matrix, deltas, owners, lengths = trace_matrix(data)
+    counts, extra = run_policies(matrix, deltas, gamma)
 
     per_trace: dict[str, dict[str, Any]] = {}
     totals: dict[str, dict[str, dict[str, int]]] = {}
@@ -139,7 +147,7 @@ def messages_on_traces(data: Path, gamma: float) -> dict[str, Any]:
     for k, (name, fraction) in enumerate(owners):
         family = "synthetic" if name.startswith("test") else "alibaba"
         key = f"{fraction:.0%}"
-        entry = per_trace.setdefault(name, {"family": family, "samples": int(loaded[name].shape[0])})
+        entry = per_trace.setdefault(name, {"family": family, "samples": lengths[name]})
         cell = entry.setdefault(key, {p: 0 for p in POLICIES})
         fam = totals.setdefault(family, {}).setdefault(key, {p: 0 for p in POLICIES})
         fam_bytes = extra_totals.setdefault(family, {}).setdefault(key, {r: 0 for r in extra})

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from atomwatch.traces import read_trace
 from atomwatch.tracking import (
     RULES,
     AdaptiveTracker,
@@ -43,6 +42,7 @@ from atomwatch.tracking import (
     simulate,
 )
 from benchmarks._common import SHARED, emit, machine
+from benchmarks.tracking import FRACTIONS, trace_matrix
 
 # ----------------------------------------------------------------------------- iid noise
 
@@ -262,35 +262,11 @@ def candidates(gamma: float = 0.0) -> dict[str, Any]:
     return grid
 
 
-FRACTIONS = (0.01, 0.05, 0.10)
-
-
-def trace_matrix(data: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]]]:
-    """Every Precog trace as columns (one per series and Δ fraction, NaN-padded), Δ per column."""
-    paths = sorted(data.glob("test*.csv")) + sorted(data.glob("m_*_t*.csv.gz"))
-    if not paths:
-        raise SystemExit(f"benchmarks.tracking_bound: no test*.csv or m_*.csv.gz traces in {data}")
-    loaded = {p.name: read_trace(p).values for p in paths}
-    ticks = max(v.shape[0] for v in loaded.values())
-    columns, deltas, owners = [], [], []
-    for name, values in loaded.items():
-        finite = np.isfinite(values)
-        mean = np.abs(np.where(finite, values, 0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1))
-        for fraction in FRACTIONS:
-            for j in range(values.shape[1]):
-                col = np.full(ticks, np.nan)
-                col[: values.shape[0]] = values[:, j]
-                columns.append(col)
-                deltas.append(fraction * mean[j])
-                owners.append((name, fraction))
-    return np.column_stack(columns), np.array(deltas), owners
-
-
 def hindsight(data: Path, gamma: float = 0.0) -> dict[str, Any]:
     """Per family and Δ: the best single rule (as the agent runs it), and the sum over series of
     the best candidate of :func:`candidates` chosen per series after the fact, against the
     constant optimum. The per-series choice is better than any one online rule of the grid."""
-    matrix, deltas, owners = trace_matrix(data)
+    matrix, deltas, owners, _ = trace_matrix(data, "benchmarks.tracking_bound")
     optimum = optimal_messages(matrix, deltas)
     counts = {}
     for name, factory in candidates(gamma).items():
