@@ -395,7 +395,9 @@ def unattended(data: Labelled, flags: np.ndarray) -> dict[str, Any]:
         start = shift
         while start < min(len(flags) - 1, shift + SHIFT_SEEN) and not flags[start]:
             start += 1
-        end = start if flags[start] else shift
+        if not flags[start]:  # nothing flagged near the shift: no first episode
+            start = shift
+        end = start
         while end < len(flags) and flags[end]:
             end += 1
         benign = data.y[end:] == 0

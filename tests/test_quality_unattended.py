@@ -53,3 +53,15 @@ def test_targets_compare_with_both_baselines_and_the_published_pca():
     assert got["a"] == {"f1": True, "auc_pr": True, "vus_pr": True, "all": True}  # ties count as met
     assert got["b"]["auc_pr"] is False and got["b"]["all"] is False
     assert targets(dets, {"PCA": 0.21, "IForest": 0.0})["a"]["vus_pr"] is False
+
+
+def test_a_shift_nobody_flags_has_an_empty_first_episode():
+    """No flag within SHIFT_SEEN rows of the shift: the first episode is empty and starts at the
+    shift (not a negative length from the rows searched)."""
+    data = synthetic_host()
+    got = unattended(data, np.zeros(len(data.y), dtype=np.int64))
+    assert got["first_episode_rows"] == 0 and got["first_episode_from_row"] == 0
+    late = np.zeros(len(data.y), dtype=np.int64)
+    late[5003:5010] = 1  # flagged from the shift's 4th row: that run is the first episode
+    got = unattended(data, late)
+    assert got["first_episode_from_row"] == 3 and got["first_episode_rows"] == 7
