@@ -7,7 +7,8 @@ request or the controller coming online makes the agent publish a fresh ``birth`
 current tracked values let the controller start over in one message.
 
 Sampling and tracking go on while the broker is unreachable or no controller's state says online
-(its retained state, offline after its will, or none yet): each tick no controller is known to hear
+(its retained state, offline after its will, or none yet; none heard, the agent subscribes to
+the states again, a few times a minute at most): each tick no controller is known to hear
 goes to the :class:`~.backlog.Backlog` (store-and-forward, as Sparkplug edge nodes do while their
 primary host is away). On reconnection the birth carries the tracker's values, so the controller
 is right again from the first tick after it, and says how many ticks are queued; they follow as
@@ -57,6 +58,11 @@ STOP_FLUSH_SECONDS = 5.0
 #: killed after acknowledging them may not have passed them on (the controller skips those its
 #: last live row already held)
 RECENT_FRAMES = 8
+#: seconds after connecting without any controller's state before the agent subscribes to the
+#: states again (the broker then sends the retained ones again: a cluster node failing over may
+#: not have sent them the first time), doubling up to STATE_ASK_MAX
+STATE_ASK_AFTER = 5.0
+STATE_ASK_MAX = 60.0
 
 #: called after every tick with (agent, true values in alias order, send mask, what was published)
 TickListener = Callable[["Agent", np.ndarray, np.ndarray, Published], None]
@@ -99,6 +105,9 @@ class Agent:
         self._kept_since_birth = False
         #: each controller of the site heard since connecting → online (any online: someone hears)
         self._controllers: dict[str, bool] = {}
+        #: (monotonic time, seconds) of the last subscription to the states and the wait before the next
+        self._states_asked = (0.0, STATE_ASK_AFTER)
+        self._asking: asyncio.Future | None = None
         self.session = 0
         self.seq = 0
         self.client: aiomqtt.Client | None = None
@@ -380,7 +389,7 @@ class Agent:
             return True
         except (TimeoutError, aiomqtt.MqttError) as e:
             self.stats["publish_failed"] += 1
-            log.warning("publish to %s failed: %s", topic, e or "timed out")
+            log.warning("publish to %s failed: %s", topic, str(e) or "timed out")
             self.need_birth = True
             return False
 
@@ -492,6 +501,7 @@ class Agent:
         next_at = time.monotonic()
         while not self.stopping.is_set():
             try:
+                self._ask_for_states()
                 await self.tick()
             except Exception:  # one bad tick must not end the agent
                 log.exception("tick failed")
@@ -501,6 +511,30 @@ class Agent:
                 next_at = time.monotonic()
                 delay = 0
             await wait_or_timeout(self.stopping, delay)
+
+    def _ask_for_states(self) -> None:
+        """Subscribe to the controllers' states again (in the background) while none has been
+        heard on this connection: the broker sends the retained ones on each subscription. Without
+        a state the agent keeps every tick in its backlog; a retained message a clustered broker
+        failed to send once (a node failing over) must not keep it so for good."""
+        client = self.client
+        asked, wait = self._states_asked
+        if client is None or self._controller_online is not None or time.monotonic() - asked < wait:
+            return
+        self._states_asked = (time.monotonic(), min(STATE_ASK_MAX, 2 * wait))
+        log.log(
+            logging.INFO if wait == STATE_ASK_AFTER else logging.DEBUG,
+            "no controller's state heard on this connection yet: asking the broker for the retained states again",
+        )
+        self._asking = asyncio.ensure_future(self._subscribe_states(client))
+
+    async def _subscribe_states(self, client: aiomqtt.Client) -> None:
+        try:
+            await asyncio.wait_for(
+                subscribe(client, [protocol.state_filter(self.config.site)], self.config.broker.qos), 5
+            )
+        except (TimeoutError, aiomqtt.MqttError) as e:
+            log.warning("subscribing to the controllers' states again failed: %s", str(e) or "timed out")
 
     async def _connection_loop(self) -> None:
         cfg = self.config
@@ -515,6 +549,7 @@ class Agent:
         async def on_connect(client: aiomqtt.Client) -> None:
             self._controller_online = None
             self._controllers.clear()
+            self._states_asked = (time.monotonic(), STATE_ASK_AFTER)
             filters = [protocol.cmd_topic(cfg.site, cfg.host, "+"), protocol.state_filter(cfg.site)]
             await subscribe(client, filters, cfg.broker.qos)
             async with self.publish_lock:

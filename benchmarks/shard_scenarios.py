@@ -156,7 +156,7 @@ class ShardRun:
             if found:
                 return found
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {p.name}:\n{p.tail(8)}" for p in self.processes())
+                logs = "\n".join(f"--- {p.name}:\n{p.tail(20)}" for p in self.processes())
                 raise HarnessError(f"timed out after {timeout:g} s waiting for {what}; logs:\n{logs}")
             time.sleep(0.02)
 

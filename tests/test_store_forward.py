@@ -6,12 +6,15 @@ are not current; a backlog kept on disk outlives its agent; a retained birth is 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import math
 import time
 
 import aiomqtt
 import pytest
-from conftest import CONTROLLER_KEY, SIGNING_KEY
+from conftest import CONTROLLER_KEY, SIGNING_KEY, until
+from mqtt_loss import LossyRelay
 from pipeline import Above90Plugin, alibaba_trace, make_pipeline, plugin_manager
 
 import atomwatch
@@ -337,3 +340,34 @@ async def test_live_data_after_ticks_kept_since_the_birth_resumes_with_a_new_bir
     finally:
         agent.stop()
         await task
+
+
+async def test_an_agent_whose_broker_lost_the_controllers_retained_state_asks_again(
+    mosquitto_private, site, tmp_path, caplog
+):
+    """A relay in front of the real broker loses the controller's retained state on its way to
+    the agent (as a clustered broker's node failing over did): the agent, hearing no controller,
+    keeps its ticks; it subscribes to the states again, hears the controller and goes live."""
+    trace = alibaba_trace(tmp_path / "alibaba.csv", machines=2, rows=3000)
+    pipe = make_pipeline(mosquitto_private.url, site, trace, agent_tick=0.05, controller_tick=0.05)
+    rows = []
+    pipe.controller.row_listeners.append(rows.append)
+    relay = LossyRelay(
+        mosquitto_private.port, lambda topic, retained: retained and "/state/" in topic and not relay.dropped
+    )
+    caplog.set_level(logging.INFO, logger="atomwatch.agent.runtime")
+    async with relay:
+        controller = asyncio.create_task(pipe.controller.run())
+        await asyncio.wait_for(pipe.controller.connected.wait(), 10)  # its retained state is stored
+        pipe.agent.config = dataclasses.replace(pipe.agent.config, broker=BrokerAddress.parse(relay.url))
+        agent = asyncio.create_task(pipe.agent.run())
+        try:
+            await until(lambda: relay.dropped, "the relay to lose the controller's retained state")
+            assert not pipe.agent._controller_online and not any(not r.late for r in rows)
+            await until(lambda: sum(not r.late for r in rows) >= 5, "live rows once the agent asked again", timeout=20)
+            assert "asking the broker for the retained states again" in caplog.text
+            assert pipe.agent._controller_online is True
+        finally:
+            pipe.agent.stop()
+            pipe.controller.stop()
+            await asyncio.gather(agent, controller)
