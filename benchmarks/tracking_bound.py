@@ -7,7 +7,8 @@
    simulation); their quotient is the least ratio any online rule can reach on that shape.
 2. Random walk, Gaussian steps of sd σ: the best online constant copy and the best online line copy
    by relative value iteration on the offset x − copy (and the slope) (:func:`walk_dp`), against
-   the optimum's rate measured on long walks.
+   the optimum's rate measured on long walks; and for a copy of any shape, the chance it still
+   holds k ticks after a message (:func:`walk_survival`), which none has above the constant's.
 3. The rules' rates measured on the same processes (several seeds), each checked ≥ its bound.
 4. The Precog traces: per series, the best rule with its parameters chosen with hindsight from a
    grid (:func:`hindsight`), an optimistic online figure for families without a known process.
@@ -164,6 +165,46 @@ def walk_dp(
     }
 
 
+def walk_survival(sigma: float, shifts: np.ndarray, cells: int = 101) -> np.ndarray:
+    """P(a Gaussian walk from 0, steps of sd ``sigma``, stays within Δ = 1 of ``shifts[k]`` at every
+    tick 1 … k + 1), for each k: the chance that a copy which moves by ``shifts`` from the value
+    it was sent at still holds. As :func:`walk_dp`, on ``cells`` (odd) cells of [−1, 1] and
+    beyond, with cell-to-cell Gaussian mass; shifts are rounded to whole cells, so the window is
+    always ``cells`` cells. Anderson's theorem says no shift sequence beats all zeros (the
+    constant copy at the sent value): the walk's positions have a centrally symmetric log-concave
+    density, and a symmetric convex box holds the most of it when not shifted."""
+    width = 2.0 / cells
+    steps = np.rint(np.asarray(shifts, dtype=float) / width).astype(int)
+    half = int(np.abs(steps).max(initial=0)) + cells // 2 + int(np.ceil(8 * sigma / width))
+    y = width * np.arange(-half, half + 1)
+    edges = np.append(y - width / 2, y[-1] + width / 2)
+    move = np.diff(norm.cdf((edges[None, :] - y[:, None]) / sigma), axis=1)
+    p = np.zeros(y.size)
+    p[half] = 1.0
+    out = np.empty(steps.size)
+    for k, m in enumerate(steps):
+        p = p @ move
+        p[: half + m - cells // 2] = 0.0
+        p[half + m + cells // 2 + 1 :] = 0.0
+        out[k] = p.sum()
+    return out
+
+
+def walk_any_copy(sigma: float, ticks: int = 100) -> dict[str, float]:
+    """Expected ticks until the first break (the sum of :func:`walk_survival`) for copies of
+    several shapes, the constant first: each is at most the constant's (Anderson's theorem)."""
+    k = np.arange(1, ticks + 1, dtype=float)
+    shapes = {
+        "constant at the sent value": np.zeros(ticks),
+        "constant Δ/4 off": np.full(ticks, 0.25),
+        "line, slope Δ/100 a tick": k / 100,
+        "parabola, Δ·(k/40)²": (k / 40) ** 2,
+        "sine, amplitude Δ/2, period 50": 0.5 * np.sin(2 * np.pi * k / 50),
+        "random steps of sd Δ/20": np.cumsum(np.random.default_rng(3).normal(0, 0.05, ticks)),
+    }
+    return {name: round(float(1 + walk_survival(sigma, u).sum()), 4) for name, u in shapes.items()}
+
+
 def random_walk(rng: np.random.Generator, sigma: float, ticks: int, series: int, level: float = 100.0) -> np.ndarray:
     return level + np.cumsum(rng.normal(0, sigma, (ticks, series)), axis=0)
 
@@ -229,6 +270,8 @@ def walk_section(sigma: float, ticks: int, seeds: int, cells: int, max_slope: fl
         "optimum_per_tick_measured": round(optimum, 6),
         "least_constant_ratio": round(constant["messages_per_tick"] / optimum, 4),
         "least_line_ratio": round(line["messages_per_tick"] / optimum, 4),
+        # any copy shape: the constant's mean time to a break is the longest (walk_survival)
+        "ticks_to_first_break_by_copy_shape": walk_any_copy(sigma),
         "measured_per_tick": {k: round(v, 5) for k, v in measured.items()},
         "measured_ratio": {k: round(v / optimum, 3) for k, v in measured.items()},
         "ticks": ticks,

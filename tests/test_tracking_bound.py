@@ -1,6 +1,7 @@
 """Tests of the online lower bounds of benchmarks.tracking_bound: the iid floor and the range
 formula against brute-force simulation, the optimum's stationary rate against long simulations,
-the random-walk DP against hand-worked cases and its own policy simulated, and every rule's
+the random-walk DP against hand-worked cases and its own policy simulated, no copy of any shape
+outlasting the constant one on a walk, and every rule's
 measured rate at or above the bound it is held to (a rule below a lower bound would be a bug)."""
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from benchmarks.tracking_bound import (
     iid_optimum_rate,
     random_walk,
     range_cdf,
+    walk_any_copy,
     walk_dp,
+    walk_survival,
 )
 
 
@@ -89,6 +92,23 @@ def test_walk_dp_lines_pay_only_on_a_drift() -> None:
     assert drift_constant["reset_offset"] < 0  # the copy leads the drift (SegmentTracker's carry)
     assert drift_line["reset_slope"] == pytest.approx(0.2, abs=0.02)
     assert drift_line["messages_per_tick"] < 0.9 * drift_constant["messages_per_tick"]
+
+
+def test_on_a_walk_no_copy_of_any_shape_outlasts_the_constant_at_the_sent_value() -> None:
+    """Anderson's theorem, checked: whatever a message's copy does next, the chance that it still
+    holds after k ticks is at most the constant copy's, for every k; so no online rule beats the
+    deadband on a random walk (docs/tracking.md)."""
+    rng = np.random.default_rng(11)
+    for sigma in (0.25, 0.5, 1.0):
+        constant = walk_survival(sigma, np.zeros(60))
+        assert walk_survival(sigma, np.full(60, 0.05))[-1] < constant[-1]  # the check can fail
+        for scale in (0.02, 0.1, 0.5):
+            shifts = np.cumsum(rng.normal(0, scale, 60)) + rng.uniform(-0.3, 0.3)
+            assert np.all(walk_survival(sigma, shifts) <= constant * (1 + 1e-12))
+    lasts = walk_any_copy(0.5, ticks=60)
+    assert max(lasts, key=lasts.get) == "constant at the sent value"
+    # the same chain as the DP's on the same cells: the mean time to a break is 1 / its rate
+    assert lasts["constant at the sent value"] == pytest.approx(1 / walk_dp(0.5, 101)["messages_per_tick"], rel=1e-4)
 
 
 @pytest.mark.parametrize("rule", list(RULES))
