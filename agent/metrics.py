@@ -77,6 +77,7 @@ class MetricsSource(Protocol):
 
     config: Any
     connected: asyncio.Event
+    controller_heard: bool
     stats: Mapping[str, int]
     refused: Mapping[str, int]
     dropped: Mapping[str, int]
@@ -122,6 +123,11 @@ class _AgentCollector:
         a = self.agent
         yield self.gauge(
             "atomwatch_connected", "1 while connected to the MQTT broker, else 0", int(a.connected.is_set())
+        )
+        yield self.gauge(
+            "atomwatch_controller_heard",
+            "1 while a controller's state on this connection says online (live ticks go out), else 0 (ticks are kept)",
+            int(a.controller_heard),
         )
         yield self.by(
             "atomwatch_unexpected_errors",

@@ -512,6 +512,12 @@ class Agent:
                 delay = 0
             await wait_or_timeout(self.stopping, delay)
 
+    @property
+    def controller_heard(self) -> bool:
+        """Whether a controller's state on this connection says online: live ticks go out (else
+        they are kept in the backlog)."""
+        return self.connected.is_set() and self._controller_online is True
+
     def _ask_for_states(self) -> None:
         """Subscribe to the controllers' states again (in the background) while none has been
         heard on this connection: the broker sends the retained ones on each subscription. Without

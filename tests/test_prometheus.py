@@ -97,7 +97,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
 def test_the_rules_pass_promtool_and_the_dashboard_is_grafana_json():
     proc = subprocess.run([binary("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 7 rules found" in proc.stdout + proc.stderr
+    assert "SUCCESS: 8 rules found" in proc.stdout + proc.stderr
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] == "atomwatch" and {v["name"] for v in dash["templating"]["list"]} == {
         "datasource",
@@ -205,6 +205,7 @@ def test_prometheus_scrapes_both_sides_and_every_dashboard_query_has_data(mosqui
         sampled = float(query(f'atomwatch_values_sampled_total{{site="{site}"}}')[0]["value"][1])
         sent = float(query(f'atomwatch_values_sent_total{{site="{site}"}}')[0]["value"][1])
         assert 0 < sent < sampled, "tracking saves: fewer values sent than sampled"
+        assert query(f'atomwatch_controller_heard{{site="{site}",host="hv1"}} == 1'), "the agent hears the controller"
         assert query('atomwatch_collector_errors_total{collector="replay",kind="raised"}')
         assert http_json(f"{base}/label/site/values")["data"] == [site], "the dashboard's site variable"
 
@@ -218,6 +219,7 @@ def test_prometheus_scrapes_both_sides_and_every_dashboard_query_has_data(mosqui
         opened = wait_until(lambda: firing("AtomwatchAlarmOpen", "firing"), 20, "the open-alarm alert")
         assert opened[0]["labels"]["host"] == "hv1" and opened[0]["labels"]["detector"] == "pca-spe"
         assert not firing("AtomwatchAgentSilent") and not firing("AtomwatchControllerDisconnected")
+        assert not firing("AtomwatchAgentUnheard")
 
         stop(agent)  # its death: the controller has no current values of hv1
         silent = wait_until(lambda: firing("AtomwatchAgentSilent"), 20, "the silent-agent alert")

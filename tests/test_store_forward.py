@@ -20,6 +20,7 @@ from pipeline import Above90Plugin, alibaba_trace, make_pipeline, plugin_manager
 import atomwatch
 from atomwatch import protocol
 from atomwatch.agent.config import AgentConfig
+from atomwatch.agent.metrics import _AgentCollector
 from atomwatch.agent.runtime import RECENT_FRAMES, Agent
 from atomwatch.config import BrokerAddress
 from atomwatch.controller.app import Controller
@@ -356,6 +357,11 @@ async def test_an_agent_whose_broker_lost_the_controllers_retained_state_asks_ag
         mosquitto_private.port, lambda topic, retained: retained and "/state/" in topic and not relay.dropped
     )
     caplog.set_level(logging.INFO, logger="atomwatch.agent.runtime")
+
+    def heard() -> float:
+        families = {f.name: f for f in _AgentCollector(pipe.agent)._health()}
+        return families["atomwatch_controller_heard"].samples[0].value
+
     async with relay:
         controller = asyncio.create_task(pipe.controller.run())
         await asyncio.wait_for(pipe.controller.connected.wait(), 10)  # its retained state is stored
@@ -364,9 +370,10 @@ async def test_an_agent_whose_broker_lost_the_controllers_retained_state_asks_ag
         try:
             await until(lambda: relay.dropped, "the relay to lose the controller's retained state")
             assert not pipe.agent._controller_online and not any(not r.late for r in rows)
+            assert heard() == 0.0  # (/metrics: connected, but no controller heard)
             await until(lambda: sum(not r.late for r in rows) >= 5, "live rows once the agent asked again", timeout=20)
             assert "asking the broker for the retained states again" in caplog.text
-            assert pipe.agent._controller_online is True
+            assert pipe.agent._controller_online is True and heard() == 1.0
         finally:
             pipe.agent.stop()
             pipe.controller.stop()
