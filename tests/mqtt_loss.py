@@ -1,8 +1,8 @@
 """A TCP relay between MQTT clients and a real broker that loses chosen messages on their way to
-the client, for tests of what the agent and the controller do when a broker fails to deliver (a
-clustered broker's node failing over has lost retained messages so). Client → broker bytes pass
-untouched; broker → client packets are read whole (fixed header, remaining length) and a
-PUBLISH for which ``drop(topic, retained)`` says True is not passed on.
+the client, for tests of what the agent and the controller do when a broker fails to deliver (as
+a NATS node failing over did with the controllers' retained states, in one CI run). Client →
+broker bytes pass untouched; broker → client packets are read whole (fixed header, remaining
+length) and a PUBLISH for which ``drop(topic, retained)`` says True is not passed on.
 """
 
 from __future__ import annotations
