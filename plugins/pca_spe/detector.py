@@ -3,15 +3,18 @@
 What lives here: the options (:class:`PcaSpeOptions`), the detector's life over a stream of rows
 (warm-up, the normal window M, the abnormal rows A, column-set changes, stale cells, quiet
 columns), the mapping of identification results to :class:`atomwatch.Blame`, the operator's
-*normal* verdict (``accept_normal``), ``status()`` and ``deltas_from_mu``. What does not: the
-formulas (:mod:`.model`) and the per-tick kernels (:mod:`.kernels`). What it does where the paper
+*normal* verdict (``accept_normal``), ``status()``, ``deltas_from_mu``, and when M is written
+and taken back (``state_dir``). What does not: the formulas (:mod:`.model`), the per-tick
+kernels (:mod:`.kernels`) and the state file itself (:mod:`.state`). What it does where the paper
 is silent (warm-up, A, stale cells, quiet columns, column changes, threshold, cost):
 ``docs/pca.md``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -29,6 +32,9 @@ np = lazy_import("numpy", globals(), "np")
 # when the plugin loads: every command that lists plugins imports this module
 kernels = lazy_import(f"{__package__}.kernels", globals(), "kernels")
 pm = lazy_import(f"{__package__}.model", globals(), "pm")
+state = lazy_import(f"{__package__}.state", globals(), "state")
+
+log = logging.getLogger(__name__)
 
 NAME = "pca-spe"
 UNATTENDED_KEPT = 8  # re-baselined episodes whose earlier window is kept for a malicious verdict
@@ -83,6 +89,9 @@ class PcaSpeOptions:
     smooth: Annotated[float, Range(ge=0, lt=1)] = (
         0.0  # EWMA weight of log(1 + SPE/threshold): abnormal while the smoothed ratio is over 1 (0: each row alone)
     )
+    state_dir: str | None = None  # keep each scope's M in this folder across restarts (docs/pca.md); unset: not kept
+    state_max_age: Annotated[float, Range(gt=0)] = 86400.0  # seconds: an M saved longer ago is not taken back
+    save_every: Annotated[int, Range(ge=1)] = 60  # with state_dir: rows between two saves of M (when it changed)
 
     def __post_init__(self) -> None:
         if self.min_rows is not None and not 3 <= self.min_rows <= self.t:
@@ -348,10 +357,24 @@ class PcaSpeDetector:
         # quiet_rule=seen: the seen ranges as they were before each ended episode learnt into them
         # (by its first row index; restored by a malicious verdict)
         self.seen_before: dict[int, tuple[tuple[SeriesKey, ...], Any, Any]] = {}
+        # state_dir: M's file, whether it is still to be read (at the first row), what was taken
+        # back from it, rows since the last save and the M then saved
+        self.state_path = state.path_for(self.opts.state_dir, scope) if self.opts.state_dir else None
+        self._restore_pending = self.state_path is not None
+        self.restored: dict[str, Any] | None = None
+        self._rows_since_save = 0
+        self._saved_version: tuple | None = None
+        self.save_failures = 0
 
     # -- the stream ---------------------------------------------------------------------------
 
     def update(self, row: Row) -> Anomaly | None:
+        result = self._update(row)
+        if self.state_path is not None:
+            self._maybe_save()
+        return result
+
+    def _update(self, row: Row) -> Anomaly | None:
         values = np.asarray(row.values, dtype=np.float64).reshape(-1)
         if len(values) != len(row.columns):
             raise ValueError(
@@ -362,6 +385,8 @@ class PcaSpeDetector:
         cols = self._effective_columns(row.columns, values)
         if not cols:
             return None
+        if self._restore_pending:
+            self._restore(cols)
         self._follow_columns(cols)
         win = self.win
         assert win is not None
@@ -437,6 +462,81 @@ class PcaSpeDetector:
         if finite.all() and (win.stats.n < win.stats.capacity or self.opts.reference == "sliding"):
             win.add(z)
         return None
+
+    # -- M kept across restarts (state_dir) --------------------------------------------------------
+
+    def _restore(self, cols: tuple[SeriesKey, ...]) -> None:
+        """Take M back from its file (at the first row with columns): the rows as saved, the seen
+        ranges; the column set is then followed as after any change. A file that cannot be used
+        is said once and the detector starts cold."""
+        self._restore_pending = False
+        path = self.state_path
+        assert path is not None
+        try:
+            saved = state.load(path, self.scope, self.opts.state_max_age)
+        except state.StateError as e:
+            log.warning("%s on %s: the saved window is not used, starting cold: %s", NAME, self.scope, e)
+            return
+        if saved is None:
+            return
+        if not set(saved.columns) & set(cols):
+            log.warning(
+                "%s on %s: the saved window (%s) has no column of the current rows, starting cold",
+                NAME,
+                self.scope,
+                path,
+            )
+            return
+        win = _Window(saved.columns, self.opts)
+        for z in saved.rows[-self.opts.t :]:
+            win.add(z)
+        win.stats.refresh()
+        win.seen_lo, win.seen_hi = saved.seen_lo.copy(), saved.seen_hi.copy()
+        self.win = win
+        self.restored = {"rows": win.stats.n, "saved_at": saved.saved_at, "file": str(path)}
+        log.info(
+            "%s on %s: window M taken back from %s (%d rows, saved %.0f s ago)",
+            NAME,
+            self.scope,
+            path,
+            win.stats.n,
+            time.time() - saved.saved_at,
+        )
+
+    def _m_version(self, win: _Window) -> tuple:
+        s = win.stats
+        return (id(win), s.n, s.start, s.updates, s.refreshes, win.seen_lo.tobytes(), win.seen_hi.tobytes())
+
+    def _maybe_save(self) -> None:
+        """Every ``save_every`` rows, write M if it changed since the last save (a full fixed
+        reference changes only by a re-baseline or a verdict). A failure is counted, said at the
+        first and every 100th, and never fails the row."""
+        win = self.win
+        if win is None or not win.ready:
+            return
+        self._rows_since_save += 1
+        if self._rows_since_save < self.opts.save_every:
+            return
+        self._rows_since_save = 0
+        version = self._m_version(win)
+        if version == self._saved_version:
+            return
+        assert self.state_path is not None
+        try:
+            saved = state.Saved(win.columns, win.stats.rows(), win.seen_lo, win.seen_hi, time.time())
+            state.save(self.state_path, self.scope, saved)
+            self._saved_version = version
+        except OSError as e:
+            self.save_failures += 1
+            if self.save_failures % 100 == 1:
+                log.warning(
+                    "%s on %s: cannot save the window to %s (%d failures so far): %s",
+                    NAME,
+                    self.scope,
+                    self.state_path,
+                    self.save_failures,
+                    e,
+                )
 
     def _restart(self) -> None:
         """A and the last episode cleared, the smoothed level back to 0: M or the column set was
@@ -783,6 +883,12 @@ class PcaSpeDetector:
         }
         if self.opts.smooth > 0:
             out["smoothed_ratio"] = math.expm1(self.level)
+        if self.state_path is not None:
+            out["state"] = {
+                "file": str(self.state_path),
+                "restored": self.restored,
+                "save_failures": self.save_failures,
+            }
         if win is None or not win.ready:
             return out
         m = win.model()
