@@ -290,8 +290,10 @@ def test_decode_gives_a_message_or_a_protocol_error(kind):
             seen[outcome] = seen.get(outcome, 0) + 1
 
     run()
-    # every outcome was reached: the mutations are neither all harmless nor all fatal
-    assert seen.get("message", 0) > 0.05 * PAYLOADS, seen
+    # every outcome was reached: the mutations are neither all harmless nor all fatal (the share
+    # still decoding varies from run to run, each example's 40 payloads alike: one run of the small
+    # state message had 4.4 %, below the 5 % this asked before; 1 run in 5 failed so)
+    assert seen.get("message", 0) > 0.02 * PAYLOADS, seen
     assert {"invalid", "too-large", "too-deep"} <= set(seen) or PAYLOADS < 5000, seen
 
 
