@@ -487,10 +487,7 @@ class PcaSpeDetector:
                 path,
             )
             return
-        win = _Window(saved.columns, self.opts)
-        for z in saved.rows[-self.opts.t :]:
-            win.add(z)
-        win.stats.refresh()
+        win = _Window(saved.columns, self.opts, pm.WindowStats.of_rows(saved.rows, self.opts.t))
         win.seen_lo, win.seen_hi = saved.seen_lo.copy(), saved.seen_hi.copy()
         self.win = win
         self.restored = {"rows": win.stats.n, "saved_at": saved.saved_at, "file": str(path)}

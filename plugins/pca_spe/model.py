@@ -113,8 +113,13 @@ class WindowStats:
 
     def restricted(self, keep: np.ndarray, capacity: int | None = None) -> WindowStats:
         """A new window over the columns ``keep`` (indices) holding the same rows, exact."""
-        out = WindowStats(len(keep), capacity or self.capacity)
-        rows = self.rows()[-out.capacity :, keep]
+        return WindowStats.of_rows(self.rows()[:, keep], capacity or self.capacity)
+
+    @classmethod
+    def of_rows(cls, rows: np.ndarray, capacity: int) -> WindowStats:
+        """A window holding the last ``capacity`` of ``rows`` (oldest first), its statistics exact."""
+        out = cls(rows.shape[1], capacity)
+        rows = rows[-capacity:]
         out.buf[: len(rows)] = rows
         out.n = len(rows)
         out.refresh()
