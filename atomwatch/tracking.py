@@ -451,8 +451,16 @@ class AdaptiveTracker(_Policy):
     leader sends. The invariant holds because every expert keeps it: ``delta`` is the leader's Δ
     in force (ATOM's pending Δ takes over at its next round).
 
-    :meth:`set_rule` pins series to one rule of :data:`RULES` (its expert always leads), so one
-    tracker serves series of different rules: the agent's per-metric ``tracking``.
+    ``budget`` (1.05; ``None``: off) bounds what following others may cost: with Δ fixed, a
+    series never sends more than ``budget`` times what ATOM alone would have sent it, at every
+    tick. A series stops following another expert when its next message and one more (the one
+    that takes ATOM's copy back) could exceed that: it sends ATOM's line instead, and from then
+    on breaks when ATOM does until it has saved enough to try another rule again (proof:
+    ``docs/tracking.md``). The price is on sparse series: the first try needs ATOM to have sent
+    about 1/(budget − 1) messages.
+
+    :meth:`set_rule` pins series to one rule of :data:`RULES` (its expert always leads, unguarded),
+    so one tracker serves series of different rules: the agent's per-metric ``tracking``.
     """
 
     #: rule name → the expert that leads a series pinned to it (−1: not pinned, the adaptive rule)
@@ -464,13 +472,17 @@ class AdaptiveTracker(_Policy):
         gamma: float = 0.0,
         decay: float = 0.995,
         hysteresis: float = 1.0,
+        budget: float | None = 1.05,
     ) -> None:
         super().__init__(delta)
         if not 0 < float(decay) <= 1:
             raise ValueError(f"decay must be within (0, 1], got {decay}")
         if not float(hysteresis) >= 0:
             raise ValueError(f"hysteresis must be ≥ 0, got {hysteresis}")
+        if budget is not None and not 1 <= float(budget) < np.inf:
+            raise ValueError(f"budget must be ≥ 1 and finite (or None), got {budget}")
         self.decay, self.hysteresis = float(decay), float(hysteresis)
+        self.budget = None if budget is None else float(budget)
         self.experts: list[_Policy] = [
             AtomTracker(self.delta, gamma=gamma),
             Deadband(self.delta),
@@ -488,6 +500,8 @@ class AdaptiveTracker(_Policy):
         self.score = np.zeros((len(self.experts), self.n))
         self.leader = np.zeros(self.n, dtype=np.intp)
         self.pin = np.full(self.n, -1, dtype=np.intp)
+        self.sent = np.zeros(self.n)  # messages so far: this tracker's, and ATOM's expert's
+        self.atom_sent = np.zeros(self.n)
 
     def set_rule(self, idx: ArrayLike, rule: str | list[str]) -> None:
         """Pin the series ``idx`` to ``rule`` (one name, or one per index); ``"adaptive"`` unpins.
@@ -513,6 +527,8 @@ class AdaptiveTracker(_Policy):
         self.base = np.concatenate([self.base, np.full(new, np.nan)])
         self.slope = np.concatenate([self.slope, np.zeros(new)])
         self.k0 = np.concatenate([self.k0, np.zeros(new, dtype=np.int64)])
+        self.sent = np.concatenate([self.sent, np.zeros(new)])
+        self.atom_sent = np.concatenate([self.atom_sent, np.zeros(new)])
 
     def set_delta(self, idx: ArrayLike, delta: ArrayLike | float) -> None:
         for e in self.experts:
@@ -535,7 +551,10 @@ class AdaptiveTracker(_Policy):
         self.base[~readable] = np.nan
         self.score *= self.decay
         for k, e in enumerate(self.experts):
-            self.score[k] += e.step(f)
+            sent = e.step(f)
+            self.score[k] += sent
+            if k == 0:
+                self.atom_sent += sent
         series = np.arange(self.n)
         best = np.argmin(self.score, axis=0)
         switch = self.score[best, series] + self.hysteresis < self.score[self.leader, series]
@@ -547,8 +566,16 @@ class AdaptiveTracker(_Policy):
             send = readable & ~(np.abs(f - copy) <= self.delta)
         np.copyto(self.g, copy, where=readable)
         if send.any():
-            # the leader's line, as it is (its anchor too): the copy is the leader's, bit for bit
             at = np.flatnonzero(send)
+            if self.budget is not None:
+                # this message and the one that would take ATOM's copy back must fit the budget
+                risky = (self.leader[at] != 0) & (self.pin[at] < 0)
+                risky &= self.sent[at] + 2 > self.budget * self.atom_sent[at]
+                if risky.any():
+                    self.leader[at[risky]] = 0
+                    self.delta = self._in_force()
+            self.sent[at] += 1
+            # the leader's line, as it is (its anchor too): the copy is the leader's, bit for bit
             lead = self.leader[at]
             for k, e in enumerate(self.experts):
                 mine = at[lead == k]

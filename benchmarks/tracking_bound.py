@@ -298,9 +298,10 @@ def candidates(gamma: float = 0.0) -> dict[str, Any]:
         )
     for alpha in (0.05, 0.1, 0.2, 0.3, 0.5):
         grid[f"center(alpha={alpha})"] = lambda d, a=alpha: CenterTracker(d, alpha=a)
+    # without the budget: the guarantee against ATOM is not what is asked of a candidate here
     for decay, hysteresis in ((0.99, 1.0), (0.995, 1.0), (0.999, 1.0), (0.995, 2.0)):
         grid[f"adaptive(decay={decay},hysteresis={hysteresis})"] = lambda d, de=decay, hy=hysteresis: AdaptiveTracker(
-            d, gamma=gamma, decay=de, hysteresis=hy
+            d, gamma=gamma, decay=de, hysteresis=hy, budget=None
         )
     return grid
 

@@ -318,6 +318,38 @@ def test_adaptive_sends_what_atom_sends_until_another_rule_does_better() -> None
     assert adaptive.leader[0] == 5, "the trend expert leads on a drift"
 
 
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), budget=st.sampled_from([1.0, 1.05, 1.5]), gamma=st.sampled_from([0.0, 0.5]))
+def test_adaptive_never_sends_more_than_its_budget_times_what_atom_sends(
+    data: st.DataObject, budget: float, gamma: float
+) -> None:
+    values = data.draw(matrices(exact=True))
+    delta = data.draw(deltas(values.shape[1], exact=True))
+    adaptive, atom = AdaptiveTracker(delta, gamma=gamma, budget=budget), AtomTracker(delta, gamma=gamma)
+    ours, theirs = np.zeros(values.shape[1]), np.zeros(values.shape[1])
+    for row in values:
+        sent, atom_sent = adaptive.step(row), atom.step(row)
+        ours += sent
+        theirs += atom_sent
+        assert np.all(ours <= budget * theirs), (ours, theirs)
+        if budget == 1.0:  # no room to try another rule: ATOM's messages exactly
+            assert np.array_equal(sent, atom_sent) and np.array_equal(adaptive.g[sent], atom.g[sent])
+
+
+def test_the_budget_keeps_sparse_series_within_5_percent_of_atom_where_following_others_did_not() -> None:
+    rng = np.random.default_rng(5)
+    walk = np.cumsum(rng.normal(0, 0.08, (2000, 100)), axis=0)  # about 35 ATOM messages a series
+    spikes = rng.uniform(-3.0, 3.0, walk.shape) * (rng.random(walk.shape) < 0.01)
+    values = np.concatenate([walk, walk + spikes], axis=1)
+    delta = np.ones(values.shape[1])
+    atom = simulate(AtomTracker(delta), values).messages
+    free = simulate(AdaptiveTracker(delta, budget=None), values).messages
+    kept = simulate(AdaptiveTracker(delta), values).messages
+    assert np.sum(free > 1.05 * atom) >= 1, "without the budget some series cost more than 5 % over ATOM"
+    assert np.all(kept <= 1.05 * atom)
+    assert kept.sum() < atom.sum(), "and with it the rule still saves messages overall"
+
+
 def test_adaptive_invalidate_resize_and_set_delta_reach_every_expert() -> None:
     t = AdaptiveTracker([1.0])
     t.step(np.array([3.0]))
@@ -397,6 +429,9 @@ def test_unknown_rule_and_bad_parameters_are_refused() -> None:
         SegmentTracker([1.0], lean=2.0)
     with pytest.raises(ValueError, match="decay must be within"):
         AdaptiveTracker([1.0], decay=0.0)
+    for budget in (0.99, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="budget must be ≥ 1 and finite"):
+            AdaptiveTracker([1.0], budget=budget)
     with pytest.raises(ValueError, match="settle must be a whole number ≥ 1"):
         TrendTracker([1.0], settle=0)
     with pytest.raises(ValueError, match="corrections must be a whole number ≥ 1"):
