@@ -12,6 +12,9 @@ end to 100,000 points):
 * ``ratio_full_over_tick`` — full recomputation at that length ÷ online tick: what the online state
   saves per tick.
 
+``state_dir`` — what keeping the state across restarts costs for one scope of 20 columns at 1-minute
+steps after 7 days: the file's size, one save and one restore, against a row's update.
+
 ``--quality`` runs the table of ``docs/precog.md`` instead of the speed part (``--all``: both).
 Both modes are fitted on each machine's first two days, then run online over the remaining
 ~5.7 days on: the real trace (no leak: any alarm is false); the trace moved to a 50 % level with a
@@ -100,6 +103,54 @@ def speed() -> dict:
             "same_final_decision": bool(last.alarm == ref.alarm and last.cps == ref.cps),
         }
     return out
+
+
+def state_cost(columns: int = 20, days: float = 7.0, step: float = 60.0) -> dict:
+    """``state_dir``: one scope of ``columns`` memory series at ``step`` seconds, fitted on two days
+    and predicting for the rest of ``days``: the file's size (the history as bin medians, against
+    its raw points), one save, one restore (a new detector's first row), against a row's update."""
+    import tempfile
+    from pathlib import Path
+
+    from atomwatch.plugins.precog import detector, state
+    from atomwatch.types import Row, SeriesKey
+
+    v = series_100k()
+    keys = tuple(SeriesKey(f"vm{j}", f"vm{j}", "MemoryUtilization", "%") for j in range(columns))
+    rows = int(days * 86400 / step)
+    t0 = 1.3e9
+    with tempfile.TemporaryDirectory() as tmp:
+        options = {"state_dir": tmp, "save_every": 10**9}  # saved below, by hand
+        det = detector.PrecogFactory("precog", True).create("s", options)
+        start = time.perf_counter()
+        for i in range(rows):
+            values = np.array([v[(i + 997 * j) % v.size] for j in range(columns)])
+            det.update(Row("s", i, t0 + i * step, keys, values))
+        per_row = (time.perf_counter() - start) / rows
+        save = best_of(lambda: (setattr(det, "_rows_since_save", 10**9), det._maybe_save()), repeat=3)
+        size = Path(det.state_path).stat().st_size
+        raw = sum(len(c.hist_t) for c in det.columns.values()) * 16
+        kept = sum(state.compress_history(c.hist_t, c.hist_v, 300.0)[0].size for c in det.columns.values()) * 16
+
+        def restore() -> None:
+            again = detector.PrecogFactory("precog", True).create("s", options)
+            again.update(Row("s", rows, t0 + rows * step, keys, np.full(columns, 50.0)))
+            assert again.restored is not None and again.restored["predicting"] == columns
+
+        back = best_of(restore, repeat=3)
+    return {
+        "columns": columns,
+        "step_s": step,
+        "days": days,
+        "file_bytes": size,
+        "history_bytes_raw": raw,
+        "history_bytes_kept": kept,
+        "save_s": save,
+        "restore_s": back,
+        "update_per_row_s": per_row,
+        "save_over_row": save / per_row,
+        "save_every_60_rows_share": save / 60 / per_row,
+    }
 
 
 # ----------------------------------------------------------------------------- quality
@@ -218,6 +269,7 @@ def main() -> None:
     result: dict = {"benchmark": "precog", "machine": machine()}
     if args.all or not args.quality:
         result["speed"] = speed()
+        result["state_dir"] = state_cost()
     if args.all or args.quality:
         result["quality"] = quality(MACHINES[: args.machines])
     emit(result)

@@ -249,9 +249,11 @@ class PrefixSums:
         y = values.astype(np.longdouble) - np.longdouble(self.offset)
         k = np.arange(self.n, self.n + m, dtype=np.longdouble)
         a = self.n
-        self._y[a + 1 : a + m + 1] = self._y[a] + np.cumsum(y)
-        self._yy[a + 1 : a + m + 1] = self._yy[a] + np.cumsum(y * y)
-        self._ky[a + 1 : a + m + 1] = self._ky[a] + np.cumsum(k * y)
+        # one addition after another from the sum so far: m values added at once give the sums
+        # that adding them one by one gives (a series rebuilt from its bins is the same series)
+        for name, add in (("_y", y), ("_yy", y * y), ("_ky", k * y)):
+            buf = getattr(self, name)
+            buf[a + 1 : a + m + 1] = np.cumsum(np.concatenate(([buf[a]], add)))[1:]
         prev = np.empty(m)
         prev[0] = values[0] if self.last is None else self.last
         prev[1:] = values[:-1]
@@ -862,16 +864,48 @@ class OnlineSeries:
         self.chain = thin_sorted(flagged_pos, self.p.sep_bins, chain)
 
     def trimmed(self, keep_bins: int) -> OnlineSeries:
-        """A new series holding only the last ``keep_bins`` closed bins and the open bin (the
-        closed bins' resampled values are fed back as one point each, so they stay as they were)."""
-        out = OnlineSeries(self.p)
+        """A new series holding only the last ``keep_bins`` closed bins and the open bin."""
         first = max(0, self.f - keep_bins)
-        res = self.p.resample
-        for k in range(first, self.f):
-            out.add((self.bin0 + k) * res, float(self.r[k]))  # type: ignore[operator]
-        for v in self.cur_vals:
-            out.add(self.cur_bin * res, v)  # type: ignore[operator]
-        out.last_raw = self.last_raw
+        return OnlineSeries.rebuilt(
+            self.p,
+            self.bin0 + first,
+            self.r[first:],
+            self.cur_bin,
+            self.cur_vals,
+            self.last_raw,
+            self.dropped,  # type: ignore[operator,arg-type]
+        )
+
+    @classmethod
+    def rebuilt(
+        cls,
+        p: PrecogParams,
+        bin0: int,
+        r: Iterable[float],
+        cur_bin: int,
+        cur_vals: Iterable[float],
+        last_raw: float = math.nan,
+        dropped: int = 0,
+    ) -> OnlineSeries:
+        """A series of the closed bins ``r`` from ``bin0`` and the open bin ``cur_bin``'s points, as
+        adding them would leave it: the smoothed values, sums and sorted differences computed from
+        ``r`` at once, the change-point chain at the first evaluation."""
+        out = cls(p)
+        r = np.asarray(r, dtype=np.float64)
+        f = r.size
+        out.bin0 = bin0 if f else cur_bin
+        if f:  # what closing the bins one by one computes, at once
+            out._grow(f)
+            out._r_buf[:f], out._s_buf[:f] = r, rolling_median(r, p.smooth_bins)
+            out.f, out.r, out.s = f, out._r_buf[:f], out._s_buf[:f]
+            out.sums.extend(out.s)
+            d = np.abs(np.diff(out.s))
+            order = np.argsort(d, kind="stable")
+            out.diffs.vals, out.diffs.pos = d[order], order.astype(np.int64)
+            out.flag = np.zeros(max(f, out.flag.size), bool)
+            out._pending = list(range(d.size))  # flagged at the first evaluation
+        out.cur_bin, out.cur_vals = cur_bin, sorted(float(v) for v in cur_vals)
+        out.last_raw, out.dropped = last_raw, dropped
         return out
 
     def evaluate(self, model: Model, guard: RiseEnvelope | None = None) -> Decision:

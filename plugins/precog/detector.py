@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from . import core
 
 # numpy loads on first use, not when the plugin loads (every command that lists plugins imports this)
 np = lazy_import("numpy", globals(), "np")
+state = lazy_import(f"{__package__}.state", globals(), "state")
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,11 @@ class PrecogOptions:
     max_history: Annotated[float, Duration] = 0.0
     forget: Annotated[float, Duration] = 86400.0
     margin: float = 0.0
+    #: keep each scope's columns (history, model, online series) in this folder across restarts
+    #: (docs/precog.md); unset: not kept
+    state_dir: str | None = None
+    state_max_age: Annotated[float, Duration, Range(gt=0)] = 7 * 86400.0  # a state saved longer ago is not used
+    save_every: Annotated[int, Range(ge=1)] = 360  # with state_dir: rows between two saves
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -87,6 +94,9 @@ class Settings:
     max_history: float  # 0 = keep the whole online series
     forget: float
     margin: float
+    state_dir: str | None = None
+    state_max_age: float = 7 * 86400.0
+    save_every: int = 360
 
 
 def parse_options(options: Mapping[str, Any], detector: str) -> Settings:
@@ -106,7 +116,19 @@ def parse_options(options: Mapping[str, Any], detector: str) -> Settings:
     )
     metrics = None if "*" in o.metrics else o.metrics
     step = None if o.step == "auto" else float(o.step)
-    return Settings(params, metrics, step, o.fit_duration, o.fit_rows, o.max_history, o.forget, o.margin)
+    return Settings(
+        params,
+        metrics,
+        step,
+        o.fit_duration,
+        o.fit_rows,
+        o.max_history,
+        o.forget,
+        o.margin,
+        o.state_dir,
+        o.state_max_age,
+        o.save_every,
+    )
 
 
 @dataclass
@@ -140,6 +162,13 @@ class PrecogDetector:
         self._unit: float | None = settings.step  # seconds per Row.ts unit (rows mode)
         self._rows_mode: bool | None = None if settings.step is None else True
         self._said_unwatched = False  # the "no column matches metrics" warning, once per scope
+        # state_dir: the file, whether it is still to be read (at the first row), what was taken
+        # back from it, rows since the last save
+        self.state_path = state.path_for(settings.state_dir, name, scope) if settings.state_dir else None
+        self._restore_pending = self.state_path is not None
+        self.restored: dict[str, Any] | None = None
+        self._rows_since_save = 0
+        self.save_failures = 0
 
     # -- time --------------------------------------------------------------------------------
 
@@ -166,6 +195,15 @@ class PrecogDetector:
         if not math.isfinite(float(row.ts)):
             self.errors += 1
             return None
+        if self._restore_pending:
+            self._restore()
+        try:
+            return self._update(row)
+        finally:
+            if self.state_path is not None:
+                self._maybe_save()
+
+    def _update(self, row: Row) -> list[Anomaly] | None:
         t = self._seconds(row)
         out: list[Anomaly] = []
         watched = False
@@ -262,6 +300,95 @@ class PrecogDetector:
         if span > keep * 1.25:  # rebuild rarely: drop the oldest fifth
             state.series = series.trimmed(int(keep / state.params.resample))
 
+    # -- state kept across restarts (state_dir) ----------------------------------------------
+
+    def _restore(self) -> None:
+        """Take the columns back from the scope's file (at the first row): each one's history,
+        its model fitted again from it, its online series rebuilt from its bins. A file that cannot
+        be used is said once and the detector starts cold; columns not heard of for ``forget``
+        are dropped at the first row as always."""
+        self._restore_pending = False
+        path = self.state_path
+        assert path is not None
+        try:
+            saved = state.load(path, self.scope, self.settings.state_max_age)
+            if saved is not None and saved.rows_mode is not None and self._unit not in (None, saved.unit):
+                raise state.StateError(f"{path}: saved with step = {saved.unit:g} s, this detector has {self._unit:g}")
+        except state.StateError as e:
+            log.warning("%s on %s: the saved state is not used, starting cold: %s", self.name, self.scope, e)
+            return
+        if saved is None:
+            return
+        if saved.rows_mode is not None:
+            self._rows_mode, self._unit = saved.rows_mode, saved.unit
+        p = self.settings.params
+        for c in saved.columns:
+            col = ColumnState(c.key, p, hist_t=c.hist_t.tolist(), hist_v=c.hist_v.tolist())
+            col.rows, col.rejected, col.alarms, col.last_seen = c.rows, c.rejected, c.alarms, c.last_seen
+            if c.predicting:
+                self._fit(col)
+                col.series = core.OnlineSeries.rebuilt(p, c.bin0, c.r, c.cur_bin, c.cur_vals, c.last_raw, c.dropped)
+            self.columns[c.key] = col
+        predicting = sum(c.predicting for c in saved.columns)
+        self.restored = {
+            "columns": len(saved.columns),
+            "predicting": predicting,
+            "saved_at": saved.saved_at,
+            "file": str(path),
+        }
+        log.info(
+            "%s on %s: %d columns taken back from %s (%d predicting, saved %.0f s ago)",
+            self.name,
+            self.scope,
+            len(saved.columns),
+            path,
+            predicting,
+            time.time() - saved.saved_at,
+        )
+
+    def _maybe_save(self) -> None:
+        """Every ``save_every`` rows, write every column. A failure is counted, said at the first
+        and every 100th, and never fails the row."""
+        self._rows_since_save += 1
+        if self._rows_since_save < self.settings.save_every or not self.columns:
+            return
+        self._rows_since_save = 0
+        assert self.state_path is not None
+        res = self.settings.params.resample
+        try:
+            cols = []
+            for key, c in self.columns.items():
+                if self.settings.fit_rows is None:  # (fit_rows counts the history's raw points)
+                    hist_t, hist_v = state.compress_history(c.hist_t, c.hist_v, res)
+                else:
+                    hist_t, hist_v = np.array(c.hist_t, dtype=np.float64), np.array(c.hist_v, dtype=np.float64)
+                s = c.series
+                cols.append(
+                    state.SavedColumn(
+                        key, hist_t, hist_v, s is not None,
+                        s.bin0 if s is not None else 0,  # type: ignore[arg-type]
+                        s.r.copy() if s is not None else np.zeros(0),
+                        s.cur_bin if s is not None else 0,  # type: ignore[arg-type]
+                        np.array(s.cur_vals if s is not None else [], dtype=np.float64),
+                        s.last_raw if s is not None and math.isfinite(s.last_raw) else 0.0,
+                        s.dropped if s is not None else 0,
+                        c.rows, c.rejected, c.alarms, c.last_seen,
+                    )
+                )  # fmt: skip
+            saved = state.Saved(self._rows_mode, self._unit if self._rows_mode is not None else None, cols, time.time())
+            state.save(self.state_path, self.scope, saved)
+        except OSError as e:
+            self.save_failures += 1
+            if self.save_failures % 100 == 1:
+                log.warning(
+                    "%s on %s: cannot save the state to %s (%d failures so far): %s",
+                    self.name,
+                    self.scope,
+                    self.state_path,
+                    self.save_failures,
+                    e,
+                )
+
     # -- output --------------------------------------------------------------------------------
 
     def _anomaly(self, state: ColumnState, row: Row, d: core.Decision) -> Anomaly:
@@ -318,7 +445,14 @@ class PrecogDetector:
                 "reason": s.last.reason if s.last else "",
                 "alarms": s.alarms,
             }
-        return {"detector": self.name, "columns": cols, "errors": self.errors}
+        out: dict[str, Any] = {"detector": self.name, "columns": cols, "errors": self.errors}
+        if self.state_path is not None:
+            out["state"] = {
+                "file": str(self.state_path),
+                "restored": self.restored,
+                "save_failures": self.save_failures,
+            }
+        return out
 
     def accept_normal(self, rows: list[Row]) -> None:
         """The operator calls these rows normal: add them to each column's history and refit."""
