@@ -35,7 +35,7 @@ from . import core
 
 # numpy loads on first use, not when the plugin loads (every command that lists plugins imports this)
 np = lazy_import("numpy", globals(), "np")
-state = lazy_import(f"{__package__}.state", globals(), "state")
+statefile = lazy_import(f"{__package__}.state", globals(), "statefile")
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class PrecogDetector:
         self._said_unwatched = False  # the "no column matches metrics" warning, once per scope
         # state_dir: the file, whether it is still to be read (at the first row), what was taken
         # back from it, rows since the last save
-        self.state_path = state.path_for(settings.state_dir, name, scope) if settings.state_dir else None
+        self.state_path = statefile.path_for(settings.state_dir, name, scope) if settings.state_dir else None
         self._restore_pending = self.state_path is not None
         self.restored: dict[str, Any] | None = None
         self._rows_since_save = 0
@@ -311,10 +311,12 @@ class PrecogDetector:
         path = self.state_path
         assert path is not None
         try:
-            saved = state.load(path, self.scope, self.settings.state_max_age)
+            saved = statefile.load(path, self.scope, self.settings.state_max_age)
             if saved is not None and saved.rows_mode is not None and self._unit not in (None, saved.unit):
-                raise state.StateError(f"{path}: saved with step = {saved.unit:g} s, this detector has {self._unit:g}")
-        except state.StateError as e:
+                raise statefile.StateError(
+                    f"{path}: saved with step = {saved.unit:g} s, this detector has {self._unit:g}"
+                )
+        except statefile.StateError as e:
             log.warning("%s on %s: the saved state is not used, starting cold: %s", self.name, self.scope, e)
             return
         if saved is None:
@@ -325,13 +327,18 @@ class PrecogDetector:
         for c in saved.columns:
             col = ColumnState(c.key, p, hist_t=c.hist_t.tolist(), hist_v=c.hist_v.tolist())
             col.rows, col.rejected, col.alarms, col.last_seen = c.rows, c.rejected, c.alarms, c.last_seen
-            if c.predicting:
-                self._fit(col)
-                col.series = core.OnlineSeries.rebuilt(p, c.bin0, c.r, c.cur_bin, c.cur_vals, c.last_raw, c.dropped)
+            try:
+                if c.predicting:
+                    self._fit(col)
+                    col.series = core.OnlineSeries.rebuilt(p, c.bin0, c.r, c.cur_bin, c.cur_vals, c.last_raw, c.dropped)
+            except Exception as e:  # one column that cannot be rebuilt starts cold, not the scope
+                self.errors += 1
+                log.warning("%s on %s: column %s of %s starts cold: %s", self.name, self.scope, c.key.column, path, e)
+                continue
             self.columns[c.key] = col
-        predicting = sum(c.predicting for c in saved.columns)
+        predicting = sum(c.series is not None for c in self.columns.values())
         self.restored = {
-            "columns": len(saved.columns),
+            "columns": len(self.columns),
             "predicting": predicting,
             "saved_at": saved.saved_at,
             "file": str(path),
@@ -340,7 +347,7 @@ class PrecogDetector:
             "%s on %s: %d columns taken back from %s (%d predicting, saved %.0f s ago)",
             self.name,
             self.scope,
-            len(saved.columns),
+            len(self.columns),
             path,
             predicting,
             time.time() - saved.saved_at,
@@ -359,12 +366,12 @@ class PrecogDetector:
             cols = []
             for key, c in self.columns.items():
                 if self.settings.fit_rows is None:  # (fit_rows counts the history's raw points)
-                    hist_t, hist_v = state.compress_history(c.hist_t, c.hist_v, res)
+                    hist_t, hist_v = statefile.compress_history(c.hist_t, c.hist_v, res)
                 else:
                     hist_t, hist_v = np.array(c.hist_t, dtype=np.float64), np.array(c.hist_v, dtype=np.float64)
                 s = c.series
                 cols.append(
-                    state.SavedColumn(
+                    statefile.SavedColumn(
                         key, hist_t, hist_v, s is not None,
                         s.bin0 if s is not None else 0,  # type: ignore[arg-type]
                         s.r.copy() if s is not None else np.zeros(0),
@@ -375,9 +382,11 @@ class PrecogDetector:
                         c.rows, c.rejected, c.alarms, c.last_seen,
                     )
                 )  # fmt: skip
-            saved = state.Saved(self._rows_mode, self._unit if self._rows_mode is not None else None, cols, time.time())
-            state.save(self.state_path, self.scope, saved)
-        except OSError as e:
+            saved = statefile.Saved(
+                self._rows_mode, self._unit if self._rows_mode is not None else None, cols, time.time()
+            )
+            statefile.save(self.state_path, self.scope, saved)
+        except (OSError, ValueError) as e:
             self.save_failures += 1
             if self.save_failures % 100 == 1:
                 log.warning(
