@@ -2,10 +2,10 @@
 
 What lives here, shared by every detector that keeps state: :func:`path_for` (one file per
 detector and scope in the operator's folder), :func:`write_npz` (atomic: a crash leaves the last
-complete file), :func:`read_npz` (bounded in size, never unpickles, every field present, or a
-:class:`StateError` naming the file and what is wrong), :func:`check_header` (the format,
-scope and age every such file carries) and the columns a file names, as JSON. What does not: what a detector stores and how it checks
-its own fields (``plugins/pca_spe/state.py``, ``plugins/precog/state.py``).
+complete file), :func:`read_state` (bounded in size, never unpickles, every field present, the
+format, scope and age every such file carries; or a :class:`StateError` naming the file and what
+is wrong) and the columns a file names, as JSON. What does not: what a detector stores and how it
+checks its own fields (``plugins/pca_spe/state.py``, ``plugins/precog/state.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,14 @@ def columns_from_json(path: Path, text: np.ndarray, empty: bool = False) -> tupl
     if len(set(columns)) != len(columns):
         raise StateError(f"{path}: a column is named twice")
     return columns
+
+
+def read_state(
+    path: Path, fields: tuple[str, ...], what: str, fmt: int, scope: str, max_age: float, now: float | None = None
+) -> tuple[dict[str, np.ndarray], float] | None:
+    """:func:`read_npz` then :func:`check_header`: the fields of ``scope``'s file and when it was
+    saved, None when there is no file."""
+    f = read_npz(path, fields, what)
+    if f is None:
+        return None
+    return f, check_header(path, f, fmt, scope, max_age, time.time() if now is None else now)

@@ -9,7 +9,6 @@ and what is wrong). What does not: when the detector saves and what it rebuilds 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,10 @@ import numpy as np
 from atomwatch import SeriesKey
 from atomwatch.statefiles import (
     StateError,
-    check_header,
     columns_from_json,
     columns_to_json,
     header,
-    read_npz,
+    read_state,
     write_npz,
 )
 from atomwatch.statefiles import path_for as _path_for
@@ -65,17 +63,14 @@ def save(path: Path, scope: str, saved: Saved) -> None:
 def load(path: Path, scope: str, max_age: float, now: float | None = None) -> Saved | None:
     """The saved window of ``scope``, None when there is no file; :class:`StateError` when the
     file cannot be used (unreadable, another scope's, too old, malformed)."""
-    fields = read_npz(path, FIELDS, "pca-spe state file")
-    if fields is None:
-        return None
-    return _checked(path, scope, fields, max_age, time.time() if now is None else now)
+    got = read_state(path, FIELDS, "pca-spe state file", FORMAT, scope, max_age, now)
+    return None if got is None else _checked(path, *got)
 
 
-def _checked(path: Path, scope: str, f: dict[str, Any], max_age: float, now: float) -> Saved:
+def _checked(path: Path, f: dict[str, Any], saved_at: float) -> Saved:
     def bad(what: str) -> StateError:
         return StateError(f"{path}: {what}")
 
-    saved_at = check_header(path, f, FORMAT, scope, max_age, now)
     columns = columns_from_json(path, f["columns"])
     d = len(columns)
     rows, lo, hi = f["rows"], f["seen_lo"], f["seen_hi"]

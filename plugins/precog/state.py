@@ -13,7 +13,6 @@ does not: when the detector saves and how it rebuilds a column (:mod:`.detector`
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,11 @@ import numpy as np
 from atomwatch import SeriesKey
 from atomwatch.statefiles import (
     StateError,
-    check_header,
     columns_from_json,
     columns_to_json,
     header,
     path_for,
-    read_npz,
+    read_state,
     write_npz,
 )
 
@@ -120,17 +118,14 @@ def save(path: Path, scope: str, saved: Saved) -> None:
 def load(path: Path, scope: str, max_age: float, now: float | None = None) -> Saved | None:
     """The saved state of ``scope``, None when there is no file; :class:`StateError` when the file
     cannot be used (unreadable, another scope's, too old, malformed)."""
-    fields = read_npz(path, FIELDS, "Precog state file")
-    if fields is None:
-        return None
-    return _checked(path, scope, fields, max_age, time.time() if now is None else now)
+    got = read_state(path, FIELDS, "Precog state file", FORMAT, scope, max_age, now)
+    return None if got is None else _checked(path, *got)
 
 
-def _checked(path: Path, scope: str, f: dict[str, Any], max_age: float, now: float) -> Saved:
+def _checked(path: Path, f: dict[str, Any], saved_at: float) -> Saved:
     def bad(what: str) -> StateError:
         return StateError(f"{path}: {what}")
 
-    saved_at = check_header(path, f, FORMAT, scope, max_age, now)
     keys = columns_from_json(path, f["columns"], empty=True)
     n = len(keys)
     mode = f["mode"]
