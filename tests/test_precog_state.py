@@ -91,6 +91,9 @@ def _saved_file(tmp_path):
     return det.state_path
 
 
+FAR_OPEN_BIN, HISTORY_AFTER = object(), object()  # (made from the saved file by the test)
+
+
 def _rewrite(path, **fields):
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
@@ -112,6 +115,9 @@ def _rewrite(path, **fields):
         ({"cur": np.array([object()], dtype=object)}, "not a readable state file"),
         ({"columns": np.str_('[["a", "b"]]')}, "not a list of [uuid, name, metric, unit] strings"),
         ({"mode": np.array([1.0, -5.0])}, "seconds per Row.ts unit -5.0"),
+        ({"cur_len": np.array([0]), "cur": np.zeros(0)}, "its online series"),  # no open bin
+        ({"meta": FAR_OPEN_BIN}, "its online series"),
+        ({"hist_t": HISTORY_AFTER}, "its history ends after the column was last seen"),
         (None, "not a readable state file"),
     ],
 )
@@ -120,6 +126,15 @@ def test_a_state_file_that_cannot_be_used_is_named_and_the_detector_starts_cold(
     if fields is None:
         path.write_bytes(b"PK\x03\x04 not a zip at all")
     else:
+        with np.load(path) as z:
+            meta, hist_t = z["meta"].copy(), z["hist_t"].copy()
+        if fields.get("meta") is FAR_OPEN_BIN:  # a year and a day of bins to fill in
+            meta[0, 2] += 366 * 288
+            meta[0, 8] += 366 * DAY
+            fields["meta"] = meta
+        elif fields.get("hist_t") is HISTORY_AFTER:
+            hist_t[-1] = meta[0, 8] + 1000
+            fields["hist_t"] = hist_t
         _rewrite(path, **fields)
     det = _detector(tmp_path)
     t, v = _series(days=3)
@@ -196,3 +211,15 @@ def test_two_detect_runs_sharing_a_state_dir_report_what_one_run_reports(tmp_pat
     assert want and [(a["row"] + k, a["score"], a["blame"][0]["window_end"]) for a in after["anomalies"]] == want
     alone = _detect(tmp_path / "after.csv")
     assert alone["anomalies"] == [], "without the state the second part is only history"
+
+
+def test_columns_saved_after_the_rows_time_start_cold(tmp_path, caplog):
+    """A state written by a later run (or before the clock was set back): its columns would take
+    every new point as out of order, so they start cold, said with the file."""
+    t, v = _series(days=3)
+    _run(_detector(tmp_path), t, v, start=1000, stop=1100)
+    det = _detector(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="atomwatch.plugins.precog.detector"):
+        _run(det, t, v, stop=10)
+    assert det.restored is not None and det.status()["columns"][VM1.column]["history_points"] == 10
+    assert "1 columns of" in caplog.text and "were last seen after this row's time" in caplog.text

@@ -169,6 +169,7 @@ class PrecogDetector:
         self.restored: dict[str, Any] | None = None
         self._rows_since_save = 0
         self.save_failures = 0
+        self._check_restored = False  # at the first row after a restore: columns saved after it
 
     # -- time --------------------------------------------------------------------------------
 
@@ -205,6 +206,8 @@ class PrecogDetector:
 
     def _update(self, row: Row) -> list[Anomaly] | None:
         t = self._seconds(row)
+        if self._check_restored:
+            self._drop_later_than(t)
         out: list[Anomaly] = []
         watched = False
         for j, key in enumerate(row.columns):
@@ -311,7 +314,7 @@ class PrecogDetector:
         path = self.state_path
         assert path is not None
         try:
-            saved = statefile.load(path, self.scope, self.settings.state_max_age)
+            saved = statefile.load(path, self.scope, self.settings.state_max_age, self.settings.params.resample)
             if saved is not None and saved.rows_mode is not None and self._unit not in (None, saved.unit):
                 raise statefile.StateError(
                     f"{path}: saved with step = {saved.unit:g} s, this detector has {self._unit:g}"
@@ -336,6 +339,7 @@ class PrecogDetector:
                 log.warning("%s on %s: column %s of %s starts cold: %s", self.name, self.scope, c.key.column, path, e)
                 continue
             self.columns[c.key] = col
+        self._check_restored = True
         predicting = sum(c.series is not None for c in self.columns.values())
         self.restored = {
             "columns": len(self.columns),
@@ -352,6 +356,23 @@ class PrecogDetector:
             predicting,
             time.time() - saved.saved_at,
         )
+
+    def _drop_later_than(self, t: float) -> None:
+        """Restored columns last seen after the first row's time (a state of a later run, or a
+        clock set back) would drop every point as out of order: they start cold instead."""
+        self._check_restored = False
+        later = [k for k, c in self.columns.items() if c.last_seen > t]
+        for k in later:
+            del self.columns[k]
+        if later:
+            log.warning(
+                "%s on %s: %d columns of %s were last seen after this row's time (%s), they start cold",
+                self.name,
+                self.scope,
+                len(later),
+                self.state_path,
+                ", ".join(k.column for k in later[:5]),
+            )
 
     def _maybe_save(self) -> None:
         """Every ``save_every`` rows, write every column. A failure is counted, said at the first

@@ -36,6 +36,9 @@ __all__ = ["FORMAT", "Saved", "SavedColumn", "StateError", "compress_history", "
 
 FORMAT = 1
 FIELDS = ("columns", "mode", "meta", "hist_t", "hist_v", "hist_len", "r", "r_len", "cur", "cur_len")
+#: the most bins between an online series' last closed bin and its open one (a year of 5-minute
+#: bins; the next point fills them in, so a damaged file must not ask for more)
+MAX_OPEN_GAP = 105_120
 #: per column, in this order, in the ``meta`` array
 META = ("predicting", "bin0", "cur_bin", "last_raw", "dropped", "rows", "rejected", "alarms", "last_seen")
 
@@ -115,14 +118,15 @@ def save(path: Path, scope: str, saved: Saved) -> None:
     )
 
 
-def load(path: Path, scope: str, max_age: float, now: float | None = None) -> Saved | None:
-    """The saved state of ``scope``, None when there is no file; :class:`StateError` when the file
-    cannot be used (unreadable, another scope's, too old, malformed)."""
+def load(path: Path, scope: str, max_age: float, resample: float, now: float | None = None) -> Saved | None:
+    """The saved state of ``scope`` (its series on bins of ``resample`` seconds), None when there is
+    no file; :class:`StateError` when the file cannot be used (unreadable, another scope's, too
+    old, malformed)."""
     got = read_state(path, FIELDS, "Precog state file", FORMAT, scope, max_age, now)
-    return None if got is None else _checked(path, *got)
+    return None if got is None else _checked(path, *got, resample)
 
 
-def _checked(path: Path, f: dict[str, Any], saved_at: float) -> Saved:
+def _checked(path: Path, f: dict[str, Any], saved_at: float, resample: float) -> Saved:
     def bad(what: str) -> StateError:
         return StateError(f"{path}: {what}")
 
@@ -158,9 +162,20 @@ def _checked(path: Path, f: dict[str, Any], saved_at: float) -> Saved:
         predicting = bool(m[0])
         r, cur = parts["r"][j], parts["cur"][j]
         bin0, cur_bin = int(m[1]), int(m[2])
-        gap = cur_bin - bin0 if r.size else 0  # with no closed bin, the open one is the first
-        if predicting and (not cur.size or not 0 <= r.size <= gap or (r < 0).any() or (cur < 0).any()):
-            raise bad(f"{what}: its online series ({r.size} closed bins from {bin0}, open bin {cur_bin}) is not one")
+        span = cur_bin - bin0 if r.size else 0  # with no closed bin, the open one is the first
+        if predicting and (
+            not cur.size
+            or not 0 <= r.size <= span <= r.size + MAX_OPEN_GAP
+            or cur_bin > math.floor(m[8] / resample)  # the open bin holds points seen, not later ones
+            or (r < 0).any()
+            or (cur < 0).any()
+        ):
+            raise bad(
+                f"{what}: its online series ({r.size} closed bins from {bin0}, open bin {cur_bin}, last seen "
+                f"at {m[8]:.0f} s) is not one"
+            )
+        if hist_t.size and hist_t[-1] > m[8]:
+            raise bad(f"{what}: its history ends after the column was last seen")
         columns.append(
             SavedColumn(
                 key, hist_t, hist_v, predicting, bin0, r, cur_bin, cur, float(m[3]), int(m[4]), int(m[5]),
