@@ -2,7 +2,7 @@
 
 What lives here, shared by every detector that keeps state: :func:`path_for` (one file per
 detector and scope in the operator's folder), :func:`write_npz` (atomic: a crash leaves the last
-complete file), :func:`read_state` (bounded in size, never unpickles, every field present, the
+complete file), :func:`read_state` (bounded in size, packed and unpacked, never unpickles, every field present, the
 format, scope and age every such file carries; or a :class:`StateError` naming the file and what
 is wrong) and the columns a file names, as JSON. What does not: what a detector stores and how it
 checks its own fields (``plugins/pca_spe/state.py``, ``plugins/precog/state.py``).
@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,13 @@ def read_npz(path: Path, fields: tuple[str, ...], what: str) -> dict[str, np.nda
         raise StateError(f"{path}: cannot read it ({e})") from None
     if size > MAX_BYTES:
         raise StateError(f"{path}: {size} bytes, more than the {MAX_BYTES} a state file may hold")
+    try:
+        with zipfile.ZipFile(path) as z:  # a compressed member must not unpack past the bound either
+            unpacked = sum(m.file_size for m in z.infolist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise StateError(f"{path}: not a readable state file ({type(e).__name__}: {e})") from None
+    if unpacked > MAX_BYTES:
+        raise StateError(f"{path}: {unpacked} bytes unpacked, more than the {MAX_BYTES} a state file may hold")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in (*HEADER, *fields)}

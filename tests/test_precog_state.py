@@ -223,3 +223,19 @@ def test_columns_saved_after_the_rows_time_start_cold(tmp_path, caplog):
         _run(det, t, v, stop=10)
     assert det.restored is not None and det.status()["columns"][VM1.column]["history_points"] == 10
     assert "1 columns of" in caplog.text and "were last seen after this row's time" in caplog.text
+
+
+def test_a_state_file_that_unpacks_past_the_bound_is_not_read(tmp_path, caplog):
+    """A small compressed file that would unpack to more than a state file may hold (64 MiB)."""
+    path = _saved_file(tmp_path)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["hist_t"] = np.zeros(9 * 1024 * 1024)  # 72 MiB of zeros, a few hundred kB packed
+    with path.open("wb") as f:
+        np.savez_compressed(f, **arrays)
+    assert path.stat().st_size < 1024 * 1024
+    det = _detector(tmp_path)
+    t, v = _series(days=3)
+    with caplog.at_level(logging.WARNING, logger="atomwatch.plugins.precog.detector"):
+        _run(det, t, v, start=2550, stop=2551)
+    assert det.restored is None and "bytes unpacked, more than the 67108864" in caplog.text
