@@ -2,7 +2,7 @@
 
 What lives here: ATOM's Algorithm 1 (:class:`AtomTracker`), the deadband and send-all baselines,
 rules that send fewer messages on drifts and noise (:class:`SegmentTracker`, :class:`TrendTracker`,
-:class:`CenterTracker`, :class:`AdaptiveTracker`),
+:class:`CenterTracker`, :class:`LatticeTracker`, :class:`AdaptiveTracker`),
 the agent's rule names (:data:`RULES`, :func:`make_tracker`), the offline optimum
 (:func:`optimal_messages`) and :func:`simulate`, all vectorised over the series with O(1) work per
 series and sample. Invariant after every ``step``: ``|f − g| ≤ Δ``
@@ -23,6 +23,7 @@ __all__ = [
     "AtomTracker",
     "CenterTracker",
     "Deadband",
+    "LatticeTracker",
     "Policy",
     "SegmentTracker",
     "SendAll",
@@ -309,6 +310,65 @@ class CenterTracker(_Policy):
         return send
 
 
+class LatticeTracker(_Policy):
+    """A constant-copy rule made to use the grid its series' values lie on (whole numbers, or
+    multiples of 0.5, 0.25, 0.1, 0.05, 0.01: :data:`STEPS`, learnt per series from every value
+    sent: a value off the grid that is never sent costs nothing by it).
+
+    On a grid of step q the copy only matters through the grid points within Δ of it: ``m + 1``
+    of them at most (``m = ⌊2Δ/q⌋``), and ``2⌊Δ/q⌋ + 1`` for a copy that is itself a grid point,
+    one fewer when Δ/q has a fractional part of ½ or more (whole numbers at Δ = 0.9: one value for
+    a copy at 52, two for a copy at 52.5). When its copy breaks, this rule takes the value its
+    ``inner`` rule holds and moves it to the middle of the run of ``m + 1`` grid points nearest it
+    that holds the current value. A series with a value off every grid (to 1e-9) is not moved: the inner
+    rule's value is sent; so is the first value of a series (sent as is). The move is kept only if
+    ``|f − g| ≤ Δ`` holds for it in float64, so the invariant never depends on the grid guess.
+    ``inner`` must keep a constant copy (not :class:`TrendTracker`).
+    """
+
+    #: the grid steps tried, coarsest first: a series takes the first one all its values lie on
+    STEPS = np.array([1.0, 0.5, 0.25, 0.1, 0.05, 0.01])
+
+    def __init__(self, inner: _Policy) -> None:
+        super().__init__(inner.delta)
+        self.inner = inner
+        self.on_grid = np.ones((self.n, self.STEPS.size), dtype=bool)
+
+    def _grow(self, new: int, delta: np.ndarray) -> None:
+        super()._grow(new, delta)
+        self.inner.resize(self.n + new, delta)
+        self.on_grid = np.concatenate([self.on_grid, np.ones((new, self.STEPS.size), dtype=bool)])
+
+    def set_delta(self, idx: ArrayLike, delta: ArrayLike | float) -> None:
+        self.inner.set_delta(idx, delta)
+        self.delta = self.inner.delta.copy()
+
+    def invalidate(self, idx: ArrayLike) -> None:
+        super().invalidate(idx)
+        self.inner.invalidate(idx)
+
+    def step(self, f: ArrayLike) -> np.ndarray:
+        f, readable = self._readable(f)
+        self.inner.step(f)
+        self.delta = self.inner.delta.copy()  # (a pending Δ of ATOM's takes over with its round)
+        with np.errstate(invalid="ignore", over="ignore"):
+            send = readable & ~(np.abs(f - self.g) <= self.delta)
+            if send.any():
+                at = np.flatnonzero(send)
+                value, x, d = self.inner.g[at], f[at], self.delta[at]
+                k = x[:, None] / self.STEPS  # the grid is learnt from the values sent (O(1) a send)
+                self.on_grid[at] &= np.abs(k - np.round(k)) <= 1e-9 * np.maximum(1.0, np.abs(k))
+                grid = self.on_grid[at]
+                q = self.STEPS[np.argmax(grid, axis=1)]
+                m = np.floor(2 * d / q)
+                half = m * q / 2
+                start = np.clip(np.round((value - half) / q) * q, x - m * q, x)
+                moved = start + half
+                keep = grid.any(axis=1) & np.isfinite(moved) & (np.abs(x - moved) <= d) & np.isfinite(self.g[at])
+                self.g[at] = np.where(keep, moved, value)
+        return send
+
+
 class TrendTracker(_Policy):
     """A line copy: the controller's copy at step ``k`` is ``base + slope * (k − k0)``.
 
@@ -443,8 +503,8 @@ class AdaptiveTracker(_Policy):
     """Per series, follow whichever of several rules has been sending the fewest messages lately.
 
     Every *expert* (ATOM, the deadband, four :class:`SegmentTracker` settings, the trend and the
-    center rule) runs on every
-    series; its score is its message count, decayed by ``decay`` a tick. The leader of a series
+    center rule, and the center and segment rules on their series' grid, :class:`LatticeTracker`)
+    runs on every series; its score is its message count, decayed by ``decay`` a tick. The leader of a series
     changes when another expert's score is lower by more than ``hysteresis`` messages (ATOM leads
     at first and wins ties). The copy ``g`` is sent only when it breaks the leader's Δ in force,
     and then the leader's own ``g`` is sent: while nothing switches, this sends exactly what the
@@ -464,7 +524,7 @@ class AdaptiveTracker(_Policy):
     """
 
     #: rule name → the expert that leads a series pinned to it (−1: not pinned, the adaptive rule)
-    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1, "trend": 5, "center": 6}
+    PINS = {"atom": 0, "deadband": 1, "segment": 2, "adaptive": -1, "trend": 5, "center": 6, "lattice": 8}
 
     def __init__(
         self,
@@ -492,6 +552,8 @@ class AdaptiveTracker(_Policy):
             TrendTracker(self.delta),
             CenterTracker(self.delta),
             SegmentTracker(self.delta, lean=0.0, carry=0.5),
+            LatticeTracker(CenterTracker(self.delta)),
+            LatticeTracker(SegmentTracker(self.delta, lean=1.0)),
         ]
         self.k = 0
         self.base = np.full(self.n, np.nan)  # the copy as a line (the leader's when it was sent)
@@ -598,6 +660,7 @@ RULES = {
     "adaptive": lambda delta, gamma: AdaptiveTracker(delta, gamma=gamma),
     "trend": lambda delta, gamma: TrendTracker(delta),
     "center": lambda delta, gamma: CenterTracker(delta),
+    "lattice": lambda delta, gamma: LatticeTracker(CenterTracker(delta)),
 }
 
 

@@ -35,6 +35,7 @@ from atomwatch.tracking import (
     AtomTracker,
     CenterTracker,
     Deadband,
+    LatticeTracker,
     SegmentTracker,
     TrendTracker,
     make_tracker,
@@ -298,6 +299,10 @@ def candidates(gamma: float = 0.0) -> dict[str, Any]:
         )
     for alpha in (0.05, 0.1, 0.2, 0.3, 0.5):
         grid[f"center(alpha={alpha})"] = lambda d, a=alpha: CenterTracker(d, alpha=a)
+        grid[f"lattice(center(alpha={alpha}))"] = lambda d, a=alpha: LatticeTracker(CenterTracker(d, alpha=a))
+    for lean in (0.0, 0.5, 1.0):
+        grid[f"lattice(segment(lean={lean}))"] = lambda d, le=lean: LatticeTracker(SegmentTracker(d, lean=le))
+    grid["lattice(deadband)"] = lambda d: LatticeTracker(Deadband(d))
     # without the budget: the guarantee against ATOM is not what is asked of a candidate here
     for decay, hysteresis in ((0.99, 1.0), (0.995, 1.0), (0.999, 1.0), (0.995, 2.0)):
         grid[f"adaptive(decay={decay},hysteresis={hysteresis})"] = lambda d, de=decay, hy=hysteresis: AdaptiveTracker(

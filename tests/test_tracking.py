@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atomwatch.traces import read_trace
 from atomwatch.tracking import (
     RULES,
     AdaptiveTracker,
     AtomTracker,
     CenterTracker,
     Deadband,
+    LatticeTracker,
     SegmentTracker,
     SendAll,
     TrendTracker,
@@ -24,6 +26,7 @@ from atomwatch.tracking import (
     optimal_messages,
     simulate,
 )
+from tests.conftest import DATA
 
 # ----------------------------------------------------------------------------- strategies
 
@@ -348,6 +351,30 @@ def test_the_budget_keeps_sparse_series_within_5_percent_of_atom_where_following
     assert np.sum(free > 1.05 * atom) >= 1, "without the budget some series cost more than 5 % over ATOM"
     assert np.all(kept <= 1.05 * atom)
     assert kept.sum() < atom.sum(), "and with it the rule still saves messages overall"
+
+
+def test_on_whole_numbers_the_lattice_rule_covers_two_values_where_a_copy_at_one_covers_one() -> None:
+    """Whole-number values at Δ = 0.9: a copy at 52.5 holds for 52 and 53, one at 52 only for 52."""
+    rng = np.random.default_rng(2)
+    steps = np.cumsum(rng.integers(-1, 2, 3000) * (rng.random(3000) < 0.2))
+    walk = (50 + steps).astype(np.float64)[:, None]
+    on_grid = LatticeTracker(Deadband([0.9]))
+    assert simulate(on_grid, walk).messages[0] < 0.6 * simulate(Deadband([0.9]), walk).messages[0]
+    assert on_grid.g[0] % 1 == 0.5 and on_grid.on_grid[0, 0]
+    # Alibaba's memory utilisation, whole percents, at Δ = 1 % of its mean: the agent's rule
+    memory = read_trace(DATA / "precog" / "m_100_test.csv.gz").values
+    delta = [0.01 * float(np.nanmean(memory))]
+    lattice = simulate(make_tracker("lattice", delta), memory).messages[0]
+    assert lattice < 0.75 * simulate(CenterTracker(delta), memory).messages[0]
+    # a value off every grid: the inner rule's values, sent as they are
+    off = walk + 0.123456789
+    assert (
+        simulate(LatticeTracker(CenterTracker([0.9])), off).messages[0]
+        == simulate(CenterTracker([0.9]), off).messages[0]
+    )
+    tracker = LatticeTracker(CenterTracker([0.45]))
+    simulate(tracker, walk / 2)  # multiples of 0.5: the grid is 0.5, not 1
+    assert tracker.on_grid[0].tolist() == [False, True, True, True, True, True]
 
 
 def test_adaptive_invalidate_resize_and_set_delta_reach_every_expert() -> None:

@@ -47,7 +47,7 @@ def _deltas(value, where: str) -> dict:
 
 #: the names of atomwatch.tracking.RULES (not imported: it loads numpy; tests/test_tracking_option.py
 #: checks they agree)
-TRACKING_RULES = ("atom", "deadband", "segment", "adaptive", "trend", "center")
+TRACKING_RULES = ("atom", "deadband", "segment", "adaptive", "trend", "center", "lattice")
 
 
 def parse_tracking(value, where: str) -> dict[str, str]:
