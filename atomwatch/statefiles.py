@@ -2,10 +2,11 @@
 
 What lives here, shared by every detector that keeps state: :func:`path_for` (one file per
 detector and scope in the operator's folder), :func:`write_npz` (atomic: a crash leaves the last
-complete file), :func:`read_state` (bounded in size, packed and unpacked, never unpickles, every field present, the
-format, scope and age every such file carries; or a :class:`StateError` naming the file and what
-is wrong) and the columns a file names, as JSON. What does not: what a detector stores and how it
-checks its own fields (``plugins/pca_spe/state.py``, ``plugins/precog/state.py``).
+complete file), :func:`read_state` (bounded in size, packed and unpacked; never unpickles; every
+field present; the format, scope and age every such file carries; or a :class:`StateError`
+naming the file and what is wrong) and the columns a file names, as JSON. What does not: what a
+detector stores and how it checks its own fields (``plugins/pca_spe/state.py``,
+``plugins/precog/state.py``).
 """
 
 from __future__ import annotations

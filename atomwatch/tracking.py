@@ -312,16 +312,16 @@ class CenterTracker(_Policy):
 
 class LatticeTracker(_Policy):
     """A constant-copy rule made to use the grid its series' values lie on (whole numbers, or
-    multiples of 0.5, 0.25, 0.1, 0.05, 0.01: :data:`STEPS`, learnt per series from every value
-    sent: a value off the grid that is never sent costs nothing by it).
+    multiples of 0.5, 0.25, 0.1, 0.05, 0.01: :data:`STEPS`, learnt per series from the values
+    it sends).
 
     On a grid of step q the copy only matters through the grid points within Δ of it: ``m + 1``
-    of them at most (``m = ⌊2Δ/q⌋``), and ``2⌊Δ/q⌋ + 1`` for a copy that is itself a grid point,
-    one fewer when Δ/q has a fractional part of ½ or more (whole numbers at Δ = 0.9: one value for
-    a copy at 52, two for a copy at 52.5). When its copy breaks, this rule takes the value its
-    ``inner`` rule holds and moves it to the middle of the run of ``m + 1`` grid points nearest it
-    that holds the current value. A series with a value off every grid (to 1e-9) is not moved: the inner
-    rule's value is sent; so is the first value of a series (sent as is). The move is kept only if
+    of them at most (``m = ⌊2Δ/q⌋``), and ``2⌊Δ/q⌋ + 1`` for a copy that is itself a grid
+    point, one fewer when Δ/q has a fractional part of ½ or more (whole numbers at Δ = 0.9: one
+    value for a copy at 52, two for a copy at 52.5). When its copy breaks, this rule takes the
+    value its ``inner`` rule holds and moves it to the middle of the run of ``m + 1`` grid points
+    nearest it that holds the current value. A series with a value off every grid (to 1e-9) is
+    not moved, nor is the first value of a series (sent as is). The move is kept only if
     ``|f − g| ≤ Δ`` holds for it in float64, so the invariant never depends on the grid guess.
     ``inner`` must keep a constant copy (not :class:`TrendTracker`).
     """
@@ -504,9 +504,9 @@ class AdaptiveTracker(_Policy):
 
     Every *expert* (ATOM, the deadband, four :class:`SegmentTracker` settings, the trend and the
     center rule, and the center and segment rules on their series' grid, :class:`LatticeTracker`)
-    runs on every series; its score is its message count, decayed by ``decay`` a tick. The leader of a series
-    changes when another expert's score is lower by more than ``hysteresis`` messages (ATOM leads
-    at first and wins ties). The copy ``g`` is sent only when it breaks the leader's Δ in force,
+    runs on every series; its score is its message count, decayed by ``decay`` a tick. The
+    leader of a series changes when another expert's score is lower by more than ``hysteresis``
+    messages (ATOM leads at first and wins ties). The copy ``g`` is sent only when it breaks the leader's Δ in force,
     and then the leader's own ``g`` is sent: while nothing switches, this sends exactly what the
     leader sends. The invariant holds because every expert keeps it: ``delta`` is the leader's Δ
     in force (ATOM's pending Δ takes over at its next round).
