@@ -2,7 +2,7 @@
 
 1. Messages: every trace of the Precog data (synthetic test1..7, Alibaba m_*_train/test), for
    Δ = 1 %, 5 %, 10 % of each series' mean magnitude: messages of send-all, every tracking rule
-   (deadband, ATOM, segment, adaptive, trend, center; the adaptive rule without its budget too,
+   (deadband, ATOM, segment, adaptive, trend, center, lattice; the adaptive rule without its budget,
    to show what its guarantee costs) and the two offline optima (``optimal``:
    constant copy, greedy segments of range ≤ 2Δ; ``optimal_lines``: line copy, the fewest disjoint
    lines within Δ, O'Rourke 1981), each rule's ratio to the constant optimum, totals by family
