@@ -323,15 +323,17 @@ class LatticeTracker(_Policy):
     nearest it that holds the current value. A series with a value off every grid (to 1e-9) is
     not moved, nor is the first value of a series (sent as is). The move is kept only if
     ``|f − g| ≤ Δ`` holds for it in float64, so the invariant never depends on the grid guess.
-    ``inner`` must keep a constant copy (not :class:`TrendTracker`).
+    ``inner`` must keep a constant copy (not :class:`TrendTracker`). With ``step_inner=False``
+    the caller steps ``inner`` before this rule each tick (the adaptive rule, whose own center and
+    segment experts are the inner rules of its lattice experts, so each runs once a tick).
     """
 
     #: the grid steps tried, coarsest first: a series takes the first one all its values lie on
     STEPS = np.array([1.0, 0.5, 0.25, 0.1, 0.05, 0.01])
 
-    def __init__(self, inner: _Policy) -> None:
+    def __init__(self, inner: _Policy, step_inner: bool = True) -> None:
         super().__init__(inner.delta)
-        self.inner = inner
+        self.inner, self.step_inner = inner, step_inner
         self.on_grid = np.ones((self.n, self.STEPS.size), dtype=bool)
 
     def _grow(self, new: int, delta: np.ndarray) -> None:
@@ -349,7 +351,8 @@ class LatticeTracker(_Policy):
 
     def step(self, f: ArrayLike) -> np.ndarray:
         f, readable = self._readable(f)
-        self.inner.step(f)
+        if self.step_inner:
+            self.inner.step(f)
         self.delta = self.inner.delta.copy()  # (a pending Δ of ATOM's takes over with its round)
         with np.errstate(invalid="ignore", over="ignore"):
             send = readable & ~(np.abs(f - self.g) <= self.delta)
@@ -543,17 +546,19 @@ class AdaptiveTracker(_Policy):
             raise ValueError(f"budget must be ≥ 1 and finite (or None), got {budget}")
         self.decay, self.hysteresis = float(decay), float(hysteresis)
         self.budget = None if budget is None else float(budget)
+        segment, center = SegmentTracker(self.delta, lean=1.0), CenterTracker(self.delta)
         self.experts: list[_Policy] = [
             AtomTracker(self.delta, gamma=gamma),
             Deadband(self.delta),
-            SegmentTracker(self.delta, lean=1.0),
+            segment,
             SegmentTracker(self.delta, lean=0.5),
             SegmentTracker(self.delta, lean=1.0, carry=1.0, patience=1),
             TrendTracker(self.delta),
-            CenterTracker(self.delta),
+            center,
             SegmentTracker(self.delta, lean=0.0, carry=0.5),
-            LatticeTracker(CenterTracker(self.delta)),
-            LatticeTracker(SegmentTracker(self.delta, lean=1.0)),
+            # the same two on the grid: stepped above (experts run in this order), not again
+            LatticeTracker(center, step_inner=False),
+            LatticeTracker(segment, step_inner=False),
         ]
         self.k = 0
         self.base = np.full(self.n, np.nan)  # the copy as a line (the leader's when it was sent)
