@@ -390,19 +390,8 @@ class PrecogDetector:
                     hist_t, hist_v = statefile.compress_history(c.hist_t, c.hist_v, res)
                 else:
                     hist_t, hist_v = np.array(c.hist_t, dtype=np.float64), np.array(c.hist_v, dtype=np.float64)
-                s = c.series
-                cols.append(
-                    statefile.SavedColumn(
-                        key, hist_t, hist_v, s is not None,
-                        s.bin0 if s is not None else 0,  # type: ignore[arg-type]
-                        s.r.copy() if s is not None else np.zeros(0),
-                        s.cur_bin if s is not None else 0,  # type: ignore[arg-type]
-                        np.array(s.cur_vals if s is not None else [], dtype=np.float64),
-                        s.last_raw if s is not None and math.isfinite(s.last_raw) else 0.0,
-                        s.dropped if s is not None else 0,
-                        c.rows, c.rejected, c.alarms, c.last_seen,
-                    )
-                )  # fmt: skip
+                counters = (c.rows, c.rejected, c.alarms, c.last_seen)
+                cols.append(statefile.SavedColumn.of(key, hist_t, hist_v, c.series, *counters))
             saved = statefile.Saved(
                 self._rows_mode, self._unit if self._rows_mode is not None else None, cols, time.time()
             )

@@ -60,6 +60,20 @@ class SavedColumn:
     alarms: int
     last_seen: float
 
+    @classmethod
+    def of(
+        cls, key: SeriesKey, hist_t: np.ndarray, hist_v: np.ndarray, series: core.OnlineSeries | None, *counters: Any
+    ) -> SavedColumn:
+        """A column to save: its history, its online series (None: still learning its history),
+        then ``rows, rejected, alarms, last_seen``."""
+        if series is None:
+            return cls(key, hist_t, hist_v, False, 0, np.zeros(0), 0, np.zeros(0), 0.0, 0, *counters)
+        return cls(
+            key, hist_t, hist_v, True, series.bin0 or 0, series.r.copy(), series.cur_bin or 0,
+            np.array(series.cur_vals, dtype=np.float64), series.last_raw if math.isfinite(series.last_raw) else 0.0,
+            series.dropped, *counters,
+        )  # fmt: skip
+
 
 @dataclass
 class Saved:
