@@ -12,6 +12,10 @@
 3. The rules' rates measured on the same processes (several seeds), each checked ≥ its bound.
 4. The Precog traces: per series, the best rule with its parameters chosen with hindsight from a
    grid (:func:`hindsight`), an optimistic online figure for families without a known process.
+5. Alibaba's series (whole percents), each taken as its own first-order Markov chain: the least
+   messages of any online constant copy on that process, by policy iteration (:func:`chain_dp`),
+   against the optimum on paths of the chain; and that policy run on the series it was fitted on
+   (:func:`markov_section`).
 
 What does not live here: the rules (``atomwatch.tracking``), the benchmark of the rules on traces
 and shapes (``benchmarks.tracking``). Reasoning: ``docs/tracking.md``. Usage:
@@ -210,6 +214,177 @@ def random_walk(rng: np.random.Generator, sigma: float, ticks: int, series: int,
     return level + np.cumsum(rng.normal(0, sigma, (ticks, series)), axis=0)
 
 
+# ----------------------------------------------------------------------------- a Markov chain per series
+
+
+#: the weight (in counts) of a move from every value to the first in :func:`grid_chain`: enough
+#: to keep the chain one class and its DP well conditioned, too little to change a rate
+RESTART = 1e-3
+
+
+def grid_chain(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A series of whole numbers as a first-order Markov chain on its range: the transition
+    matrix P[i, j] from value lo + i to lo + j counted over the series, and the series as states
+    (value − lo). Every value also goes to the first with a weight of ``RESTART`` counts, which
+    keeps the chain one class (a series that ends on a value it never left, or a value never
+    taken, would otherwise be a class of its own); None when a value is not a whole number (only
+    grid series are fitted: Alibaba's percents)."""
+    x = values[np.isfinite(values)]
+    if x.size < 2 or np.any(x != np.round(x)):
+        return None
+    states = (x - x.min()).astype(int)
+    size = int(states.max()) + 1
+    counts = np.zeros((size, size))
+    np.add.at(counts, (states[:-1], states[1:]), 1.0)
+    counts[:, states[0]] += RESTART
+    return counts / counts.sum(axis=1, keepdims=True), states
+
+
+def chain_dp(chain: np.ndarray, m: int) -> dict[str, Any]:
+    """The best online constant copy of a Markov chain on whole numbers, by policy iteration:
+    the copy holds the m + 1 consecutive values of a window [w, w + m] (what a constant within Δ
+    of them holds, m = ⌊2Δ⌋); at each tick, with the value x and the window w of the copy in
+    force (which may not hold x: a break), the agent keeps w if it holds x or sends, one
+    message, the window of its choice that holds x. The chain's next value depends on x alone, so
+    (x, w) is all an online rule can use: no rule whose copy is a constant, whatever it
+    remembers, sends less a tick on this process than ``messages_per_tick``. ``choice[x, w]`` is
+    the window the policy holds after x (windows numbered from −m: index w + m), ``first[x]``
+    the one it sends for a first value x. The chain must be one class (as :func:`grid_chain`
+    makes it): with two, the policy's gain is not one number and the evaluation is singular."""
+    size = chain.shape[0]
+    windows = np.arange(-m, size)
+    width = windows.size
+    holds = (np.arange(size)[:, None] >= windows) & (np.arange(size)[:, None] <= windows + m)
+    if size <= m + 1:  # the window [0, m] holds every value: one message, then none
+        return {"messages_per_tick": 0.0, "choice": np.full((size, width), m), "first": np.full(size, m)}
+    h = np.zeros((size, width))
+    choice = np.where(holds, np.arange(width), np.argmax(holds, axis=1)[:, None])
+    rows = np.arange(size * width)
+    x = rows // width
+    for _ in range(100):
+        # evaluate: h(x, w) + ρ = [choice ≠ w] + Σ P[x, x'] h(x', choice), with h = 0 at the state
+        # (value 0, window [0, m])
+        held = choice.ravel()
+        system = np.zeros((rows.size + 1, rows.size + 1))
+        system[rows, rows] = 1.0
+        for j in range(size):
+            np.subtract.at(system, (rows, j * width + held), chain[x, j])
+        system[rows, -1] = 1.0
+        system[-1, m] = 1.0
+        rhs = np.append((held != rows % width).astype(float), 0.0)
+        solution = np.linalg.solve(system, rhs)
+        h, rho = solution[:-1].reshape(size, width), float(solution[-1])
+        # improve: per state, keep the window or send the best one, whichever costs less; the
+        # current choice stays on a tie (so the iteration cannot cycle)
+        future = np.where(holds, chain @ h, np.inf)  # by the window held over the next tick
+        best = np.argmin(future, axis=1)
+        stay, move = future, 1.0 + future[np.arange(size), best][:, None]
+        now = np.take_along_axis(future, choice, axis=1) + (choice != np.arange(width))
+        better = np.where(stay <= move, np.arange(width), best[:, None])
+        new = np.where(now <= np.minimum(stay, move) + 1e-9 * max(1.0, np.abs(h).max()), choice, better)
+        if np.array_equal(new, choice):
+            return {"messages_per_tick": rho, "choice": choice, "first": best}
+        choice = new
+    raise RuntimeError("chain DP did not converge")
+
+
+def chain_policy_messages(states: np.ndarray, dp: dict[str, Any]) -> int:
+    """Messages the policy of :func:`chain_dp` sends on ``states`` (the series it was fitted on:
+    a rule that knows the whole series' statistics in advance)."""
+    choice = dp["choice"]
+    w, sent = int(dp["first"][states[0]]), 1
+    for x in states[1:]:
+        a = int(choice[x, w])
+        sent += a != w
+        w = a
+    return sent
+
+
+def chain_sample(rng: np.random.Generator, chain: np.ndarray, start: int, ticks: int, series: int) -> np.ndarray:
+    """``series`` paths of ``ticks`` states of the chain from ``start`` (ticks × series)."""
+    cum = np.cumsum(chain, axis=1)
+    out = np.empty((ticks, series), dtype=int)
+    out[0] = start
+    u = rng.random((ticks, series))
+    for k in range(1, ticks):
+        out[k] = np.minimum((u[k, :, None] > cum[out[k - 1]]).sum(axis=1), chain.shape[0] - 1)
+    return out
+
+
+def chain_learnt_online(states: np.ndarray, m: int, every: int = 10) -> int:
+    """Messages of the chain policy learnt as it goes: at a break, the chain of the transitions
+    seen so far (as :func:`grid_chain`) is solved again (every ``every``-th break, and whenever
+    the series has reached a value new to it) and its window for the current value sent. An
+    online rule, but no agent's: K² counts a series and a policy iteration a break."""
+    size = int(states.max()) + 1
+    counts = np.zeros((size, size))
+    lo = hi = int(states[0])
+    window, sent, dp, base, stale = None, 0, None, lo, True
+    for k, x in enumerate(states):
+        x = int(x)
+        if k:
+            counts[states[k - 1], x] += 1.0
+        if not lo <= x <= hi:
+            lo, hi, stale = min(lo, x), max(hi, x), True
+        if window is not None and window <= x <= window + m:
+            continue
+        sent += 1
+        if dp is None or stale or sent % every == 0:
+            seen = counts[lo : hi + 1, lo : hi + 1].copy()
+            seen[:, int(states[0]) - lo] += RESTART
+            dp, base, stale = chain_dp(seen / seen.sum(axis=1, keepdims=True), m), lo, False
+        window = base + int(dp["first"][x - base]) - m
+    return sent
+
+
+def markov_section(data: Path, paths: int = 8) -> dict[str, Any]:
+    """Per family (Alibaba: whole percents) and Δ, each series taken as its own first-order
+    Markov chain: the least messages of any online constant copy on that process
+    (:func:`chain_dp`) against the offline optimum of ``paths`` paths of the chain as long as the
+    series; the DP's policy run on the series itself (it knows the chain before the first
+    sample) and learnt online (:func:`chain_learnt_online`, at 5 and 10 %: at 1 % it would solve
+    the DP at tens of thousands of breaks), against the series' optimum."""
+    matrix, deltas, owners, lengths = trace_matrix(data, "benchmarks.tracking_bound")
+    rng = np.random.default_rng(8)
+    totals: dict[str, dict[str, float]] = {}
+    fitted: dict[str, Any] = {}
+    for j, (name, fraction) in enumerate(owners):
+        column = matrix[: lengths[name], j]
+        if name not in fitted:
+            fit = grid_chain(column)
+            fitted[name] = None if fit is None else (*fit, chain_sample(rng, fit[0], fit[1][0], fit[1].size, paths))
+        if fitted[name] is None:
+            continue
+        chain, states, sample = fitted[name]
+        m = int(np.floor(2 * deltas[j] + 1e-9))
+        dp = chain_dp(chain, m)
+        t = totals.setdefault(
+            f"alibaba/{fraction:.0%}", dict.fromkeys(("model", "model_optimal", "policy", "learnt", "optimal"), 0.0)
+        )
+        t["model"] += dp["messages_per_tick"] * states.size
+        t["model_optimal"] += optimal_messages(sample.astype(float), deltas[j]).sum() / paths
+        t["policy"] += chain_policy_messages(states, dp)
+        t["learnt"] += chain_learnt_online(states, m) if fraction > 0.01 else 0
+        t["optimal"] += int(optimal_messages(column[:, None], deltas[j])[0])
+    return {
+        key: {
+            "least_online_ratio_on_the_chain": round(t["model"] / t["model_optimal"], 3),
+            "optimal": int(t["optimal"]),
+            "chain_policy_on_the_series": int(t["policy"]),
+            "chain_policy_ratio": round(t["policy"] / t["optimal"], 3),
+            **(
+                {
+                    "chain_learnt_online": int(t["learnt"]),
+                    "chain_learnt_online_ratio": round(t["learnt"] / t["optimal"], 3),
+                }
+                if t["learnt"]
+                else {}
+            ),
+        }
+        for key, t in totals.items()
+    }
+
+
 # ----------------------------------------------------------------------------- rules measured
 
 
@@ -357,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     result["walk"] = walk_section(0.5, ticks, seeds, cells, max_slope=0.5)
     if not args.quick:
         result["precog_hindsight"] = hindsight(args.data)
+        result["alibaba_markov_chain"] = markov_section(args.data)
     emit(result)
     return 0
 

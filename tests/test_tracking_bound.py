@@ -1,8 +1,9 @@
 """Tests of the online lower bounds of benchmarks.tracking_bound: the iid floor and the range
 formula against brute-force simulation, the optimum's stationary rate against long simulations,
 the random-walk DP against hand-worked cases and its own policy simulated, no copy of any shape
-outlasting the constant one on a walk, and every rule's
-measured rate at or above the bound it is held to (a rule below a lower bound would be a bug)."""
+outlasting the constant one on a walk, the Markov-chain DP (by hand, its policy simulated and
+learnt, its fitting), and every rule's measured rate at or above the bound it is held to (a rule
+below a lower bound would be a bug)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ import pytest
 from atomwatch.tracking import RULES, Deadband, make_tracker, optimal_messages, simulate
 from benchmarks.tracking_bound import (
     _iid_chain_rate,
+    chain_dp,
+    chain_learnt_online,
+    chain_policy_messages,
+    chain_sample,
     fresh_segment_length,
+    grid_chain,
     iid_noise,
     iid_online_floor,
     iid_optimum_rate,
@@ -120,3 +126,44 @@ def test_no_rule_sends_below_the_bounds(rule: str) -> None:
     walk = random_walk(rng, 0.5, 20_000, 8)
     rate = simulate(make_tracker(rule, np.ones(8)), walk).messages.sum() / walk.size
     assert rate >= walk_dp(0.5, cells=51, max_slope=0.5)["messages_per_tick"] * 0.98
+
+
+def test_chain_dp_by_hand_and_no_rule_below_it_on_its_chain() -> None:
+    # iid values, uniform over 10: a window of 4 holds the next sample with probability 0.4
+    dp = chain_dp(np.full((10, 10), 0.1), 3)
+    assert dp["messages_per_tick"] == pytest.approx(0.6)
+    # a lazy ±1 walk reflected within 0..20, windows of 5 values (Δ = 2.4)
+    size = 21
+    chain = np.zeros((size, size))
+    for v in range(size):
+        chain[v, v] += 0.4
+        chain[v, max(v - 1, 0)] += 0.3
+        chain[v, min(v + 1, size - 1)] += 0.3
+    dp = chain_dp(chain, 4)
+    paths = chain_sample(np.random.default_rng(9), chain, 10, 20_000, 8)
+    rate = np.mean([chain_policy_messages(paths[:, k], dp) for k in range(8)]) / 20_000
+    assert rate == pytest.approx(dp["messages_per_tick"], rel=0.03)  # the policy does what it says
+    values = paths.astype(float)
+    for rule in RULES:  # and no rule does better (their windows hold at most 5 whole numbers)
+        sent = simulate(make_tracker(rule, np.full(8, 2.4)), values).messages.sum() / values.size
+        assert sent >= dp["messages_per_tick"] * 0.97, rule
+    # and it can be learnt as the series goes (a smaller walk, within 0..8, windows of 3 values)
+    small = chain[:9, :9] + np.diag([0] * 8 + [0.3])  # reflected at 8 too
+    dp = chain_dp(small, 2)
+    paths = chain_sample(np.random.default_rng(10), small, 4, 10_000, 4)
+    learnt = np.mean([chain_learnt_online(paths[:, k], 2) for k in range(4)]) / 10_000
+    assert dp["messages_per_tick"] * 0.97 <= learnt <= dp["messages_per_tick"] * 1.05
+
+
+def test_grid_chain_counts_transitions_and_refuses_off_grid_series() -> None:
+    chain, states = grid_chain(np.array([5.0, 6.0, 5.0, 7.0, np.nan, 7.0]))
+    assert states.tolist() == [0, 1, 0, 2, 2]
+    assert chain == pytest.approx(np.array([[0, 0.5, 0.5], [1, 0, 0], [0, 0, 1]]), abs=1e-3)
+    assert chain[2, 0] > 0  # a value never left can still go back to the first: one class
+    last = grid_chain(np.array([1.0, 2.0]))[0]
+    assert last == pytest.approx(np.array([[0, 1], [1, 0]]), abs=1e-3)  # the last value: to the first
+    # a series that ends sitting on a new value: the DP still has one gain to find
+    ends = grid_chain(np.array([5.0, 6.0, 7.0, 6.0, 5.0, 9.0, 9.0, 9.0]))[0]
+    assert chain_dp(ends, 1)["messages_per_tick"] < 0.01  # it sits on 9, leaving it only by the restart
+    assert grid_chain(np.array([1.0, 1.5])) is None
+    assert chain_dp(np.array([[0.5, 0.5], [0.5, 0.5]]), 1)["messages_per_tick"] == 0.0  # one window holds all
