@@ -50,6 +50,9 @@ from atomwatch.tracking import (
 from benchmarks._common import SHARED, emit, machine
 from benchmarks.tracking import FRACTIONS, trace_matrix
 
+#: what :func:`benchmarks.tracking.trace_matrix` returns: values, Δ, owners, lengths
+Traces = tuple[np.ndarray, np.ndarray, list[tuple[str, float]], dict[str, int]]
+
 # ----------------------------------------------------------------------------- iid noise
 
 
@@ -236,8 +239,14 @@ def grid_chain(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     size = int(states.max()) + 1
     counts = np.zeros((size, size))
     np.add.at(counts, (states[:-1], states[1:]), 1.0)
-    counts[:, states[0]] += RESTART
-    return counts / counts.sum(axis=1, keepdims=True), states
+    return chain_of(counts, int(states[0])), states
+
+
+def chain_of(counts: np.ndarray, first: int) -> np.ndarray:
+    """The transition matrix of counted transitions, with the ``RESTART`` weight to ``first``."""
+    counts = counts.copy()
+    counts[:, first] += RESTART
+    return counts / counts.sum(axis=1, keepdims=True)
 
 
 def chain_dp(chain: np.ndarray, m: int) -> dict[str, Any]:
@@ -267,8 +276,7 @@ def chain_dp(chain: np.ndarray, m: int) -> dict[str, Any]:
         held = choice.ravel()
         system = np.zeros((rows.size + 1, rows.size + 1))
         system[rows, rows] = 1.0
-        for j in range(size):
-            np.subtract.at(system, (rows, j * width + held), chain[x, j])
+        system[rows[:, None], np.arange(size) * width + held[:, None]] -= chain[x]  # distinct per row
         system[rows, -1] = 1.0
         system[-1, m] = 1.0
         rhs = np.append((held != rows % width).astype(float), 0.0)
@@ -330,21 +338,20 @@ def chain_learnt_online(states: np.ndarray, m: int, every: int = 10) -> int:
             continue
         sent += 1
         if dp is None or stale or sent % every == 0:
-            seen = counts[lo : hi + 1, lo : hi + 1].copy()
-            seen[:, int(states[0]) - lo] += RESTART
-            dp, base, stale = chain_dp(seen / seen.sum(axis=1, keepdims=True), m), lo, False
+            seen = chain_of(counts[lo : hi + 1, lo : hi + 1], int(states[0]) - lo)
+            dp, base, stale = chain_dp(seen, m), lo, False
         window = base + int(dp["first"][x - base]) - m
     return sent
 
 
-def markov_section(data: Path, paths: int = 8) -> dict[str, Any]:
+def markov_section(traces: Traces, paths: int = 8) -> dict[str, Any]:
     """Per family (Alibaba: whole percents) and Δ, each series taken as its own first-order
     Markov chain: the least messages of any online constant copy on that process
     (:func:`chain_dp`) against the offline optimum of ``paths`` paths of the chain as long as the
     series; the DP's policy run on the series itself (it knows the chain before the first
     sample) and learnt online (:func:`chain_learnt_online`, at 5 and 10 %: at 1 % it would solve
     the DP at tens of thousands of breaks), against the series' optimum."""
-    matrix, deltas, owners, lengths = trace_matrix(data, "benchmarks.tracking_bound")
+    matrix, deltas, owners, lengths = traces
     rng = np.random.default_rng(8)
     totals: dict[str, dict[str, float]] = {}
     fitted: dict[str, Any] = {}
@@ -486,11 +493,11 @@ def candidates(gamma: float = 0.0) -> dict[str, Any]:
     return grid
 
 
-def hindsight(data: Path, gamma: float = 0.0) -> dict[str, Any]:
+def hindsight(traces: Traces, gamma: float = 0.0) -> dict[str, Any]:
     """Per family and Δ: the best single rule (as the agent runs it), and the sum over series of
     the best candidate of :func:`candidates` chosen per series after the fact, against the
     constant optimum. The per-series choice is better than any one online rule of the grid."""
-    matrix, deltas, owners, _ = trace_matrix(data, "benchmarks.tracking_bound")
+    matrix, deltas, owners, _ = traces
     optimum = optimal_messages(matrix, deltas)
     counts = {}
     for name, factory in candidates(gamma).items():
@@ -531,8 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     result["noise"] = noise_section(1.2, ticks, seeds)
     result["walk"] = walk_section(0.5, ticks, seeds, cells, max_slope=0.5)
     if not args.quick:
-        result["precog_hindsight"] = hindsight(args.data)
-        result["alibaba_markov_chain"] = markov_section(args.data)
+        traces = trace_matrix(args.data, "benchmarks.tracking_bound")
+        result["precog_hindsight"] = hindsight(traces)
+        result["alibaba_markov_chain"] = markov_section(traces)
     emit(result)
     return 0
 
